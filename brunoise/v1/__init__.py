@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs for brunoise.v1 (do not edit)."""

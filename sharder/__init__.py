@@ -1,0 +1,1 @@
+"""sharder: the keyspace, assignments, the pure resharding policy, the assigner service and its client libraries."""

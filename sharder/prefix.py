@@ -1,0 +1,60 @@
+"""Block-aligned, chained prefix hashes of prompt text, shared by routers (routing keys, hit estimates) and runtimes (cache summaries)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import xxhash
+
+#: Bytes of UTF-8 prompt text per hashed chunk. The simulated engine uses 4 bytes per token and
+#: 16-token KV blocks, so one chunk is exactly one of its KV blocks.
+CHUNK_BYTES = 64
+
+#: Seed of the first chunk's hash (the chain's root).
+ROOT_SEED = 0x6272756E6F697365  # "brunoise"
+
+
+def prefix_hashes(text: str | bytes, chunk_bytes: int = CHUNK_BYTES, max_chunks: int | None = None) -> list[int]:
+    """Chained xxh3_64 hashes of the full chunks of ``text``: hash i covers bytes [0, (i+1)*chunk_bytes).
+
+    A trailing partial chunk is not hashed (as a paged KV cache stores only full blocks).
+    """
+    if chunk_bytes <= 0:
+        raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
+    data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    n = len(data) // chunk_bytes
+    if max_chunks is not None:
+        n = min(n, max_chunks)
+    out: list[int] = []
+    h = ROOT_SEED
+    for i in range(n):
+        h = xxhash.xxh3_64_intdigest(data[i * chunk_bytes : (i + 1) * chunk_bytes], seed=h)
+        out.append(h)
+    return out
+
+
+def render_chat(messages: Iterable[Mapping[str, object]]) -> str:
+    """The canonical text of a chat: what routers hash and what the simulated engine tokenizes.
+
+    Each message renders as ``<|role|>\\ncontent\\n``; a trailing ``<|assistant|>\\n`` opens the reply.
+    Content given as a list of OpenAI content parts keeps only the text parts.
+    """
+    parts: list[str] = []
+    for m in messages:
+        role = str(m.get("role", "user"))
+        content = m.get("content", "")
+        if isinstance(content, list):
+            content = "".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
+        parts.append(f"<|{role}|>\n{content}\n")
+    parts.append("<|assistant|>\n")
+    return "".join(parts)
+
+
+def matched_chunks(hashes: list[int], held: set[int] | frozenset[int]) -> int:
+    """How many leading chunks of a request (its ``prefix_hashes``) a holder of ``held`` already has."""
+    n = 0
+    for h in hashes:
+        if h not in held:
+            break
+        n += 1
+    return n
