@@ -1,0 +1,1 @@
+"""Engine adapters behind one interface: the real vLLM server and the simulated engine."""

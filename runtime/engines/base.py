@@ -1,0 +1,116 @@
+"""The engine interface every adapter implements (vLLM, simulated), and the request/response types it speaks."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+from sharder.load import EngineLoad
+
+
+class EngineError(Exception):
+    """A request the engine refused or failed; ``status`` is the HTTP status a vLLM server would answer."""
+
+    def __init__(self, message: str, *, status: int = 400, code: str = "BadRequestError", param: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.param = param
+
+
+class EngineUnavailable(EngineError):
+    """The engine is not ready (starting, dead, restarting)."""
+
+    def __init__(self, message: str = "engine is not ready"):
+        super().__init__(message, status=503, code="ServiceUnavailableError")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    ignore_eos: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EngineRequest:
+    """One generation request, already validated by the serving surface.
+
+    Exactly one of ``prompt`` and ``messages`` is set. ``slice_key`` is the SliceKey the router
+    routed on (for per-slice load); ``traceparent`` is passed through to the engine when it has one.
+    """
+
+    request_id: str
+    prompt: str | None = None
+    messages: Sequence[Mapping[str, object]] | None = None
+    sampling: SamplingParams = dataclasses.field(default_factory=SamplingParams)
+    slice_key: int | None = None
+    traceparent: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EngineChunk:
+    """A piece of output. The first chunk arrives after prefill (its arrival is the time to first token);
+    the last one carries ``finish_reason`` and the token counts."""
+
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CacheView:
+    """The compact cache summary routers use: the ``sharder.prefix`` chain hashes the engine holds."""
+
+    chunk_bytes: int
+    prefix_hashes: frozenset[int]
+    blocks_total: int
+    blocks_used: int
+    epoch: int = 0
+
+
+class Engine(abc.ABC):
+    """One inference engine replica."""
+
+    model: str
+    max_model_len: int
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Start (or attach to) the engine; returns when it is ready or raises."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Stop the engine and every process it started."""
+
+    @property
+    @abc.abstractmethod
+    def ready(self) -> bool:
+        """Whether the engine serves requests now."""
+
+    @abc.abstractmethod
+    async def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` as the engine counts them."""
+
+    @abc.abstractmethod
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineChunk]:
+        """Stream the output of one request; raises EngineError before the first chunk on bad input."""
+
+    @abc.abstractmethod
+    def load(self) -> EngineLoad:
+        """The engine's load now (running, waiting, KV usage, tokens in flight, prefix hit rate)."""
+
+    @abc.abstractmethod
+    def cache_view(self) -> CacheView:
+        """Which prefix chunks the engine holds now."""
+
+    @abc.abstractmethod
+    async def metrics_text(self) -> str:
+        """Prometheus text exposition with vLLM's metric names (``vllm:...``)."""

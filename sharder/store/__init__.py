@@ -1,0 +1,1 @@
+"""Store backends behind one interface: embedded (default, one machine) and etcd (Raft)."""
