@@ -1,0 +1,139 @@
+"""One runtime pod wired together: engine, HTTP and gRPC surfaces, health, the optional slicelet, the ready file."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from brunoise.launch import write_ready_file
+from runtime.engines.base import Engine, EngineChunk
+from runtime.grpc_service import GrpcServer, RuntimeService
+from runtime.http_api import DEFAULT_MAX_BODY_BYTES, HttpApi
+
+log = logging.getLogger(__name__)
+
+HEALTH_POLL_S = 0.5
+
+
+class RuntimePod:
+    """Serves one engine on 127.0.0.1 (HTTP + gRPC); reports to the assigners through a slicelet when given any."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        pod_id: str,
+        target: str = "",
+        labels: Mapping[str, str] | None = None,
+        http_host: str = "127.0.0.1",
+        http_port: int = 0,
+        grpc_host: str = "127.0.0.1",
+        grpc_port: int = 0,
+        assigners: Sequence[str] = (),
+        report_interval_s: float = 1.0,
+        lease_ttl_s: float = 5.0,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        ready_file: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.pod_id = pod_id
+        self.target = target
+        self.labels = dict(labels or {})
+        self.labels.setdefault("model", engine.model)
+        self.http_host, self.http_port = http_host, http_port
+        self.grpc_host, self.grpc_port = grpc_host, grpc_port
+        self.assigners = list(assigners)
+        self.report_interval_s = report_interval_s
+        self.lease_ttl_s = lease_ttl_s
+        self.max_body_bytes = max_body_bytes
+        self.ready_file = ready_file
+        self.slicelet: Any = None
+        self.grpc: GrpcServer | None = None
+        self._runner: web.AppRunner | None = None
+        self._health_task: asyncio.Task[None] | None = None
+        self.addresses: dict[str, str] = {}
+
+    def on_finish(self, slice_key: int | None, last: EngineChunk) -> None:
+        """Attribute a finished request's work (uncached prompt + generated tokens) to its slice."""
+        if self.slicelet is None or slice_key is None:
+            return
+        work = max(0, last.prompt_tokens - last.cached_tokens) + last.completion_tokens
+        self.slicelet.record(slice_key, float(max(work, 1)))
+
+    async def start(self) -> dict[str, str]:
+        """Bind both surfaces (health says not ready), start the engine, then serve and write the ready file."""
+        api = HttpApi(self.engine, pod_id=self.pod_id, on_finish=self.on_finish, max_body_bytes=self.max_body_bytes)
+        self._runner = web.AppRunner(api.app(), handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.http_host, self.http_port, reuse_address=True)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        http_port = sockets[0].getsockname()[1] if sockets else self.http_port
+        service = RuntimeService(self.engine, pod_id=self.pod_id, labels=self.labels, on_finish=self.on_finish)
+        self.grpc = GrpcServer(service, self.grpc_host, self.grpc_port)
+        await self.grpc.start()
+        self.addresses = {
+            "grpc": self.grpc.address,
+            "http": f"http://{self.http_host}:{http_port}",
+            "pod_id": self.pod_id,
+        }
+        log.info(
+            "pod %s bound grpc=%s http=%s; starting engine", self.pod_id, self.grpc.address, self.addresses["http"]
+        )
+        await self.engine.start()
+        await self.grpc.set_serving(self.engine.ready)
+        self._health_task = asyncio.create_task(self._watch_health(), name="runtime-health")
+        if self.assigners:
+            await self._start_slicelet()
+        if self.ready_file is not None:
+            write_ready_file(self.ready_file, self.addresses)
+        log.info("pod %s serving model %s", self.pod_id, self.engine.model)
+        return self.addresses
+
+    async def _start_slicelet(self) -> None:
+        from sharder.pods import Pod
+        from sharder.slicelet import Slicelet  # only needed with --assigner; the pod runs standalone without it
+
+        pod = Pod(
+            id=self.pod_id, address=self.addresses["grpc"], labels=dict(self.labels),
+            http_address=self.addresses["http"], target=self.target,
+        )  # fmt: skip
+        self.slicelet = Slicelet(
+            pod, self.assigners, engine_load=self.engine.load, report_interval_s=self.report_interval_s,
+            lease_ttl_s=self.lease_ttl_s,
+        )  # fmt: skip
+        await self.slicelet.start()
+
+    async def _watch_health(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_POLL_S)
+            if self.grpc is not None:
+                await self.grpc.set_serving(self.engine.ready)
+
+    async def stop(self) -> None:
+        """Stop taking requests (health NOT_SERVING), leave the assigner, stop the engine, then the surfaces."""
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        if self.grpc is not None:
+            with contextlib.suppress(Exception):
+                await self.grpc.set_serving(False)
+        if self.slicelet is not None:
+            try:
+                await self.slicelet.stop()
+            except Exception:
+                log.exception("slicelet stop failed")
+        # fail what is still in flight fast (clients retry elsewhere), then close the surfaces
+        await self.engine.stop()
+        if self.grpc is not None:
+            await self.grpc.stop(grace_s=1.0)
+        if self._runner is not None:
+            await self._runner.cleanup()

@@ -1,0 +1,29 @@
+"""Starting a real runtime process for tests (``python -m runtime.main``, stopped by PID)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from brunoise.launch import ManagedProcess, python_module
+
+ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def runtime_env() -> dict[str, str]:
+    """This environment with the repo root on PYTHONPATH (the package need not be installed)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def start_runtime(tmp: Path, *args: str, name: str = "runtime") -> ManagedProcess:
+    """Start ``python -m runtime.main`` with ``args`` and wait for its ready file (stopped again on failure)."""
+    proc = ManagedProcess(name, python_module("runtime.main", *args), env=runtime_env(), log_dir=tmp)
+    proc.start()
+    try:
+        proc.wait_ready(timeout_s=30)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
