@@ -1,0 +1,578 @@
+"""The etcd store (aetcd): assignments with txn CAS and bounded history, watches, leased pods, meta, leader election."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import socket
+import struct
+import time
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import aetcd
+import grpc
+
+from sharder.store.base import LeaderInfo, Store, StoreError, StoreUnavailable, Versioned
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_VALUE_MAGIC = b"\x01"
+_GEN = struct.Struct(">Q")
+# ask etcd to fail fast (Unavailable) instead of waiting when the member it reaches has no raft leader,
+# and to cancel watch streams on a member that loses its leader
+_REQUIRE_LEADER = (("hasleader", "true"),)
+_RETRYABLE_CODES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.CANCELLED,
+}
+
+
+class _Retry(Exception):
+    """Internal: this attempt must be repeated (e.g. a pod lease vanished between refresh and put)."""
+
+
+def _retryable(e: BaseException) -> bool:
+    if isinstance(e, asyncio.TimeoutError | aetcd.ConnectionFailedError | aetcd.ConnectionTimeoutError | _Retry):
+        return True
+    if isinstance(e, grpc.aio.UsageError | ConnectionError):
+        return True
+    cause = e.__cause__ if isinstance(e, aetcd.ClientError) else e
+    if isinstance(cause, grpc.aio.AioRpcError):
+        return cause.code() in _RETRYABLE_CODES
+    return False
+
+
+def _encode(v: Versioned) -> bytes:
+    return _VALUE_MAGIC + _GEN.pack(v.generation) + v.data
+
+
+def _decode(target: str, raw: bytes) -> Versioned:
+    if len(raw) < 1 + _GEN.size or raw[:1] != _VALUE_MAGIC:
+        raise StoreError(f"assignment value of target {target!r} is not in brunoise store format")
+    (gen,) = _GEN.unpack_from(raw, 1)
+    return Versioned(target, gen, bytes(raw[1 + _GEN.size :]))
+
+
+def _quote(name: str) -> str:
+    if not name:
+        raise ValueError("name must be non-empty")
+    return urllib.parse.quote(name, safe="")
+
+
+def grpc_target(endpoints: list[str]) -> str:
+    """A gRPC target naming every endpoint ("ipv4:a:p,b:q"); hostnames are resolved to IPv4 addresses."""
+    addrs: list[str] = []
+    for ep in endpoints:
+        ep = ep.strip()
+        if "://" in ep:
+            ep = urllib.parse.urlsplit(ep).netloc
+        host, sep, port = ep.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"etcd endpoint {ep!r} must be host:port")
+        try:
+            socket.inet_aton(host)
+            ip = host
+        except OSError:
+            ip = str(socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
+        addrs.append(f"{ip}:{port}")
+    if not addrs:
+        raise ValueError("at least one etcd endpoint is needed")
+    return "ipv4:" + ",".join(addrs)
+
+
+class _Client(aetcd.Client):  # type: ignore[misc]
+    """aetcd.Client that sends the require-leader metadata on every call and on its watch stream."""
+
+    async def connect(self) -> None:
+        if not self._connected.is_set() and not self._is_connecting:
+            self.metadata = _REQUIRE_LEADER
+        await super().connect()
+
+
+class EtcdStore(Store):
+    """The store on an etcd v3 cluster.
+
+    ``endpoints``: client addresses ("127.0.0.1:2379", "http://host:port"); the gRPC channel names all of them
+    with round-robin balancing, so a dead member is skipped. ``prefix``: every key lives under it.
+    ``history_limit``: generations kept per target. ``request_timeout_s``: one attempt of one call.
+    ``deadline_s``: a call retries connection errors (backoff up to ``max_backoff_s``) until this many
+    seconds, then raises StoreUnavailable. ``ping_timeout_s``: how long ``ping()`` waits.
+
+    Keys: ``{prefix}/assign/{target}`` (current generation), ``{prefix}/history/{target}/{generation:020d}``,
+    ``{prefix}/pods/{pod}`` (each on its own lease), ``{prefix}/meta/{key}``, ``{prefix}/leader`` (on the
+    leader's lease). Target and pod names are percent-encoded in keys.
+    """
+
+    def __init__(
+        self,
+        endpoints: list[str],
+        prefix: str = "/brunoise",
+        history_limit: int = 100,
+        request_timeout_s: float = 2.0,
+        *,
+        deadline_s: float = 6.0,
+        max_backoff_s: float = 0.5,
+        ping_timeout_s: float = 1.0,
+    ) -> None:
+        if history_limit < 1:
+            raise ValueError(f"history_limit must be >= 1, got {history_limit}")
+        if request_timeout_s <= 0 or deadline_s <= 0:
+            raise ValueError("request_timeout_s and deadline_s must be > 0")
+        self.endpoints = list(endpoints)
+        self.target = grpc_target(self.endpoints)
+        self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
+        self.history_limit = history_limit
+        self.request_timeout_s = request_timeout_s
+        self.deadline_s = deadline_s
+        self.max_backoff_s = max_backoff_s
+        self.ping_timeout_s = ping_timeout_s
+        self._client: _Client | None = None
+        self._closed = False
+        self._mod_rev: dict[str, tuple[int, int]] = {}  # target -> (generation, mod_revision) last seen
+        self._pod_leases: dict[str, tuple[int, int]] = {}  # pod id -> (lease id, ttl)
+        self._token = uuid.uuid4().hex
+        self._leader_lease: int | None = None
+        self._leader_valid_until = 0.0
+        self._leader_lost = True
+        self._leader_task: asyncio.Task[None] | None = None
+
+    # keys ----------------------------------------------------------------------------------
+    def _k(self, *parts: str) -> bytes:
+        return ("/".join([self.prefix, *parts])).encode()
+
+    def _assign_key(self, target: str) -> bytes:
+        return self._k("assign", _quote(target))
+
+    def _history_prefix(self, target: str) -> bytes:
+        return self._k("history", _quote(target), "")
+
+    def _pod_key(self, pod_id: str) -> bytes:
+        return self._k("pods", _quote(pod_id))
+
+    def _meta_key(self, key: str) -> bytes:
+        if not key:
+            raise ValueError("meta key must be non-empty")
+        return self._k("meta", key)
+
+    @property
+    def _leader_key(self) -> bytes:
+        return self._k("leader")
+
+    def _target_of(self, assign_key: bytes) -> str:
+        return urllib.parse.unquote(assign_key[len(self._k("assign", "")) :].decode())
+
+    # plumbing ------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("store is closed")
+        if self._client is None:
+            raise StoreError("store is not started: call start() first")
+
+    @property
+    def client(self) -> _Client:
+        self._check_open()
+        assert self._client is not None
+        return self._client
+
+    async def _retry(self, what: str, fn: Callable[[], Awaitable[T]], deadline_s: float | None = None) -> T:
+        """Run ``fn`` until it succeeds, retrying connection errors with bounded backoff until the deadline."""
+        budget = self.deadline_s if deadline_s is None else deadline_s
+        deadline = time.monotonic() + budget
+        backoff = 0.05
+        last: BaseException | None = None
+        while True:
+            self._check_open()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise StoreUnavailable(f"etcd {what}: no member answered within {budget:.1f}s (last error: {last!r})")
+            try:
+                return await asyncio.wait_for(fn(), timeout=min(self.request_timeout_s, remaining))
+            except Exception as e:
+                if not _retryable(e):
+                    raise StoreError(f"etcd {what}: {e}") from e
+                last = e
+                log.debug("etcd %s: retrying after %r", what, e)
+            await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+            backoff = min(backoff * 2, self.max_backoff_s)
+
+    # lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._closed:
+            raise StoreError("store is closed")
+        if self._client is not None:
+            return
+        host, _, port = self.target.rpartition(":")
+        options: dict[str, Any] = {
+            "grpc.lb_policy_name": "round_robin",
+            "grpc.initial_reconnect_backoff_ms": 100,
+            "grpc.min_reconnect_backoff_ms": 100,
+            "grpc.max_reconnect_backoff_ms": 1000,
+            "grpc.keepalive_time_ms": 10_000,
+            "grpc.keepalive_timeout_ms": 5_000,
+        }
+        # aetcd builds its target as f"{host}:{port}": split our multi-address target at its last colon
+        self._client = _Client(host=host, port=int(port), timeout=self.request_timeout_s, options=options)
+        await self._client.connect()  # creates the channel; no network round trip
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        with contextlib.suppress(StoreError):
+            await self._resign(deadline_s=min(1.0, self.deadline_s))
+        self._closed = True
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.close()
+            self._client = None
+
+    async def ping(self) -> bool:
+        if self._closed or self._client is None:
+            return False
+        try:
+            await asyncio.wait_for(self._client.get(self._leader_key), timeout=self.ping_timeout_s)
+        except Exception:
+            return False
+        return True
+
+    # assignments ---------------------------------------------------------------------------
+    async def list_targets(self) -> list[str]:
+        res = await self._retry("list targets", lambda: self.client.get_prefix(self._k("assign", ""), keys_only=True))
+        return sorted(self._target_of(kv.key) for kv in res)
+
+    async def get(self, target: str) -> Versioned | None:
+        key = self._assign_key(target)
+        kv = await self._retry("get", lambda: self.client.get(key))
+        if kv is None:
+            return None
+        v = _decode(target, kv.value)
+        self._mod_rev[target] = (v.generation, kv.mod_revision)
+        return v
+
+    async def compare_and_swap(self, target: str, prev_generation: int, new: Versioned) -> bool:
+        if new.target != target:
+            raise ValueError(f"new.target {new.target!r} differs from target {target!r}")
+        if new.generation <= prev_generation:
+            return False
+        key = self._assign_key(target)
+        value = _encode(new)
+        hist_key = self._history_prefix(target) + f"{new.generation:020d}".encode()
+        tx = self.client.transactions
+        for _ in range(3):
+            if prev_generation == 0:
+                compare = [tx.create(key) == 0]
+            else:
+                cached = self._mod_rev.get(target)
+                if cached is None or cached[0] != prev_generation:
+                    cur = await self.get(target)
+                    if cur is None or cur.generation != prev_generation:
+                        return False
+                    cached = self._mod_rev[target]
+                compare = [tx.mod(key) == cached[1]]
+            ok, responses = await self._retry(
+                "compare-and-swap",
+                lambda c=compare: self.client.transaction(  # type: ignore[misc]
+                    compare=c, success=[tx.put(key, value), tx.put(hist_key, value)], failure=[tx.get(key)]
+                ),
+            )
+            if ok:
+                self._mod_rev[target] = (new.generation, int(responses[0].response_put.header.revision))
+                await self._trim_history(target)
+                return True
+            found = responses[0] if responses else []
+            if not found:
+                self._mod_rev.pop(target, None)
+                if prev_generation == 0:
+                    continue  # deleted between compare and read: try again
+                return False
+            raw, kv = found[0]
+            cur = _decode(target, raw)
+            self._mod_rev[target] = (cur.generation, kv.mod_revision)
+            if raw == value:
+                await self._trim_history(target)
+                return True  # an earlier attempt whose reply was lost went through
+            if cur.generation != prev_generation:
+                return False
+            # same generation, other revision (rewritten): compare again with the fresh revision
+        return False
+
+    async def _trim_history(self, target: str) -> None:
+        prefix = self._history_prefix(target)
+        try:
+            res = await self._retry(
+                "list history keys",
+                lambda: self.client.get_prefix(prefix, sort_order="descend", sort_target="key", keys_only=True),
+            )
+            keys = [kv.key for kv in res]
+            if len(keys) > self.history_limit:
+                oldest_kept = keys[self.history_limit - 1]
+                await self._retry("trim history", lambda: self.client.delete_range(prefix, oldest_kept))
+        except StoreError as e:  # the CAS is done; the next one trims
+            log.warning("could not trim history of %r: %s", target, e)
+
+    async def history(self, target: str, limit: int = 0) -> list[Versioned]:
+        prefix = self._history_prefix(target)
+        res = await self._retry(
+            "history", lambda: self.client.get_prefix(prefix, sort_order="descend", sort_target="key")
+        )
+        out = [_decode(target, kv.value) for kv in res]
+        out = out[: self.history_limit]
+        return out[:limit] if limit > 0 else out
+
+    def watch(self, target: str | None = None, from_generation: int = 0) -> AsyncIterator[Versioned]:
+        return self._watch(target, from_generation)
+
+    async def _snapshot(self, target: str | None) -> tuple[list[Versioned], int]:
+        """Current generation of ``target`` (None: of every target) and the store revision it was read at."""
+        if target is not None:
+            key = self._assign_key(target)
+            res = await self._retry("watch snapshot", lambda: self.client.get_range(key, key + b"\x00"))
+        else:
+            res = await self._retry("watch snapshot", lambda: self.client.get_prefix(self._k("assign", "")))
+        items = sorted((_decode(self._target_of(kv.key), kv.value) for kv in res), key=lambda v: v.target)
+        return items, int(res.header.revision)
+
+    async def _watch(self, target: str | None, from_generation: int) -> AsyncIterator[Versioned]:
+        seen: dict[str, int] = {}
+
+        def fresh(v: Versioned) -> bool:
+            if v.generation > seen.get(v.target, from_generation):
+                seen[v.target] = v.generation
+                return True
+            return False
+
+        key = self._assign_key(target) if target is not None else self._k("assign", "")
+        range_end = None if target is not None else aetcd.utils.prefix_range_end(key)
+        next_rev: int | None = None
+        backoff = 0.05
+        while not self._closed:
+            try:
+                if next_rev is None:
+                    items, rev = await self._snapshot(target)
+                    for v in items:
+                        if fresh(v):
+                            yield v
+                    next_rev = rev + 1
+                w = await asyncio.wait_for(
+                    self.client.watch(key, range_end=range_end, start_revision=next_rev),
+                    timeout=self.request_timeout_s,
+                )
+                try:
+                    async for ev in w:
+                        backoff = 0.05
+                        next_rev = int(ev.kv.mod_revision) + 1
+                        if ev.kind != "PUT":
+                            continue
+                        v = _decode(target if target is not None else self._target_of(ev.kv.key), ev.kv.value)
+                        if fresh(v):
+                            yield v
+                finally:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(w.cancel(), timeout=1.0)
+            except aetcd.RevisionCompactedError:
+                next_rev = None  # missed generations were compacted away: resync from the current ones
+            except StoreError as e:
+                if self._closed:
+                    return
+                log.debug("watch %r: %s; resyncing", target, e)
+            except Exception as e:
+                if self._closed:
+                    return
+                log.debug("watch %r broke: %r; re-establishing", target, e)
+            if self._closed:
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff_s)
+
+    # pods ----------------------------------------------------------------------------------
+    async def put_pod(self, pod_id: str, data: bytes, ttl_s: float) -> None:
+        if ttl_s <= 0:
+            raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
+        key = self._pod_key(pod_id)
+        ttl = max(1, math.ceil(ttl_s))
+
+        async def attempt() -> None:
+            client = self.client
+            cached = self._pod_leases.get(pod_id)
+            lease_id = cached[0] if cached is not None and cached[1] == ttl else None
+            if lease_id is not None:
+                reply = await client.refresh_lease(lease_id)
+                if reply is None or reply.TTL <= 0:
+                    lease_id = None
+            if lease_id is None:
+                lease = await client.lease(ttl)
+                lease_id = int(lease.id)
+                self._pod_leases[pod_id] = (lease_id, ttl)
+            try:
+                await client.put(key, bytes(data), lease=lease_id)
+            except aetcd.ClientError as e:
+                if "lease not found" in str(e):
+                    self._pod_leases.pop(pod_id, None)
+                    raise _Retry(str(e)) from e
+                raise
+
+        await self._retry("put pod", attempt)
+
+    async def list_pods(self) -> dict[str, bytes]:
+        prefix = self._k("pods", "")
+        res = await self._retry("list pods", lambda: self.client.get_prefix(prefix))
+        return {urllib.parse.unquote(kv.key[len(prefix) :].decode()): bytes(kv.value) for kv in res}
+
+    async def delete_pod(self, pod_id: str) -> None:
+        key = self._pod_key(pod_id)
+        await self._retry("delete pod", lambda: self.client.delete(key))
+        cached = self._pod_leases.pop(pod_id, None)
+        if cached is not None:
+            with contextlib.suppress(StoreError):
+                await self._retry("revoke pod lease", lambda: self.client.revoke_lease(cached[0]), deadline_s=1.0)
+
+    # meta ----------------------------------------------------------------------------------
+    async def put_meta(self, key: str, data: bytes) -> None:
+        k = self._meta_key(key)
+        await self._retry("put meta", lambda: self.client.put(k, bytes(data)))
+
+    async def get_meta(self, key: str) -> bytes | None:
+        k = self._meta_key(key)
+        kv = await self._retry("get meta", lambda: self.client.get(k))
+        return None if kv is None else bytes(kv.value)
+
+    async def list_meta(self, prefix: str) -> dict[str, bytes]:
+        base = self._k("meta", "")
+        res = await self._retry("list meta", lambda: self.client.get_prefix(base + prefix.encode()))
+        return {kv.key[len(base) :].decode(): bytes(kv.value) for kv in res}
+
+    async def delete_meta(self, key: str) -> None:
+        k = self._meta_key(key)
+        await self._retry("delete meta", lambda: self.client.delete(k))
+
+    # leader election -----------------------------------------------------------------------
+    def _leader_value(self, me: LeaderInfo) -> bytes:
+        return json.dumps({"candidate_id": me.candidate_id, "address": me.address, "token": self._token}).encode()
+
+    async def campaign(self, me: LeaderInfo, ttl_s: float) -> bool:
+        if ttl_s <= 0:
+            raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
+        ttl = max(1, math.ceil(ttl_s))
+        if self.is_leader():
+            kv = await self._retry("check leader", lambda: self.client.get(self._leader_key))
+            if kv is not None and kv.lease == self._leader_lease:
+                return True
+            self._lose_leadership("leader key gone or taken")
+        await self._stop_leader_task()
+        old_lease, self._leader_lease = self._leader_lease, None
+        t0 = time.monotonic()
+        lease = await self._retry("grant leader lease", lambda: self.client.lease(ttl))
+        lease_id = int(lease.id)
+        tx = self.client.transactions
+        value = self._leader_value(me)
+        ok, responses = await self._retry(
+            "campaign",
+            lambda: self.client.transaction(
+                compare=[tx.create(self._leader_key) == 0],
+                success=[tx.put(self._leader_key, value, lease=lease_id)],
+                failure=[tx.get(self._leader_key)],
+            ),
+        )
+        if not ok:
+            found = responses[0] if responses else []
+            holder = int(found[0][1].lease) if found else 0
+            ok = holder == lease_id  # an earlier attempt of ours went through
+            if holder and old_lease is not None and holder == old_lease:
+                # the key still sits on the lease we gave up for lost: free it so the next campaign can win
+                with contextlib.suppress(StoreError):
+                    await self._retry("revoke lost lease", lambda: self.client.revoke_lease(old_lease), deadline_s=1.0)
+        if not ok:
+            with contextlib.suppress(StoreError):
+                await self._retry("revoke lease", lambda: self.client.revoke_lease(lease_id), deadline_s=1.0)
+            return False
+        self._leader_lease = lease_id
+        self._leader_valid_until = t0 + ttl
+        self._leader_lost = False
+        self._leader_task = asyncio.get_running_loop().create_task(self._keep_leading(lease_id, ttl))
+        log.info("%s is leader (lease %x, ttl %ss)", me.candidate_id, lease_id, ttl)
+        return True
+
+    def _lose_leadership(self, why: str) -> None:
+        if not self._leader_lost:
+            log.warning("leadership lost: %s", why)
+        self._leader_lost = True
+
+    async def _keep_leading(self, lease_id: int, ttl: int) -> None:
+        period = ttl / 3
+        delay = period
+        while not self._leader_lost:
+            await asyncio.sleep(delay)
+            t = time.monotonic()
+            if t >= self._leader_valid_until:
+                self._lose_leadership("lease keepalive failed past its ttl")
+                return
+            try:
+                timeout = min(self.request_timeout_s, max(0.05, self._leader_valid_until - t))
+                reply = await asyncio.wait_for(self.client.refresh_lease(lease_id), timeout=timeout)
+                if reply is None or reply.TTL <= 0:
+                    self._lose_leadership("lease expired")
+                    return
+                self._leader_valid_until = t + int(reply.TTL)
+                kv = await asyncio.wait_for(self.client.get(self._leader_key), timeout=timeout)
+                if kv is None or int(kv.lease) != lease_id:
+                    self._lose_leadership("leader key gone or taken")
+                    return
+                delay = period
+            except StoreError:
+                return  # closed
+            except Exception as e:
+                log.debug("leader keepalive: %r", e)
+                delay = min(period, 0.1)
+
+    async def _stop_leader_task(self) -> None:
+        task, self._leader_task = self._leader_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _resign(self, deadline_s: float | None = None) -> None:
+        await self._stop_leader_task()
+        lease_id, self._leader_lease = self._leader_lease, None
+        self._leader_lost = True
+        if lease_id is not None and self._client is not None:
+            await self._retry("resign", lambda: self.client.revoke_lease(lease_id), deadline_s=deadline_s)
+
+    async def resign(self) -> None:
+        await self._resign()
+
+    def is_leader(self) -> bool:
+        return (
+            not self._closed
+            and self._leader_lease is not None
+            and not self._leader_lost
+            and time.monotonic() < self._leader_valid_until
+        )
+
+    async def leader(self) -> LeaderInfo | None:
+        kv = await self._retry("get leader", lambda: self.client.get(self._leader_key))
+        if kv is None:
+            return None
+        try:
+            doc = json.loads(kv.value)
+            return LeaderInfo(candidate_id=str(doc["candidate_id"]), address=str(doc["address"]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise StoreError(f"leader key holds an unreadable value: {e}") from e
+
+    def simulate_crash(self) -> None:
+        """Test hook: stop the leadership keepalive without resigning, as a hung or dead process would;
+        ``is_leader()`` turns False and the lease expires in etcd ``ttl`` after its last refresh."""
+        if self._leader_task is not None:
+            self._leader_task.cancel()
+            self._leader_task = None
