@@ -1,0 +1,124 @@
+"""Policy benchmark: time of one resharding round, and imbalance/churn over rounds on a Zipf workload (not a test)."""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import gc
+import random
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sharder.assignment import Assignment, check_invariants, initial_assignment
+from sharder.config import TargetConfig
+from sharder.keyspace import KEYSPACE_END
+from sharder.load import EngineLoad, LoadReport, SliceLoad
+from sharder.pods import Pod
+from sharder.policy import reshard
+
+
+class Zipf:
+    """``background`` share of ``total`` spread evenly over the keyspace, the rest on random keys with Zipf weights."""
+
+    def __init__(self, rng: random.Random, total: float, n_keys: int, s: float = 1.1, background: float = 0.3) -> None:
+        weights = [1.0 / (i + 1) ** s for i in range(n_keys)]
+        norm = sum(weights)
+        hot = sorted((rng.randrange(KEYSPACE_END), total * (1 - background) * w / norm) for w in weights)
+        self.keys = [k for k, _ in hot]
+        self.hot = hot
+        self.background = total * background
+
+    def reports(self, a: Assignment) -> list[LoadReport]:
+        per_pod: dict[str, list[SliceLoad]] = {}
+        keys, hot, bg = self.keys, self.hot, self.background
+        for sa in a.slices:
+            if not sa.replicas:
+                continue
+            lo, hi = sa.slice.lo, sa.slice.hi
+            i, j = bisect.bisect_left(keys, lo), bisect.bisect_left(keys, hi)
+            inside = hot[i:j]
+            load = bg * ((hi - lo) / KEYSPACE_END) + sum(w for _, w in inside)
+            r = len(sa.replicas)
+            top = tuple((k, w / r) for k, w in sorted(inside, key=lambda kw: -kw[1])[:4])
+            sl = SliceLoad(sa.slice, load / r, top)
+            for p in sa.replicas:
+                per_pod.setdefault(p, []).append(sl)
+        return [
+            LoadReport(pod_id=p, target=a.target, engine=EngineLoad(load=sum(s.load for s in v)), slices=tuple(v))
+            for p, v in sorted(per_pod.items())
+        ]
+
+
+def run(n_pods: int, n_slices: int, rounds: int, seed: int, min_replicas: int, args_s: float) -> dict[str, float]:
+    rng = random.Random(seed)
+    cfg = TargetConfig(
+        target="bench",
+        min_replicas=min_replicas,
+        max_replicas=max(3, min_replicas),
+        initial_slices=n_slices,
+        max_slices_per_pod=max(1000, 4 * n_slices * min_replicas // n_pods),
+    ).validate()
+    pods = [Pod(id=f"pod-{i:04d}", address=f"10.0.{i // 256}.{i % 256}:50051") for i in range(n_pods)]
+    a = initial_assignment(cfg, pods)
+    wl_total = float(n_pods)
+    wl = Zipf(rng, total=wl_total, n_keys=max(100, n_slices // 10), s=args_s)
+    times: list[float] = []
+    imbalances: list[float] = []
+    churns: list[float] = []
+    for i in range(rounds):
+        reports = wl.reports(a)
+        gc.collect()
+        t0 = time.process_time()  # CPU time: the machine may be shared
+        a = reshard(a, pods, reports, now_ms=i)
+        times.append(time.process_time() - t0)
+        imbalances.append(a.stats.imbalance)
+        churns.append(a.stats.churn)
+    check_invariants(a, pods)
+    return {
+        "first_s": times[0],
+        "median_s": statistics.median(times[1:]) if len(times) > 1 else times[0],
+        "max_s": max(times),
+        "imb_first": imbalances[0],
+        "imb_last": imbalances[-1],
+        "churn_mean": statistics.fmean(churns),
+        "churn_last": churns[-1],
+        "slices": float(len(a.slices)),
+        # the hottest key alone, spread over max_replicas pods, bounds max/mean from below
+        "floor": max(1.0, max(w for _, w in wl.hot) / cfg.max_replicas / (wl_total / n_pods)),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--min-replicas", type=int, default=1)
+    ap.add_argument("--zipf", type=float, default=0.9, help="Zipf exponent of the hot keys")
+    ap.add_argument("--sizes", default="100x5000,100x50000,1000x5000,1000x50000", help="PODSxSLICES,...")
+    args = ap.parse_args(argv)
+    print(
+        f"policy round (CPU seconds, one core); Zipf({args.zipf}) hot keys + 30% even background; "
+        f"min_replicas={args.min_replicas}; {args.rounds} rounds"
+    )
+    print("imb = max/mean capacity-normalised pod load; floor = the hottest key alone over max_replicas pods")
+    print(
+        f"{'pods':>5} {'slices':>7} | {'round1 s':>8} {'median s':>8} {'max s':>7} | "
+        f"{'imb r1':>6} {'imb end':>7} {'floor':>6} | {'churn avg':>9} {'churn end':>9} | {'slices end':>10}"
+    )
+    for size in args.sizes.split(","):
+        p, s = (int(x) for x in size.lower().split("x"))
+        r = run(p, s, args.rounds, args.seed, args.min_replicas, args.zipf)
+        print(
+            f"{p:>5} {s:>7} | {r['first_s']:>8.3f} {r['median_s']:>8.3f} {r['max_s']:>7.3f} | "
+            f"{r['imb_first']:>6.3f} {r['imb_last']:>7.3f} {r['floor']:>6.2f} | {r['churn_mean']:>9.4f} {r['churn_last']:>9.4f} | "
+            f"{int(r['slices']):>10}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""TargetConfig: the per-target resharding policy settings, their defaults and validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from sharder.errors import ConfigError
+from sharder.pods import KNOWN_LABELS
+
+MAX_REPLICAS_LIMIT = 64
+MAX_INITIAL_SLICES = 1_000_000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TargetConfig:
+    """Policy settings of one target (mirrors brunoise.v1.TargetConfig).
+
+    Load thresholds are fractions of the *mean pod load* (total load / number of eligible active pods),
+    so they do not depend on the load unit:
+
+    * ``split_threshold`` (0.25): a slice whose load exceeds 25% of a mean pod splits at its load median
+      (or, when one key carries more than ``hot_key_fraction`` of it, is replicated instead);
+    * ``merge_threshold`` (0.05): adjacent slices with the same replica set whose combined load is below 5%
+      of a mean pod merge (0 disables merging); must be below ``split_threshold`` (hysteresis);
+    * ``dereplicate_threshold`` (0.05): a replica is removed (down to ``min_replicas``) when the per-replica
+      load is below it and removing it keeps the slice under ``split_threshold`` (0 disables);
+    * ``imbalance_tolerance`` (0.10): pods above (1 + tolerance) x mean shed load;
+    * ``churn_budget`` (0.10): at most 10% of the total load changes placement per round (moves and
+      dereplications; filling lost replicas and replicating hot keys are not limited by it);
+    * ``min_slices_per_pod`` (0 = no floor) / ``max_slices_per_pod`` (1000): band of slices per pod kept by
+      splitting / merging;
+    * ``initial_slices`` (64): slices of a fresh assignment;
+    * ``eligibility``: labels (model, model_version, region) a pod must carry exactly to serve the target.
+    """
+
+    target: str
+    min_replicas: int = 1
+    max_replicas: int = 3
+    imbalance_tolerance: float = 0.10
+    churn_budget: float = 0.10
+    split_threshold: float = 0.25
+    merge_threshold: float = 0.05
+    dereplicate_threshold: float = 0.05
+    hot_key_fraction: float = 0.5
+    min_slices_per_pod: int = 0
+    max_slices_per_pod: int = 1000
+    initial_slices: int = 64
+    eligibility: dict[str, str] = dataclasses.field(default_factory=dict, hash=False)
+    model: str = ""
+
+    def validate(self) -> TargetConfig:
+        """Raise ConfigError (naming the field) unless every setting is usable; return self."""
+        if not isinstance(self.target, str) or not self.target.strip():
+            raise ConfigError("target must be a non-empty name, e.g. 'llama-3-8b'", field="target")
+        for name in ("min_replicas", "max_replicas", "min_slices_per_pod", "max_slices_per_pod", "initial_slices"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ConfigError(f"{name} must be an integer, got {type(v).__name__}", field=name)
+        if self.min_replicas < 1:
+            raise ConfigError(f"min_replicas must be at least 1, got {self.min_replicas}", field="min_replicas")
+        if self.max_replicas > MAX_REPLICAS_LIMIT:
+            raise ConfigError(
+                f"max_replicas must be at most {MAX_REPLICAS_LIMIT}, got {self.max_replicas}", field="max_replicas"
+            )
+        if self.min_replicas > self.max_replicas:
+            raise ConfigError(
+                f"min_replicas ({self.min_replicas}) must not exceed max_replicas ({self.max_replicas}); "
+                "raise max_replicas or lower min_replicas",
+                field="min_replicas",
+            )
+        for name in (
+            "imbalance_tolerance",
+            "churn_budget",
+            "split_threshold",
+            "merge_threshold",
+            "dereplicate_threshold",
+            "hot_key_fraction",
+        ):
+            v = getattr(self, name)
+            if not isinstance(v, int | float) or isinstance(v, bool):
+                raise ConfigError(f"{name} must be a number, got {type(v).__name__}", field=name)
+            if not math.isfinite(v) or v < 0:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {v}", field=name)
+        if self.imbalance_tolerance <= 0:
+            raise ConfigError("imbalance_tolerance must be > 0, e.g. 0.10", field="imbalance_tolerance")
+        if not 0 < self.churn_budget <= 1:
+            raise ConfigError(f"churn_budget must be in (0, 1], got {self.churn_budget}", field="churn_budget")
+        if self.split_threshold <= 0:
+            raise ConfigError("split_threshold must be > 0, e.g. 0.25", field="split_threshold")
+        if self.merge_threshold >= self.split_threshold:
+            raise ConfigError(
+                f"merge_threshold ({self.merge_threshold}) must be below split_threshold ({self.split_threshold}) "
+                "or merged slices would split again",
+                field="merge_threshold",
+            )
+        if self.dereplicate_threshold >= self.split_threshold:
+            raise ConfigError(
+                f"dereplicate_threshold ({self.dereplicate_threshold}) must be below split_threshold "
+                f"({self.split_threshold})",
+                field="dereplicate_threshold",
+            )
+        if not 0 < self.hot_key_fraction <= 1:
+            raise ConfigError(
+                f"hot_key_fraction must be in (0, 1], got {self.hot_key_fraction}", field="hot_key_fraction"
+            )
+        if self.min_slices_per_pod < 0:
+            raise ConfigError("min_slices_per_pod must be >= 0", field="min_slices_per_pod")
+        if self.max_slices_per_pod < 1:
+            raise ConfigError("max_slices_per_pod must be >= 1", field="max_slices_per_pod")
+        if self.min_slices_per_pod > self.max_slices_per_pod:
+            raise ConfigError(
+                f"min_slices_per_pod ({self.min_slices_per_pod}) must not exceed max_slices_per_pod "
+                f"({self.max_slices_per_pod})",
+                field="min_slices_per_pod",
+            )
+        if not 1 <= self.initial_slices <= MAX_INITIAL_SLICES:
+            raise ConfigError(
+                f"initial_slices must be in [1, {MAX_INITIAL_SLICES}], got {self.initial_slices}",
+                field="initial_slices",
+            )
+        if not isinstance(self.eligibility, dict):
+            raise ConfigError("eligibility must be a mapping of label -> value", field="eligibility")
+        for k, v in self.eligibility.items():
+            if k not in KNOWN_LABELS:
+                raise ConfigError(
+                    f"eligibility names unknown label {k!r}; use one of {sorted(KNOWN_LABELS)}",
+                    field=f"eligibility.{k}",
+                )
+            if not isinstance(v, str) or not v:
+                raise ConfigError(f"eligibility[{k!r}] must be a non-empty string", field=f"eligibility.{k}")
+        if not isinstance(self.model, str):
+            raise ConfigError("model must be a string", field="model")
+        return self
+
+
+__all__ = ["MAX_INITIAL_SLICES", "MAX_REPLICAS_LIMIT", "TargetConfig"]

@@ -1,0 +1,110 @@
+"""The 64-bit keyspace: SliceKey hashing of app keys and half-open Slice ranges [lo, hi)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import xxhash
+
+from sharder.errors import InvalidSliceError, KeyRangeError, KeyTypeError
+
+KEYSPACE_END: int = 1 << 64
+"""One past the largest SliceKey; ``Slice.hi`` may equal it (encoded as 0 in protobuf)."""
+
+MAX_SLICE_KEY: int = KEYSPACE_END - 1
+
+
+def slice_key(app_key: str | bytes | bytearray | memoryview) -> int:
+    """The SliceKey of an app key: xxh3_64 of its UTF-8 bytes (bytes-like keys are hashed as they are)."""
+    if isinstance(app_key, str):
+        return xxhash.xxh3_64_intdigest(app_key.encode("utf-8", "surrogatepass"))
+    if isinstance(app_key, bytes | bytearray | memoryview):
+        return xxhash.xxh3_64_intdigest(bytes(app_key))
+    raise KeyTypeError(
+        f"app_key must be str or bytes, got {type(app_key).__name__}; convert the key to a string first",
+        field="app_key",
+    )
+
+
+def check_slice_key(key: object, field: str = "slice_key") -> int:
+    """Return ``key`` if it is an int SliceKey in [0, 2**64); raise KeyTypeError / KeyRangeError otherwise."""
+    if not isinstance(key, int) or isinstance(key, bool):
+        raise KeyTypeError(f"{field} must be an int in [0, 2**64), got {type(key).__name__}", field=field)
+    if not 0 <= key < KEYSPACE_END:
+        raise KeyRangeError(f"{field} must be in [0, 2**64), got {key}", field=field)
+    return key
+
+
+@dataclasses.dataclass(frozen=True, slots=True, order=True)
+class Slice:
+    """Half-open range [lo, hi) of SliceKeys with 0 <= lo < hi <= 2**64."""
+
+    lo: int
+    hi: int
+
+    def __post_init__(self) -> None:
+        lo, hi = self.lo, self.hi
+        if type(lo) is not int and (not isinstance(lo, int) or isinstance(lo, bool)):
+            raise InvalidSliceError(f"slice.lo must be an int, got {type(lo).__name__}", field="lo")
+        if type(hi) is not int and (not isinstance(hi, int) or isinstance(hi, bool)):
+            raise InvalidSliceError(f"slice.hi must be an int, got {type(hi).__name__}", field="hi")
+        if lo < 0 or lo >= KEYSPACE_END:
+            raise InvalidSliceError(f"slice.lo must be in [0, 2**64), got {lo}", field="lo")
+        if hi <= lo or hi > KEYSPACE_END:
+            raise InvalidSliceError(f"slice.hi must be greater than lo ({lo}) and at most 2**64, got {hi}", field="hi")
+
+    def contains(self, key: int) -> bool:
+        """True when ``lo <= key < hi``."""
+        return self.lo <= key < self.hi
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, int) and self.lo <= key < self.hi
+
+    @property
+    def width(self) -> int:
+        """Number of SliceKeys in the slice (``hi - lo``)."""
+        return self.hi - self.lo
+
+    def overlap(self, other: Slice) -> int:
+        """Number of SliceKeys shared with ``other`` (0 when disjoint)."""
+        return max(0, min(self.hi, other.hi) - max(self.lo, other.lo))
+
+    def split_at(self, at: int) -> tuple[Slice, Slice]:
+        """The two halves [lo, at) and [at, hi); InvalidSliceError unless lo < at < hi."""
+        if not self.lo < at < self.hi:
+            raise InvalidSliceError(f"split point must be strictly inside [{self.lo}, {self.hi}), got {at}", field="at")
+        return Slice(self.lo, at), Slice(at, self.hi)
+
+    def __str__(self) -> str:
+        return f"[{self.lo:#018x}, {'END' if self.hi == KEYSPACE_END else format(self.hi, '#018x')})"
+
+
+FULL_KEYSPACE: Slice = Slice(0, KEYSPACE_END)
+
+
+def even_boundaries(n: int, lo: int = 0, hi: int = KEYSPACE_END) -> list[int]:
+    """The n + 1 boundaries that split [lo, hi) into n slices of (nearly) equal width."""
+    if not isinstance(n, int) or n < 1:
+        raise InvalidSliceError(f"the number of slices must be an int >= 1, got {n!r}", field="n")
+    width = hi - lo
+    if n > width:
+        raise InvalidSliceError(f"cannot split a range of width {width} into {n} slices", field="n")
+    return [lo + (width * i) // n for i in range(n + 1)]
+
+
+def split_evenly(n: int, within: Slice = FULL_KEYSPACE) -> tuple[Slice, ...]:
+    """``within`` split into n adjacent slices of (nearly) equal width, in key order."""
+    b = even_boundaries(n, within.lo, within.hi)
+    return tuple(Slice(b[i], b[i + 1]) for i in range(n))
+
+
+__all__ = [
+    "FULL_KEYSPACE",
+    "KEYSPACE_END",
+    "MAX_SLICE_KEY",
+    "Slice",
+    "check_slice_key",
+    "even_boundaries",
+    "slice_key",
+    "split_evenly",
+]

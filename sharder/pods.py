@@ -1,0 +1,48 @@
+"""Pods (runtimes a target's slices are assigned to), their states, and label eligibility."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+
+KNOWN_LABELS: frozenset[str] = frozenset({"model", "model_version", "region"})
+"""Labels a TargetConfig's eligibility may name."""
+
+
+class PodState(enum.Enum):
+    """Lifecycle of a pod: active pods take slices, draining pods hand theirs over, dead pods are dropped."""
+
+    ACTIVE = "active"
+    DRAINING = "draining"
+    DEAD = "dead"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Pod:
+    """One runtime: gRPC ``address``, optional HTTP base URL, labels (model, model_version, region) and state."""
+
+    id: str
+    address: str
+    labels: dict[str, str] = dataclasses.field(default_factory=dict, hash=False)
+    state: PodState = PodState.ACTIVE
+    http_address: str = ""
+    target: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.state is PodState.ACTIVE
+
+
+def eligible(pod: Pod, eligibility: Mapping[str, str]) -> bool:
+    """True when ``pod`` carries every label of ``eligibility`` with exactly the same value (state is not checked)."""
+    labels = pod.labels
+    return all(labels.get(k) == v for k, v in eligibility.items())
+
+
+def serves(pod: Pod, target: str, eligibility: Mapping[str, str]) -> bool:
+    """True when ``pod`` is ACTIVE, not bound to another target, and eligible for ``eligibility``."""
+    return pod.state is PodState.ACTIVE and (not pod.target or pod.target == target) and eligible(pod, eligibility)
+
+
+__all__ = ["KNOWN_LABELS", "Pod", "PodState", "eligible", "serves"]

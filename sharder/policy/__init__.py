@@ -1,0 +1,5 @@
+"""The pure resharding policy: ``reshard(assignment, pods, reports) -> next assignment`` (one module per phase)."""
+
+from sharder.policy.round import reshard
+
+__all__ = ["reshard"]

@@ -1,0 +1,38 @@
+"""Phase 7: remove replicas of slices whose per-replica load has fallen (down to min_replicas)."""
+
+from __future__ import annotations
+
+from sharder.policy.state import RoundState
+
+
+def dereplicate(state: RoundState) -> None:
+    """A slice with more than ``min_replicas`` replicas loses the replica on its most loaded pod when its
+    per-replica load is below ``dereplicate_threshold`` x mean pod load and the remaining replicas stay below
+    ``split_threshold`` (hysteresis against re-replication). The removed pod stays ``leaving`` one round.
+    Each removal spends its per-replica load from the churn budget; an idle target dereplicates for free."""
+    cfg = state.config
+    if cfg.dereplicate_threshold <= 0:
+        return
+    floor = max(cfg.min_replicas, 1)
+    mean = state.mean_ref()
+    low = cfg.dereplicate_threshold * mean
+    high = cfg.split_threshold * mean
+    for rec in state.recs:
+        if len(rec.replicas) <= floor or rec.pinned or rec.moved:
+            continue
+        while len(reps := rec.replicas) > floor:
+            r = len(reps)
+            share = rec.load / r
+            if rec.load > 0 and not (share < low and rec.load / (r - 1) <= high):
+                break
+            if share > state.budget:
+                break
+            victim = max(reps, key=lambda p: (state.norm(p), p))
+            state.remove_replica(rec, victim)
+            state.budget -= share
+            state.stats.churn += share
+            state.stats.dereplications += 1
+            rec.moved = True
+
+
+__all__ = ["dereplicate"]

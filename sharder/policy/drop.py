@@ -1,0 +1,61 @@
+"""Phase 1: drop dead, vanished and ineligible pods; hand draining pods' slices over (make-before-break)."""
+
+from __future__ import annotations
+
+from sharder.pods import Pod, PodState, eligible
+from sharder.policy.state import RoundState
+
+
+def drop_pods(state: RoundState, previous_pods: tuple[Pod, ...]) -> None:
+    """Remove replicas that are not eligible ACTIVE pods. Draining replicas move to ``leaving`` (they keep
+    serving for one more generation while the fill phase adds replacements); dead, unknown or ineligible ones
+    go at once. Pods that were already ``leaving`` leave now, unless the slice has no replica at all (then the
+    still-serving ones stay until a replacement exists). Replicas beyond ``max_replicas`` leave too."""
+    pods = state.pods
+    ok = state.eligible_set
+    gen = state.generation
+    cfg = state.config
+    mx = cfg.max_replicas
+    state.stats.dropped_pods = sum(
+        1 for p in previous_pods if (q := pods.get(p.id)) is None or q.state is PodState.DEAD
+    )
+    for rec in state.recs:
+        reps = rec.replicas
+        old_leaving = rec.leaving
+        reps_ok = ok.issuperset(reps)
+        if not old_leaving and reps_ok and len(reps) <= mx:
+            continue
+        new_leaving: list[str] = []
+        if not reps_ok:
+            keep: list[str] = []
+            for p in reps:
+                if p in ok:
+                    keep.append(p)
+                else:
+                    pod = pods.get(p)
+                    if pod is not None and pod.state is PodState.DRAINING and _serving(pod, state):
+                        new_leaving.append(p)
+            rec.replicas = reps = tuple(keep)
+            rec.since = gen
+        if len(reps) > mx:
+            new_leaving.extend(reps[mx:])
+            rec.replicas = reps = reps[:mx]
+            rec.since = gen
+        if old_leaving and not reps:
+            for p in old_leaving:
+                pod = pods.get(p)
+                if pod is not None and _serving(pod, state) and p not in new_leaving:
+                    new_leaving.append(p)
+        rec.leaving = tuple(new_leaving)
+
+
+def _serving(pod: Pod, state: RoundState) -> bool:
+    cfg = state.config
+    return (
+        pod.state is not PodState.DEAD
+        and (not pod.target or pod.target == cfg.target)
+        and eligible(pod, cfg.eligibility)
+    )
+
+
+__all__ = ["drop_pods"]

@@ -1,0 +1,61 @@
+"""Phase 5: merge adjacent cold slices that have the same replicas, keeping the slice count bounded."""
+
+from __future__ import annotations
+
+from sharder.policy.state import Rec, RoundState
+
+
+def mergeable(state: RoundState, a: Rec, b: Rec) -> bool:
+    """Adjacent ``a`` and ``b`` may become one slice: same replica and leaving sets, no pin, no kept boundary,
+    and every replica keeps at least ``min_slices_per_pod`` slices."""
+    if a.pinned or b.pinned or a.nosplit or b.nosplit or b.lo in state.keep_bounds:
+        return False
+    ra, rb = a.replicas, b.replicas
+    if ra != rb and (len(ra) != len(rb) or set(ra) != set(rb)):
+        return False
+    if a.leaving != b.leaving and set(a.leaving) != set(b.leaving):
+        return False
+    floor = state.config.min_slices_per_pod
+    if floor:
+        count = state.count
+        return all(count[p] > floor for p in ra)
+    return True
+
+
+def join(state: RoundState, a: Rec, b: Rec) -> Rec:
+    """``a`` and ``b`` (adjacent, mergeable) as one slice; counts updated, pod loads unchanged."""
+    m = Rec(a.lo, b.hi, None, a.replicas, a.leaving, a.load + b.load, max(a.since, b.since))
+    if a.keysrc or b.keysrc:
+        m.keysrc = [*(a.keysrc or ()), *(b.keysrc or ())]
+    m.moved = a.moved or b.moved
+    count = state.count
+    for p in a.replicas:
+        count[p] -= 1
+    state.stats.merges += 1
+    return m
+
+
+def merge_cold(state: RoundState) -> None:
+    """Merge runs of adjacent slices whose combined load stays below ``merge_threshold`` x mean pod load."""
+    cfg = state.config
+    mean = state.mean_ref()
+    if cfg.merge_threshold <= 0 or mean <= 0 or len(state.recs) < 2:
+        return
+    limit = cfg.merge_threshold * mean
+    out: list[Rec] = []
+    cur = state.recs[0]
+    for nxt in state.recs[1:]:
+        if (
+            cur.load + nxt.load < limit
+            and (cur.replicas == nxt.replicas or set(cur.replicas) == set(nxt.replicas))
+            and mergeable(state, cur, nxt)
+        ):
+            cur = join(state, cur, nxt)
+        else:
+            out.append(cur)
+            cur = nxt
+    out.append(cur)
+    state.recs = out
+
+
+__all__ = ["join", "merge_cold", "mergeable"]

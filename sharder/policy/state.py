@@ -1,0 +1,238 @@
+"""Mutable working state of one policy round: slice records, pod loads and counts, lazy load heaps."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+
+from sharder.assignment import SliceAssignment
+from sharder.config import TargetConfig
+from sharder.keyspace import Slice
+from sharder.pods import Pod
+
+TopKeys = tuple[tuple[int, float], ...]
+
+
+class Rec:
+    """One slice being worked on (mutable; turned back into a SliceAssignment at the end of the round)."""
+
+    __slots__ = (
+        "hi",
+        "keysrc",
+        "leaving",
+        "lo",
+        "load",
+        "moved",
+        "nosplit",
+        "orig",
+        "pinned",
+        "replicas",
+        "since",
+        "slice",
+    )
+
+    def __init__(
+        self,
+        lo: int,
+        hi: int,
+        slice_: Slice | None,
+        replicas: tuple[str, ...],
+        leaving: tuple[str, ...],
+        load: float,
+        since: int,
+        orig: SliceAssignment | None = None,
+    ) -> None:
+        self.lo = lo
+        self.hi = hi
+        self.slice = slice_  # the original Slice object while the range is unchanged (reused in the output)
+        self.replicas = replicas
+        self.leaving = leaving
+        self.load = load
+        self.since = since
+        self.orig = orig  # the SliceAssignment it came from (reused when nothing changed)
+        self.keysrc: list[TopKeys] | None = None  # reported hot keys, merged on demand
+        self.pinned = False  # a MoveOverride pins it: no moves, replications or dereplications
+        self.nosplit = False  # inside a MergeOverride range
+        self.moved = False  # its replica set changed by a budgeted action this round
+
+    def add_keys(self, keys: TopKeys) -> None:
+        if keys:
+            if self.keysrc is None:
+                self.keysrc = [keys]
+            else:
+                self.keysrc.append(keys)
+
+    def top_keys(self) -> dict[int, float]:
+        """Reported hot keys inside the slice, weights summed over reports."""
+        out: dict[int, float] = {}
+        if self.keysrc:
+            lo, hi = self.lo, self.hi
+            for keys in self.keysrc:
+                for k, w in keys:
+                    if lo <= k < hi:
+                        out[k] = out.get(k, 0.0) + w
+        return out
+
+
+class Stats:
+    """Mutable counters of the round (RoundStats at the end)."""
+
+    __slots__ = ("churn", "dereplications", "dropped_pods", "fills", "merges", "moves", "replications", "splits")
+
+    def __init__(self) -> None:
+        self.moves = 0
+        self.splits = 0
+        self.merges = 0
+        self.replications = 0
+        self.dereplications = 0
+        self.fills = 0
+        self.churn = 0.0  # absolute load moved by budgeted actions
+        self.dropped_pods = 0
+
+
+class LoadHeap:
+    """Heap of eligible pods by capacity-normalised load (``sign`` +1: least loaded first, -1: most loaded),
+    with lazy invalidation through the state's per-pod versions."""
+
+    def __init__(self, state: RoundState, sign: float, pods: Iterable[str]) -> None:
+        self.state = state
+        self.sign = sign
+        ver = state.ver
+        self.heap: list[tuple[float, str, int]] = [(sign * state.norm(p), p, ver[p]) for p in pods]
+        heapq.heapify(self.heap)
+        state.heaps.append(self)
+
+    def push(self, p: str) -> None:
+        heapq.heappush(self.heap, (self.sign * self.state.norm(p), p, self.state.ver[p]))
+
+    def pop(self) -> str | None:
+        """Remove and return the best valid pod (the caller pushes it back with ``push`` if it stays usable)."""
+        heap, ver = self.heap, self.state.ver
+        while heap:
+            _, p, v = heapq.heappop(heap)
+            if ver.get(p) == v:
+                return p
+        return None
+
+    def detach(self) -> None:
+        self.state.heaps.remove(self)
+
+
+class RoundState:
+    """Everything a phase reads and changes. Pod loads are raw (sum of load / replicas); ``norm`` divides by
+    the pod's capacity."""
+
+    def __init__(
+        self,
+        config: TargetConfig,
+        generation: int,
+        recs: list[Rec],
+        pods: dict[str, Pod],
+        eligible: list[str],
+        capacity: dict[str, float],
+    ) -> None:
+        self.config = config
+        self.generation = generation
+        self.recs = recs
+        self.pods = pods
+        self.eligible = eligible  # ids of eligible ACTIVE pods, sorted
+        self.eligible_set = frozenset(eligible)
+        self.capacity = capacity
+        self.load: dict[str, float] = {}
+        self.count: dict[str, int] = {}
+        self.ver: dict[str, int] = {}
+        self.heaps: list[LoadHeap] = []
+        self.stats = Stats()
+        self.total_load = 0.0
+        self.total_capacity = sum(capacity[p] for p in eligible)
+        self.keep_bounds: set[int] = set()  # boundaries no merge may remove (overrides)
+        self.budget = 0.0  # absolute load that budgeted actions may still move this round
+
+    # --- bookkeeping --------------------------------------------------------------------------------------
+    def recompute(self) -> None:
+        """Pod loads and slice counts from scratch (replicas are eligible pods once the drop phase ran)."""
+        load = dict.fromkeys(self.eligible, 0.0)
+        count = dict.fromkeys(self.eligible, 0)
+        total = 0.0
+        for rec in self.recs:
+            total += rec.load
+            reps = rec.replicas
+            if reps:
+                share = rec.load / len(reps)
+                for p in reps:
+                    load[p] += share
+                    count[p] += 1
+        self.load = load
+        self.count = count
+        self.total_load = total
+        self.ver = dict.fromkeys(self.eligible, 0)
+
+    def mean_ref(self) -> float:
+        """Mean load of a reference pod (capacity 1.0): total load / total eligible capacity."""
+        return self.total_load / self.total_capacity if self.total_capacity > 0 else 0.0
+
+    def norm(self, p: str) -> float:
+        return self.load[p] / self.capacity[p]
+
+    def _touch(self, p: str) -> None:
+        self.ver[p] += 1
+        for h in self.heaps:
+            h.push(p)
+
+    # --- replica changes (keep loads, counts and heaps right) ---------------------------------------------
+    def add_replica(self, rec: Rec, p: str) -> None:
+        reps = rec.replicas
+        r = len(reps)
+        new_share = rec.load / (r + 1)
+        if r:
+            delta = new_share - rec.load / r
+            load = self.load
+            for q in reps:
+                load[q] += delta
+                self._touch(q)
+        rec.replicas = (*reps, p)
+        self.load[p] += new_share
+        self.count[p] += 1
+        self._touch(p)
+        if p in rec.leaving:
+            rec.leaving = tuple(x for x in rec.leaving if x != p)
+        rec.since = self.generation
+
+    def remove_replica(self, rec: Rec, p: str, *, to_leaving: bool = True) -> None:
+        r = len(rec.replicas)
+        rec.replicas = reps = tuple(x for x in rec.replicas if x != p)
+        old_share = rec.load / r
+        self.load[p] -= old_share
+        self.count[p] -= 1
+        self._touch(p)
+        if r > 1:
+            delta = rec.load / (r - 1) - old_share
+            load = self.load
+            for q in reps:
+                load[q] += delta
+                self._touch(q)
+        if to_leaving and p not in rec.leaving:
+            rec.leaving = (*rec.leaving, p)
+        rec.since = self.generation
+
+    def replace_replica(self, rec: Rec, old: str, new: str) -> None:
+        """Make-before-break move: ``new`` takes ``old``'s place, ``old`` leaves after this generation."""
+        reps = rec.replicas
+        share = rec.load / len(reps)
+        rec.replicas = tuple(new if x == old else x for x in reps)
+        self.load[old] -= share
+        self.load[new] += share
+        self.count[old] -= 1
+        self.count[new] += 1
+        self._touch(old)
+        self._touch(new)
+        leaving = rec.leaving
+        if new in leaving:
+            leaving = tuple(x for x in leaving if x != new)
+        if old not in leaving:
+            leaving = (*leaving, old)
+        rec.leaving = leaving
+        rec.since = self.generation
+
+
+__all__ = ["LoadHeap", "Rec", "RoundState", "Stats", "TopKeys"]
