@@ -1,0 +1,1 @@
+"""The `brunoise` command line: admin commands against the assigner and `brunoise cluster up`."""

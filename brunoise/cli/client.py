@@ -1,0 +1,293 @@
+"""The assigner's admin RPCs as a small blocking client, with errors turned into one-line CliErrors."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+from collections.abc import Iterator
+from typing import Any, TypeVar, cast
+
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # keep gRPC's C-core logging off the one-line errors
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
+import grpc
+
+from brunoise.cli.output import KEYSPACE_END, CliError
+from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+
+T = TypeVar("T")
+
+DEFAULT_ASSIGNER = "127.0.0.1:50051"
+ENV_ASSIGNER = "BRUNOISE_ASSIGNER"
+ENV_STATE_DIR = "BRUNOISE_STATE_DIR"
+
+#: Exit codes by gRPC status (2 is also what typer uses for usage errors).
+EXIT_CODES: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 2,
+    grpc.StatusCode.OUT_OF_RANGE: 2,
+    grpc.StatusCode.UNAVAILABLE: 3,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 3,
+    grpc.StatusCode.NOT_FOUND: 4,
+    grpc.StatusCode.FAILED_PRECONDITION: 5,
+    grpc.StatusCode.ALREADY_EXISTS: 5,
+    grpc.StatusCode.ABORTED: 5,
+}
+
+
+# ----------------------------------------------------------------------------- where the assigner is
+def state_dir() -> pathlib.Path:
+    """Where ``cluster up`` records the running cluster: $BRUNOISE_STATE_DIR, else ~/.brunoise."""
+    env = os.environ.get(ENV_STATE_DIR)
+    return pathlib.Path(env) if env else pathlib.Path.home() / ".brunoise"
+
+
+def cluster_file() -> pathlib.Path:
+    """The well-known file a running ``brunoise cluster up`` writes its addresses to."""
+    return state_dir() / "cluster.json"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_cluster_file() -> dict[str, Any] | None:
+    """The running cluster's record, or None when there is none (or its ``cluster up`` process is gone)."""
+    try:
+        data = json.loads(cluster_file().read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    pid = data.get("pid")
+    if isinstance(pid, int) and not _pid_alive(pid):
+        return None
+    return data
+
+
+def resolve_assigner(option: str | None) -> str:
+    """--assigner, else $BRUNOISE_ASSIGNER, else the running ``cluster up``'s assigner, else 127.0.0.1:50051."""
+    if option:
+        return option
+    env = os.environ.get(ENV_ASSIGNER)
+    if env:
+        return env
+    rec = read_cluster_file()
+    if rec and isinstance(rec.get("assigner"), str):
+        return str(rec["assigner"])
+    return DEFAULT_ASSIGNER
+
+
+# ----------------------------------------------------------------------------- errors
+def rpc_error(exc: grpc.RpcError, address: str, timeout_s: float) -> CliError:
+    """One clear line for a failed RPC."""
+    code: grpc.StatusCode = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = (exc.details() if hasattr(exc, "details") else "") or ""
+    details = " ".join(details.split())
+    exit_code = EXIT_CODES.get(code, 1)
+    if code == grpc.StatusCode.UNAVAILABLE and ("connect" in details.lower() or "dns" in details.lower() or not details):
+        return CliError(
+            f"cannot reach the assigner at {address} ({details or 'unavailable'}); "
+            f"start one with `brunoise cluster up` or point --assigner / ${ENV_ASSIGNER} at it",
+            exit_code,
+        )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return CliError(f"the assigner at {address} did not answer within {timeout_s:g}s", exit_code)
+    name = code.name.lower().replace("_", " ")
+    return CliError(f"{name}: {details}" if details else f"{name} (from the assigner at {address})", exit_code)
+
+
+LEADER_METADATA_KEY = "x-brunoise-leader"
+
+
+def _leader_hint(exc: grpc.RpcError) -> str:
+    """The leader address a follower put in the trailing metadata of a FAILED_PRECONDITION, or ""."""
+    call: Any = exc
+    try:
+        if call.code() != grpc.StatusCode.FAILED_PRECONDITION:
+            return ""
+        for item in call.trailing_metadata() or ():
+            key, value = item[0], item[1]
+            if key == LEADER_METADATA_KEY and isinstance(value, str):
+                return value
+    except Exception:
+        return ""
+    return ""
+
+
+# ----------------------------------------------------------------------------- client
+class AdminClient:
+    """Blocking calls to one assigner's admin RPCs; every failure raises CliError."""
+
+    def __init__(self, address: str, timeout_s: float = 10.0) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(address, options=[("grpc.enable_retries", 0)])
+        self._stub = assigner_pb2_grpc.AssignerStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, name: str, request: Any, resp_type: type[T]) -> T:
+        """Call RPC ``name``; a write sent to a follower is retried once on the leader it names."""
+        for attempt in (0, 1):
+            try:
+                return cast(T, getattr(self._stub, name)(request, timeout=self.timeout_s))
+            except grpc.RpcError as exc:
+                leader = _leader_hint(exc)
+                if attempt == 0 and leader and leader != self.address:
+                    self._connect(leader)
+                    continue
+                raise rpc_error(exc, self.address, self.timeout_s) from None
+        raise AssertionError("unreachable")
+
+    def _connect(self, address: str) -> None:
+        self._channel.close()
+        self.address = address
+        self._channel = grpc.insecure_channel(address, options=[("grpc.enable_retries", 0)])
+        self._stub = assigner_pb2_grpc.AssignerStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def list_targets(self) -> assigner_pb2.ListTargetsResponse:
+        return self._call("ListTargets", assigner_pb2.ListTargetsRequest(), assigner_pb2.ListTargetsResponse)
+
+    def configure_target(self, config: slicing_pb2.TargetConfig) -> assigner_pb2.ConfigureTargetResponse:
+        return self._call("ConfigureTarget", assigner_pb2.ConfigureTargetRequest(config=config), assigner_pb2.ConfigureTargetResponse)
+
+    def get_assignment(self, target: str, generation: int = 0) -> slicing_pb2.Assignment:
+        return self._call("GetAssignment", assigner_pb2.GetAssignmentRequest(target=target, generation=generation), slicing_pb2.Assignment)
+
+    def explain(self, target: str, *, app_key: str | None = None, slice_key: int | None = None) -> assigner_pb2.ExplainKeyResponse:
+        if slice_key is not None:
+            req = assigner_pb2.ExplainKeyRequest(target=target, slice_key=slice_key)
+        else:
+            req = assigner_pb2.ExplainKeyRequest(target=target, app_key=app_key or "")
+        return self._call("ExplainKey", req, assigner_pb2.ExplainKeyResponse)
+
+    def history(self, target: str, limit: int = 0, full: bool = False) -> assigner_pb2.HistoryResponse:
+        return self._call("History", assigner_pb2.HistoryRequest(target=target, limit=limit, full=full), assigner_pb2.HistoryResponse)
+
+    def list_pods(self, target: str = "") -> assigner_pb2.ListPodsResponse:
+        return self._call("ListPods", assigner_pb2.ListPodsRequest(target=target), assigner_pb2.ListPodsResponse)
+
+    def drain(self, pod_id: str, undrain: bool = False) -> assigner_pb2.DrainResponse:
+        return self._call("Drain", assigner_pb2.DrainRequest(pod_id=pod_id, undrain=undrain), assigner_pb2.DrainResponse)
+
+    def set_override(self, target: str, override: slicing_pb2.Override) -> assigner_pb2.SetOverrideResponse:
+        return self._call("SetOverride", assigner_pb2.SetOverrideRequest(target=target, override=override), assigner_pb2.SetOverrideResponse)
+
+    def clear_overrides(self, target: str, ids: list[str]) -> assigner_pb2.ClearOverridesResponse:
+        return self._call("ClearOverrides", assigner_pb2.ClearOverridesRequest(target=target, ids=ids), assigner_pb2.ClearOverridesResponse)
+
+    def watch(self, target: str, from_generation: int = 0) -> Iterator[assigner_pb2.WatchResponse]:
+        """Full assignments as they change (no deadline: ends when the caller stops iterating)."""
+        stream = self._stub.Watch(assigner_pb2.WatchRequest(target=target, from_generation=from_generation, diffs=False))
+        try:
+            yield from stream
+        except grpc.RpcError as exc:
+            raise rpc_error(exc, self.address, self.timeout_s) from None
+        finally:
+            with contextlib.suppress(Exception):
+                stream.cancel()
+
+
+# ----------------------------------------------------------------------------- protobuf -> JSON-friendly dicts
+def state_name(state: int) -> str:
+    """``POD_STATE_DRAINING`` -> ``draining``."""
+    try:
+        return slicing_pb2.PodState.Name(state).removeprefix("POD_STATE_").lower()
+    except ValueError:
+        return f"unknown({state})"
+
+
+def hi_of(s: slicing_pb2.Slice) -> int:
+    """A slice's hi as an int (0 on the wire means 2^64)."""
+    return KEYSPACE_END if s.hi == 0 else int(s.hi)
+
+
+def scalars(msg: Any) -> dict[str, Any]:
+    """Every scalar field of a flat message (RoundStats, EngineLoad) as a dict, defaults included."""
+    return {f.name: getattr(msg, f.name) for f in msg.DESCRIPTOR.fields}
+
+
+def slice_dict(sa: slicing_pb2.SliceAssignment, generation: int = 0) -> dict[str, Any]:
+    lo, hi = int(sa.slice.lo), hi_of(sa.slice)
+    return {
+        "lo": lo,
+        "hi": hi,
+        "lo_hex": f"{lo:016x}",
+        "hi_hex": "2^64" if hi == KEYSPACE_END else f"{hi:016x}",
+        "replicas": list(sa.replicas),
+        "leaving": list(sa.leaving),
+        "load": sa.load,
+        "since_generation": int(sa.since_generation),
+        "age": max(0, generation - int(sa.since_generation)) if generation else 0,
+    }
+
+
+def pod_dict(p: slicing_pb2.Pod) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "target": p.target,
+        "state": state_name(p.state),
+        "address": p.address,
+        "http_address": p.http_address,
+        "labels": dict(p.labels),
+    }
+
+
+def override_dict(o: slicing_pb2.Override) -> dict[str, Any]:
+    kind = o.WhichOneof("kind")
+    out: dict[str, Any] = {"id": o.id, "kind": kind}
+    if kind == "move":
+        out.update(key=int(o.move.key), pods=list(o.move.pods))
+    elif kind == "split":
+        out.update(at=int(o.split.at))
+    elif kind == "merge":
+        out.update(lo=int(o.merge.lo), hi=KEYSPACE_END if o.merge.hi == 0 else int(o.merge.hi))
+    return out
+
+
+def config_dict(c: slicing_pb2.TargetConfig) -> dict[str, Any]:
+    out = scalars(c)
+    out["eligibility"] = dict(c.eligibility)
+    return out
+
+
+def assignment_dict(a: slicing_pb2.Assignment) -> dict[str, Any]:
+    g = int(a.generation)
+    return {
+        "target": a.target,
+        "generation": g,
+        "created_unix_ms": int(a.created_unix_ms),
+        "slices": [slice_dict(s, g) for s in a.slices],
+        "pods": [pod_dict(p) for p in a.pods],
+        "overrides": [override_dict(o) for o in a.overrides],
+        "stats": scalars(a.stats),
+        "config": config_dict(a.config),
+    }
+
+
+def pod_status_dict(ps: assigner_pb2.PodStatus) -> dict[str, Any]:
+    out = pod_dict(ps.pod)
+    out.update(
+        engine=scalars(ps.engine),
+        slices_held=int(ps.slices_held),
+        slice_load=ps.slice_load,
+        last_report_unix_ms=int(ps.last_report_unix_ms),
+        prefix_hit_rate=ps.engine.prefix_hit_rate,
+        load=ps.engine.load,
+    )
+    return out

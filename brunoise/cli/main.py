@@ -1,0 +1,41 @@
+"""Entry point of the `brunoise` CLI (a typer app): admin commands and `cluster up`."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from brunoise.cli import admin
+from brunoise.cli.cluster import cluster_app
+from brunoise.cli.output import print_error
+
+app = typer.Typer(
+    name="brunoise",
+    help="brunoise: sessions on small, load-balanced subsets of LLM replicas. "
+    "Start a local cluster with `brunoise cluster up`; inspect and steer it with the other commands.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+admin.register(app)
+app.add_typer(cluster_app, name="cluster")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; anything unexpected is one line on stderr, never a traceback."""
+    try:
+        app(args=argv, prog_name="brunoise")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        print_error(f"{type(exc).__name__}: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

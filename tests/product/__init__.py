@@ -1,0 +1,1 @@
+"""Product tests: the `brunoise` CLI, `brunoise cluster up` and the compose file."""
