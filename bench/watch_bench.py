@@ -1,0 +1,241 @@
+"""Watch fan-out latency: leader commit -> new generation at N real gRPC Watch streams (embedded and etcd stores).
+
+Run from the repository root::
+
+    .venv/bin/python -m bench.watch_bench --watchers 100 --commits 40
+
+For every (backend, watched replica, assignment size, full|diffs) case it starts real assigner processes,
+opens N Watch streams, then makes ``--commits`` single-CAS commits (SetOverride / ClearOverrides in turn,
+one at a time: the next only after every watcher got the previous one). The latency of one delivery is
+arrival time minus the assignment's ``created_unix_ms``, which the leader stamps just before its
+compare-and-swap, so it includes the store write, the fan-out, serialization and the client's parse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from brunoise.launch import ManagedProcess, python_module
+from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from sharder.assigner.hub import apply_diff
+
+ROOT = str(Path(__file__).resolve().parents[1])
+
+
+class Watcher:
+    """One Watch stream; records (generation, latency_ms, bytes) for every message.
+
+    The arrival time is taken on the raw bytes; a watcher then parses only the envelope (generation and
+    timestamp). ``validate`` watchers also rebuild the full assignment from diffs and check it, as a clerk
+    would: only a few do, so that one bench process does not pay 100 routers' worth of parsing and the
+    figures show the assigner's delivery, not this process's CPU."""
+
+    def __init__(self, addr: str, diffs: bool, validate: bool = False) -> None:
+        self.addr = addr
+        self.diffs = diffs
+        self.validate = validate
+        self.generation = 0
+        self.samples: list[tuple[int, float, int]] = []
+        self.changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._channel = grpc.aio.insecure_channel(addr)
+        self._base: slicing_pb2.Assignment | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        watch = self._channel.unary_stream(
+            "/brunoise.v1.Assigner/Watch",
+            request_serializer=assigner_pb2.WatchRequest.SerializeToString,
+            response_deserializer=None,  # raw bytes: timestamp first, parse after
+        )
+        call = watch(assigner_pb2.WatchRequest(target="bench", diffs=self.diffs))
+        async for raw in call:
+            now_ms = time.time() * 1000
+            msg = assigner_pb2.WatchResponse.FromString(raw)
+            if msg.WhichOneof("update") == "diff":
+                gen, created = msg.diff.to_generation, msg.diff.created_unix_ms
+                if self.validate:
+                    assert self._base is not None
+                    self._base = apply_diff(self._base, msg.diff)
+            else:
+                gen, created = msg.assignment.generation, msg.assignment.created_unix_ms
+                if self.validate:
+                    self._base = msg.assignment
+            self.generation = gen
+            self.samples.append((gen, now_ms - created, len(raw)))
+            self.changed.set()
+
+    async def wait_for(self, generation: int, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.generation < generation:
+            self.changed.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"watcher at {self.generation}, wanted {generation}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), timeout=remaining)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await self._task
+        await self._channel.close(None)
+
+
+def start_assigner(name: str, store_args: Sequence[str], log_dir: Path) -> ManagedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["BRUNOISE_LOG_LEVEL"] = "WARNING"
+    argv = python_module(
+        "sharder.assigner.main", "--id", name, "--round-interval", "30", "--lease-ttl", "3", *store_args
+    )
+    p = ManagedProcess(name, argv, env=env, log_dir=log_dir / name).start()
+    p.wait_ready(30)
+    return p
+
+
+async def run_case(
+    leader_addr: str, watch_addr: str, *, watchers: int, commits: int, diffs: bool, slices: int
+) -> dict[str, float]:
+    async with grpc.aio.insecure_channel(leader_addr) as ch:
+        stub = assigner_pb2_grpc.AssignerStub(ch)  # type: ignore[no-untyped-call]
+        for _ in range(200):  # until a leader is elected
+            try:
+                await stub.ConfigureTarget(
+                    assigner_pb2.ConfigureTargetRequest(
+                        config=slicing_pb2.TargetConfig(target="bench", initial_slices=slices, model="m")
+                    )
+                )
+                break
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.05)
+        for i in range(3):
+            pod = slicing_pb2.Pod(id=f"b{i}", address=f"127.0.0.1:{7000 + i}", target="bench", labels={"model": "m"})
+            await stub.Report(assigner_pb2.ReportRequest(pod=pod, lease_ttl_ms=600_000))
+        ws = [Watcher(watch_addr, diffs, validate=i < 2) for i in range(watchers)]
+        for w in ws:
+            await w.start()
+        cur = await stub.GetAssignment(assigner_pb2.GetAssignmentRequest(target="bench"))
+        await asyncio.gather(*(w.wait_for(cur.generation) for w in ws))
+        for w in ws:
+            w.samples.clear()
+        gens: set[int] = set()
+        t0 = time.monotonic()
+        for i in range(commits):
+            if i % 2 == 0:
+                ov = slicing_pb2.Override(id="bench", move=slicing_pb2.MoveOverride(key=(i * 7919) << 40, pods=["b1"]))
+                resp = await stub.SetOverride(assigner_pb2.SetOverrideRequest(target="bench", override=ov))
+                gen = resp.assignment.generation
+            else:
+                cleared = await stub.ClearOverrides(assigner_pb2.ClearOverridesRequest(target="bench"))
+                gen = cleared.assignment.generation
+            gens.add(gen)
+            await asyncio.gather(*(w.wait_for(gen) for w in ws))
+        elapsed = time.monotonic() - t0
+        final = await stub.GetAssignment(assigner_pb2.GetAssignmentRequest(target="bench"))
+        for w in ws[:2]:  # the validating watchers rebuilt exactly the stored assignment
+            assert w._base is not None and w._base.generation == final.generation
+            assert [(x.slice.lo, list(x.replicas)) for x in w._base.slices] == [
+                (x.slice.lo, list(x.replicas)) for x in final.slices
+            ], "a watcher's rebuilt assignment differs from the stored one"
+        lat = sorted(ms for w in ws for g, ms, _ in w.samples if g in gens)
+        sizes = [b for w in ws for g, _, b in w.samples if g in gens]
+        for w in ws:
+            await w.stop()
+    q = statistics.quantiles(lat, n=100, method="inclusive")
+    return {
+        "n": len(lat),
+        "p50": statistics.median(lat),
+        "p99": q[98],
+        "max": lat[-1],
+        "bytes": statistics.mean(sizes),
+        "commits_s": commits / elapsed,
+    }
+
+
+async def bench(args: argparse.Namespace) -> list[tuple[str, dict[str, float]]]:
+    rows: list[tuple[str, dict[str, float]]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="brunoise-watch-bench-"))
+    for backend in args.backends:
+        cluster = None
+        procs: list[ManagedProcess] = []
+        try:
+            if backend == "etcd":
+                from sharder.etcd_server import EtcdCluster
+
+                cluster = EtcdCluster(3).start()
+                store_args = ["--store", "etcd", "--etcd-prefix", "/watch-bench"]
+                for e in cluster.endpoints:
+                    store_args += ["--etcd-endpoint", e]
+            else:
+                store_args = ["--store", "embedded"]
+            for slices in args.slices:
+                for mode in args.modes:
+                    leader = start_assigner("leader", [*store_args, "--etcd-prefix", f"/wb-{slices}-{mode}"]
+                                            if backend == "etcd" else store_args, tmp)
+                    procs.append(leader)
+                    targets = [("leader", leader.addresses["grpc"])]
+                    if backend == "etcd" and args.follower:
+                        follower = start_assigner("follower", [*store_args, "--etcd-prefix", f"/wb-{slices}-{mode}"], tmp)
+                        procs.append(follower)
+                        targets.append(("follower", follower.addresses["grpc"]))
+                    for where, addr in targets:
+                        stats = await run_case(
+                            leader.addresses["grpc"], addr, watchers=args.watchers, commits=args.commits,
+                            diffs=mode == "diffs", slices=slices,
+                        )
+                        rows.append((f"{backend:<8} {where:<8} {slices:>6} {mode:<5}", stats))
+                        print_row(rows[-1])
+                    for p in procs:
+                        p.stop()
+                    procs.clear()
+        finally:
+            for p in procs:
+                p.stop()
+            if cluster is not None:
+                cluster.close()
+    return rows
+
+
+HEADER = f"{'backend':<8} {'watched':<8} {'slices':>6} {'mode':<5} {'deliveries':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'bytes/msg':>10} {'commits/s':>9}"
+
+
+def print_row(row: tuple[str, dict[str, float]]) -> None:
+    name, s = row
+    print(
+        f"{name} {int(s['n']):>10} {s['p50']:>8.1f} {s['p99']:>8.1f} {s['max']:>8.1f} {s['bytes']:>10.0f} {s['commits_s']:>9.1f}",
+        flush=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--watchers", type=int, default=100)
+    p.add_argument("--commits", type=int, default=40)
+    p.add_argument("--backends", type=lambda s: s.split(","), default=["embedded", "etcd"])
+    p.add_argument("--modes", type=lambda s: s.split(","), default=["full", "diffs"])
+    p.add_argument("--slices", type=lambda s: [int(x) for x in s.split(",")], default=[64, 1024])
+    p.add_argument("--no-follower", dest="follower", action="store_false", help="etcd: skip watchers on a follower")
+    args = p.parse_args(argv)
+    print(HEADER, flush=True)
+    rows = asyncio.run(bench(args))
+    worst = max(s["p99"] for _, s in rows)
+    print(f"\nworst p99: {worst:.1f} ms (target <= 100 ms)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The assigner process: gRPC service, leader election and policy rounds, admin RPCs."""

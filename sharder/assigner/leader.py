@@ -1,0 +1,386 @@
+"""Leader election and the leader's work: policy rounds, pod registration and every assignment write (CAS)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import importlib
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from brunoise.v1 import slicing_pb2
+from sharder import codec
+from sharder.assignment import Assignment, initial_assignment
+from sharder.config import TargetConfig
+from sharder.load import LoadReport
+from sharder.pods import Pod, PodState
+from sharder.store.base import LeaderInfo, Store, StoreError, Versioned
+
+from .hub import WatchHub
+from .state import PodLoadView
+from .status import Aborted, AlreadyExists, NotFound, NotLeader, Unavailable
+
+log = logging.getLogger(__name__)
+
+DRAIN_PREFIX = "drain/"
+CAS_ATTEMPTS = 5
+
+
+class PolicyFn(Protocol):
+    """The pure resharding round (``sharder.policy.reshard``)."""
+
+    def __call__(
+        self,
+        assignment: Assignment,
+        pods: Sequence[Pod],
+        reports: Sequence[LoadReport],
+        *,
+        config: TargetConfig | None = None,
+        now_ms: int = 0,
+    ) -> Assignment: ...
+
+
+def load_policy(spec: str) -> PolicyFn:
+    """The resharding round named ``module:function`` (default ``sharder.policy:reshard``)."""
+    module, _, name = spec.partition(":")
+    fn: PolicyFn = getattr(importlib.import_module(module), name or "reshard")
+    return fn
+
+
+def decode(data: bytes) -> Assignment:
+    return codec.decode_assignment(data)
+
+
+def pod_from_bytes(data: bytes, draining: bool) -> Pod:
+    pod = codec.decode_pod(data)
+    return dataclasses.replace(pod, state=PodState.DRAINING if draining else PodState.ACTIVE)
+
+
+def changed(old: Assignment, new: Assignment) -> bool:
+    """Whether ``new`` is worth a generation: placement, config or overrides differ."""
+    return not new.same_placement(old) or new.config != old.config or new.overrides != old.overrides
+
+
+Mutation = Callable[[Assignment | None, dict[str, Pod]], Assignment | None]
+
+
+class Leader:
+    """Campaigns for leadership; while leader, runs policy rounds and performs every assignment write.
+
+    Every write is a compare-and-swap on the generation this process last read; a conflict means
+    re-read and recompute, never overwrite. On election the stored generations are read first, so
+    generations strictly increase across leaders.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        me: LeaderInfo,
+        hub: WatchHub,
+        view: PodLoadView,
+        *,
+        policy: PolicyFn,
+        round_interval_s: float = 2.0,
+        lease_ttl_s: float = 5.0,
+        report_interval_s: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.me = me
+        self.hub = hub
+        self.view = view
+        self.policy = policy
+        self.round_interval_s = round_interval_s
+        self.lease_ttl_s = lease_ttl_s
+        self.report_interval_s = report_interval_s
+        self.known_leader: LeaderInfo | None = None
+        self._elected = False
+        self._current: dict[str, Assignment] = {}
+        self._msgs: dict[str, slicing_pb2.Assignment] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._draining: set[str] = set()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.rounds = 0
+        self.elected_at: float | None = None
+        self._grace_until = 0.0
+
+    # lifecycle ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._campaign_loop(), name="campaign"),
+            asyncio.create_task(self._round_loop(), name="rounds"),
+        ]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self._elected:
+            with contextlib.suppress(StoreError, Exception):
+                await asyncio.wait_for(self.store.resign(), timeout=1.0)
+        self._elected = False
+
+    @property
+    def is_leader(self) -> bool:
+        return self._elected and self.store.is_leader()
+
+    def require_leader(self) -> None:
+        if self.is_leader:
+            return
+        info = self.known_leader
+        if info is None or info.candidate_id == self.me.candidate_id:
+            raise Unavailable("no leader is elected right now (is the store reachable?); retry shortly")
+        raise NotLeader(info.candidate_id, info.address)
+
+    def wake(self) -> None:
+        """Run a round now instead of at the next interval."""
+        self._wake.set()
+
+    async def _campaign_loop(self) -> None:
+        while True:
+            try:
+                won = await asyncio.wait_for(self.store.campaign(self.me, self.lease_ttl_s), timeout=self.lease_ttl_s)
+                if won and not self._elected:
+                    await self._on_elected()
+                elif not won and self._elected:
+                    self._on_deposed("lost the campaign")
+                if won:
+                    self.known_leader = self.me
+                else:
+                    self.known_leader = await asyncio.wait_for(self.store.leader(), timeout=self.lease_ttl_s)
+            except (StoreError, TimeoutError) as exc:
+                if self._elected and not self.store.is_leader():
+                    self._on_deposed(f"store error: {exc}")
+                if not self._elected:
+                    self.known_leader = None
+                log.debug("campaign: %s", exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("campaign loop")
+            if self._elected and not self.store.is_leader():
+                self._on_deposed("lease lost")
+            # Followers poll often so that failover is about one lease TTL; the leader only re-checks.
+            period = min(0.25, self.lease_ttl_s / 8)
+            await asyncio.sleep(period * (0.8 + 0.4 * random.random()))
+
+    async def _on_elected(self) -> None:
+        current: dict[str, Assignment] = {}
+        for target in await self.store.list_targets():
+            v = await self.store.get(target)
+            if v is not None:
+                current[target] = decode(v.data)
+        self._current = current
+        drains = await self.store.list_meta(DRAIN_PREFIX)
+        self._draining = {k[len(DRAIN_PREFIX) :] if k.startswith(DRAIN_PREFIX) else k for k in drains}
+        for a in current.values():
+            self.hub.publish(codec.assignment_to_proto(a))
+        self._elected = True
+        self.elected_at = time.monotonic()
+        self._grace_until = self.elected_at + self.lease_ttl_s + self.round_interval_s
+        log.warning("%s is leader (targets: %s)", self.me.candidate_id, sorted(current))
+        self.wake()
+
+    def _on_deposed(self, why: str) -> None:
+        log.warning("%s is no longer leader: %s", self.me.candidate_id, why)
+        self._elected = False
+        self._current = {}
+        self.known_leader = None
+
+    async def _round_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.round_interval_s)
+            self._wake.clear()
+            if not self.is_leader:
+                continue
+            try:
+                await self.run_round()
+            except asyncio.CancelledError:
+                raise
+            except (StoreError, Unavailable, NotLeader, Aborted) as exc:
+                log.info("round skipped: %s", exc)
+            except Exception:
+                log.exception("policy round failed")
+
+    # reads --------------------------------------------------------------------------------------
+    def current(self, target: str) -> Assignment | None:
+        return self._current.get(target) if self.is_leader else None
+
+    def to_proto(self, a: Assignment) -> slicing_pb2.Assignment:
+        """The protobuf form of ``a``, reusing the one built for its commit when it is the current one."""
+        msg = self._msgs.get(a.target)
+        if msg is not None and msg.generation == a.generation and self._current.get(a.target) is a:
+            return msg
+        return codec.assignment_to_proto(a)
+
+    def draining(self, pod_id: str) -> bool:
+        return pod_id in self._draining
+
+    async def live_pods(self) -> dict[str, Pod]:
+        """Pods whose lease is alive, with their drain flag as state."""
+        raw = await self.store.list_pods()
+        drains = await self.store.list_meta(DRAIN_PREFIX)
+        self._draining = {k[len(DRAIN_PREFIX) :] if k.startswith(DRAIN_PREFIX) else k for k in drains}
+        pods: dict[str, Pod] = {}
+        for pid, data in raw.items():
+            try:
+                pods[pid] = pod_from_bytes(data, pid in self._draining)
+            except Exception:
+                log.warning("ignoring unreadable registration of pod %r", pid)
+        self.view.prune(set(pods))
+        return pods
+
+    # writes -------------------------------------------------------------------------------------
+    def _lock(self, target: str) -> asyncio.Lock:
+        lock = self._locks.get(target)
+        if lock is None:
+            lock = self._locks[target] = asyncio.Lock()
+        return lock
+
+    async def mutate(self, target: str, fn: Mutation) -> Assignment | None:
+        """Apply ``fn(current, live_pods)`` and commit its result with CAS on the current generation.
+
+        ``fn`` returns None (or the current assignment) for "nothing to write". A CAS conflict re-reads
+        the stored generation and recomputes; it never overwrites.
+        """
+        async with self._lock(target):
+            self.require_leader()
+            pods = await self.live_pods()
+            for _ in range(CAS_ATTEMPTS):
+                cur = self._current.get(target)
+                new = fn(cur, pods)
+                if new is None or new is cur:
+                    return cur
+                prev_gen = cur.generation if cur is not None else 0
+                if new.generation <= prev_gen:
+                    new = dataclasses.replace(new, generation=prev_gen + 1)
+                msg = codec.assignment_to_proto(new)
+                # stamped just before the commit: watchers measure propagation from here
+                now_ms = int(time.time() * 1000)
+                new = dataclasses.replace(new, created_unix_ms=now_ms)
+                msg.created_unix_ms = now_ms
+                ok = await self.store.compare_and_swap(
+                    target, prev_gen, Versioned(target, new.generation, msg.SerializeToString())
+                )
+                if ok:
+                    self._current[target] = new
+                    self._msgs[target] = msg
+                    self.hub.publish(msg)
+                    return new
+                log.warning("CAS conflict on %s at generation %d: re-reading", target, prev_gen)
+                stored = await self.store.get(target)
+                if stored is None:
+                    self._current.pop(target, None)
+                else:
+                    self._current[target] = decode(stored.data)
+                    self.hub.publish(slicing_pb2.Assignment.FromString(stored.data))
+                self.require_leader()
+            raise Aborted(f"assignment of {target!r} kept changing under us; retry")
+
+    def _round_mutation(self, target: str) -> Mutation:
+        def fn(cur: Assignment | None, pods: dict[str, Pod]) -> Assignment | None:
+            if cur is None:
+                return None
+            tpods = self.pods_for(self._with_grace(cur, pods), target)
+            reports = self.view.reports({p.id for p in tpods})
+            new = self.policy(cur, tpods, reports, now_ms=int(time.time() * 1000))
+            return new if changed(cur, new) else None
+
+        return fn
+
+    def _with_grace(self, cur: Assignment, pods: dict[str, Pod]) -> dict[str, Pod]:
+        """Right after an election, pods the assignment names are not dropped for missing a lease: their
+        leases may have lapsed while no leader could take their heartbeats. They have one lease TTL to
+        report to the new leader."""
+        if time.monotonic() >= self._grace_until:
+            return pods
+        missing = [p for p in cur.pods if p.id not in pods]
+        if not missing:
+            return pods
+        out = dict(pods)
+        for p in missing:
+            out[p.id] = dataclasses.replace(p, state=PodState.DRAINING if p.id in self._draining else PodState.ACTIVE)
+        return out
+
+    async def run_round(self) -> None:
+        """One policy round over every target (leader only)."""
+        for target in sorted(self._current):
+            await self.mutate(target, self._round_mutation(target))
+        self.rounds += 1
+
+    async def ensure_target(self, target: str, model: str) -> Assignment:
+        """The target's assignment, creating it with a default config when it has none."""
+        cur = self._current.get(target)
+        if cur is not None:
+            return cur
+
+        def create(cur: Assignment | None, pods: dict[str, Pod]) -> Assignment | None:
+            if cur is not None:
+                return None
+            config = TargetConfig(target=target, model=model).validate()
+            tpods = sorted((p for p in pods.values() if p.target in ("", target)), key=lambda p: p.id)
+            return initial_assignment(config, tpods, generation=1)
+
+        a = await self.mutate(target, create)
+        assert a is not None
+        return a
+
+    async def register(self, pod: Pod, report: LoadReport | None, ttl_s: float) -> tuple[Assignment, PodState]:
+        """Register/refresh ``pod`` (lease ``ttl_s``), keep its report; its target's assignment and its state."""
+        self.require_leader()
+        other = self.view.conflicting_address(pod)
+        first_time = self.view.get(pod.id) is None
+        if other is None and first_time:
+            raw = (await self.store.list_pods()).get(pod.id)
+            if raw is not None:
+                stored = pod_from_bytes(raw, False)
+                if stored.address != pod.address:
+                    other = stored.address
+        if other is not None:
+            raise AlreadyExists(
+                f"pod id {pod.id!r} is already registered with address {other} (this report: {pod.address}); "
+                "give each pod a unique id, or wait for the old registration's lease to expire"
+            )
+        await self.store.put_pod(pod.id, pod_to_bytes(pod), ttl_s)
+        self.view.update(pod, report, ttl_s)
+        assignment = await self.ensure_target(pod.target, pod.labels.get("model", ""))
+        if first_time or assignment.pod(pod.id) is None:
+            self.wake()
+        state = PodState.DRAINING if pod.id in self._draining else PodState.ACTIVE
+        return assignment, state
+
+    async def drain(self, pod_id: str, undrain: bool) -> Pod:
+        self.require_leader()
+        pods = await self.live_pods()
+        pod = pods.get(pod_id)
+        if pod is None:
+            raise NotFound(f"no live pod {pod_id!r}; ListPods shows the registered pods")
+        if undrain:
+            await self.store.delete_meta(DRAIN_PREFIX + pod_id)
+            self._draining.discard(pod_id)
+        else:
+            await self.store.put_meta(DRAIN_PREFIX + pod_id, b"1")
+            self._draining.add(pod_id)
+        self.wake()
+        return dataclasses.replace(pod, state=PodState.ACTIVE if undrain else PodState.DRAINING)
+
+    def policy_round(self, target: str) -> Mutation:
+        """The round mutation for ``target`` (used by admin writes that want placement recomputed)."""
+        return self._round_mutation(target)
+
+    def pods_for(self, pods: dict[str, Pod], target: str) -> list[Pod]:
+        return sorted((p for p in pods.values() if p.target in ("", target)), key=lambda p: p.id)
+
+    def reports_for(self, pods: Sequence[Pod]) -> list[LoadReport]:
+        return self.view.reports({p.id for p in pods})
+
+
+def pod_to_bytes(pod: Pod) -> bytes:
+    return codec.encode_pod(dataclasses.replace(pod, state=PodState.ACTIVE))

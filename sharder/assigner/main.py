@@ -1,0 +1,181 @@
+"""Entry point of the assigner process (``brunoise-assigner``): store, election, gRPC server, health, reflection."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import uuid
+from collections.abc import Sequence
+
+import grpc
+from grpc_health.v1 import _async as health_aio  # the asyncio servicer (grpc_health.v1.health.aio)
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from brunoise.launch import write_ready_file
+from brunoise.v1 import assigner_pb2, slicing_pb2
+from sharder.store import open_store
+from sharder.store.base import LeaderInfo, Store
+
+from .hub import WatchHub
+from .leader import Leader, load_policy
+from .service import MAX_REPORT_BYTES, AssignerService, add_to_server
+from .state import PodLoadView
+
+log = logging.getLogger("brunoise.assigner")
+
+SERVICE_NAME = assigner_pb2.DESCRIPTOR.services_by_name["Assigner"].full_name
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="brunoise-assigner", description="The brunoise assigner (sharder) service.")
+    p.add_argument("--store", choices=["embedded", "etcd"], default="embedded", help="store backend")
+    p.add_argument("--etcd-endpoint", action="append", default=[], metavar="HOST:PORT", help="etcd member (repeatable)")
+    p.add_argument("--etcd-prefix", default="/brunoise/", help="key prefix in etcd")
+    p.add_argument("--snapshot", default=None, metavar="PATH", help="snapshot file of the embedded store")
+    p.add_argument("--id", default=None, help="this replica's id (default: host-pid-random)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind")
+    p.add_argument("--port", type=int, default=0, help="gRPC port (0: any free port)")
+    p.add_argument("--round-interval", type=float, default=2.0, metavar="S", help="seconds between policy rounds")
+    p.add_argument("--lease-ttl", type=float, default=5.0, metavar="S", help="leader lease and default pod lease TTL")
+    p.add_argument("--report-interval", type=float, default=1.0, metavar="S", help="report interval told to pods")
+    p.add_argument("--policy", default="sharder.policy:reshard", help=argparse.SUPPRESS)
+    p.add_argument("--ready-file", default=None, metavar="PATH", help="write bound addresses here once serving")
+    p.add_argument("--log-level", default=os.environ.get("BRUNOISE_LOG_LEVEL", "INFO"))
+    args = p.parse_args(argv)
+    if args.store == "etcd" and not args.etcd_endpoint:
+        p.error("--store etcd needs at least one --etcd-endpoint")
+    for name in ("round_interval", "lease_ttl", "report_interval"):
+        if getattr(args, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be > 0")
+    return args
+
+
+def make_store(args: argparse.Namespace) -> Store:
+    if args.store == "etcd":
+        return open_store("etcd", endpoints=list(args.etcd_endpoint), prefix=args.etcd_prefix)
+    return open_store("embedded", snapshot_path=args.snapshot)
+
+
+async def feed_hub(store: Store, hub: WatchHub, stop: asyncio.Event) -> None:
+    """Follow every stored generation into the hub (reconnecting with backoff when the store fails)."""
+    delay = 0.05
+    while not stop.is_set():
+        try:
+            async for v in store.watch(None, 0):
+                hub.publish(slicing_pb2.Assignment.FromString(v.data))
+                delay = 0.05
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # StoreError and transport errors alike: retry
+            log.debug("store watch ended: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay * (0.5 + random.random()))
+        delay = min(delay * 2, 1.0)
+
+
+async def watch_health(store: Store, health: health_aio.HealthServicer, stop: asyncio.Event) -> None:
+    """NOT_SERVING once the store missed two pings in a row (one slow answer is not an outage), SERVING as
+    soon as it answers again."""
+    last: bool | None = None
+    failures = 0
+    while not stop.is_set():
+        try:
+            answered = bool(await asyncio.wait_for(store.ping(), timeout=1.5))
+        except Exception as exc:  # StoreError, TimeoutError, transport errors: all mean "did not answer"
+            log.debug("store ping failed: %s", exc)
+            answered = False
+        failures = 0 if answered else failures + 1
+        ok = answered or (failures < 2 and last is not False)
+        if ok != last:
+            status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", SERVICE_NAME):
+                await health.set(name, status)
+            log.warning("store %s: health %s", "reachable" if ok else "UNREACHABLE", "SERVING" if ok else "NOT_SERVING")
+            last = ok
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=0.25)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    ident = args.id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    policy = load_policy(args.policy)
+    store = make_store(args)
+    await store.start()
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_REPORT_BYTES + 64 * 1024),
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+    )
+    port = server.add_insecure_port(f"{args.host}:{args.port}")
+    if port == 0:
+        raise SystemExit(f"cannot bind {args.host}:{args.port}")
+    address = f"{args.host}:{port}"
+    hub = WatchHub()
+    view = PodLoadView()
+    leader = Leader(
+        store,
+        LeaderInfo(candidate_id=ident, address=address),
+        hub,
+        view,
+        policy=policy,
+        round_interval_s=args.round_interval,
+        lease_ttl_s=args.lease_ttl,
+        report_interval_s=args.report_interval,
+    )
+    service = AssignerService(store, leader, hub)
+    add_to_server(service, server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    for name in ("", SERVICE_NAME):
+        await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                                         reflection.SERVICE_NAME), server)
+    await server.start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [
+        asyncio.create_task(feed_hub(store, hub, stop), name="feed"),
+        asyncio.create_task(watch_health(store, health, stop), name="health"),
+    ]
+    leader.start()
+    log.warning("assigner %s serving on %s (store %s)", ident, address, args.store)
+    if args.ready_file:
+        write_ready_file(args.ready_file, {"grpc": address, "id": ident})
+    await stop.wait()
+
+    log.warning("assigner %s stopping", ident)
+    await health.enter_graceful_shutdown()
+    hub.close()
+    await leader.stop()
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
+    await server.stop(grace=0.5)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(store.close(), timeout=2.0)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,405 @@
+"""The Assigner gRPC servicer: Watch, Report and the admin RPCs (writes go through the leader)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from sharder import codec
+from sharder.assignment import Assignment, check_invariants, initial_assignment
+from sharder.errors import BrunoiseError, LoadReportError, OverrideError
+from sharder.keyspace import Slice, check_slice_key, slice_key
+from sharder.load import LoadReport
+from sharder.overrides import MergeOverride, MoveOverride, Override, SplitOverride, check_override, validate_override
+from sharder.pods import Pod, PodState
+from sharder.store.base import Store
+
+from .hub import Entry, WatchHub
+from .leader import DRAIN_PREFIX, Leader, Mutation, pod_from_bytes
+from .status import FailedPrecondition, InvalidArgument, NotFound, OutOfRange, ResourceExhausted, streaming, unary
+
+log = logging.getLogger(__name__)
+
+MAX_REPORT_SLICES = 4096
+MAX_REPORT_BYTES = 1 << 20
+MAX_LEASE_TTL_MS = 600_000
+MIN_LEASE_TTL_MS = 100
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+_STATE_TO_PB = {
+    PodState.ACTIVE: slicing_pb2.POD_STATE_ACTIVE,
+    PodState.DRAINING: slicing_pb2.POD_STATE_DRAINING,
+    PodState.DEAD: slicing_pb2.POD_STATE_DEAD,
+}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def override_applies(o: Override, s: Slice) -> bool:
+    """Whether override ``o`` constrains slice ``s``."""
+    if isinstance(o, MoveOverride):
+        return s.lo <= o.key < s.hi
+    if isinstance(o, SplitOverride):
+        return s.lo <= o.at <= s.hi
+    return isinstance(o, MergeOverride) and o.lo < s.hi and s.lo < o.hi
+
+
+def describe_override(o: Override) -> str:
+    if isinstance(o, MoveOverride):
+        return f"move {o.id!r} pins the slice of key {o.key:#x} to {', '.join(o.pods)}"
+    if isinstance(o, SplitOverride):
+        return f"split {o.id!r} keeps a boundary at {o.at:#x}"
+    return f"merge {o.id!r} keeps {Slice(o.lo, o.hi)} one slice"
+
+
+class AssignerService(assigner_pb2_grpc.AssignerServicer):
+    """Every Assigner RPC. Reads are served by any replica (from the store); writes only by the leader."""
+
+    def __init__(self, store: Store, leader: Leader, hub: WatchHub) -> None:
+        self.store = store
+        self.leader = leader
+        self.hub = hub
+
+    # helpers ------------------------------------------------------------------------------------
+    async def _stored(self, target: str) -> slicing_pb2.Assignment:
+        if not target:
+            raise InvalidArgument("target is required")
+        v = await self.store.get(target)
+        if v is None:
+            raise NotFound(f"unknown target {target!r}; ListTargets shows the targets")
+        return slicing_pb2.Assignment.FromString(v.data)
+
+    def _policy_with(self, target: str, transform: Any) -> Mutation:
+        """A mutation that applies ``transform(cur, target_pods)`` (which may raise) and runs the policy on it."""
+
+        def fn(cur: Assignment | None, pods: dict[str, Pod]) -> Assignment | None:
+            if cur is None:
+                raise NotFound(f"unknown target {target!r}; ListTargets shows the targets")
+            tpods = self.leader.pods_for(pods, target)
+            base: Assignment = transform(cur, tpods)
+            new = self.leader.policy(base, tpods, self.leader.reports_for(tpods), now_ms=_now_ms())
+            check_invariants(new, tpods)
+            return new
+
+        return fn
+
+    # Watch --------------------------------------------------------------------------------------
+    @streaming
+    async def Watch(self, request: assigner_pb2.WatchRequest, context: Ctx) -> AsyncIterator[bytes]:
+        """Yields serialized WatchResponses (encoded once per generation and shared by every watcher; the
+        server registers Watch with a pass-through serializer, see ``add_to_server``)."""
+        mb = self.hub.subscribe(request.target or None)
+        sent: dict[str, Entry] = {}
+        floor = request.from_generation
+        try:
+            await context.send_initial_metadata(())  # the watcher knows it is connected before any change
+            while True:
+                entries = await mb.take()
+                if not entries:
+                    return
+                for e in entries:
+                    prev = sent.get(e.target)
+                    if e.generation <= (prev.generation if prev is not None else floor):
+                        continue  # never backwards
+                    if request.diffs and prev is not None:
+                        yield self.hub.diff_bytes(prev, e)
+                    else:
+                        yield e.full
+                    sent[e.target] = e
+        finally:
+            self.hub.unsubscribe(mb)
+
+    # Report -------------------------------------------------------------------------------------
+    @unary
+    async def Report(self, request: assigner_pb2.ReportRequest, context: Ctx) -> assigner_pb2.ReportResponse:
+        if len(request.load.slices) > MAX_REPORT_SLICES:
+            raise ResourceExhausted(
+                f"load.slices has {len(request.load.slices)} entries; at most {MAX_REPORT_SLICES} are accepted: "
+                "report only the slices this pod holds"
+            )
+        if request.ByteSize() > MAX_REPORT_BYTES:
+            raise ResourceExhausted(f"report is {request.ByteSize()} bytes; at most {MAX_REPORT_BYTES} are accepted")
+        if not request.HasField("pod"):
+            raise InvalidArgument("pod is required (id, address, target)")
+        try:
+            pod = codec.pod_from_proto(request.pod)
+        except BrunoiseError as exc:
+            raise InvalidArgument(exc.message) from exc
+        for field in ("id", "address", "target"):
+            if not getattr(pod, field):
+                raise InvalidArgument(f"pod.{field} must be non-empty")
+        pod = dataclasses.replace(pod, state=PodState.ACTIVE)
+        report: LoadReport | None = None
+        if request.HasField("load"):
+            try:
+                report = codec.load_report_from_proto(request.load)
+            except BrunoiseError as exc:
+                raise InvalidArgument(f"load.{exc.field}: {exc.message}" if exc.field else exc.message) from exc
+            if not report.pod_id:
+                report = dataclasses.replace(report, pod_id=pod.id)
+            if not report.target:
+                report = dataclasses.replace(report, target=pod.target)
+            if report.pod_id != pod.id:
+                raise InvalidArgument(f"load.pod_id {report.pod_id!r} differs from pod.id {pod.id!r}")
+            if report.target != pod.target:
+                raise InvalidArgument(f"load.target {report.target!r} differs from pod.target {pod.target!r}")
+            try:
+                report.validate()
+            except LoadReportError as exc:
+                raise InvalidArgument(f"load.{exc.field}: {exc.message}" if exc.field else exc.message) from exc
+        ttl_ms = request.lease_ttl_ms or int(self.leader.lease_ttl_s * 1000)
+        if not MIN_LEASE_TTL_MS <= ttl_ms <= MAX_LEASE_TTL_MS:
+            raise InvalidArgument(f"lease_ttl_ms must be in [{MIN_LEASE_TTL_MS}, {MAX_LEASE_TTL_MS}], got {ttl_ms}")
+        assignment, state = await self.leader.register(pod, report, ttl_ms / 1000)
+        resp = assigner_pb2.ReportResponse(
+            generation=assignment.generation,
+            report_interval_ms=int(self.leader.report_interval_s * 1000),
+            leader_id=self.leader.me.candidate_id,
+            state=_STATE_TO_PB[state],
+        )
+        for sa in assignment.slices_of(pod.id, include_leaving=True):
+            resp.slices.append(codec.slice_to_proto(sa.slice))
+        return resp
+
+    # admin: reads -------------------------------------------------------------------------------
+    @unary
+    async def ListTargets(self, request: assigner_pb2.ListTargetsRequest, context: Ctx) -> assigner_pb2.ListTargetsResponse:
+        resp = assigner_pb2.ListTargetsResponse()
+        known = self.leader.known_leader
+        resp.leader_id = known.candidate_id if known is not None else ""
+        for target in await self.store.list_targets():
+            v = await self.store.get(target)
+            if v is None:
+                continue
+            a = slicing_pb2.Assignment.FromString(v.data)
+            resp.targets.append(
+                assigner_pb2.TargetSummary(
+                    target=target, generation=a.generation, slices=len(a.slices), pods=len(a.pods), config=a.config
+                )
+            )
+        return resp
+
+    @unary
+    async def GetAssignment(self, request: assigner_pb2.GetAssignmentRequest, context: Ctx) -> slicing_pb2.Assignment:
+        cur = await self._stored(request.target)
+        want = request.generation
+        if want == 0 or want == cur.generation:
+            return cur
+        if want > cur.generation:
+            raise OutOfRange(
+                f"generation {want} of {request.target!r} does not exist yet (current is {cur.generation})"
+            )
+        kept = await self.store.history(request.target)
+        for v in kept:
+            if v.generation == want:
+                return slicing_pb2.Assignment.FromString(v.data)
+        oldest = min((v.generation for v in kept), default=cur.generation)
+        raise NotFound(f"generation {want} of {request.target!r} is no longer kept (oldest kept: {oldest})")
+
+    @unary
+    async def ExplainKey(self, request: assigner_pb2.ExplainKeyRequest, context: Ctx) -> assigner_pb2.ExplainKeyResponse:
+        msg = await self._stored(request.target)
+        a = codec.assignment_from_proto(msg)
+        which = request.WhichOneof("key")
+        if which == "app_key":
+            key = slice_key(request.app_key)
+            named = f"app key {request.app_key!r} hashes to SliceKey {key:#018x}"
+        elif which == "slice_key":
+            key = check_slice_key(request.slice_key)
+            named = f"SliceKey {key:#018x}"
+        else:
+            raise InvalidArgument("set one of app_key or slice_key")
+        idx = a.index_of(key)
+        sa = a.slices[idx]
+        ovs = [o for o in a.overrides if override_applies(o, sa.slice)]
+        resp = assigner_pb2.ExplainKeyResponse(
+            slice_key=key, slice=codec.slice_assignment_to_proto(sa), generation=a.generation
+        )
+        for pid in (*sa.replicas, *sa.leaving):
+            p = a.pod(pid)
+            if p is not None:
+                resp.pods.append(codec.pod_to_proto(p))
+        for o in ovs:
+            resp.overrides.append(codec.override_to_proto(o))
+        why = [
+            f"{named}; it lies in slice {idx + 1} of {len(a.slices)} {sa.slice} of target {a.target!r} "
+            f"at generation {a.generation}.",
+        ]
+        if sa.replicas:
+            why.append(
+                f"Replicas (in order): {', '.join(sa.replicas)}, unchanged since generation {sa.since_generation}."
+            )
+        else:
+            why.append("The slice has no replicas: no eligible active pod is registered for this target.")
+        if sa.leaving:
+            why.append(f"Leaving (make-before-break, still serving this generation): {', '.join(sa.leaving)}.")
+        why.append(
+            f"Slice load {sa.load:.3g} (min_replicas {a.config.min_replicas}, max_replicas {a.config.max_replicas}; "
+            f"split above {a.config.split_threshold:g} of a mean pod's load)."
+        )
+        if ovs:
+            why.append("Manual overrides: " + "; ".join(describe_override(o) for o in ovs) + ".")
+        else:
+            why.append("No manual override applies; the placement is the policy's.")
+        resp.why = " ".join(why)
+        return resp
+
+    @unary
+    async def History(self, request: assigner_pb2.HistoryRequest, context: Ctx) -> assigner_pb2.HistoryResponse:
+        if not request.target:
+            raise InvalidArgument("target is required")
+        kept = await self.store.history(request.target, request.limit)
+        if not kept:
+            raise NotFound(f"unknown target {request.target!r}; ListTargets shows the targets")
+        resp = assigner_pb2.HistoryResponse()
+        for v in kept:
+            a = slicing_pb2.Assignment.FromString(v.data)
+            entry = assigner_pb2.HistoryEntry(
+                generation=a.generation, created_unix_ms=a.created_unix_ms, stats=a.stats, slices=len(a.slices)
+            )
+            if request.full:
+                entry.assignment.CopyFrom(a)
+            resp.entries.append(entry)
+        return resp
+
+    @unary
+    async def ListPods(self, request: assigner_pb2.ListPodsRequest, context: Ctx) -> assigner_pb2.ListPodsResponse:
+        raw = await self.store.list_pods()
+        drains = await self.store.list_meta(DRAIN_PREFIX)
+        view = self.leader.view
+        resp = assigner_pb2.ListPodsResponse()
+        for pid in sorted(raw):
+            pod = pod_from_bytes(raw[pid], DRAIN_PREFIX + pid in drains or pid in drains)
+            if request.target and pod.target != request.target:
+                continue
+            held = 0
+            entry = self.hub.current(pod.target)
+            if entry is not None:
+                held = sum(1 for s in entry.msg.slices if pid in s.replicas or pid in s.leaving)
+            status = assigner_pb2.PodStatus(
+                pod=codec.pod_to_proto(pod),
+                slices_held=held,
+                last_report_unix_ms=view.last_report_unix_ms(pid),
+                slice_load=view.slice_load(pid),
+            )
+            engine = view.engine(pid)
+            if engine is not None:
+                status.engine.CopyFrom(codec.engine_load_to_proto(engine))
+            resp.pods.append(status)
+        return resp
+
+    # admin: writes (leader only) ----------------------------------------------------------------
+    @unary
+    async def ConfigureTarget(
+        self, request: assigner_pb2.ConfigureTargetRequest, context: Ctx
+    ) -> assigner_pb2.ConfigureTargetResponse:
+        if not request.HasField("config"):
+            raise InvalidArgument("config is required")
+        config = codec.config_from_proto(request.config).validate()
+        self.leader.require_leader()
+        target = config.target
+
+        def fn(cur: Assignment | None, pods: dict[str, Pod]) -> Assignment | None:
+            tpods = self.leader.pods_for(pods, target)
+            if cur is None:
+                return initial_assignment(config, tpods, generation=1)
+            if cur.config == config:
+                return None
+            base = dataclasses.replace(cur, config=config)
+            new = self.leader.policy(base, tpods, self.leader.reports_for(tpods), now_ms=_now_ms())
+            check_invariants(new, tpods)
+            return new
+
+        a = await self.leader.mutate(target, fn)
+        assert a is not None
+        return assigner_pb2.ConfigureTargetResponse(assignment=self.leader.to_proto(a))
+
+    @unary
+    async def Drain(self, request: assigner_pb2.DrainRequest, context: Ctx) -> assigner_pb2.DrainResponse:
+        if not request.pod_id:
+            raise InvalidArgument("pod_id is required")
+        pod = await self.leader.drain(request.pod_id, request.undrain)
+        return assigner_pb2.DrainResponse(pod=codec.pod_to_proto(pod))
+
+    @unary
+    async def SetOverride(self, request: assigner_pb2.SetOverrideRequest, context: Ctx) -> assigner_pb2.SetOverrideResponse:
+        if not request.target:
+            raise InvalidArgument("target is required")
+        if not request.HasField("override"):
+            raise InvalidArgument("override is required (move, split or merge)")
+        try:
+            ov = validate_override(codec.override_from_proto(request.override))
+        except OverrideError as exc:
+            raise InvalidArgument(f"override.{exc.field}: {exc.message}" if exc.field else exc.message) from exc
+        self.leader.require_leader()
+
+        def add(cur: Assignment, tpods: list[Pod]) -> Assignment:
+            check_override(cur, tpods, ov)
+            return dataclasses.replace(cur, overrides=(*cur.overrides, ov))
+
+        try:
+            a = await self.leader.mutate(request.target, self._policy_with(request.target, add))
+        except OverrideError as exc:
+            raise FailedPrecondition(f"override.{exc.field}: {exc.message}" if exc.field else exc.message) from exc
+        assert a is not None
+        return assigner_pb2.SetOverrideResponse(assignment=self.leader.to_proto(a))
+
+    @unary
+    async def ClearOverrides(
+        self, request: assigner_pb2.ClearOverridesRequest, context: Ctx
+    ) -> assigner_pb2.ClearOverridesResponse:
+        if not request.target:
+            raise InvalidArgument("target is required")
+        self.leader.require_leader()
+        ids = set(request.ids)
+
+        def clear(cur: Assignment, tpods: list[Pod]) -> Assignment:
+            unknown = ids - {o.id for o in cur.overrides}
+            if unknown:
+                raise NotFound(f"no override with id {', '.join(sorted(unknown))} on {request.target!r}")
+            keep = tuple(o for o in cur.overrides if ids and o.id not in ids)
+            return dataclasses.replace(cur, overrides=keep)
+
+        a = await self.leader.mutate(request.target, self._policy_with(request.target, clear))
+        assert a is not None
+        return assigner_pb2.ClearOverridesResponse(assignment=self.leader.to_proto(a))
+
+
+def _watch_serializer(resp: bytes | assigner_pb2.WatchResponse) -> bytes:
+    return resp if isinstance(resp, bytes) else resp.SerializeToString()
+
+
+class _Capture:
+    """Collects the method handlers the generated ``add_AssignerServicer_to_server`` would register."""
+
+    def __init__(self) -> None:
+        self.name = ""
+        self.handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, name: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]) -> None:
+        self.name, self.handlers = name, dict(handlers)
+
+
+def add_to_server(service: AssignerService, server: grpc.aio.Server) -> None:
+    """Register every Assigner RPC; Watch with a serializer that passes pre-encoded bytes through."""
+    cap = _Capture()
+    assigner_pb2_grpc.add_AssignerServicer_to_server(service, cap)  # type: ignore[no-untyped-call]
+    cap.handlers["Watch"] = grpc.unary_stream_rpc_method_handler(
+        service.Watch,
+        request_deserializer=assigner_pb2.WatchRequest.FromString,
+        response_serializer=_watch_serializer,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(cap.name, cap.handlers),))
+    server.add_registered_method_handlers(cap.name, cap.handlers)  # type: ignore[attr-defined]
