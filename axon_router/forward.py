@@ -1,0 +1,166 @@
+"""HTTP client to runtimes' vLLM-compatible surface: one keep-alive aiohttp pool, first-token detection for SSE."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+
+import aiohttp
+
+from axon_router.errors import DeadlineExceeded, StreamBroken, UpstreamError
+from axon_router.failover import RetryableError
+from axon_router.knobs import Knobs
+
+_RETRY_STATUSES = frozenset({500, 502, 503, 504})
+_NETWORK_ERRORS = (aiohttp.ClientError, ConnectionError, OSError)
+
+
+class Upstream:
+    """An open response from a pod that has produced its first token (SSE) or its whole body."""
+
+    __slots__ = ("body", "first", "resp", "status")
+
+    def __init__(self, resp: aiohttp.ClientResponse | None, status: int, first: bytes, body: bytes | None) -> None:
+        self.resp = resp
+        self.status = status
+        self.first = first  # first SSE event, raw, ending in a blank line (stream) / b"" (non-stream)
+        self.body = body  # full body (non-stream)
+
+    async def raw_chunks(self) -> AsyncIterator[bytes]:
+        """The rest of the SSE stream as it arrives; StreamBroken when the pod fails mid-stream."""
+        resp = self.resp
+        if resp is None:
+            return
+        try:
+            async for chunk in resp.content.iter_any():
+                yield chunk
+        except TimeoutError:
+            raise DeadlineExceeded("the request's deadline passed mid-stream", code="deadline_exceeded") from None
+        except _NETWORK_ERRORS as e:
+            raise StreamBroken(f"the pod failed mid-stream: {type(e).__name__}: {e}") from None
+        finally:
+            resp.release()
+
+    async def events(self) -> AsyncIterator[bytes]:
+        """The rest of the SSE stream, one ``data:`` payload per event; StreamBroken on failure."""
+        resp = self.resp
+        if resp is None:
+            return
+        try:
+            while True:
+                ev = await _read_event(resp.content)
+                if ev is None:
+                    return
+                yield ev
+        except TimeoutError:
+            raise DeadlineExceeded("the request's deadline passed mid-stream", code="deadline_exceeded") from None
+        except _NETWORK_ERRORS as e:
+            raise StreamBroken(f"the pod failed mid-stream: {type(e).__name__}: {e}") from None
+        finally:
+            resp.release()
+
+    def close(self) -> None:
+        if self.resp is not None:
+            self.resp.close()
+
+
+async def _read_event(content: aiohttp.StreamReader) -> bytes | None:
+    """One SSE event (its raw lines up to and including the blank line); None at a clean end of stream."""
+    lines: list[bytes] = []
+    while True:
+        line = await content.readline()
+        if not line:
+            if lines:
+                raise aiohttp.ClientPayloadError("stream ended inside an event")
+            return None
+        if line in (b"\n", b"\r\n"):
+            if lines:
+                lines.append(line)
+                return b"".join(lines)
+            continue
+        lines.append(line)
+
+
+def data_of(event: bytes) -> bytes:
+    """The ``data:`` payload of a raw SSE event (multi-line data joined with newlines)."""
+    parts = [ln[5:].strip() for ln in event.splitlines() if ln.startswith(b"data:")]
+    return b"\n".join(parts)
+
+
+class Forwarder:
+    """Sends requests to pods over one shared keep-alive connection pool (created once, on start)."""
+
+    def __init__(self, knobs: Knobs) -> None:
+        self.knobs = knobs
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        conn = aiohttp.TCPConnector(
+            limit=0, limit_per_host=0, keepalive_timeout=60.0, ttl_dns_cache=None, use_dns_cache=True
+        )
+        self.session = aiohttp.ClientSession(connector=conn, auto_decompress=False, skip_auto_headers=("User-Agent",))
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    async def open(
+        self, base_url: str, path: str, body: bytes, headers: Mapping[str, str], stream: bool, timeout_s: float
+    ) -> Upstream:
+        """Send one attempt; return once the first token (SSE) or the whole body (non-stream) arrived.
+
+        Raises RetryableError when the attempt failed before any output (connect error, 5xx, 429, timeout),
+        UpstreamError for a 4xx the client must see.
+        """
+        assert self.session is not None, "Forwarder.start() was not awaited"
+        k = self.knobs
+        first_timeout = min(timeout_s, k.first_token_timeout_s)
+        if first_timeout <= 0:
+            raise RetryableError("deadline exceeded before sending", cause="deadline", pod_fault=False)
+        to = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(k.connect_timeout_s, timeout_s))
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout(first_timeout):
+                resp = await self.session.post(base_url + path, data=body, headers=headers, timeout=to)
+                status = resp.status
+                if status != 200:
+                    raw = await resp.read()
+                    resp.release()
+                    if status in _RETRY_STATUSES:
+                        raise RetryableError(
+                            f"pod answered {status}: {raw[:200]!r}", cause=f"http_{status}", status=status
+                        )
+                    if status == 429:
+                        raise RetryableError("pod is overloaded (429)", cause="http_429", pod_fault=False, status=429)
+                    raise UpstreamError(status, raw, f"pod answered {status}")
+                if not stream:
+                    raw = await resp.read()
+                    resp.release()
+                    return Upstream(None, status, b"", raw)
+                first = await _read_event(resp.content)
+                if first is None:
+                    raise RetryableError("pod closed the stream before the first token", cause="empty_stream")
+                return Upstream(resp, status, first, None)
+        except TimeoutError:
+            if resp is not None:
+                resp.close()
+            raise RetryableError(f"no first token within {first_timeout:.3f}s", cause="timeout") from None
+        except (RetryableError, UpstreamError):
+            if resp is not None:
+                resp.close()
+            raise
+        except _NETWORK_ERRORS as e:
+            if resp is not None:
+                resp.close()
+            raise RetryableError(
+                f"{type(e).__name__}: {e}",
+                cause="connect" if isinstance(e, aiohttp.ClientConnectorError) else "network",
+            ) from None
+
+    async def get(self, url: str, timeout_s: float) -> int:
+        """Status of a GET (health checks); raises on network errors and timeouts."""
+        assert self.session is not None
+        async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+            await resp.read()
+            return resp.status

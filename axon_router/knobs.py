@@ -1,0 +1,137 @@
+"""Every router knob, named, with its default and its meaning; CLI flags are generated from this table."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(slots=True)
+class Knobs:
+    """Router tuning. Each field is a ``--knob-name`` flag (underscores become dashes)."""
+
+    # --- pod view: load and cache polling ------------------------------------------------------
+    load_poll_interval_s: float = 0.25
+    """How often each pod's Runtime.GetLoad is polled (engine load)."""
+    cache_poll_interval_s: float = 1.0
+    """How often the poll asks for the cache summary too (prefix hashes the pod holds)."""
+    load_poll_timeout_s: float = 1.0
+    """Timeout of one GetLoad call."""
+    report_stale_s: float = 3.0
+    """A load report older than this is ignored; only the router's own in-flight accounting counts."""
+    prefix_memory_s: float = 60.0
+    """How long the router remembers that it sent a prefix chunk to a pod (recent-routing memory)."""
+    prefix_memory_max: int = 8192
+    """Prefix chunks remembered per pod (oldest forgotten first)."""
+    max_prefix_chunks: int = 256
+    """Prompt chunks hashed per request for the hit estimate (bounds the per-request hashing cost)."""
+
+    # --- cost model: estimated TTFT ------------------------------------------------------------
+    bytes_per_token: float = 4.0
+    """Prompt bytes per token when estimating token counts without a tokenizer."""
+    prefill_tokens_per_s: float = 20000.0
+    """Prefill throughput assumed per pod (tokens/s): converts tokens to seconds."""
+    queued_token_weight: float = 0.25
+    """Weight of a token already queued or in flight on the pod (decode is cheaper than prefill)."""
+    per_request_s: float = 0.005
+    """Fixed cost per request queued or running ahead of this one."""
+    kv_usage_penalty_s: float = 0.05
+    """Added cost at 100% KV cache usage (scaled linearly); pods near full evict and preempt."""
+    default_max_tokens: int = 128
+    """Output tokens assumed for the accounting of a request that does not set max_tokens."""
+    tie_epsilon_s: float = 0.0005
+    """Costs within this of the best are a tie, broken by a stable hash of (key, pod)."""
+
+    # --- admission, spill-over, shedding ---------------------------------------------------------
+    admit_max_outstanding: int = 64
+    """A pod with this many requests running + waiting (report + own since) is over its admission limit."""
+    admit_ttft_slo_s: float = 5.0
+    """A pod whose predicted TTFT for the request is over this is over its admission limit."""
+    batch_admit_fraction: float = 0.5
+    """Batch requests see limits scaled by this fraction, so they spill and shed before interactive ones."""
+    retry_after_s: float = 1.0
+    """Retry hint sent with a shed (Retry-After / retry-after metadata)."""
+
+    # --- failover --------------------------------------------------------------------------------
+    health_interval_s: float = 1.0
+    """How often each pod's HTTP /health is polled."""
+    health_timeout_s: float = 0.5
+    """Timeout of one health check; a timeout counts as a failed check."""
+    unhealthy_after: int = 1
+    """Consecutive failed health checks before a pod is skipped."""
+    healthy_after: int = 1
+    """Consecutive passed health checks before a skipped pod takes traffic again."""
+    outlier_consecutive_failures: int = 3
+    """Consecutive failed requests (connect errors, 5xx) that eject a pod (open its circuit)."""
+    breaker_open_s: float = 2.0
+    """How long an opened circuit stays open before one half-open probe request is let through."""
+    breaker_max_open_s: float = 30.0
+    """Cap of the open time, which doubles on each failed probe."""
+    max_attempts: int = 3
+    """Attempts per request (first try + retries), only before the first token."""
+    retry_backoff_s: float = 0.01
+    """Base of the jittered exponential backoff between attempts."""
+    retry_backoff_max_s: float = 0.2
+    """Cap of one backoff sleep."""
+    connect_timeout_s: float = 2.0
+    """TCP connect timeout to a pod."""
+    first_token_timeout_s: float = 120.0
+    """Per attempt: no response/first token from the pod within this (or the deadline) fails the attempt."""
+    default_timeout_s: float = 600.0
+    """Overall deadline of a request that sets none."""
+
+    # --- front ends ------------------------------------------------------------------------------
+    max_body_bytes: int = 4 * 1024 * 1024
+    """Largest accepted HTTP request body (413 above)."""
+    max_key_bytes: int = 512
+    """Longest accepted routing key / request id / label value (400 above)."""
+    routing_prefix_chunks: int = 4
+    """Prefix chunks hashed into the routing key of a request that names no key."""
+    trace_sample_ratio: float = 1.0
+    """Fraction of requests (without a sampled incoming traceparent) whose spans are recorded."""
+    clerk_refresh_s: float = 0.1
+    """How often the router checks the clerk for new generations and rebuilds its candidate lists."""
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {n: getattr(self, n) for n in self.field_names()}
+
+    def validate(self) -> Knobs:
+        """Raise ValueError naming the knob unless every value is usable; return self."""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, int | float) and v < 0:
+                raise ValueError(f"knob {f.name} must be >= 0, got {v}")
+        for name in ("max_attempts", "prefix_memory_max", "max_body_bytes", "admit_max_outstanding"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"knob {name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.batch_admit_fraction <= 1:
+            raise ValueError(f"knob batch_admit_fraction must be in (0, 1], got {self.batch_admit_fraction}")
+        if self.prefill_tokens_per_s <= 0 or self.bytes_per_token <= 0:
+            raise ValueError("knobs prefill_tokens_per_s and bytes_per_token must be > 0")
+        return self
+
+
+def add_knob_args(parser: argparse.ArgumentParser) -> None:
+    """Add one ``--knob-name`` option per knob (default: the dataclass default)."""
+    group = parser.add_argument_group("knobs")
+    defaults = Knobs()
+    for f in dataclasses.fields(Knobs):
+        default = getattr(defaults, f.name)
+        typ = type(default)
+        group.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest="knob_" + f.name,
+            type=typ,
+            default=default,
+            metavar=typ.__name__.upper(),
+            help=f"(default {default})",
+        )
+
+
+def knobs_from_args(ns: argparse.Namespace) -> Knobs:
+    return Knobs(**{n: getattr(ns, "knob_" + n) for n in Knobs.field_names()}).validate()

@@ -1,0 +1,98 @@
+"""Prometheus metrics of one router: requests, errors, latencies, every pick/admission/failover decision, pods."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from axon_router.knobs import Knobs
+
+_LAT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class RouterMetrics:
+    """All metrics on a private registry (several routers can live in one test process)."""
+
+    def __init__(self, knobs: Knobs | None = None) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        p = "brunoise_router_"
+        self.requests = Counter(
+            p + "requests", "Requests finished, by front end and status code", ["frontend", "code"], registry=r
+        )
+        self.errors = Counter(p + "errors", "Requests that ended in an error, by error code", ["code"], registry=r)
+        self.ttft = Histogram(
+            p + "ttft_seconds",
+            "Time to first token (or full response) seen by the router",
+            buckets=_LAT_BUCKETS,
+            registry=r,
+        )
+        self.latency = Histogram(
+            p + "latency_seconds", "Total request latency in the router", buckets=_LAT_BUCKETS, registry=r
+        )
+        self.picks = Counter(
+            p + "picks", "Pod picks by reason: in_subset, spill, fallback, retry", ["reason"], registry=r
+        )
+        self.sheds = Counter(p + "shed", "Requests shed (429) by priority", ["priority"], registry=r)
+        self.unavailable = Counter(
+            p + "unavailable", "Requests with no eligible healthy pod (503), by cause", ["cause"], registry=r
+        )
+        self.retries = Counter(
+            p + "retries", "Attempts retried on another pod before the first token, by cause", ["cause"], registry=r
+        )
+        self.broken_streams = Counter(
+            p + "broken_streams", "Streams that failed after tokens were sent (not retried)", registry=r
+        )
+        self.idempotency_conflicts = Counter(
+            p + "idempotency_conflicts", "Requests refused because the same request id was in flight", registry=r
+        )
+        self.routing_key_source = Counter(
+            p + "routing_key_source", "Where the routing key came from", ["source"], registry=r
+        )
+        self.pod_inflight = Gauge(p + "pod_inflight", "Requests this router has in flight per pod", ["pod"], registry=r)
+        self.pod_healthy = Gauge(p + "pod_healthy", "1 when the pod passes health checks", ["pod"], registry=r)
+        self.pod_breaker = Gauge(
+            p + "pod_breaker_state", "Circuit breaker: 0 closed, 1 open, 2 half-open", ["pod"], registry=r
+        )
+        self.health_transitions = Counter(p + "health_transitions", "Pod health changes", ["pod", "to"], registry=r)
+        self.breaker_transitions = Counter(
+            p + "breaker_transitions", "Circuit breaker changes", ["pod", "to"], registry=r
+        )
+        self.load_polls = Counter(p + "load_polls", "GetLoad polls by result", ["result"], registry=r)
+        self.generation = Gauge(
+            p + "assignment_generation", "Assignment generation the router routes on", ["target"], registry=r
+        )
+        self.staleness = Gauge(
+            p + "assignment_staleness_seconds",
+            "Seconds since the clerk last heard from the assigner",
+            ["target"],
+            registry=r,
+        )
+        self.clerk_connected = Gauge(p + "clerk_connected", "1 when the clerk's watch is connected", registry=r)
+        self.prefix_hit_chunks = Histogram(
+            p + "expected_prefix_hit_ratio",
+            "Expected prefix hit ratio of the picked pod",
+            buckets=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0),
+            registry=r,
+        )
+        self.knob = Gauge(p + "knob", "Value of each router knob", ["name"], registry=r)
+        if knobs is not None:
+            for name, value in knobs.as_dict().items():
+                self.knob.labels(name).set(float(value))
+        # hot-path children, bound once
+        self.picks_in_subset = self.picks.labels("in_subset")
+        self.picks_spill = self.picks.labels("spill")
+        self.picks_fallback = self.picks.labels("fallback")
+        self.picks_retry = self.picks.labels("retry")
+        self._req_children: dict[tuple[str, str], Counter] = {}
+
+    def count_request(self, frontend: str, code: str) -> None:
+        key = (frontend, code)
+        c = self._req_children.get(key)
+        if c is None:
+            c = self._req_children[key] = self.requests.labels(frontend, code)
+        c.inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

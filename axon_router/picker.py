@@ -1,0 +1,104 @@
+"""Cost of each candidate pod (estimated TTFT there), the choice, and its stable tie-break."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Protocol
+
+import xxhash
+
+from axon_router.knobs import Knobs
+from axon_router.pod_view import PodView
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PickInput:
+    """What the picker needs from a request (computed once per request)."""
+
+    slice_key: int
+    prefix_hashes: Sequence[int]
+    prompt_tokens: int
+    max_tokens: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    """Admission limits a pod must be under to take a request (None: no limit, e.g. for retries)."""
+
+    max_outstanding: float
+    ttft_slo_s: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Scored:
+    """One candidate with its estimated TTFT (``cost``), queue depth and expected prefix hit."""
+
+    pod: PodView
+    cost: float
+    outstanding: int
+    hit_chunks: int
+
+
+class Picker(Protocol):
+    """A pick policy: the best candidate within ``limits``, or None when every candidate is over them."""
+
+    def choose(
+        self, candidates: Sequence[PodView], req: PickInput, now: float, limits: Limits | None
+    ) -> Scored | None: ...
+
+
+def tie_rank(slice_key: int, pod_id: str) -> int:
+    """Stable rank of ``pod_id`` for ``slice_key``: every router replica computes the same one."""
+    return xxhash.xxh3_64_intdigest(pod_id.encode("utf-8"), seed=slice_key)
+
+
+class CostPicker:
+    """Lowest estimated TTFT wins.
+
+    cost = (queued tokens x queued_token_weight + prompt tokens the pod does not hold) / prefill_tokens_per_s
+           + queued requests x per_request_s + kv_usage x kv_usage_penalty_s
+
+    Queued work is the pod's last report plus the router's own dispatches since (``PodView.outstanding``),
+    so a burst of cache misses spreads instead of landing on the one pod that looked idle. Costs within
+    ``tie_epsilon_s`` of the best tie; the tie goes to the lowest ``tie_rank(slice_key, pod)``.
+    """
+
+    def __init__(self, knobs: Knobs) -> None:
+        self.k = knobs
+
+    def score(self, pod: PodView, req: PickInput, now: float) -> Scored:
+        k = self.k
+        reqs, toks = pod.outstanding(now, k.report_stale_s)
+        hit = pod.matched_chunks(req.prefix_hashes, now, k.prefix_memory_s) if req.prefix_hashes else 0
+        miss = req.prompt_tokens - hit * pod.cache_chunk_bytes / k.bytes_per_token
+        if miss < 0:
+            miss = 0.0
+        cost = (
+            (toks * k.queued_token_weight + miss) / k.prefill_tokens_per_s
+            + reqs * k.per_request_s
+            + pod.kv_usage(now, k.report_stale_s) * k.kv_usage_penalty_s
+        )
+        return Scored(pod, cost, reqs, hit)
+
+    def choose(self, candidates: Sequence[PodView], req: PickInput, now: float, limits: Limits | None) -> Scored | None:
+        best: Scored | None = None
+        ties: list[Scored] = []
+        eps = self.k.tie_epsilon_s
+        for pod in candidates:
+            s = self.score(pod, req, now)
+            if limits is not None and (s.outstanding >= limits.max_outstanding or s.cost > limits.ttft_slo_s):
+                continue
+            if best is None or s.cost < best.cost - eps:
+                best = s
+                ties = [s]
+            elif s.cost <= best.cost + eps:
+                ties.append(s)
+                if s.cost < best.cost:
+                    best = s
+        if len(ties) > 1 and best is not None:
+            lo = best.cost
+            tied = [s for s in ties if s.cost <= lo + eps]
+            if len(tied) > 1:
+                return min(tied, key=lambda s: tie_rank(req.slice_key, s.pod.id))
+        return best

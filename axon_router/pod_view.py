@@ -1,0 +1,195 @@
+"""Per-pod view: load from the last report plus the router's own in-flight accounting since it, and prefix memory."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+from axon_router.failover import Breaker, HealthTracker
+from sharder.prefix import CHUNK_BYTES
+
+
+@dataclasses.dataclass(slots=True)
+class Ticket:
+    """One request the router has in flight on a pod (returned by ``PodView.begin``)."""
+
+    epoch: int
+    tokens: int
+    done: bool = False
+
+
+class PodView:
+    """What the router believes about one pod: load, cache, health; no I/O (pollers feed it).
+
+    Load never reads as zero between reports: the estimate is the last report plus every request this
+    router dispatched after that report was taken and that is still in flight; and it is never below
+    this router's own in-flight count.
+    """
+
+    __slots__ = (
+        "_epoch",
+        "_memory",
+        "_memory_max",
+        "_pending",
+        "address",
+        "breaker",
+        "cache",
+        "cache_chunk_bytes",
+        "draining",
+        "health",
+        "healthy",
+        "http_address",
+        "id",
+        "inflight",
+        "inflight_gauge",
+        "inflight_tokens",
+        "labels",
+        "rep_at",
+        "rep_kv",
+        "rep_running",
+        "rep_tokens",
+        "rep_waiting",
+        "since_reqs",
+        "since_tokens",
+    )
+
+    def __init__(
+        self,
+        pod_id: str,
+        http_address: str,
+        address: str = "",
+        labels: Mapping[str, str] | None = None,
+        *,
+        memory_max: int = 8192,
+    ) -> None:
+        self.id = pod_id
+        self.http_address = http_address.rstrip("/")
+        self.address = address
+        self.labels: dict[str, str] = dict(labels or {})
+        self.draining = False
+        self.healthy = True  # optimistic until the first check says otherwise
+        self.health = HealthTracker()
+        self.breaker = Breaker()
+        self.inflight_gauge: object | None = None
+        # last report
+        self.rep_at = -1.0  # monotonic time the report was requested; <0: none yet
+        self.rep_running = 0
+        self.rep_waiting = 0
+        self.rep_tokens = 0
+        self.rep_kv = 0.0
+        # own accounting
+        self.inflight = 0
+        self.inflight_tokens = 0
+        self.since_reqs = 0
+        self.since_tokens = 0
+        self._epoch = 0
+        self._pending: dict[int, list[int]] = {}
+        # cache
+        self.cache: frozenset[int] = frozenset()
+        self.cache_chunk_bytes = CHUNK_BYTES
+        self._memory: collections.OrderedDict[int, float] = collections.OrderedDict()
+        self._memory_max = memory_max
+
+    # ---------------------------------------------------------------- own in-flight accounting
+    def begin(self, tokens: int) -> Ticket:
+        """Account one request dispatched now, of about ``tokens`` tokens (prompt + max new)."""
+        e = self._epoch
+        slot = self._pending.get(e)
+        if slot is None:
+            slot = self._pending[e] = [0, 0]
+        slot[0] += 1
+        slot[1] += tokens
+        self.since_reqs += 1
+        self.since_tokens += tokens
+        self.inflight += 1
+        self.inflight_tokens += tokens
+        return Ticket(e, tokens)
+
+    def end(self, t: Ticket) -> None:
+        """The request of ``t`` finished (any outcome); idempotent."""
+        if t.done:
+            return
+        t.done = True
+        self.inflight -= 1
+        self.inflight_tokens -= t.tokens
+        slot = self._pending.get(t.epoch)
+        if slot is not None:
+            slot[0] -= 1
+            slot[1] -= t.tokens
+            self.since_reqs -= 1
+            self.since_tokens -= t.tokens
+            if slot[0] <= 0:
+                del self._pending[t.epoch]
+
+    def poll_started(self) -> int:
+        """A load poll is about to be sent: requests dispatched from now on are not in its report."""
+        e = self._epoch
+        self._epoch = e + 1
+        return e
+
+    def apply_report(
+        self, poll_epoch: int, at: float, running: int, waiting: int, tokens_in_flight: int, kv_usage: float
+    ) -> None:
+        """Install the report answering the poll started at ``poll_epoch`` (taken at monotonic ``at``)."""
+        if at < self.rep_at:
+            return  # an older poll answered late
+        self.rep_at = at
+        self.rep_running = running
+        self.rep_waiting = waiting
+        self.rep_tokens = tokens_in_flight
+        self.rep_kv = kv_usage
+        for e in [e for e in self._pending if e <= poll_epoch]:
+            slot = self._pending.pop(e)
+            self.since_reqs -= slot[0]
+            self.since_tokens -= slot[1]
+
+    def set_cache(self, chunk_bytes: int, hashes: Sequence[int] | frozenset[int]) -> None:
+        self.cache_chunk_bytes = chunk_bytes or CHUNK_BYTES
+        self.cache = hashes if isinstance(hashes, frozenset) else frozenset(hashes)
+
+    # ---------------------------------------------------------------- estimates
+    def outstanding(self, now: float, stale_s: float) -> tuple[int, int]:
+        """(requests, tokens) running or waiting on the pod, as best known at ``now``."""
+        if self.rep_at >= 0 and now - self.rep_at <= stale_s:
+            reqs = self.rep_running + self.rep_waiting + self.since_reqs
+            toks = self.rep_tokens + self.since_tokens
+            inf = self.inflight
+            return (reqs if reqs > inf else inf), (toks if toks > self.inflight_tokens else self.inflight_tokens)
+        return self.inflight, self.inflight_tokens
+
+    def kv_usage(self, now: float, stale_s: float) -> float:
+        return self.rep_kv if self.rep_at >= 0 and now - self.rep_at <= stale_s else 0.0
+
+    # ---------------------------------------------------------------- prefix memory
+    def remember(self, hashes: Sequence[int], now: float) -> None:
+        """This router just sent a prompt with these chain hashes to the pod."""
+        mem = self._memory
+        for h in hashes:
+            if h in mem:
+                mem.move_to_end(h)
+            mem[h] = now
+        while len(mem) > self._memory_max:
+            mem.popitem(last=False)
+
+    def matched_chunks(self, hashes: Sequence[int], now: float, memory_s: float) -> int:
+        """Leading chunks of ``hashes`` the pod is expected to hold (cache summary or recent routing)."""
+        cache = self.cache
+        mem = self._memory
+        horizon = now - memory_s
+        n = 0
+        for h in hashes:
+            if h in cache:
+                n += 1
+                continue
+            t = mem.get(h)
+            if t is None or t < horizon:
+                break
+            n += 1
+        return n
+
+    def forget_memory(self) -> None:
+        self._memory.clear()
+
+    def __repr__(self) -> str:
+        return f"PodView({self.id!r}, healthy={self.healthy}, inflight={self.inflight})"

@@ -1,0 +1,574 @@
+"""The request path: target by model, clerk lookup, pick by cost with admission, failover; pollers feed pod views."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+import grpc
+
+from axon_router import tracing
+from axon_router.admission import Admission, Outcome, Priority
+from axon_router.errors import (
+    BadRequest,
+    Conflict,
+    DeadlineExceeded,
+    NotFound,
+    RouterError,
+    Shed,
+    StreamBroken,
+    Unavailable,
+    UpstreamError,
+)
+from axon_router.failover import RetryableError, backoff_s
+from axon_router.forward import Forwarder, Upstream
+from axon_router.knobs import Knobs
+from axon_router.metrics import RouterMetrics
+from axon_router.picker import CostPicker, Picker, PickInput
+from axon_router.pod_view import PodView, Ticket
+from axon_router.routing_key import RouteRequest
+from brunoise.v1 import runtime_pb2, runtime_pb2_grpc
+
+log = logging.getLogger("axon_router")
+
+
+class ClerkLike(Protocol):
+    """The part of ``sharder.clerk.Clerk`` the router uses (all synchronous, no I/O)."""
+
+    def targets(self) -> list[str]: ...
+    def assignment(self, target: str) -> Any: ...
+    def generation(self, target: str) -> int: ...
+    def staleness_s(self, target: str) -> float: ...
+
+
+class TargetState:
+    """One target's generation, precomputed: pods by id, the pool of serving pods, eligible pools per label set."""
+
+    __slots__ = ("_eligible", "assignment", "generation", "listed", "models", "name", "pods", "pool")
+
+    def __init__(self, name: str, assignment: Any, views: dict[str, PodView]) -> None:
+        self.name = name
+        self.assignment = assignment
+        self.generation: int = assignment.generation
+        self.pods = {p.id: views[p.id] for p in assignment.pods if p.id in views}
+        self.pool: list[PodView] = [views[p.id] for p in assignment.pods if p.id in views and p.state.value != "dead"]
+        models = {name}
+        cfg_model = getattr(assignment.config, "model", "")
+        if cfg_model:
+            models.add(cfg_model)
+        for p in assignment.pods:
+            m = p.labels.get("model")
+            if m:
+                models.add(m)
+        self.models = models
+        self.listed = sorted(models - {name}) or [name]  # what GET /v1/models shows
+        self._eligible: dict[frozenset[tuple[str, str]], tuple[list[PodView], frozenset[str]]] = {}
+
+    def eligible(self, labels: dict[str, str]) -> tuple[list[PodView], frozenset[str]]:
+        """Pods of the pool carrying every label (cached per label set for this generation)."""
+        key = frozenset(labels.items())
+        hit = self._eligible.get(key)
+        if hit is None:
+            pods = [p for p in self.pool if all(p.labels.get(k) == v for k, v in labels.items())]
+            hit = self._eligible[key] = (pods, frozenset(p.id for p in pods))
+        return hit
+
+
+@dataclasses.dataclass(slots=True)
+class Flight:
+    """One request in the router, from parse to the end of its response."""
+
+    req: RouteRequest
+    frontend: str
+    t0: float
+    span: Any
+    target: str = ""
+    pod: PodView | None = None
+    ticket: Ticket | None = None
+    reason: str = ""
+    attempts: int = 0
+    upstream: Upstream | None = None
+    first_token_at: float = 0.0
+    traceparent_out: str | None = None
+    closed: bool = False
+    attrs: dict[str, Any] = dataclasses.field(default_factory=dict)  # span attributes, set once at the end
+
+
+class Router:
+    """Shares nothing with other router replicas but the assignment (through the clerk)."""
+
+    def __init__(
+        self, clerk: ClerkLike, knobs: Knobs, metrics: RouterMetrics | None = None, picker: Picker | None = None
+    ) -> None:
+        self.clerk = clerk
+        self.knobs = knobs
+        self.metrics = metrics or RouterMetrics(knobs)
+        self.picker: Picker = picker or CostPicker(knobs)
+        self.admission = Admission(knobs)
+        self.forwarder = Forwarder(knobs)
+        self.pods: dict[str, PodView] = {}
+        self.targets: dict[str, TargetState] = {}
+        self.by_model: dict[str, list[TargetState]] = {}
+        self.inflight_ids: set[str] = set()
+        self._pollers: dict[str, list[asyncio.Task[None]]] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._refresh_task: asyncio.Task[None] | None = None
+        self._rng = random.Random()
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        await self.forwarder.start()
+        self.refresh()
+        self._refresh_task = asyncio.create_task(self._refresh_loop(), name="router-refresh")
+
+    async def stop(self) -> None:
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresh_task
+        for pid in list(self._pollers):
+            await self._stop_pollers(pid)
+        await self.forwarder.stop()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.knobs.clerk_refresh_s)
+            try:
+                self.refresh()
+            except Exception:  # keep routing on the last state
+                log.exception("refresh from the clerk failed")
+
+    def refresh(self) -> bool:
+        """Rebuild target states whose generation changed; start/stop pod pollers. True when anything changed."""
+        m = self.metrics
+        with contextlib.suppress(Exception):
+            m.clerk_connected.set(1.0 if getattr(self.clerk, "connected", False) else 0.0)
+        names = list(self.clerk.targets())
+        changed = set(names) != set(self.targets)
+        for t in names:
+            with contextlib.suppress(Exception):
+                m.staleness.labels(t).set(self.clerk.staleness_s(t))
+            gen = self.clerk.generation(t)
+            ts = self.targets.get(t)
+            if ts is not None and ts.generation == gen:
+                continue
+            a = self.clerk.assignment(t)
+            if a is None:
+                continue
+            changed = True
+            self._sync_pods(a.pods, t)
+            self.targets[t] = TargetState(t, a, self.pods)
+            m.generation.labels(t).set(a.generation)
+        if not changed:
+            return False
+        for t in [t for t in self.targets if t not in names]:
+            del self.targets[t]
+        by_model: dict[str, list[TargetState]] = {}
+        for ts in sorted(self.targets.values(), key=lambda s: s.name):
+            for model in ts.models:
+                by_model.setdefault(model, []).append(ts)
+        self.by_model = by_model
+        live = {pid for ts in self.targets.values() for pid in ts.pods}
+        for pid in [p for p in self.pods if p not in live]:
+            del self.pods[pid]
+            asyncio.get_running_loop().create_task(self._stop_pollers(pid))
+        return True
+
+    def _sync_pods(self, pods: Iterable[Any], target: str) -> None:
+        for p in pods:
+            v = self.pods.get(p.id)
+            if v is None:
+                v = self.pods[p.id] = PodView(
+                    p.id, p.http_address, p.address, p.labels, memory_max=self.knobs.prefix_memory_max
+                )
+                v.inflight_gauge = self.metrics.pod_inflight.labels(p.id)
+                self.metrics.pod_healthy.labels(p.id).set(1)
+                self.metrics.pod_breaker.labels(p.id).set(0)
+                self._start_pollers(v)
+            else:
+                v.labels = dict(p.labels)
+                v.address = p.address
+                if p.http_address and p.http_address.rstrip("/") != v.http_address:
+                    v.http_address = p.http_address.rstrip("/")
+            v.draining = p.state.value == "draining"
+
+    # ------------------------------------------------------------------------------------------ pollers
+    def _start_pollers(self, v: PodView) -> None:
+        tasks = [asyncio.get_running_loop().create_task(self._health_loop(v), name=f"health-{v.id}")]
+        if v.address:
+            tasks.append(asyncio.get_running_loop().create_task(self._load_loop(v), name=f"load-{v.id}"))
+        self._pollers[v.id] = tasks
+
+    async def _stop_pollers(self, pod_id: str) -> None:
+        for t in self._pollers.pop(pod_id, []):
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        ch = self._channels.pop(pod_id, None)
+        if ch is not None:
+            await ch.close(None)
+
+    async def _health_loop(self, v: PodView) -> None:
+        k = self.knobs
+        while True:
+            ok = False
+            if v.http_address:
+                try:
+                    ok = await self.forwarder.get(v.http_address + "/health", k.health_timeout_s) == 200
+                except Exception:
+                    ok = False
+            else:
+                ok = True
+            changed = v.health.observe(ok, k.unhealthy_after, k.healthy_after)
+            if changed is not None:
+                v.healthy = changed
+                self.metrics.pod_healthy.labels(v.id).set(1 if changed else 0)
+                self.metrics.health_transitions.labels(v.id, "healthy" if changed else "unhealthy").inc()
+                log.warning("pod health changed", extra={"pod": v.id, "healthy": changed})
+            await asyncio.sleep(k.health_interval_s)
+
+    async def _load_loop(self, v: PodView) -> None:
+        k = self.knobs
+        last_cache = -1e9
+        ch = self._channels.get(v.id)
+        if ch is None:
+            ch = self._channels[v.id] = grpc.aio.insecure_channel(v.address)
+        stub = runtime_pb2_grpc.RuntimeStub(ch)  # type: ignore[no-untyped-call]
+        while True:
+            now = time.monotonic()
+            want_cache = now - last_cache >= k.cache_poll_interval_s
+            epoch = v.poll_started()
+            try:
+                resp = await stub.GetLoad(
+                    runtime_pb2.GetLoadRequest(include_cache=want_cache), timeout=k.load_poll_timeout_s
+                )
+                e = resp.engine
+                v.apply_report(epoch, now, e.running, e.waiting, e.tokens_in_flight, e.kv_usage)
+                if want_cache and resp.HasField("cache"):
+                    v.set_cache(resp.cache.chunk_bytes, frozenset(resp.cache.prefix_hashes))
+                    last_cache = now
+                self.metrics.load_polls.labels("ok").inc()
+            except Exception:
+                self.metrics.load_polls.labels("error").inc()
+            await asyncio.sleep(k.load_poll_interval_s)
+
+    # ------------------------------------------------------------------------------------------ lookup
+    def models(self) -> list[str]:
+        return sorted({m for ts in self.targets.values() for m in ts.listed})
+
+    def resolve(self, req: RouteRequest) -> TargetState:
+        if req.target is not None:
+            ts = self.targets.get(req.target)
+            if ts is None:
+                raise NotFound(
+                    f"target {req.target!r} is not known to this router (known: {sorted(self.targets)})",
+                    param="x-brunoise-target",
+                    code="target_not_found",
+                )
+            if req.model not in ts.models:
+                raise BadRequest(
+                    f"target {req.target!r} does not serve model {req.model!r} (it serves {sorted(ts.models)})",
+                    param="model",
+                    code="model_not_found",
+                )
+            return ts
+        cands = self.by_model.get(req.model)
+        if not cands:
+            raise NotFound(
+                f"the model {req.model!r} does not exist; served models: {self.models()}",
+                param="model",
+                code="model_not_found",
+            )
+        return cands[0]
+
+    def lookup(self, target: str, slice_key: int) -> dict[str, Any]:
+        """Debug view of a key: target, generation, slice and its subset."""
+        ts = self.targets.get(target)
+        if ts is None:
+            raise NotFound(f"target {target!r} is not known", param="target")
+        sa = ts.assignment.lookup(slice_key)
+        return {
+            "target": target,
+            "generation": ts.generation,
+            "slice_key": slice_key,
+            "slice": [sa.slice.lo, sa.slice.hi],
+            "replicas": list(sa.replicas),
+            "leaving": list(sa.leaving),
+        }
+
+    def pod_states(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        out = []
+        for v in sorted(self.pods.values(), key=lambda p: p.id):
+            reqs, toks = v.outstanding(now, self.knobs.report_stale_s)
+            out.append(
+                {
+                    "id": v.id,
+                    "http": v.http_address,
+                    "labels": v.labels,
+                    "healthy": v.healthy,
+                    "breaker": v.breaker.state.name.lower(),
+                    "inflight": v.inflight,
+                    "outstanding": reqs,
+                    "tokens": toks,
+                    "cache_chunks": len(v.cache),
+                    "draining": v.draining,
+                }
+            )
+        return out
+
+    # ------------------------------------------------------------------------------------------ the request path
+    def begin(self, req: RouteRequest, frontend: str) -> Flight:
+        """Register a request: idempotency check and its span. Always pair with ``finish``."""
+        rid = req.request_id
+        if rid is not None:
+            if rid in self.inflight_ids:
+                self.metrics.idempotency_conflicts.inc()
+                raise Conflict(
+                    f"request id {rid!r} is already in flight; wait for it or use a new id",
+                    param="x-request-id",
+                    code="request_in_flight",
+                )
+            self.inflight_ids.add(rid)
+        parent = tracing.extract(req.traceparent, req.tracestate)
+        span = tracing.start_span(
+            "router.generate",
+            parent,
+            {
+                "brunoise.frontend": frontend,
+                "brunoise.model": req.model,
+                "brunoise.slice_key": str(req.slice_key),
+                "brunoise.key_source": req.key_source,
+            },
+        )
+        f = Flight(req, frontend, time.monotonic(), span)
+        f.traceparent_out = tracing.traceparent_of(span, req.traceparent)
+        return f
+
+    async def open(self, f: Flight) -> Upstream:
+        """Pick a pod and get the first token (or the whole body) from it, failing over before the first token."""
+        req = f.req
+        k = self.knobs
+        m = self.metrics
+        m.routing_key_source.labels(req.key_source).inc()
+        ts = self.resolve(req)
+        f.target = ts.name
+        sa = ts.assignment.lookup(req.slice_key)
+        subset_ids: Sequence[str] = sa.replicas + sa.leaving if sa.leaving else sa.replicas
+        if req.labels:
+            elig, elig_ids = ts.eligible(req.labels)
+            if not elig:
+                m.unavailable.labels("no_pod_with_labels").inc()
+                raise Unavailable(
+                    f"no pod of target {ts.name!r} carries labels {req.labels}; residency is never relaxed",
+                    code="no_eligible_pod",
+                )
+        else:
+            elig, elig_ids = ts.pool, frozenset(ts.pods)
+        attrs = f.attrs
+        attrs["brunoise.target"] = ts.name
+        attrs["brunoise.generation"] = ts.generation
+        attrs["brunoise.slice"] = f"{sa.slice.lo:x}-{sa.slice.hi:x}"
+        pin = PickInput(req.slice_key, req.prefix_hashes, req.prompt_tokens, req.max_tokens)
+        headers = {"content-type": "application/json", "x-brunoise-slice-key": str(req.slice_key)}
+        if f.traceparent_out:
+            headers["traceparent"] = f.traceparent_out
+        if req.request_id:
+            headers["x-request-id"] = req.request_id
+        headers["x-brunoise-deadline-ms"] = str(int((time.time() + req.deadline - time.monotonic()) * 1000))
+        tried: list[str] = []
+        last: RetryableError | None = None
+        while True:
+            now = time.monotonic()
+            left = req.deadline - now
+            if left <= 0:
+                m.errors.labels("deadline").inc()
+                raise DeadlineExceeded(
+                    f"deadline exceeded after {f.attempts} attempt(s)" + (f": {last.message}" if last else ""),
+                    code="deadline_exceeded",
+                )
+            subset = [
+                v
+                for i in subset_ids
+                if (v := ts.pods.get(i)) is not None
+                and i in elig_ids
+                and i not in tried
+                and v.healthy
+                and v.breaker.available(now)
+            ]
+            outside = [
+                v
+                for v in elig
+                if v.id not in subset_ids and v.id not in tried and v.healthy and v.breaker.available(now)
+            ]
+            if f.attempts == 0:
+                d = self.admission.decide(self.picker, subset, outside, pin, now, req.priority)
+                if d.outcome is Outcome.SHED:
+                    pr = "batch" if req.priority is Priority.BATCH else "interactive"
+                    m.sheds.labels(pr).inc()
+                    f.reason = "shed"
+                    attrs["brunoise.pick_reason"] = "shed"
+                    log.info("shed", extra={"target": ts.name, "priority": pr, "slice_key": req.slice_key})
+                    raise Shed(
+                        f"every eligible pod of target {ts.name!r} is over its admission limit ({pr}); retry after {k.retry_after_s:g}s",
+                        code="overloaded",
+                        retry_after_s=k.retry_after_s,
+                    )
+                if d.outcome is Outcome.UNAVAILABLE or d.pick is None:
+                    m.unavailable.labels("no_healthy_pod").inc()
+                    raise Unavailable(
+                        f"no healthy pod of target {ts.name!r}"
+                        + (f" with labels {req.labels}" if req.labels else "")
+                        + " can take the request",
+                        code="no_healthy_pod",
+                        retry_after_s=k.retry_after_s,
+                    )
+                pick = d.pick
+                reason = d.outcome.value
+                if d.outcome is Outcome.IN_SUBSET:
+                    m.picks_in_subset.inc()
+                elif d.outcome is Outcome.SPILL:
+                    m.picks_spill.inc()
+                    log.info("spill", extra={"target": ts.name, "pod": pick.pod.id, "slice_key": req.slice_key})
+                else:
+                    m.picks_fallback.inc()
+            else:
+                cand = subset or outside
+                s = self.picker.choose(cand, pin, now, None) if cand else None
+                if s is None:
+                    m.unavailable.labels("retries_exhausted").inc()
+                    raise Unavailable(
+                        f"no other healthy pod to retry on after {f.attempts} attempt(s): {last.message if last else ''}",
+                        code="no_healthy_pod",
+                        retry_after_s=k.retry_after_s,
+                    )
+                pick = s
+                reason = "retry"
+                m.picks_retry.inc()
+            pod = pick.pod
+            f.attempts += 1
+            f.reason = reason
+            probe = pod.breaker.acquire(now)
+            ticket = pod.begin(req.prompt_tokens + req.max_tokens)
+            g = pod.inflight_gauge
+            if g is not None:
+                g.inc()  # type: ignore[attr-defined]
+            try:
+                up = await self.forwarder.open(pod.http_address, req.path, req.body, headers, req.stream, left)
+            except RetryableError as e:
+                self._end_ticket(pod, ticket)
+                if e.pod_fault:
+                    self._pod_failed(pod)
+                elif probe:
+                    pod.breaker.release_probe()
+                last = e
+                tried.append(pod.id)
+                m.retries.labels(e.cause).inc()
+                log.info(
+                    "attempt failed", extra={"pod": pod.id, "cause": e.cause, "attempt": f.attempts, "error": e.message}
+                )
+                if f.attempts >= k.max_attempts:
+                    raise Unavailable(
+                        f"{f.attempts} attempt(s) failed before the first token; last: {e.message}",
+                        code="upstream_unavailable",
+                        retry_after_s=k.retry_after_s,
+                    ) from None
+                pause = backoff_s(f.attempts, k.retry_backoff_s, k.retry_backoff_max_s, self._rng)
+                if pause > 0 and time.monotonic() + pause < req.deadline:
+                    await asyncio.sleep(pause)
+                continue
+            except UpstreamError:
+                self._end_ticket(pod, ticket)
+                self._pod_ok(pod)
+                raise
+            except BaseException:
+                self._end_ticket(pod, ticket)
+                if probe:
+                    pod.breaker.release_probe()
+                raise
+            f.pod = pod
+            f.ticket = ticket
+            f.upstream = up
+            f.first_token_at = time.monotonic()
+            pod.remember(req.prefix_hashes, now)
+            attrs["brunoise.pod"] = pod.id
+            attrs["brunoise.pick_reason"] = reason
+            attrs["brunoise.attempts"] = f.attempts
+            attrs["brunoise.cost_s"] = pick.cost
+            if req.prefix_hashes:
+                m.prefix_hit_chunks.observe(pick.hit_chunks / len(req.prefix_hashes))
+            m.ttft.observe(f.first_token_at - f.t0)
+            return up
+
+    def _end_ticket(self, pod: PodView, ticket: Ticket) -> None:
+        if not ticket.done:
+            pod.end(ticket)
+            g = pod.inflight_gauge
+            if g is not None:
+                g.dec()  # type: ignore[attr-defined]
+
+    def _pod_failed(self, pod: PodView) -> None:
+        k = self.knobs
+        if pod.breaker.failure(
+            time.monotonic(), k.outlier_consecutive_failures, k.breaker_open_s, k.breaker_max_open_s
+        ):
+            self.metrics.pod_breaker.labels(pod.id).set(1)
+            self.metrics.breaker_transitions.labels(pod.id, "open").inc()
+            log.warning("circuit opened", extra={"pod": pod.id, "open_s": pod.breaker.open_for})
+
+    def _pod_ok(self, pod: PodView) -> None:
+        if pod.breaker.success():
+            self.metrics.pod_breaker.labels(pod.id).set(0)
+            self.metrics.breaker_transitions.labels(pod.id, "closed").inc()
+            log.warning("circuit closed", extra={"pod": pod.id})
+
+    def finish(self, f: Flight, code: str, error: BaseException | None = None) -> None:
+        """End a request: pod accounting, breaker verdict, metrics, span, idempotency release. Idempotent."""
+        if f.closed:
+            return
+        f.closed = True
+        rid = f.req.request_id
+        if rid is not None:
+            self.inflight_ids.discard(rid)
+        pod, ticket = f.pod, f.ticket
+        if pod is not None and ticket is not None:
+            self._end_ticket(pod, ticket)
+            if isinstance(error, StreamBroken):
+                self._pod_failed(pod)
+            elif error is None:
+                self._pod_ok(pod)
+            elif pod.breaker.probe_out:
+                pod.breaker.release_probe()
+        if f.upstream is not None:
+            f.upstream.close()
+        m = self.metrics
+        m.count_request(f.frontend, code)
+        if isinstance(error, StreamBroken):
+            m.broken_streams.inc()
+        attrs = f.attrs
+        if isinstance(error, RouterError):
+            m.errors.labels(code).inc()
+            attrs["brunoise.error"] = error.message
+        m.latency.observe(time.monotonic() - f.t0)
+        attrs["brunoise.status"] = code
+        span = f.span
+        if span.is_recording():
+            span.set_attributes(attrs)
+        span.end()
+
+
+def flight_log(f: Flight, code: str) -> dict[str, Any]:
+    return {
+        "request_id": f.req.request_id,
+        "target": f.target,
+        "pod": f.pod.id if f.pod else None,
+        "reason": f.reason,
+        "attempts": f.attempts,
+        "code": code,
+    }

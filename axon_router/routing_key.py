@@ -1,0 +1,372 @@
+"""Routing key, target hints, labels, priority and deadline of a request, parsed and validated once."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import xxhash
+
+from axon_router.admission import Priority
+from axon_router.errors import BadRequest, DeadlineExceeded
+from axon_router.knobs import Knobs
+from sharder.keyspace import slice_key
+from sharder.prefix import ROOT_SEED, prefix_hashes, render_chat
+
+COMPLETIONS = "/v1/completions"
+CHAT = "/v1/chat/completions"
+
+#: Header names, in routing-key precedence order (after the gRPC field).
+KEY_HEADERS = ("x-session-id", "x-user-id", "x-tenant-id")
+#: Body fields, in precedence order, after the headers.
+KEY_FIELDS = ("session_id", "user")
+
+_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
+_MAX_TOKENS_CAP = 1 << 24
+
+
+class DeadlineExpired(DeadlineExceeded):
+    """The request's deadline had passed when it arrived."""
+
+    status = 408
+
+
+@dataclasses.dataclass(slots=True)
+class RouteRequest:
+    """A validated request, ready for target lookup and picking."""
+
+    path: str  # COMPLETIONS or CHAT on the runtime
+    model: str
+    body: bytes  # JSON forwarded to the runtime
+    stream: bool
+    slice_key: int
+    key_source: str
+    prefix_hashes: list[int]
+    prompt_tokens: int
+    max_tokens: int
+    deadline: float  # time.monotonic() deadline
+    priority: Priority = Priority.INTERACTIVE
+    target: str | None = None
+    request_id: str | None = None
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    traceparent: str | None = None
+    tracestate: str | None = None
+
+
+def _check_key(value: str, name: str, knobs: Knobs) -> str:
+    if not value or len(value.encode("utf-8", "surrogatepass")) > knobs.max_key_bytes:
+        raise BadRequest(
+            f"{name} must be 1..{knobs.max_key_bytes} bytes",
+            param=name,
+            code="invalid_header" if name.startswith("x-") else None,
+        )
+    if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise BadRequest(f"{name} must be valid UTF-8 without control characters", param=name)
+    return value
+
+
+def _parse_labels(headers: Mapping[str, str]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    raw = headers.get("x-brunoise-labels")
+    if raw is not None:
+        for part in raw.split(","):
+            k, sep, v = part.strip().partition("=")
+            if not sep or not _LABEL_RE.match(k) or not _LABEL_RE.match(v):
+                raise BadRequest(
+                    "x-brunoise-labels must be comma-separated key=value pairs of [A-Za-z0-9._/-]",
+                    param="x-brunoise-labels",
+                    code="invalid_header",
+                )
+            labels[k] = v
+    region = headers.get("x-brunoise-region")
+    if region is not None:
+        region = region.strip()
+        if not _LABEL_RE.match(region):
+            raise BadRequest(
+                "x-brunoise-region must be 1..63 characters of [A-Za-z0-9._/-]",
+                param="x-brunoise-region",
+                code="invalid_header",
+            )
+        labels["region"] = region
+    return labels
+
+
+def check_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    for k, v in labels.items():
+        if not _LABEL_RE.match(k) or not _LABEL_RE.match(v):
+            raise BadRequest(
+                f"label {k!r}={v!r}: keys and values must be 1..63 characters of [A-Za-z0-9._/-]", param="labels"
+            )
+    return dict(labels)
+
+
+def parse_priority(value: str | None) -> Priority:
+    if value is None:
+        return Priority.INTERACTIVE
+    v = value.strip().lower()
+    if v in ("interactive", "", "default", "high"):
+        return Priority.INTERACTIVE
+    if v in ("batch", "low"):
+        return Priority.BATCH
+    raise BadRequest("x-priority must be 'interactive' or 'batch'", param="x-priority", code="invalid_header")
+
+
+def deadline_from(headers: Mapping[str, str], knobs: Knobs, now: float) -> float:
+    """Monotonic deadline from x-brunoise-timeout-ms (relative) or x-brunoise-deadline-ms (absolute unix ms)."""
+    budget = knobs.default_timeout_s
+    raw = headers.get("x-brunoise-timeout-ms")
+    if raw is not None:
+        try:
+            ms = int(raw.strip())
+        except ValueError:
+            raise BadRequest(
+                "x-brunoise-timeout-ms must be a positive integer (milliseconds)",
+                param="x-brunoise-timeout-ms",
+                code="invalid_header",
+            ) from None
+        if ms <= 0:
+            raise DeadlineExpired(
+                f"x-brunoise-timeout-ms is {ms}: the deadline has already passed",
+                param="x-brunoise-timeout-ms",
+                code="deadline_exceeded",
+            )
+        budget = min(budget, ms / 1000.0)
+    raw = headers.get("x-brunoise-deadline-ms")
+    if raw is not None:
+        try:
+            unix_ms = int(raw.strip())
+        except ValueError:
+            raise BadRequest(
+                "x-brunoise-deadline-ms must be an absolute unix time in milliseconds",
+                param="x-brunoise-deadline-ms",
+                code="invalid_header",
+            ) from None
+        left = unix_ms / 1000.0 - time.time()
+        if left <= 0:
+            raise DeadlineExpired(
+                f"x-brunoise-deadline-ms is {-left:.3f}s in the past",
+                param="x-brunoise-deadline-ms",
+                code="deadline_exceeded",
+            )
+        budget = min(budget, left)
+    return now + budget
+
+
+def prefix_key(text: str, knobs: Knobs) -> tuple[int, list[int]]:
+    """(SliceKey, chain hashes) of a prompt: the SliceKey is the chain hash of its first ``routing_prefix_chunks``
+    full chunks, so requests sharing that prefix share a key (the whole text when shorter than one chunk)."""
+    hashes = prefix_hashes(text, max_chunks=knobs.max_prefix_chunks)
+    k = min(knobs.routing_prefix_chunks, len(hashes))
+    if k > 0:
+        return hashes[k - 1], hashes
+    return xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"), seed=ROOT_SEED), hashes
+
+
+def _int_field(body: Mapping[str, Any], name: str) -> int | None:
+    v = body.get(name)
+    if v is None:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise BadRequest(f"{name} must be an integer, got {type(v).__name__}", param=name)
+    if v < 1 or v > _MAX_TOKENS_CAP:
+        raise BadRequest(f"{name} must be between 1 and {_MAX_TOKENS_CAP}, got {v}", param=name)
+    return v
+
+
+def prompt_text(path: str, body: Mapping[str, Any]) -> str:
+    """The text a request's prefix is hashed from (checks the prompt / messages shape)."""
+    if path == CHAT:
+        msgs = body.get("messages")
+        if msgs is None:
+            raise BadRequest("messages is required: a non-empty list of {role, content} objects", param="messages")
+        if not isinstance(msgs, list) or not msgs:
+            raise BadRequest("messages must be a non-empty list of {role, content} objects", param="messages")
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict):
+                raise BadRequest(f"messages[{i}] must be an object with role and content", param=f"messages[{i}]")
+            role = m.get("role")
+            if not isinstance(role, str) or not role:
+                raise BadRequest(f"messages[{i}].role must be a non-empty string", param=f"messages[{i}].role")
+            content = m.get("content")
+            if content is not None and not isinstance(content, str | list):
+                raise BadRequest(
+                    f"messages[{i}].content must be a string or a list of content parts", param=f"messages[{i}].content"
+                )
+        return render_chat(msgs)
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise BadRequest("prompt is required: a string (or a list of strings)", param="prompt")
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return str(prompt[0])
+        if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
+            return " ".join(map(str, prompt))
+    raise BadRequest("prompt must be a string, a non-empty list of strings or a list of token ids", param="prompt")
+
+
+def parse_openai(path: str, raw: bytes, headers: Mapping[str, str], knobs: Knobs, now: float) -> RouteRequest:
+    """Parse and validate an OpenAI completions / chat completions request; BadRequest says what to fix."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"request body is not valid UTF-8 (byte {e.start})", code="invalid_encoding") from None
+    try:
+        body = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise BadRequest(f"request body is not valid JSON: {e}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object", code="invalid_json")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest(
+            "model is required: a non-empty string naming a served model (see GET /v1/models)", param="model"
+        )
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest("stream must be true or false", param="stream")
+    so = body.get("stream_options")
+    if so is not None and not isinstance(so, dict):
+        raise BadRequest("stream_options must be an object", param="stream_options")
+    max_tokens = _int_field(body, "max_tokens")
+    if path == CHAT:
+        mct = _int_field(body, "max_completion_tokens")
+        max_tokens = mct if mct is not None else max_tokens
+    ptext = prompt_text(path, body)
+
+    # routing key: headers, then body fields, then the prompt prefix
+    app_key: str | None = None
+    source = "prefix"
+    for h in KEY_HEADERS:
+        v = headers.get(h)
+        if v is not None:
+            app_key, source = _check_key(v.strip(), h, knobs), h
+            break
+    if app_key is None:
+        for f in KEY_FIELDS:
+            v = body.get(f)
+            if v is None:
+                continue
+            if not isinstance(v, str):
+                raise BadRequest(f"{f} must be a string", param=f)
+            if v:
+                app_key, source = _check_key(v, f, knobs), f
+                break
+    skey, hashes = prefix_key(ptext, knobs)
+    if app_key is not None:
+        skey = slice_key(app_key)
+
+    rid = headers.get("x-request-id")
+    if rid is not None:
+        rid = _check_key(rid.strip(), "x-request-id", knobs)
+    else:
+        brid = body.get("request_id")
+        if brid is not None:
+            if not isinstance(brid, str):
+                raise BadRequest("request_id must be a string", param="request_id")
+            rid = _check_key(brid, "request_id", knobs)
+    target = headers.get("x-brunoise-target")
+    if target is not None:
+        target = _check_key(target.strip(), "x-brunoise-target", knobs)
+    tp = headers.get("traceparent")
+    return RouteRequest(
+        path=path,
+        model=model,
+        body=raw,
+        stream=stream,
+        slice_key=skey,
+        key_source=source,
+        prefix_hashes=hashes,
+        prompt_tokens=int(len(ptext) / knobs.bytes_per_token) + 1,
+        max_tokens=max_tokens if max_tokens is not None else knobs.default_max_tokens,
+        deadline=deadline_from(headers, knobs, now),
+        priority=parse_priority(headers.get("x-priority")),
+        target=target,
+        request_id=rid,
+        labels=_parse_labels(headers),
+        traceparent=tp if tp and len(tp) < 256 else None,
+        tracestate=headers.get("tracestate"),
+    )
+
+
+def parse_grpc(
+    req: Any, time_remaining_s: float | None, knobs: Knobs, now: float, traceparent: str | None = None
+) -> RouteRequest:
+    """Parse a ``brunoise.v1.GenerateRequest`` into a RouteRequest forwarded as a streaming OpenAI request."""
+    if not req.model:
+        raise BadRequest("model is required: name a served model", param="model")
+    which = req.WhichOneof("input")
+    body: dict[str, Any] = {"model": req.model, "stream": True, "stream_options": {"include_usage": True}}
+    if which == "prompt":
+        path = COMPLETIONS
+        body["prompt"] = req.prompt
+    elif which == "messages":
+        path = CHAT
+        msgs = [{"role": m.role, "content": m.content} for m in req.messages.messages]
+        body["messages"] = msgs
+    else:
+        raise BadRequest("one of prompt or messages is required", param="input")
+    ptext = prompt_text(path, body)
+    sp = req.sampling
+    max_tokens: int | None = None
+    if req.HasField("sampling"):
+        if sp.max_tokens < 0 or sp.max_tokens > _MAX_TOKENS_CAP:
+            raise BadRequest(
+                f"sampling.max_tokens must be between 1 and {_MAX_TOKENS_CAP}, got {sp.max_tokens}",
+                param="sampling.max_tokens",
+            )
+        if sp.max_tokens:
+            max_tokens = int(sp.max_tokens)
+            body["max_tokens"] = max_tokens
+        if sp.temperature < 0:
+            raise BadRequest("sampling.temperature must be >= 0", param="sampling.temperature")
+        if not 0 <= sp.top_p <= 1:
+            raise BadRequest("sampling.top_p must be in [0, 1]", param="sampling.top_p")
+        body["temperature"] = sp.temperature
+        if sp.top_p:
+            body["top_p"] = sp.top_p
+        if sp.stop:
+            body["stop"] = list(sp.stop)
+        if sp.seed:
+            body["seed"] = int(sp.seed) & 0x7FFFFFFFFFFFFFFF
+        if sp.ignore_eos:
+            body["ignore_eos"] = True
+    skey, hashes = prefix_key(ptext, knobs)
+    source = "prefix"
+    if req.routing_key:
+        skey = slice_key(_check_key(req.routing_key, "routing_key", knobs))
+        source = "grpc"
+    budget = knobs.default_timeout_s
+    if time_remaining_s is not None:
+        if time_remaining_s <= 0:
+            raise DeadlineExpired("the gRPC deadline had passed when the request arrived", code="deadline_exceeded")
+        budget = min(budget, time_remaining_s)
+    if req.deadline_ms:
+        budget = min(budget, req.deadline_ms / 1000.0)
+    rid = _check_key(req.request_id, "request_id", knobs) if req.request_id else None
+    if req.target:
+        _check_key(req.target, "target", knobs)
+    if req.priority not in (0, 1, 2):
+        raise BadRequest(f"priority {req.priority} is not a known Priority", param="priority")
+    return RouteRequest(
+        path=path,
+        model=req.model,
+        body=json.dumps(body).encode(),
+        stream=True,
+        slice_key=skey,
+        key_source=source,
+        prefix_hashes=hashes,
+        prompt_tokens=int(len(ptext) / knobs.bytes_per_token) + 1,
+        max_tokens=max_tokens if max_tokens is not None else knobs.default_max_tokens,
+        deadline=now + budget,
+        priority=Priority.BATCH if req.priority == 2 else Priority.INTERACTIVE,
+        target=req.target or None,
+        request_id=rid,
+        labels=check_labels(dict(req.labels)),
+        traceparent=traceparent,
+    )

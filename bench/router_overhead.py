@@ -1,0 +1,149 @@
+"""Router overhead: the same small requests direct to one sim runtime and through one router; added p50/p99 and req/s.
+
+    .venv/bin/python bench/router_overhead.py [--requests 2000] [--concurrency 16] [--max-tokens 2]
+
+Starts an embedded assigner, one sim runtime (time-scale 1000: engine time is negligible, so the difference is
+the router's) and one router, all on 127.0.0.1, and stops them by PID at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+import aiohttp
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from brunoise.launch import ManagedProcess, ProcessGroup, python_module
+
+MODEL = "sim-bench"
+
+
+def pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(p / 100.0 * len(s)))]
+
+
+async def run_seq(
+    direct: str, routed: str, n: int, body: bytes, headers: dict[str, str]
+) -> tuple[list[float], list[float]]:
+    """One request at a time, direct and routed interleaved, so both see the same machine noise."""
+    d: list[float] = []
+    r_: list[float] = []
+    async with aiohttp.ClientSession() as s:
+        for _ in range(50):  # warm-up: connections, caches
+            for url in (direct, routed):
+                async with s.post(url, data=body, headers=headers) as r:
+                    await r.read()
+        for _ in range(n):
+            for url, out in ((direct, d), (routed, r_)):
+                t = time.perf_counter()
+                async with s.post(url, data=body, headers=headers) as r:
+                    await r.read()
+                    assert r.status == 200, r.status
+                out.append(time.perf_counter() - t)
+    return d, r_
+
+
+async def run_conc(url: str, n: int, conc: int, body: bytes, headers: dict[str, str]) -> float:
+    left = n
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc)) as s:
+
+        async def worker() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                async with s.post(url, data=body, headers=headers) as r:
+                    await r.read()
+
+        t = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(conc)))
+        return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=2)
+    ap.add_argument("--stream", action="store_true")
+    ns = ap.parse_args()
+    logs = pathlib.Path(tempfile.mkdtemp(prefix="router-bench-"))
+    with ProcessGroup() as g:
+        a = g.add(
+            ManagedProcess(
+                "assigner",
+                python_module("sharder.assigner.main", "--store", "embedded", "--port", "0", "--round-interval", "0.5"),
+                log_dir=logs,
+            ).start()
+        )
+        a.wait_ready(60)
+        rt = g.add(ManagedProcess("runtime", python_module("runtime.main", "--engine", "sim", "--pod-id", "bench0", "--target", "bench", "--model", MODEL,
+                                                             "--assigner", a.addresses["grpc"], "--time-scale", "1000", "--log-level", "WARNING"), log_dir=logs).start())  # fmt: skip
+        ro = g.add(
+            ManagedProcess(
+                "router",
+                python_module(
+                    "axon_router.main",
+                    "--assigner",
+                    a.addresses["grpc"],
+                    "--http-port",
+                    "0",
+                    "--grpc-port",
+                    "0",
+                    "--log-level",
+                    "warning",
+                ),
+                log_dir=logs,
+            ).start()
+        )
+        rt.wait_ready(60)
+        ro.wait_ready(60)
+        direct = rt.addresses["http"] + "/v1/completions"
+        routed = ro.addresses["http"] + "/v1/completions"
+        deadline = time.monotonic() + 60
+        while True:  # the router must know the target
+            try:
+                import urllib.request
+
+                with urllib.request.urlopen(ro.addresses["http"] + "/v1/models", timeout=2) as r:
+                    if MODEL in r.read().decode():
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("router never saw the target")
+            time.sleep(0.1)
+        body = json.dumps(
+            {
+                "model": MODEL,
+                "prompt": "The quick brown fox jumps over the lazy dog. " * 4,
+                "max_tokens": ns.max_tokens,
+                "stream": ns.stream,
+            }
+        ).encode()
+        headers = {"content-type": "application/json", "x-session-id": "bench-session"}
+        d, r = asyncio.run(run_seq(direct, routed, ns.requests, body, headers))
+        d_rps = asyncio.run(run_conc(direct, ns.requests, ns.concurrency, body, headers))
+        r_rps = asyncio.run(run_conc(routed, ns.requests, ns.concurrency, body, headers))
+        ms = 1000.0
+        res = {
+            "requests": ns.requests, "max_tokens": ns.max_tokens, "stream": ns.stream,
+            "direct_p50_ms": round(pct(d, 50) * ms, 3), "direct_p99_ms": round(pct(d, 99) * ms, 3),
+            "router_p50_ms": round(pct(r, 50) * ms, 3), "router_p99_ms": round(pct(r, 99) * ms, 3),
+            "added_p50_ms": round((pct(r, 50) - pct(d, 50)) * ms, 3), "added_p99_ms": round((pct(r, 99) - pct(d, 99)) * ms, 3),
+            "added_mean_ms": round((statistics.mean(r) - statistics.mean(d)) * ms, 3),
+            "direct_rps": round(d_rps, 1), "router_rps": round(r_rps, 1), "concurrency": ns.concurrency,
+        }  # fmt: skip
+        print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""Real-process fixtures for the router tests: embedded assigner, 3 sim runtimes, 2 routers, stopped by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grpc
+import pytest
+
+from brunoise.launch import ManagedProcess, ProcessGroup, python_module
+from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+
+MODEL = "sim-model"
+TARGET = "chat"
+REGIONS = ("eu", "eu", "us")
+#: Fast failure detection for tests (a pod is skipped within one health interval plus a timeout).
+ROUTER_ARGS = ("--health-interval-s", "0.5", "--health-timeout-s", "0.4", "--load-poll-interval-s", "0.2",
+               "--cache-poll-interval-s", "0.4", "--max-body-bytes", "65536", "--retry-backoff-s", "0.005")  # fmt: skip
+
+
+def _policy_args() -> list[str]:
+    try:
+        import sharder.policy as pol
+
+        if hasattr(pol, "reshard"):
+            return []
+    except ImportError:
+        pass
+    return ["--policy", "tests.assigner.standin_policy:reshard"]
+
+
+def http_json(url: str, timeout: float = 5.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def post(
+    url: str, body: Any, headers: dict[str, str] | None = None, timeout: float = 30.0
+) -> tuple[int, dict[str, str], bytes]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(
+        url, data=data, method="POST", headers={"content-type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+def wait_for(pred: Any, timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
+    """Poll ``pred`` until it returns a truthy value or ``timeout_s`` passes (then fail naming ``what``)."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = pred()
+        except Exception as e:
+            last = e
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last: {last!r}")
+
+
+class Cluster:
+    """One local cluster; ``routers[i].addresses`` has "http" and "grpc"."""
+
+    def __init__(
+        self,
+        log_dir: pathlib.Path,
+        *,
+        n_routers: int = 2,
+        runtime_args: Sequence[str] = (),
+        router_args: Sequence[str] = ROUTER_ARGS,
+    ) -> None:
+        self.log_dir = log_dir
+        self.group = ProcessGroup()
+        self.runtimes: dict[str, ManagedProcess] = {}
+        self.routers: list[ManagedProcess] = []
+        self.runtime_args = list(runtime_args)
+        self.router_args = list(router_args)
+        self.n_routers = n_routers
+        self.assigner: ManagedProcess | None = None
+
+    @property
+    def assigner_addr(self) -> str:
+        assert self.assigner is not None
+        return self.assigner.addresses["grpc"]
+
+    def start(self) -> Cluster:
+        a = ManagedProcess(
+            "assigner",
+            python_module(
+                "sharder.assigner.main",
+                "--store",
+                "embedded",
+                "--port",
+                "0",
+                "--round-interval",
+                "0.5",
+                *_policy_args(),
+            ),
+            log_dir=self.log_dir,
+        )
+        self.assigner = self.group.add(a.start())
+        a.wait_ready(60)
+        self.configure_target()
+        for i, region in enumerate(REGIONS):
+            pid = f"pod{i}"
+            argv = python_module("runtime.main", "--engine", "sim", "--pod-id", pid, "--target", TARGET, "--model", MODEL,
+                                 "--labels", f"region={region}", "--assigner", self.assigner_addr, "--lease-ttl", "3", "--report-interval", "0.5",
+                                 *self.runtime_args)  # fmt: skip
+            self.runtimes[pid] = self.group.add(ManagedProcess(pid, argv, log_dir=self.log_dir).start())
+        for _ in range(self.n_routers):
+            self.add_router(self.router_args, wait=False)
+        for p in [*self.runtimes.values(), *self.routers]:
+            p.wait_ready(60)
+        self.wait_assigned()
+        for r in self.routers:
+            self.wait_router(r)
+        return self
+
+    def configure_target(self, max_replicas: int = 2) -> None:
+        """Create the target before pods register: 12 slices, 1..max_replicas replicas (retried until a leader)."""
+        cfg = slicing_pb2.TargetConfig(
+            target=TARGET, model=MODEL, min_replicas=1, max_replicas=max_replicas, imbalance_tolerance=0.10,
+            churn_budget=0.10, split_threshold=0.25, merge_threshold=0.05, dereplicate_threshold=0.05,
+            hot_key_fraction=0.5, min_slices_per_pod=3, max_slices_per_pod=1000, initial_slices=12,
+        )  # fmt: skip
+        with grpc.insecure_channel(self.assigner_addr) as ch:
+            stub = assigner_pb2_grpc.AssignerStub(ch)  # type: ignore[no-untyped-call]
+            wait_for(
+                lambda: stub.ConfigureTarget(assigner_pb2.ConfigureTargetRequest(config=cfg), timeout=5),
+                30,
+                "ConfigureTarget",
+            )
+
+    def wait_assigned(self) -> None:
+        """Pin the slices round-robin onto the pods (move overrides: a deterministic spread, whatever the
+        policy would do at idle), then wait until every runtime holds slices and every slice has a replica."""
+        with grpc.insecure_channel(self.assigner_addr) as ch:
+            stub = assigner_pb2_grpc.AssignerStub(ch)  # type: ignore[no-untyped-call]
+
+            def registered() -> Any:
+                a = stub.GetAssignment(assigner_pb2.GetAssignmentRequest(target=TARGET), timeout=5)
+                return a if set(self.runtimes) <= {p.id for p in a.pods} else None
+
+            a = wait_for(registered, 60, "every runtime registered")
+            pods = sorted(self.runtimes)
+            for i, sl in enumerate(a.slices):
+                ov = slicing_pb2.Override(
+                    id=f"spread-{i}", move=slicing_pb2.MoveOverride(key=sl.slice.lo, pods=[pods[i % len(pods)]])
+                )
+                stub.SetOverride(assigner_pb2.SetOverrideRequest(target=TARGET, override=ov), timeout=5)
+
+            def spread() -> bool:
+                a = stub.GetAssignment(assigner_pb2.GetAssignmentRequest(target=TARGET), timeout=5)
+                held = {p for s in a.slices for p in s.replicas}
+                return set(self.runtimes) <= held and all(s.replicas for s in a.slices)
+
+            wait_for(spread, 60, "slices on every pod")
+
+    def add_router(self, args: Sequence[str], wait: bool = True) -> ManagedProcess:
+        name = f"router{len(self.routers)}"
+        r = self.group.add(
+            ManagedProcess(
+                name,
+                python_module(
+                    "axon_router.main", "--assigner", self.assigner_addr, "--http-port", "0", "--grpc-port", "0", *args
+                ),
+                log_dir=self.log_dir,
+            ).start()
+        )
+        self.routers.append(r)
+        if wait:
+            r.wait_ready(60)
+            self.wait_router(r)
+        return r
+
+    def wait_router(self, r: ManagedProcess, pods: int = 3) -> None:
+        def ready() -> bool:
+            models = [m["id"] for m in http_json(r.addresses["http"] + "/v1/models")["data"]]
+            states = http_json(r.addresses["http"] + "/debug/pods")["pods"]
+            return MODEL in models and sum(1 for p in states if p["healthy"]) >= pods
+
+        wait_for(ready, 60, f"{r.name} to see the target and {pods} healthy pods")
+
+    def http(self, i: int = 0) -> str:
+        return self.routers[i].addresses["http"]
+
+    def grpc(self, i: int = 0) -> str:
+        return self.routers[i].addresses["grpc"]
+
+    def pod_http(self, pod_id: str) -> str:
+        return self.runtimes[pod_id].addresses["http"]
+
+    def subset(self, key: str, i: int = 0) -> set[str]:
+        d = http_json(self.http(i) + f"/debug/lookup?model={MODEL}&key={urllib.parse.quote(key)}")
+        return set(d["replicas"]) | set(d["leaving"])
+
+    def pod_state(self, pod_id: str, i: int = 0) -> dict[str, Any]:
+        return next(p for p in http_json(self.http(i) + "/debug/pods")["pods"] if p["id"] == pod_id)
+
+    def stop_pod(self, pod_id: str) -> None:
+        os.kill(self.runtimes[pod_id].pid, signal.SIGSTOP)
+
+    def cont_pod(self, pod_id: str) -> None:
+        os.kill(self.runtimes[pod_id].pid, signal.SIGCONT)
+
+    def close(self) -> None:
+        for p in self.runtimes.values():  # a stopped process cannot take SIGTERM
+            if p.alive():
+                os.kill(p.pid, signal.SIGCONT)
+        self.group.stop_all()
+
+
+def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """Sum of the samples of ``name`` (optionally with these labels) in a Prometheus exposition."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        rest = line[len(name) :]
+        if rest and rest[0] not in "{ ":
+            continue
+        if labels and not all(f'{k}="{v}"' in rest for k, v in labels.items()):
+            continue
+        total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+        return str(r.read().decode())
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    cl = Cluster(tmp_path_factory.mktemp("router-cluster"))
+    try:
+        cl.start()
+        yield cl
+    finally:
+        cl.close()
+        assert not [p.name for p in cl.group.procs if p.alive()], "a child outlived close()"

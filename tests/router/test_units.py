@@ -1,0 +1,282 @@
+"""Unit tests of the router's pure parts: pod view accounting, picker, failover, admission, request parsing."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from axon_router.admission import Admission, Outcome, Priority
+from axon_router.errors import BadRequest, DeadlineExceeded
+from axon_router.failover import Breaker, BreakerState, HealthTracker, backoff_s
+from axon_router.knobs import Knobs
+from axon_router.picker import CostPicker, PickInput, tie_rank
+from axon_router.pod_view import PodView
+from axon_router.routing_key import CHAT, COMPLETIONS, parse_openai, prefix_key
+from sharder.keyspace import slice_key
+from sharder.prefix import prefix_hashes
+
+K = Knobs()
+
+
+def pod(pid: str) -> PodView:
+    return PodView(pid, f"http://{pid}", labels={"region": "eu"})
+
+
+def pin(key: int = 1, text: str = "", max_tokens: int = 16) -> PickInput:
+    return PickInput(key, prefix_hashes(text), len(text) // 4 + 1, max_tokens)
+
+
+# ------------------------------------------------------------------------------------------------ pod view
+def test_load_never_reads_zero_between_reports() -> None:
+    p = pod("a")
+    e = p.poll_started()
+    p.apply_report(e, 10.0, running=2, waiting=1, tokens_in_flight=300, kv_usage=0.5)
+    assert p.outstanding(10.1, 3.0) == (3, 300)
+    t1 = p.begin(100)
+    t2 = p.begin(50)
+    assert p.outstanding(10.2, 3.0) == (5, 450)  # report + own dispatches since
+    e2 = p.poll_started()  # the next report will include t1, t2
+    t3 = p.begin(10)  # dispatched after the poll was sent: not in that report
+    p.apply_report(e2, 10.3, running=5, waiting=0, tokens_in_flight=460, kv_usage=0.5)
+    assert p.outstanding(10.3, 3.0) == (6, 470)
+    p.end(t1)
+    p.end(t2)
+    p.end(t3)
+    p.end(t3)  # idempotent
+    assert p.inflight == 0 and p.since_reqs == 0
+    assert p.outstanding(10.3, 3.0) == (5, 460)  # until the next report says otherwise
+
+
+def test_stale_report_falls_back_to_own_inflight() -> None:
+    p = pod("a")
+    p.apply_report(p.poll_started(), 0.0, running=9, waiting=9, tokens_in_flight=9999, kv_usage=0.9)
+    t = p.begin(40)
+    assert p.outstanding(100.0, 3.0) == (1, 40)
+    assert p.kv_usage(100.0, 3.0) == 0.0
+    p.end(t)
+    assert p.outstanding(100.0, 3.0) == (0, 0)
+
+
+def test_own_inflight_is_a_floor() -> None:
+    p = pod("a")
+    ts = [p.begin(10) for _ in range(4)]
+    e = p.poll_started()
+    p.apply_report(e, 1.0, running=0, waiting=0, tokens_in_flight=0, kv_usage=0.0)  # report lags
+    assert p.outstanding(1.0, 3.0) == (4, 40)
+    for t in ts:
+        p.end(t)
+
+
+def test_prefix_memory_and_cache() -> None:
+    text = "x" * 64 * 5
+    hs = prefix_hashes(text)
+    p = pod("a")
+    assert p.matched_chunks(hs, 0.0, 60.0) == 0
+    p.set_cache(64, hs[:2])
+    assert p.matched_chunks(hs, 0.0, 60.0) == 2
+    p.remember(hs, 1.0)
+    assert p.matched_chunks(hs, 2.0, 60.0) == 5
+    assert p.matched_chunks(hs, 100.0, 60.0) == 2  # memory expired, cache summary still counts
+
+
+def test_prefix_memory_is_bounded() -> None:
+    p = PodView("a", "http://a", memory_max=10)
+    p.remember(list(range(100)), 0.0)
+    assert p.matched_chunks([95, 96, 97, 98, 99], 0.0, 60.0) == 5
+    assert p.matched_chunks([0], 0.0, 60.0) == 0
+
+
+# ------------------------------------------------------------------------------------------------ picker
+def test_picker_prefers_cache_holder_then_load() -> None:
+    text = "shared system prompt " * 40
+    req = pin(7, text)
+    a, b = pod("a"), pod("b")
+    b.remember(req.prefix_hashes, 0.0)
+    pk = CostPicker(K)
+    s = pk.choose([a, b], req, 0.0, None)
+    assert s is not None and s.pod is b and s.hit_chunks == len(req.prefix_hashes)
+    # the holder is swamped: the other pod wins despite the miss
+    for _ in range(40):
+        b.begin(2000)
+    s = pk.choose([a, b], req, 0.0, None)
+    assert s is not None and s.pod is a
+
+
+def test_cache_misses_spread_not_one_pod() -> None:
+    """Failure mode: every miss sent to the one pod that looks idle. Own in-flight accounting spreads them."""
+    pods = [pod(f"p{i}") for i in range(3)]
+    pk = CostPicker(K)
+    chosen: list[str] = []
+    for i in range(30):
+        req = pin(i, f"unique prompt {i} " * 30)
+        s = pk.choose(pods, req, 0.0, None)
+        assert s is not None
+        s.pod.begin(req.prompt_tokens + req.max_tokens)
+        chosen.append(s.pod.id)
+    counts = {p.id: chosen.count(p.id) for p in pods}
+    assert max(counts.values()) - min(counts.values()) <= 2, counts
+
+
+def test_tie_break_is_stable_and_spreads_keys() -> None:
+    pods = [pod(f"p{i}") for i in range(3)]
+    pk = CostPicker(K)
+    wins: dict[str, int] = {}
+    for key in range(300):
+        s1 = pk.choose(pods, pin(key), 0.0, None)
+        s2 = pk.choose(list(reversed(pods)), pin(key), 0.0, None)  # another replica, another order
+        assert s1 is not None and s2 is not None and s1.pod.id == s2.pod.id
+        assert s1.pod.id == min(pods, key=lambda p: tie_rank(key, p.id)).id
+        wins[s1.pod.id] = wins.get(s1.pod.id, 0) + 1
+    assert len(wins) == 3 and min(wins.values()) > 60
+
+
+def test_picker_respects_limits() -> None:
+    a = pod("a")
+    for _ in range(5):
+        a.begin(10)
+    from axon_router.picker import Limits
+
+    assert CostPicker(K).choose([a], pin(), 0.0, Limits(5, 100.0)) is None
+    assert CostPicker(K).choose([a], pin(), 0.0, Limits(6, 100.0)) is not None
+    assert CostPicker(K).choose([a], pin(), 0.0, Limits(100, 0.0)) is None
+
+
+# ------------------------------------------------------------------------------------------------ admission
+def test_admission_in_subset_spill_shed_and_priority() -> None:
+    k = Knobs(admit_max_outstanding=4, batch_admit_fraction=0.5)
+    adm, pk = Admission(k), CostPicker(k)
+    sub, out = [pod("s")], [pod("o")]
+    assert adm.decide(pk, sub, out, pin(), 0.0, Priority.INTERACTIVE).outcome is Outcome.IN_SUBSET
+    for _ in range(4):
+        sub[0].begin(1)
+    d = adm.decide(pk, sub, out, pin(), 0.0, Priority.INTERACTIVE)
+    assert d.outcome is Outcome.SPILL and d.pick is not None and d.pick.pod.id == "o"
+    for _ in range(2):
+        out[0].begin(1)
+    # out has 2: over the batch limit (2), under the interactive one (4)
+    assert adm.decide(pk, sub, out, pin(), 0.0, Priority.BATCH).outcome is Outcome.SHED
+    assert adm.decide(pk, sub, out, pin(), 0.0, Priority.INTERACTIVE).outcome is Outcome.SPILL
+    for _ in range(2):
+        out[0].begin(1)
+    assert adm.decide(pk, sub, out, pin(), 0.0, Priority.INTERACTIVE).outcome is Outcome.SHED
+    assert adm.decide(pk, [], [], pin(), 0.0, Priority.INTERACTIVE).outcome is Outcome.UNAVAILABLE
+    assert adm.decide(pk, [], [pod("x")], pin(), 0.0, Priority.INTERACTIVE).outcome is Outcome.FALLBACK
+
+
+# ------------------------------------------------------------------------------------------------ failover
+def test_breaker_opens_half_opens_and_closes() -> None:
+    b = Breaker()
+    assert b.available(0.0)
+    assert not b.failure(0.0, 3, 1.0, 8.0)
+    assert not b.failure(0.0, 3, 1.0, 8.0)
+    assert b.failure(0.0, 3, 1.0, 8.0) and b.state is BreakerState.OPEN
+    assert not b.available(0.5)
+    assert b.available(1.0)
+    assert b.acquire(1.0)
+    assert b.state.name == "HALF_OPEN"
+    assert not b.available(1.0)  # one probe at a time
+    assert b.failure(1.1, 3, 1.0, 8.0) and b.open_for == 2.0  # failed probe: open twice as long
+    assert not b.available(2.0) and b.available(3.1)
+    b.acquire(3.1)
+    assert b.success()
+    assert b.state.name == "CLOSED" and b.available(3.1)
+
+
+def test_breaker_success_resets_consecutive_count() -> None:
+    b = Breaker()
+    for _ in range(10):
+        b.failure(0.0, 3, 1.0, 8.0)
+        b.success()
+    assert b.state is BreakerState.CLOSED
+
+
+def test_health_hysteresis() -> None:
+    h = HealthTracker()
+    assert h.observe(False, 2, 2) is None
+    assert h.observe(False, 2, 2) is False
+    assert h.observe(True, 2, 2) is None
+    assert h.observe(True, 2, 2) is True
+
+
+def test_backoff_is_jittered_and_capped() -> None:
+    rng = random.Random(1)
+    vals = [backoff_s(a, 0.01, 0.05, rng) for a in range(1, 10) for _ in range(20)]
+    assert all(0 <= v <= 0.05 for v in vals)
+    assert len(set(vals)) > 100
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+def _parse(body: bytes, headers: dict[str, str] | None = None, path: str = COMPLETIONS):  # type: ignore[no-untyped-def]
+    return parse_openai(path, body, headers or {}, K, 0.0)
+
+
+def test_routing_key_precedence() -> None:
+    body = b'{"model":"m","prompt":"hello","session_id":"s1","user":"u1"}'
+    assert _parse(body, {"x-user-id": "u9", "x-tenant-id": "t"}).slice_key == slice_key("u9")
+    assert _parse(body, {"x-session-id": "h", "x-user-id": "u9"}).slice_key == slice_key("h")
+    r = _parse(body)
+    assert r.key_source == "session_id" and r.slice_key == slice_key("s1")
+    r = _parse(b'{"model":"m","prompt":"hello","user":"u1"}')
+    assert r.key_source == "user" and r.slice_key == slice_key("u1")
+    r = _parse(b'{"model":"m","prompt":"hello"}')
+    assert r.key_source == "prefix"
+
+
+def test_prefix_key_groups_shared_prefixes() -> None:
+    system = "You are a helpful assistant. " * 20
+    k1, _ = prefix_key(system + "question one", K)
+    k2, _ = prefix_key(system + "another question entirely", K)
+    k3, _ = prefix_key("different " * 60, K)
+    assert k1 == k2 != k3
+    msgs = (
+        b'{"model":"m","messages":[{"role":"system","content":"'
+        + system.encode()
+        + b'"},{"role":"user","content":"%s"}]}'
+    )
+    assert _parse(msgs % b"a", path=CHAT).slice_key == _parse(msgs % b"b", path=CHAT).slice_key
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "param"),
+    [
+        (b"{not json", {}, None),
+        (b"[1, 2]", {}, None),
+        (b"\xff\xfe{}", {}, None),
+        (b'{"prompt":"x"}', {}, "model"),
+        (b'{"model":"m"}', {}, "prompt"),
+        (b'{"model":"m","prompt":"x","max_tokens":-1}', {}, "max_tokens"),
+        (b'{"model":"m","prompt":"x","max_tokens":true}', {}, "max_tokens"),
+        (b'{"model":"m","prompt":"x","stream":"yes"}', {}, "stream"),
+        (b'{"model":"m","prompt":"x","session_id":5}', {}, "session_id"),
+        (b'{"model":"m","prompt":"x"}', {"x-priority": "urgent"}, "x-priority"),
+        (b'{"model":"m","prompt":"x"}', {"x-brunoise-region": "eu west"}, "x-brunoise-region"),
+        (b'{"model":"m","prompt":"x"}', {"x-session-id": "a" * 1000}, "x-session-id"),
+        (b'{"model":"m","prompt":"x"}', {"x-brunoise-timeout-ms": "soon"}, "x-brunoise-timeout-ms"),
+    ],
+)
+def test_bad_input(body: bytes, headers: dict[str, str], param: str | None) -> None:
+    with pytest.raises(BadRequest) as ei:
+        _parse(body, headers)
+    assert ei.value.status == 400
+    if param:
+        assert ei.value.param == param
+
+
+def test_bad_chat_messages() -> None:
+    for body in (
+        b'{"model":"m"}',
+        b'{"model":"m","messages":[]}',
+        b'{"model":"m","messages":[1]}',
+        b'{"model":"m","messages":[{"content":"x"}]}',
+    ):
+        with pytest.raises(BadRequest):
+            _parse(body, path=CHAT)
+
+
+def test_expired_deadline() -> None:
+    with pytest.raises(DeadlineExceeded) as ei:
+        _parse(b'{"model":"m","prompt":"x"}', {"x-brunoise-deadline-ms": "1000"})
+    assert ei.value.status == 408
+    r = _parse(b'{"model":"m","prompt":"x"}', {"x-brunoise-timeout-ms": "1500"})
+    assert r.deadline == pytest.approx(1.5)
