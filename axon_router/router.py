@@ -9,6 +9,7 @@ import logging
 import random
 import time
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any, Protocol
 
 import grpc
@@ -351,6 +352,21 @@ class Router:
         f.traceparent_out = tracing.traceparent_of(span, req.traceparent)
         return f
 
+    @staticmethod
+    def _usable(
+        ts: TargetState, ids: Sequence[str], elig_ids: AbstractSet[str], tried: Sequence[str], now: float
+    ) -> list[PodView]:
+        """The pods of ``ids`` that are eligible, not yet tried, healthy and not behind an open breaker."""
+        return [
+            v
+            for i in ids
+            if (v := ts.pods.get(i)) is not None
+            and i in elig_ids
+            and i not in tried
+            and v.healthy
+            and v.breaker.available(now)
+        ]
+
     async def open(self, f: Flight) -> Upstream:
         """Pick a pod and get the first token (or the whole body) from it, failing over before the first token."""
         req = f.req
@@ -360,6 +376,8 @@ class Router:
         ts = self.resolve(req)
         f.target = ts.name
         sa = ts.assignment.lookup(req.slice_key)
+        # Make-before-break: leaving pods still hold the slice for this generation, but new traffic
+        # goes to the replicas (whose caches must warm); a leaving pod is used only when no replica can be.
         subset_ids: Sequence[str] = sa.replicas + sa.leaving if sa.leaving else sa.replicas
         if req.labels:
             elig, elig_ids = ts.eligible(req.labels)
@@ -393,15 +411,9 @@ class Router:
                     f"deadline exceeded after {f.attempts} attempt(s)" + (f": {last.message}" if last else ""),
                     code="deadline_exceeded",
                 )
-            subset = [
-                v
-                for i in subset_ids
-                if (v := ts.pods.get(i)) is not None
-                and i in elig_ids
-                and i not in tried
-                and v.healthy
-                and v.breaker.available(now)
-            ]
+            subset = self._usable(ts, sa.replicas, elig_ids, tried, now)
+            if not subset and sa.leaving:
+                subset = self._usable(ts, sa.leaving, elig_ids, tried, now)
             outside = [
                 v
                 for v in elig

@@ -112,6 +112,13 @@ def idle(url: str) -> bool:
     return True
 
 
+def one_each(url: str) -> bool:
+    states = http_json(url + "/debug/pods")["pods"]
+    if any(p["outstanding"] != 1 for p in states):
+        raise AssertionError(states)
+    return True
+
+
 @contextlib.asynccontextmanager
 async def long_streams(
     session: aiohttp.ClientSession, url: str, keys: list[str], priority: str = "interactive"
@@ -176,6 +183,9 @@ async def test_spill_over_then_batch_shed_first(cluster: Cluster) -> None:
                     {"x-session-id": "i1"},
                 )
                 assert status == 200
+                # the short request is done, but a load report taken while it ran may still count it:
+                # wait until every pod reads exactly its one open stream before saturating further
+                await async_wait_for(lambda: one_each(url), 10, "every pod at one outstanding stream")
                 # 3. two streams on every pod: interactive is shed too
                 async with long_streams(s, url, [keys[p][1] for p in pods]) as got2:
                     assert sorted(got2) == pods
