@@ -94,6 +94,14 @@ def test_requests_without_key_group_by_prefix(cluster: Cluster) -> None:
         )
         assert status == 200
         pods[headers["x-brunoise-pod"]] += 1
+        # both routers must see the finished request as finished (its load report may lag), so that
+        # the next pick is decided by the prefix, not by a stale in-flight count
+        for r in range(2):
+            wait_for(
+                lambda r=r: all(p["outstanding"] == 0 for p in http_json(cluster.http(r) + "/debug/pods")["pods"]),
+                10,
+                f"router {r} sees every pod idle",
+            )
     assert pods.most_common(1)[0][1] >= 7, pods
 
 
