@@ -1,4 +1,4 @@
-"""Phase 3: fill every slice up to min_replicas on eligible active pods, least loaded first."""
+"""Phase 3: fill every slice up to min_replicas on eligible active pods, least loaded first (ties: fewest slices)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ from sharder.policy.state import LoadHeap, RoundState
 
 def fill(state: RoundState) -> None:
     """Give each slice with fewer than min(min_replicas, eligible pods) replicas the least loaded eligible pods
-    it does not hold yet (a pod leaving the slice may come back). Not limited by the churn budget."""
+    it does not hold yet (a pod leaving the slice may come back). Equal loads (an idle target: all zero) go to
+    the pod holding the fewest slices, then the lowest pod id, so replicas spread evenly by count. Not limited
+    by the churn budget."""
     need = min(state.config.min_replicas, len(state.eligible))
     if need == 0:
         return
     short = sorted((rec for rec in state.recs if len(rec.replicas) < need), key=lambda r: (-r.load, r.lo))
     if not short:
         return
-    heap = LoadHeap(state, 1.0, state.eligible)
+    heap = LoadHeap(state, 1.0, state.eligible, by_count=True)
     try:
         for rec in short:
             while len(rec.replicas) < need:

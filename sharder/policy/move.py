@@ -1,13 +1,22 @@
-"""Phase 6: move slices from pods above (1+tolerance) x mean load to the least loaded pods, within the churn budget."""
+"""Phase 6: move slices from pods above (1+tolerance) x mean load to the least loaded pods, within the churn budget;
+then (after dereplication) move cold slices to pods that hold far fewer slices than their fair share, so pods
+that join an idle or lightly loaded target get slices before load appears."""
 
 from __future__ import annotations
 
 import bisect
+import heapq
 
 from sharder.policy.state import LoadHeap, Rec, RoundState
 
 EPS = 1e-12
 MAX_RECEIVER_TRIES = 8
+# count balancing: at most this fraction of all replica placements (but at least MIN_COUNT_MOVES, so small targets
+# settle in a few rounds) changes per round, so one round never reshuffles everything even when the slices carry
+# no load (zero-load moves spend no churn budget)
+COUNT_MOVE_FRACTION = 0.10
+MIN_COUNT_MOVES = 4
+MAX_DONOR_TRIES = 8
 
 
 class _Holdings:
@@ -121,8 +130,9 @@ def rebalance(state: RoundState) -> None:
                 room = mean * cap[r] - load[r]
                 if room <= EPS:
                     break
-                limit = min(excess, room, state.budget)
-                i = _pick(shares, items, limit + EPS, r)
+                # EPS slack for the excess and the room, none for the budget (it may be tiny on a quiet target)
+                limit = min(min(excess, room) + EPS, state.budget)
+                i = _pick(shares, items, limit, r)
                 if i < 0:
                     # overshoot: lower the donor without putting the receiver above its tolerance or above the
                     # donor's new load
@@ -157,4 +167,123 @@ def rebalance(state: RoundState) -> None:
         receivers.detach()
 
 
-__all__ = ["rebalance"]
+def balance_counts(state: RoundState) -> None:
+    """Count balancing, secondary to the load balancing of ``rebalance``. With P replica placements over E
+    eligible pods (fair share F = P // E, C = ceil(P / E)), it acts when some pod holds fewer than F - 1 slices
+    (or fewer than min(min_slices_per_pod, F)) or more than C + 1. Then, fewest-slices pod first, each
+    receiver gets slices from the pods holding the most, while the donor holds at least two more than the
+    receiver and the receiver is below F or the donor above C; coldest slice first (least per-replica load,
+    so little cache is lost). Moves are make-before-break like the load moves (the donor stays ``leaving`` one
+    round). A slice that carries load moves only within the churn budget and only when the receiver's new
+    (capacity-normalised) load stays at or below the larger of the mean and the donor's new load: the maximum
+    load never rises and the load spread never widens, so ``rebalance`` has nothing to undo (a loaded move
+    lowers the spread of loads, a zero-load move only that of counts). Zero-load slices cost no budget. At most ``count_move_cap(P)`` slices move per round. Pinned
+    slices, slices already changed this round and slices with a pod leaving stay where they are."""
+    eligible = state.eligible
+    e = len(eligible)
+    if e < 2:
+        return
+    count = state.count
+    placements = sum(count[p] for p in eligible)
+    fair = placements // e
+    ceil = -(-placements // e)
+    low = max(fair - 1, min(state.config.min_slices_per_pod, fair))
+    if min(count[p] for p in eligible) >= low and max(count[p] for p in eligible) <= ceil + 1:
+        return
+    moves_left = count_move_cap(placements)
+    mean = state.mean_ref()
+    cap = state.capacity
+    load = state.load
+    # receivers: fewest slices first; donors: most slices first (lazy entries, checked against the live counts)
+    receivers = [(count[p], p) for p in eligible]
+    heapq.heapify(receivers)
+    donors = [(-count[p], p) for p in eligible]
+    heapq.heapify(donors)
+    held: dict[str, list[Rec]] | None = None
+    coldest: dict[str, list[Rec]] = {}
+    start: dict[str, int] = {}
+    while moves_left > 0 and receivers:
+        c, r = heapq.heappop(receivers)
+        if c != count[r]:
+            continue  # stale
+        cap_r = cap[r]
+        tried: list[tuple[int, str]] = []
+        moved = False
+        done = False
+        while len(tried) < MAX_DONOR_TRIES and donors:
+            entry = heapq.heappop(donors)
+            negc, d = entry
+            if -negc != count[d]:
+                continue  # stale
+            tried.append(entry)
+            dc = count[d]
+            if dc < c + 2 or (c >= fair and dc <= ceil):
+                # when the donor holding the most slices cannot give to the receiver holding the fewest, no
+                # donor can give to any receiver
+                done = len(tried) == 1
+                break
+            if held is None:
+                held = _holdings_by_pod(state)
+            items = coldest.get(d)
+            if items is None:
+                items = sorted(held[d], key=lambda x: (x.load / len(x.replicas), x.lo))
+                coldest[d] = items
+                start[d] = 0
+            i = start[d]
+            while i < len(items) and items[i].moved:
+                i += 1
+            start[d] = i
+            pick = None
+            budget = state.budget
+            for j in range(i, len(items)):
+                rec = items[j]
+                if rec.moved or r in rec.replicas:
+                    continue
+                share = rec.load / len(rec.replicas)
+                if share > EPS and (
+                    share > budget or (load[r] + share) / cap_r > max(mean, (load[d] - share) / cap[d]) + EPS
+                ):
+                    break  # sorted coldest first: every later slice is at least as hot
+                pick = rec
+                break
+            if pick is None:
+                continue
+            share = pick.load / len(pick.replicas)
+            state.replace_replica(pick, d, r)
+            pick.moved = True
+            if share > EPS:
+                state.budget -= share
+                state.stats.churn += share
+            state.stats.moves += 1
+            moves_left -= 1
+            moved = True
+            tried.pop()
+            heapq.heappush(donors, (-count[d], d))
+            break
+        for entry in tried:
+            heapq.heappush(donors, entry)
+        if moved:
+            heapq.heappush(receivers, (count[r], r))
+            heapq.heappush(donors, (-count[r], r))  # its older donor entry is stale now
+        elif done:
+            break
+
+
+def count_move_cap(placements: int) -> int:
+    """Most slices count balancing moves in one round: max(MIN_COUNT_MOVES, COUNT_MOVE_FRACTION x placements)."""
+    return max(MIN_COUNT_MOVES, int(COUNT_MOVE_FRACTION * placements))
+
+
+def _holdings_by_pod(state: RoundState) -> dict[str, list[Rec]]:
+    """Per eligible pod, the slices it may give away in count balancing (not pinned, unchanged this round,
+    nobody leaving)."""
+    out: dict[str, list[Rec]] = {p: [] for p in state.eligible}
+    for rec in state.recs:
+        if rec.pinned or rec.moved or rec.leaving:
+            continue
+        for p in rec.replicas:
+            out[p].append(rec)
+    return out
+
+
+__all__ = ["balance_counts", "count_move_cap", "rebalance"]

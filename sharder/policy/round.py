@@ -15,7 +15,7 @@ from sharder.policy.dereplicate import dereplicate
 from sharder.policy.drop import drop_pods
 from sharder.policy.fill import fill
 from sharder.policy.merge import merge_cold
-from sharder.policy.move import rebalance
+from sharder.policy.move import balance_counts, rebalance
 from sharder.policy.pin import apply_overrides
 from sharder.policy.reports import attribute, check_reports
 from sharder.policy.split import split_hot
@@ -36,7 +36,8 @@ def reshard(
     source. Phases, in order: attribute reports to slices; drop dead/ineligible pods (draining ones leave
     make-before-break); apply overrides; fill to ``min_replicas``; split hot slices (replicate one-key ones);
     merge cold neighbours; move load from pods above (1+tolerance) x mean within the churn budget;
-    dereplicate cooled slices; keep slices per pod within the band.
+    dereplicate cooled slices; move cold slices to pods holding far fewer slices than their fair share (count
+    balancing, so pods joining an idle target get slices); keep slices per pod within the band.
 
     ``pods`` is the full current pod list (with states); a pod absent from it is treated as dead. ``config``
     replaces the assignment's config (same target). Invalid input raises before anything is computed:
@@ -85,6 +86,7 @@ def reshard(
     merge_cold(state)
     rebalance(state)
     dereplicate(state)
+    balance_counts(state)
     keep_band(state)
 
     return Assignment(

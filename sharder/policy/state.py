@@ -92,24 +92,32 @@ class Stats:
 
 class LoadHeap:
     """Heap of eligible pods by capacity-normalised load (``sign`` +1: least loaded first, -1: most loaded),
-    with lazy invalidation through the state's per-pod versions."""
+    with lazy invalidation through the state's per-pod versions. Equal loads go by pod id, or, with
+    ``by_count``, first by the number of slices the pod holds (fewest first for ``sign`` +1), so that an idle
+    target (every load zero) spreads replicas evenly by count."""
 
-    def __init__(self, state: RoundState, sign: float, pods: Iterable[str]) -> None:
+    def __init__(self, state: RoundState, sign: float, pods: Iterable[str], *, by_count: bool = False) -> None:
         self.state = state
         self.sign = sign
+        self.by_count = by_count
         ver = state.ver
-        self.heap: list[tuple[float, str, int]] = [(sign * state.norm(p), p, ver[p]) for p in pods]
+        count = state.count
+        self.heap: list[tuple[float, float, str, int]] = [
+            (sign * state.norm(p), sign * count[p] if by_count else 0.0, p, ver[p]) for p in pods
+        ]
         heapq.heapify(self.heap)
         state.heaps.append(self)
 
     def push(self, p: str) -> None:
-        heapq.heappush(self.heap, (self.sign * self.state.norm(p), p, self.state.ver[p]))
+        st = self.state
+        sign = self.sign
+        heapq.heappush(self.heap, (sign * st.norm(p), sign * st.count[p] if self.by_count else 0.0, p, st.ver[p]))
 
     def pop(self) -> str | None:
         """Remove and return the best valid pod (the caller pushes it back with ``push`` if it stays usable)."""
         heap, ver = self.heap, self.state.ver
         while heap:
-            _, p, v = heapq.heappop(heap)
+            _, _, p, v = heapq.heappop(heap)
             if ver.get(p) == v:
                 return p
         return None
