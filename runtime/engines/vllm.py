@@ -233,6 +233,7 @@ class VllmEngine(Engine):
         self._tmp = pathlib.Path(tempfile.mkdtemp(prefix="brunoise-vllm-"))
         self._log_dir = pathlib.Path(config.log_dir) if config.log_dir else self._tmp
         self._replay_endpoint: str | None = config.kv_events_replay_endpoint
+        self._port = 0
         # load
         self._inflight: dict[str, _InFlight] = {}
         self._scraped: dict[str, float] = {}
@@ -376,7 +377,9 @@ class VllmEngine(Engine):
     async def _spawn_and_wait(self) -> None:
         """Start the child and wait until it serves; raise EngineError (with the log tail) when it does not."""
         cfg = self.config
-        port = cfg.port or free_port(cfg.host)
+        # keep the port across restarts (a stable base_url for anyone attached); a fresh one after a failed start
+        port = cfg.port or self._port or free_port(cfg.host)
+        self._port = port
         self.base_url = f"http://{cfg.host}:{port}"
         if self.subscriber is not None:
             if cfg.kv_events_replay_endpoint is None:
@@ -394,6 +397,7 @@ class VllmEngine(Engine):
             await self._discover()
         except BaseException:
             self.stats.failed_starts += 1
+            self._port = 0
             await self._stop_child()
             raise
         self._ready = True
