@@ -1,0 +1,1 @@
+"""Workloads, the side-by-side router benchmark and the routing-quality simulator."""

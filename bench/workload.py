@@ -1,0 +1,358 @@
+"""Seeded multi-turn chat workload (Zipf tenants, shared system prompts, phases) and its infinite-cache oracle."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections.abc import Iterable, Mapping, Sequence
+
+from sharder.prefix import CHUNK_BYTES, matched_chunks, prefix_hashes, render_chat
+
+#: The simulated engine counts 4 bytes of UTF-8 prompt text per token (so one 64-byte chunk = one 16-token block).
+BYTES_PER_TOKEN = 4
+
+PHASE_WARMUP = "warmup"
+PHASE_STEADY = "steady"
+PHASE_HOT = "hot_tenant"
+PHASE_RESTART = "restart"
+
+_WORD_TEXT = """the a of to and in is it you that he was for on are with as his they be at one have this from or had by
+    word but what some we can out other were all there when up use your how said an each she which do their time if
+    will way about many then them write would like so these her long make thing see him two has look more day could
+    go come did number sound no most people my over know water than call first who may down side been now find any
+    new work part take get place made live where after back little only round man year came show every good me give
+    our under name very through just form sentence great think say help low line differ turn cause much mean before
+    move right boy old too same tell does set three want air well also play small end put home read hand port large
+    spell add even land here must big high such follow act why ask men change went light kind off need house picture
+    try us again animal point mother world near build self earth father head stand own page should country found
+    answer school grow study still learn plant cover food sun four between state keep eye never last let thought
+    city tree cross farm hard start might story saw far sea draw left late run while press close night real life few
+    north open seem together next white children begin got walk example ease paper group always music those both
+    mark often letter until mile river car feet care second book carry took science eat room friend began idea fish
+    mountain stop once base hear horse cut sure watch color face wood main enough plain girl usual young ready above
+    ever red list though feel talk bird soon body dog family direct pose leave song measure door product black short
+    numeral class wind question happen complete ship area half rock order fire south problem piece told knew pass
+    since top whole king space heard best hour better true during hundred five remember step early hold west ground
+    interest reach fast verb sing listen six table travel less morning ten simple several vowel toward war lay
+    against pattern slow center love person money serve appear road map rain rule govern pull cold notice voice
+    unit power town fine certain fly fall lead cry dark machine note wait plan figure star box noun field rest
+    correct able pound done beauty drive stood contain front teach week final gave green oh quick develop ocean warm
+    free minute strong special mind behind clear tail produce fact street inch multiply nothing course stay wheel
+    full force blue object decide surface deep moon island foot system busy test record boat common gold possible
+    plane stead dry wonder laugh thousand ago ran check game shape equate hot miss brought heat snow tire bring yes
+    distant fill east paint language among"""
+_WORDS: tuple[str, ...] = tuple(_WORD_TEXT.split())
+
+
+def synth_text(rng: random.Random, n_bytes: int) -> str:
+    """Exactly ``n_bytes`` of ASCII words (one byte per character), drawn from ``rng``."""
+    if n_bytes <= 0:
+        return ""
+    parts: list[str] = []
+    size = -1  # the joined length: words plus one space between each two
+    while size < n_bytes:
+        w = rng.choice(_WORDS)
+        parts.append(w)
+        size += len(w) + 1
+    return " ".join(parts)[:n_bytes]
+
+
+def zipf_weights(n: int, s: float) -> list[float]:
+    """Normalised Zipf probabilities 1/(i+1)^s for ranks 0..n-1."""
+    if n <= 0:
+        raise ValueError(f"need at least one tenant, got {n}")
+    raw = [1.0 / (i + 1) ** s for i in range(n)]
+    total = sum(raw)
+    return [w / total for w in raw]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkloadConfig:
+    """Shape of a workload. Times are seconds of bench (wall-clock) time from the start of the run."""
+
+    seed: int = 0
+    tenants: int = 8
+    zipf_s: float = 1.1
+    #: Bytes of the preamble every tenant's system prompt starts with (shared across tenants).
+    common_preamble_bytes: int = 512
+    #: Each tenant's own system prompt size (after the preamble) is drawn uniformly from this range.
+    system_prompt_bytes: tuple[int, int] = (1024, 4096)
+    user_message_bytes: tuple[int, int] = (64, 512)
+    reply_bytes: tuple[int, int] = (64, 256)
+    turns: tuple[int, int] = (2, 8)
+    #: Mean think time between the turns of one session (exponential), seconds.
+    think_s: float = 1.0
+    #: New sessions per second in the steady phase (Poisson), all tenants together.
+    session_rate: float = 2.0
+    #: Steady load from cold caches; the steady phase after it is the warm reference the other phases compare to.
+    warmup_s: float = 6.0
+    steady_s: float = 10.0
+    hot_s: float = 8.0
+    restart_s: float = 16.0
+    #: Zipf rank of the tenant whose session rate jumps ``hot_factor`` x during the hot phase.
+    hot_tenant: int = 2
+    hot_factor: float = 10.0
+    #: Pods to restart, one at a time, during the restart phase.
+    pods: int = 4
+
+    def validate(self) -> None:
+        for name in ("system_prompt_bytes", "user_message_bytes", "reply_bytes", "turns"):
+            lo, hi = getattr(self, name)
+            if lo < 1 or hi < lo:
+                raise ValueError(f"{name} must be a range 1 <= lo <= hi, got {(lo, hi)}")
+        if not 0 <= self.hot_tenant < self.tenants:
+            raise ValueError(f"hot_tenant must be in [0, {self.tenants}), got {self.hot_tenant}")
+        for name in ("warmup_s", "steady_s", "hot_s", "restart_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.session_rate <= 0 or self.think_s < 0 or self.hot_factor < 0 or self.pods < 0:
+            raise ValueError("session_rate must be > 0; think_s, hot_factor and pods >= 0")
+
+    @property
+    def duration_s(self) -> float:
+        return self.warmup_s + self.steady_s + self.hot_s + self.restart_s
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Phase:
+    """A span [start, end) of the run and the session-arrival rate multiplier of each tenant in it."""
+
+    name: str
+    start: float
+    end: float
+    tenant_factors: tuple[float, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RestartEvent:
+    """Restart pod ``pod`` (index into the pool) at ``t`` seconds: drain, stop, start again with the same id."""
+
+    t: float
+    pod: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Request:
+    """One chat completion: the full conversation so far, sent no earlier than ``t`` and after turn ``turn - 1``."""
+
+    index: int
+    t: float
+    session_id: str
+    tenant: int
+    turn: int
+    phase: str
+    messages: tuple[Mapping[str, str], ...]
+    max_tokens: int
+
+    @property
+    def prompt(self) -> str:
+        """The canonical prompt text (what the simulated engine tokenizes and caches)."""
+        return render_chat(self.messages)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Session:
+    session_id: str
+    tenant: int
+    start: float
+    requests: tuple[Request, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Workload:
+    config: WorkloadConfig
+    phases: tuple[Phase, ...]
+    restarts: tuple[RestartEvent, ...]
+    sessions: tuple[Session, ...]
+    #: Every request of every session, ordered by scheduled time (index = position).
+    requests: tuple[Request, ...]
+    system_prompts: tuple[str, ...]
+
+    def phase_at(self, t: float) -> str:
+        return phase_at(self.phases, t)
+
+
+def phase_schedule(cfg: WorkloadConfig) -> tuple[Phase, ...]:
+    """Warm-up and steady, then one tenant at ``hot_factor`` x, then steady again while every pod restarts."""
+    ones = tuple(1.0 for _ in range(cfg.tenants))
+    hot = tuple(cfg.hot_factor if i == cfg.hot_tenant else 1.0 for i in range(cfg.tenants))
+    t0 = cfg.warmup_s
+    t1 = t0 + cfg.steady_s
+    t2 = t1 + cfg.hot_s
+    t3 = t2 + cfg.restart_s
+    phases = [
+        Phase(PHASE_WARMUP, 0.0, t0, ones),
+        Phase(PHASE_STEADY, t0, t1, ones),
+        Phase(PHASE_HOT, t1, t2, hot),
+        Phase(PHASE_RESTART, t2, t3, ones),
+    ]
+    return tuple(p for p in phases if p.end > p.start)
+
+
+def restart_schedule(cfg: WorkloadConfig) -> tuple[RestartEvent, ...]:
+    """One restart per pod, evenly spaced inside the restart phase (the first after a short lead-in)."""
+    if cfg.pods == 0 or cfg.restart_s <= 0:
+        return ()
+    start = cfg.warmup_s + cfg.steady_s + cfg.hot_s
+    gap = cfg.restart_s / (cfg.pods + 1)
+    return tuple(RestartEvent(round(start + gap * (k + 0.5), 6), k) for k in range(cfg.pods))
+
+
+def phase_at(phases: Sequence[Phase], t: float) -> str:
+    for p in phases:
+        if p.start <= t < p.end:
+            return p.name
+    return phases[-1].name if phases else PHASE_STEADY
+
+
+def _uniform_int(rng: random.Random, bounds: tuple[int, int]) -> int:
+    return rng.randint(bounds[0], bounds[1])
+
+
+def generate(cfg: WorkloadConfig) -> Workload:
+    """Build the whole request sequence for ``cfg``; the same config (seed included) gives the same workload."""
+    cfg.validate()
+    base = zipf_weights(cfg.tenants, cfg.zipf_s)
+    preamble = synth_text(random.Random(f"{cfg.seed}:preamble"), cfg.common_preamble_bytes)
+    system_prompts = tuple(
+        preamble
+        + synth_text(
+            random.Random(f"{cfg.seed}:tenant:{i}"),
+            _uniform_int(random.Random(f"{cfg.seed}:tsize:{i}"), cfg.system_prompt_bytes),
+        )
+        for i in range(cfg.tenants)
+    )
+    phases = phase_schedule(cfg)
+    arrivals = random.Random(f"{cfg.seed}:arrivals")
+    # Session arrivals: a Poisson process per phase with rate session_rate * sum(weights), tenant by weight.
+    starts: list[tuple[float, int]] = []
+    for ph in phases:
+        weights = [b * f for b, f in zip(base, ph.tenant_factors, strict=True)]
+        rate = cfg.session_rate * sum(weights)
+        if rate <= 0:
+            continue
+        t = ph.start
+        while True:
+            t += arrivals.expovariate(rate)
+            if t >= ph.end:
+                break
+            tenant = arrivals.choices(range(cfg.tenants), weights=weights)[0]
+            starts.append((t, tenant))
+    end = cfg.duration_s
+    sessions: list[Session] = []
+    flat: list[Request] = []
+    for s_idx, (start, tenant) in enumerate(starts):
+        rng = random.Random(f"{cfg.seed}:session:{s_idx}")
+        sid = f"s{s_idx:05d}-t{tenant}"
+        n_turns = _uniform_int(rng, cfg.turns)
+        history: list[dict[str, str]] = [{"role": "system", "content": system_prompts[tenant]}]
+        t = start
+        reqs: list[Request] = []
+        for turn in range(n_turns):
+            if turn > 0:
+                t += rng.expovariate(1.0 / cfg.think_s) if cfg.think_s > 0 else 0.0
+            if t >= end:
+                break
+            history.append({"role": "user", "content": synth_text(rng, _uniform_int(rng, cfg.user_message_bytes))})
+            reply = synth_text(rng, _uniform_int(rng, cfg.reply_bytes))
+            max_tokens = max(1, math.ceil(len(reply) / BYTES_PER_TOKEN))
+            reqs.append(
+                Request(
+                    -1, round(t, 6), sid, tenant, turn, phase_at(phases, t), tuple(dict(m) for m in history), max_tokens
+                )
+            )
+            # The next turn carries this turn's reply as history: a synthetic reply, so every router sees
+            # byte-identical prompts whatever the engine answered.
+            history.append({"role": "assistant", "content": reply})
+        sessions.append(Session(sid, tenant, start, tuple(reqs)))
+        flat.extend(reqs)
+    flat.sort(key=lambda r: (r.t, r.session_id, r.turn))
+    ordered = tuple(dataclasses.replace(r, index=i) for i, r in enumerate(flat))
+    by_sid: dict[str, list[Request]] = {}
+    for r in ordered:
+        by_sid.setdefault(r.session_id, []).append(r)
+    sessions = [dataclasses.replace(s, requests=tuple(by_sid.get(s.session_id, ()))) for s in sessions]
+    return Workload(
+        cfg, phases, restart_schedule(cfg), tuple(s for s in sessions if s.requests), ordered, system_prompts
+    )
+
+
+# ------------------------------------------------------------------------------------------------ oracle
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OracleResult:
+    """Prefix-cache hits one infinite cache shared by every pod would get, in tokens, overall and per phase."""
+
+    query_tokens: int
+    hit_tokens: int
+    per_phase: Mapping[str, tuple[int, int]]  # phase -> (query_tokens, hit_tokens)
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hit_tokens / self.query_tokens if self.query_tokens else 0.0
+
+    def phase_hit_rate(self, phase: str) -> float:
+        q, h = self.per_phase.get(phase, (0, 0))
+        return h / q if q else 0.0
+
+
+def prompt_tokens(text: str, bytes_per_token: int = BYTES_PER_TOKEN) -> int:
+    """Tokens the simulated engine counts for ``text``: one per ``bytes_per_token`` UTF-8 bytes, rounded up."""
+    return math.ceil(len(text.encode("utf-8")) / bytes_per_token)
+
+
+def oracle(
+    prompts: Iterable[tuple[str, str]] | Iterable[str],
+    *,
+    chunk_bytes: int = CHUNK_BYTES,
+    bytes_per_token: int = BYTES_PER_TOKEN,
+) -> OracleResult:
+    """Replay prompts in order against one infinite block cache; ``prompts`` are texts or (phase, text) pairs.
+
+    A request hits the leading full chunks whose chained hash an earlier request inserted, but (as vLLM and the
+    simulated engine do) never its last token: at most ``(tokens - 1) // block_tokens`` blocks. Hits are counted
+    in tokens (``chunk_bytes / bytes_per_token`` per chunk), queries as the prompt's tokens.
+    """
+    held: set[int] = set()
+    per_phase: dict[str, list[int]] = {}
+    q_all = h_all = 0
+    tokens_per_chunk = chunk_bytes // bytes_per_token
+    for item in prompts:
+        phase, text = (PHASE_STEADY, item) if isinstance(item, str) else item
+        hashes = prefix_hashes(text, chunk_bytes)
+        q = prompt_tokens(text, bytes_per_token)
+        h = min(matched_chunks(hashes, held), (q - 1) // tokens_per_chunk) * tokens_per_chunk
+        held.update(hashes)
+        q_all += q
+        h_all += h
+        acc = per_phase.setdefault(phase, [0, 0])
+        acc[0] += q
+        acc[1] += h
+    return OracleResult(q_all, h_all, {k: (v[0], v[1]) for k, v in per_phase.items()})
+
+
+def workload_oracle(wl: Workload) -> OracleResult:
+    """The oracle over a workload's requests in scheduled order."""
+    return oracle((r.phase, r.prompt) for r in wl.requests)
+
+
+def summary(wl: Workload) -> dict[str, object]:
+    """Counts for the report: requests and sessions per phase and per tenant, prompt tokens."""
+    per_phase: dict[str, int] = {}
+    per_tenant = [0] * wl.config.tenants
+    tokens = 0
+    for r in wl.requests:
+        per_phase[r.phase] = per_phase.get(r.phase, 0) + 1
+        per_tenant[r.tenant] += 1
+        tokens += prompt_tokens(r.prompt)
+    return {
+        "requests": len(wl.requests),
+        "sessions": len(wl.sessions),
+        "requests_per_phase": per_phase,
+        "requests_per_tenant": per_tenant,
+        "prompt_tokens": tokens,
+        "duration_s": wl.config.duration_s,
+        "restarts": [dataclasses.asdict(e) for e in wl.restarts],
+    }
