@@ -28,7 +28,7 @@ import grpc
 
 from brunoise.launch import ManagedProcess, python_module
 from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
-from sharder.assigner.hub import apply_diff
+from sharder.codec import apply_diff_message as apply_diff
 
 ROOT = str(Path(__file__).resolve().parents[1])
 

@@ -14,8 +14,8 @@ import grpc
 
 from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
 from sharder import codec
-from sharder.assigner.hub import apply_diff
 from sharder.assignment import Assignment, SliceAssignment
+from sharder.codec import apply_diff_message as apply_diff
 
 log = logging.getLogger(__name__)
 

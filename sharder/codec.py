@@ -419,3 +419,50 @@ __all__ = [
     "stats_from_proto",
     "stats_to_proto",
 ]
+
+
+# ------------------------------------------------------------------ diffs on the wire messages (Watch)
+def _slice_sig(s: pb.SliceAssignment) -> bytes:
+    return s.SerializeToString(deterministic=True)
+
+
+def diff_message(old: pb.Assignment, new: pb.Assignment) -> pb.AssignmentDiff:
+    """The AssignmentDiff message that turns ``old`` into ``new`` (slices keyed by lo), computed on the wire
+    messages so the assigner encodes each generation once for every watcher (``sharder.assignment.diff`` is
+    the same on the dataclasses)."""
+    old_by_lo = {s.slice.lo: _slice_sig(s) for s in old.slices}
+    new_los = set()
+    d = pb.AssignmentDiff(
+        target=new.target,
+        from_generation=old.generation,
+        to_generation=new.generation,
+        created_unix_ms=new.created_unix_ms,
+    )
+    for s in new.slices:
+        new_los.add(s.slice.lo)
+        if old_by_lo.get(s.slice.lo) != _slice_sig(s):
+            d.upserts.append(s)
+    d.removed_los.extend(sorted(lo for lo in old_by_lo if lo not in new_los))
+    d.pods.extend(new.pods)
+    d.config.CopyFrom(new.config)
+    d.overrides.extend(new.overrides)
+    d.stats.CopyFrom(new.stats)
+    return d
+
+
+def apply_diff_message(old: pb.Assignment, d: pb.AssignmentDiff) -> pb.Assignment:
+    """Rebuild the new full assignment from ``old`` and a diff whose from_generation is old's generation."""
+    if d.from_generation != old.generation or d.target != old.target:
+        raise ValueError(f"diff {d.target}@{d.from_generation}->{d.to_generation} does not apply to {old.target}@{old.generation}")
+    by_lo = {s.slice.lo: s for s in old.slices}
+    for lo in d.removed_los:
+        by_lo.pop(lo, None)
+    for s in d.upserts:
+        by_lo[s.slice.lo] = s
+    new = pb.Assignment(target=d.target, generation=d.to_generation, created_unix_ms=d.created_unix_ms)
+    new.slices.extend(by_lo[lo] for lo in sorted(by_lo))
+    new.pods.extend(d.pods)
+    new.config.CopyFrom(d.config)
+    new.overrides.extend(d.overrides)
+    new.stats.CopyFrom(d.stats)
+    return new

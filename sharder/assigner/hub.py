@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Iterable
 
 from brunoise.v1 import assigner_pb2, slicing_pb2
+from sharder.codec import diff_message
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -22,50 +23,6 @@ class Entry:
 def make_entry(msg: slicing_pb2.Assignment) -> Entry:
     full = assigner_pb2.WatchResponse(assignment=msg).SerializeToString()
     return Entry(msg.target, msg.generation, msg, full)
-
-
-def _slice_sig(s: slicing_pb2.SliceAssignment) -> bytes:
-    return s.SerializeToString(deterministic=True)
-
-
-def diff(old: slicing_pb2.Assignment, new: slicing_pb2.Assignment) -> slicing_pb2.AssignmentDiff:
-    """The AssignmentDiff that turns ``old`` into ``new`` (slices keyed by lo)."""
-    old_by_lo = {s.slice.lo: _slice_sig(s) for s in old.slices}
-    new_los = set()
-    d = slicing_pb2.AssignmentDiff(
-        target=new.target,
-        from_generation=old.generation,
-        to_generation=new.generation,
-        created_unix_ms=new.created_unix_ms,
-    )
-    for s in new.slices:
-        new_los.add(s.slice.lo)
-        if old_by_lo.get(s.slice.lo) != _slice_sig(s):
-            d.upserts.append(s)
-    d.removed_los.extend(sorted(lo for lo in old_by_lo if lo not in new_los))
-    d.pods.extend(new.pods)
-    d.config.CopyFrom(new.config)
-    d.overrides.extend(new.overrides)
-    d.stats.CopyFrom(new.stats)
-    return d
-
-
-def apply_diff(old: slicing_pb2.Assignment, d: slicing_pb2.AssignmentDiff) -> slicing_pb2.Assignment:
-    """Rebuild the new full assignment from ``old`` and a diff whose from_generation is old's generation."""
-    if d.from_generation != old.generation or d.target != old.target:
-        raise ValueError(f"diff {d.target}@{d.from_generation}->{d.to_generation} does not apply to {old.target}@{old.generation}")
-    by_lo = {s.slice.lo: s for s in old.slices}
-    for lo in d.removed_los:
-        by_lo.pop(lo, None)
-    for s in d.upserts:
-        by_lo[s.slice.lo] = s
-    new = slicing_pb2.Assignment(target=d.target, generation=d.to_generation, created_unix_ms=d.created_unix_ms)
-    new.slices.extend(by_lo[lo] for lo in sorted(by_lo))
-    new.pods.extend(d.pods)
-    new.config.CopyFrom(d.config)
-    new.overrides.extend(d.overrides)
-    new.stats.CopyFrom(d.stats)
-    return new
 
 
 class Mailbox:
@@ -116,7 +73,7 @@ class WatchHub:
         if got is None:
             if len(self._diffs) >= 256:
                 self._diffs.clear()
-            got = self._diffs[key] = assigner_pb2.WatchResponse(diff=diff(old.msg, new.msg)).SerializeToString()
+            got = self._diffs[key] = assigner_pb2.WatchResponse(diff=diff_message(old.msg, new.msg)).SerializeToString()
         return got
 
     def publish(self, msg: slicing_pb2.Assignment) -> bool:

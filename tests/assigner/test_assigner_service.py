@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from brunoise.v1 import assigner_pb2, slicing_pb2
 from sharder import codec
-from sharder.assigner.hub import apply_diff
+from sharder.codec import apply_diff_message as apply_diff
 from sharder.keyspace import slice_key
 from tests.assigner.conftest import Assigner, get, holders, pod_msg, poll, report, report_load
 
