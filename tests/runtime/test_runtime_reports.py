@@ -1,0 +1,82 @@
+"""A runtime's slicelet reports reach a real assigner (embedded store) and show up in its view of pod load."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+
+from brunoise.launch import ManagedProcess, python_module
+from brunoise.v1 import assigner_pb2, assigner_pb2_grpc
+from sharder.keyspace import slice_key
+from tests.runtime.procs import runtime_env, start_runtime
+
+
+def _post(url: str, body: dict[str, object], headers: dict[str, str]) -> int:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"content-type": "application/json", **headers}
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.status
+
+
+async def test_runtime_load_reaches_the_assigner(tmp_path: Path) -> None:
+    assigner = ManagedProcess(
+        "assigner",
+        python_module("sharder.assigner.main", "--store", "embedded", "--port", "0", "--round-interval", "0.3"),
+        env=runtime_env(),
+        log_dir=tmp_path,
+    ).start()
+    runtime: ManagedProcess | None = None
+    try:
+        addr = assigner.wait_ready(30)["grpc"]
+        runtime = start_runtime(
+            tmp_path,
+            "--pod-id", "pod-a", "--target", "chat", "--model", "m",
+            "--assigner", addr, "--report-interval", "0.2", "--time-scale", "20",
+        )  # fmt: skip
+        http = runtime.addresses["http"]
+        async with grpc.aio.insecure_channel(addr) as ch:
+            stub = assigner_pb2_grpc.AssignerStub(ch)
+
+            async def pod_status() -> assigner_pb2.PodStatus | None:
+                pods = await stub.ListPods(assigner_pb2.ListPodsRequest(target="chat"))
+                return next((p for p in pods.pods if p.pod.id == "pod-a"), None)
+
+            deadline = time.monotonic() + 20
+            while (st := await pod_status()) is None or st.slices_held == 0:
+                assert time.monotonic() < deadline, f"pod never registered with slices: {st}"
+                await asyncio.sleep(0.05)
+            assert st.pod.http_address == http
+            assert st.engine.load == 0.0 and st.slice_load == 0.0  # idle pod: nothing served yet
+
+            # serve traffic for a few sessions, telling the pod which SliceKey each request was routed on
+            for i in range(12):
+                key = slice_key(f"session-{i % 3}")
+                status = await asyncio.to_thread(
+                    _post,
+                    http + "/v1/completions",
+                    {"model": "m", "prompt": f"hello from session {i % 3} " * 20, "max_tokens": 8},
+                    {"x-brunoise-slice-key": str(key)},
+                )
+                assert status == 200
+
+            deadline = time.monotonic() + 20
+            while True:
+                st = await pod_status()
+                assert st is not None
+                if st.engine.load > 0 and st.slice_load > 0:
+                    break
+                assert time.monotonic() < deadline, f"load never showed up in the assigner's view: {st}"
+                await asyncio.sleep(0.05)
+            assert st.last_report_unix_ms > 0
+            assert 0.0 <= st.engine.kv_usage <= 1.0
+            assert st.engine.prefix_hit_rate > 0  # the same session prompts repeated: the pod's cache hit
+    finally:
+        if runtime is not None:
+            runtime.stop()
+        assigner.stop()
