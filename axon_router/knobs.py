@@ -31,16 +31,24 @@ class Knobs:
     bytes_per_token: float = 4.0
     """Prompt bytes per token when estimating token counts without a tokenizer."""
     prefill_tokens_per_s: float = 20000.0
-    """Prefill throughput assumed per pod (tokens/s): converts tokens to seconds."""
-    queued_token_weight: float = 0.25
-    """Weight of a token already queued or in flight on the pod (decode is cheaper than prefill)."""
-    per_request_s: float = 0.005
-    """Fixed cost per request queued or running ahead of this one."""
+    """Prefill throughput assumed per pod (tokens/s): converts prompt tokens to compute to seconds."""
+    prefill_chunk_tokens: int = 8192
+    """Tokens an engine step prefills at most (vLLM's max_num_batched_tokens): a prefill of N tokens ahead
+    and of the request's own takes about N / this many engine steps."""
+    step_s: float = 0.006
+    """Fixed time of one engine step (scheduling, sampling, kernel launches)."""
+    decode_seq_s: float = 0.00006
+    """Added time of one engine step per running request (continuous batching: a decode costs every step a
+    little, it does not queue a new request behind it)."""
+    context_token_s: float = 4e-8
+    """Added time of one engine step per context token of the running requests (attention reads)."""
+    kv_usage_knee: float = 0.8
+    """KV cache usage above which a pod is penalized (it starts evicting prefixes and preempting)."""
     kv_usage_penalty_s: float = 0.05
-    """Added cost at 100% KV cache usage (scaled linearly); pods near full evict and preempt."""
+    """Added cost at 100% KV cache usage, rising linearly from 0 at ``kv_usage_knee``."""
     default_max_tokens: int = 128
     """Output tokens assumed for the accounting of a request that does not set max_tokens."""
-    tie_epsilon_s: float = 0.0005
+    tie_epsilon_s: float = 0.0001
     """Costs within this of the best are a tie, broken by a stable hash of (key, pod)."""
 
     # --- admission, spill-over, shedding ---------------------------------------------------------
@@ -109,6 +117,10 @@ class Knobs:
         for name in ("max_attempts", "prefix_memory_max", "max_body_bytes", "admit_max_outstanding"):
             if getattr(self, name) < 1:
                 raise ValueError(f"knob {name} must be >= 1, got {getattr(self, name)}")
+        if self.prefill_chunk_tokens < 1:
+            raise ValueError(f"knob prefill_chunk_tokens must be >= 1, got {self.prefill_chunk_tokens}")
+        if not 0 <= self.kv_usage_knee < 1:
+            raise ValueError(f"knob kv_usage_knee must be in [0, 1), got {self.kv_usage_knee}")
         if not 0 < self.batch_admit_fraction <= 1:
             raise ValueError(f"knob batch_admit_fraction must be in (0, 1], got {self.batch_admit_fraction}")
         if self.prefill_tokens_per_s <= 0 or self.bytes_per_token <= 0:

@@ -32,12 +32,14 @@ class Limits:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Scored:
-    """One candidate with its estimated TTFT (``cost``), queue depth and expected prefix hit."""
+    """One candidate with its estimated TTFT (``cost``), queue depth, expected prefix hit and the prompt
+    tokens it would have to compute there (``miss_tokens``)."""
 
     pod: PodView
     cost: float
     outstanding: int
     hit_chunks: int
+    miss_tokens: int = 0
 
 
 class Picker(Protocol):
@@ -54,14 +56,21 @@ def tie_rank(slice_key: int, pod_id: str) -> int:
 
 
 class CostPicker:
-    """Lowest estimated TTFT wins.
+    """Lowest estimated TTFT wins, modelled on a continuous-batching engine with chunked prefill:
 
-    cost = (queued tokens x queued_token_weight + prompt tokens the pod does not hold) / prefill_tokens_per_s
-           + queued requests x per_request_s + kv_usage x kv_usage_penalty_s
+    prefill = prefill tokens ahead + prompt tokens the pod does not hold (its uncached part)
+    cost    = prefill / prefill_tokens_per_s
+              + (1 + ceil(prefill / prefill_chunk_tokens)) x (step_s + running x decode_seq_s
+                                                              + context tokens x context_token_s)
+              + kv_usage_penalty_s x max(0, kv_usage - kv_usage_knee) / (1 - kv_usage_knee)
 
-    Queued work is the pod's last report plus the router's own dispatches since (``PodView.outstanding``),
-    so a burst of cache misses spreads instead of landing on the one pod that looked idle. Costs within
-    ``tie_epsilon_s`` of the best tie; the tie goes to the lowest ``tie_rank(slice_key, pod)``.
+    What delays a first token is prefill work ahead of it (this router's own requests routed to the pod that
+    have no first token yet, plus the waiting queue the pod reported) and its own uncached prefill; requests
+    already decoding only lengthen each engine step a little. So a pod holding a session's prefix keeps it
+    unless real prefill work is queued there, and a burst of misses spreads (each dispatched miss is prefill
+    ahead for the next). Running requests and context are the pod's last report plus the router's own
+    dispatches since (``PodView.outstanding``: never zero between reports). Costs within ``tie_epsilon_s`` of
+    the best tie; the tie goes to the lowest ``tie_rank(slice_key, pod)``.
     """
 
     def __init__(self, knobs: Knobs) -> None:
@@ -70,16 +79,18 @@ class CostPicker:
     def score(self, pod: PodView, req: PickInput, now: float) -> Scored:
         k = self.k
         reqs, toks = pod.outstanding(now, k.report_stale_s)
+        _, ahead = pod.prefill_ahead(now, k.report_stale_s)
         hit = pod.matched_chunks(req.prefix_hashes, now, k.prefix_memory_s) if req.prefix_hashes else 0
-        miss = req.prompt_tokens - hit * pod.cache_chunk_bytes / k.bytes_per_token
-        if miss < 0:
-            miss = 0.0
-        cost = (
-            (toks * k.queued_token_weight + miss) / k.prefill_tokens_per_s
-            + reqs * k.per_request_s
-            + pod.kv_usage(now, k.report_stale_s) * k.kv_usage_penalty_s
-        )
-        return Scored(pod, cost, reqs, hit)
+        miss = req.prompt_tokens - int(hit * pod.cache_chunk_bytes / k.bytes_per_token)
+        if miss < 1:
+            miss = 1  # the last prompt token is always computed
+        prefill = ahead + miss
+        steps = 1 + -(-prefill // k.prefill_chunk_tokens)
+        cost = prefill / k.prefill_tokens_per_s + steps * (k.step_s + reqs * k.decode_seq_s + toks * k.context_token_s)
+        kv = pod.kv_usage(now, k.report_stale_s)
+        if kv > k.kv_usage_knee:
+            cost += k.kv_usage_penalty_s * (kv - k.kv_usage_knee) / (1.0 - k.kv_usage_knee)
+        return Scored(pod, cost, reqs, hit, miss)
 
     def choose(self, candidates: Sequence[PodView], req: PickInput, now: float, limits: Limits | None) -> Scored | None:
         best: Scored | None = None

@@ -16,7 +16,10 @@ class Ticket:
 
     epoch: int
     tokens: int
+    prefill: int = 0
+    """Prompt tokens the pod is expected to compute for it (its uncached part), until its first token."""
     done: bool = False
+    first: bool = False
 
 
 class PodView:
@@ -25,6 +28,10 @@ class PodView:
     Load never reads as zero between reports: the estimate is the last report plus every request this
     router dispatched after that report was taken and that is still in flight; and it is never below
     this router's own in-flight count.
+
+    Prefill ahead (what delays a new request's first token) is known exactly for this router's own
+    requests: dispatched, no first token yet (``prefill_reqs`` / ``prefill_tokens``, the uncached prompt
+    tokens estimated at the pick). The pod's report adds its waiting queue (other routers' requests too).
     """
 
     __slots__ = (
@@ -45,11 +52,15 @@ class PodView:
         "inflight_gauge",
         "inflight_tokens",
         "labels",
+        "prefill_reqs",
+        "prefill_tokens",
         "rep_at",
         "rep_kv",
         "rep_running",
         "rep_tokens",
         "rep_waiting",
+        "since_prefill_reqs",
+        "since_prefill_tokens",
         "since_reqs",
         "since_tokens",
     )
@@ -83,8 +94,12 @@ class PodView:
         self.inflight_tokens = 0
         self.since_reqs = 0
         self.since_tokens = 0
+        self.prefill_reqs = 0  # own requests without a first token yet
+        self.prefill_tokens = 0
+        self.since_prefill_reqs = 0  # of those, dispatched after the last report was taken
+        self.since_prefill_tokens = 0
         self._epoch = 0
-        self._pending: dict[int, list[int]] = {}
+        self._pending: dict[int, list[int]] = {}  # epoch -> [reqs, tokens, prefill reqs, prefill tokens]
         # cache
         self.cache: frozenset[int] = frozenset()
         self.cache_chunk_bytes = CHUNK_BYTES
@@ -92,24 +107,46 @@ class PodView:
         self._memory_max = memory_max
 
     # ---------------------------------------------------------------- own in-flight accounting
-    def begin(self, tokens: int) -> Ticket:
-        """Account one request dispatched now, of about ``tokens`` tokens (prompt + max new)."""
+    def begin(self, tokens: int, prefill: int = 0) -> Ticket:
+        """Account one request dispatched now, of about ``tokens`` tokens (prompt + max new), of which about
+        ``prefill`` prompt tokens are not cached on the pod (prefill work until its first token)."""
         e = self._epoch
         slot = self._pending.get(e)
         if slot is None:
-            slot = self._pending[e] = [0, 0]
+            slot = self._pending[e] = [0, 0, 0, 0]
         slot[0] += 1
         slot[1] += tokens
+        slot[2] += 1
+        slot[3] += prefill
         self.since_reqs += 1
         self.since_tokens += tokens
+        self.since_prefill_reqs += 1
+        self.since_prefill_tokens += prefill
         self.inflight += 1
         self.inflight_tokens += tokens
-        return Ticket(e, tokens)
+        self.prefill_reqs += 1
+        self.prefill_tokens += prefill
+        return Ticket(e, tokens, prefill)
+
+    def first_token(self, t: Ticket) -> None:
+        """The request of ``t`` produced its first token (its prefill is done); idempotent."""
+        if t.first or t.done:
+            return
+        t.first = True
+        self.prefill_reqs -= 1
+        self.prefill_tokens -= t.prefill
+        slot = self._pending.get(t.epoch)
+        if slot is not None:
+            slot[2] -= 1
+            slot[3] -= t.prefill
+            self.since_prefill_reqs -= 1
+            self.since_prefill_tokens -= t.prefill
 
     def end(self, t: Ticket) -> None:
         """The request of ``t`` finished (any outcome); idempotent."""
         if t.done:
             return
+        self.first_token(t)
         t.done = True
         self.inflight -= 1
         self.inflight_tokens -= t.tokens
@@ -143,6 +180,8 @@ class PodView:
             slot = self._pending.pop(e)
             self.since_reqs -= slot[0]
             self.since_tokens -= slot[1]
+            self.since_prefill_reqs -= slot[2]
+            self.since_prefill_tokens -= slot[3]
 
     def set_cache(self, chunk_bytes: int, hashes: Sequence[int] | frozenset[int]) -> None:
         self.cache_chunk_bytes = chunk_bytes or CHUNK_BYTES
@@ -157,6 +196,19 @@ class PodView:
             inf = self.inflight
             return (reqs if reqs > inf else inf), (toks if toks > self.inflight_tokens else self.inflight_tokens)
         return self.inflight, self.inflight_tokens
+
+    def prefill_ahead(self, now: float, stale_s: float) -> tuple[int, int]:
+        """(requests, tokens) of prefill a request sent now would wait behind: the pod's reported waiting queue
+        (tokens estimated at the report's mean tokens per request) plus this router's own requests dispatched
+        since that report and still without a first token; never below this router's own such requests."""
+        own_r, own_t = self.prefill_reqs, self.prefill_tokens
+        if self.rep_at >= 0 and now - self.rep_at <= stale_s and self.rep_waiting > 0:
+            n = self.rep_running + self.rep_waiting
+            wt = self.rep_tokens * self.rep_waiting // n if n > 0 else 0
+            r = self.rep_waiting + self.since_prefill_reqs
+            t = wt + self.since_prefill_tokens
+            return (r if r > own_r else own_r), (t if t > own_t else own_t)
+        return own_r, own_t
 
     def kv_usage(self, now: float, stale_s: float) -> float:
         return self.rep_kv if self.rep_at >= 0 and now - self.rep_at <= stale_s else 0.0

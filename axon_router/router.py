@@ -308,6 +308,7 @@ class Router:
         out = []
         for v in sorted(self.pods.values(), key=lambda p: p.id):
             reqs, toks = v.outstanding(now, self.knobs.report_stale_s)
+            pre_r, pre_t = v.prefill_ahead(now, self.knobs.report_stale_s)
             out.append(
                 {
                     "id": v.id,
@@ -318,6 +319,8 @@ class Router:
                     "inflight": v.inflight,
                     "outstanding": reqs,
                     "tokens": toks,
+                    "prefill_ahead_reqs": pre_r,
+                    "prefill_ahead_tokens": pre_t,
                     "cache_chunks": len(v.cache),
                     "draining": v.draining,
                 }
@@ -467,7 +470,7 @@ class Router:
             f.attempts += 1
             f.reason = reason
             probe = pod.breaker.acquire(now)
-            ticket = pod.begin(req.prompt_tokens + req.max_tokens)
+            ticket = pod.begin(req.prompt_tokens + req.max_tokens, pick.miss_tokens)
             g = pod.inflight_gauge
             if g is not None:
                 g.inc()  # type: ignore[attr-defined]
@@ -508,6 +511,7 @@ class Router:
             f.ticket = ticket
             f.upstream = up
             f.first_token_at = time.monotonic()
+            pod.first_token(ticket)
             pod.remember(req.prefix_hashes, now)
             attrs["brunoise.pod"] = pod.id
             attrs["brunoise.pick_reason"] = reason

@@ -134,8 +134,10 @@ class Cluster:
         """Create the target before pods register: 12 slices, 1..max_replicas replicas (retried until a leader)."""
         cfg = slicing_pb2.TargetConfig(
             target=TARGET, model=MODEL, min_replicas=1, max_replicas=max_replicas, imbalance_tolerance=0.10,
-            churn_budget=0.10, split_threshold=0.25, merge_threshold=0.05, dereplicate_threshold=0.05,
-            hot_key_fraction=0.5, min_slices_per_pod=3, max_slices_per_pod=1000, initial_slices=12,
+            # no splits, merges or dereplication: the pinned 12 slices stay exactly as wait_assigned pins them,
+            # so a key's subset cannot change under a test (a split would leave one half unpinned)
+            churn_budget=0.10, split_threshold=1e9, merge_threshold=0.0, dereplicate_threshold=0.0,
+            hot_key_fraction=0.5, min_slices_per_pod=0, max_slices_per_pod=1000, initial_slices=12,
         )  # fmt: skip
         with grpc.insecure_channel(self.assigner_addr) as ch:
             stub = assigner_pb2_grpc.AssignerStub(ch)  # type: ignore[no-untyped-call]

@@ -47,7 +47,8 @@ def served_by(
 def test_unhealthy_pod_stops_receiving_traffic_and_gets_it_back(cluster: Cluster) -> None:
     victim = "pod1"
     keys = keys_for(cluster, victim, 6, "health")
-    assert all(served_by(cluster, k)[1] == victim for k in keys)
+    before = [served_by(cluster, k) for k in keys]
+    assert all(pod == victim for _, pod, _ in before), (before, cluster.pod_state(victim))
     cluster.stop_pod(victim)
     try:
         t0 = time.monotonic()

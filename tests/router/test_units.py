@@ -112,10 +112,46 @@ def test_cache_misses_spread_not_one_pod() -> None:
         req = pin(i, f"unique prompt {i} " * 30)
         s = pk.choose(pods, req, 0.0, None)
         assert s is not None
-        s.pod.begin(req.prompt_tokens + req.max_tokens)
+        s.pod.begin(req.prompt_tokens + req.max_tokens, s.miss_tokens)
         chosen.append(s.pod.id)
     counts = {p.id: chosen.count(p.id) for p in pods}
     assert max(counts.values()) - min(counts.values()) <= 2, counts
+
+
+def test_prefill_ahead_is_own_pending_first_tokens_plus_reported_waiting() -> None:
+    p = pod("a")
+    t1 = p.begin(600, prefill=500)
+    t2 = p.begin(300, prefill=200)
+    assert p.prefill_ahead(0.0, 3.0) == (2, 700)  # no report yet: own requests without a first token
+    p.first_token(t1)
+    p.first_token(t1)  # idempotent
+    assert p.prefill_ahead(0.0, 3.0) == (1, 200)
+    e = p.poll_started()
+    p.apply_report(e, 1.0, running=2, waiting=2, tokens_in_flight=4000, kv_usage=0.1)  # t2 is in that report
+    assert p.prefill_ahead(1.0, 3.0) == (2, 2000)  # reported waiting (mean tokens each); t2 not counted twice
+    t3 = p.begin(100, prefill=50)
+    assert p.prefill_ahead(1.0, 3.0) == (3, 2050)  # plus own dispatches since the report
+    for t in (t2, t3):
+        p.end(t)  # end also settles the prefill accounting
+    assert p.prefill_reqs == 0 and p.prefill_tokens == 0 and p.since_prefill_reqs == 0
+    assert p.prefill_ahead(10.0, 3.0) == (0, 0)  # stale report: own accounting only
+
+
+def test_decoding_requests_do_not_outweigh_a_cached_prefix() -> None:
+    """Continuous batching: requests already decoding barely delay a first token; the session's prefix wins."""
+    text = "a long conversation so far " * 60
+    req = pin(7, text)
+    a, b = pod("a"), pod("b")
+    a.remember(req.prefix_hashes, 0.0)
+    for _ in range(8):
+        t = a.begin(2000)
+        a.first_token(t)  # decoding
+    s = CostPicker(K).choose([a, b], req, 0.0, None)
+    assert s is not None and s.pod is a
+    # real prefill work queued ahead on the holder does move it
+    a.begin(2000, prefill=20000)
+    s = CostPicker(K).choose([a, b], req, 0.0, None)
+    assert s is not None and s.pod is b
 
 
 def test_tie_break_is_stable_and_spreads_keys() -> None:
