@@ -6,7 +6,8 @@ from sharder.policy.state import RoundState
 
 
 def dereplicate(state: RoundState) -> None:
-    """A slice with more than ``min_replicas`` replicas loses the replica on its most loaded pod when its
+    """A slice with more than ``min_replicas`` replicas loses the replica that served the least of its load
+    (the one whose cache holds the least of its sessions; ties: the most loaded pod) when its
     per-replica load is below ``dereplicate_threshold`` x mean pod load and the remaining replicas stay below
     ``split_threshold`` (hysteresis against re-replication). The removed pod stays ``leaving`` one round.
     Each removal spends its per-replica load from the churn budget; an idle target dereplicates for free."""
@@ -27,7 +28,8 @@ def dereplicate(state: RoundState) -> None:
                 break
             if share > state.budget:
                 break
-            victim = max(reps, key=lambda p: (state.norm(p), p))
+            served = rec.served or {}
+            victim = min(reps, key=lambda p: (served.get(p, 0.0), -state.norm(p), p))
             state.remove_replica(rec, victim)
             state.budget -= share
             state.stats.churn += share

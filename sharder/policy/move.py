@@ -172,9 +172,9 @@ def balance_counts(state: RoundState) -> None:
     eligible pods (fair share F = P // E, C = ceil(P / E)), it acts when some pod holds fewer than F - 1 slices
     (or fewer than min(min_slices_per_pod, F)) or more than C + 1. Then, fewest-slices pod first, each
     receiver gets slices from the pods holding the most, while the donor holds at least two more than the
-    receiver and the receiver is below F or the donor above C; coldest slice first (least per-replica load,
-    so little cache is lost). Moves are make-before-break like the load moves (the donor stays ``leaving`` one
-    round). A slice that carries load moves only within the churn budget and only when the receiver's new
+    receiver and the receiver is below F or the donor above C; coldest slice first (least load the donor itself
+    reported serving for it, then least per-replica load, so little cache is lost). Moves are make-before-break
+    like the load moves (the donor stays ``leaving`` one round). A slice that carries load moves only within the churn budget and only when the receiver's new
     (capacity-normalised) load stays at or below the larger of the mean and the donor's new load: the maximum
     load never rises and the load spread never widens, so ``rebalance`` has nothing to undo (a loaded move
     lowers the spread of loads, a zero-load move only that of counts). Zero-load slices cost no budget. At most ``count_move_cap(P)`` slices move per round. Pinned
@@ -226,7 +226,7 @@ def balance_counts(state: RoundState) -> None:
                 held = _holdings_by_pod(state)
             items = coldest.get(d)
             if items is None:
-                items = sorted(held[d], key=lambda x: (x.load / len(x.replicas), x.lo))
+                items = sorted(held[d], key=lambda x: (_served_by(x, d), x.load / len(x.replicas), x.lo))
                 coldest[d] = items
                 start[d] = 0
             i = start[d]
@@ -243,7 +243,7 @@ def balance_counts(state: RoundState) -> None:
                 if share > EPS and (
                     share > budget or (load[r] + share) / cap_r > max(mean, (load[d] - share) / cap[d]) + EPS
                 ):
-                    break  # sorted coldest first: every later slice is at least as hot
+                    continue
                 pick = rec
                 break
             if pick is None:
@@ -267,6 +267,15 @@ def balance_counts(state: RoundState) -> None:
             heapq.heappush(donors, (-count[r], r))  # its older donor entry is stale now
         elif done:
             break
+
+
+def _served_by(rec: Rec, p: str) -> float:
+    """The load ``p`` reported for ``rec`` this round (its even share when nobody reported on exactly this range):
+    what moving ``p``'s replica away costs in warm cache."""
+    served = rec.served
+    if served is None:
+        return rec.load / len(rec.replicas)
+    return served.get(p, 0.0)
 
 
 def count_move_cap(placements: int) -> int:

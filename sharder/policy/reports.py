@@ -57,6 +57,10 @@ def attribute(recs: list[Rec], reports: list[LoadReport]) -> None:
             if i is not None and recs[i].hi == hi:
                 sums[i] += sl.load
                 covered[i] = 1
+                served = recs[i].served
+                if served is None:
+                    recs[i].served = served = {}
+                served[rep.pod_id] = served.get(rep.pod_id, 0.0) + sl.load
                 if sl.top_keys:
                     recs[i].add_keys(sl.top_keys)
                 continue

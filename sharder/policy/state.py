@@ -27,6 +27,7 @@ class Rec:
         "orig",
         "pinned",
         "replicas",
+        "served",
         "since",
         "slice",
     )
@@ -54,6 +55,7 @@ class Rec:
         self.pinned = False  # a MoveOverride pins it: no moves, replications or dereplications
         self.nosplit = False  # inside a MergeOverride range
         self.moved = False  # its replica set changed by a budgeted action this round
+        self.served: dict[str, float] | None = None  # load each pod reported for exactly this range this round
 
     def add_keys(self, keys: TopKeys) -> None:
         if keys:
