@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import random
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -16,8 +15,6 @@ import grpc
 import pytest
 
 _ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
 from brunoise.launch import ManagedProcess, python_module  # noqa: E402
 from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2  # noqa: E402

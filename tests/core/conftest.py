@@ -3,15 +3,8 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 from hypothesis import HealthCheck, settings
-
-_HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(_HERE))
-if str(_HERE.parent.parent) not in sys.path:  # the repository root, when brunoise is not installed
-    sys.path.insert(0, str(_HERE.parent.parent))
 
 settings.register_profile(
     "core", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]

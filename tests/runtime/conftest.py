@@ -1,19 +1,13 @@
-"""Fixtures for the runtime suite: repo root on sys.path, and one real runtime process per module."""
+"""Fixtures for the runtime suite: one real runtime process per module."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-ROOT = str(Path(__file__).resolve().parents[2])
-if ROOT not in sys.path:  # plain `pytest` (not `python -m pytest`) does not put the repo root on sys.path
-    sys.path.insert(0, ROOT)
-
-from brunoise.launch import ManagedProcess  # noqa: E402
-from tests.runtime.procs import start_runtime  # noqa: E402
+from brunoise.launch import ManagedProcess
+from tests.runtime.procs import start_runtime
 
 
 @pytest.fixture(scope="module")

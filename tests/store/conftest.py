@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:  # plain `pytest` (not `python -m pytest`) does not put the repo root on sys.path
-    sys.path.insert(0, _ROOT)
-
-from sharder.store.base import Store  # noqa: E402
-from sharder.store.embedded import EmbeddedStore  # noqa: E402
-from sharder.store.etcd import EtcdStore  # noqa: E402
-from tests.etcd_plugin import etcd_cluster, etcd_endpoints, etcd_prefix, make_etcd_cluster  # noqa: E402, F401
-from tests.store.store_helpers import HISTORY_LIMIT, Backend, FakeClock  # noqa: E402
+from sharder.store.base import Store
+from sharder.store.embedded import EmbeddedStore
+from sharder.store.etcd import EtcdStore
+from tests.etcd_plugin import etcd_cluster, etcd_endpoints, etcd_prefix, make_etcd_cluster  # noqa: F401
+from tests.store.store_helpers import HISTORY_LIMIT, Backend, FakeClock
 
 
 @pytest.fixture(params=["embedded", pytest.param("etcd", marks=pytest.mark.etcd)])

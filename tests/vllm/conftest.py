@@ -6,7 +6,6 @@ import functools
 import os
 import pathlib
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -14,8 +13,6 @@ import pytest
 import pytest_asyncio
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # plain `pytest` does not put the repo root on sys.path
-    sys.path.insert(0, str(ROOT))
 
 from runtime.engines.vllm import DEFAULT_VLLM_PYTHON, VllmConfig, VllmEngine  # noqa: E402
 
