@@ -1,4 +1,15 @@
-"""The 64-bit keyspace: SliceKey hashing of app keys and half-open Slice ranges [lo, hi)."""
+"""The 64-bit keyspace: SliceKey hashing of app keys (flat and grouped layouts) and half-open Slice ranges [lo, hi).
+
+Two layouts share the keyspace:
+
+- **flat**: ``slice_key(app_key)`` = xxh3_64 of the key, so keys scatter uniformly.
+- **grouped** (locality-preserving): ``group_slice_key(group, session)`` =
+  ``(xxh3_64(group) >> 32) << 32 | (xxh3_64(session) & 0xFFFFFFFF)``. The high 32 bits name the group
+  (a tenant, or the hash of a shared prompt prefix), the low 32 bits the session inside it, so every key of
+  one group lies in the contiguous range ``group_range(group)`` of width 2**32: one slice usually holds a whole
+  group (its sessions share a subset and so a warm shared prefix), and a hot group is still split by the
+  policy at a key inside that range like any other slice. Without a group the key is the flat one.
+"""
 
 from __future__ import annotations
 
@@ -98,13 +109,62 @@ def split_evenly(n: int, within: Slice = FULL_KEYSPACE) -> tuple[Slice, ...]:
     return tuple(Slice(b[i], b[i + 1]) for i in range(n))
 
 
+GROUP_SHIFT: int = 32
+"""Bits of a grouped SliceKey below the group part (the session part's width)."""
+
+SESSION_MASK: int = (1 << GROUP_SHIFT) - 1
+
+
+def _hash_of(value: str | bytes | bytearray | memoryview, field: str) -> int:
+    if isinstance(value, str):
+        return xxhash.xxh3_64_intdigest(value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, bytes | bytearray | memoryview):
+        return xxhash.xxh3_64_intdigest(bytes(value))
+    raise KeyTypeError(
+        f"{field} must be str or bytes, got {type(value).__name__}; convert the key to a string first", field=field
+    )
+
+
+def group_bits(group: str | bytes | bytearray | memoryview) -> int:
+    """The group part of a grouped SliceKey: the high 32 bits of xxh3_64(group), in [0, 2**32)."""
+    return _hash_of(group, "group") >> GROUP_SHIFT
+
+
+def group_slice_key(
+    group: str | bytes | bytearray | memoryview | None, session: str | bytes | bytearray | memoryview
+) -> int:
+    """The grouped SliceKey of ``session`` inside ``group``: group hash in the high 32 bits, session hash in the
+    low 32; with no group (None) the flat ``slice_key(session)``."""
+    if group is None:
+        return slice_key(session)
+    return (group_bits(group) << GROUP_SHIFT) | (_hash_of(session, "session") & SESSION_MASK)
+
+
+def group_range(group: str | bytes | bytearray | memoryview) -> Slice:
+    """The contiguous range [g << 32, (g + 1) << 32) holding every grouped SliceKey of ``group``."""
+    lo = group_bits(group) << GROUP_SHIFT
+    return Slice(lo, lo + (1 << GROUP_SHIFT))
+
+
+def key_parts(key: int) -> tuple[int, int]:
+    """(group part, session part) of a SliceKey read in the grouped layout: its high and low 32 bits."""
+    k = check_slice_key(key)
+    return k >> GROUP_SHIFT, k & SESSION_MASK
+
+
 __all__ = [
     "FULL_KEYSPACE",
+    "GROUP_SHIFT",
     "KEYSPACE_END",
     "MAX_SLICE_KEY",
+    "SESSION_MASK",
     "Slice",
     "check_slice_key",
     "even_boundaries",
+    "group_bits",
+    "group_range",
+    "group_slice_key",
+    "key_parts",
     "slice_key",
     "split_evenly",
 ]
