@@ -6,6 +6,19 @@ import argparse
 import dataclasses
 from typing import Any
 
+#: Values of the ``key_layout`` knob.
+KEY_LAYOUTS = ("grouped", "flat")
+
+
+def parse_bool(text: str) -> bool:
+    """A boolean flag value: true/false, yes/no, on/off, 1/0 (argparse's ``type=bool`` takes any text as true)."""
+    v = text.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
 
 @dataclasses.dataclass(slots=True)
 class Knobs:
@@ -50,6 +63,22 @@ class Knobs:
     """Output tokens assumed for the accounting of a request that does not set max_tokens."""
     tie_epsilon_s: float = 0.0001
     """Costs within this of the best are a tie, broken by a stable hash of (key, pod)."""
+
+    # --- routing keys and the pick inside the subset ---------------------------------------------------
+    key_layout: str = "grouped"
+    """SliceKey layout: "grouped" (the group, i.e. the x-tenant-id tenant or else a hash of the prompt's leading
+    chunks, in the high 32 bits and the session id in the low 32, so a group's sessions share one contiguous
+    range) or "flat" (the session / user / tenant id hashed whole, as before; for ablation)."""
+    group_prefix_chunks: int = 16
+    """Leading 64-byte chunks hashed into the group of a request that names no tenant (for chat, of the system
+    message(s) plus the first user message, so every turn of a session gets the same group). Longer than a
+    preamble shared by all tenants, or it would merge every tenant into one group."""
+    load_cap: float = 1.25
+    """Bounded-load cap inside the subset: no pod takes a new session at or above ceil(load_cap x (the subset's
+    outstanding requests + 1) / its size) while another subset pod is under it (0: off)."""
+    sticky: bool = True
+    """A session stays on the subset pod holding its cache unless that pod's estimated TTFT exceeds the best
+    by more than the uncached prefill it would save (false: the lowest estimated TTFT always wins)."""
 
     # --- admission, spill-over, shedding ---------------------------------------------------------
     admit_max_outstanding: int = 64
@@ -123,6 +152,12 @@ class Knobs:
             raise ValueError(f"knob kv_usage_knee must be in [0, 1), got {self.kv_usage_knee}")
         if not 0 < self.batch_admit_fraction <= 1:
             raise ValueError(f"knob batch_admit_fraction must be in (0, 1], got {self.batch_admit_fraction}")
+        if self.key_layout not in KEY_LAYOUTS:
+            raise ValueError(f"knob key_layout must be one of {', '.join(KEY_LAYOUTS)}, got {self.key_layout!r}")
+        if self.group_prefix_chunks < 1:
+            raise ValueError(f"knob group_prefix_chunks must be >= 1, got {self.group_prefix_chunks}")
+        if 0 < self.load_cap < 1:
+            raise ValueError(f"knob load_cap must be 0 (off) or >= 1, got {self.load_cap}")
         if self.prefill_tokens_per_s <= 0 or self.bytes_per_token <= 0:
             raise ValueError("knobs prefill_tokens_per_s and bytes_per_token must be > 0")
         return self
@@ -138,7 +173,7 @@ def add_knob_args(parser: argparse.ArgumentParser) -> None:
         group.add_argument(
             "--" + f.name.replace("_", "-"),
             dest="knob_" + f.name,
-            type=typ,
+            type=parse_bool if typ is bool else typ,
             default=default,
             metavar=typ.__name__.upper(),
             help=f"(default {default})",

@@ -47,6 +47,19 @@ class RouterMetrics:
         self.idempotency_conflicts = Counter(
             p + "idempotency_conflicts", "Requests refused because the same request id was in flight", registry=r
         )
+        self.routing_group_source = Counter(
+            p + "routing_group_source",
+            "Where the group part of the SliceKey came from: x-tenant-id, tenant (gRPC), prefix, none",
+            ["source"],
+            registry=r,
+        )
+        self.pick_rule = Counter(
+            p + "pick_rule",
+            "Subset picks by the rule that decided them: sticky (kept on the pod holding the session's cache), "
+            "cost (lowest estimated TTFT under the load cap), capped (lowest TTFT was over the load cap), over_cap",
+            ["rule"],
+            registry=r,
+        )
         self.routing_key_source = Counter(
             p + "routing_key_source", "Where the routing key came from", ["source"], registry=r
         )
@@ -76,10 +89,19 @@ class RouterMetrics:
             buckets=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0),
             registry=r,
         )
-        self.knob = Gauge(p + "knob", "Value of each router knob", ["name"], registry=r)
+        self.knob = Gauge(p + "knob", "Value of each numeric router knob", ["name"], registry=r)
+        self.knob_choice = Gauge(
+            p + "knob_choice",
+            "1 for the chosen value of each router knob that is a word",
+            ["name", "value"],
+            registry=r,
+        )
         if knobs is not None:
             for name, value in knobs.as_dict().items():
-                self.knob.labels(name).set(float(value))
+                if isinstance(value, str):
+                    self.knob_choice.labels(name, value).set(1.0)
+                else:
+                    self.knob.labels(name).set(float(value))
         # hot-path children, bound once
         self.picks_in_subset = self.picks.labels("in_subset")
         self.picks_spill = self.picks.labels("spill")

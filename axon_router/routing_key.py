@@ -14,15 +14,19 @@ import xxhash
 from axon_router.admission import Priority
 from axon_router.errors import BadRequest, DeadlineExceeded
 from axon_router.knobs import Knobs
-from sharder.keyspace import slice_key
-from sharder.prefix import ROOT_SEED, prefix_hashes, render_chat
+from sharder.keyspace import GROUP_SHIFT, group_slice_key, slice_key
+from sharder.prefix import CHUNK_BYTES, ROOT_SEED, prefix_hashes, render_chat, stable_chat_prefix
 
 COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"
 
-#: Header names, in routing-key precedence order (after the gRPC field).
-KEY_HEADERS = ("x-session-id", "x-user-id", "x-tenant-id")
-#: Body fields, in precedence order, after the headers.
+#: Header names of the session part of the key, in precedence order (after the gRPC field).
+SESSION_HEADERS = ("x-session-id", "x-user-id")
+#: The header naming the tenant: the group part of a grouped key (an authenticating front end sets it).
+TENANT_HEADER = "x-tenant-id"
+#: The flat layout's key headers, in precedence order: the tenant was a session key there.
+FLAT_KEY_HEADERS = (*SESSION_HEADERS, TENANT_HEADER)
+#: Body fields of the session part, in precedence order, after the headers.
 KEY_FIELDS = ("session_id", "user")
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
@@ -44,7 +48,7 @@ class RouteRequest:
     body: bytes  # JSON forwarded to the runtime
     stream: bool
     slice_key: int
-    key_source: str
+    key_source: str  # where the session part came from (a header, a body field, grpc) or "prefix"
     prefix_hashes: list[int]
     prompt_tokens: int
     max_tokens: int
@@ -55,6 +59,9 @@ class RouteRequest:
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
     traceparent: str | None = None
     tracestate: str | None = None
+    group: int | None = None  # the group part (high 32 bits) of a grouped key; None: flat key
+    group_source: str = "none"  # x-tenant-id, tenant (gRPC field), prefix or none
+    session_chunks: int = 0  # leading chunks a pod must hold to hold this session's own cache
 
 
 def _check_key(value: str, name: str, knobs: Knobs) -> str:
@@ -156,14 +163,79 @@ def deadline_from(headers: Mapping[str, str], knobs: Knobs, now: float) -> float
     return now + budget
 
 
-def prefix_key(text: str, knobs: Knobs) -> tuple[int, list[int]]:
+def prefix_key(text: str, knobs: Knobs, hashes: list[int] | None = None) -> tuple[int, list[int]]:
     """(SliceKey, chain hashes) of a prompt: the SliceKey is the chain hash of its first ``routing_prefix_chunks``
-    full chunks, so requests sharing that prefix share a key (the whole text when shorter than one chunk)."""
-    hashes = prefix_hashes(text, max_chunks=knobs.max_prefix_chunks)
+    full chunks, so requests sharing that prefix share a key (the whole text when shorter than one chunk).
+    ``hashes``: the text's chain hashes when already computed."""
+    if hashes is None:
+        hashes = prefix_hashes(text, max_chunks=knobs.max_prefix_chunks)
     k = min(knobs.routing_prefix_chunks, len(hashes))
     if k > 0:
         return hashes[k - 1], hashes
     return xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"), seed=ROOT_SEED), hashes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoutingKey:
+    """A request's SliceKey and where its parts came from."""
+
+    slice_key: int
+    source: str  # the session part's source, or "prefix"
+    group: int | None  # the group part (grouped layout), None for a flat key
+    group_source: str  # x-tenant-id, tenant, prefix or none
+    session_chunks: int  # leading chunks of the prompt that are this session's own (see ``routing_key``)
+
+
+def routing_key(
+    knobs: Knobs,
+    hashes: list[int],
+    text: str,
+    stable_bytes: int | None,
+    session: tuple[str, str] | None,
+    tenant: tuple[str, str] | None,
+) -> RoutingKey:
+    """The SliceKey of a request (pure). ``hashes``: the prompt's chain hashes; ``stable_bytes``: the length of
+    its part every turn of a session repeats (for chat the system message(s) plus the first user message; None
+    for a completion); ``session`` / ``tenant``: (source, value) when given.
+
+    grouped layout: group = the tenant, else the chain hash of the first ``group_prefix_chunks`` chunks of the
+    stable part (all of its full chunks when shorter), else none; the key is ``group_slice_key(group, session)``
+    with the session part from the session id, or from the whole prompt text when there is none.
+    flat layout: the session id (or the tenant) hashed whole. Either way, with no id and no group: ``prefix_key``.
+
+    ``session_chunks``: a pod holding this many leading chunks holds the session's own cache, not just a shared
+    prefix (for chat, the stable part's full chunks; for a completion, one past the group prefix)."""
+    n = len(hashes)
+    if stable_bytes is None:
+        session_chunks = min(n, knobs.group_prefix_chunks + 1)
+        stable = n
+    else:
+        session_chunks = stable = min(n, stable_bytes // CHUNK_BYTES)
+    if knobs.key_layout == "flat":
+        # the old precedence: session headers (or the gRPC field), then the tenant, then body fields
+        app = session if session is not None and session[0] not in KEY_FIELDS else (tenant or session)
+        if app is not None:
+            return RoutingKey(slice_key(app[1]), app[0], None, "none", session_chunks)
+        k, _ = prefix_key(text, knobs, hashes)
+        return RoutingKey(k, "prefix", None, "none", session_chunks)
+    group: str | bytes | None = None
+    gsource = "none"
+    if tenant is not None:
+        gsource, group = tenant
+    elif stable > 0:
+        gsource, group = "prefix", hashes[min(stable, knobs.group_prefix_chunks) - 1].to_bytes(8, "big")
+    if group is None:
+        if session is not None:
+            return RoutingKey(slice_key(session[1]), session[0], None, gsource, session_chunks)
+        k, _ = prefix_key(text, knobs, hashes)
+        return RoutingKey(k, "prefix", None, gsource, session_chunks)
+    if session is not None:
+        key = group_slice_key(group, session[1])
+        source = session[0]
+    else:
+        key = group_slice_key(group, text)  # the whole prompt: a group's keyless requests spread over its range
+        source = "prefix"
+    return RoutingKey(key, source, key >> GROUP_SHIFT, gsource, session_chunks)
 
 
 def _int_field(body: Mapping[str, Any], name: str) -> int | None:
@@ -210,6 +282,14 @@ def prompt_text(path: str, body: Mapping[str, Any]) -> str:
     raise BadRequest("prompt must be a string, a non-empty list of strings or a list of token ids", param="prompt")
 
 
+def stable_bytes(path: str, body: Mapping[str, Any]) -> int | None:
+    """UTF-8 length of the part of a checked chat's prompt every turn repeats (``stable_chat_prefix``); None
+    for a completion."""
+    if path != CHAT:
+        return None
+    return len(stable_chat_prefix(body["messages"]).encode("utf-8"))
+
+
 def parse_openai(path: str, raw: bytes, headers: Mapping[str, str], knobs: Knobs, now: float) -> RouteRequest:
     """Parse and validate an OpenAI completions / chat completions request; BadRequest says what to fix."""
     try:
@@ -239,15 +319,18 @@ def parse_openai(path: str, raw: bytes, headers: Mapping[str, str], knobs: Knobs
         max_tokens = mct if mct is not None else max_tokens
     ptext = prompt_text(path, body)
 
-    # routing key: headers, then body fields, then the prompt prefix
-    app_key: str | None = None
-    source = "prefix"
-    for h in KEY_HEADERS:
+    # routing key: the tenant (group), then the session: headers, then body fields; else the prompt prefix
+    tenant: tuple[str, str] | None = None
+    tv = headers.get(TENANT_HEADER)
+    if tv is not None:
+        tenant = (TENANT_HEADER, _check_key(tv.strip(), TENANT_HEADER, knobs))
+    session: tuple[str, str] | None = None
+    for h in SESSION_HEADERS:
         v = headers.get(h)
         if v is not None:
-            app_key, source = _check_key(v.strip(), h, knobs), h
+            session = (h, _check_key(v.strip(), h, knobs))
             break
-    if app_key is None:
+    if session is None:
         for f in KEY_FIELDS:
             v = body.get(f)
             if v is None:
@@ -255,11 +338,10 @@ def parse_openai(path: str, raw: bytes, headers: Mapping[str, str], knobs: Knobs
             if not isinstance(v, str):
                 raise BadRequest(f"{f} must be a string", param=f)
             if v:
-                app_key, source = _check_key(v, f, knobs), f
+                session = (f, _check_key(v, f, knobs))
                 break
-    skey, hashes = prefix_key(ptext, knobs)
-    if app_key is not None:
-        skey = slice_key(app_key)
+    hashes = prefix_hashes(ptext, max_chunks=knobs.max_prefix_chunks)
+    rk = routing_key(knobs, hashes, ptext, stable_bytes(path, body), session, tenant)
 
     rid = headers.get("x-request-id")
     if rid is not None:
@@ -279,8 +361,8 @@ def parse_openai(path: str, raw: bytes, headers: Mapping[str, str], knobs: Knobs
         model=model,
         body=raw,
         stream=stream,
-        slice_key=skey,
-        key_source=source,
+        slice_key=rk.slice_key,
+        key_source=rk.source,
         prefix_hashes=hashes,
         prompt_tokens=int(len(ptext) / knobs.bytes_per_token) + 1,
         max_tokens=max_tokens if max_tokens is not None else knobs.default_max_tokens,
@@ -291,13 +373,22 @@ def parse_openai(path: str, raw: bytes, headers: Mapping[str, str], knobs: Knobs
         labels=_parse_labels(headers),
         traceparent=tp if tp and len(tp) < 256 else None,
         tracestate=headers.get("tracestate"),
+        group=rk.group,
+        group_source=rk.group_source,
+        session_chunks=rk.session_chunks,
     )
 
 
 def parse_grpc(
-    req: Any, time_remaining_s: float | None, knobs: Knobs, now: float, traceparent: str | None = None
+    req: Any,
+    time_remaining_s: float | None,
+    knobs: Knobs,
+    now: float,
+    traceparent: str | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> RouteRequest:
-    """Parse a ``brunoise.v1.GenerateRequest`` into a RouteRequest forwarded as a streaming OpenAI request."""
+    """Parse a ``brunoise.v1.GenerateRequest`` into a RouteRequest forwarded as a streaming OpenAI request.
+    The tenant is the request's ``tenant`` field, else the ``x-tenant-id`` metadata."""
     if not req.model:
         raise BadRequest("model is required: name a served model", param="model")
     which = req.WhichOneof("input")
@@ -336,11 +427,14 @@ def parse_grpc(
             body["seed"] = int(sp.seed) & 0x7FFFFFFFFFFFFFFF
         if sp.ignore_eos:
             body["ignore_eos"] = True
-    skey, hashes = prefix_key(ptext, knobs)
-    source = "prefix"
-    if req.routing_key:
-        skey = slice_key(_check_key(req.routing_key, "routing_key", knobs))
-        source = "grpc"
+    session = ("grpc", _check_key(req.routing_key, "routing_key", knobs)) if req.routing_key else None
+    tenant: tuple[str, str] | None = None
+    if req.tenant:
+        tenant = ("tenant", _check_key(req.tenant, "tenant", knobs))
+    elif metadata is not None and metadata.get(TENANT_HEADER) is not None:
+        tenant = (TENANT_HEADER, _check_key(metadata[TENANT_HEADER].strip(), TENANT_HEADER, knobs))
+    hashes = prefix_hashes(ptext, max_chunks=knobs.max_prefix_chunks)
+    rk = routing_key(knobs, hashes, ptext, stable_bytes(path, body), session, tenant)
     budget = knobs.default_timeout_s
     if time_remaining_s is not None:
         if time_remaining_s <= 0:
@@ -358,8 +452,8 @@ def parse_grpc(
         model=req.model,
         body=json.dumps(body).encode(),
         stream=True,
-        slice_key=skey,
-        key_source=source,
+        slice_key=rk.slice_key,
+        key_source=rk.source,
         prefix_hashes=hashes,
         prompt_tokens=int(len(ptext) / knobs.bytes_per_token) + 1,
         max_tokens=max_tokens if max_tokens is not None else knobs.default_max_tokens,
@@ -369,4 +463,7 @@ def parse_grpc(
         request_id=rid,
         labels=check_labels(dict(req.labels)),
         traceparent=traceparent,
+        group=rk.group,
+        group_source=rk.group_source,
+        session_chunks=rk.session_chunks,
     )

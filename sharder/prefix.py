@@ -50,6 +50,18 @@ def render_chat(messages: Iterable[Mapping[str, object]]) -> str:
     return "".join(parts)
 
 
+def stable_chat_prefix(messages: Iterable[Mapping[str, object]]) -> str:
+    """The canonical text of a chat up to and including its first user message (the system message(s) and
+    that message, as ``render_chat`` renders them, without the reply opener): the part every later turn of the
+    session starts with, so its leading chunks hash the same on every turn. All messages when none is a user's."""
+    head: list[Mapping[str, object]] = []
+    for m in messages:
+        head.append(m)
+        if str(m.get("role", "user")) == "user":
+            break
+    return render_chat(head)[: -len("<|assistant|>\n")]
+
+
 def matched_chunks(hashes: list[int], held: set[int] | frozenset[int]) -> int:
     """How many leading chunks of a request (its ``prefix_hashes``) a holder of ``held`` already has."""
     n = 0

@@ -42,7 +42,9 @@ class RouterService(router_pb2_grpc.RouterServicer):
         router = self.router
         md = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         try:
-            req = parse_grpc(request, context.time_remaining(), router.knobs, time.monotonic(), md.get("traceparent"))
+            req = parse_grpc(
+                request, context.time_remaining(), router.knobs, time.monotonic(), md.get("traceparent"), md
+            )
             f = router.begin(req, "grpc")
         except RouterError as e:
             router.metrics.count_request("grpc", e.grpc_code.name)

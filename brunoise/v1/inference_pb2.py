@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x62runoise/v1/inference.proto\x12\x0b\x62runoise.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\":\n\x0c\x43hatMessages\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.brunoise.v1.ChatMessage\"x\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x03\x12\x13\n\x0btemperature\x18\x02 \x01(\x01\x12\r\n\x05top_p\x18\x03 \x01(\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x12\n\nignore_eos\x18\x06 \x01(\x08\"\xf9\x02\n\x0fGenerateRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0brouting_key\x18\x03 \x01(\t\x12\x10\n\x06prompt\x18\x04 \x01(\tH\x00\x12-\n\x08messages\x18\x05 \x01(\x0b\x32\x19.brunoise.v1.ChatMessagesH\x00\x12-\n\x08sampling\x18\x06 \x01(\x0b\x32\x1b.brunoise.v1.SamplingParams\x12\'\n\x08priority\x18\x07 \x01(\x0e\x32\x15.brunoise.v1.Priority\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x38\n\x06labels\x18\t \x03(\x0b\x32(.brunoise.v1.GenerateRequest.LabelsEntry\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\n \x01(\r\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05input\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\"\x8a\x01\n\rGenerateChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12!\n\x05usage\x18\x04 \x01(\x0b\x32\x12.brunoise.v1.Usage\x12\x0e\n\x06pod_id\x18\x05 \x01(\t\x12\r\n\x05index\x18\x06 \x01(\r*R\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n\x14PRIORITY_INTERACTIVE\x10\x01\x12\x12\n\x0ePRIORITY_BATCH\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x62runoise/v1/inference.proto\x12\x0b\x62runoise.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\":\n\x0c\x43hatMessages\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.brunoise.v1.ChatMessage\"x\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x03\x12\x13\n\x0btemperature\x18\x02 \x01(\x01\x12\r\n\x05top_p\x18\x03 \x01(\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x12\n\nignore_eos\x18\x06 \x01(\x08\"\x89\x03\n\x0fGenerateRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0brouting_key\x18\x03 \x01(\t\x12\x10\n\x06prompt\x18\x04 \x01(\tH\x00\x12-\n\x08messages\x18\x05 \x01(\x0b\x32\x19.brunoise.v1.ChatMessagesH\x00\x12-\n\x08sampling\x18\x06 \x01(\x0b\x32\x1b.brunoise.v1.SamplingParams\x12\'\n\x08priority\x18\x07 \x01(\x0e\x32\x15.brunoise.v1.Priority\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x38\n\x06labels\x18\t \x03(\x0b\x32(.brunoise.v1.GenerateRequest.LabelsEntry\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\n \x01(\r\x12\x0e\n\x06tenant\x18\x0b \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05input\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\"\x8a\x01\n\rGenerateChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12!\n\x05usage\x18\x04 \x01(\x0b\x32\x12.brunoise.v1.Usage\x12\x0e\n\x06pod_id\x18\x05 \x01(\t\x12\r\n\x05index\x18\x06 \x01(\r*R\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n\x14PRIORITY_INTERACTIVE\x10\x01\x12\x12\n\x0ePRIORITY_BATCH\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_GENERATEREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_PRIORITY']._serialized_start=875
-  _globals['_PRIORITY']._serialized_end=957
+  _globals['_PRIORITY']._serialized_start=891
+  _globals['_PRIORITY']._serialized_end=973
   _globals['_CHATMESSAGE']._serialized_start=44
   _globals['_CHATMESSAGE']._serialized_end=88
   _globals['_CHATMESSAGES']._serialized_start=90
@@ -42,11 +42,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLINGPARAMS']._serialized_start=150
   _globals['_SAMPLINGPARAMS']._serialized_end=270
   _globals['_GENERATEREQUEST']._serialized_start=273
-  _globals['_GENERATEREQUEST']._serialized_end=650
-  _globals['_GENERATEREQUEST_LABELSENTRY']._serialized_start=596
-  _globals['_GENERATEREQUEST_LABELSENTRY']._serialized_end=641
-  _globals['_USAGE']._serialized_start=652
-  _globals['_USAGE']._serialized_end=732
-  _globals['_GENERATECHUNK']._serialized_start=735
-  _globals['_GENERATECHUNK']._serialized_end=873
+  _globals['_GENERATEREQUEST']._serialized_end=666
+  _globals['_GENERATEREQUEST_LABELSENTRY']._serialized_start=612
+  _globals['_GENERATEREQUEST_LABELSENTRY']._serialized_end=657
+  _globals['_USAGE']._serialized_start=668
+  _globals['_USAGE']._serialized_end=748
+  _globals['_GENERATECHUNK']._serialized_start=751
+  _globals['_GENERATECHUNK']._serialized_end=889
 # @@protoc_insertion_point(module_scope)

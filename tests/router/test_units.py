@@ -13,7 +13,7 @@ from axon_router.knobs import Knobs
 from axon_router.picker import CostPicker, PickInput, tie_rank
 from axon_router.pod_view import PodView
 from axon_router.routing_key import CHAT, COMPLETIONS, parse_openai, prefix_key
-from sharder.keyspace import slice_key
+from sharder.keyspace import group_slice_key, slice_key
 from sharder.prefix import prefix_hashes
 
 K = Knobs()
@@ -249,7 +249,8 @@ def _parse(body: bytes, headers: dict[str, str] | None = None, path: str = COMPL
 
 def test_routing_key_precedence() -> None:
     body = b'{"model":"m","prompt":"hello","session_id":"s1","user":"u1"}'
-    assert _parse(body, {"x-user-id": "u9", "x-tenant-id": "t"}).slice_key == slice_key("u9")
+    r = _parse(body, {"x-user-id": "u9", "x-tenant-id": "t"})  # the tenant is the group, not the session
+    assert r.slice_key == group_slice_key("t", "u9") and r.group_source == "x-tenant-id"
     assert _parse(body, {"x-session-id": "h", "x-user-id": "u9"}).slice_key == slice_key("h")
     r = _parse(body)
     assert r.key_source == "session_id" and r.slice_key == slice_key("s1")
@@ -270,7 +271,8 @@ def test_prefix_key_groups_shared_prefixes() -> None:
         + system.encode()
         + b'"},{"role":"user","content":"%s"}]}'
     )
-    assert _parse(msgs % b"a", path=CHAT).slice_key == _parse(msgs % b"b", path=CHAT).slice_key
+    a, b = _parse(msgs % b"a", path=CHAT), _parse(msgs % b"b", path=CHAT)
+    assert a.group == b.group is not None and a.slice_key >> 32 == b.slice_key >> 32  # one group, one range
 
 
 @pytest.mark.parametrize(
