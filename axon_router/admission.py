@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from axon_router.cost import Limits, PickInput, Scored
 from axon_router.knobs import Knobs
-from axon_router.picker import Limits, Picker, PickInput, Scored
+from axon_router.pick import FALLBACK, SPILL, SUBSET, Candidates, PickPolicy
 from axon_router.pod_view import PodView
 
 
@@ -24,10 +25,14 @@ class Outcome(enum.Enum):
     UNAVAILABLE = "unavailable"  # no healthy eligible pod at all
 
 
+_OUTCOME_OF_TIER = {SUBSET: Outcome.IN_SUBSET, SPILL: Outcome.SPILL, FALLBACK: Outcome.FALLBACK}
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Decision:
     outcome: Outcome
     pick: Scored | None
+    rule: str = ""  # how the subset pick was made (``axon_router.pick`` RULE_*), "" outside the subset
 
 
 class Admission:
@@ -43,23 +48,21 @@ class Admission:
 
     def decide(
         self,
-        picker: Picker,
-        subset: Sequence[PodView],
-        outside: Sequence[PodView],
+        policy: PickPolicy,
+        subset: Sequence[str],
+        outside: Sequence[str],
+        views: Mapping[str, PodView],
         req: PickInput,
         now: float,
         priority: Priority,
     ) -> Decision:
-        """``subset`` / ``outside``: usable (healthy, circuit not open), label-eligible pods in / out of the subset."""
+        """``subset`` / ``outside``: ids of usable (healthy, circuit not open), label-eligible pods in / out of the
+        subset; the first pod of the policy's first non-empty tier under this priority's limits is the pick."""
         if not subset and not outside:
             return Decision(Outcome.UNAVAILABLE, None)
-        lim = self.limits(priority)
-        if subset:
-            s = picker.choose(subset, req, now, lim)
-            if s is not None:
-                return Decision(Outcome.IN_SUBSET, s)
-        if outside:
-            s = picker.choose(outside, req, now, lim)
-            if s is not None:
-                return Decision(Outcome.SPILL if subset else Outcome.FALLBACK, s)
-        return Decision(Outcome.SHED, None)
+        ranking = policy.choose_replicas(req, Candidates(subset, outside, self.limits(priority)), views, now)
+        first = ranking.first()
+        if first is None:
+            return Decision(Outcome.SHED, None)
+        tier, pick = first
+        return Decision(_OUTCOME_OF_TIER[tier], pick, ranking.rule if tier == SUBSET else "")

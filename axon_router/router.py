@@ -1,4 +1,4 @@
-"""The request path: target by model, clerk lookup, pick by cost with admission, failover; pollers feed pod views."""
+"""The request path: target and clerk lookup, the pick (``axon_router.pick``) with admission, retry and forward."""
 
 from __future__ import annotations
 
@@ -8,19 +8,16 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
-from typing import Any, Protocol
-
-import grpc
+from typing import Any
 
 from axon_router import tracing
 from axon_router.admission import Admission, Outcome, Priority
+from axon_router.cost import PickInput
 from axon_router.errors import (
-    BadRequest,
     Conflict,
     DeadlineExceeded,
-    NotFound,
     RouterError,
     Shed,
     StreamBroken,
@@ -31,54 +28,13 @@ from axon_router.failover import RetryableError, backoff_s
 from axon_router.forward import Forwarder, Upstream
 from axon_router.knobs import Knobs
 from axon_router.metrics import RouterMetrics
-from axon_router.picker import CostPicker, Picker, PickInput
+from axon_router.pick import Candidates, CostPick, PickPolicy
 from axon_router.pod_view import PodView, Ticket
+from axon_router.pollers import Pollers
 from axon_router.routing_key import RouteRequest
-from brunoise.v1 import runtime_pb2, runtime_pb2_grpc
+from axon_router.targets import ClerkLike, TargetState, TargetTable
 
 log = logging.getLogger("axon_router")
-
-
-class ClerkLike(Protocol):
-    """The part of ``sharder.clerk.Clerk`` the router uses (all synchronous, no I/O)."""
-
-    def targets(self) -> list[str]: ...
-    def assignment(self, target: str) -> Any: ...
-    def generation(self, target: str) -> int: ...
-    def staleness_s(self, target: str) -> float: ...
-
-
-class TargetState:
-    """One target's generation, precomputed: pods by id, the pool of serving pods, eligible pools per label set."""
-
-    __slots__ = ("_eligible", "assignment", "generation", "listed", "models", "name", "pods", "pool")
-
-    def __init__(self, name: str, assignment: Any, views: dict[str, PodView]) -> None:
-        self.name = name
-        self.assignment = assignment
-        self.generation: int = assignment.generation
-        self.pods = {p.id: views[p.id] for p in assignment.pods if p.id in views}
-        self.pool: list[PodView] = [views[p.id] for p in assignment.pods if p.id in views and p.state.value != "dead"]
-        models = {name}
-        cfg_model = getattr(assignment.config, "model", "")
-        if cfg_model:
-            models.add(cfg_model)
-        for p in assignment.pods:
-            m = p.labels.get("model")
-            if m:
-                models.add(m)
-        self.models = models
-        self.listed = sorted(models - {name}) or [name]  # what GET /v1/models shows
-        self._eligible: dict[frozenset[tuple[str, str]], tuple[list[PodView], frozenset[str]]] = {}
-
-    def eligible(self, labels: dict[str, str]) -> tuple[list[PodView], frozenset[str]]:
-        """Pods of the pool carrying every label (cached per label set for this generation)."""
-        key = frozenset(labels.items())
-        hit = self._eligible.get(key)
-        if hit is None:
-            pods = [p for p in self.pool if all(p.labels.get(k) == v for k, v in labels.items())]
-            hit = self._eligible[key] = (pods, frozenset(p.id for p in pods))
-        return hit
 
 
 @dataclasses.dataclass(slots=True)
@@ -105,20 +61,17 @@ class Router:
     """Shares nothing with other router replicas but the assignment (through the clerk)."""
 
     def __init__(
-        self, clerk: ClerkLike, knobs: Knobs, metrics: RouterMetrics | None = None, picker: Picker | None = None
+        self, clerk: ClerkLike, knobs: Knobs, metrics: RouterMetrics | None = None, policy: PickPolicy | None = None
     ) -> None:
         self.clerk = clerk
         self.knobs = knobs
         self.metrics = metrics or RouterMetrics(knobs)
-        self.picker: Picker = picker or CostPicker(knobs)
+        self.policy: PickPolicy = policy or CostPick(knobs)
         self.admission = Admission(knobs)
         self.forwarder = Forwarder(knobs)
-        self.pods: dict[str, PodView] = {}
-        self.targets: dict[str, TargetState] = {}
-        self.by_model: dict[str, list[TargetState]] = {}
+        self.pollers = Pollers(knobs, self.metrics, self.forwarder)
+        self.table = TargetTable(clerk, knobs, self.metrics, self.pollers.start, self.pollers.stop_soon)
         self.inflight_ids: set[str] = set()
-        self._pollers: dict[str, list[asyncio.Task[None]]] = {}
-        self._channels: dict[str, grpc.aio.Channel] = {}
         self._refresh_task: asyncio.Task[None] | None = None
         self._rng = random.Random()
 
@@ -133,8 +86,7 @@ class Router:
             self._refresh_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresh_task
-        for pid in list(self._pollers):
-            await self._stop_pollers(pid)
+        await self.pollers.stop_all()
         await self.forwarder.stop()
 
     async def _refresh_loop(self) -> None:
@@ -146,162 +98,31 @@ class Router:
                 log.exception("refresh from the clerk failed")
 
     def refresh(self) -> bool:
-        """Rebuild target states whose generation changed; start/stop pod pollers. True when anything changed."""
-        m = self.metrics
-        with contextlib.suppress(Exception):
-            m.clerk_connected.set(1.0 if getattr(self.clerk, "connected", False) else 0.0)
-        names = list(self.clerk.targets())
-        changed = set(names) != set(self.targets)
-        for t in names:
-            with contextlib.suppress(Exception):
-                m.staleness.labels(t).set(self.clerk.staleness_s(t))
-            gen = self.clerk.generation(t)
-            ts = self.targets.get(t)
-            if ts is not None and ts.generation == gen:
-                continue
-            a = self.clerk.assignment(t)
-            if a is None:
-                continue
-            changed = True
-            self._sync_pods(a.pods, t)
-            self.targets[t] = TargetState(t, a, self.pods)
-            m.generation.labels(t).set(a.generation)
-        if not changed:
-            return False
-        for t in [t for t in self.targets if t not in names]:
-            del self.targets[t]
-        by_model: dict[str, list[TargetState]] = {}
-        for ts in sorted(self.targets.values(), key=lambda s: s.name):
-            for model in ts.models:
-                by_model.setdefault(model, []).append(ts)
-        self.by_model = by_model
-        live = {pid for ts in self.targets.values() for pid in ts.pods}
-        for pid in [p for p in self.pods if p not in live]:
-            del self.pods[pid]
-            asyncio.get_running_loop().create_task(self._stop_pollers(pid))
-        return True
-
-    def _sync_pods(self, pods: Iterable[Any], target: str) -> None:
-        for p in pods:
-            v = self.pods.get(p.id)
-            if v is None:
-                v = self.pods[p.id] = PodView(
-                    p.id, p.http_address, p.address, p.labels, memory_max=self.knobs.prefix_memory_max
-                )
-                v.inflight_gauge = self.metrics.pod_inflight.labels(p.id)
-                self.metrics.pod_healthy.labels(p.id).set(1)
-                self.metrics.pod_breaker.labels(p.id).set(0)
-                self._start_pollers(v)
-            else:
-                v.labels = dict(p.labels)
-                v.address = p.address
-                if p.http_address and p.http_address.rstrip("/") != v.http_address:
-                    v.http_address = p.http_address.rstrip("/")
-            v.draining = p.state.value == "draining"
-
-    # ------------------------------------------------------------------------------------------ pollers
-    def _start_pollers(self, v: PodView) -> None:
-        tasks = [asyncio.get_running_loop().create_task(self._health_loop(v), name=f"health-{v.id}")]
-        if v.address:
-            tasks.append(asyncio.get_running_loop().create_task(self._load_loop(v), name=f"load-{v.id}"))
-        self._pollers[v.id] = tasks
-
-    async def _stop_pollers(self, pod_id: str) -> None:
-        for t in self._pollers.pop(pod_id, []):
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        ch = self._channels.pop(pod_id, None)
-        if ch is not None:
-            await ch.close(None)
-
-    async def _health_loop(self, v: PodView) -> None:
-        k = self.knobs
-        while True:
-            ok = False
-            if v.http_address:
-                try:
-                    ok = await self.forwarder.get(v.http_address + "/health", k.health_timeout_s) == 200
-                except Exception:
-                    ok = False
-            else:
-                ok = True
-            changed = v.health.observe(ok, k.unhealthy_after, k.healthy_after)
-            if changed is not None:
-                v.healthy = changed
-                self.metrics.pod_healthy.labels(v.id).set(1 if changed else 0)
-                self.metrics.health_transitions.labels(v.id, "healthy" if changed else "unhealthy").inc()
-                log.warning("pod health changed", extra={"pod": v.id, "healthy": changed})
-            await asyncio.sleep(k.health_interval_s)
-
-    async def _load_loop(self, v: PodView) -> None:
-        k = self.knobs
-        last_cache = -1e9
-        ch = self._channels.get(v.id)
-        if ch is None:
-            ch = self._channels[v.id] = grpc.aio.insecure_channel(v.address)
-        stub = runtime_pb2_grpc.RuntimeStub(ch)  # type: ignore[no-untyped-call]
-        while True:
-            now = time.monotonic()
-            want_cache = now - last_cache >= k.cache_poll_interval_s
-            epoch = v.poll_started()
-            try:
-                resp = await stub.GetLoad(
-                    runtime_pb2.GetLoadRequest(include_cache=want_cache), timeout=k.load_poll_timeout_s
-                )
-                e = resp.engine
-                v.apply_report(epoch, now, e.running, e.waiting, e.tokens_in_flight, e.kv_usage)
-                if want_cache and resp.HasField("cache"):
-                    v.set_cache(resp.cache.chunk_bytes, frozenset(resp.cache.prefix_hashes))
-                    last_cache = now
-                self.metrics.load_polls.labels("ok").inc()
-            except Exception:
-                self.metrics.load_polls.labels("error").inc()
-            await asyncio.sleep(k.load_poll_interval_s)
+        """Rebuild target states whose generation changed (``TargetTable.refresh``)."""
+        return self.table.refresh()
 
     # ------------------------------------------------------------------------------------------ lookup
+    @property
+    def pods(self) -> dict[str, PodView]:
+        return self.table.pods
+
+    @property
+    def targets(self) -> dict[str, TargetState]:
+        return self.table.targets
+
+    @property
+    def by_model(self) -> dict[str, list[TargetState]]:
+        return self.table.by_model
+
     def models(self) -> list[str]:
-        return sorted({m for ts in self.targets.values() for m in ts.listed})
+        return self.table.models()
 
     def resolve(self, req: RouteRequest) -> TargetState:
-        if req.target is not None:
-            ts = self.targets.get(req.target)
-            if ts is None:
-                raise NotFound(
-                    f"target {req.target!r} is not known to this router (known: {sorted(self.targets)})",
-                    param="x-brunoise-target",
-                    code="target_not_found",
-                )
-            if req.model not in ts.models:
-                raise BadRequest(
-                    f"target {req.target!r} does not serve model {req.model!r} (it serves {sorted(ts.models)})",
-                    param="model",
-                    code="model_not_found",
-                )
-            return ts
-        cands = self.by_model.get(req.model)
-        if not cands:
-            raise NotFound(
-                f"the model {req.model!r} does not exist; served models: {self.models()}",
-                param="model",
-                code="model_not_found",
-            )
-        return cands[0]
+        return self.table.resolve(req)
 
     def lookup(self, target: str, slice_key: int) -> dict[str, Any]:
-        """Debug view of a key: target, generation, slice and its subset."""
-        ts = self.targets.get(target)
-        if ts is None:
-            raise NotFound(f"target {target!r} is not known", param="target")
-        sa = ts.assignment.lookup(slice_key)
-        return {
-            "target": target,
-            "generation": ts.generation,
-            "slice_key": slice_key,
-            "slice": [sa.slice.lo, sa.slice.hi],
-            "replicas": list(sa.replicas),
-            "leaving": list(sa.leaving),
-        }
+        """Debug view of a key (``TargetTable.lookup``)."""
+        return self.table.lookup(target, slice_key)
 
     def pod_states(self) -> list[dict[str, Any]]:
         now = time.monotonic()
@@ -358,10 +179,10 @@ class Router:
     @staticmethod
     def _usable(
         ts: TargetState, ids: Sequence[str], elig_ids: AbstractSet[str], tried: Sequence[str], now: float
-    ) -> list[PodView]:
+    ) -> list[str]:
         """The pods of ``ids`` that are eligible, not yet tried, healthy and not behind an open breaker."""
         return [
-            v
+            i
             for i in ids
             if (v := ts.pods.get(i)) is not None
             and i in elig_ids
@@ -376,6 +197,7 @@ class Router:
         k = self.knobs
         m = self.metrics
         m.routing_key_source.labels(req.key_source).inc()
+        m.routing_group_source.labels(req.group_source).inc()
         ts = self.resolve(req)
         f.target = ts.name
         sa = ts.assignment.lookup(req.slice_key)
@@ -396,7 +218,10 @@ class Router:
         attrs["brunoise.target"] = ts.name
         attrs["brunoise.generation"] = ts.generation
         attrs["brunoise.slice"] = f"{sa.slice.lo:x}-{sa.slice.hi:x}"
-        pin = PickInput(req.slice_key, req.prefix_hashes, req.prompt_tokens, req.max_tokens)
+        if req.group is not None:
+            attrs["brunoise.group"] = f"{req.group:08x}"
+        attrs["brunoise.group_source"] = req.group_source
+        pin = PickInput(req.slice_key, req.prefix_hashes, req.prompt_tokens, req.max_tokens, req.session_chunks)
         headers = {"content-type": "application/json", "x-brunoise-slice-key": str(req.slice_key)}
         if f.traceparent_out:
             headers["traceparent"] = f.traceparent_out
@@ -418,12 +243,12 @@ class Router:
             if not subset and sa.leaving:
                 subset = self._usable(ts, sa.leaving, elig_ids, tried, now)
             outside = [
-                v
+                v.id
                 for v in elig
                 if v.id not in subset_ids and v.id not in tried and v.healthy and v.breaker.available(now)
             ]
             if f.attempts == 0:
-                d = self.admission.decide(self.picker, subset, outside, pin, now, req.priority)
+                d = self.admission.decide(self.policy, subset, outside, ts.pods, pin, now, req.priority)
                 if d.outcome is Outcome.SHED:
                     pr = "batch" if req.priority is Priority.BATCH else "interactive"
                     m.sheds.labels(pr).inc()
@@ -448,22 +273,23 @@ class Router:
                 reason = d.outcome.value
                 if d.outcome is Outcome.IN_SUBSET:
                     m.picks_in_subset.inc()
+                    m.pick_rule.labels(d.rule).inc()
+                    attrs["brunoise.pick_rule"] = d.rule
                 elif d.outcome is Outcome.SPILL:
                     m.picks_spill.inc()
                     log.info("spill", extra={"target": ts.name, "pod": pick.pod.id, "slice_key": req.slice_key})
                 else:
                     m.picks_fallback.inc()
             else:
-                cand = subset or outside
-                s = self.picker.choose(cand, pin, now, None) if cand else None
-                if s is None:
+                first = self.policy.choose_replicas(pin, Candidates(subset, outside), ts.pods, now).first()
+                if first is None:
                     m.unavailable.labels("retries_exhausted").inc()
                     raise Unavailable(
                         f"no other healthy pod to retry on after {f.attempts} attempt(s): {last.message if last else ''}",
                         code="no_healthy_pod",
                         retry_after_s=k.retry_after_s,
                     )
-                pick = s
+                pick = first[1]
                 reason = "retry"
                 m.picks_retry.inc()
             pod = pick.pod

@@ -7,16 +7,31 @@ import random
 import pytest
 
 from axon_router.admission import Admission, Outcome, Priority
+from axon_router.cost import Limits, PickInput, Scored, tie_rank
 from axon_router.errors import BadRequest, DeadlineExceeded
 from axon_router.failover import Breaker, BreakerState, HealthTracker, backoff_s
 from axon_router.knobs import Knobs
-from axon_router.picker import CostPicker, PickInput, tie_rank
+from axon_router.pick import Candidates, CostPick
 from axon_router.pod_view import PodView
 from axon_router.routing_key import CHAT, COMPLETIONS, parse_openai, prefix_key
 from sharder.keyspace import group_slice_key, slice_key
 from sharder.prefix import prefix_hashes
 
 K = Knobs()
+#: The cost alone (no stickiness, no load cap): what these tests of the cost model pick by.
+COST_ONLY = Knobs(sticky=False, load_cap=0.0)
+
+
+class CostPicker:
+    """The lowest-cost pick of ``CostPick`` over one list of pods (the subset), as the cost tests need it."""
+
+    def __init__(self, knobs: Knobs) -> None:
+        self.policy = CostPick(knobs)
+
+    def choose(self, pods: list[PodView], req: PickInput, now: float, limits: Limits | None) -> Scored | None:
+        views = {p.id: p for p in pods}
+        first = self.policy.choose_replicas(req, Candidates([p.id for p in pods], [], limits), views, now).first()
+        return first[1] if first else None
 
 
 def pod(pid: str) -> PodView:
@@ -93,7 +108,7 @@ def test_picker_prefers_cache_holder_then_load() -> None:
     req = pin(7, text)
     a, b = pod("a"), pod("b")
     b.remember(req.prefix_hashes, 0.0)
-    pk = CostPicker(K)
+    pk = CostPicker(COST_ONLY)
     s = pk.choose([a, b], req, 0.0, None)
     assert s is not None and s.pod is b and s.hit_chunks == len(req.prefix_hashes)
     # the holder is swamped: the other pod wins despite the miss
@@ -106,7 +121,7 @@ def test_picker_prefers_cache_holder_then_load() -> None:
 def test_cache_misses_spread_not_one_pod() -> None:
     """Failure mode: every miss sent to the one pod that looks idle. Own in-flight accounting spreads them."""
     pods = [pod(f"p{i}") for i in range(3)]
-    pk = CostPicker(K)
+    pk = CostPicker(COST_ONLY)
     chosen: list[str] = []
     for i in range(30):
         req = pin(i, f"unique prompt {i} " * 30)
@@ -146,17 +161,17 @@ def test_decoding_requests_do_not_outweigh_a_cached_prefix() -> None:
     for _ in range(8):
         t = a.begin(2000)
         a.first_token(t)  # decoding
-    s = CostPicker(K).choose([a, b], req, 0.0, None)
+    s = CostPicker(COST_ONLY).choose([a, b], req, 0.0, None)
     assert s is not None and s.pod is a
     # real prefill work queued ahead on the holder does move it
     a.begin(2000, prefill=20000)
-    s = CostPicker(K).choose([a, b], req, 0.0, None)
+    s = CostPicker(COST_ONLY).choose([a, b], req, 0.0, None)
     assert s is not None and s.pod is b
 
 
 def test_tie_break_is_stable_and_spreads_keys() -> None:
     pods = [pod(f"p{i}") for i in range(3)]
-    pk = CostPicker(K)
+    pk = CostPicker(COST_ONLY)
     wins: dict[str, int] = {}
     for key in range(300):
         s1 = pk.choose(pods, pin(key), 0.0, None)
@@ -171,33 +186,33 @@ def test_picker_respects_limits() -> None:
     a = pod("a")
     for _ in range(5):
         a.begin(10)
-    from axon_router.picker import Limits
-
-    assert CostPicker(K).choose([a], pin(), 0.0, Limits(5, 100.0)) is None
-    assert CostPicker(K).choose([a], pin(), 0.0, Limits(6, 100.0)) is not None
-    assert CostPicker(K).choose([a], pin(), 0.0, Limits(100, 0.0)) is None
+    assert CostPicker(COST_ONLY).choose([a], pin(), 0.0, Limits(5, 100.0)) is None
+    assert CostPicker(COST_ONLY).choose([a], pin(), 0.0, Limits(6, 100.0)) is not None
+    assert CostPicker(COST_ONLY).choose([a], pin(), 0.0, Limits(100, 0.0)) is None
 
 
 # ------------------------------------------------------------------------------------------------ admission
 def test_admission_in_subset_spill_shed_and_priority() -> None:
     k = Knobs(admit_max_outstanding=4, batch_admit_fraction=0.5)
-    adm, pk = Admission(k), CostPicker(k)
+    adm, pk = Admission(k), CostPick(k)
     sub, out = [pod("s")], [pod("o")]
-    assert adm.decide(pk, sub, out, pin(), 0.0, Priority.INTERACTIVE).outcome is Outcome.IN_SUBSET
+    views = {p.id: p for p in [*sub, *out, pod("x")]}
+    ins, outs = ["s"], ["o"]
+    assert adm.decide(pk, ins, outs, views, pin(), 0.0, Priority.INTERACTIVE).outcome is Outcome.IN_SUBSET
     for _ in range(4):
         sub[0].begin(1)
-    d = adm.decide(pk, sub, out, pin(), 0.0, Priority.INTERACTIVE)
+    d = adm.decide(pk, ins, outs, views, pin(), 0.0, Priority.INTERACTIVE)
     assert d.outcome is Outcome.SPILL and d.pick is not None and d.pick.pod.id == "o"
     for _ in range(2):
         out[0].begin(1)
     # out has 2: over the batch limit (2), under the interactive one (4)
-    assert adm.decide(pk, sub, out, pin(), 0.0, Priority.BATCH).outcome is Outcome.SHED
-    assert adm.decide(pk, sub, out, pin(), 0.0, Priority.INTERACTIVE).outcome is Outcome.SPILL
+    assert adm.decide(pk, ins, outs, views, pin(), 0.0, Priority.BATCH).outcome is Outcome.SHED
+    assert adm.decide(pk, ins, outs, views, pin(), 0.0, Priority.INTERACTIVE).outcome is Outcome.SPILL
     for _ in range(2):
         out[0].begin(1)
-    assert adm.decide(pk, sub, out, pin(), 0.0, Priority.INTERACTIVE).outcome is Outcome.SHED
-    assert adm.decide(pk, [], [], pin(), 0.0, Priority.INTERACTIVE).outcome is Outcome.UNAVAILABLE
-    assert adm.decide(pk, [], [pod("x")], pin(), 0.0, Priority.INTERACTIVE).outcome is Outcome.FALLBACK
+    assert adm.decide(pk, ins, outs, views, pin(), 0.0, Priority.INTERACTIVE).outcome is Outcome.SHED
+    assert adm.decide(pk, [], [], views, pin(), 0.0, Priority.INTERACTIVE).outcome is Outcome.UNAVAILABLE
+    assert adm.decide(pk, [], ["x"], views, pin(), 0.0, Priority.INTERACTIVE).outcome is Outcome.FALLBACK
 
 
 # ------------------------------------------------------------------------------------------------ failover

@@ -1,10 +1,9 @@
-"""Cost of each candidate pod (estimated TTFT there), the choice, and its stable tie-break."""
+"""The cost of a candidate pod (estimated TTFT there, ``CostModel``) and the stable (key, pod) rank that breaks ties."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Protocol
 
 import xxhash
 
@@ -20,6 +19,8 @@ class PickInput:
     prefix_hashes: Sequence[int]
     prompt_tokens: int
     max_tokens: int
+    session_chunks: int = 0
+    """Leading chunks a pod must hold to hold this session's own cache (not just a shared prefix); 0: any."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -42,21 +43,13 @@ class Scored:
     miss_tokens: int = 0
 
 
-class Picker(Protocol):
-    """A pick policy: the best candidate within ``limits``, or None when every candidate is over them."""
-
-    def choose(
-        self, candidates: Sequence[PodView], req: PickInput, now: float, limits: Limits | None
-    ) -> Scored | None: ...
-
-
 def tie_rank(slice_key: int, pod_id: str) -> int:
     """Stable rank of ``pod_id`` for ``slice_key``: every router replica computes the same one."""
     return xxhash.xxh3_64_intdigest(pod_id.encode("utf-8"), seed=slice_key)
 
 
-class CostPicker:
-    """Lowest estimated TTFT wins, modelled on a continuous-batching engine with chunked prefill:
+class CostModel:
+    """Estimated TTFT of a request on a pod, modelled on a continuous-batching engine with chunked prefill:
 
     prefill = prefill tokens ahead + prompt tokens the pod does not hold (its uncached part)
     cost    = prefill / prefill_tokens_per_s
@@ -69,8 +62,7 @@ class CostPicker:
     already decoding only lengthen each engine step a little. So a pod holding a session's prefix keeps it
     unless real prefill work is queued there, and a burst of misses spreads (each dispatched miss is prefill
     ahead for the next). Running requests and context are the pod's last report plus the router's own
-    dispatches since (``PodView.outstanding``: never zero between reports). Costs within ``tie_epsilon_s`` of
-    the best tie; the tie goes to the lowest ``tie_rank(slice_key, pod)``.
+    dispatches since (``PodView.outstanding``: never zero between reports). ``axon_router.pick`` ranks by it.
     """
 
     def __init__(self, knobs: Knobs) -> None:
@@ -91,25 +83,3 @@ class CostPicker:
         if kv > k.kv_usage_knee:
             cost += k.kv_usage_penalty_s * (kv - k.kv_usage_knee) / (1.0 - k.kv_usage_knee)
         return Scored(pod, cost, reqs, hit, miss)
-
-    def choose(self, candidates: Sequence[PodView], req: PickInput, now: float, limits: Limits | None) -> Scored | None:
-        best: Scored | None = None
-        ties: list[Scored] = []
-        eps = self.k.tie_epsilon_s
-        for pod in candidates:
-            s = self.score(pod, req, now)
-            if limits is not None and (s.outstanding >= limits.max_outstanding or s.cost > limits.ttft_slo_s):
-                continue
-            if best is None or s.cost < best.cost - eps:
-                best = s
-                ties = [s]
-            elif s.cost <= best.cost + eps:
-                ties.append(s)
-                if s.cost < best.cost:
-                    best = s
-        if len(ties) > 1 and best is not None:
-            lo = best.cost
-            tied = [s for s in ties if s.cost <= lo + eps]
-            if len(tied) > 1:
-                return min(tied, key=lambda s: tie_rank(req.slice_key, s.pod.id))
-        return best

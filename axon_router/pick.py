@@ -1,0 +1,167 @@
+"""The pure pick: ``choose_replicas`` ranks a request's candidate pods into tiers (subset, then spill or fallback)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
+
+from axon_router.cost import CostModel, Limits, PickInput, Scored, tie_rank
+from axon_router.knobs import Knobs
+from axon_router.pod_view import PodView
+
+SUBSET = "subset"
+SPILL = "spill"  # pods outside the subset, when every subset pod is over its admission limits
+FALLBACK = "fallback"  # pods outside the subset, when no subset pod is usable at all
+
+#: How the first pod of the subset tier was chosen.
+RULE_STICKY = "sticky"  # the pod holding the session's cache, kept (its TTFT is within the prefill it saves)
+RULE_COST = "cost"  # the lowest estimated TTFT, under the load cap
+RULE_CAPPED = "capped"  # the lowest estimated TTFT was over the load cap; the best pod under it
+RULE_OVER_CAP = "over_cap"  # no admissible subset pod under the cap (the others are over their limits)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Candidates:
+    """The usable pods of a request, by id: ``subset`` (its slice's replicas, or the leaving ones when no
+    replica is usable) and ``outside`` (label-eligible pods outside the subset); ``limits``: the admission
+    limits a pod must be under (None: none, e.g. for a retry)."""
+
+    subset: Sequence[str]
+    outside: Sequence[str]
+    limits: Limits | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Tier:
+    """One tier of the ranking: its name (subset, spill, fallback) and its pods, best first."""
+
+    name: str
+    ranked: tuple[Scored, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ranking:
+    """The tiers of a request in preference order (only non-empty ones) and the rule that put the first
+    subset pod first; no tier at all: every candidate is over its limits (or there is none)."""
+
+    tiers: tuple[Tier, ...]
+    rule: str = ""
+
+    def first(self) -> tuple[str, Scored] | None:
+        """(tier name, pod) of the best candidate, or None."""
+        for t in self.tiers:
+            if t.ranked:
+                return t.name, t.ranked[0]
+        return None
+
+    def ids(self) -> list[list[str]]:
+        """The ranked pod ids of each tier (for logs and tests)."""
+        return [[s.pod.id for s in t.ranked] for t in self.tiers]
+
+
+class PickPolicy(Protocol):
+    """A pick policy: pure and deterministic, a function of its arguments only (no clock, no randomness), so
+    router replicas with the same views rank alike."""
+
+    def choose_replicas(
+        self, request: PickInput, candidates: Candidates, views: Mapping[str, PodView], now: float
+    ) -> Ranking: ...
+
+
+def rank_by_cost(scored: Iterable[Scored], slice_key: int, eps: float) -> list[Scored]:
+    """Lowest cost first; costs within ``eps`` of the first of their run tie, ordered by ``tie_rank``."""
+    by_cost = sorted(scored, key=lambda s: s.cost)
+    out: list[Scored] = []
+    i = 0
+    while i < len(by_cost):
+        j = i + 1
+        while j < len(by_cost) and by_cost[j].cost <= by_cost[i].cost + eps:
+            j += 1
+        out.extend(sorted(by_cost[i:j], key=lambda s: tie_rank(slice_key, s.pod.id)))
+        i = j
+    return out
+
+
+def load_cap(outstanding: Sequence[int], c: float) -> float:
+    """Bounded-load cap (consistent hashing with bounded loads): ceil(c x (total + 1) / n) requests, the new
+    one included; infinite when ``c`` is 0 (off). At least one pod is always under it when c >= 1."""
+    if c <= 0 or not outstanding:
+        return math.inf
+    return float(math.ceil(c * (sum(outstanding) + 1) / len(outstanding)))
+
+
+class CostPick:
+    """Rank by estimated TTFT (``CostModel``) with a bounded-load cap and sticky sessions.
+
+    Subset tier: the admissible subset pods (under ``candidates.limits``), ranked
+      1. the pod holding the session's cache (the most leading chunks, at least ``session_chunks``), when
+         ``sticky`` and its cost is at most the best cost plus the prefill time it saves over that best pod;
+      2. then the pods under the load cap (``load_cap`` x the subset's mean outstanding requests, the new one
+         included) by cost: a new session never goes to a pod at or above the cap while another can take it;
+      3. then the pods at or above the cap, by cost.
+    Spill tier (some subset pod is usable but none admissible) or fallback tier (none usable): the admissible
+    outside pods by cost. Costs within ``tie_epsilon_s`` tie and the tie goes to the lowest stable hash of
+    (SliceKey, pod), so the order, overflow included, is the same on every router replica with the same views.
+    """
+
+    def __init__(self, knobs: Knobs, cost: CostModel | None = None) -> None:
+        self.k = knobs
+        self.cost = cost or CostModel(knobs)
+
+    def choose_replicas(
+        self, request: PickInput, candidates: Candidates, views: Mapping[str, PodView], now: float
+    ) -> Ranking:
+        lim = candidates.limits
+        score = self.cost.score
+        sub = [score(views[i], request, now) for i in candidates.subset if i in views]
+        out = [score(views[i], request, now) for i in candidates.outside if i in views]
+        if lim is not None:
+            ok_sub = [s for s in sub if s.outstanding < lim.max_outstanding and s.cost <= lim.ttft_slo_s]
+            ok_out = [s for s in out if s.outstanding < lim.max_outstanding and s.cost <= lim.ttft_slo_s]
+        else:
+            ok_sub, ok_out = sub, out
+        tiers: list[Tier] = []
+        rule = ""
+        if ok_sub:
+            ranked, rule = self._rank_subset(request, ok_sub, [s.outstanding for s in sub])
+            tiers.append(Tier(SUBSET, tuple(ranked)))
+        if ok_out:
+            name = SPILL if candidates.subset else FALLBACK
+            tiers.append(Tier(name, tuple(rank_by_cost(ok_out, request.slice_key, self.k.tie_epsilon_s))))
+        return Ranking(tuple(tiers), rule)
+
+    def _rank_subset(self, req: PickInput, ok: list[Scored], loads: Sequence[int]) -> tuple[list[Scored], str]:
+        k = self.k
+        key = req.slice_key
+        eps = k.tie_epsilon_s
+        cap = load_cap(loads, k.load_cap)
+        under = [s for s in ok if s.outstanding + 1 <= cap]
+        over = [s for s in ok if s.outstanding + 1 > cap]
+        ranked = rank_by_cost(under, key, eps) + rank_by_cost(over, key, eps)
+        best = rank_by_cost(ok, key, eps)[0]
+        rule = RULE_COST if under and ranked[0] is best else RULE_CAPPED if under else RULE_OVER_CAP
+        if k.sticky:
+            need = max(1, req.session_chunks)
+            holders = [s for s in ok if s.hit_chunks >= need]
+            if holders:
+                h = min(holders, key=lambda s: (-s.hit_chunks, tie_rank(key, s.pod.id)))
+                saved_s = max(0, best.miss_tokens - h.miss_tokens) / k.prefill_tokens_per_s
+                if h is best or h.cost <= best.cost + saved_s + eps:
+                    return [h, *(s for s in ranked if s is not h)], RULE_STICKY
+        return ranked, rule
+
+
+__all__ = [
+    "FALLBACK",
+    "SPILL",
+    "SUBSET",
+    "Candidates",
+    "CostPick",
+    "PickPolicy",
+    "Ranking",
+    "Tier",
+    "load_cap",
+    "rank_by_cost",
+]

@@ -1,0 +1,179 @@
+"""The router's picture of the assignments: one TargetState per target and generation, pod views, model lookup."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from axon_router.errors import BadRequest, NotFound
+from axon_router.knobs import Knobs
+from axon_router.metrics import RouterMetrics
+from axon_router.pod_view import PodView
+from axon_router.routing_key import RouteRequest
+from sharder.keyspace import key_parts
+
+
+class ClerkLike(Protocol):
+    """The part of ``sharder.clerk.Clerk`` the router uses (all synchronous, no I/O)."""
+
+    def targets(self) -> list[str]: ...
+    def assignment(self, target: str) -> Any: ...
+    def generation(self, target: str) -> int: ...
+    def staleness_s(self, target: str) -> float: ...
+
+
+class TargetState:
+    """One target's generation, precomputed: pods by id, the pool of serving pods, eligible pools per label set."""
+
+    __slots__ = ("_eligible", "assignment", "generation", "listed", "models", "name", "pods", "pool")
+
+    def __init__(self, name: str, assignment: Any, views: dict[str, PodView]) -> None:
+        self.name = name
+        self.assignment = assignment
+        self.generation: int = assignment.generation
+        self.pods = {p.id: views[p.id] for p in assignment.pods if p.id in views}
+        self.pool: list[PodView] = [views[p.id] for p in assignment.pods if p.id in views and p.state.value != "dead"]
+        models = {name}
+        cfg_model = getattr(assignment.config, "model", "")
+        if cfg_model:
+            models.add(cfg_model)
+        for p in assignment.pods:
+            m = p.labels.get("model")
+            if m:
+                models.add(m)
+        self.models = models
+        self.listed = sorted(models - {name}) or [name]  # what GET /v1/models shows
+        self._eligible: dict[frozenset[tuple[str, str]], tuple[list[PodView], frozenset[str]]] = {}
+
+    def eligible(self, labels: dict[str, str]) -> tuple[list[PodView], frozenset[str]]:
+        """Pods of the pool carrying every label (cached per label set for this generation)."""
+        key = frozenset(labels.items())
+        hit = self._eligible.get(key)
+        if hit is None:
+            pods = [p for p in self.pool if all(p.labels.get(k) == v for k, v in labels.items())]
+            hit = self._eligible[key] = (pods, frozenset(p.id for p in pods))
+        return hit
+
+
+class TargetTable:
+    """Target states by name and by model, rebuilt from the clerk when a generation changes, and one PodView
+    per pod of any target (``on_new_pod`` / ``on_gone_pod`` start and stop its pollers)."""
+
+    def __init__(
+        self,
+        clerk: ClerkLike,
+        knobs: Knobs,
+        metrics: RouterMetrics,
+        on_new_pod: Callable[[PodView], None],
+        on_gone_pod: Callable[[str], None],
+    ) -> None:
+        self.clerk = clerk
+        self.knobs = knobs
+        self.metrics = metrics
+        self.on_new_pod = on_new_pod
+        self.on_gone_pod = on_gone_pod
+        self.pods: dict[str, PodView] = {}
+        self.targets: dict[str, TargetState] = {}
+        self.by_model: dict[str, list[TargetState]] = {}
+
+    def refresh(self) -> bool:
+        """Rebuild target states whose generation changed; add and drop pod views. True when anything changed."""
+        m = self.metrics
+        with contextlib.suppress(Exception):
+            m.clerk_connected.set(1.0 if getattr(self.clerk, "connected", False) else 0.0)
+        names = list(self.clerk.targets())
+        changed = set(names) != set(self.targets)
+        for t in names:
+            with contextlib.suppress(Exception):
+                m.staleness.labels(t).set(self.clerk.staleness_s(t))
+            gen = self.clerk.generation(t)
+            ts = self.targets.get(t)
+            if ts is not None and ts.generation == gen:
+                continue
+            a = self.clerk.assignment(t)
+            if a is None:
+                continue
+            changed = True
+            self._sync_pods(a.pods)
+            self.targets[t] = TargetState(t, a, self.pods)
+            m.generation.labels(t).set(a.generation)
+        if not changed:
+            return False
+        for t in [t for t in self.targets if t not in names]:
+            del self.targets[t]
+        by_model: dict[str, list[TargetState]] = {}
+        for ts in sorted(self.targets.values(), key=lambda s: s.name):
+            for model in ts.models:
+                by_model.setdefault(model, []).append(ts)
+        self.by_model = by_model
+        live = {pid for ts in self.targets.values() for pid in ts.pods}
+        for pid in [p for p in self.pods if p not in live]:
+            del self.pods[pid]
+            self.on_gone_pod(pid)
+        return True
+
+    def _sync_pods(self, pods: Iterable[Any]) -> None:
+        for p in pods:
+            v = self.pods.get(p.id)
+            if v is None:
+                v = self.pods[p.id] = PodView(
+                    p.id, p.http_address, p.address, p.labels, memory_max=self.knobs.prefix_memory_max
+                )
+                v.inflight_gauge = self.metrics.pod_inflight.labels(p.id)
+                self.metrics.pod_healthy.labels(p.id).set(1)
+                self.metrics.pod_breaker.labels(p.id).set(0)
+                self.on_new_pod(v)
+            else:
+                v.labels = dict(p.labels)
+                v.address = p.address
+                if p.http_address and p.http_address.rstrip("/") != v.http_address:
+                    v.http_address = p.http_address.rstrip("/")
+            v.draining = p.state.value == "draining"
+
+    def models(self) -> list[str]:
+        return sorted({m for ts in self.targets.values() for m in ts.listed})
+
+    def resolve(self, req: RouteRequest) -> TargetState:
+        """The target of a request: the one it names (which must serve its model), else the first serving it."""
+        if req.target is not None:
+            ts = self.targets.get(req.target)
+            if ts is None:
+                raise NotFound(
+                    f"target {req.target!r} is not known to this router (known: {sorted(self.targets)})",
+                    param="x-brunoise-target",
+                    code="target_not_found",
+                )
+            if req.model not in ts.models:
+                raise BadRequest(
+                    f"target {req.target!r} does not serve model {req.model!r} (it serves {sorted(ts.models)})",
+                    param="model",
+                    code="model_not_found",
+                )
+            return ts
+        cands = self.by_model.get(req.model)
+        if not cands:
+            raise NotFound(
+                f"the model {req.model!r} does not exist; served models: {self.models()}",
+                param="model",
+                code="model_not_found",
+            )
+        return cands[0]
+
+    def lookup(self, target: str, slice_key: int) -> dict[str, Any]:
+        """Debug view of a key: target, generation, slice and its subset, and the key's grouped-layout parts."""
+        ts = self.targets.get(target)
+        if ts is None:
+            raise NotFound(f"target {target!r} is not known", param="target")
+        sa = ts.assignment.lookup(slice_key)
+        group_part, session_part = key_parts(slice_key)
+        return {
+            "target": target,
+            "generation": ts.generation,
+            "slice_key": slice_key,
+            "group_part": group_part,
+            "session_part": session_part,
+            "slice": [sa.slice.lo, sa.slice.hi],
+            "replicas": list(sa.replicas),
+            "leaving": list(sa.leaving),
+        }

@@ -1,0 +1,156 @@
+"""The pure pick ``choose_replicas``: bounded-load cap, stickiness and its escape, determinism, keyless prefixes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from axon_router.cost import Limits, PickInput
+from axon_router.knobs import Knobs
+from axon_router.pick import FALLBACK, SPILL, SUBSET, Candidates, CostPick, load_cap, rank_by_cost
+from axon_router.pod_view import PodView
+from sharder.prefix import prefix_hashes
+
+K = Knobs()
+DOC = " ".join(random.Random(3).choice(("lorem", "ipsum", "dolor", "sit", "amet")) for _ in range(1200))
+
+
+def views(*ids: str) -> dict[str, PodView]:
+    return {i: PodView(i, f"http://{i}") for i in ids}
+
+
+def request(key: int, text: str, session_chunks: int) -> PickInput:
+    return PickInput(key, prefix_hashes(text), len(text) // 4 + 1, 64, session_chunks)
+
+
+def decoding(v: PodView, n: int) -> None:
+    """``n`` requests running on ``v`` past their first token (load that does not delay a new first token much)."""
+    for _ in range(n):
+        v.first_token(v.begin(500))
+
+
+@given(st.lists(st.integers(0, 500), min_size=1, max_size=12), st.floats(1.0, 4.0))
+def test_someone_is_always_under_the_cap(loads: list[int], c: float) -> None:
+    cap = load_cap(loads, c)
+    assert min(loads) + 1 <= cap
+    assert load_cap(loads, 0.0) == math.inf
+
+
+def test_new_sessions_respect_the_load_cap() -> None:
+    """Failure mode: every new session of a tenant sent to the pod holding the tenant's prompt."""
+    shared = DOC[:2000]
+    for c, expect_spread in ((1.25, True), (0.0, False)):
+        vs = views("a", "b", "c")
+        vs["a"].remember(prefix_hashes(shared), 0.0)  # a holds the shared prefix
+        pick = CostPick(dataclasses.replace(K, load_cap=c))
+        chosen = []
+        for i in range(12):
+            req = request(i, shared + f" session {i} question", session_chunks=10_000)  # new: nobody holds it
+            r = pick.choose_replicas(req, Candidates(["a", "b", "c"], []), vs, 0.0)
+            first = r.first()
+            assert first is not None and first[0] == SUBSET
+            chosen.append(first[1].pod.id)
+            decoding(first[1].pod, 1)
+            if c and first[1].pod.id != "a":
+                assert r.rule == "capped"
+        loads = {i: chosen.count(i) for i in "abc"}
+        if expect_spread:
+            assert max(loads.values()) <= math.ceil(1.25 * 12 / 3), loads
+            assert loads["a"] >= max(loads["b"], loads["c"])  # the prefix holder still gets its share first
+        else:
+            assert loads == {"a": 12, "b": 0, "c": 0}
+
+
+def test_a_session_sticks_until_the_wait_outweighs_the_prefill_it_saves() -> None:
+    text = DOC[:4000]  # ~1000 tokens: about 0.05 s of prefill saved on the holder
+    req = request(9, text, session_chunks=len(prefix_hashes(text)) - 2)
+    for ahead, sticky, want in ((1500, True, "a"), (1500, False, "b"), (2600, True, "b"), (0, False, "a")):
+        vs = views("a", "b")
+        vs["a"].remember(req.prefix_hashes, 0.0)
+        vs["a"].begin(ahead + 64, prefill=ahead)  # prefill queued ahead on the holder
+        pick = CostPick(dataclasses.replace(K, sticky=sticky))
+        r = pick.choose_replicas(req, Candidates(["a", "b"], []), vs, 0.0)
+        first = r.first()
+        assert first is not None and first[1].pod.id == want, (ahead, sticky, r.ids(), r.rule)
+        if sticky and want == "a":
+            assert r.rule == "sticky"
+
+
+def test_a_sticky_session_is_not_capped() -> None:
+    text = DOC[:3000]
+    req = request(5, text, session_chunks=len(prefix_hashes(text)))
+    vs = views("a", "b", "c")
+    vs["a"].remember(req.prefix_hashes, 0.0)
+    decoding(vs["a"], 6)  # far over the cap for a new session
+    r = CostPick(K).choose_replicas(req, Candidates(["a", "b", "c"], []), vs, 0.0)
+    assert r.ids()[0][0] == "a" and r.rule == "sticky"
+    new = request(5, text[:2000] + " another session", session_chunks=len(prefix_hashes(text)))
+    r = CostPick(K).choose_replicas(new, Candidates(["a", "b", "c"], []), vs, 0.0)
+    assert r.ids()[0][0] != "a" and r.rule == "capped"
+
+
+def _state(order: list[str]) -> dict[str, PodView]:
+    """The same pod state built independently (as two router replicas would hold it), in a given order."""
+    vs = {i: PodView(i, f"http://{i}") for i in order}
+    decoding(vs["p1"], 2)
+    vs["p2"].remember(prefix_hashes(DOC[:640]), 0.0)
+    return vs
+
+
+def test_two_instances_rank_alike() -> None:
+    a_views, b_views = _state(["p0", "p1", "p2", "p3"]), _state(["p3", "p2", "p1", "p0"])
+    pa, pb = CostPick(K), CostPick(Knobs())
+    firsts = set()
+    for key in range(300):
+        req = request(key, f"fresh prompt {key} " * 20, session_chunks=99)
+        ra = pa.choose_replicas(req, Candidates(["p0", "p1", "p2"], ["p3"]), a_views, 1.0)
+        rb = pb.choose_replicas(req, Candidates(["p2", "p1", "p0"], ["p3"]), b_views, 1.0)
+        assert ra.ids() == rb.ids() and ra.rule == rb.rule
+        assert [t.name for t in ra.tiers] == [SUBSET, SPILL]
+        firsts.add(ra.ids()[0][0])
+    assert firsts == {"p0", "p2"}  # equal costs split by the (key, pod) hash; p1 is busier
+
+
+def test_a_fresh_id_finds_the_longest_prefix_within_the_cap() -> None:
+    """Keyless traffic over a shared document: the pod holding most of it wins, whoever the request names."""
+    doc = DOC[:4000]
+    vs = views("a", "b", "c")
+    vs["a"].remember(prefix_hashes(doc[:1000]), 0.0)
+    vs["b"].remember(prefix_hashes(doc), 0.0)
+    pick = CostPick(K)
+    for key in range(50):
+        req = request(key, doc + f" question {key}?", session_chunks=10_000)
+        first = pick.choose_replicas(req, Candidates(["a", "b", "c"], []), vs, 0.0).first()
+        assert first is not None and first[1].pod.id == "b"
+    decoding(vs["b"], 3)  # b over the cap: the next-longest holder, not a cold pod
+    req = request(99, doc + " one more?", session_chunks=10_000)
+    r = pick.choose_replicas(req, Candidates(["a", "b", "c"], []), vs, 0.0)
+    assert r.ids()[0][:2] == ["a", "c"] and r.ids()[0][-1] == "b" and r.rule == "capped"
+
+
+def test_limits_send_to_spill_or_fallback_tiers() -> None:
+    vs = views("s", "o")
+    decoding(vs["s"], 4)
+    req = request(1, "hello " * 40, 0)
+    r = CostPick(K).choose_replicas(req, Candidates(["s"], ["o"], Limits(4, 10.0)), vs, 0.0)
+    assert [t.name for t in r.tiers] == [SPILL] and r.ids() == [["o"]]
+    r = CostPick(K).choose_replicas(req, Candidates([], ["o", "s"], Limits(4, 10.0)), vs, 0.0)
+    assert [t.name for t in r.tiers] == [FALLBACK] and r.ids() == [["o"]]
+    decoding(vs["o"], 4)
+    assert CostPick(K).choose_replicas(req, Candidates(["s"], ["o"], Limits(4, 10.0)), vs, 0.0).first() is None
+    r = CostPick(K).choose_replicas(req, Candidates(["s"], ["o"]), vs, 0.0)  # no limits (a retry)
+    assert [t.name for t in r.tiers] == [SUBSET, SPILL]
+
+
+def test_rank_by_cost_breaks_ties_by_key() -> None:
+    vs = views(*(f"p{i}" for i in range(5)))
+    pick = CostPick(K)
+    scored = [pick.cost.score(v, request(7, "", 0), 0.0) for v in vs.values()]
+    a = [s.pod.id for s in rank_by_cost(scored, 7, K.tie_epsilon_s)]
+    b = [s.pod.id for s in rank_by_cost(list(reversed(scored)), 7, K.tie_epsilon_s)]
+    c = [s.pod.id for s in rank_by_cost(scored, 8, K.tie_epsilon_s)]
+    assert a == b and sorted(a) == sorted(vs) and a != c
