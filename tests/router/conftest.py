@@ -16,6 +16,8 @@ from typing import Any
 import grpc
 import pytest
 
+from axon_router.knobs import Knobs
+from axon_router.routing_key import CHAT, parse_openai
 from brunoise.launch import ManagedProcess, ProcessGroup, python_module
 from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
 
@@ -70,6 +72,11 @@ def wait_for(pred: Any, timeout_s: float, what: str, interval_s: float = 0.05) -
             return last
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last: {last!r}")
+
+
+def routed_key(body: Any, headers: dict[str, str], path: str = CHAT) -> int:
+    """The SliceKey the routers (default knobs) give this request: the pure parse they run."""
+    return parse_openai(path, json.dumps(body).encode(), headers, Knobs(), 0.0).slice_key
 
 
 class Cluster:
@@ -206,8 +213,10 @@ class Cluster:
     def pod_http(self, pod_id: str) -> str:
         return self.runtimes[pod_id].addresses["http"]
 
-    def subset(self, key: str, i: int = 0) -> set[str]:
-        d = http_json(self.http(i) + f"/debug/lookup?model={MODEL}&key={urllib.parse.quote(key)}")
+    def subset(self, key: str | int, i: int = 0) -> set[str]:
+        """The subset of an app key (hashed flat) or of a SliceKey (an int, e.g. from ``routed_key``)."""
+        q = f"slice_key={key}" if isinstance(key, int) else f"key={urllib.parse.quote(key)}"
+        d = http_json(self.http(i) + f"/debug/lookup?model={MODEL}&{q}")
         return set(d["replicas"]) | set(d["leaving"])
 
     def pod_state(self, pod_id: str, i: int = 0) -> dict[str, Any]:

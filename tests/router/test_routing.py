@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from brunoise.v1 import inference_pb2, router_pb2_grpc
-from tests.router.conftest import MODEL, Cluster, http_json, metric_value, post, scrape, wait_for
+from tests.router.conftest import MODEL, Cluster, http_json, metric_value, post, routed_key, scrape, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -44,11 +44,12 @@ def test_session_turns_go_to_their_subset_and_sessions_spread(cluster: Cluster) 
         pods = []
         for t in range(4):
             turns.append(f"turn {t} of session {sid}: tell me about topic {t * 7 + s}")
-            before = cluster.subset(sid, t % 2)
+            key = routed_key(chat_body(turns), {"x-session-id": sid})
+            before = cluster.subset(key, t % 2)
             status, headers, _ = post(
                 cluster.http(t % 2) + "/v1/chat/completions", chat_body(turns), {"x-session-id": sid}
             )
-            after = cluster.subset(sid, t % 2)
+            after = cluster.subset(key, t % 2)
             assert status == 200
             pod = headers["x-brunoise-pod"]
             assert pod in before | after, (sid, pod, before, after)
