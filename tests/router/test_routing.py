@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from brunoise.v1 import inference_pb2, router_pb2_grpc
+from sharder.keyspace import group_range
 from tests.router.conftest import MODEL, Cluster, http_json, metric_value, post, routed_key, scrape, wait_for
 
 pytestmark = pytest.mark.slow
@@ -104,6 +105,44 @@ def test_requests_without_key_group_by_prefix(cluster: Cluster) -> None:
                 f"router {r} sees every pod idle",
             )
     assert pods.most_common(1)[0][1] >= 7, pods
+
+
+def test_fresh_ids_over_a_shared_document_stay_together(cluster: Cluster) -> None:
+    """Failure mode: each query over a shared document carries a new id, so keyed by id alone they scatter the
+    document over every pod. Grouped keys put them in the document's group: one subset, one warm pod."""
+    doc = "A shared contract under review, clause by clause, for the grouped-key test. " * 30
+    pods: collections.Counter[str] = collections.Counter()
+    keys = set()
+    for i in range(8):
+        sid = f"doc-{uuid.uuid4().hex[:8]}"
+        body = {"model": MODEL, "messages": [{"role": "user", "content": doc + f"\nQuestion {i}: who signs?"}],
+                "max_tokens": 2}  # fmt: skip
+        keys.add(routed_key(body, {"x-session-id": sid}) >> 32)
+        status, headers, _ = post(cluster.http(i % 2) + "/v1/chat/completions", body, {"x-session-id": sid})
+        assert status == 200 and headers["x-brunoise-pick"] == "in_subset"
+        pods[headers["x-brunoise-pod"]] += 1
+        for r in range(2):  # as above: the next pick sees the finished request as finished
+            wait_for(
+                lambda r=r: all(p["outstanding"] == 0 for p in http_json(cluster.http(r) + "/debug/pods")["pods"]),
+                10,
+                f"router {r} sees every pod idle",
+            )
+    assert len(keys) == 1  # one group
+    assert pods.most_common(1)[0][1] >= 7, pods
+
+
+def test_a_tenants_sessions_share_the_tenants_subset(cluster: Cluster) -> None:
+    tenant = f"tenant-{uuid.uuid4().hex[:6]}"
+    lo = group_range(tenant).lo
+    subset = cluster.subset(lo)
+    assert subset == cluster.subset(lo + 0xFFFFFFFF)  # the group's whole range lies in one slice
+    for i in range(6):
+        sid = f"t-{uuid.uuid4().hex[:8]}"
+        status, headers, _ = post(
+            cluster.http(i % 2) + "/v1/chat/completions", chat_body([f"hello {i}"]), {"x-session-id": sid,
+            "x-tenant-id": tenant},
+        )  # fmt: skip
+        assert status == 200 and headers["x-brunoise-pod"] in subset
 
 
 def test_two_routers_agree_on_fresh_keys(cluster: Cluster) -> None:
