@@ -130,6 +130,20 @@ def group_bits(group: str | bytes | bytearray | memoryview) -> int:
     return _hash_of(group, "group") >> GROUP_SHIFT
 
 
+def session_bits(session: str | bytes | bytearray | memoryview) -> int:
+    """The session part of a grouped SliceKey: the low 32 bits of xxh3_64(session)."""
+    return _hash_of(session, "session") & SESSION_MASK
+
+
+def join_parts(group_part: int, session_part: int) -> int:
+    """The SliceKey with these group (high 32 bits) and session (low 32 bits) parts; inverse of ``key_parts``."""
+    if not 0 <= group_part <= SESSION_MASK or not 0 <= session_part <= SESSION_MASK:
+        raise KeyRangeError(
+            f"group and session parts must be in [0, 2**32), got {group_part} and {session_part}", field="group_part"
+        )
+    return (group_part << GROUP_SHIFT) | session_part
+
+
 def group_slice_key(
     group: str | bytes | bytearray | memoryview | None, session: str | bytes | bytearray | memoryview
 ) -> int:
@@ -137,7 +151,7 @@ def group_slice_key(
     low 32; with no group (None) the flat ``slice_key(session)``."""
     if group is None:
         return slice_key(session)
-    return (group_bits(group) << GROUP_SHIFT) | (_hash_of(session, "session") & SESSION_MASK)
+    return join_parts(group_bits(group), session_bits(session))
 
 
 def group_range(group: str | bytes | bytearray | memoryview) -> Slice:
@@ -164,7 +178,9 @@ __all__ = [
     "group_bits",
     "group_range",
     "group_slice_key",
+    "join_parts",
     "key_parts",
+    "session_bits",
     "slice_key",
     "split_evenly",
 ]

@@ -44,6 +44,7 @@ from brunoise.cli.output import (
     print_json_line,
 )
 from brunoise.v1 import slicing_pb2
+from sharder.keyspace import group_slice_key, join_parts, key_parts, session_bits
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -270,32 +271,66 @@ def history(
     console().print(make_table(f"history of {target}", cols, rows, right=[c for c in cols if c != "time"]))
 
 
+def _grouped_key(key: str, tenant: str, group: str) -> tuple[int, str]:
+    """The SliceKey of ``key`` in a tenant's or a group's range (grouped layout), and how it was made."""
+    if tenant and group:
+        raise CliError("give --tenant or --group, not both", 2)
+    if tenant:
+        return group_slice_key(_require(tenant, "--tenant"), key), f"session {key!r} in tenant {tenant!r}"
+    try:
+        part = int(group, 16)
+    except ValueError:
+        raise CliError(
+            f"--group must be the group part in hex (8 digits, as the router logs it), got {group!r}", 2
+        ) from None
+    if not 0 <= part < 1 << 32:
+        raise CliError("--group must be below 2^32 (8 hex digits)", 2)
+    return join_parts(part, session_bits(key)), f"session {key!r} in group {part:08x}"
+
+
 @cli_errors
 def explain(
     target: TargetArg,
     key: Annotated[str, typer.Argument(help="App key (session id, user, ...) or, with --slice-key, a SliceKey.")],
     slice_key: SliceKeyFlag = False,
+    tenant: Annotated[
+        str, typer.Option("--tenant", help="The key is a session of this tenant (x-tenant-id): grouped layout.")
+    ] = "",
+    group: Annotated[
+        str, typer.Option("--group", help="The key is a session of this group (its part in hex, as routers log it).")
+    ] = "",
     assigner: AssignerOpt = None,
     output: OutputOpt = OutputFormat.table,
 ) -> None:
-    """Where a key goes and why: its SliceKey, the slice holding it, the replicas and the reason."""
+    """Where a key goes and why: its SliceKey (group and session parts), the slice holding it, the replicas."""
+    how = "app key, hashed whole with xxh3_64 (flat layout)"
     with _client(assigner) as c:
         if slice_key:
+            if tenant or group:
+                raise CliError("--slice-key is a whole SliceKey: leave out --tenant / --group", 2)
             resp = c.explain(_require(target, "TARGET"), slice_key=_slice_key_of(c, target, key, True))
+            how = "SliceKey"
+        elif tenant or group:
+            k, how = _grouped_key(key, tenant, group)
+            resp = c.explain(_require(target, "TARGET"), slice_key=k)
         else:
             resp = c.explain(_require(target, "TARGET"), app_key=key)
     g = int(resp.generation)
     sd = slice_dict(resp.slice, g)
+    gpart, spart = key_parts(int(resp.slice_key))
     if output == OutputFormat.json:
         print_json(
             {"target": target, "key": key, "slice_key": int(resp.slice_key), "slice_key_hex": f"{resp.slice_key:016x}",
+             "group_part": gpart, "session_part": spart, "tenant": tenant or None, "how": how,
              "generation": g, "slice": sd, "pods": [pod_dict(p) for p in resp.pods],
              "overrides": [override_dict(o) for o in resp.overrides], "why": resp.why}
         )
         return
     out = console()
-    out.print(f"[bold]key[/bold]        {key}" + ("" if slice_key else "  (app key, hashed with xxh3_64)"))
+    out.print(f"[bold]key[/bold]        {key}  ({how})")
     out.print(f"[bold]SliceKey[/bold]   {resp.slice_key:016x}  ({resp.slice_key})")
+    out.print(f"[bold]parts[/bold]      group {gpart:08x} | session {spart:08x}"
+              + ("" if tenant or group else "  (as read in the grouped layout)"))  # fmt: skip
     out.print(f"[bold]slice[/bold]      {fmt_range(sd['lo'], sd['hi'])}  {fmt_share(sd['lo'], sd['hi'])} of the keyspace")
     out.print(f"[bold]generation[/bold] {g}  (replica set unchanged for {sd['age']} generations)")
     out.print(f"[bold]replicas[/bold]   {', '.join(sd['replicas']) or '-'}"
