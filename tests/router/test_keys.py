@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import random
 
-from axon_router.knobs import Knobs
+import pytest
+
+from axon_router.knobs import Knobs, add_knob_args, knobs_from_args
 from axon_router.routing_key import CHAT, COMPLETIONS, RouteRequest, parse_grpc, parse_openai, prefix_key
 from brunoise.v1 import inference_pb2
 from sharder.keyspace import group_range, group_slice_key, slice_key
@@ -119,3 +122,16 @@ def test_grpc_tenant_field_then_metadata() -> None:
     r = parse_grpc(req, None, K, 0.0)
     assert r.group_source == "prefix" and r.key_source == "grpc"
     assert parse_grpc(req, None, FLAT, 0.0).slice_key == slice_key("s1")
+
+
+def test_layout_and_pick_knobs_parse_and_validate() -> None:
+    p = argparse.ArgumentParser()
+    add_knob_args(p)
+    k = knobs_from_args(p.parse_args(["--key-layout", "flat", "--sticky", "false", "--load-cap", "0"]))
+    assert (k.key_layout, k.sticky, k.load_cap) == ("flat", False, 0.0)
+    assert knobs_from_args(p.parse_args([])).sticky is True
+    for bad in (["--key-layout", "nested"], ["--load-cap", "0.5"], ["--group-prefix-chunks", "0"]):
+        with pytest.raises(ValueError, match=bad[0][2:].replace("-", "_")):
+            knobs_from_args(p.parse_args(bad))
+    with pytest.raises(SystemExit):
+        p.parse_args(["--sticky", "maybe"])
