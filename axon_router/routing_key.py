@@ -14,7 +14,7 @@ import xxhash
 from axon_router.admission import Priority
 from axon_router.errors import BadRequest, DeadlineExceeded
 from axon_router.knobs import Knobs
-from sharder.keyspace import GROUP_SHIFT, group_slice_key, slice_key
+from sharder.keyspace import group_slice_key, key_parts, slice_key
 from sharder.prefix import CHUNK_BYTES, ROOT_SEED, prefix_hashes, render_chat, stable_chat_prefix
 
 COMPLETIONS = "/v1/completions"
@@ -199,7 +199,7 @@ def routing_key(
     for a completion); ``session`` / ``tenant``: (source, value) when given.
 
     grouped layout: group = the tenant, else the chain hash of the first ``group_prefix_chunks`` chunks of the
-    stable part (all of its full chunks when shorter), else none; the key is ``group_slice_key(group, session)``
+    stable part (for chat, all of its full chunks when shorter; a shorter completion has none), else none; the key is ``group_slice_key(group, session)``
     with the session part from the session id, or from the whole prompt text when there is none.
     flat layout: the session id (or the tenant) hashed whole. Either way, with no id and no group: ``prefix_key``.
 
@@ -208,7 +208,8 @@ def routing_key(
     n = len(hashes)
     if stable_bytes is None:
         session_chunks = min(n, knobs.group_prefix_chunks + 1)
-        stable = n
+        # a completion's later turns are longer prompts: only a full group prefix is the same on every turn
+        stable = n if n >= knobs.group_prefix_chunks else 0
     else:
         session_chunks = stable = min(n, stable_bytes // CHUNK_BYTES)
     if knobs.key_layout == "flat":
@@ -235,7 +236,7 @@ def routing_key(
     else:
         key = group_slice_key(group, text)  # the whole prompt: a group's keyless requests spread over its range
         source = "prefix"
-    return RoutingKey(key, source, key >> GROUP_SHIFT, gsource, session_chunks)
+    return RoutingKey(key, source, key_parts(key)[0], gsource, session_chunks)
 
 
 def _int_field(body: Mapping[str, Any], name: str) -> int | None:

@@ -13,7 +13,7 @@ from axon_router.knobs import Knobs, add_knob_args, knobs_from_args
 from axon_router.routing_key import CHAT, COMPLETIONS, RouteRequest, parse_grpc, parse_openai, prefix_key
 from brunoise.v1 import inference_pb2
 from sharder.keyspace import group_range, group_slice_key, slice_key
-from sharder.prefix import render_chat, stable_chat_prefix
+from sharder.prefix import prefix_hashes, render_chat, stable_chat_prefix
 
 K = Knobs()
 FLAT = dataclasses.replace(K, key_layout="flat")
@@ -135,3 +135,18 @@ def test_layout_and_pick_knobs_parse_and_validate() -> None:
             knobs_from_args(p.parse_args(bad))
     with pytest.raises(SystemExit):
         p.parse_args(["--sticky", "maybe"])
+
+
+def test_a_short_completion_keeps_its_session_key_as_it_grows() -> None:
+    """A completion's prompt grows turn by turn: below a full group prefix it has no group, so its key is stable."""
+    turns = ["user: hi\n", "user: hi\nbot: hello\nuser: and then?\n" * 3, "x" * (64 * K.group_prefix_chunks + 10)]
+    keys = [
+        parse_openai(COMPLETIONS, json.dumps({"model": "m", "prompt": t}).encode(), {"x-session-id": "c1"}, K, 0.0)
+        for t in turns
+    ]
+    assert keys[0].slice_key == keys[1].slice_key == slice_key("c1") and keys[1].group is None
+    assert keys[2].group is not None and keys[2].slice_key == group_slice_key(prefix_hashes_bytes(turns[2]), "c1")
+
+
+def prefix_hashes_bytes(text: str) -> bytes:
+    return prefix_hashes(text)[K.group_prefix_chunks - 1].to_bytes(8, "big")
