@@ -125,28 +125,8 @@ class Router:
         return self.table.lookup(target, slice_key)
 
     def pod_states(self) -> list[dict[str, Any]]:
-        now = time.monotonic()
-        out = []
-        for v in sorted(self.pods.values(), key=lambda p: p.id):
-            reqs, toks = v.outstanding(now, self.knobs.report_stale_s)
-            pre_r, pre_t = v.prefill_ahead(now, self.knobs.report_stale_s)
-            out.append(
-                {
-                    "id": v.id,
-                    "http": v.http_address,
-                    "labels": v.labels,
-                    "healthy": v.healthy,
-                    "breaker": v.breaker.state.name.lower(),
-                    "inflight": v.inflight,
-                    "outstanding": reqs,
-                    "tokens": toks,
-                    "prefill_ahead_reqs": pre_r,
-                    "prefill_ahead_tokens": pre_t,
-                    "cache_chunks": len(v.cache),
-                    "draining": v.draining,
-                }
-            )
-        return out
+        """Debug view of every pod (``TargetTable.pod_states``)."""
+        return self.table.pod_states(time.monotonic())
 
     # ------------------------------------------------------------------------------------------ the request path
     def begin(self, req: RouteRequest, frontend: str) -> Flight:

@@ -177,3 +177,27 @@ class TargetTable:
             "replicas": list(sa.replicas),
             "leaving": list(sa.leaving),
         }
+
+    def pod_states(self, now: float) -> list[dict[str, Any]]:
+        """Debug view of every pod at monotonic ``now``: health, breaker, load estimates, cache size."""
+        out = []
+        for v in sorted(self.pods.values(), key=lambda p: p.id):
+            reqs, toks = v.outstanding(now, self.knobs.report_stale_s)
+            pre_r, pre_t = v.prefill_ahead(now, self.knobs.report_stale_s)
+            out.append(
+                {
+                    "id": v.id,
+                    "http": v.http_address,
+                    "labels": v.labels,
+                    "healthy": v.healthy,
+                    "breaker": v.breaker.state.name.lower(),
+                    "inflight": v.inflight,
+                    "outstanding": reqs,
+                    "tokens": toks,
+                    "prefill_ahead_reqs": pre_r,
+                    "prefill_ahead_tokens": pre_t,
+                    "cache_chunks": len(v.cache),
+                    "draining": v.draining,
+                }
+            )
+        return out
