@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import inspect
+import itertools
+import textwrap
 from typing import Any
 
 #: Values of the ``key_layout`` knob.
@@ -163,10 +167,31 @@ class Knobs:
         return self
 
 
+def knob_docs() -> dict[str, str]:
+    """Each knob's docstring (the string literal under its field in ``Knobs``), read from the source."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(Knobs)))
+    except (OSError, TypeError):  # no source (e.g. a frozen build): flags keep their defaults only
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs: dict[str, str] = {}
+    for field, doc in itertools.pairwise(body):
+        if (
+            isinstance(field, ast.AnnAssign)
+            and isinstance(field.target, ast.Name)
+            and isinstance(doc, ast.Expr)
+            and isinstance(doc.value, ast.Constant)
+            and isinstance(doc.value.value, str)
+        ):
+            docs[field.target.id] = " ".join(doc.value.value.split())
+    return docs
+
+
 def add_knob_args(parser: argparse.ArgumentParser) -> None:
-    """Add one ``--knob-name`` option per knob (default: the dataclass default)."""
+    """Add one ``--knob-name`` option per knob (default: the dataclass default; help: its docstring)."""
     group = parser.add_argument_group("knobs")
     defaults = Knobs()
+    docs = knob_docs()
     for f in dataclasses.fields(Knobs):
         default = getattr(defaults, f.name)
         typ = type(default)
@@ -176,7 +201,7 @@ def add_knob_args(parser: argparse.ArgumentParser) -> None:
             type=parse_bool if typ is bool else typ,
             default=default,
             metavar=typ.__name__.upper(),
-            help=f"(default {default})",
+            help=f"{docs.get(f.name, '')} (default {default})".lstrip().replace("%", "%%"),
         )
 
 

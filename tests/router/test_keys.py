@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from axon_router.knobs import Knobs, add_knob_args, knobs_from_args
+from axon_router.knobs import Knobs, add_knob_args, knob_docs, knobs_from_args
 from axon_router.routing_key import CHAT, COMPLETIONS, RouteRequest, parse_grpc, parse_openai, prefix_key
 from brunoise.v1 import inference_pb2
 from sharder.keyspace import group_range, group_slice_key, slice_key
@@ -150,3 +150,13 @@ def test_a_short_completion_keeps_its_session_key_as_it_grows() -> None:
 
 def prefix_hashes_bytes(text: str) -> bytes:
     return prefix_hashes(text)[K.group_prefix_chunks - 1].to_bytes(8, "big")
+
+
+def test_every_knob_flag_carries_its_docstring() -> None:
+
+    docs = knob_docs()
+    assert set(docs) == set(Knobs.field_names())
+    assert docs["load_cap"].startswith("Bounded-load cap") and "\n" not in docs["key_layout"]
+    p = argparse.ArgumentParser()
+    add_knob_args(p)
+    assert "(default 1.25)" in p.format_help() and "Bounded-load cap" in p.format_help()
