@@ -153,7 +153,6 @@ def prefix_hashes_bytes(text: str) -> bytes:
 
 
 def test_every_knob_flag_carries_its_docstring() -> None:
-
     docs = knob_docs()
     assert set(docs) == set(Knobs.field_names())
     assert docs["load_cap"].startswith("Bounded-load cap") and "\n" not in docs["key_layout"]
