@@ -138,6 +138,7 @@ class RouterRun:
         self.snapshots: dict[str, list[Counters]] = {}
         self.inflight: list[InflightSample] = []
         self.start_unix_ms = 0
+        self.router_argv: list[str] = []
 
     # -- processes --------------------------------------------------------------------------------------------
 
@@ -163,9 +164,13 @@ class RouterRun:
         if self.name == BRUNOISE:
             assert self.admin is not None and assigner_addr is not None
             await self._wait_registered_all({p.pod_id for p in self.pods})
+            self.router_argv = [
+                entry_point("brunoise-router"), "--assigner", assigner_addr, "--http-port", "0", "--grpc-port", "0",
+                "--log-level", "warning", "--wait-ready-s", "15", *ablation.router_knob_argv(self.variant.router_knobs),
+            ]  # fmt: skip
             r = self.group.add(
                 ManagedProcess(
-                    "router", [entry_point("brunoise-router"), "--assigner", assigner_addr, "--http-port", "0", "--grpc-port", "0", "--log-level", "warning", "--wait-ready-s", "15", *ablation.router_knob_argv(self.variant.router_knobs)],
+                    "router", self.router_argv,
                     env=child_env(),
                     log_dir=self.log_dir,
                 ).start()
@@ -462,6 +467,7 @@ class RouterRun:
             "ablation": self.variant.ablation,
             "router_knobs": dict(self.variant.router_knobs),
             "target_config": dict(self.variant.target_config),
+            "router_argv": self.router_argv[1:],
             "requests": len(results),
             "ok": len(ok),
             "errors": errors,
@@ -528,6 +534,9 @@ async def run_variant(
     variant: Variant, cfg: BenchConfig, spec: WorkloadSpec, wl: Workload, log_root: pathlib.Path
 ) -> dict[str, Any]:
     """Fresh pool + router, the replay, the numbers; processes are stopped whatever happens."""
+    # a knob or field this checkout lacks fails the row before anything starts
+    ablation.router_knob_argv(variant.router_knobs)
+    ablation.check_target_config(variant.target_config)
     log_dir = log_root / spec.name / variant.label
     log_dir.mkdir(parents=True, exist_ok=True)
     run = RouterRun(variant, cfg, spec, wl, log_dir)
@@ -537,10 +546,15 @@ async def run_variant(
         setup_s = time.monotonic() - t_setup
         results, wall = await run.replay()
         history: list[dict[str, Any]] = []
+        effective: dict[str, Any] = {}
         if run.admin is not None:
             with contextlib.suppress(Exception):
                 history = await run.admin.history()
+            with contextlib.suppress(Exception):
+                effective = await run.admin.target_config()
         out = run.summarize(results, wall, history)
+        if effective:
+            out["target_config_effective"] = effective
         out["setup_s"] = round(setup_s, 3)
         out["logs"] = str(log_dir)
         return out

@@ -180,6 +180,13 @@ class AssignerAdmin:
                     raise
                 await asyncio.sleep(0.1)
 
+    async def target_config(self) -> dict[str, Any]:
+        """The scalar fields of the target's config as the assigner holds it (what the overrides became)."""
+        from brunoise.v1 import assigner_pb2
+
+        a = await self.stub.GetAssignment(assigner_pb2.GetAssignmentRequest(target=TARGET), timeout=5.0)
+        return {f.name: getattr(a.config, f.name) for f in a.config.DESCRIPTOR.fields if f.message_type is None}
+
     async def assigned_pods(self) -> set[str]:
         from brunoise.v1 import assigner_pb2
 
