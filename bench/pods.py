@@ -160,15 +160,14 @@ class AssignerAdmin:
         return {p.pod.id: p.slices_held for p in resp.pods}
 
     async def configure_target(self, overrides: Mapping[str, str] | None = None, timeout_s: float = 20.0) -> None:
-        """Create the bench target with the settings ``brunoise cluster up`` uses, then ``overrides`` (field -> value
-        as text, e.g. an ablation's ``calm=false``); retried until there is a leader."""
-        from brunoise.v1 import assigner_pb2, slicing_pb2
+        """Create the bench target with the policy's default settings (``sharder.config.TargetConfig``, encoded by
+        the codec, so a field added there arrives with its default), then ``overrides`` (field -> value as text,
+        e.g. an ablation's ``calm=false``); retried until there is a leader."""
+        from brunoise.v1 import assigner_pb2
+        from sharder.codec import config_to_proto
+        from sharder.config import TargetConfig
 
-        cfg = slicing_pb2.TargetConfig(
-            target=TARGET, model=MODEL, min_replicas=1, max_replicas=3, imbalance_tolerance=0.10, churn_budget=0.10,
-            split_threshold=0.25, merge_threshold=0.05, dereplicate_threshold=0.05, hot_key_fraction=0.5,
-            min_slices_per_pod=0, max_slices_per_pod=1000, initial_slices=64,
-        )  # fmt: skip
+        cfg = config_to_proto(TargetConfig(target=TARGET, model=MODEL))
         apply_target_config(cfg, overrides or {})
         deadline = time.monotonic() + timeout_s
         while True:
