@@ -304,6 +304,6 @@ def chart(rep: Mapping[str, Any], path: pathlib.Path) -> None:
         bars(axes[row][2], names, load, f"{name}: pod load max/mean", "ratio")
         axes[row][2].axhline(INFLIGHT_MAX_OVER_MEAN, color="black", linestyle="--", linewidth=1)
     fig.suptitle(f"brunoise bench: {rep['bench']['pods']} sim pods per router")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.25 / len(groups) / 3.8))  # room for the title
     fig.savefig(path, dpi=100)
     plt.close(fig)
