@@ -14,8 +14,9 @@ from typing import Protocol
 
 from brunoise.v1 import slicing_pb2
 from sharder import codec
-from sharder.assignment import Assignment, initial_assignment
+from sharder.assignment import Assignment, check_invariants, initial_assignment
 from sharder.config import TargetConfig
+from sharder.errors import InvariantError
 from sharder.load import LoadReport
 from sharder.pods import Pod, PodState
 from sharder.store.base import LeaderInfo, Store, StoreError, Versioned
@@ -261,6 +262,14 @@ class Leader:
                 prev_gen = cur.generation if cur is not None else 0
                 if new.generation <= prev_gen:
                     new = dataclasses.replace(new, generation=prev_gen + 1)
+                try:  # checked before every commit: a bad assignment must never reach the store or a clerk
+                    check_invariants(new)
+                except InvariantError as exc:
+                    log.error(
+                        "refusing to commit generation %d of %r (keeping generation %d): %s",
+                        new.generation, target, prev_gen, exc,
+                    )
+                    raise
                 msg = codec.assignment_to_proto(new)
                 # stamped just before the commit: watchers measure propagation from here
                 now_ms = int(time.time() * 1000)
@@ -312,7 +321,10 @@ class Leader:
     async def run_round(self) -> None:
         """One policy round over every target (leader only)."""
         for target in sorted(self._current):
-            await self.mutate(target, self._round_mutation(target))
+            try:
+                await self.mutate(target, self._round_mutation(target))
+            except InvariantError:
+                continue  # logged by mutate; the previous generation stays, other targets still get a round
         self.rounds += 1
 
     async def ensure_target(self, target: str, model: str) -> Assignment:

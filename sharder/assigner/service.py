@@ -153,7 +153,7 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
             if report.target != pod.target:
                 raise InvalidArgument(f"load.target {report.target!r} differs from pod.target {pod.target!r}")
             try:
-                report.validate()
+                report.validate().check_disjoint()
             except LoadReportError as exc:
                 raise InvalidArgument(f"load.{exc.field}: {exc.message}" if exc.field else exc.message) from exc
         ttl_ms = request.lease_ttl_ms or int(self.leader.lease_ttl_s * 1000)
