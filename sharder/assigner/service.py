@@ -349,6 +349,8 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
         try:
             a = await self.leader.mutate(request.target, self._policy_with(request.target, add))
         except OverrideError as exc:
+            if exc.field == "overrides":
+                raise ResourceExhausted(exc.message) from exc
             raise FailedPrecondition(f"override.{exc.field}: {exc.message}" if exc.field else exc.message) from exc
         assert a is not None
         return assigner_pb2.SetOverrideResponse(assignment=self.leader.to_proto(a))

@@ -77,3 +77,25 @@ def test_load_report_rejects_overlapping_slices_and_unbounded_loads() -> None:
     huge = LoadReport("p", "t", slices=(SliceLoad(Slice(0, 10), MAX_LOAD * 2),))
     with pytest.raises(LoadReportError, match="slices\\[0\\].load"):
         huge.validate()
+
+
+async def test_split_overrides_are_bounded_per_target(start_assigner: Callable[..., Assigner]) -> None:
+    """Finding 7: split overrides were unbounded (each one a permanent boundary). Beyond MAX_OVERRIDES the
+    assigner answers with a clear error and the assignment is unchanged."""
+    from sharder.overrides import MAX_OVERRIDES
+
+    a = start_assigner()
+    await report(a.stub, pod_msg("p0", 9000))
+    step = 2**64 // (MAX_OVERRIDES + 2)
+    for i in range(MAX_OVERRIDES):
+        ov = slicing_pb2.Override(id=f"s{i}", split=slicing_pb2.SplitOverride(at=step * (i + 1)))
+        await a.stub.SetOverride(assigner_pb2.SetOverrideRequest(target="t", override=ov), timeout=5)
+    before = await get(a.stub)
+    assert len(before.overrides) == MAX_OVERRIDES
+    extra = slicing_pb2.Override(id="one-too-many", split=slicing_pb2.SplitOverride(at=step * (MAX_OVERRIDES + 1)))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await a.stub.SetOverride(assigner_pb2.SetOverrideRequest(target="t", override=extra), timeout=5)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"at most {MAX_OVERRIDES}" in (err.value.details() or "")
+    after = await get(a.stub)
+    assert after.generation == before.generation and len(after.overrides) == MAX_OVERRIDES
