@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from brunoise.launch import write_ready_file
 from brunoise.v1 import assigner_pb2, slicing_pb2
 from sharder.store import open_store
-from sharder.store.base import LeaderInfo, Store
+from sharder.store.base import LeaderInfo, Store, StoreError
 
 from .hub import WatchHub
 from .leader import Leader, load_policy
@@ -107,7 +107,10 @@ async def serve(args: argparse.Namespace) -> None:
     ident = args.id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     policy = load_policy(args.policy)
     store = make_store(args)
-    await store.start()
+    try:
+        await store.start()
+    except StoreError as exc:
+        raise SystemExit(f"brunoise-assigner: {exc}") from exc
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_REPORT_BYTES + 64 * 1024),

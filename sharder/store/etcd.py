@@ -144,6 +144,7 @@ class EtcdStore(Store):
         self._pod_leases: dict[str, tuple[int, int]] = {}  # pod id -> (lease id, ttl)
         self._token = uuid.uuid4().hex
         self._leader_lease: int | None = None
+        self._fence_rev: int | None = None  # create revision of our leader key: every CAS requires it unchanged
         self._leader_valid_until = 0.0
         self._leader_lost = True
         self._leader_task: asyncio.Task[None] | None = None
@@ -280,12 +281,21 @@ class EtcdStore(Store):
                         return False
                     cached = self._mod_rev[target]
                 compare = [tx.mod(key) == cached[1]]
+            fence = self._fence_rev
+            if fence is not None:
+                # fenced: the write lands only while the leader key is still the one our election created
+                compare.append(tx.create(self._leader_key) == fence)
             ok, responses = await self._retry(
                 "compare-and-swap",
                 lambda c=compare: self.client.transaction(  # type: ignore[misc]
-                    compare=c, success=[tx.put(key, value), tx.put(hist_key, value)], failure=[tx.get(key)]
+                    compare=c,
+                    success=[tx.put(key, value), tx.put(hist_key, value)],
+                    failure=[tx.get(key), tx.get(self._leader_key)],
                 ),
             )
+            if not ok and fence is not None and not self._fence_holds(responses):
+                self._lose_leadership("a write was fenced: the leader key is no longer ours")
+                return False
             if ok:
                 self._mod_rev[target] = (new.generation, int(responses[0].response_put.header.revision))
                 await self._trim_history(target)
@@ -306,6 +316,14 @@ class EtcdStore(Store):
                 return False
             # same generation, other revision (rewritten): compare again with the fresh revision
         return False
+
+    @staticmethod
+    def _leader_kvs(responses: Any) -> list[Any]:
+        return list(responses[1]) if responses is not None and len(responses) > 1 else []
+
+    def _fence_holds(self, responses: Any) -> bool:
+        found = self._leader_kvs(responses)
+        return bool(found) and int(found[0][1].create_revision) == self._fence_rev
 
     async def _trim_history(self, target: str) -> None:
         prefix = self._history_prefix(target)
@@ -484,10 +502,13 @@ class EtcdStore(Store):
                 failure=[tx.get(self._leader_key)],
             ),
         )
+        created = int(responses[0].response_put.header.revision) if ok else 0
         if not ok:
             found = responses[0] if responses else []
             holder = int(found[0][1].lease) if found else 0
             ok = holder == lease_id  # an earlier attempt of ours went through
+            if ok:
+                created = int(found[0][1].create_revision)
             if holder and old_lease is not None and holder == old_lease:
                 # the key still sits on the lease we gave up for lost: free it so the next campaign can win
                 with contextlib.suppress(StoreError):
@@ -497,6 +518,7 @@ class EtcdStore(Store):
                 await self._retry("revoke lease", lambda: self.client.revoke_lease(lease_id), deadline_s=1.0)
             return False
         self._leader_lease = lease_id
+        self._fence_rev = created
         self._leader_valid_until = t0 + ttl
         self._leader_lost = False
         self._leader_task = asyncio.get_running_loop().create_task(self._keep_leading(lease_id, ttl))

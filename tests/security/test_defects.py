@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 from collections.abc import Callable
 
 import grpc
@@ -99,3 +100,18 @@ async def test_split_overrides_are_bounded_per_target(start_assigner: Callable[.
     assert f"at most {MAX_OVERRIDES}" in (err.value.details() or "")
     after = await get(a.stub)
     assert after.generation == before.generation and len(after.overrides) == MAX_OVERRIDES
+
+
+async def test_two_assigners_cannot_share_one_snapshot_file(
+    start_assigner: Callable[..., Assigner], tmp_path: pathlib.Path
+) -> None:
+    """Finding 8: two assigners on one snapshot file both led (each its own in-process election). The
+    second now fails to start, naming the lock; the first keeps serving."""
+    from brunoise.launch import LaunchError
+
+    snap = str(tmp_path / "shared.json")
+    first = start_assigner(extra=("--snapshot", snap))
+    await report(first.stub, pod_msg("p0", 9000))
+    with pytest.raises(LaunchError, match="locked"):
+        start_assigner(extra=("--snapshot", snap))
+    assert (await get(first.stub)).generation >= 1
