@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 from sharder.errors import LoadReportError
@@ -118,7 +119,7 @@ class LoadReport:
 
 def _check_disjoint(slices: tuple[SliceLoad, ...]) -> None:
     order = sorted(range(len(slices)), key=lambda i: (slices[i].slice.lo, slices[i].slice.hi))
-    for a, b in zip(order, order[1:], strict=False):
+    for a, b in itertools.pairwise(order):
         if slices[b].slice.lo < slices[a].slice.hi:
             first, second = min(a, b), max(a, b)
             what = "repeats" if slices[a].slice == slices[b].slice else "overlaps"

@@ -30,6 +30,19 @@ log = logging.getLogger(__name__)
 DRAIN_PREFIX = "drain/"
 CAS_ATTEMPTS = 5
 
+#: A target's first generation carries an epoch in its high bits: whole seconds since EPOCH_ORIGIN_S, shifted
+#: left by EPOCH_SHIFT. A target created again after its store was lost (an assigner restarted without its
+#: snapshot, a wiped etcd) therefore starts above every generation the old store reached, unless that store
+#: committed more than 2**24 generations per second of its life. Generations stay below 2**53 (exact as
+#: float64, e.g. in a Prometheus gauge) until 2041.
+EPOCH_ORIGIN_S = 1_704_067_200  # 2024-01-01T00:00:00Z
+EPOCH_SHIFT = 24
+
+
+def first_generation(unix_ms: int) -> int:
+    """The generation a newly created target starts at, ``unix_ms`` being the wall clock now."""
+    return (max(0, unix_ms // 1000 - EPOCH_ORIGIN_S) << EPOCH_SHIFT) + 1
+
 
 class PolicyFn(Protocol):
     """The pure resharding round (``sharder.policy.reshard``)."""
@@ -260,8 +273,9 @@ class Leader:
                 if new is None or new is cur:
                     return cur
                 prev_gen = cur.generation if cur is not None else 0
-                if new.generation <= prev_gen:
-                    new = dataclasses.replace(new, generation=prev_gen + 1)
+                floor = prev_gen + 1 if cur is not None else first_generation(int(time.time() * 1000))
+                if new.generation < floor:
+                    new = dataclasses.replace(new, generation=floor)
                 try:  # checked before every commit: a bad assignment must never reach the store or a clerk
                     check_invariants(new)
                 except InvariantError as exc:

@@ -76,7 +76,7 @@ def test_load_report_rejects_overlapping_slices_and_unbounded_loads() -> None:
         overlap.validate().check_disjoint()
     assert err.value.field == "slices[1]"
     huge = LoadReport("p", "t", slices=(SliceLoad(Slice(0, 10), MAX_LOAD * 2),))
-    with pytest.raises(LoadReportError, match="slices\\[0\\].load"):
+    with pytest.raises(LoadReportError, match=r"slices\[0\]\.load"):
         huge.validate()
 
 
