@@ -30,18 +30,18 @@ log = logging.getLogger(__name__)
 DRAIN_PREFIX = "drain/"
 CAS_ATTEMPTS = 5
 
-#: A target's first generation carries an epoch in its high bits: whole seconds since EPOCH_ORIGIN_S, shifted
+#: A target's first generation carries an epoch in its high bits: milliseconds since EPOCH_ORIGIN_MS, shifted
 #: left by EPOCH_SHIFT. A target created again after its store was lost (an assigner restarted without its
 #: snapshot, a wiped etcd) therefore starts above every generation the old store reached, unless that store
-#: committed more than 2**24 generations per second of its life. Generations stay below 2**53 (exact as
-#: float64, e.g. in a Prometheus gauge) until 2041.
-EPOCH_ORIGIN_S = 1_704_067_200  # 2024-01-01T00:00:00Z
-EPOCH_SHIFT = 24
+#: committed more than 2**12 generations per millisecond of its life. Generations stay below 2**53 (exact
+#: as float64, e.g. in a Prometheus gauge) for 69 years.
+EPOCH_ORIGIN_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+EPOCH_SHIFT = 12
 
 
 def first_generation(unix_ms: int) -> int:
     """The generation a newly created target starts at, ``unix_ms`` being the wall clock now."""
-    return (max(0, unix_ms // 1000 - EPOCH_ORIGIN_S) << EPOCH_SHIFT) + 1
+    return (max(0, unix_ms - EPOCH_ORIGIN_MS) << EPOCH_SHIFT) + 1
 
 
 class PolicyFn(Protocol):
