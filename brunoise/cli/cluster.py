@@ -22,13 +22,12 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from brunoise.cli.client import ENV_ASSIGNER, AdminClient, cluster_file, read_cluster_file, state_name
+from brunoise.cli.credentials import init_credentials
 from brunoise.cli.demo import DemoResult, run_demo
 from brunoise.cli.output import CliError, console, err_console, fmt_pct, make_table, print_error
 from brunoise.launch import LaunchError, ManagedProcess, ProcessGroup, python_module
 from brunoise.v1 import slicing_pb2
 from sharder.security.client import ENV_TLS_CA, ENV_TOKEN, ClientAuth
-from sharder.security.tls import generate_tls
-from sharder.security.tokens import Role, credentials_doc, new_token
 
 #: Modules of the three server processes (each also installed as a console script).
 ASSIGNER_MODULE = "sharder.assigner.main"
@@ -147,23 +146,18 @@ class LocalCluster:
     # credentials -------------------------------------------------------------------------------
     def _make_credentials(self) -> list[str]:
         """A CA + server certificate for 127.0.0.1/localhost and one token per role / per pod, under the log
-        dir (0600 files); the assigner's flags for them. Tokens reach children by environment, never argv."""
-        pki = self.log_dir / "pki"
-        tls = generate_tls(pki, ("127.0.0.1", "localhost"))
-        self._tokens = {"cli": new_token(), "router": new_token()}
-        entries = {"cli": (Role.ADMIN, "", self._tokens["cli"]), "router": (Role.READER, "", self._tokens["router"])}
-        for i in range(1, self.opts.runtimes + 1):
-            pod_id = f"pod-{i}"
-            self._tokens[pod_id] = new_token()
-            entries[pod_id] = (Role.POD, pod_id, self._tokens[pod_id])
-        creds = pki / "credentials.json"
-        fd = os.open(creds, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(credentials_doc(entries), f)
-        self.tls_ca = str(tls.ca)
+        dir (``brunoise credentials init``); the assigner's flags for them. Tokens reach children by
+        environment, never argv."""
+        d = self.log_dir / "security"
+        pods = [f"pod-{i}" for i in range(1, self.opts.runtimes + 1)]
+        init_credentials(d, ["127.0.0.1", "localhost"], pods, admins=("cli",), readers=("router",))
+        self._tokens = {p.name: p.read_text().strip() for p in (d / "tokens").iterdir()}
+        pki = d / "pki"
+        self.tls_ca = str(pki / "ca.pem")
         self.admin_token = self._tokens["cli"]
-        self.auth = ClientAuth(token=self.admin_token, ca_pem=tls.ca.read_bytes())
-        return ["--credentials", str(creds), "--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
+        self.auth = ClientAuth(token=self.admin_token, ca_pem=(pki / "ca.pem").read_bytes())
+        return ["--credentials", str(d / "credentials.json"), "--tls-cert", str(pki / "server.pem"),
+                "--tls-key", str(pki / "server.key")]  # fmt: skip
 
     def _env_for(self, principal: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in (ENV_TOKEN, "BRUNOISE_TOKEN_FILE")}

@@ -9,6 +9,7 @@ import typer
 
 from brunoise.cli import admin
 from brunoise.cli.cluster import cluster_app
+from brunoise.cli.credentials import credentials_app
 from brunoise.cli.output import print_error
 
 app = typer.Typer(
@@ -38,6 +39,7 @@ def _credentials(
 
 admin.register(app)
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(credentials_app, name="credentials")
 
 
 def main(argv: list[str] | None = None) -> int:
