@@ -44,7 +44,8 @@ class Clerk:
     older generation from a lagging replica is ignored, unless the assigners keep sending only older
     generations of a target for ``resync_after_s`` (its store was restored from an old snapshot or lost):
     then the clerk resyncs to what they serve instead of freezing on a view nobody confirms (``resyncs``
-    counts it). While older generations are being ignored, ``staleness_s`` counts from the moment they began.
+    counts it). While older (or invalid) generations are being ignored, ``staleness_s`` counts from the moment
+    they began, so the router's staleness gauge does not read 0 for a view no assigner confirms.
 
     ``auth``: the reader token and CA to present (default: ``ClientAuth.from_env()``).
     ``diffs``: ask for AssignmentDiffs after the first full assignment. Full assignments are the default:
@@ -251,6 +252,8 @@ class Clerk:
             a = codec.assignment_from_proto(msg)
         except Exception as exc:
             log.warning("ignoring invalid assignment %s@%d: %s", msg.target, msg.generation, exc)
+            # our view is no longer confirmed by the assigner: staleness counts from here until a valid one
+            self._behind.setdefault(msg.target, (time.monotonic(), msg))
             return False
         self._caught_up(msg.target)
         self._assignments[msg.target] = a

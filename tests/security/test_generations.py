@@ -80,3 +80,31 @@ async def test_clerk_resyncs_when_the_assigner_goes_backwards(
 async def _gen_above(a: Assigner, g: int) -> object:
     cur = await get(a.stub)
     return cur if cur.generation > g else None
+
+
+async def test_clerk_staleness_counts_while_it_rejects_invalid_generations() -> None:
+    """Finding 2's second half: while a clerk rejected every new (invalid) generation, its staleness read 0."""
+    import math
+
+    from sharder import codec
+    from sharder.assignment import initial_assignment
+    from sharder.config import TargetConfig
+    from sharder.pods import Pod
+
+    pods = [Pod(id="p0", address="127.0.0.1:1", target="t")]
+    good = codec.assignment_to_proto(initial_assignment(TargetConfig(target="t"), pods, generation=5))
+    clerk = Clerk(["127.0.0.1:1"], target="t")
+    clerk._connected = True  # as while a Watch stream is open
+    clerk._accept(good)
+    assert clerk.generation("t") == 5 and clerk.staleness_s("t") == 0.0
+    bad = type(good).FromString(good.SerializeToString())
+    bad.generation = 6
+    bad.slices[0].load = math.inf
+    clerk._accept(bad)
+    assert clerk.generation("t") == 5, "the invalid generation is not installed"
+    await poll(lambda: clerk.staleness_s("t") > 0.05, 5, "staleness above zero while generations are rejected")
+    fixed = type(good).FromString(good.SerializeToString())
+    fixed.generation = 7
+    clerk._accept(fixed)
+    assert clerk.generation("t") == 7 and clerk.staleness_s("t") == 0.0
+    await clerk.stop()
