@@ -21,8 +21,8 @@ class Role(enum.StrEnum):
     READER = "reader"
 
 
-#: The roles allowed to call each Assigner RPC. An RPC missing here is refused to everyone but nobody is
-#: refused Health or reflection (other services are not checked).
+#: The roles allowed to call each Assigner RPC (an RPC missing here is refused to every role). Other services,
+#: Health and reflection, are not checked.
 ASSIGNER_RPC_ROLES: Mapping[str, frozenset[Role]] = {
     "Watch": frozenset({Role.READER, Role.ADMIN}),
     "GetAssignment": frozenset({Role.READER, Role.ADMIN}),

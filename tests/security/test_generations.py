@@ -54,7 +54,7 @@ async def test_clerk_resyncs_when_the_assigner_goes_backwards(
     await report(a.stub, pod_msg("p0", 9000))
     old = await get(a.stub)
     shutil.copy(snap, tmp_path / "old.json")
-    # a newer generation: an admin drain of p0's sibling registration makes the assignment change
+    # a newer generation: a second pod's registration changes the assignment
     await report(a.stub, pod_msg("p1", 9001))
     newer = await poll(
         lambda: _gen_above(a, old.generation), 10, "a generation above the copied snapshot's"
