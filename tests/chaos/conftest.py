@@ -20,7 +20,7 @@ from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
 from sharder.etcd_server import EtcdCluster
 from tests.chaos.load import Figures, Load
 from tests.chaos.watch import Watcher
-from tests.etcd_plugin import etcd_cluster, make_etcd_cluster  # noqa: F401 - fixtures
+from tests.etcd_plugin import etcd_cluster, etcd_prefix, make_etcd_cluster  # noqa: F401 - fixtures
 from tests.router.conftest import ROUTER_ARGS, TARGET, Cluster, wait_for
 
 #: Leader lease of the chaos assigners: failover takes about this long.
@@ -55,6 +55,7 @@ class ChaosCluster(Cluster):
         self.snapshot = snapshot
         self.assigners: list[ManagedProcess] = []
         self.assigner_ports: list[int] = []
+        self.stopped: set[int] = set()  # pids frozen with sigstop
 
     # assigners ------------------------------------------------------------------------------------
     def _assigner_argv(self, i: int, port: int) -> list[str]:
@@ -106,7 +107,7 @@ class ChaosCluster(Cluster):
         def agreed() -> int | None:
             named: set[str] = set()
             for a in self.assigners:
-                if not a.alive():
+                if not self.running(a):
                     continue
                 with grpc.insecure_channel(a.addresses["grpc"]) as ch:
                     stub = assigner_pb2_grpc.AssignerStub(ch)  # type: ignore[no-untyped-call]
@@ -156,7 +157,7 @@ class ChaosCluster(Cluster):
 
     def live_routers(self) -> dict[int, str]:
         """pid -> HTTP base URL of every router process that is alive."""
-        return {r.pid: r.addresses["http"] for r in self.routers if r.alive()}
+        return {r.pid: r.addresses["http"] for r in self.routers if self.running(r)}
 
     def restart_router(self, i: int) -> ManagedProcess:
         """Start router ``i`` again on its old ports (clients keep its address), with cold pod views."""
@@ -177,23 +178,28 @@ class ChaosCluster(Cluster):
         return r
 
     # signals --------------------------------------------------------------------------------------
-    @staticmethod
-    def sigstop(p: ManagedProcess) -> None:
+    def sigstop(self, p: ManagedProcess) -> None:
+        """Freeze ``p`` (SIGSTOP): it keeps its sockets but answers nothing."""
         os.kill(p.pid, signal.SIGSTOP)
+        self.stopped.add(p.pid)
 
-    @staticmethod
-    def sigcont(p: ManagedProcess) -> None:
+    def sigcont(self, p: ManagedProcess) -> None:
+        self.stopped.discard(p.pid)
         with contextlib.suppress(ProcessLookupError):
             os.kill(p.pid, signal.SIGCONT)
 
+    def running(self, p: ManagedProcess) -> bool:
+        """Alive and not frozen by the test."""
+        return p.alive() and p.pid not in self.stopped
+
     def pods_healthy_at_routers(self, pod_id: str) -> list[bool]:
         """Whether each live router takes ``pod_id`` as healthy now."""
-        return [self.pod_state(pod_id, i)["healthy"] for i, r in enumerate(self.routers) if r.alive()]
+        return [self.pod_state(pod_id, i)["healthy"] for i, r in enumerate(self.routers) if self.running(r)]
 
     def close(self) -> None:
         for p in self.group.procs:  # a stopped process cannot take SIGTERM
             if p.alive():
-                self.sigcont(p)
+                os.kill(p.pid, signal.SIGCONT)
         self.group.stop_all()
 
 
