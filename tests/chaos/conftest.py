@@ -21,7 +21,7 @@ from sharder.etcd_server import EtcdCluster
 from tests.chaos.load import Figures, Load
 from tests.chaos.watch import Watcher
 from tests.etcd_plugin import etcd_cluster, etcd_prefix, make_etcd_cluster  # noqa: F401 - fixtures
-from tests.router.conftest import ROUTER_ARGS, TARGET, Cluster, wait_for
+from tests.router.conftest import ROUTER_ARGS, TARGET, Cluster, http_json, wait_for
 
 #: Leader lease of the chaos assigners: failover takes about this long.
 LEASE_S = 1.5
@@ -40,7 +40,7 @@ class ChaosCluster(Cluster):
         log_dir: pathlib.Path,
         *,
         etcd: EtcdCluster | None = None,
-        etcd_prefix: str = "/chaos",
+        prefix: str = "/chaos",
         n_assigners: int = 1,
         snapshot: pathlib.Path | None = None,
         router_args: Sequence[str] = ROUTER_ARGS,
@@ -50,7 +50,7 @@ class ChaosCluster(Cluster):
         if etcd is None and n_assigners != 1:
             raise ValueError("several assigners need a shared store: pass etcd")
         self.etcd = etcd
-        self.etcd_prefix = etcd_prefix
+        self.prefix = prefix
         self.n_assigners = n_assigners
         self.snapshot = snapshot
         self.assigners: list[ManagedProcess] = []
@@ -62,7 +62,7 @@ class ChaosCluster(Cluster):
         argv = ["--id", f"assigner{i}", "--port", str(port), "--round-interval", str(ROUND_S), "--lease-ttl", str(LEASE_S),
                 "--report-interval", "0.5"]  # fmt: skip
         if self.etcd is not None:
-            argv += ["--store", "etcd", "--etcd-prefix", self.etcd_prefix]
+            argv += ["--store", "etcd", "--etcd-prefix", self.prefix]
             for e in self.etcd.endpoints:
                 argv += ["--etcd-endpoint", e]
         else:
@@ -192,9 +192,20 @@ class ChaosCluster(Cluster):
         """Alive and not frozen by the test."""
         return p.alive() and p.pid not in self.stopped
 
-    def pods_healthy_at_routers(self, pod_id: str) -> list[bool]:
-        """Whether each live router takes ``pod_id`` as healthy now."""
-        return [self.pod_state(pod_id, i)["healthy"] for i, r in enumerate(self.routers) if self.running(r)]
+    def pod_at_routers(self, pod_id: str) -> list[dict[str, Any] | None]:
+        """What each running router's /debug/pods says of ``pod_id`` (None: the router has no view of it)."""
+        out: list[dict[str, Any] | None] = []
+        for i, r in enumerate(self.routers):
+            if self.running(r):
+                out.append(next((p for p in http_json(self.http(i) + "/debug/pods")["pods"] if p["id"] == pod_id), None))
+        return out
+
+    def pod_skipped_everywhere(self, pod_id: str) -> bool:
+        """Whether no running router would send ``pod_id`` new traffic (unhealthy, circuit open, or unknown)."""
+        return all(p is None or not p["healthy"] or p["breaker"] == "open" for p in self.pod_at_routers(pod_id))
+
+    def pod_healthy_everywhere(self, pod_id: str) -> bool:
+        return all(p is not None and p["healthy"] for p in self.pod_at_routers(pod_id))
 
     def close(self) -> None:
         for p in self.group.procs:  # a stopped process cannot take SIGTERM
@@ -247,7 +258,6 @@ async def loads() -> AsyncIterator[list[Load]]:
                 await ld.stop()
 
 
-
 class Scenario:
     """One scenario's load and watcher, and the checks every scenario ends with.
 
@@ -263,6 +273,8 @@ class Scenario:
         self.watcher = Watcher(name, cl.assigner_addrs, cl.live_routers)
         self.load = Load(cl.router_urls, tag=name, **load_kwargs)
         self.fault_at = 0.0
+        self.final_generation = -1
+        self.catch_up_s: float | None = None
 
     async def begin(self, flowing_after: int = 20) -> Scenario:
         await self.watcher.start()
@@ -274,22 +286,28 @@ class Scenario:
         self.fault_at = time.monotonic()
         return self.fault_at
 
+    async def stop(self) -> None:
+        """Stop the load; commit one more generation and wait until the watcher's clerk and every live router
+        hold it (a violation otherwise)."""
+        await self.load.stop()
+        try:
+            self.final_generation = await asyncio.to_thread(self.cl.bump_generation)
+            self.catch_up_s = round(await self.watcher.wait_generation(self.final_generation, 15), 3)
+        except AssertionError as e:
+            self.watcher.violations.append(str(e))
+
     async def finish(
         self, *, max_gap_s: float, failover_s: float | None = None, min_ok: int = 50, **extra: Any
     ) -> Figures:
-        await self.load.stop()
-        try:
-            final = await asyncio.to_thread(self.cl.bump_generation)
-            catch_up_s: float | None = await self.watcher.wait_generation(final, 15)
-        except AssertionError as e:
-            final, catch_up_s = -1, None
-            self.watcher.violations.append(str(e))
+        """``stop()`` unless done, emit the figures (with ``extra``), then assert what every scenario must hold."""
+        if not self.load.stopped_at:
+            await self.stop()
         figures = self.load.figures(
             self.name,
             generations_seen=len(self.watcher.generations),
             first_generation=self.watcher.generations[0] if self.watcher.generations else None,
-            final_generation=final,
-            catch_up_s=None if catch_up_s is None else round(catch_up_s, 3),
+            final_generation=self.final_generation,
+            catch_up_s=self.catch_up_s,
             router_samples=self.watcher.router_samples,
             **extra,
         )

@@ -93,6 +93,7 @@ class Load:
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self.started_at = 0.0
+        self.stop_requested_at = 0.0
         self.stopped_at = 0.0
 
     # lifecycle ------------------------------------------------------------------------------------
@@ -117,6 +118,7 @@ class Load:
     async def stop(self) -> None:
         """Let every request in progress finish (each is bounded by its timeouts), then close the clients."""
         self._stop.set()
+        self.stop_requested_at = time.monotonic()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.stopped_at = time.monotonic()
         if self._session is not None:
@@ -124,11 +126,13 @@ class Load:
 
     # figures --------------------------------------------------------------------------------------
     def longest_gap_s(self) -> float:
-        """Longest time without a successful response, from the first success to the end of the load."""
-        times = sorted(self.ok_times)
+        """Longest time without a successful response, from the first success until the load was told to stop
+        (not until the last request in progress ended: no new request starts after that)."""
+        end = self.stop_requested_at or time.monotonic()
+        times = sorted(t for t in self.ok_times if t <= end)
         if not times:
-            return self.stopped_at - self.started_at
-        edges = [*times, self.stopped_at or time.monotonic()]
+            return end - self.started_at
+        edges = [*times, end]
         return max((b - a for a, b in itertools.pairwise(edges)), default=0.0)
 
     def first_failover_after(self, t: float) -> float | None:

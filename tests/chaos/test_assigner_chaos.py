@@ -37,7 +37,7 @@ async def test_leader_assigner_kill9(
     etcd_cluster: EtcdCluster,
     etcd_prefix: str,
 ) -> None:
-    cl = make_cluster(etcd=etcd_cluster, etcd_prefix=etcd_prefix, n_assigners=2)
+    cl = make_cluster(etcd=etcd_cluster, prefix=etcd_prefix, n_assigners=2)
     sc = await scenario(cl, "assigner-leader-kill9").begin()
     old = await asyncio.to_thread(cl.leader_index)
     await asyncio.sleep(0.5)
@@ -60,7 +60,7 @@ async def test_leader_assigner_sigstop_beyond_lease(
     etcd_cluster: EtcdCluster,
     etcd_prefix: str,
 ) -> None:
-    cl = make_cluster(etcd=etcd_cluster, etcd_prefix=etcd_prefix, n_assigners=2)
+    cl = make_cluster(etcd=etcd_cluster, prefix=etcd_prefix, n_assigners=2)
     sc = await scenario(cl, "assigner-leader-sigstop").begin()
     old = await asyncio.to_thread(cl.leader_index)
     frozen = cl.assigners[old]
