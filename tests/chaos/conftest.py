@@ -127,16 +127,20 @@ class ChaosCluster(Cluster):
             return self.assigners[0].addresses["grpc"]
         return self.assigners[self.leader_index()].addresses["grpc"]
 
-    def stored_generation(self) -> int:
-        """The target's generation as the leader serves it."""
+    def get_assignment(self) -> slicing_pb2.Assignment:
+        """The target's assignment as the leader serves it."""
         with grpc.insecure_channel(self.assigner_addr) as ch:
             stub = assigner_pb2_grpc.AssignerStub(ch)  # type: ignore[no-untyped-call]
-            a = stub.GetAssignment(assigner_pb2.GetAssignmentRequest(target=TARGET), timeout=5)
-            return int(a.generation)
+            a: slicing_pb2.Assignment = stub.GetAssignment(assigner_pb2.GetAssignmentRequest(target=TARGET), timeout=5)
+            return a
 
-    def bump_generation(self) -> int:
+    def stored_generation(self) -> int:
+        return int(self.get_assignment().generation)
+
+    def bump_generation(self, retry: bool = True) -> int:
         """Commit a new generation through the leader (ConfigureTarget with a toggled tolerance, placement left
-        to the policy); returns the generation committed. Retries until a leader accepts it."""
+        to the policy); returns the generation committed. Retries until a leader accepts it unless ``retry`` is
+        False (then grpc.RpcError when no leader took it)."""
 
         def once() -> int:
             with grpc.insecure_channel(self.assigner_addr) as ch:
@@ -148,8 +152,17 @@ class ChaosCluster(Cluster):
                 resp = stub.ConfigureTarget(assigner_pb2.ConfigureTargetRequest(config=cfg), timeout=5)
                 return int(resp.assignment.generation)
 
+        if not retry:
+            return once()
         got: int = wait_for(once, 15, "a leader to commit a generation", interval_s=0.1)
         return got
+
+    def live_pod_ids(self) -> set[str]:
+        """Pods whose registration (lease) the leader holds now."""
+        with grpc.insecure_channel(self.assigner_addr) as ch:
+            stub = assigner_pb2_grpc.AssignerStub(ch)  # type: ignore[no-untyped-call]
+            resp = stub.ListPods(assigner_pb2.ListPodsRequest(target=TARGET), timeout=5)
+            return {st.pod.id for st in resp.pods}
 
     # routers --------------------------------------------------------------------------------------
     def router_urls(self) -> list[str]:

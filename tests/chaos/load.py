@@ -204,8 +204,8 @@ class Load:
                 self.failover_ok_times.append(end)
             return
         self.lost += 1
-        self.lost_reasons.append("; ".join(errors[-2:]))
-        print(f"LOST {path} {session}: {errors}")
+        self.lost_reasons.append(errors[-1][:300] if errors else "")
+        print(f"LOST {path} {session} after {len(errors)} attempts: {self.lost_reasons[-1]}")
 
     async def _attempt(self, url: str, body: dict[str, Any], session: str) -> bool | None:
         """One try: True/False (success; whether the router retried it), None when a stream broke after output;
