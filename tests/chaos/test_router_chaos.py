@@ -29,7 +29,7 @@ async def test_router_kill9_clients_fail_over(
     failover = sc.load.first_failover_after(t0)
     ok_before = sc.load.ok_by_router.get(victim, 0)
     fig = await sc.finish(max_gap_s=MAX_GAP_S, failover_s=failover)
-    assert failover is not None and failover < 1.0, "clients of the dead router did not fail over"
+    assert failover is not None and failover < 1.5, "clients of the dead router did not fail over"
     assert sc.load.client_failovers >= 1
     assert fig.extra["ok_by_router"].get(victim, 0) == ok_before  # nothing more answered by the dead one
 
