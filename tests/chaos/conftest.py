@@ -301,11 +301,11 @@ class Scenario:
 
     async def stop(self) -> None:
         """Stop the load; commit one more generation and wait until the watcher's clerk and every live router
-        hold it (a violation otherwise)."""
+        hold exactly the assigner's current generation (a violation otherwise)."""
         await self.load.stop()
         try:
             self.final_generation = await asyncio.to_thread(self.cl.bump_generation)
-            self.catch_up_s = round(await self.watcher.wait_generation(self.final_generation, 15), 3)
+            self.catch_up_s = round(await self.watcher.wait_in_step(self.cl.stored_generation, 15), 3)
         except AssertionError as e:
             self.watcher.violations.append(str(e))
 

@@ -102,3 +102,24 @@ class Watcher:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.name}: generation {at_least} not reached in {timeout_s}s: {behind}")
             await asyncio.sleep(0.05)
+
+    async def wait_in_step(self, stored: Callable[[], int], timeout_s: float) -> float:
+        """Wait until this clerk and every live router hold exactly the generation ``stored()`` (the assigner's
+        current one, re-read each time) returns; seconds waited. Catches a view frozen above or below the store."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout_s
+        while True:
+            want = await asyncio.to_thread(stored)
+            views = {"clerk": self.generation}
+            if self.routers is not None:
+                for pid, url in self.routers().items():
+                    try:
+                        views[f"router pid {pid}"] = await asyncio.to_thread(router_generation, url)
+                    except OSError:
+                        continue
+            off = {k: g for k, g in views.items() if g != want}
+            if not off:
+                return time.monotonic() - t0
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: not at the assigner's generation {want} after {timeout_s}s: {off}")
+            await asyncio.sleep(0.05)
