@@ -1,5 +1,4 @@
-"""Chaos fixtures: a cluster of real processes (assigners on etcd or the embedded store, sim runtimes, two routers)
-with handles to kill, stop, continue and restart each of them, and the scenario's load and watchers."""
+"""Chaos fixtures: the cluster of real processes with kill/stop/continue/restart handles, and each scenario's checks."""
 
 from __future__ import annotations
 
