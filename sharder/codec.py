@@ -145,7 +145,7 @@ def config_from_proto(m: pb.TargetConfig) -> TargetConfig:
         if m.HasField(name):
             kw[name] = getattr(m, name)
     if not m.HasField("imbalance_target"):  # an older sender's tolerance may be below the default target
-        kw["imbalance_target"] = min(kw["imbalance_target"], kw["imbalance_tolerance"])
+        kw["imbalance_target"] = min(_CONFIG_DEFAULTS.imbalance_target, kw["imbalance_tolerance"])
     return TargetConfig(**kw).validate()
 
 

@@ -28,6 +28,12 @@ def join(state: RoundState, a: Rec, b: Rec) -> Rec:
     if a.keysrc or b.keysrc:
         m.keysrc = [*(a.keysrc or ()), *(b.keysrc or ())]
     m.moved = a.moved or b.moved
+    if a.served is not None or b.served is not None:
+        m.served = dict(a.served or {})
+        for p, v in (b.served or {}).items():
+            m.served[p] = m.served.get(p, 0.0) + v
+    if a.share is not None or b.share is not None:
+        m.share = {p: state.share_of(a, p) + state.share_of(b, p) for p in a.replicas}
     count = state.count
     for p in a.replicas:
         count[p] -= 1
@@ -36,8 +42,12 @@ def join(state: RoundState, a: Rec, b: Rec) -> Rec:
 
 
 def merge_cold(state: RoundState) -> None:
-    """Merge runs of adjacent slices whose combined load stays below ``merge_threshold`` x mean pod load."""
+    """Merge runs of adjacent slices whose combined load stays below ``merge_threshold`` x mean pod load (below
+    ``split_threshold`` by a factor of at least split/merge, so a merged slice does not split again). Calm: the
+    loads are smoothed over rounds (a slice must have been cold for several rounds) and slices cooling down
+    from a split or move do not merge."""
     cfg = state.config
+    cooling = state.cooling
     mean = state.mean_ref()
     if cfg.merge_threshold <= 0 or mean <= 0 or len(state.recs) < 2:
         return
@@ -47,6 +57,8 @@ def merge_cold(state: RoundState) -> None:
     for nxt in state.recs[1:]:
         if (
             cur.load + nxt.load < limit
+            and not cooling(cur)
+            and not cooling(nxt)
             and (cur.replicas == nxt.replicas or set(cur.replicas) == set(nxt.replicas))
             and mergeable(state, cur, nxt)
         ):
