@@ -54,7 +54,16 @@ class Zipf:
         ]
 
 
-def run(n_pods: int, n_slices: int, rounds: int, seed: int, min_replicas: int, args_s: float) -> dict[str, float]:
+def run(
+    n_pods: int,
+    n_slices: int,
+    rounds: int,
+    seed: int,
+    min_replicas: int,
+    args_s: float,
+    calm: bool = True,
+    replica_true_load: bool = True,
+) -> dict[str, float]:
     rng = random.Random(seed)
     cfg = TargetConfig(
         target="bench",
@@ -62,6 +71,8 @@ def run(n_pods: int, n_slices: int, rounds: int, seed: int, min_replicas: int, a
         max_replicas=max(3, min_replicas),
         initial_slices=n_slices,
         max_slices_per_pod=max(1000, 4 * n_slices * min_replicas // n_pods),
+        calm=calm,
+        replica_true_load=replica_true_load,
     ).validate()
     pods = [Pod(id=f"pod-{i:04d}", address=f"10.0.{i // 256}.{i % 256}:50051") for i in range(n_pods)]
     a = initial_assignment(cfg, pods)
@@ -100,10 +111,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--min-replicas", type=int, default=1)
     ap.add_argument("--zipf", type=float, default=0.9, help="Zipf exponent of the hot keys")
     ap.add_argument("--sizes", default="100x5000,100x50000,1000x5000,1000x50000", help="PODSxSLICES,...")
+    ap.add_argument("--calm", action=argparse.BooleanOptionalAction, default=True, help="TargetConfig.calm")
+    ap.add_argument(
+        "--replica-true-load", action=argparse.BooleanOptionalAction, default=True, help="TargetConfig.replica_true_load"
+    )
     args = ap.parse_args(argv)
     print(
         f"policy round (CPU seconds, one core); Zipf({args.zipf}) hot keys + 30% even background; "
-        f"min_replicas={args.min_replicas}; {args.rounds} rounds"
+        f"min_replicas={args.min_replicas}; {args.rounds} rounds; calm={args.calm} "
+        f"replica_true_load={args.replica_true_load}"
     )
     print("imb = max/mean capacity-normalised pod load; floor = the hottest key alone over max_replicas pods")
     print(
@@ -112,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     for size in args.sizes.split(","):
         p, s = (int(x) for x in size.lower().split("x"))
-        r = run(p, s, args.rounds, args.seed, args.min_replicas, args.zipf)
+        r = run(p, s, args.rounds, args.seed, args.min_replicas, args.zipf, args.calm, args.replica_true_load)
         print(
             f"{p:>5} {s:>7} | {r['first_s']:>8.3f} {r['median_s']:>8.3f} {r['max_s']:>7.3f} | "
             f"{r['imb_first']:>6.3f} {r['imb_last']:>7.3f} {r['floor']:>6.2f} | {r['churn_mean']:>9.4f} {r['churn_last']:>9.4f} | "

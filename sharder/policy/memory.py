@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 
 from sharder.policy.state import Rec, RoundState
 
-# lo -> (hi, smoothed slice load, smoothed load each pod served from exactly [lo, hi), or None)
-SliceMemo = tuple[int, float, dict[str, float] | None]
 FORGET_BELOW = 1e-9  # a pod's smoothed served load under this is dropped
 
 
@@ -19,14 +16,14 @@ class PolicyMemory:
     ``over_rounds``: consecutive rounds whose smoothed imbalance (max/mean pod load) was above
     ``1 + imbalance_tolerance``; ``acting``: balancing is on (it stays on until the imbalance is at most
     ``1 + imbalance_target``); ``counting``: count balancing is under way (it goes on until the slice counts
-    are back in their narrow band); ``slices``: per slice (keyed by its lo; used only while its hi matches) the
-    exponentially smoothed load and per-pod served load. Not part of the wire format: a new leader starts
-    with an empty memory, which only makes the first rounds more cautious."""
+    are back in their narrow band); ``slices``: the round's final slice records, in keyspace order, with their
+    smoothed ``load`` and per-pod ``served`` loads. Not part of the wire format: a new leader starts with an
+    empty memory, which only makes the first rounds more cautious."""
 
     over_rounds: int = 0
     acting: bool = False
     counting: bool = False
-    slices: Mapping[int, SliceMemo] = dataclasses.field(default_factory=dict)
+    slices: tuple[Rec, ...] = ()
 
 
 EMPTY = PolicyMemory()
@@ -37,39 +34,50 @@ def smooth(recs: list[Rec], memory: PolicyMemory, alpha: float) -> None:
     (a slice the memory does not know, by lo and hi, keeps this round's values; so does a pod's first report on
     a slice, so a new replica's load is not underestimated while it ramps up; a pod that stops reporting on a
     slice fades out)."""
-    if alpha >= 1.0 or not memory.slices:
+    old = memory.slices
+    if alpha >= 1.0 or not old:
         return
     keep = 1.0 - alpha
-    known = memory.slices
-    for rec in recs:
-        m = known.get(rec.lo)
-        if m is None or m[0] != rec.hi:
+    n = len(old)
+    by_lo: dict[int, Rec] | None = None
+    for i, rec in enumerate(recs):
+        m = old[i] if i < n else None
+        if m is None or m.lo != rec.lo:  # not aligned with the remembered slices (a caller skipped a round)
+            if by_lo is None:
+                by_lo = {r.lo: r for r in old}
+            m = by_lo.get(rec.lo)
+            if m is None:
+                continue
+        if m.hi != rec.hi:
             continue
-        _, load, served = m
-        rec.load = alpha * rec.load + keep * load
-        now = rec.served
-        if served is None and now is None:
+        rec.load = alpha * rec.load + keep * m.load
+        served = m.served
+        if served is None:
             continue
-        out: dict[str, float] = dict(now) if now else {}
-        if served:
-            for p, v in served.items():
-                x = out.get(p)
-                x = keep * v if x is None else alpha * x + keep * v
-                if x > FORGET_BELOW:
-                    out[p] = x
-        rec.served = out
+        now = rec.served  # this round's dict, built for this record alone
+        if now is None:
+            rec.served = {p: x for p, v in served.items() if (x := keep * v) > FORGET_BELOW}
+            continue
+        if len(now) == 1 and len(served) == 1:  # fast path: one replica, the same pod as last round
+            ((p, v),) = now.items()
+            w = served.get(p)
+            if w is not None:
+                now[p] = alpha * v + keep * w
+                continue
+        for p, v in served.items():
+            cur = now.get(p)
+            x = keep * v if cur is None else alpha * cur + keep * v
+            if x > FORGET_BELOW:
+                now[p] = x
+            elif p in now:
+                del now[p]
 
 
 def remember(state: RoundState, over_rounds: int, acting: bool) -> PolicyMemory:
     """The memory to carry into the next round: the round's final slices with their smoothed loads."""
     if not state.config.calm:
         return EMPTY
-    return PolicyMemory(
-        over_rounds=over_rounds,
-        acting=acting,
-        counting=state.counting,
-        slices={rec.lo: (rec.hi, rec.load, rec.served) for rec in state.recs},
-    )
+    return PolicyMemory(over_rounds=over_rounds, acting=acting, counting=state.counting, slices=tuple(state.recs))
 
 
 __all__ = ["EMPTY", "PolicyMemory", "remember", "smooth"]

@@ -19,6 +19,8 @@ COUNT_MOVE_FRACTION = 0.10
 MIN_COUNT_MOVES = 4
 MAX_DONOR_TRIES = 8
 MAX_PRICED_TRIES = 32  # candidate slices a donor offers one receiver before the calm pricing gives up
+MAX_COUNT_MISSES = 32  # loaded slices count balancing tries on one (receiver, donor) pair before it gives up
+INF = float("inf")
 
 
 class _Holdings:
@@ -31,9 +33,9 @@ class _Holdings:
 
     def _build_index(self) -> dict[str, list[Rec]]:
         index: dict[str, list[Rec]] = {p: [] for p in self.state.eligible}
-        cooling = self.state.cooling
+        cool_since = self.state.cool_since
         for rec in self.state.recs:
-            if rec.load > 0 and not rec.pinned and not cooling(rec):
+            if rec.load > 0 and not rec.pinned and rec.since < cool_since:
                 for p in rec.replicas:
                     index[p].append(rec)
         return index
@@ -248,6 +250,7 @@ def _move_counts(state: RoundState, fair: int, ceil: int) -> None:
     held: dict[str, list[Rec]] | None = None
     coldest: dict[str, list[Rec]] = {}
     start: dict[str, int] = {}
+    ends: dict[str, int] = {}
     while moves_left > 0 and receivers:
         c, r = heapq.heappop(receivers)
         if c != count[r]:
@@ -272,25 +275,32 @@ def _move_counts(state: RoundState, fair: int, ceil: int) -> None:
                 held = _holdings_by_pod(state)
             items = coldest.get(d)
             if items is None:
-                items = sorted(held[d], key=lambda x: (cache_value(state, x, d), share_of(x, d), x.lo))
+                keyed = sorted(((cache_value(state, x, d), share_of(x, d), x.lo), x) for x in held[d])
+                items = [x for _, x in keyed]
                 coldest[d] = items
                 start[d] = 0
+                # only cold slices (calm) are candidates
+                ends[d] = bisect.bisect_right([k[0] for k, _ in keyed], cold + EPS) if cold < INF else len(items)
             i = start[d]
             while i < len(items) and items[i].moved:
                 i += 1
             start[d] = i
             pick = None
             budget = state.budget
-            for j in range(i, len(items)):
+            misses = 0
+            for j in range(i, ends[d]):
                 rec = items[j]
                 if rec.moved or r in rec.replicas:
                     continue
-                if cache_value(state, rec, d) > cold + EPS:
-                    break  # the rest are warmer still
                 share = share_of(rec, d)
                 if share > EPS and (
                     share > budget or (load[r] + share) / cap_r > max(mean, (load[d] - share) / cap[d]) + EPS
                 ):
+                    # the receiver cannot take this much load; larger shares fail too, and the coldest come
+                    # first, so a run of misses ends the scan (it used to walk every slice of the donor)
+                    misses += 1
+                    if misses >= MAX_COUNT_MISSES:
+                        break
                     continue
                 pick = rec
                 break
@@ -326,9 +336,9 @@ def _holdings_by_pod(state: RoundState) -> dict[str, list[Rec]]:
     """Per eligible pod, the slices it may give away in count balancing (not pinned, unchanged this round,
     nobody leaving, not cooling down unless it carries no load: no session loses a cache with it)."""
     out: dict[str, list[Rec]] = {p: [] for p in state.eligible}
-    cooling = state.cooling
+    cool_since = state.cool_since
     for rec in state.recs:
-        if rec.pinned or rec.moved or rec.leaving or (rec.load > EPS and cooling(rec)):
+        if rec.pinned or rec.moved or rec.leaving or (rec.since >= cool_since and rec.load > EPS):
             continue
         for p in rec.replicas:
             out[p].append(rec)

@@ -162,6 +162,8 @@ class RoundState:
         self.acting = True  # load balancing (moves, replication for balance) runs this round (calm.gate)
         self.balance_to = config.imbalance_tolerance  # pods above (1 + this) x mean shed load
         self.counting = False  # calm count balancing is under way (carried between rounds)
+        # a slice changed at or after this generation is cooling down (never, without calm)
+        self.cool_since = generation - config.cooldown_rounds + 1 if config.calm else generation + 1
 
     # --- bookkeeping --------------------------------------------------------------------------------------
     def recompute(self) -> None:
@@ -201,9 +203,8 @@ class RoundState:
 
     def cooling(self, rec: Rec) -> bool:
         """Calm only: ``rec`` changed (moved, split, replicas added or removed) less than ``cooldown_rounds``
-        generations ago, so only invariant repairs may touch it."""
-        cfg = self.config
-        return cfg.calm and self.generation - rec.since < cfg.cooldown_rounds
+        generations ago, so only invariant repairs may touch it (hot loops inline ``rec.since >= cool_since``)."""
+        return rec.since >= self.cool_since
 
     def mean_ref(self) -> float:
         """Mean load of a reference pod (capacity 1.0): total load / total eligible capacity."""
