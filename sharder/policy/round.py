@@ -36,8 +36,10 @@ def reshard(
     """One policy round: the assignment of generation ``assignment.generation + 1``.
 
     Pure and deterministic: the same inputs give the same output; nothing is read from a clock or a random
-    source. Phases, in order: attribute reports to slices; drop dead/ineligible pods (draining ones leave
-    make-before-break); apply overrides; fill to ``min_replicas``; split hot slices (replicate one-key ones);
+    source. Phases, in order: attribute reports to slices; smooth loads with the memory (calm); drop
+    dead/ineligible pods (draining ones leave make-before-break); apply overrides; fill to ``min_replicas``;
+    decide whether this round balances (calm: a streak of imbalanced rounds, then down to the target); split
+    hot slices (replicate one-key ones);
     merge cold neighbours; move load from pods above (1+tolerance) x mean within the churn budget;
     dereplicate cooled slices; move cold slices to pods holding far fewer slices than their fair share (count
     balancing, so pods joining an idle target get slices); keep slices per pod within the band.
