@@ -45,7 +45,7 @@ class TargetConfig:
       ``imbalance_tolerance``;
     * ``act_after_rounds`` (3): consecutive rounds above the tolerance before balancing starts (>= 1);
     * ``cooldown_rounds`` (5): generations a changed slice is left alone (0 = none);
-    * ``load_smoothing`` (0.3): EWMA weight of the newest round's reports, in (0, 1] (1 = no smoothing);
+    * ``load_smoothing`` (0.2): EWMA weight of the newest round's reports, in (0, 1] (1 = no smoothing);
     * ``move_cost_weight`` (1.0): a load move must narrow the donor-receiver load gap by more than this times
       the load the donor served from the slice (its warm cache, lost by the move); 0 = moves are free;
     * ``replica_true_load`` (default on): a replica's pod counts the load it reported serving for the slice
@@ -71,7 +71,7 @@ class TargetConfig:
     imbalance_target: float = 0.05
     act_after_rounds: int = 3
     cooldown_rounds: int = 5
-    load_smoothing: float = 0.3
+    load_smoothing: float = 0.2
     move_cost_weight: float = 1.0
     replica_true_load: bool = True
 
