@@ -265,3 +265,24 @@ def test_the_idle_replica_can_receive_load(true: bool) -> None:
     else:
         assert b.stats.moves == 0 and b.same_placement(a)
         assert abs(b.stats.imbalance - 5.0 / 2.5) < 1e-9
+
+
+def test_a_caller_that_skips_unchanged_rounds_must_carry_the_memory() -> None:
+    """The assigner writes a round's result only when the placement changed. Handing the dropped result's
+    memory to the next round (as below) lets the imbalance streak build up; dropping it too never does."""
+    a, ps, loads = _skewed()
+    carried = dropped = a
+    started_carried = started_dropped = None
+    for i in range(1, 8):
+        new = reshard(carried, ps, _reports(carried, loads), now_ms=i)
+        if new.same_placement(carried):
+            carried = dataclasses.replace(carried, memory=new.memory)  # not written, memory kept
+        else:
+            carried = new
+            started_carried = started_carried or i
+        new = reshard(dropped, ps, _reports(dropped, loads), now_ms=i)
+        if not new.same_placement(dropped):
+            dropped = new
+            started_dropped = started_dropped or i
+    assert started_carried == a.config.act_after_rounds
+    assert started_dropped is None
