@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 from sharder.policy.state import Rec, RoundState
 
@@ -38,14 +39,21 @@ def smooth(recs: list[Rec], memory: PolicyMemory, alpha: float) -> None:
     if alpha >= 1.0 or not old:
         return
     keep = 1.0 - alpha
-    n = len(old)
-    by_lo: dict[int, Rec] | None = None
-    for i, rec in enumerate(recs):
-        m = old[i] if i < n else None
-        if m is None or m.lo != rec.lo:  # not aligned with the remembered slices (a caller skipped a round)
-            if by_lo is None:
-                by_lo = {r.lo: r for r in old}
-            m = by_lo.get(rec.lo)
+    # the common case: this round's slices are the remembered round's output, in the same order
+    pairs: Iterable[tuple[Rec, Rec | None]]
+    if len(old) == len(recs) and old[-1].lo == recs[-1].lo:
+        pairs = zip(recs, old, strict=True)
+    else:
+        by_lo = {r.lo: r for r in old}
+        pairs = ((rec, by_lo.get(rec.lo)) for rec in recs)
+    by_lo2: dict[int, Rec] | None = None
+    for rec, m in pairs:
+        if m is None:
+            continue
+        if m.lo != rec.lo:  # misaligned after all
+            if by_lo2 is None:
+                by_lo2 = {r.lo: r for r in old}
+            m = by_lo2.get(rec.lo)
             if m is None:
                 continue
         if m.hi != rec.hi:
