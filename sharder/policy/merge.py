@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from sharder.policy.state import Rec, RoundState
 
+CALM_MERGE_MARGIN = 0.5
+
 
 def mergeable(state: RoundState, a: Rec, b: Rec) -> bool:
     """Adjacent ``a`` and ``b`` may become one slice: same replica and leaving sets, no pin, no kept boundary,
@@ -44,14 +46,16 @@ def join(state: RoundState, a: Rec, b: Rec) -> Rec:
 def merge_cold(state: RoundState) -> None:
     """Merge runs of adjacent slices whose combined load stays below ``merge_threshold`` x mean pod load (below
     ``split_threshold`` by a factor of at least split/merge, so a merged slice does not split again). Calm: the
-    loads are smoothed over rounds (a slice must have been cold for several rounds) and slices cooling down
-    from a split or move do not merge."""
+    loads are smoothed over rounds (a slice must have been cold for several rounds), a merge also stays under
+    ``CALM_MERGE_MARGIN`` x the split threshold, and slices cooling down from a split or move do not merge."""
     cfg = state.config
     cooling = state.cooling
     mean = state.mean_ref()
     if cfg.merge_threshold <= 0 or mean <= 0 or len(state.recs) < 2:
         return
     limit = cfg.merge_threshold * mean
+    if cfg.calm:  # a merged slice stays at most half the split threshold, whatever the thresholds
+        limit = min(limit, CALM_MERGE_MARGIN * cfg.split_threshold * mean)
     out: list[Rec] = []
     cur = state.recs[0]
     for nxt in state.recs[1:]:

@@ -286,3 +286,18 @@ def test_a_caller_that_skips_unchanged_rounds_must_carry_the_memory() -> None:
             started_dropped = started_dropped or i
     assert started_carried == a.config.act_after_rounds
     assert started_dropped is None
+
+
+@pytest.mark.parametrize("calm", [False, True], ids=["act-every-round", "calm"])
+def test_calm_merges_stay_well_under_the_split_threshold(calm: bool) -> None:
+    """merge_threshold 0.2 next to split_threshold 0.25 leaves no margin: two neighbours at 0.075 x mean pod load
+    each merge into a 0.15 slice without calm; calm merges only below half the split threshold (0.125)."""
+    ps = _pods(1)
+    cfg = TargetConfig("t", initial_slices=8, merge_threshold=0.2, split_threshold=0.25, calm=calm)
+    a = _aged(initial_assignment(cfg, ps))
+    s = [sa.slice for sa in a.slices]
+    # one pod, total load 1: the pair carries 0.15, each other slice 0.85 / 6 (any other pair is above 0.2)
+    loads = {x.lo: 0.075 for x in s[:2]} | {x.lo: 0.85 / 6 for x in s[2:]}
+    b = reshard(a, ps, _reports(a, loads), now_ms=1)
+    pair_merged = b.lookup(s[0].lo).slice.hi == s[1].hi
+    assert pair_merged is not calm
