@@ -322,7 +322,11 @@ class Leader:
             tpods = self.pods_for(pods, target, cur)
             reports = self.view.reports({p.id for p in tpods})
             new = self.policy(cur, tpods, reports, now_ms=int(time.time() * 1000))
-            return new if changed(cur, new) else None
+            if changed(cur, new):
+                return new
+            if new.memory is not None:  # nothing to commit, but the calm policy's smoothed loads and streak go on
+                self._current[target] = dataclasses.replace(cur, memory=new.memory)
+            return None
 
         return fn
 
