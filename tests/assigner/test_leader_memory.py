@@ -10,8 +10,8 @@ from sharder.assigner.state import PodLoadView
 from sharder.assignment import initial_assignment
 from sharder.config import TargetConfig
 from sharder.load import EngineLoad, LoadReport, SliceLoad
-from sharder.policy.round import reshard
 from sharder.pods import Pod
+from sharder.policy.round import reshard
 from sharder.store.base import LeaderInfo
 from sharder.store.embedded import EmbeddedStore
 
