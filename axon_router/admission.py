@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from collections.abc import Sequence
 
 from axon_router.knobs import Knobs
@@ -60,6 +61,17 @@ class Admission:
                 return Decision(Outcome.IN_SUBSET, s)
         if outside:
             s = picker.choose(outside, req, now, lim)
+            if s is not None:
+                return Decision(Outcome.SPILL if subset else Outcome.FALLBACK, s)
+        if picker.choose([PodView("", "")], req, now, lim) is None:
+            # Over the TTFT limit even on an idle pod (a huge prompt): load is not why, so shedding with a retry
+            # hint would have clients retry forever. The best pod under the outstanding limit takes it; the pod
+            # decides (vLLM answers 400 for a prompt over its context).
+            by_count = Limits(lim.max_outstanding, math.inf)
+            s = picker.choose(subset, req, now, by_count) if subset else None
+            if s is not None:
+                return Decision(Outcome.IN_SUBSET, s)
+            s = picker.choose(outside, req, now, by_count) if outside else None
             if s is not None:
                 return Decision(Outcome.SPILL if subset else Outcome.FALLBACK, s)
         return Decision(Outcome.SHED, None)

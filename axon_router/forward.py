@@ -3,57 +3,61 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from typing import TypeVar
 
 import aiohttp
 
-from axon_router.errors import DeadlineExceeded, StreamBroken, UpstreamError
+from axon_router.errors import DeadlineExceeded, StreamBroken, UpstreamError, UpstreamIdle
 from axon_router.failover import RetryableError
 from axon_router.knobs import Knobs
 
 _RETRY_STATUSES = frozenset({500, 502, 503, 504})
 _NETWORK_ERRORS = (aiohttp.ClientError, ConnectionError, OSError)
+T = TypeVar("T")
 
 
 class Upstream:
     """An open response from a pod that has produced its first token (SSE) or its whole body."""
 
-    __slots__ = ("body", "first", "resp", "status")
+    __slots__ = ("body", "first", "idle_s", "resp", "status")
 
-    def __init__(self, resp: aiohttp.ClientResponse | None, status: int, first: bytes, body: bytes | None) -> None:
+    def __init__(
+        self, resp: aiohttp.ClientResponse | None, status: int, first: bytes, body: bytes | None, idle_s: float = 30.0
+    ) -> None:
         self.resp = resp
         self.status = status
         self.first = first  # first SSE event, raw, ending in a blank line (stream) / b"" (non-stream)
         self.body = body  # full body (non-stream)
+        self.idle_s = idle_s  # longest silence of the pod between two reads
 
     async def raw_chunks(self) -> AsyncIterator[bytes]:
-        """The rest of the SSE stream as it arrives; StreamBroken when the pod fails mid-stream."""
+        """The rest of the SSE stream as it arrives; StreamBroken when the pod fails (UpstreamIdle: stalls) mid-stream."""
         resp = self.resp
         if resp is None:
             return
         try:
-            async for chunk in resp.content.iter_any():
+            while True:
+                chunk = await _idle_read(resp.content.readany(), self.idle_s)
+                if not chunk:
+                    return
                 yield chunk
-        except TimeoutError:
-            raise DeadlineExceeded("the request's deadline passed mid-stream", code="deadline_exceeded") from None
         except _NETWORK_ERRORS as e:
             raise StreamBroken(f"the pod failed mid-stream: {type(e).__name__}: {e}") from None
         finally:
             resp.release()
 
     async def events(self) -> AsyncIterator[bytes]:
-        """The rest of the SSE stream, one ``data:`` payload per event; StreamBroken on failure."""
+        """The rest of the SSE stream, one raw event at a time; StreamBroken on failure, UpstreamIdle on a stall."""
         resp = self.resp
         if resp is None:
             return
         try:
             while True:
-                ev = await _read_event(resp.content)
+                ev = await _idle_read(_read_event(resp.content), self.idle_s)
                 if ev is None:
                     return
                 yield ev
-        except TimeoutError:
-            raise DeadlineExceeded("the request's deadline passed mid-stream", code="deadline_exceeded") from None
         except _NETWORK_ERRORS as e:
             raise StreamBroken(f"the pod failed mid-stream: {type(e).__name__}: {e}") from None
         finally:
@@ -62,6 +66,33 @@ class Upstream:
     def close(self) -> None:
         if self.resp is not None:
             self.resp.close()
+
+
+async def _idle_read(read: Awaitable[T], idle_s: float) -> T:
+    """``await read`` unless the pod stays silent for ``idle_s`` (UpstreamIdle) or the request's own deadline,
+    enforced by the client session's total timeout, passes (DeadlineExceeded)."""
+    tm = asyncio.timeout(idle_s)
+    try:
+        async with tm:
+            return await read
+    except TimeoutError:
+        if tm.expired():
+            raise UpstreamIdle(
+                f"the pod sent nothing for {idle_s:g}s (stream_idle_timeout_s); it looks stalled"
+            ) from None
+        raise DeadlineExceeded(
+            "the request's deadline passed while the pod was answering", code="deadline_exceeded"
+        ) from None
+
+
+async def _read_body(resp: aiohttp.ClientResponse, idle_s: float) -> bytes:
+    """The whole response body, read with the idle timeout between chunks."""
+    parts: list[bytes] = []
+    while True:
+        chunk = await _idle_read(resp.content.readany(), idle_s)
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
 
 
 async def _read_event(content: aiohttp.StreamReader) -> bytes | None:
@@ -88,7 +119,8 @@ def data_of(event: bytes) -> bytes:
 
 
 class Forwarder:
-    """Sends requests to pods over one shared keep-alive connection pool (created once, on start)."""
+    """Sends requests to pods over one shared keep-alive connection pool (created once, on start), bounded in
+    total (``pool_max_connections``) and per pod (``pool_max_per_pod``)."""
 
     def __init__(self, knobs: Knobs) -> None:
         self.knobs = knobs
@@ -96,7 +128,11 @@ class Forwarder:
 
     async def start(self) -> None:
         conn = aiohttp.TCPConnector(
-            limit=0, limit_per_host=0, keepalive_timeout=60.0, ttl_dns_cache=None, use_dns_cache=True
+            limit=self.knobs.pool_max_connections,
+            limit_per_host=self.knobs.pool_max_per_pod,
+            keepalive_timeout=60.0,
+            ttl_dns_cache=None,
+            use_dns_cache=True,
         )
         self.session = aiohttp.ClientSession(connector=conn, auto_decompress=False, skip_auto_headers=("User-Agent",))
 
@@ -111,7 +147,7 @@ class Forwarder:
         """Send one attempt; return once the first token (SSE) or the whole body (non-stream) arrived.
 
         Raises RetryableError when the attempt failed before any output (connect error, 5xx, 429, timeout),
-        UpstreamError for a 4xx the client must see.
+        UpstreamError for a 4xx the client must see, UpstreamIdle when the pod stalls inside its answer.
         """
         assert self.session is not None, "Forwarder.start() was not awaited"
         k = self.knobs
@@ -125,7 +161,7 @@ class Forwarder:
                 resp = await self.session.post(base_url + path, data=body, headers=headers, timeout=to)
                 status = resp.status
                 if status != 200:
-                    raw = await resp.read()
+                    raw = await _read_body(resp, k.stream_idle_timeout_s)
                     resp.release()
                     if status in _RETRY_STATUSES:
                         raise RetryableError(
@@ -135,18 +171,18 @@ class Forwarder:
                         raise RetryableError("pod is overloaded (429)", cause="http_429", pod_fault=False, status=429)
                     raise UpstreamError(status, raw, f"pod answered {status}")
                 if not stream:
-                    raw = await resp.read()
+                    raw = await _read_body(resp, k.stream_idle_timeout_s)
                     resp.release()
                     return Upstream(None, status, b"", raw)
                 first = await _read_event(resp.content)
                 if first is None:
                     raise RetryableError("pod closed the stream before the first token", cause="empty_stream")
-                return Upstream(resp, status, first, None)
+                return Upstream(resp, status, first, None, k.stream_idle_timeout_s)
         except TimeoutError:
             if resp is not None:
                 resp.close()
             raise RetryableError(f"no first token within {first_timeout:.3f}s", cause="timeout") from None
-        except (RetryableError, UpstreamError):
+        except (RetryableError, UpstreamError, UpstreamIdle, DeadlineExceeded):
             if resp is not None:
                 resp.close()
             raise
