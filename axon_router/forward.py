@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import TypeVar
 
 import aiohttp
 
-from axon_router.errors import DeadlineExceeded, StreamBroken, UpstreamError, UpstreamIdle
+from axon_router.errors import DeadlineExceeded, StreamBroken, UpstreamError, UpstreamIdle, clip
 from axon_router.failover import RetryableError
 from axon_router.knobs import Knobs
 
@@ -112,6 +113,17 @@ async def _read_event(content: aiohttp.StreamReader) -> bytes | None:
         lines.append(line)
 
 
+def _pod_message(raw: bytes) -> str:
+    """The message of a pod's (vLLM / OpenAI shaped) error body, clipped; the raw start when it has none."""
+    try:
+        obj = json.loads(raw)
+        err = obj.get("error") if isinstance(obj, dict) else None
+        msg = err.get("message") if isinstance(err, dict) else obj.get("message") if isinstance(obj, dict) else None
+    except ValueError:
+        msg = None
+    return clip(str(msg), 300) if msg else repr(raw[:200])
+
+
 def data_of(event: bytes) -> bytes:
     """The ``data:`` payload of a raw SSE event (multi-line data joined with newlines)."""
     parts = [ln[5:].strip() for ln in event.splitlines() if ln.startswith(b"data:")]
@@ -169,7 +181,7 @@ class Forwarder:
                         )
                     if status == 429:
                         raise RetryableError("pod is overloaded (429)", cause="http_429", pod_fault=False, status=429)
-                    raise UpstreamError(status, raw, f"pod answered {status}")
+                    raise UpstreamError(status, raw, f"pod answered {status}: {_pod_message(raw)}")
                 if not stream:
                     raw = await _read_body(resp, k.stream_idle_timeout_s)
                     resp.release()

@@ -450,6 +450,8 @@ class HttpApi:
             ) from None
         except RecursionError:
             raise HttpError(400, "request body nests too deeply") from None
+        except ValueError as e:  # e.g. an integer over json's digit limit
+            raise HttpError(400, f"request body is not acceptable JSON: {str(e)[:200]}") from None
         if not isinstance(body, dict):
             raise HttpError(400, f"request body must be a JSON object, got {type(body).__name__}")
         return body

@@ -167,6 +167,8 @@ class OpenAIFrontend:
                 raise BadRequest(
                     str(e), param="messages" if path == CHAT else "prompt", code="invalid_encoding"
                 ) from None
+            except ValueError as e:  # e.g. json's limit on integer digits: the client's input, not a router fault
+                raise BadRequest(f"invalid request body: {clip(str(e), 200)}", code="invalid_json") from None
             f = router.begin(req, "http")
         except RouterError as e:
             router.metrics.count_request("http", str(e.status))
