@@ -211,3 +211,24 @@ async def test_router_without_an_assignment_answers_a_retryable_503() -> None:
         assert status == 503, raw
         assert int(headers["retry-after"]) >= 1
         assert_openai_error(raw, "no_assignment")
+
+
+def test_admission_admits_a_request_over_the_slo_even_when_idle_but_sheds_real_overload() -> None:
+    """Pure: shedding is for load. A request no idle pod could serve within the SLO goes to the best pod under
+    the outstanding limit; when every pod is at that limit it is still shed."""
+    from axon_router.admission import Admission, Outcome, Priority
+    from axon_router.picker import CostPicker, PickInput
+    from axon_router.pod_view import PodView
+
+    k = knobs(admit_ttft_slo_s=0.05, admit_max_outstanding=2)
+    a, picker = Admission(k), CostPicker(k)
+    pods = [PodView("a", "http://a"), PodView("b", "http://b")]
+    huge = PickInput(1, [], prompt_tokens=100_000, max_tokens=16)
+    small = PickInput(1, [], prompt_tokens=10, max_tokens=16)
+    d = a.decide(picker, pods[:1], pods[1:], huge, 0.0, Priority.INTERACTIVE)
+    assert d.outcome is Outcome.IN_SUBSET and d.pick is not None and d.pick.pod.id == "a"
+    for p in pods:
+        p.begin(10)
+        p.begin(10)  # both at admit_max_outstanding
+    assert a.decide(picker, pods[:1], pods[1:], huge, 0.0, Priority.INTERACTIVE).outcome is Outcome.SHED
+    assert a.decide(picker, pods[:1], pods[1:], small, 0.0, Priority.INTERACTIVE).outcome is Outcome.SHED
