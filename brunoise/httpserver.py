@@ -16,6 +16,11 @@ from aiohttp.web_server import Server
 
 log = logging.getLogger("brunoise.http")
 
+#: Idle keep-alive connections are closed after this (aiohttp's default is an hour). Longer than the router's
+#: client-side keep-alive (60 s), so the server never closes a connection the router is about to reuse; it
+#: also bounds a partial request pipelined behind a finished one.
+KEEPALIVE_TIMEOUT_S = 75.0
+
 #: Renders an error as the server's JSON error body: (HTTP status, message, error code) -> object.
 ErrorBody = Callable[[int, str, str], dict[str, Any]]
 
@@ -98,11 +103,13 @@ class _GuardedServer(Server):
 class GuardedAppRunner(web.AppRunner):
     """``web.AppRunner`` whose connections answer malformed HTTP (an oversized header, a bad request line) with
     ``error_body`` JSON instead of aiohttp's plain text, and are closed with a 408 when a request's headers take
-    longer than ``header_timeout_s`` to arrive (slowloris). Bodies are the handlers' to time out."""
+    longer than ``header_timeout_s`` to arrive (slowloris); idle keep-alive connections close after
+    ``KEEPALIVE_TIMEOUT_S`` unless told otherwise. Bodies are the handlers' to time out."""
 
     def __init__(self, app: web.Application, *, error_body: ErrorBody, header_timeout_s: float, **kwargs: Any) -> None:
         if header_timeout_s <= 0:
             raise ValueError(f"header_timeout_s must be > 0, got {header_timeout_s}")
+        kwargs.setdefault("keepalive_timeout", KEEPALIVE_TIMEOUT_S)
         super().__init__(app, **kwargs)
         self._error_body = error_body
         self._header_timeout_s = header_timeout_s

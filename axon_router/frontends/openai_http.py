@@ -96,11 +96,13 @@ class OpenAIFrontend:
         self.app.router.add_get("/debug/lookup", self.debug_lookup)
 
     def runner(self) -> web.AppRunner:
-        """The app's runner: JSON errors for malformed HTTP, and the header read timeout (slowloris)."""
+        """The app's runner: JSON errors for malformed HTTP, the header read timeout (slowloris), and handlers
+        cancelled when their client goes away (the request's id, pod connection and span are released at once)."""
         return GuardedAppRunner(
             self.app,
             error_body=openai_error_body,
             header_timeout_s=self.router.knobs.header_read_timeout_s,
+            handler_cancellation=True,
             access_log=None,
             handle_signals=False,
         )

@@ -232,3 +232,23 @@ def test_admission_admits_a_request_over_the_slo_even_when_idle_but_sheds_real_o
         p.begin(10)  # both at admit_max_outstanding
     assert a.decide(picker, pods[:1], pods[1:], huge, 0.0, Priority.INTERACTIVE).outcome is Outcome.SHED
     assert a.decide(picker, pods[:1], pods[1:], small, 0.0, Priority.INTERACTIVE).outcome is Outcome.SHED
+
+
+async def test_http_client_gone_before_first_token_releases_the_request_id() -> None:
+    async with harness(knobs()) as h:
+        assert h.router is not None
+        host, port = h.host_port
+        body = json.dumps({"model": MODEL, "prompt": "stall-first", "stream": True}).encode()
+        _reader, writer = await asyncio.open_connection(host, port)
+        writer.write(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nx-request-id: rid-9\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        await asyncio.wait_for(h.pod.received.wait(), 5)
+        assert "rid-9" in h.router.inflight_ids
+        writer.close()  # the client goes away while the pod has not answered
+        await poll(lambda: not h.router.inflight_ids, 5, "the abandoned request's id to be released")
+        text = h.router.metrics.render().decode()
+        assert 'brunoise_router_requests_total{code="499",frontend="http"} 1.0' in text
