@@ -18,10 +18,69 @@ _NETWORK_ERRORS = (aiohttp.ClientError, ConnectionError, OSError)
 T = TypeVar("T")
 
 
+class IdleWatch:
+    """Fails a pod response that stays silent for ``idle_s`` while the router waits on it: one timer per idle
+    period, not one per read (a read costs a clock read), and time the router spends writing to its own
+    client does not count. When it fires the response is closed, so the pending read fails at once."""
+
+    __slots__ = ("_handle", "_loop", "_since", "fired", "idle_s", "resp")
+
+    def __init__(self, resp: aiohttp.ClientResponse, idle_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.resp = resp
+        self.idle_s = idle_s
+        self.fired = False
+        self._since: float | None = None  # when the pending read started; None while not reading
+        self._handle: asyncio.TimerHandle | None = None
+
+    async def read(self, op: Awaitable[T]) -> T:
+        """``await op`` (a read of ``resp``): UpstreamIdle if the pod stays silent for ``idle_s``,
+        DeadlineExceeded if the request's deadline (the session's total timeout) passes first."""
+        now = self._loop.time()
+        self._since = now
+        if self._handle is None:
+            self._handle = self._loop.call_at(now + self.idle_s, self._check)
+        try:
+            out = await op
+        except TimeoutError:
+            raise DeadlineExceeded(
+                "the request's deadline passed while the pod was answering", code="deadline_exceeded"
+            ) from None
+        except _NETWORK_ERRORS:
+            if self.fired:
+                raise self.error() from None
+            raise
+        finally:
+            self._since = None
+        if self.fired:  # closed under the read, which may have ended as if cleanly
+            raise self.error()
+        return out
+
+    def error(self) -> UpstreamIdle:
+        return UpstreamIdle(f"the pod sent nothing for {self.idle_s:g}s (stream_idle_timeout_s); it looks stalled")
+
+    def _check(self) -> None:
+        self._handle = None
+        since = self._since
+        if since is None or self.fired:
+            return  # not waiting on the pod now; the next read arms the timer again
+        due = since + self.idle_s
+        if self._loop.time() >= due:
+            self.fired = True
+            self.resp.close()
+        else:
+            self._handle = self._loop.call_at(due, self._check)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 class Upstream:
     """An open response from a pod that has produced its first token (SSE) or its whole body."""
 
-    __slots__ = ("body", "first", "idle_s", "resp", "status")
+    __slots__ = ("body", "first", "resp", "status", "watch")
 
     def __init__(
         self, resp: aiohttp.ClientResponse | None, status: int, first: bytes, body: bytes | None, idle_s: float = 30.0
@@ -30,70 +89,61 @@ class Upstream:
         self.status = status
         self.first = first  # first SSE event, raw, ending in a blank line (stream) / b"" (non-stream)
         self.body = body  # full body (non-stream)
-        self.idle_s = idle_s  # longest silence of the pod between two reads
+        self.watch = IdleWatch(resp, idle_s) if resp is not None else None
 
     async def raw_chunks(self) -> AsyncIterator[bytes]:
         """The rest of the SSE stream as it arrives; StreamBroken when the pod fails (UpstreamIdle: stalls) mid-stream."""
-        resp = self.resp
-        if resp is None:
+        resp, watch = self.resp, self.watch
+        if resp is None or watch is None:
             return
         try:
             while True:
-                chunk = await _idle_read(resp.content.readany(), self.idle_s)
+                chunk = await watch.read(resp.content.readany())
                 if not chunk:
                     return
                 yield chunk
         except _NETWORK_ERRORS as e:
             raise StreamBroken(f"the pod failed mid-stream: {type(e).__name__}: {e}") from None
         finally:
+            watch.stop()
             resp.release()
 
     async def events(self) -> AsyncIterator[bytes]:
         """The rest of the SSE stream, one raw event at a time; StreamBroken on failure, UpstreamIdle on a stall."""
-        resp = self.resp
-        if resp is None:
+        resp, watch = self.resp, self.watch
+        if resp is None or watch is None:
             return
         try:
             while True:
-                ev = await _idle_read(_read_event(resp.content), self.idle_s)
+                ev = await watch.read(_read_event(resp.content))
                 if ev is None:
                     return
                 yield ev
         except _NETWORK_ERRORS as e:
             raise StreamBroken(f"the pod failed mid-stream: {type(e).__name__}: {e}") from None
         finally:
+            watch.stop()
             resp.release()
 
     def close(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()
         if self.resp is not None:
             self.resp.close()
 
 
-async def _idle_read(read: Awaitable[T], idle_s: float) -> T:
-    """``await read`` unless the pod stays silent for ``idle_s`` (UpstreamIdle) or the request's own deadline,
-    enforced by the client session's total timeout, passes (DeadlineExceeded)."""
-    tm = asyncio.timeout(idle_s)
-    try:
-        async with tm:
-            return await read
-    except TimeoutError:
-        if tm.expired():
-            raise UpstreamIdle(
-                f"the pod sent nothing for {idle_s:g}s (stream_idle_timeout_s); it looks stalled"
-            ) from None
-        raise DeadlineExceeded(
-            "the request's deadline passed while the pod was answering", code="deadline_exceeded"
-        ) from None
-
-
 async def _read_body(resp: aiohttp.ClientResponse, idle_s: float) -> bytes:
-    """The whole response body, read with the idle timeout between chunks."""
+    """The whole response body, with the idle timeout between chunks."""
+    watch = IdleWatch(resp, idle_s)
     parts: list[bytes] = []
-    while True:
-        chunk = await _idle_read(resp.content.readany(), idle_s)
-        if not chunk:
-            return b"".join(parts)
-        parts.append(chunk)
+    try:
+        while True:
+            chunk = await watch.read(resp.content.readany())
+            if not chunk:
+                return b"".join(parts)
+            parts.append(chunk)
+    finally:
+        watch.stop()
 
 
 async def _read_event(content: aiohttp.StreamReader) -> bytes | None:

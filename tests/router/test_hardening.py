@@ -252,3 +252,40 @@ async def test_http_client_gone_before_first_token_releases_the_request_id() -> 
         await poll(lambda: not h.router.inflight_ids, 5, "the abandoned request's id to be released")
         text = h.router.metrics.render().decode()
         assert 'brunoise_router_requests_total{code="499",frontend="http"} 1.0' in text
+
+
+async def test_idle_watch_counts_only_time_spent_waiting_on_the_pod() -> None:
+    """The watch fires on a read that waits longer than idle_s, not on slow work between reads (a slow client)."""
+    from axon_router.errors import UpstreamIdle
+    from axon_router.forward import IdleWatch
+
+    class FakeResponse:
+        def __init__(self) -> None:
+            self.pending: asyncio.Future[bytes] | None = None
+            self.closed = False
+
+        def close(self) -> None:  # as aiohttp: a read pending on a closed response fails
+            self.closed = True
+            if self.pending is not None and not self.pending.done():
+                self.pending.set_exception(aiohttp.ClientPayloadError("response closed"))
+
+        def read(self, delay: float | None) -> asyncio.Future[bytes]:
+            loop = asyncio.get_running_loop()
+            self.pending = loop.create_future()
+            if delay is not None:
+                loop.call_later(delay, lambda f=self.pending: f.done() or f.set_result(b"x"))
+            return self.pending
+
+    resp = FakeResponse()
+    watch = IdleWatch(resp, 0.2)  # type: ignore[arg-type]
+    try:
+        for _ in range(3):
+            assert await watch.read(resp.read(0.05)) == b"x"
+            await asyncio.sleep(0.3)  # longer than idle_s, but not waiting on the pod
+        assert not resp.closed
+        t = time.monotonic()
+        with pytest.raises(UpstreamIdle):
+            await watch.read(resp.read(None))  # the pod goes silent
+        assert resp.closed and 0.15 < time.monotonic() - t < 2.0
+    finally:
+        watch.stop()
