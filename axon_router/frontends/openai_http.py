@@ -66,6 +66,8 @@ def error_response(e: RouterError) -> web.Response:
     headers: dict[str, str] = {}
     if e.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(e.retry_after_s)))
+    if e.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     if isinstance(e, UpstreamError):
         return web.Response(status=e.status, body=_upstream_body(e), content_type="application/json", headers=headers)
     resp = web.Response(status=e.status, text=json.dumps(e.body()), content_type="application/json", headers=headers)

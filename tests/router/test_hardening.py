@@ -211,6 +211,14 @@ async def test_router_without_an_assignment_answers_a_retryable_503() -> None:
         assert status == 503, raw
         assert int(headers["retry-after"]) >= 1
         assert_openai_error(raw, "no_assignment")
+        async with grpc.aio.insecure_channel(h.grpc) as ch:
+            stub = router_pb2_grpc.RouterStub(ch)  # type: ignore[no-untyped-call]
+            call = stub.Generate(inference_pb2.GenerateRequest(model=MODEL, prompt="x"))
+            with pytest.raises(grpc.aio.AioRpcError) as ei:
+                _ = [c async for c in call]
+            assert ei.value.code() is grpc.StatusCode.UNAVAILABLE
+            trailers = dict(ei.value.trailing_metadata() or ())
+            assert int(trailers["retry-after"]) >= 1
 
 
 def test_admission_admits_a_request_over_the_slo_even_when_idle_but_sheds_real_overload() -> None:

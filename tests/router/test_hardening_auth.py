@@ -61,7 +61,9 @@ async def test_http_requires_a_known_key_and_answers_openai_401() -> None:
     async with harness(K, api_keys=KEYS) as h, aiohttp.ClientSession() as s:
         body = {"model": MODEL, "prompt": "hello"}
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "sk-acme"}):
-            status, raw = await _post(h.http, "/v1/completions", body, headers)
+            async with s.post(h.http + "/v1/completions", json=body, headers=headers) as r:
+                status, raw = r.status, await r.read()
+                assert r.headers.get("WWW-Authenticate") == "Bearer"
             assert status == 401, raw
             err = json.loads(raw)["error"]
             assert err["type"] == "invalid_request_error" and err["code"] == "invalid_api_key" and err["message"]
