@@ -82,6 +82,12 @@ class _GuardedHandler(RequestHandler):
         return resp
 
 
+#: aiohttp internals the guarded handler relies on (present from 3.10 through at least 3.14); without them the
+#: runner still serves, with aiohttp's own handler, and says so.
+_INTERNALS = ("_messages", "_request_in_progress", "_handle_request", "_loop", "_manager")
+GUARD_SUPPORTED = all(hasattr(RequestHandler, a) for a in _INTERNALS)
+
+
 class _GuardedServer(Server):
     def __init__(self, base: Server, error_body: ErrorBody, header_timeout_s: float) -> None:
         super().__init__(
@@ -115,4 +121,8 @@ class GuardedAppRunner(web.AppRunner):
         self._header_timeout_s = header_timeout_s
 
     async def _make_server(self) -> Server:
-        return _GuardedServer(await super()._make_server(), self._error_body, self._header_timeout_s)
+        base = await super()._make_server()
+        if not GUARD_SUPPORTED:
+            log.warning("this aiohttp lacks %s: serving without JSON parse errors or a header timeout", _INTERNALS)
+            return base
+        return _GuardedServer(base, self._error_body, self._header_timeout_s)
