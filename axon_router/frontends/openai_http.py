@@ -204,19 +204,22 @@ class OpenAIFrontend:
             await resp.write(up.first)
             async for chunk in up.raw_chunks():
                 await resp.write(chunk)
-        except RouterError as e:  # StreamBroken, or the deadline passed mid-stream
+        except (ConnectionError, asyncio.CancelledError) as e:
+            router.finish(f, "499", e)
+            raise
+        except Exception as e:  # StreamBroken / UpstreamIdle / the deadline mid-stream, or a bug: end it in-band
+            err = e if isinstance(e, RouterError) else InternalError("internal error in the router; see its log")
             if isinstance(e, StreamBroken):
-                log.warning("stream broken after first token", extra=flight_log(f, "502"))
-            router.finish(f, str(e.status), e)
+                log.warning("stream broken after first token", extra=flight_log(f, str(err.status)))
+            elif not isinstance(e, RouterError):
+                log.exception("unhandled error mid-stream", extra=flight_log(f, "500"))
+            router.finish(f, str(err.status), err)
             try:
-                await resp.write(_sse_error(e))
+                await resp.write(_sse_error(err))
                 await resp.write_eof()
             except (ConnectionError, RuntimeError):
                 pass
             return resp
-        except (ConnectionError, asyncio.CancelledError) as e:
-            router.finish(f, "499", e)
-            raise
         router.finish(f, "200")
         await resp.write_eof()
         return resp
