@@ -243,6 +243,12 @@ class Forwarder:
         except TimeoutError:
             if resp is not None:
                 resp.close()
+            if first_timeout < k.first_token_timeout_s:  # the client's deadline ran out, not the pod's time
+                raise RetryableError(
+                    f"no first token before the request's deadline ({first_timeout:.3f}s)",
+                    cause="deadline",
+                    pod_fault=False,
+                ) from None
             raise RetryableError(f"no first token within {first_timeout:.3f}s", cause="timeout") from None
         except (RetryableError, UpstreamError, UpstreamIdle, DeadlineExceeded):
             if resp is not None:

@@ -297,3 +297,16 @@ async def test_idle_watch_counts_only_time_spent_waiting_on_the_pod() -> None:
         assert resp.closed and 0.15 < time.monotonic() - t < 2.0
     finally:
         watch.stop()
+
+
+async def test_a_clients_tight_deadline_does_not_count_against_the_pod() -> None:
+    """A first token that misses the client's own deadline is not the pod's failure: its circuit stays closed."""
+    async with harness(knobs(outlier_consecutive_failures=2)) as h:
+        body = {"model": MODEL, "prompt": "stall-first", "stream": True}
+        for _ in range(4):
+            status, _, raw = await post(h.http, body, {"x-brunoise-timeout-ms": "100"})
+            assert status == 504, raw
+        h.pod.release.set()
+        status, _, raw = await post(h.http, {"model": MODEL, "prompt": "hello"})
+        assert status == 200, raw
+        assert h.router is not None and h.router.pods["p0"].breaker.state.name.lower() == "closed"
