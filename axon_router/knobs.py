@@ -80,6 +80,10 @@ class Knobs:
     load_cap: float = 1.25
     """Bounded-load cap inside the subset: no pod takes a new session at or above ceil(load_cap x (the subset's
     outstanding requests + 1) / its size) while another subset pod is under it (0: off)."""
+    cap_escape_s: float = 0.1
+    """A new request may go over the load cap to the subset pod holding the longest prefix of its prompt when
+    that saves more than this much prefill time over the best pod under the cap (a long shared document is
+    worth a little imbalance; a tenant's short system prompt is not). 0: never (the cap is strict)."""
     sticky: bool = True
     """A session stays on the subset pod holding its cache unless that pod's estimated TTFT exceeds the best
     by more than the uncached prefill it would save (false: the lowest estimated TTFT always wins)."""
@@ -172,6 +176,8 @@ class Knobs:
             raise ValueError(f"knob key_layout must be one of {', '.join(KEY_LAYOUTS)}, got {self.key_layout!r}")
         if self.group_prefix_chunks < 1:
             raise ValueError(f"knob group_prefix_chunks must be >= 1, got {self.group_prefix_chunks}")
+        if self.cap_escape_s < 0:
+            raise ValueError(f"knob cap_escape_s must be >= 0, got {self.cap_escape_s}")
         if 0 < self.load_cap < 1:
             raise ValueError(f"knob load_cap must be 0 (off) or >= 1, got {self.load_cap}")
         for name in ("stream_idle_timeout_s", "header_read_timeout_s", "body_read_timeout_s"):

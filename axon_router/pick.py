@@ -18,6 +18,7 @@ FALLBACK = "fallback"  # pods outside the subset, when no subset pod is usable a
 #: How the first pod of the subset tier was chosen.
 RULE_STICKY = "sticky"  # the pod holding the session's cache, kept (its TTFT is within the prefill it saves)
 RULE_COST = "cost"  # the lowest estimated TTFT, under the load cap
+RULE_ESCAPE = "cap_escape"  # over the load cap, holding a prefix worth more than cap_escape_s of prefill
 RULE_CAPPED = "capped"  # the lowest estimated TTFT was over the load cap; the best pod under it
 RULE_OVER_CAP = "over_cap"  # no admissible subset pod under the cap (the others are over their limits)
 
@@ -142,6 +143,14 @@ class CostPick:
         ranked = rank_by_cost(under, key, eps) + rank_by_cost(over, key, eps)
         best = rank_by_cost(ok, key, eps)[0]
         rule = RULE_COST if under and ranked[0] is best else RULE_CAPPED if under else RULE_OVER_CAP
+        if rule == RULE_CAPPED and k.cap_escape_s > 0:
+            # the cap's escape: the pod holding the longest prefix, over the cap, still wins when the prefill it
+            # saves over the best pod under the cap is worth more than cap_escape_s (a long shared document)
+            h = max(over, key=lambda s: (s.hit_chunks, -tie_rank(key, s.pod.id)))
+            saved_s = max(0, ranked[0].miss_tokens - h.miss_tokens) / k.prefill_tokens_per_s
+            if saved_s > k.cap_escape_s and h.cost <= ranked[0].cost:
+                ranked = [h, *(s for s in ranked if s is not h)]
+                rule = RULE_ESCAPE
         if k.sticky:
             need = max(1, req.session_chunks)
             holders = [s for s in ok if s.hit_chunks >= need]

@@ -154,3 +154,22 @@ def test_rank_by_cost_breaks_ties_by_key() -> None:
     b = [s.pod.id for s in rank_by_cost(list(reversed(scored)), 7, K.tie_epsilon_s)]
     c = [s.pod.id for s in rank_by_cost(scored, 8, K.tie_epsilon_s)]
     assert a == b and sorted(a) == sorted(vs) and a != c
+
+
+def test_a_long_shared_document_escapes_the_cap_a_short_prompt_does_not() -> None:
+    """Over the cap, the pod holding the request's prefix still wins when the prefill it saves is worth more than
+    ``cap_escape_s`` (a long document: duplicating it on every replica would halve the pool's cache); with the
+    escape off (0) the cap holds."""
+    doc = (DOC + " ") * 2  # ~14 KB: ~3,500 tokens, ~0.17 s of prefill at the default rate
+    for escape, expect_holder in ((0.1, True), (0.0, False)):
+        vs = views("a", "b")
+        vs["a"].remember(prefix_hashes(doc), 0.0)
+        decoding(vs["a"], 3)  # a is over the cap: ceil(1.25 x 4 / 2) = 3 <= 3 + 1
+        pick = CostPick(dataclasses.replace(K, cap_escape_s=escape))
+        r = pick.choose_replicas(
+            request(7, doc + " a new question", session_chunks=10_000), Candidates(["a", "b"], []), vs, 0.0
+        )
+        first = r.first()
+        assert first is not None
+        assert (first[1].pod.id == "a") is expect_holder, (escape, r.rule)
+        assert r.rule == ("cap_escape" if expect_holder else "capped")
