@@ -24,6 +24,7 @@ from sharder.pods import Pod, PodState
 from sharder.store.base import LeaderInfo, Store, StoreError, Versioned
 
 from .hub import WatchHub
+from .metrics import AssignerMetrics
 from .state import PodLoadView
 from .status import Aborted, AlreadyExists, NotFound, NotLeader, Unavailable
 
@@ -107,8 +108,10 @@ class Leader:
         report_interval_s: float = 1.0,
         targets: Sequence[TargetConfig] = (),
         targets_from_reports: bool = False,
+        metrics: AssignerMetrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics if metrics is not None else AssignerMetrics()
         self.targets = {c.target: c for c in targets}
         self.targets_from_reports = targets_from_reports
         self.me = me
@@ -235,6 +238,10 @@ class Leader:
     def current(self, target: str) -> Assignment | None:
         return self._current.get(target) if self.is_leader else None
 
+    def led(self) -> list[Assignment] | None:
+        """Every current assignment while leader; None on a follower."""
+        return list(self._current.values()) if self.is_leader else None
+
     def to_proto(self, a: Assignment) -> slicing_pb2.Assignment:
         """The protobuf form of ``a``, reusing the one built for its commit when it is the current one."""
         msg = self._msgs.get(a.target)
@@ -297,9 +304,10 @@ class Leader:
                 now_ms = int(time.time() * 1000)
                 new = dataclasses.replace(new, created_unix_ms=now_ms)
                 msg.created_unix_ms = now_ms
-                ok = await self.store.compare_and_swap(
-                    target, prev_gen, Versioned(target, new.generation, msg.SerializeToString())
-                )
+                with self.metrics.store_op("compare_and_swap"):
+                    ok = await self.store.compare_and_swap(
+                        target, prev_gen, Versioned(target, new.generation, msg.SerializeToString())
+                    )
                 if ok:
                     self._current[target] = new
                     self._msgs[target] = msg
@@ -343,14 +351,20 @@ class Leader:
     async def run_round(self) -> None:
         """One policy round over every target (leader only); configured targets missing from the store are
         created first."""
+        t0 = time.perf_counter()
         for name in sorted(set(self.targets) - set(self._current)):
             await self.ensure_target(name, "")
         for target in sorted(self._current):
+            before = self._current.get(target)
             try:
-                await self.mutate(target, self._round_mutation(target))
+                after = await self.mutate(target, self._round_mutation(target))
             except InvariantError:
                 continue  # logged by mutate; the previous generation stays, other targets still get a round
+            if after is not None and after is not before:
+                self.metrics.round_committed(after)
         self.rounds += 1
+        self.metrics.rounds.inc()
+        self.metrics.round_duration.observe(time.perf_counter() - t0)
 
     def check_target_known(self, target: str) -> None:
         """NotFound unless ``target`` exists, is configured, or may be created by a pod's report."""

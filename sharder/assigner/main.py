@@ -32,6 +32,7 @@ from sharder.store.base import LeaderInfo, Store, StoreError
 
 from .hub import WatchHub
 from .leader import Leader, load_policy
+from .metrics import AssignerMetrics, serve_metrics
 from .service import MAX_REPORT_BYTES, AssignerService, add_to_server
 from .state import PodLoadView
 
@@ -53,6 +54,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lease-ttl", type=float, default=5.0, metavar="S", help="leader lease and default pod lease TTL")
     p.add_argument("--report-interval", type=float, default=1.0, metavar="S", help="report interval told to pods")
     p.add_argument("--policy", default="sharder.policy:reshard", help=argparse.SUPPRESS)
+    p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                   help="serve Prometheus /metrics on this HTTP port of --host (0: any free port; default: off)")
     p.add_argument("--ready-file", default=None, metavar="PATH", help="write bound addresses here once serving")
     sec = p.add_argument_group("security")
     sec.add_argument("--credentials", default=os.environ.get("BRUNOISE_CREDENTIALS"), metavar="PATH",
@@ -161,14 +164,17 @@ async def feed_hub(store: Store, hub: WatchHub, stop: asyncio.Event) -> None:
         delay = min(delay * 2, 1.0)
 
 
-async def watch_health(store: Store, health: health_aio.HealthServicer, stop: asyncio.Event) -> None:
+async def watch_health(
+    store: Store, health: health_aio.HealthServicer, stop: asyncio.Event, metrics: AssignerMetrics
+) -> None:
     """NOT_SERVING once the store missed two pings in a row (one slow answer is not an outage), SERVING as
     soon as it answers again."""
     last: bool | None = None
     failures = 0
     while not stop.is_set():
         try:
-            answered = bool(await asyncio.wait_for(store.ping(), timeout=1.5))
+            with metrics.store_op("ping"):
+                answered = bool(await asyncio.wait_for(store.ping(), timeout=1.5))
         except Exception as exc:  # StoreError, TimeoutError, transport errors: all mean "did not answer"
             log.debug("store ping failed: %s", exc)
             answered = False
@@ -217,6 +223,7 @@ async def serve(args: argparse.Namespace) -> None:
     address = f"{args.host}:{port}"
     hub = WatchHub()
     view = PodLoadView()
+    metrics = AssignerMetrics()
     leader = Leader(
         store,
         LeaderInfo(candidate_id=ident, address=address),
@@ -231,6 +238,7 @@ async def serve(args: argparse.Namespace) -> None:
             args.targets_from_reports == "yes"
             or (args.targets_from_reports == "auto" and credentials is None and is_loopback(args.host))
         ),
+        metrics=metrics,
     )
     service = AssignerService(store, leader, hub, credentials=credentials)
     add_to_server(service, server)
@@ -248,12 +256,17 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     tasks = [
         asyncio.create_task(feed_hub(store, hub, stop), name="feed"),
-        asyncio.create_task(watch_health(store, health, stop), name="health"),
+        asyncio.create_task(watch_health(store, health, stop, metrics), name="health"),
     ]
+    ready = {"grpc": address, "id": ident, "tls": "1" if args.tls_cert else ""}
+    metrics_runner = None
+    if args.metrics_port is not None:
+        metrics_runner, mport = await serve_metrics(metrics, leader.led, hub, args.host, args.metrics_port)
+        ready["metrics"] = f"http://{args.host}:{mport}/metrics"
     leader.start()
     log.warning("assigner %s serving on %s (store %s)", ident, address, args.store)
     if args.ready_file:
-        write_ready_file(args.ready_file, {"grpc": address, "id": ident, "tls": "1" if args.tls_cert else ""})
+        write_ready_file(args.ready_file, ready)
     await stop.wait()
 
     log.warning("assigner %s stopping", ident)
@@ -266,6 +279,8 @@ async def serve(args: argparse.Namespace) -> None:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await t
     await server.stop(grace=0.5)
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(store.close(), timeout=2.0)
 
