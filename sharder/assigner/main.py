@@ -185,6 +185,7 @@ async def watch_health(
             for name in ("", SERVICE_NAME):
                 await health.set(name, status)
             log.warning("store %s: health %s", "reachable" if ok else "UNREACHABLE", "SERVING" if ok else "NOT_SERVING")
+            metrics.set_store_up(ok)
             last = ok
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=0.25)

@@ -50,9 +50,16 @@ class AssignerMetrics:
         self.pods = Gauge(p + "pods", "Pods in the target's assignment", ["target"], registry=r)
         self.leader = Gauge(p + "leader", "1 while this replica is the leader", registry=r)
         self.watchers = Gauge(p + "watchers", "Open Watch streams on this replica", registry=r)
+        self.store_up = Gauge(p + "store_up", "1 while the store answers pings (gRPC health SERVING)", registry=r)
         self.store_latency = Histogram(p + "store_latency_seconds", "Store operation latency, by operation", ["op"],
                                        buckets=_STORE_BUCKETS, registry=r)
         self._pods_seen: dict[str, set[str]] = collections.defaultdict(set)
+        self.store_ok = False
+
+    def set_store_up(self, ok: bool) -> None:
+        """What the health watch concluded about the store (drives ``/ready`` and ``store_up``)."""
+        self.store_ok = ok
+        self.store_up.set(1.0 if ok else 0.0)
 
     @contextmanager
     def store_op(self, op: str) -> Iterator[None]:
@@ -111,7 +118,12 @@ class AssignerMetrics:
 async def serve_metrics(
     metrics: AssignerMetrics, led: Callable[[], Iterable[Assignment] | None], hub: WatchHub, host: str, port: int
 ) -> tuple[web.AppRunner, int]:
-    """Serve ``GET /metrics`` on ``host:port`` (0: any free port); the runner (to clean up) and the bound port."""
+    """Serve ``GET /metrics`` and ``GET /ready`` (200 while the store answers, as gRPC health SERVING; plain HTTP
+    for kubelet probes, which speak no TLS) on ``host:port`` (0: any free port); the runner and the bound port."""
+
+    async def ready(_: web.Request) -> web.Response:
+        ok = metrics.store_ok
+        return web.json_response({"ready": ok, "leader": led() is not None}, status=200 if ok else 503)
 
     async def handle(_: web.Request) -> web.Response:
         metrics.refresh(led=led(), hub=hub)
@@ -119,6 +131,7 @@ async def serve_metrics(
 
     app = web.Application()
     app.router.add_get("/metrics", handle)
+    app.router.add_get("/ready", ready)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import urllib.request
 from collections.abc import Callable
 
 import pytest
@@ -13,6 +15,11 @@ from tests.assigner.conftest import Assigner, get, make_slicelet, poll
 from tests.ops.conftest import scrape
 
 pytestmark = pytest.mark.slow
+
+
+def get_json(url: str) -> tuple[int, object]:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.status, json.loads(r.read())
 
 
 async def test_assigner_serves_round_placement_and_store_metrics(
@@ -43,6 +50,9 @@ async def test_assigner_serves_round_placement_and_store_metrics(
         await poll(placed_on_all, 30, "slices_per_pod and generation agree with GetAssignment", interval_s=0.2)
         m = await asyncio.to_thread(scrape, url)
         assert m[("brunoise_assigner_leader", ())] == 1.0
+        assert m[("brunoise_assigner_store_up", ())] == 1.0
+        status, body = await asyncio.to_thread(get_json, url.replace("/metrics", "/ready"))
+        assert status == 200 and body == {"ready": True, "leader": True}
         assert m[("brunoise_assigner_watchers", ())] >= 1.0  # the clerk's stream
         assert m[("brunoise_assigner_rounds_total", ())] >= 1.0
         assert m[("brunoise_assigner_round_duration_seconds_count", ())] == m[("brunoise_assigner_rounds_total", ())]
