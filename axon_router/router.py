@@ -394,4 +394,5 @@ def flight_log(f: Flight, code: str) -> dict[str, Any]:
         "reason": f.reason,
         "attempts": f.attempts,
         "code": code,
+        "span": f.span,  # the JSON log formatter turns it into trace_id / span_id
     }

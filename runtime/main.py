@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from runtime.engines.base import Engine
 from runtime.http_api import DEFAULT_MAX_BODY_BYTES
+from sharder.telemetry import setup_logging, setup_tracing, shutdown_tracing
 
 log = logging.getLogger("brunoise.runtime")
 
@@ -64,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-ttl", type=float, default=5.0, help="slicelet lease TTL, seconds")
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="HTTP request body limit")
     p.add_argument("--ready-file", default=None, help="write bound addresses (JSON) here once serving")
-    p.add_argument("--log-level", default=os.environ.get("BRUNOISE_LOG_LEVEL", "INFO"))
+    p.add_argument("--log-level", default=None, help="log level (default: $BRUNOISE_LOG_LEVEL, else INFO)")
     g = p.add_argument_group("simulated engine")
     d = sim.SimConfig()
     g.add_argument("--time-scale", type=float, default=d.time_scale, help="simulated time runs this many times faster")
@@ -170,15 +171,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.assigner and not args.target:
         p.error("--assigner needs --target (the target this pod registers for)")
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.log_level)
+    setup_tracing("brunoise-runtime")
     try:
         return asyncio.run(serve(args))
     except KeyboardInterrupt:
         return 130
+    finally:
+        shutdown_tracing()  # export what is still batched
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from brunoise.launch import write_ready_file
 from runtime.engines.base import Engine, EngineChunk
 from runtime.grpc_service import GrpcServer, RuntimeService
 from runtime.http_api import DEFAULT_MAX_BODY_BYTES, HttpApi
+from runtime.tracing import TracedEngine
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ class RuntimePod:
 
     async def start(self) -> dict[str, str]:
         """Bind both surfaces (health says not ready), start the engine, then serve and write the ready file."""
-        api = HttpApi(self.engine, pod_id=self.pod_id, on_finish=self.on_finish, max_body_bytes=self.max_body_bytes)
+        traced = TracedEngine(self.engine)  # both surfaces trace their requests
+        api = HttpApi(traced, pod_id=self.pod_id, on_finish=self.on_finish, max_body_bytes=self.max_body_bytes)
         self._runner = web.AppRunner(api.app(), handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.http_host, self.http_port, reuse_address=True)
@@ -76,7 +78,7 @@ class RuntimePod:
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         http_port = sockets[0].getsockname()[1] if sockets else self.http_port
-        service = RuntimeService(self.engine, pod_id=self.pod_id, labels=self.labels, on_finish=self.on_finish)
+        service = RuntimeService(traced, pod_id=self.pod_id, labels=self.labels, on_finish=self.on_finish)
         self.grpc = GrpcServer(service, self.grpc_host, self.grpc_port)
         await self.grpc.start()
         self.addresses = {

@@ -14,6 +14,9 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
 from brunoise.v1 import slicing_pb2
 from sharder import codec
 from sharder.assignment import Assignment, check_invariants, initial_assignment
@@ -29,6 +32,7 @@ from .state import PodLoadView
 from .status import Aborted, AlreadyExists, NotFound, NotLeader, Unavailable
 
 log = logging.getLogger(__name__)
+_TRACER = trace.get_tracer("sharder.assigner")
 
 DRAIN_PREFIX = "drain/"
 AUDIT_PREFIX = "audit/"
@@ -352,16 +356,26 @@ class Leader:
         """One policy round over every target (leader only); configured targets missing from the store are
         created first."""
         t0 = time.perf_counter()
-        for name in sorted(set(self.targets) - set(self._current)):
-            await self.ensure_target(name, "")
-        for target in sorted(self._current):
-            before = self._current.get(target)
-            try:
-                after = await self.mutate(target, self._round_mutation(target))
-            except InvariantError:
-                continue  # logged by mutate; the previous generation stays, other targets still get a round
-            if after is not None and after is not before:
-                self.metrics.round_committed(after)
+        with _TRACER.start_as_current_span("assigner.round", attributes={"brunoise.assigner": self.me.candidate_id}):
+            for name in sorted(set(self.targets) - set(self._current)):
+                await self.ensure_target(name, "")
+            for target in sorted(self._current):
+                before = self._current.get(target)
+                with _TRACER.start_as_current_span("assigner.round.target", attributes={"brunoise.target": target}) as sp:
+                    try:
+                        after = await self.mutate(target, self._round_mutation(target))
+                    except InvariantError as exc:
+                        sp.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
+                        continue  # logged by mutate; the previous generation stays, other targets still get a round
+                    if after is not None and after is not before:
+                        self.metrics.round_committed(after)
+                        s = after.stats
+                        sp.set_attributes({
+                            "brunoise.generation": after.generation, "brunoise.moves": s.moves,
+                            "brunoise.splits": s.splits, "brunoise.merges": s.merges,
+                            "brunoise.replications": s.replications, "brunoise.churn": s.churn,
+                            "brunoise.imbalance": s.imbalance,
+                        })  # fmt: skip
         self.rounds += 1
         self.metrics.rounds.inc()
         self.metrics.round_duration.observe(time.perf_counter() - t0)

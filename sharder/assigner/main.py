@@ -29,6 +29,7 @@ from sharder.security.tls import server_credentials
 from sharder.security.tokens import ASSIGNER_RPC_ROLES, Credentials, Principal
 from sharder.store import open_store
 from sharder.store.base import LeaderInfo, Store, StoreError
+from sharder.telemetry import setup_logging, setup_tracing, shutdown_tracing
 
 from .hub import WatchHub
 from .leader import Leader, load_policy
@@ -76,7 +77,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     tg.add_argument("--targets-from-reports", choices=["auto", "yes", "no"], default="auto",
                     help="create a target when a pod first reports for it (auto: only on an open loopback "
                     "assigner, for local development; otherwise targets come from configuration)")
-    p.add_argument("--log-level", default=os.environ.get("BRUNOISE_LOG_LEVEL", "INFO"))
+    p.add_argument("--log-level", default=None, help="log level (default: $BRUNOISE_LOG_LEVEL, else INFO)")
     args = p.parse_args(argv)
     if args.store == "etcd" and not args.etcd_endpoint:
         p.error("--store etcd needs at least one --etcd-endpoint")
@@ -288,8 +289,12 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(args))
+    setup_logging(args.log_level)
+    setup_tracing("brunoise-assigner")
+    try:
+        asyncio.run(serve(args))
+    finally:
+        shutdown_tracing()  # export what is still batched
 
 
 if __name__ == "__main__":
