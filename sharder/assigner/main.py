@@ -35,6 +35,7 @@ from .hub import WatchHub
 from .leader import Leader, load_policy
 from .metrics import AssignerMetrics, serve_metrics
 from .service import MAX_REPORT_BYTES, AssignerService, add_to_server
+from .settings import build_parser, parse_settings
 from .state import PodLoadView
 
 log = logging.getLogger("brunoise.assigner")
@@ -43,42 +44,11 @@ SERVICE_NAME = assigner_pb2.DESCRIPTOR.services_by_name["Assigner"].full_name
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="brunoise-assigner", description="The brunoise assigner (sharder) service.")
-    p.add_argument("--store", choices=["embedded", "etcd"], default="embedded", help="store backend")
-    p.add_argument("--etcd-endpoint", action="append", default=[], metavar="HOST:PORT", help="etcd member (repeatable)")
-    p.add_argument("--etcd-prefix", default="/brunoise/", help="key prefix in etcd")
-    p.add_argument("--snapshot", default=None, metavar="PATH", help="snapshot file of the embedded store")
-    p.add_argument("--id", default=None, help="this replica's id (default: host-pid-random)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind")
-    p.add_argument("--port", type=int, default=0, help="gRPC port (0: any free port)")
-    p.add_argument("--round-interval", type=float, default=2.0, metavar="S", help="seconds between policy rounds")
-    p.add_argument("--lease-ttl", type=float, default=5.0, metavar="S", help="leader lease and default pod lease TTL")
-    p.add_argument("--report-interval", type=float, default=1.0, metavar="S", help="report interval told to pods")
-    p.add_argument("--policy", default="sharder.policy:reshard", help=argparse.SUPPRESS)
-    p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
-                   help="serve Prometheus /metrics on this HTTP port of --host (0: any free port; default: off)")
-    p.add_argument("--ready-file", default=None, metavar="PATH", help="write bound addresses here once serving")
-    sec = p.add_argument_group("security")
-    sec.add_argument("--credentials", default=os.environ.get("BRUNOISE_CREDENTIALS"), metavar="PATH",
-                     help="tokens file (sha256 digests by role); every Assigner RPC then needs a bearer token")
-    sec.add_argument("--tls-cert", default=None, metavar="PEM", help="server certificate chain (enables TLS)")
-    sec.add_argument("--tls-key", default=None, metavar="PEM", help="server private key")
-    sec.add_argument("--insecure", action="store_true",
-                     help="allow binding a non-loopback address without credentials and TLS")
-    sec.add_argument("--etcd-ca", default=None, metavar="PEM", help="CA certificate of the etcd members (TLS)")
-    sec.add_argument("--etcd-cert", default=None, metavar="PEM", help="client certificate for etcd (mTLS)")
-    sec.add_argument("--etcd-key", default=None, metavar="PEM", help="client key for etcd (mTLS)")
-    sec.add_argument("--etcd-user", default=None, help="etcd user (etcd auth); password from $BRUNOISE_ETCD_PASSWORD")
-    tg = p.add_argument_group("targets")
-    tg.add_argument("--target", action="append", default=[], metavar="NAME[=MODEL]",
-                    help="a target to serve (repeatable); created with the default config when missing")
-    tg.add_argument("--targets-file", default=None, metavar="PATH",
-                    help='JSON list of target configs ([{"target": "chat", "model": "m", ...}])')
-    tg.add_argument("--targets-from-reports", choices=["auto", "yes", "no"], default="auto",
-                    help="create a target when a pod first reports for it (auto: only on an open loopback "
-                    "assigner, for local development; otherwise targets come from configuration)")
-    p.add_argument("--log-level", default=None, help="log level (default: $BRUNOISE_LOG_LEVEL, else INFO)")
-    args = p.parse_args(argv)
+    """Flags, ``BRUNOISE_ASSIGNER_*`` variables and ``--config`` YAML, resolved by ``AssignerSettings``, then the
+    checks that span several settings."""
+    p = build_parser("brunoise-assigner", "The brunoise assigner (sharder) service.")
+    settings, _ = parse_settings(p, argv)
+    args = argparse.Namespace(**settings.model_dump())
     if args.store == "etcd" and not args.etcd_endpoint:
         p.error("--store etcd needs at least one --etcd-endpoint")
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -92,9 +62,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.targets = configured_targets(args.target, args.targets_file)
     except (OSError, ValueError, TypeError) as exc:
         p.error(f"targets: {exc}")
-    for name in ("round_interval", "lease_ttl", "report_interval"):
-        if getattr(args, name) <= 0:
-            p.error(f"--{name.replace('_', '-')} must be > 0")
     return args
 
 
