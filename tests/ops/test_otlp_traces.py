@@ -1,5 +1,6 @@
 """Spans leave the box over OTLP: one trace joins the client, the router, the runtime and the sim engine, and the
-assigner's rounds are spans (real processes exporting to an OTLP receiver the test runs)."""
+assigner's rounds are spans (real processes exporting to an OTLP receiver the test runs). The same request shows
+in the router's metrics under its model and target."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.ops.conftest import scrape
 from tests.ops.otlp_receiver import OtlpReceiver, ReceivedSpan
-from tests.router.conftest import MODEL, Cluster, post, wait_for
+from tests.router.conftest import MODEL, TARGET, Cluster, post, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +44,10 @@ def test_one_trace_spans_router_runtime_and_sim_engine(
             {"traceparent": f"00-{trace_id}-{client_span}-01", "x-session-id": "otlp-session"},
         )
         assert status == 200
+        m = scrape(cl.http(0) + "/metrics")  # the router's request and TTFT metrics name the model and target
+        labels = (("code", "200"), ("frontend", "http"), ("model", MODEL), ("target", TARGET))
+        assert m[("brunoise_router_requests_total", labels)] >= 1
+        assert m[("brunoise_router_ttft_seconds_count", (("model", MODEL), ("target", TARGET)))] >= 1
 
         def whole_trace() -> list[ReceivedSpan] | None:
             mine = [s for s in receiver.spans() if s.trace_id == trace_id]
