@@ -7,6 +7,7 @@ and checked here for what matters instead (its ports exist on the Services it se
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from brunoise.cli.credentials import init_credentials
+from sharder.assigner.main import parse_args
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_VERSION = "1.32"
@@ -79,15 +81,25 @@ def test_the_validator_is_strict() -> None:
 
 
 def test_assigners_elect_a_leader_on_etcd_and_probes_cover_every_container(
-    rendered: dict[str, list[dict[str, Any]]],
+    rendered: dict[str, list[dict[str, Any]]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    for k in [k for k in os.environ if k.startswith("BRUNOISE_ASSIGNER_")]:
+        monkeypatch.delenv(k)
     docs = rendered["example"]
     workloads = {d["metadata"]["name"]: d for d in docs if d["kind"] in WORKLOADS}
     assigner = workloads["brunoise-assigner"]
     assert assigner["spec"]["replicas"] >= 2
     args = assigner["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "--store=etcd" in args and sum(a.startswith("--etcd-endpoint=") for a in args) == 3
-    assert any(a.startswith("--metrics-port=") for a in args)
+    # the replica's flags and its ConfigMap'd settings file parse as the assigner itself would parse them
+    (cm,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].startswith("brunoise-assigner-config")]
+    config = tmp_path / "assigner.yaml"
+    config.write_text(cm["data"]["assigner.yaml"])
+    argv = [a.replace("$(POD_NAME)", "brunoise-assigner-0") for a in args]
+    argv = [f"--config={config}" if a.startswith("--config=") else a for a in argv]
+    parsed = parse_args(argv)
+    assert parsed.store == "etcd" and len(parsed.etcd_endpoint) == 3 and parsed.metrics_port == 9090
+    assert parsed.credentials and parsed.tls_cert and not parsed.insecure
+    assert parsed.host == "brunoise-assigner-0.brunoise-assigner-headless" and parsed.id == "brunoise-assigner-0"
     gpu = workloads["brunoise-gpu"]["spec"]["template"]["spec"]
     assert [c["name"] for c in gpu["containers"]] == ["vllm", "runtime"]  # the runtime beside vLLM
     for name, w in workloads.items():
