@@ -331,10 +331,14 @@ class Leader:
         def fn(cur: Assignment | None, pods: dict[str, Pod]) -> Assignment | None:
             if cur is None:
                 return None
-            tpods = self.pods_for(self._with_grace(cur, pods), target)
+            tpods = self.pods_for(pods, target, cur)
             reports = self.view.reports({p.id for p in tpods})
             new = self.policy(cur, tpods, reports, now_ms=int(time.time() * 1000))
-            return new if changed(cur, new) else None
+            if changed(cur, new):
+                return new
+            if new.memory is not None:  # nothing to commit, but the calm policy's smoothed loads and streak go on
+                self._current[target] = dataclasses.replace(cur, memory=new.memory)
+            return None
 
         return fn
 
@@ -464,7 +468,11 @@ class Leader:
         """The round mutation for ``target`` (used by admin writes that want placement recomputed)."""
         return self._round_mutation(target)
 
-    def pods_for(self, pods: dict[str, Pod], target: str) -> list[Pod]:
+    def pods_for(self, pods: dict[str, Pod], target: str, cur: Assignment | None = None) -> list[Pod]:
+        """The pods of ``target``; with ``cur``, pods it names are kept through the grace after an election
+        (see ``_with_grace``), so a round and an admin write right after a restart see the same pods."""
+        if cur is not None:
+            pods = self._with_grace(cur, pods)
         return sorted((p for p in pods.values() if p.target in ("", target)), key=lambda p: p.id)
 
     def reports_for(self, pods: Sequence[Pod]) -> list[LoadReport]:

@@ -88,7 +88,7 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
         def fn(cur: Assignment | None, pods: dict[str, Pod]) -> Assignment | None:
             if cur is None:
                 raise NotFound(f"unknown target {target!r}; ListTargets shows the targets")
-            tpods = self.leader.pods_for(pods, target)
+            tpods = self.leader.pods_for(pods, target, cur)
             base: Assignment = transform(cur, tpods)
             new = self.leader.policy(base, tpods, self.leader.reports_for(tpods), now_ms=_now_ms())
             check_invariants(new, tpods)
@@ -322,7 +322,7 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
         target = config.target
 
         def fn(cur: Assignment | None, pods: dict[str, Pod]) -> Assignment | None:
-            tpods = self.leader.pods_for(pods, target)
+            tpods = self.leader.pods_for(pods, target, cur)
             if cur is None:
                 return initial_assignment(config, tpods, generation=1)
             if cur.config == config:

@@ -89,15 +89,6 @@ async def test_embedded_assigner_kill9_during_snapshot_writes(
     assert commits >= 10, f"only {commits} commits: the kills did not land among snapshot writes"
 
 
-ADMIN_WRITES_SKIP_GRACE = pytest.mark.xfail(
-    strict=True,
-    reason="bug: right after an election ConfigureTarget and the override RPCs run the policy on the live pods only "
-    "(sharder/assigner/service.py: pods_for(pods, target) without Leader._with_grace), so every pod whose heartbeat "
-    "has not reached the new leader yet loses its slices; under load the routers answer 503 no_healthy_pod",
-)
-
-
-@ADMIN_WRITES_SKIP_GRACE
 async def test_admin_write_right_after_restart_keeps_pods(
     make_cluster: Callable[..., ChaosCluster], tmp_path: pathlib.Path
 ) -> None:
@@ -122,14 +113,6 @@ async def test_admin_write_right_after_restart_keeps_pods(
     assert all(s.replicas for s in a.slices)
 
 
-NEEDS_BACKWARDS_FIX = pytest.mark.xfail(
-    strict=True,
-    reason="needs fix: clerks freeze when the assigner's generation goes backwards (an assigner that lost its store "
-    "starts again at generation 1; routers ignore every generation below the one they hold)",
-)
-
-
-@NEEDS_BACKWARDS_FIX
 async def test_embedded_assigner_loses_its_snapshot(
     make_cluster: Callable[..., ChaosCluster], scenario: Callable[..., Scenario], tmp_path: pathlib.Path
 ) -> None:
