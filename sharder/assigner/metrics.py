@@ -50,6 +50,12 @@ class AssignerMetrics:
         self.pods = Gauge(p + "pods", "Pods in the target's assignment", ["target"], registry=r)
         self.leader = Gauge(p + "leader", "1 while this replica is the leader", registry=r)
         self.watchers = Gauge(p + "watchers", "Open Watch streams on this replica", registry=r)
+        self.watch_lag = Histogram(
+            p + "watch_lag_seconds",
+            "From a generation's commit to its write on a Watch stream of this replica (what clerks wait, "
+            "less the network)",
+            buckets=_STORE_BUCKETS, registry=r,
+        )  # fmt: skip
         self.store_up = Gauge(p + "store_up", "1 while the store answers pings (gRPC health SERVING)", registry=r)
         self.store_latency = Histogram(p + "store_latency_seconds", "Store operation latency, by operation", ["op"],
                                        buckets=_STORE_BUCKETS, registry=r)

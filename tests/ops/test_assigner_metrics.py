@@ -64,6 +64,16 @@ async def test_assigner_serves_round_placement_and_store_metrics(
         assert placed >= 1.0
         assert m[("brunoise_assigner_store_latency_seconds_count", (("op", "ping"),))] >= 1.0
         assert m[("brunoise_assigner_store_latency_seconds_count", (("op", "compare_and_swap"),))] >= 1.0
+        # the clerk's stream was written generations committed after it subscribed: their lag is measured
+        lagged = await poll(
+            lambda: asyncio.to_thread(
+                lambda: scrape(url).get(("brunoise_assigner_watch_lag_seconds_count", ()), 0.0) >= 1.0
+            ), 30, "a watch lag observation", interval_s=0.2,
+        )  # fmt: skip
+        assert lagged
+        w = await asyncio.to_thread(scrape, url)
+        mean_lag = w[("brunoise_assigner_watch_lag_seconds_sum", ())] / w[("brunoise_assigner_watch_lag_seconds_count", ())]
+        assert 0.0 <= mean_lag < 5.0  # one process on loopback: well under a second unless the machine stalls
         imbalance = m[("brunoise_assigner_imbalance_ratio", (("target", "t"),))]
         assert imbalance == 0.0 or imbalance >= 1.0  # max/mean: 0 only without load
         assert 0.0 <= m[("brunoise_assigner_churn_ratio", (("target", "t"),))] <= 1.0
