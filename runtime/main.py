@@ -184,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.header_timeout_s <= 0 or args.body_timeout_s <= 0:
         p.error("--header-timeout-s and --body-timeout-s must be > 0")
     setup_logging(args.log_level)
-    setup_tracing("brunoise-runtime")
+    setup_tracing("brunoise-runtime", only_when_exporting=True)
     try:
         return asyncio.run(serve(args))
     except KeyboardInterrupt:

@@ -90,6 +90,11 @@ def make_tracer_provider(service_name: str, *, console: bool = False, sample_rat
     ``OTEL_RESOURCE_ATTRIBUTES`` over ``service_name``, ``OTEL_TRACES_SAMPLER(_ARG)`` over parent-based
     ``sample_ratio``, ``OTEL_TRACES_EXPORTER=none|console``. Spans go to OTLP through a batch processor
     (``OTEL_BSP_*`` tune it) when an endpoint is set, and to stdout when ``console``."""
+    return _tracer_provider(service_name, console=console, sample_ratio=sample_ratio)[0]
+
+
+def _tracer_provider(service_name: str, *, console: bool, sample_ratio: float) -> tuple[TracerProvider, bool]:
+    """``make_tracer_provider``'s work, and whether any span leaves the process (an exporter is attached)."""
     attrs: dict[str, str | int] = {"process.pid": os.getpid()}
     named = _env("OTEL_SERVICE_NAME") or "service.name=" in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
     if not named:
@@ -97,21 +102,29 @@ def make_tracer_provider(service_name: str, *, console: bool = False, sample_rat
     sampler = None if _env("OTEL_TRACES_SAMPLER") else ParentBased(TraceIdRatioBased(sample_ratio))
     provider = TracerProvider(resource=Resource.create(attrs), sampler=sampler)
     exporters = {e.strip() for e in _env("OTEL_TRACES_EXPORTER").lower().split(",") if e.strip()}
+    exporting = False
     if "none" not in exporters:
         exporter = otlp_exporter()
         if exporter is not None:
             provider.add_span_processor(BatchSpanProcessor(exporter))
+            exporting = True
     if console or "console" in exporters:
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
-    return provider
+        exporting = True
+    return provider, exporting
 
 
-def setup_tracing(service_name: str, *, console: bool = False, sample_ratio: float = 1.0) -> TracerProvider | None:
+def setup_tracing(
+    service_name: str, *, console: bool = False, sample_ratio: float = 1.0, only_when_exporting: bool = False
+) -> TracerProvider | None:
     """Install ``make_tracer_provider(...)`` as the process's provider; ``OTEL_SDK_DISABLED=true`` installs nothing
-    (spans are no-ops; traceparent still passes through)."""
+    (spans are no-ops; traceparent still passes through unchanged), nor does ``only_when_exporting`` when no span
+    would leave the process (a runtime then pays nothing per request for spans nobody reads)."""
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
-    provider = make_tracer_provider(service_name, console=console, sample_ratio=sample_ratio)
+    provider, exporting = _tracer_provider(service_name, console=console, sample_ratio=sample_ratio)
+    if only_when_exporting and not exporting:
+        return None
     trace.set_tracer_provider(provider)
     return provider
 
