@@ -72,6 +72,10 @@ def parser() -> argparse.ArgumentParser:
         "--body-timeout-s", type=float, default=DEFAULT_BODY_TIMEOUT_S,
         help="a request's body must arrive within this of its headers (408)",
     )  # fmt: skip
+    p.add_argument(
+        "--drain-timeout-s", type=float, default=0.0,
+        help="on SIGTERM: report not ready at once, then let running requests finish for up to this long (0: cut them)",
+    )  # fmt: skip
     p.add_argument("--ready-file", default=None, help="write bound addresses (JSON) here once serving")
     p.add_argument("--log-level", default=None, help="log level (default: $BRUNOISE_LOG_LEVEL, else INFO)")
     g = p.add_argument_group("simulated engine")
@@ -148,6 +152,7 @@ async def serve(args: argparse.Namespace) -> int:
         header_timeout_s=args.header_timeout_s,
         body_timeout_s=args.body_timeout_s,
         ready_file=args.ready_file,
+        drain_timeout_s=args.drain_timeout_s,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -9,54 +9,22 @@ from collections.abc import AsyncIterator
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from runtime.engines.base import CacheView, Engine, EngineChunk, EngineRequest
-from sharder.load import EngineLoad
+from runtime.engines.base import Engine, EngineChunk, EngineProxy, EngineRequest
 from sharder.telemetry import extract, traceparent_of
 
 TRACER_NAME = "runtime"
 
 
-class TracedEngine(Engine):
+class TracedEngine(EngineProxy):
     """``engine`` behind the same interface, with ``generate`` traced: span ``runtime.generate`` (server, child of
-    the request's traceparent) around span ``<engine module>.generate`` (the engine's work, first chunk to last),
+    the request's traceparent) around span ``engine.<kind>.generate`` (the engine's work, first chunk to last),
     whose context is the traceparent the engine receives."""
 
     def __init__(self, engine: Engine) -> None:
-        self.inner = engine
+        super().__init__(engine)
         self._tracer = trace.get_tracer(TRACER_NAME)
-        module = type(engine).__module__.rsplit(".", 1)[-1]  # "sim", "vllm"
         self._engine_tracer = trace.get_tracer(type(engine).__module__)
-        self._engine_span = f"engine.{module}.generate"
-
-    @property
-    def model(self) -> str:  # type: ignore[override]  # read through to the engine (vLLM learns it at start)
-        return self.inner.model
-
-    @property
-    def max_model_len(self) -> int:  # type: ignore[override]
-        return self.inner.max_model_len
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def stop(self) -> None:
-        await self.inner.stop()
-
-    @property
-    def ready(self) -> bool:
-        return self.inner.ready
-
-    async def tokenize(self, text: str) -> list[int]:
-        return await self.inner.tokenize(text)
-
-    def load(self) -> EngineLoad:
-        return self.inner.load()
-
-    def cache_view(self) -> CacheView:
-        return self.inner.cache_view()
-
-    async def metrics_text(self) -> str:
-        return await self.inner.metrics_text()
+        self._engine_span = f"engine.{type(engine).__module__.rsplit('.', 1)[-1]}.generate"  # "sim", "vllm"
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineChunk]:
         attrs: dict[str, str | int] = {"brunoise.request_id": request.request_id, "gen_ai.request.model": self.model}

@@ -118,6 +118,12 @@ def test_grace_periods_cover_the_prestop_drain(rendered: dict[str, list[dict[str
             cmd = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
             if cmd and cmd[0] == "sleep":
                 assert spec["terminationGracePeriodSeconds"] > int(cmd[1]), w["metadata"]["name"]
+    gpu = next(d for d in rendered["example"] if d["metadata"]["name"] == "brunoise-gpu" and d["kind"] == "StatefulSet")
+    containers = {c["name"]: c for c in gpu["spec"]["template"]["spec"]["containers"]}
+    (drain,) = [a.split("=", 1)[1] for a in containers["runtime"]["args"] if a.startswith("--drain-timeout-s=")]
+    vllm_stays = containers["vllm"]["lifecycle"]["preStop"]["exec"]["command"][1]
+    assert float(drain) == float(vllm_stays)  # vLLM outlives the runtime's drain
+    assert gpu["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > float(drain)
 
 
 def test_selectors_secrets_and_monitors_point_at_real_objects(rendered: dict[str, list[dict[str, Any]]]) -> None:
