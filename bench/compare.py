@@ -388,13 +388,19 @@ class RouterRun:
 
     # -- metrics ----------------------------------------------------------------------------------------------
 
-    def _pods_per_session(self, results: Sequence[Result]) -> float | None:
+    def _pods_per_session(self, results: Sequence[Result], *, skip_restart: bool = True) -> float | None:
         """Mean number of distinct pods that served one session's turns (from the pod-id response header;
-        None when the router does not pass that header through)."""
+        None when the router does not pass that header through). With ``skip_restart`` the rolling-restart phase's
+        turns are left out: every router must move a session whose pod restarts, so they say nothing about the
+        router's own hopping (the whole-run figure is kept in the JSON as ``pods_per_session_all``)."""
         by_index = {r.index: r for r in results}
         spans: list[int] = []
         for s in self.wl.sessions:
-            pods = {by_index[q.index].pod for q in s.requests if q.index in by_index and by_index[q.index].pod}
+            pods = {
+                by_index[q.index].pod
+                for q in s.requests
+                if q.index in by_index and by_index[q.index].pod and not (skip_restart and q.phase == PHASE_RESTART)
+            }
             if pods:
                 spans.append(len(pods))
         return sum(spans) / len(spans) if spans else None
@@ -484,6 +490,7 @@ class RouterRun:
             "throughput_prompt_tok_s": total.prompt_tokens / wall if wall > 0 else 0.0,
             "output_tok_s": sum(r.completion_tokens for r in ok) / wall if wall > 0 else 0.0,
             "pods_per_session": self._pods_per_session(results),
+            "pods_per_session_all": self._pods_per_session(results, skip_restart=False),
             "pod_requests": req_loads,
             "pod_prompt_tokens": tok_loads,
             "load_max_over_mean_requests": (max(req_loads) / mean_req) if mean_req else None,

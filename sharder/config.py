@@ -31,6 +31,9 @@ class TargetConfig:
     * ``min_slices_per_pod`` (0 = no floor) / ``max_slices_per_pod`` (1000): band of slices per pod kept by
       splitting / merging;
     * ``initial_slices`` (64): slices of a fresh assignment;
+    * ``min_replicas`` (2) / ``max_replicas`` (3): pods per slice. Two by default: the router's pick balances
+      new sessions between a slice's replicas at once (bounded load, sticky sessions), so the assigner needs
+      far fewer moves, and a group's shared prompt costs one extra miss per replica, not a hop per session;
     * ``eligibility``: labels (model, model_version, region) a pod must carry exactly to serve the target.
 
     Calm resharding (``calm``, default on; off = the old act-every-round behaviour, for ablation):
@@ -54,7 +57,7 @@ class TargetConfig:
     """
 
     target: str
-    min_replicas: int = 1
+    min_replicas: int = 2
     max_replicas: int = 3
     imbalance_tolerance: float = 0.10
     churn_budget: float = 0.10

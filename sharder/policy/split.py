@@ -13,13 +13,17 @@ MAX_SPLIT_DEPTH = 8  # one slice becomes at most 2**8 slices per round
 def median_point(lo: int, hi: int, load: float, keys: list[tuple[int, float]]) -> tuple[int, float] | None:
     """Where to cut [lo, hi) so both halves carry about half the load, and the load left of the cut.
 
-    ``keys`` are the slice's hot keys (sorted, inside the range); the load they do not explain is assumed
-    spread evenly over the range. None when the slice cannot be cut (width 1)."""
+    ``keys`` are the slice's hot keys (sorted, inside the range); the load they do not explain is assumed to
+    follow them (the cut is their weighted median), or spread evenly over the range when there are none. None
+    when the slice cannot be cut (width 1)."""
     width = hi - lo
     if width < 2:
         return None
     kw = sum(w for _, w in keys)
-    rest = max(0.0, load - kw)
+    # The load the hot keys do not explain is assumed to lie where they do (scaled up with them), not spread over
+    # the whole range: keys are not uniform over a slice (a grouped layout puts a group's sessions in one narrow
+    # range), so a uniform spread would cut in empty space and leave the load on one side. No keys: uniform.
+    rest = 0.0 if kw > 0 else max(0.0, load)
     total = rest + kw
     if total <= 0:
         return lo + width // 2, 0.0

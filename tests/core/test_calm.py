@@ -100,7 +100,7 @@ def test_no_move_while_the_imbalance_is_inside_the_tolerance(n: int, per_pod: in
     """Each slice's load varies by +-4% round to round, so max/mean pod load never exceeds 1.04/0.96 < 1.10."""
     rng = random.Random(seed)
     ps = _pods(n)
-    cfg = TargetConfig("t", initial_slices=n * per_pod)
+    cfg = TargetConfig("t", min_replicas=1, initial_slices=n * per_pod)
     a = _aged(initial_assignment(cfg, ps))
     for i in range(rounds):
         loads = {sa.slice.lo: rng.uniform(0.96, 1.04) for sa in a.slices}
@@ -123,7 +123,7 @@ def _quiet_rounds(calm: bool, seed: int, rounds: int = 50) -> tuple[int, int, As
     Returns (moves, other changes, last)."""
     rng = random.Random(seed)
     ps = _pods(8)
-    cfg = TargetConfig("t", initial_slices=64, calm=calm)
+    cfg = TargetConfig("t", min_replicas=1, initial_slices=64, calm=calm)
     a = _aged(initial_assignment(cfg, ps))
     moves = changes = 0
     for i in range(rounds):
@@ -154,7 +154,7 @@ def test_the_quiet_workload_does_move_the_uncalm_policy() -> None:
 
 def _skewed(n: int = 4, per_pod: int = 8, hot: float = 3.0) -> tuple[Assignment, list[Pod], dict[int, float]]:
     ps = _pods(n)
-    cfg = TargetConfig("t", initial_slices=n * per_pod, cooldown_rounds=0, load_smoothing=1.0)
+    cfg = TargetConfig("t", min_replicas=1, initial_slices=n * per_pod, cooldown_rounds=0, load_smoothing=1.0)
     a = _aged(initial_assignment(cfg, ps))
     loads = {sa.slice.lo: hot if "p0" in sa.replicas else 1.0 for sa in a.slices}
     return a, ps, loads
@@ -210,7 +210,7 @@ def test_replica_true_load_counts_what_each_replica_served(f: float, total: floa
     """Slice S is on pods a and b; a served f of it, b the rest (the router sends sessions to the replica holding
     their cache). Pod c holds the other slice."""
     ps = [Pod("a", "1"), Pod("b", "2"), Pod("c", "3")]
-    cfg = TargetConfig("t", initial_slices=2, max_replicas=3, replica_true_load=true)
+    cfg = TargetConfig("t", min_replicas=1, initial_slices=2, max_replicas=3, replica_true_load=true)
     base = initial_assignment(cfg, ps)
     s0, s1 = (sa.slice for sa in base.slices)
     # both slices changed this generation: cooling, so this round only measures
@@ -237,7 +237,7 @@ def test_the_idle_replica_can_receive_load(true: bool) -> None:
     nothing fits anywhere."""
     ps = _pods(4)
     cfg = TargetConfig(
-        "t", initial_slices=4, max_replicas=3, calm=False, churn_budget=1.0, split_threshold=10.0,
+        "t", min_replicas=1, initial_slices=4, max_replicas=3, calm=False, churn_budget=1.0, split_threshold=10.0,
         replica_true_load=true,
     )
     base = initial_assignment(cfg, ps)

@@ -44,7 +44,7 @@ def _move_cap(a: Assignment) -> int:
 def test_fill_on_an_idle_target_spreads_by_count() -> None:
     # the bug: 16 empty slices, 4 active pods, no load -> all 16 went to pod-1
     ps = _pods(4)
-    a = initial_assignment(TargetConfig("t", initial_slices=16), [])
+    a = initial_assignment(TargetConfig("t", min_replicas=1, initial_slices=16), [])
     assert all(not sa.replicas for sa in a.slices)
     b = reshard(a, ps, [])
     check_invariants(b, ps)

@@ -202,7 +202,7 @@ def test_moves_balance_and_leave_a_round_later() -> None:
 
 
 def test_hot_slice_splits_at_median_and_hot_key_replicates() -> None:
-    cfg = TargetConfig("t", initial_slices=8, max_replicas=3, calm=False)  # acts in the first round
+    cfg = TargetConfig("t", min_replicas=1, initial_slices=8, max_replicas=3, calm=False)  # acts in the first round
     ps = _eight()
     a = initial_assignment(cfg, ps)
     # slice 0 carries most of the load, spread evenly: it must split
