@@ -38,6 +38,8 @@ class AssignerMetrics:
         self.splits = Counter(p + "splits", "Slice splits committed by policy rounds", ["target"], registry=r)
         self.merges = Counter(p + "merges", "Slice merges committed by policy rounds", ["target"], registry=r)
         self.replications = Counter(p + "replications", "Replicas added by policy rounds", ["target"], registry=r)
+        self.fills = Counter(p + "fills", "Replicas added to bring slices up to min_replicas (not budgeted)", ["target"],
+                             registry=r)
         self.dereplications = Counter(p + "dereplications", "Replicas removed by policy rounds", ["target"],
                                       registry=r)
         self.churn = Gauge(p + "churn_ratio", "Fraction of the target's load moved by the last committed round",
@@ -85,6 +87,7 @@ class AssignerMetrics:
         self.merges.labels(t).inc(s.merges)
         self.replications.labels(t).inc(s.replications)
         self.dereplications.labels(t).inc(s.dereplications)
+        self.fills.labels(t).inc(s.fills)
         self.churn.labels(t).set(s.churn)
         self.imbalance.labels(t).set(s.imbalance)
 

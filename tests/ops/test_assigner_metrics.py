@@ -59,8 +59,8 @@ async def test_assigner_serves_round_placement_and_store_metrics(
         assert m[("brunoise_assigner_round_duration_seconds_sum", ())] > 0.0
         assert m[("brunoise_assigner_round_commits_total", (("target", "t"),))] >= 1.0
         assert m[("brunoise_assigner_pods", (("target", "t"),))] == 3.0
-        # three pods joining one at a time: later rounds spread slices to them with moves or replications
-        placed = sum(m.get((f"brunoise_assigner_{k}_total", (("target", "t"),)), 0.0) for k in ("moves", "replications"))
+        # three pods joining one at a time: later rounds spread slices to them (moves, replications or fills)
+        placed = sum(m.get((f"brunoise_assigner_{k}_total", (("target", "t"),)), 0.0) for k in ("moves", "replications", "fills"))
         assert placed >= 1.0
         assert m[("brunoise_assigner_store_latency_seconds_count", (("op", "ping"),))] >= 1.0
         assert m[("brunoise_assigner_store_latency_seconds_count", (("op", "compare_and_swap"),))] >= 1.0

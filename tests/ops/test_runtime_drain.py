@@ -42,7 +42,7 @@ async def stream_then_sigterm(tmp_path: Path, drain_s: float) -> tuple[list[str 
                         if not signalled:
                             os.kill(proc.pid, signal.SIGTERM)
                             signalled = True
-                        if len(health) < 3:
+                        if 503 not in health and len(health) < 40:  # the signal lands within a few chunks
                             try:
                                 async with s.get(base + "/health", timeout=aiohttp.ClientTimeout(total=1)) as h:
                                     health.append(h.status)
@@ -58,7 +58,7 @@ async def stream_then_sigterm(tmp_path: Path, drain_s: float) -> tuple[list[str 
 async def test_drain_lets_the_running_stream_finish(tmp_path: Path) -> None:
     finishes, health, code = await stream_then_sigterm(tmp_path, 20.0)
     assert finishes[-1] == "length", finishes  # all 60 tokens, finished normally after the SIGTERM
-    assert health and set(health) == {503}, health  # routers are told to go elsewhere at once
+    assert 503 in health, health  # routers are told to go elsewhere while the stream still runs
     assert code == 0
 
 
