@@ -58,7 +58,12 @@ def setup_logging(level: str | None = None) -> None:
     h.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [h]
-    root.setLevel(log_level(level))
+    want = log_level(level)
+    try:
+        root.setLevel(want)
+    except ValueError:
+        root.setLevel(logging.INFO)
+        logging.getLogger(__name__).warning("unknown log level %r: using INFO", want)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 

@@ -87,3 +87,17 @@ def test_json_log_lines_carry_the_current_span() -> None:
     got = line(span=other)  # a span handed in as extra (the router's request span is not made current)
     assert got["span_id"] == f"{other.get_span_context().span_id:016x}" and "span" not in got
     other.end()
+
+
+def test_unknown_log_level_falls_back_to_info(monkeypatch: pytest.MonkeyPatch) -> None:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        monkeypatch.setenv(telemetry.LOG_LEVEL_ENV, "chatty")
+        telemetry.setup_logging(None)
+        assert root.level == logging.INFO
+        telemetry.setup_logging("debug")
+        assert root.level == logging.DEBUG
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
