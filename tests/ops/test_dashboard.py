@@ -88,6 +88,10 @@ def test_every_dashboard_expression_names_exported_metrics() -> None:
     # each component's panels are there: the assigner's, the router's, the engines' and the adapter's
     for prefix in ("brunoise_assigner_", "brunoise_router_", "vllm:", "brunoise_runtime_engine_"):
         assert any(n.startswith(prefix) for n in used), prefix
+    # and every assigner family has a panel (the dashboard is where they are documented for operators)
+    families = {fam.name for fam in AssignerMetrics().registry.collect()}
+    shown = {f for f in families if any(n == f or n.startswith(f + "_") for n in used)}
+    assert shown == families, sorted(families - shown)
 
 
 def test_dashboard_is_importable_grafana_json() -> None:
