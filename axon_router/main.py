@@ -8,10 +8,8 @@ import contextlib
 import gc
 import importlib
 import ipaddress
-import json
 import logging
 import signal
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -26,38 +24,9 @@ from axon_router.metrics import RouterMetrics
 from axon_router.router import Router
 from axon_router.tracing import setup_tracing
 from brunoise.launch import write_ready_file
+from sharder.telemetry import setup_logging, shutdown_tracing
 
 log = logging.getLogger("axon_router")
-
-_STD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {"message", "asctime"}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and every ``extra`` field."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, object] = {
-            "ts": round(record.created, 6),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for k, v in record.__dict__.items():
-            if k not in _STD_ATTRS and not k.startswith("_"):
-                out[k] = v
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
-
-
-def setup_logging(level: str) -> None:
-    h = logging.StreamHandler(sys.stderr)
-    h.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [h]
-    root.setLevel(level.upper())
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="brunoise-router", description=__doc__)
@@ -69,7 +38,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--wait-ready-s", type=float, default=0.0, help="wait up to this long for the first assignment before serving"
     )
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default=None, help="log level (default: $BRUNOISE_LOG_LEVEL, else INFO)")
     p.add_argument("--otel-console", action="store_true", help="export spans to stdout")
     p.add_argument(
         "--api-keys-file",
@@ -169,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         asyncio.run(serve(ns))
     else:
         uvloop.run(serve(ns))
+    shutdown_tracing()  # export what is still batched
 
 
 if __name__ == "__main__":

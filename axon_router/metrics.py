@@ -19,12 +19,16 @@ class RouterMetrics:
         r = self.registry = CollectorRegistry(auto_describe=True)
         p = "brunoise_router_"
         self.requests = Counter(
-            p + "requests", "Requests finished, by front end and status code", ["frontend", "code"], registry=r
+            p + "requests",
+            "Requests finished, by front end, status code, model and target (both empty before the target is known)",
+            ["frontend", "code", "model", "target"],
+            registry=r,
         )
         self.errors = Counter(p + "errors", "Requests that ended in an error, by error code", ["code"], registry=r)
         self.ttft = Histogram(
             p + "ttft_seconds",
-            "Time to first token (or full response) seen by the router",
+            "Time to first token (or full response) seen by the router, by model and target",
+            ["model", "target"],
             buckets=_LAT_BUCKETS,
             registry=r,
         )
@@ -107,14 +111,22 @@ class RouterMetrics:
         self.picks_spill = self.picks.labels("spill")
         self.picks_fallback = self.picks.labels("fallback")
         self.picks_retry = self.picks.labels("retry")
-        self._req_children: dict[tuple[str, str], Counter] = {}
+        self._req_children: dict[tuple[str, str, str, str], Counter] = {}
+        self._ttft_children: dict[tuple[str, str], Histogram] = {}
 
-    def count_request(self, frontend: str, code: str) -> None:
-        key = (frontend, code)
+    def count_request(self, frontend: str, code: str, model: str = "", target: str = "") -> None:
+        key = (frontend, code, model, target)
         c = self._req_children.get(key)
         if c is None:
-            c = self._req_children[key] = self.requests.labels(frontend, code)
+            c = self._req_children[key] = self.requests.labels(frontend, code, model, target)
         c.inc()
+
+    def observe_ttft(self, model: str, target: str, seconds: float) -> None:
+        key = (model, target)
+        h = self._ttft_children.get(key)
+        if h is None:
+            h = self._ttft_children[key] = self.ttft.labels(model, target)
+        h.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

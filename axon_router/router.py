@@ -325,7 +325,7 @@ class Router:
             attrs["brunoise.cost_s"] = pick.cost
             if req.prefix_hashes:
                 m.prefix_hit_chunks.observe(pick.hit_chunks / len(req.prefix_hashes))
-            m.ttft.observe(f.first_token_at - f.t0)
+            m.observe_ttft(req.model, f.target, f.first_token_at - f.t0)
             return up
 
     def _end_ticket(self, pod: PodView, ticket: Ticket) -> None:
@@ -370,7 +370,8 @@ class Router:
         if f.upstream is not None:
             f.upstream.close()
         m = self.metrics
-        m.count_request(f.frontend, code)
+        # model only once it named a known target: a client's unknown model names must not become series
+        m.count_request(f.frontend, code, f.req.model if f.target else "", f.target)
         if isinstance(error, StreamBroken):
             m.broken_streams.inc()
         attrs = f.attrs
@@ -393,4 +394,5 @@ def flight_log(f: Flight, code: str) -> dict[str, Any]:
         "reason": f.reason,
         "attempts": f.attempts,
         "code": code,
+        "span": f.span,  # the JSON log formatter turns it into trace_id / span_id
     }

@@ -1,34 +1,27 @@
-"""OpenTelemetry: a span per request (target, slice, pod, pick reason); W3C traceparent accepted and passed on."""
+"""OpenTelemetry in the router: a span per request (target, slice, pod, pick reason); W3C traceparent accepted and
+passed on. Provider setup (OTLP export, standard OTEL_* variables) lives in ``sharder.telemetry``."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-_PROPAGATOR = TraceContextTextMapPropagator()
+from sharder import telemetry
+from sharder.telemetry import extract, traceparent_of
+
+__all__ = ["extract", "setup_tracing", "start_span", "traceparent_of", "tracer"]
+
 TRACER_NAME = "axon_router"
 
 
 def setup_tracing(service_name: str = "brunoise-router", console: bool = False, sample_ratio: float = 1.0) -> None:
-    """Install an SDK tracer provider: spans of a sampled incoming trace are always recorded, other requests'
-    with probability ``sample_ratio``; unsampled requests still pass a valid traceparent on. Export to stdout
-    when ``console``."""
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": service_name, "process.pid": os.getpid()}),
-        sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
-    )
-    if console:
-        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
-    trace.set_tracer_provider(provider)
+    """Install the tracer provider (``sharder.telemetry.setup_tracing``): spans of a sampled incoming trace are
+    always recorded, other requests' with probability ``sample_ratio`` unless ``OTEL_TRACES_SAMPLER`` says
+    otherwise; unsampled requests still pass a valid traceparent on."""
+    telemetry.setup_tracing(service_name, console=console, sample_ratio=sample_ratio)
     global _TRACER
     _TRACER = None
 
@@ -44,26 +37,5 @@ def tracer() -> trace.Tracer:
     return _TRACER
 
 
-def extract(traceparent: str | None, tracestate: str | None = None) -> Context | None:
-    """The parent context named by an incoming ``traceparent`` (None when absent or malformed)."""
-    if not traceparent:
-        return None
-    carrier: dict[str, str] = {"traceparent": traceparent}
-    if tracestate:
-        carrier["tracestate"] = tracestate
-    ctx = _PROPAGATOR.extract(carrier)
-    if not trace.get_current_span(ctx).get_span_context().is_valid:
-        return None
-    return ctx
-
-
 def start_span(name: str, parent: Context | None, attributes: Mapping[str, str | int | float | bool]) -> Span:
     return tracer().start_span(name, context=parent, kind=SpanKind.SERVER, attributes=dict(attributes))
-
-
-def traceparent_of(span: Span, incoming: str | None = None) -> str | None:
-    """The ``traceparent`` to send downstream: this span as the parent (or the incoming one when not recording)."""
-    sc = span.get_span_context()
-    if not sc.is_valid:
-        return incoming
-    return f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}"

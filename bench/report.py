@@ -262,10 +262,9 @@ def save(path: pathlib.Path, rep: Mapping[str, Any]) -> None:
 
 def chart(rep: Mapping[str, Any], path: pathlib.Path) -> None:
     """One row per workload: hit rate per phase (oracle dashed), TTFT p50/p99, pod load max/mean."""
-    import matplotlib
+    from brunoise.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     groups = [(n, g, [r for r in g["routers"] if "error" not in r]) for n, g in rep["workloads"].items()]
     groups = [x for x in groups if x[2]]

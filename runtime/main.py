@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from runtime.engines.base import Engine
 from runtime.http_api import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES
+from sharder.telemetry import setup_logging, setup_tracing, shutdown_tracing
 
 log = logging.getLogger("brunoise.runtime")
 
@@ -71,8 +72,12 @@ def parser() -> argparse.ArgumentParser:
         "--body-timeout-s", type=float, default=DEFAULT_BODY_TIMEOUT_S,
         help="a request's body must arrive within this of its headers (408)",
     )  # fmt: skip
+    p.add_argument(
+        "--drain-timeout-s", type=float, default=0.0,
+        help="on SIGTERM: report not ready at once, then let running requests finish for up to this long (0: cut them)",
+    )  # fmt: skip
     p.add_argument("--ready-file", default=None, help="write bound addresses (JSON) here once serving")
-    p.add_argument("--log-level", default=os.environ.get("BRUNOISE_LOG_LEVEL", "INFO"))
+    p.add_argument("--log-level", default=None, help="log level (default: $BRUNOISE_LOG_LEVEL, else INFO)")
     g = p.add_argument_group("simulated engine")
     d = sim.SimConfig()
     g.add_argument("--time-scale", type=float, default=d.time_scale, help="simulated time runs this many times faster")
@@ -147,6 +152,7 @@ async def serve(args: argparse.Namespace) -> int:
         header_timeout_s=args.header_timeout_s,
         body_timeout_s=args.body_timeout_s,
         ready_file=args.ready_file,
+        drain_timeout_s=args.drain_timeout_s,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -182,15 +188,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--assigner needs --target (the target this pod registers for)")
     if args.header_timeout_s <= 0 or args.body_timeout_s <= 0:
         p.error("--header-timeout-s and --body-timeout-s must be > 0")
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.log_level)
+    setup_tracing("brunoise-runtime", only_when_exporting=True)
     try:
         return asyncio.run(serve(args))
     except KeyboardInterrupt:
         return 130
+    finally:
+        shutdown_tracing()  # export what is still batched
 
 
 if __name__ == "__main__":

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # vLLM exposes no ``*_created`` series; neither do we (this switch is process-wide in prometheus_client).
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -126,4 +130,37 @@ class EngineMetrics:
 
     def text(self) -> str:
         """The Prometheus text exposition of this engine's registry."""
+        return prometheus_client.generate_latest(self.registry).decode("utf-8")
+
+
+#: The supervision counters an engine adapter keeps (VllmStats field -> exported help text).
+LIFECYCLE_COUNTERS: dict[str, str] = {
+    "deaths": "Times the engine process died or stopped answering health checks after being ready.",
+    "restarts": "Times the supervisor restarted the engine process.",
+    "failed_starts": "Engine process starts that did not become healthy.",
+}
+
+
+class _LifecycleCollector(Collector):
+    def __init__(self, model_name: Callable[[], str], counts: Callable[[], Mapping[str, int]]) -> None:
+        self.model_name = model_name
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        now = self.counts()
+        for field, doc in LIFECYCLE_COUNTERS.items():
+            fam = CounterMetricFamily(f"brunoise_runtime_engine_{field}", doc, labels=["model_name"])
+            fam.add_metric([self.model_name()], float(now.get(field, 0)))
+            yield fam
+
+
+class EngineLifecycleMetrics:
+    """``brunoise_runtime_engine_{deaths,restarts,failed_starts}_total`` of a supervised engine process, read from
+    the adapter's own counters at exposition (so they never drift from them); ``model_name`` is read then too."""
+
+    def __init__(self, model_name: Callable[[], str], counts: Callable[[], Mapping[str, int]]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_LifecycleCollector(model_name, counts))
+
+    def text(self) -> str:
         return prometheus_client.generate_latest(self.registry).decode("utf-8")

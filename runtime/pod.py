@@ -12,9 +12,11 @@ from typing import Any
 from aiohttp import web
 
 from brunoise.launch import write_ready_file
+from runtime.drain import DrainGate
 from runtime.engines.base import Engine, EngineChunk
 from runtime.grpc_service import GrpcServer, RuntimeService
 from runtime.http_api import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, HttpApi
+from runtime.tracing import TracedEngine
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,11 @@ class RuntimePod:
         header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
         body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
         ready_file: str | os.PathLike[str] | None = None,
+        drain_timeout_s: float = 0.0,
     ) -> None:
         self.engine = engine
+        self.drain_timeout_s = drain_timeout_s
+        self.gate = DrainGate(TracedEngine(engine))  # what both surfaces serve: traced, and drained on stop
         self.pod_id = pod_id
         self.target = target
         self.labels = dict(labels or {})
@@ -73,7 +78,7 @@ class RuntimePod:
     async def start(self) -> dict[str, str]:
         """Bind both surfaces (health says not ready), start the engine, then serve and write the ready file."""
         api = HttpApi(
-            self.engine, pod_id=self.pod_id, on_finish=self.on_finish, max_body_bytes=self.max_body_bytes,
+            self.gate, pod_id=self.pod_id, on_finish=self.on_finish, max_body_bytes=self.max_body_bytes,
             header_timeout_s=self.header_timeout_s, body_timeout_s=self.body_timeout_s,
         )  # fmt: skip
         self._runner = api.runner(handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
@@ -83,7 +88,7 @@ class RuntimePod:
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         http_port = sockets[0].getsockname()[1] if sockets else self.http_port
-        service = RuntimeService(self.engine, pod_id=self.pod_id, labels=self.labels, on_finish=self.on_finish)
+        service = RuntimeService(self.gate, pod_id=self.pod_id, labels=self.labels, on_finish=self.on_finish)
         self.grpc = GrpcServer(service, self.grpc_host, self.grpc_port)
         await self.grpc.start()
         self.addresses = {
@@ -95,7 +100,7 @@ class RuntimePod:
             "pod %s bound grpc=%s http=%s; starting engine", self.pod_id, self.grpc.address, self.addresses["http"]
         )
         await self.engine.start()
-        await self.grpc.set_serving(self.engine.ready)
+        await self.grpc.set_serving(self.gate.ready)
         self._health_task = asyncio.create_task(self._watch_health(), name="runtime-health")
         if self.assigners:
             await self._start_slicelet()
@@ -122,17 +127,24 @@ class RuntimePod:
         while True:
             await asyncio.sleep(HEALTH_POLL_S)
             if self.grpc is not None:
-                await self.grpc.set_serving(self.engine.ready)
+                await self.grpc.set_serving(self.gate.ready)
 
     async def stop(self) -> None:
-        """Stop taking requests (health NOT_SERVING), leave the assigner, stop the engine, then the surfaces."""
+        """Stop taking requests (health NOT_SERVING, HTTP /health 503), let the requests in flight finish for up to
+        ``drain_timeout_s``, leave the assigner, stop the engine, then the surfaces."""
         if self._health_task is not None:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
+        self.gate.draining = True
         if self.grpc is not None:
             with contextlib.suppress(Exception):
                 await self.grpc.set_serving(False)
+        if self.drain_timeout_s > 0 and self.gate.inflight:
+            log.info("draining %d request(s) for up to %gs", self.gate.inflight, self.drain_timeout_s)
+            left = await self.gate.drain(self.drain_timeout_s)
+            if left:
+                log.warning("drain timeout: %d request(s) still running are cut off", left)
         if self.slicelet is not None:
             try:
                 await self.slicelet.stop()

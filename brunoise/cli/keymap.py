@@ -11,6 +11,7 @@ from rich.text import Text
 
 from brunoise.cli.client import hi_of
 from brunoise.cli.output import KEYSPACE_END, CliError
+from brunoise.plotting import pyplot
 from brunoise.v1 import slicing_pb2
 
 #: tab20-like palette, shared by the image and the terminal so the legend reads the same in both.
@@ -133,10 +134,10 @@ def write_image(km: Keymap, path: pathlib.Path) -> None:
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in ("png", "svg"):
         raise CliError(f"--out must end in .png or .svg, got '{path.name}'", 2)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    try:
+        plt = pyplot()
+    except RuntimeError as exc:
+        raise CliError(str(exc), 2) from exc
     from matplotlib.patches import Patch
 
     n = max(1, len(km.rows))

@@ -11,6 +11,7 @@ from brunoise.cli import admin
 from brunoise.cli.cluster import cluster_app
 from brunoise.cli.credentials import credentials_app
 from brunoise.cli.output import print_error
+from brunoise.cli.targets import register as register_targets
 
 app = typer.Typer(
     name="brunoise",
@@ -38,6 +39,7 @@ def _credentials(
 
 
 admin.register(app)
+register_targets(app)
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(credentials_app, name="credentials")
 

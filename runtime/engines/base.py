@@ -114,3 +114,43 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def metrics_text(self) -> str:
         """Prometheus text exposition with vLLM's metric names (``vllm:...``)."""
+
+
+class EngineProxy(Engine):
+    """An engine in front of ``inner``: every call goes through unchanged; subclasses override what they add."""
+
+    def __init__(self, inner: Engine) -> None:
+        self.inner = inner
+
+    @property
+    def model(self) -> str:  # type: ignore[override]  # read through: vLLM learns its name at start
+        return self.inner.model
+
+    @property
+    def max_model_len(self) -> int:  # type: ignore[override]
+        return self.inner.max_model_len
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def stop(self) -> None:
+        await self.inner.stop()
+
+    @property
+    def ready(self) -> bool:
+        return self.inner.ready
+
+    async def tokenize(self, text: str) -> list[int]:
+        return await self.inner.tokenize(text)
+
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineChunk]:
+        return self.inner.generate(request)
+
+    def load(self) -> EngineLoad:
+        return self.inner.load()
+
+    def cache_view(self) -> CacheView:
+        return self.inner.cache_view()
+
+    async def metrics_text(self) -> str:
+        return await self.inner.metrics_text()

@@ -52,6 +52,7 @@ import aiohttp
 from brunoise.launch import ManagedProcess
 from runtime.engines.base import CacheView, Engine, EngineChunk, EngineError, EngineRequest, EngineUnavailable
 from runtime.kv_events import BlockView, KvEventSubscriber
+from runtime.metrics import EngineLifecycleMetrics
 from sharder.load import EngineLoad
 from sharder.prefix import CHUNK_BYTES, prefix_hashes, render_chat
 
@@ -221,6 +222,7 @@ class VllmEngine(Engine):
         self.max_model_len = config.max_model_len or 0
         self.view = BlockView()
         self.stats = VllmStats()
+        self.lifecycle = EngineLifecycleMetrics(lambda: self.model, lambda: dataclasses.asdict(self.stats))
         self.base_url = config.base_url.rstrip("/") if config.base_url else ""
         self.proc: ManagedProcess | None = None
         self.subscriber: KvEventSubscriber | None = None
@@ -697,10 +699,14 @@ class VllmEngine(Engine):
         return s.get("vllm:prefix_cache_queries_total", 0.0), s.get("vllm:prefix_cache_hits_total", 0.0)
 
     async def metrics_text(self) -> str:
+        """vLLM's own exposition (fresh, else as last scraped) followed by the adapter's supervision counters."""
+        text = self._scraped_text
         if self._ready and self._session is not None:
             with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, OSError):
-                return await self._fetch_metrics()
-        return self._scraped_text
+                text = await self._fetch_metrics()
+        if text and not text.endswith("\n"):
+            text += "\n"
+        return text + self.lifecycle.text()
 
     async def _fetch_metrics(self) -> str:
         assert self._session is not None

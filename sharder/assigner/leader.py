@@ -14,6 +14,9 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
 from brunoise.v1 import slicing_pb2
 from sharder import codec
 from sharder.assignment import Assignment, check_invariants, initial_assignment
@@ -24,10 +27,12 @@ from sharder.pods import Pod, PodState
 from sharder.store.base import LeaderInfo, Store, StoreError, Versioned
 
 from .hub import WatchHub
+from .metrics import AssignerMetrics
 from .state import PodLoadView
 from .status import Aborted, AlreadyExists, NotFound, NotLeader, Unavailable
 
 log = logging.getLogger(__name__)
+_TRACER = trace.get_tracer("sharder.assigner")
 
 DRAIN_PREFIX = "drain/"
 AUDIT_PREFIX = "audit/"
@@ -107,8 +112,10 @@ class Leader:
         report_interval_s: float = 1.0,
         targets: Sequence[TargetConfig] = (),
         targets_from_reports: bool = False,
+        metrics: AssignerMetrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics if metrics is not None else AssignerMetrics()
         self.targets = {c.target: c for c in targets}
         self.targets_from_reports = targets_from_reports
         self.me = me
@@ -235,6 +242,10 @@ class Leader:
     def current(self, target: str) -> Assignment | None:
         return self._current.get(target) if self.is_leader else None
 
+    def led(self) -> list[Assignment] | None:
+        """Every current assignment while leader; None on a follower."""
+        return list(self._current.values()) if self.is_leader else None
+
     def to_proto(self, a: Assignment) -> slicing_pb2.Assignment:
         """The protobuf form of ``a``, reusing the one built for its commit when it is the current one."""
         msg = self._msgs.get(a.target)
@@ -297,9 +308,10 @@ class Leader:
                 now_ms = int(time.time() * 1000)
                 new = dataclasses.replace(new, created_unix_ms=now_ms)
                 msg.created_unix_ms = now_ms
-                ok = await self.store.compare_and_swap(
-                    target, prev_gen, Versioned(target, new.generation, msg.SerializeToString())
-                )
+                with self.metrics.store_op("compare_and_swap"):
+                    ok = await self.store.compare_and_swap(
+                        target, prev_gen, Versioned(target, new.generation, msg.SerializeToString())
+                    )
                 if ok:
                     self._current[target] = new
                     self._msgs[target] = msg
@@ -347,14 +359,30 @@ class Leader:
     async def run_round(self) -> None:
         """One policy round over every target (leader only); configured targets missing from the store are
         created first."""
-        for name in sorted(set(self.targets) - set(self._current)):
-            await self.ensure_target(name, "")
-        for target in sorted(self._current):
-            try:
-                await self.mutate(target, self._round_mutation(target))
-            except InvariantError:
-                continue  # logged by mutate; the previous generation stays, other targets still get a round
+        t0 = time.perf_counter()
+        with _TRACER.start_as_current_span("assigner.round", attributes={"brunoise.assigner": self.me.candidate_id}):
+            for name in sorted(set(self.targets) - set(self._current)):
+                await self.ensure_target(name, "")
+            for target in sorted(self._current):
+                before = self._current.get(target)
+                with _TRACER.start_as_current_span("assigner.round.target", attributes={"brunoise.target": target}) as sp:
+                    try:
+                        after = await self.mutate(target, self._round_mutation(target))
+                    except InvariantError as exc:
+                        sp.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
+                        continue  # logged by mutate; the previous generation stays, other targets still get a round
+                    if after is not None and after is not before:
+                        self.metrics.round_committed(after)
+                        s = after.stats
+                        sp.set_attributes({
+                            "brunoise.generation": after.generation, "brunoise.moves": s.moves,
+                            "brunoise.splits": s.splits, "brunoise.merges": s.merges,
+                            "brunoise.replications": s.replications, "brunoise.churn": s.churn,
+                            "brunoise.imbalance": s.imbalance,
+                        })  # fmt: skip
         self.rounds += 1
+        self.metrics.rounds.inc()
+        self.metrics.round_duration.observe(time.perf_counter() - t0)
 
     def check_target_known(self, target: str) -> None:
         """NotFound unless ``target`` exists, is configured, or may be created by a pod's report."""

@@ -29,10 +29,13 @@ from sharder.security.tls import server_credentials
 from sharder.security.tokens import ASSIGNER_RPC_ROLES, Credentials, Principal
 from sharder.store import open_store
 from sharder.store.base import LeaderInfo, Store, StoreError
+from sharder.telemetry import setup_logging, setup_tracing, shutdown_tracing
 
 from .hub import WatchHub
 from .leader import Leader, load_policy
+from .metrics import AssignerMetrics, serve_metrics
 from .service import MAX_REPORT_BYTES, AssignerService, add_to_server
+from .settings import build_parser, parse_settings
 from .state import PodLoadView
 
 log = logging.getLogger("brunoise.assigner")
@@ -41,40 +44,11 @@ SERVICE_NAME = assigner_pb2.DESCRIPTOR.services_by_name["Assigner"].full_name
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="brunoise-assigner", description="The brunoise assigner (sharder) service.")
-    p.add_argument("--store", choices=["embedded", "etcd"], default="embedded", help="store backend")
-    p.add_argument("--etcd-endpoint", action="append", default=[], metavar="HOST:PORT", help="etcd member (repeatable)")
-    p.add_argument("--etcd-prefix", default="/brunoise/", help="key prefix in etcd")
-    p.add_argument("--snapshot", default=None, metavar="PATH", help="snapshot file of the embedded store")
-    p.add_argument("--id", default=None, help="this replica's id (default: host-pid-random)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind")
-    p.add_argument("--port", type=int, default=0, help="gRPC port (0: any free port)")
-    p.add_argument("--round-interval", type=float, default=2.0, metavar="S", help="seconds between policy rounds")
-    p.add_argument("--lease-ttl", type=float, default=5.0, metavar="S", help="leader lease and default pod lease TTL")
-    p.add_argument("--report-interval", type=float, default=1.0, metavar="S", help="report interval told to pods")
-    p.add_argument("--policy", default="sharder.policy:reshard", help=argparse.SUPPRESS)
-    p.add_argument("--ready-file", default=None, metavar="PATH", help="write bound addresses here once serving")
-    sec = p.add_argument_group("security")
-    sec.add_argument("--credentials", default=os.environ.get("BRUNOISE_CREDENTIALS"), metavar="PATH",
-                     help="tokens file (sha256 digests by role); every Assigner RPC then needs a bearer token")
-    sec.add_argument("--tls-cert", default=None, metavar="PEM", help="server certificate chain (enables TLS)")
-    sec.add_argument("--tls-key", default=None, metavar="PEM", help="server private key")
-    sec.add_argument("--insecure", action="store_true",
-                     help="allow binding a non-loopback address without credentials and TLS")
-    sec.add_argument("--etcd-ca", default=None, metavar="PEM", help="CA certificate of the etcd members (TLS)")
-    sec.add_argument("--etcd-cert", default=None, metavar="PEM", help="client certificate for etcd (mTLS)")
-    sec.add_argument("--etcd-key", default=None, metavar="PEM", help="client key for etcd (mTLS)")
-    sec.add_argument("--etcd-user", default=None, help="etcd user (etcd auth); password from $BRUNOISE_ETCD_PASSWORD")
-    tg = p.add_argument_group("targets")
-    tg.add_argument("--target", action="append", default=[], metavar="NAME[=MODEL]",
-                    help="a target to serve (repeatable); created with the default config when missing")
-    tg.add_argument("--targets-file", default=None, metavar="PATH",
-                    help='JSON list of target configs ([{"target": "chat", "model": "m", ...}])')
-    tg.add_argument("--targets-from-reports", choices=["auto", "yes", "no"], default="auto",
-                    help="create a target when a pod first reports for it (auto: only on an open loopback "
-                    "assigner, for local development; otherwise targets come from configuration)")
-    p.add_argument("--log-level", default=os.environ.get("BRUNOISE_LOG_LEVEL", "INFO"))
-    args = p.parse_args(argv)
+    """Flags, ``BRUNOISE_ASSIGNER_*`` variables and ``--config`` YAML, resolved by ``AssignerSettings``, then the
+    checks that span several settings."""
+    p = build_parser("brunoise-assigner", "The brunoise assigner (sharder) service.")
+    settings, _ = parse_settings(p, argv)
+    args = argparse.Namespace(**settings.model_dump())
     if args.store == "etcd" and not args.etcd_endpoint:
         p.error("--store etcd needs at least one --etcd-endpoint")
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -88,9 +62,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.targets = configured_targets(args.target, args.targets_file)
     except (OSError, ValueError, TypeError) as exc:
         p.error(f"targets: {exc}")
-    for name in ("round_interval", "lease_ttl", "report_interval"):
-        if getattr(args, name) <= 0:
-            p.error(f"--{name.replace('_', '-')} must be > 0")
     return args
 
 
@@ -161,14 +132,17 @@ async def feed_hub(store: Store, hub: WatchHub, stop: asyncio.Event) -> None:
         delay = min(delay * 2, 1.0)
 
 
-async def watch_health(store: Store, health: health_aio.HealthServicer, stop: asyncio.Event) -> None:
+async def watch_health(
+    store: Store, health: health_aio.HealthServicer, stop: asyncio.Event, metrics: AssignerMetrics
+) -> None:
     """NOT_SERVING once the store missed two pings in a row (one slow answer is not an outage), SERVING as
     soon as it answers again."""
     last: bool | None = None
     failures = 0
     while not stop.is_set():
         try:
-            answered = bool(await asyncio.wait_for(store.ping(), timeout=1.5))
+            with metrics.store_op("ping"):
+                answered = bool(await asyncio.wait_for(store.ping(), timeout=1.5))
         except Exception as exc:  # StoreError, TimeoutError, transport errors: all mean "did not answer"
             log.debug("store ping failed: %s", exc)
             answered = False
@@ -179,6 +153,7 @@ async def watch_health(store: Store, health: health_aio.HealthServicer, stop: as
             for name in ("", SERVICE_NAME):
                 await health.set(name, status)
             log.warning("store %s: health %s", "reachable" if ok else "UNREACHABLE", "SERVING" if ok else "NOT_SERVING")
+            metrics.set_store_up(ok)
             last = ok
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=0.25)
@@ -217,6 +192,7 @@ async def serve(args: argparse.Namespace) -> None:
     address = f"{args.host}:{port}"
     hub = WatchHub()
     view = PodLoadView()
+    metrics = AssignerMetrics()
     leader = Leader(
         store,
         LeaderInfo(candidate_id=ident, address=address),
@@ -231,6 +207,7 @@ async def serve(args: argparse.Namespace) -> None:
             args.targets_from_reports == "yes"
             or (args.targets_from_reports == "auto" and credentials is None and is_loopback(args.host))
         ),
+        metrics=metrics,
     )
     service = AssignerService(store, leader, hub, credentials=credentials)
     add_to_server(service, server)
@@ -248,12 +225,17 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     tasks = [
         asyncio.create_task(feed_hub(store, hub, stop), name="feed"),
-        asyncio.create_task(watch_health(store, health, stop), name="health"),
+        asyncio.create_task(watch_health(store, health, stop, metrics), name="health"),
     ]
+    ready = {"grpc": address, "id": ident, "tls": "1" if args.tls_cert else ""}
+    metrics_runner = None
+    if args.metrics_port is not None:
+        metrics_runner, mport = await serve_metrics(metrics, leader.led, hub, args.host, args.metrics_port)
+        ready["metrics"] = f"http://{args.host}:{mport}/metrics"
     leader.start()
     log.warning("assigner %s serving on %s (store %s)", ident, address, args.store)
     if args.ready_file:
-        write_ready_file(args.ready_file, {"grpc": address, "id": ident, "tls": "1" if args.tls_cert else ""})
+        write_ready_file(args.ready_file, ready)
     await stop.wait()
 
     log.warning("assigner %s stopping", ident)
@@ -266,14 +248,20 @@ async def serve(args: argparse.Namespace) -> None:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await t
     await server.stop(grace=0.5)
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(store.close(), timeout=2.0)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(args))
+    setup_logging(args.log_level)
+    setup_tracing("brunoise-assigner")
+    try:
+        asyncio.run(serve(args))
+    finally:
+        shutdown_tracing()  # export what is still batched
 
 
 if __name__ == "__main__":

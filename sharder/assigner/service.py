@@ -105,6 +105,7 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
         """Yields serialized WatchResponses (encoded once per generation and shared by every watcher; the
         server registers Watch with a pass-through serializer, see ``add_to_server``)."""
         mb = self.hub.subscribe(request.target or None)
+        since_ms = time.time() * 1000  # generations committed from now on measure propagation lag
         sent: dict[str, Entry] = {}
         floor = request.from_generation
         try:
@@ -122,6 +123,8 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
                     else:
                         yield e.full
                     sent[e.target] = e
+                    if e.msg.created_unix_ms >= since_ms:  # written to this watcher: commit-to-stream lag
+                        self.leader.metrics.watch_lag.observe(max(0.0, time.time() - e.msg.created_unix_ms / 1000))
         finally:
             self.hub.unsubscribe(mb)
 

@@ -224,7 +224,11 @@ def test_commands_are_console_scripts_with_valid_flags(services: dict[str, dict[
 def test_dockerfile_installs_the_project() -> None:
     text = DOCKERFILE.read_text()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-    assert lines[0] == "FROM python:3.11-slim"
+    froms = [ln for ln in lines if ln.startswith("FROM ")]
+    assert len(froms) >= 2, "multi-stage: a build stage and a slim runtime stage"
+    for ln in froms:  # an exact Python release, not a moving tag
+        assert re.fullmatch(r"FROM python:3\.11\.\d+-slim-\w+( AS \w+)?", ln), ln
+    assert any(ln.startswith("COPY --from=") for ln in lines), "the runtime stage copies the built environment"
     assert any(ln.startswith("COPY") and "pyproject.toml" in ln for ln in lines)
     for pkg in ("brunoise", "sharder", "runtime", "axon_router"):
         assert any(ln.startswith("COPY") and pkg in ln.split() for ln in lines), f"{pkg} is not copied"

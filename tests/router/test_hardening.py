@@ -14,7 +14,7 @@ import pytest
 
 from axon_router.knobs import Knobs
 from brunoise.v1 import inference_pb2, router_pb2_grpc
-from tests.router.hardening_support import MODEL, harness, poll, raw_socket
+from tests.router.hardening_support import MODEL, TARGET, harness, poll, raw_socket
 
 FAST = Knobs(health_interval_s=0.2, retry_backoff_s=0.001, first_token_timeout_s=5.0)
 
@@ -58,7 +58,8 @@ async def test_grpc_cancel_before_first_token_releases_the_request_id() -> None:
         chunks = [c async for c in again]
         assert chunks and chunks[-1].finish_reason == "stop"
         text = h.router.metrics.render().decode()
-        assert 'brunoise_router_requests_total{code="CANCELLED",frontend="grpc"} 1.0' in text
+        labels = f'code="CANCELLED",frontend="grpc",model="{MODEL}",target="{TARGET}"'
+        assert f"brunoise_router_requests_total{{{labels}}} 1.0" in text
 
 
 # ------------------------------------------------------------------------------------------------ finding 5
@@ -260,7 +261,8 @@ async def test_http_client_gone_before_first_token_releases_the_request_id() -> 
         writer.close()  # the client goes away while the pod has not answered
         await poll(lambda: not h.router.inflight_ids, 5, "the abandoned request's id to be released")
         text = h.router.metrics.render().decode()
-        assert 'brunoise_router_requests_total{code="499",frontend="http"} 1.0' in text
+        labels = f'code="499",frontend="http",model="{MODEL}",target="{TARGET}"'
+        assert f"brunoise_router_requests_total{{{labels}}} 1.0" in text
 
 
 async def test_idle_watch_counts_only_time_spent_waiting_on_the_pod() -> None:
