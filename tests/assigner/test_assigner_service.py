@@ -162,15 +162,15 @@ async def test_overrides_respected_until_cleared(start_assigner: Callable[..., A
     a = start_assigner()
     await three_pods(a)
     key = slice_key("pinned-session")
-    ov = slicing_pb2.Override(id="pin1", move=slicing_pb2.MoveOverride(key=key, pods=["p2"]))
+    ov = slicing_pb2.Override(id="pin1", move=slicing_pb2.MoveOverride(key=key, pods=["p2", "p0"]))
     resp = await a.stub.SetOverride(assigner_pb2.SetOverrideRequest(target="t", override=ov))
     assert [o.id for o in resp.assignment.overrides] == ["pin1"]
 
     async def pinned() -> assigner_pb2.ExplainKeyResponse | None:
         ex = await a.stub.ExplainKey(assigner_pb2.ExplainKeyRequest(target="t", slice_key=key))
-        return ex if list(ex.slice.replicas) == ["p2"] else None
+        return ex if set(ex.slice.replicas) == {"p2", "p0"} else None  # two: the target's min_replicas
 
-    ex = await poll(pinned, 10, "the pinned slice on p2 only")
+    ex = await poll(pinned, 10, "the pinned slice on p2 and p0 only")
     assert "pin1" in ex.why and [o.id for o in ex.overrides] == ["pin1"]
     # still pinned after more rounds and more pods
     await report(a.stub, pod_msg("p3", 9003))
