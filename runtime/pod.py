@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -15,6 +15,9 @@ from brunoise.launch import write_ready_file
 from runtime.engines.base import Engine, EngineChunk
 from runtime.grpc_service import GrpcServer, RuntimeService
 from runtime.http_api import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, HttpApi
+
+if TYPE_CHECKING:
+    from sharder.security.client import ClientAuth
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ class RuntimePod:
         header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
         body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
         ready_file: str | os.PathLike[str] | None = None,
+        auth: ClientAuth | None = None,
     ) -> None:
         self.engine = engine
         self.pod_id = pod_id
@@ -57,6 +61,7 @@ class RuntimePod:
         self.header_timeout_s = header_timeout_s
         self.body_timeout_s = body_timeout_s
         self.ready_file = ready_file
+        self.auth = auth  # the slicelet's pod token and CA (None: from the environment)
         self.slicelet: Any = None
         self.grpc: GrpcServer | None = None
         self._runner: web.AppRunner | None = None
@@ -114,7 +119,7 @@ class RuntimePod:
         )  # fmt: skip
         self.slicelet = Slicelet(
             pod, self.assigners, engine_load=self.engine.load, report_interval_s=self.report_interval_s,
-            lease_ttl_s=self.lease_ttl_s,
+            lease_ttl_s=self.lease_ttl_s, auth=self.auth,
         )  # fmt: skip
         await self.slicelet.start()
 
