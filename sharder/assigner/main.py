@@ -70,9 +70,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="a target to serve (repeatable); created with the default config when missing")
     tg.add_argument("--targets-file", default=None, metavar="PATH",
                     help='JSON list of target configs ([{"target": "chat", "model": "m", ...}])')
-    tg.add_argument("--targets-from-reports", choices=["auto", "yes", "no"], default="auto",
-                    help="create a target when a pod first reports for it (auto: only on an open loopback "
-                    "assigner, for local development; otherwise targets come from configuration)")
+    tg.add_argument("--targets-from-reports", action="store_true",
+                    help="create a target when a pod first reports for it (development and tests only: refused "
+                    "with --credentials or a non-loopback --host; targets otherwise come from configuration or "
+                    "an admin's ConfigureTarget)")
     p.add_argument("--log-level", default=os.environ.get("BRUNOISE_LOG_LEVEL", "INFO"))
     args = p.parse_args(argv)
     if args.store == "etcd" and not args.etcd_endpoint:
@@ -84,6 +85,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             f"refusing to serve on {args.host} without --credentials and --tls-cert/--tls-key "
             "(anyone who reaches it could register pods and receive users' prompts); pass --insecure to override"
         )
+    if args.targets_from_reports and (args.credentials or not is_loopback(args.host)):
+        p.error("--targets-from-reports is for an open loopback assigner (development and tests): with credentials "
+                "or a non-loopback --host, targets come from --target/--targets-file or an admin's ConfigureTarget")
     try:
         args.targets = configured_targets(args.target, args.targets_file)
     except (OSError, ValueError, TypeError) as exc:
@@ -227,10 +231,7 @@ async def serve(args: argparse.Namespace) -> None:
         lease_ttl_s=args.lease_ttl,
         report_interval_s=args.report_interval,
         targets=args.targets,
-        targets_from_reports=(
-            args.targets_from_reports == "yes"
-            or (args.targets_from_reports == "auto" and credentials is None and is_loopback(args.host))
-        ),
+        targets_from_reports=args.targets_from_reports,
     )
     service = AssignerService(store, leader, hub, credentials=credentials)
     add_to_server(service, server)
