@@ -172,8 +172,13 @@ async def test_a_report_never_creates_a_target(secured: Secured) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await _call(secured, "p1", "Report", assigner_pb2.ReportRequest(pod=elsewhere))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and "not-configured" in (err.value.details() or "")
-    targets = await _call(secured, "router", "ListTargets", assigner_pb2.ListTargetsRequest())
-    assert [t.target for t in targets.targets] == ["t"]
+
+    async def listed() -> list[str]:
+        resp = await _call(secured, "router", "ListTargets", assigner_pb2.ListTargetsRequest())
+        return [t.target for t in resp.targets]
+
+    # the configured target exists once the election grace is over or its first pod reported
+    assert await poll(listed, 10, "the configured target") == ["t"]
     pods = await _call(secured, "ops", "ListPods", assigner_pb2.ListPodsRequest())
     assert "p1" not in {p.pod.id for p in pods.pods}, "nothing was stored for the refused report"
 
