@@ -25,6 +25,7 @@ from axon_router.router import Router
 from axon_router.tracing import setup_tracing
 from brunoise.launch import write_ready_file
 from sharder.telemetry import setup_logging, shutdown_tracing
+from sharder.security.client import ClientAuth, add_client_auth_args
 
 log = logging.getLogger("axon_router")
 
@@ -49,6 +50,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--insecure", action="store_true", help="serve a non-loopback --host without API keys (refused otherwise)"
     )
+    add_client_auth_args(p)
     add_knob_args(p)
     return p.parse_args(argv)
 
@@ -83,8 +85,12 @@ async def serve(ns: argparse.Namespace) -> None:
 
     knobs = knobs_from_args(ns)
     api_keys = load_api_keys(ns)  # before anything binds
+    try:
+        auth = ClientAuth.from_args(ns)  # the reader token and CA the clerk presents to the assigners
+    except OSError as e:
+        raise SystemExit(f"brunoise-router: cannot read the assigner credentials: {e}") from None
     metrics = RouterMetrics(knobs)
-    clerk = Clerk(ns.assigner)
+    clerk = Clerk(ns.assigner, auth=auth)
     await clerk.start()
     if ns.wait_ready_s > 0:
         with contextlib.suppress(Exception):

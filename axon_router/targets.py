@@ -23,6 +23,11 @@ class ClerkLike(Protocol):
     def staleness_s(self, target: str) -> float: ...
 
 
+#: Label sets whose eligible pods a TargetState remembers per generation. Labels come from clients
+#: (``x-brunoise-labels``), so past this many a new set is computed and not kept: memory stays bounded.
+MAX_CACHED_LABEL_SETS = 64
+
+
 class TargetState:
     """One target's generation, precomputed: pods by id, the pool of serving pods, eligible pools per label set."""
 
@@ -47,12 +52,15 @@ class TargetState:
         self._eligible: dict[frozenset[tuple[str, str]], tuple[list[PodView], frozenset[str]]] = {}
 
     def eligible(self, labels: dict[str, str]) -> tuple[list[PodView], frozenset[str]]:
-        """Pods of the pool carrying every label (cached per label set for this generation)."""
+        """Pods of the pool carrying every label (cached per label set for this generation, up to
+        MAX_CACHED_LABEL_SETS sets)."""
         key = frozenset(labels.items())
         hit = self._eligible.get(key)
         if hit is None:
             pods = [p for p in self.pool if all(p.labels.get(k) == v for k, v in labels.items())]
-            hit = self._eligible[key] = (pods, frozenset(p.id for p in pods))
+            hit = (pods, frozenset(p.id for p in pods))
+            if len(self._eligible) < MAX_CACHED_LABEL_SETS:
+                self._eligible[key] = hit
         return hit
 
 

@@ -80,7 +80,8 @@ def main() -> None:
         a = g.add(
             ManagedProcess(
                 "assigner",
-                python_module("sharder.assigner.main", "--store", "embedded", "--port", "0", "--round-interval", "0.5"),
+                python_module("sharder.assigner.main", "--store", "embedded", "--port", "0", "--round-interval", "0.5",
+                              "--target", f"bench={MODEL}"),
                 log_dir=logs,
             ).start()
         )

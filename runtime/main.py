@@ -45,6 +45,7 @@ def _engine_arg(text: str) -> tuple[str, str]:
 
 def parser() -> argparse.ArgumentParser:
     from runtime.engines import sim
+    from sharder.security.client import add_client_auth_args
 
     p = argparse.ArgumentParser(prog="brunoise-runtime", description=__doc__)
     p.add_argument("--engine", choices=("sim", "vllm"), default="sim", help="inference engine (default: sim)")
@@ -61,6 +62,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-host", default="127.0.0.1")
     p.add_argument("--grpc-port", type=int, default=0)
     p.add_argument("--assigner", action="append", default=[], metavar="HOST:PORT", help="assigner address (repeatable)")
+    add_client_auth_args(p)  # the pod token and CA the slicelet presents to the assigners
     p.add_argument("--report-interval", type=float, default=1.0, help="slicelet load-report interval, seconds")
     p.add_argument("--lease-ttl", type=float, default=5.0, help="slicelet lease TTL, seconds")
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="HTTP request body limit")
@@ -134,7 +136,12 @@ def build_engine(args: argparse.Namespace) -> Engine:
 
 async def serve(args: argparse.Namespace) -> int:
     from runtime.pod import RuntimePod
+    from sharder.security.client import ClientAuth
 
+    try:
+        auth = ClientAuth.from_args(args)
+    except OSError as e:
+        raise SystemExit(f"brunoise-runtime: cannot read the assigner credentials: {e}") from None
     engine = build_engine(args)
     pod = RuntimePod(
         engine,
@@ -153,6 +160,7 @@ async def serve(args: argparse.Namespace) -> int:
         body_timeout_s=args.body_timeout_s,
         ready_file=args.ready_file,
         drain_timeout_s=args.drain_timeout_s,
+        auth=auth,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

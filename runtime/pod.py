@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -17,6 +17,9 @@ from runtime.engines.base import Engine, EngineChunk
 from runtime.grpc_service import GrpcServer, RuntimeService
 from runtime.http_api import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, HttpApi
 from runtime.tracing import TracedEngine
+
+if TYPE_CHECKING:
+    from sharder.security.client import ClientAuth
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,7 @@ class RuntimePod:
         body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
         ready_file: str | os.PathLike[str] | None = None,
         drain_timeout_s: float = 0.0,
+        auth: ClientAuth | None = None,
     ) -> None:
         self.engine = engine
         self.drain_timeout_s = drain_timeout_s
@@ -62,6 +66,7 @@ class RuntimePod:
         self.header_timeout_s = header_timeout_s
         self.body_timeout_s = body_timeout_s
         self.ready_file = ready_file
+        self.auth = auth  # the slicelet's pod token and CA (None: from the environment)
         self.slicelet: Any = None
         self.grpc: GrpcServer | None = None
         self._runner: web.AppRunner | None = None
@@ -119,7 +124,7 @@ class RuntimePod:
         )  # fmt: skip
         self.slicelet = Slicelet(
             pod, self.assigners, engine_load=self.engine.load, report_interval_s=self.report_interval_s,
-            lease_ttl_s=self.lease_ttl_s,
+            lease_ttl_s=self.lease_ttl_s, auth=self.auth,
         )  # fmt: skip
         await self.slicelet.start()
 

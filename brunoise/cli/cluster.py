@@ -21,13 +21,15 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from axon_router.auth import hash_key
 from brunoise.cli.client import ENV_ASSIGNER, AdminClient, cluster_file, read_cluster_file, state_name
 from brunoise.cli.credentials import init_credentials
 from brunoise.cli.demo import DemoResult, run_demo
 from brunoise.cli.output import CliError, console, err_console, fmt_pct, make_table, print_error
 from brunoise.launch import LaunchError, ManagedProcess, ProcessGroup, python_module
 from brunoise.v1 import slicing_pb2
-from sharder.security.client import ENV_TLS_CA, ENV_TOKEN, ClientAuth
+from sharder.security.client import ENV_TOKEN, ENV_TOKEN_FILE, ClientAuth
+from sharder.security.tokens import new_token
 
 #: Modules of the three server processes (each also installed as a console script).
 ASSIGNER_MODULE = "sharder.assigner.main"
@@ -140,30 +142,41 @@ class LocalCluster:
         self._step = on_step or (lambda _msg: None)
         self.tls_ca = ""
         self.admin_token = ""
-        self._tokens: dict[str, str] = {}  # principal name -> token (kept in memory and in the 0600 cluster file)
+        self.api_key = ""  # the router's demo API key (in the 0600 cluster file; the keys file holds its digest)
+        self.api_keys_file = ""
+        self._token_files: dict[str, pathlib.Path] = {}  # principal name -> its 0600 token file
         self.auth = ClientAuth()
 
     # credentials -------------------------------------------------------------------------------
     def _make_credentials(self) -> list[str]:
-        """A CA + server certificate for 127.0.0.1/localhost and one token per role / per pod, under the log
-        dir (``brunoise credentials init``); the assigner's flags for them. Tokens reach children by
-        environment, never argv."""
+        """A CA + server certificate for 127.0.0.1/localhost, one token per role / per pod (``brunoise
+        credentials init``) and the router's API keys file with one demo key, under the log dir; the assigner's
+        flags for them. Children get their token as a file (``--token-file``), never in argv."""
         d = self.log_dir / "security"
         pods = [f"pod-{i}" for i in range(1, self.opts.runtimes + 1)]
         init_credentials(d, ["127.0.0.1", "localhost"], pods, admins=("cli",), readers=("router",))
-        self._tokens = {p.name: p.read_text().strip() for p in (d / "tokens").iterdir()}
+        self._token_files = {p.name: p for p in (d / "tokens").iterdir()}
         pki = d / "pki"
         self.tls_ca = str(pki / "ca.pem")
-        self.admin_token = self._tokens["cli"]
+        self.admin_token = self._token_files["cli"].read_text().strip()
         self.auth = ClientAuth(token=self.admin_token, ca_pem=(pki / "ca.pem").read_bytes())
+        self.api_key = "sk-brunoise-" + new_token()
+        keys = d / "api-keys.json"
+        fd = os.open(keys, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({hash_key(self.api_key): {"name": "demo"}}, f)
+        self.api_keys_file = str(keys)
         return ["--credentials", str(d / "credentials.json"), "--tls-cert", str(pki / "server.pem"),
                 "--tls-key", str(pki / "server.key")]  # fmt: skip
 
-    def _env_for(self, principal: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in (ENV_TOKEN, "BRUNOISE_TOKEN_FILE")}
-        env[ENV_TOKEN] = self._tokens[principal]
-        env[ENV_TLS_CA] = self.tls_ca
-        return env
+    def _auth_args(self, principal: str) -> list[str]:
+        """``--token-file``/``--tls-ca`` of a runtime or router presenting ``principal``'s token."""
+        return ["--token-file", str(self._token_files[principal]), "--tls-ca", self.tls_ca]
+
+    @staticmethod
+    def _child_env() -> dict[str, str]:
+        """The environment without a token of the caller's (a child's own token comes by flag)."""
+        return {k: v for k, v in os.environ.items() if k not in (ENV_TOKEN, ENV_TOKEN_FILE)}
 
     # lifecycle ---------------------------------------------------------------------------------
     def start(self) -> LocalCluster:
@@ -217,10 +230,10 @@ class LocalCluster:
             pod_id = f"pod-{i}"
             argv = python_module(
                 RUNTIME_MODULE, "--engine", o.engine.value, "--pod-id", pod_id, "--target", o.target, "--model", o.model,
-                "--labels", f"model={o.model}", "--assigner", self.assigner_addr, *self._time_scale_args(),
-                *engine_args, *o.runtime_args,
+                "--labels", f"model={o.model}", "--assigner", self.assigner_addr, *self._auth_args(pod_id),
+                *self._time_scale_args(), *engine_args, *o.runtime_args,
             )
-            procs.append((pod_id, self._proc(pod_id, argv, env=self._env_for(pod_id))))
+            procs.append((pod_id, self._proc(pod_id, argv, env=self._child_env())))
         for pod_id, p in procs:
             addrs = self._ready(p)
             self.runtimes.append(RuntimeInfo(pod_id, addrs.get("grpc", ""), _http_url(addrs.get("http", ""))))
@@ -228,8 +241,9 @@ class LocalCluster:
         self._step("starting the router")
         router = self._proc(
             "router", python_module(ROUTER_MODULE, "--assigner", self.assigner_addr, "--http-port", "0", "--grpc-port", "0",
-                                    "--wait-ready-s", "15", *self.opts.router_args),
-            env=self._env_for("router"),
+                                    "--wait-ready-s", "15", *self._auth_args("router"),
+                                    "--api-keys-file", self.api_keys_file, *self.opts.router_args),
+            env=self._child_env(),
         )
         addrs = self._ready(router)
         self.router_http = _http_url(addrs.get("http", ""))
@@ -327,6 +341,7 @@ class LocalCluster:
             "pid": os.getpid(),
             "assigner": self.assigner_addr,
             "admin_token": self.admin_token,  # the file is written 0600
+            "api_key": self.api_key,  # the router's demo key: Authorization: Bearer KEY
             "tls_ca": self.tls_ca,
             "router_http": self.router_http,
             "router_grpc": self.router_grpc,
@@ -419,7 +434,8 @@ def print_next_steps(cl: LocalCluster, path: pathlib.Path) -> None:
     con.print(f"\nexport {ENV_ASSIGNER}={cl.assigner_addr}   [dim](also recorded in {path})[/dim]", soft_wrap=True)
     con.print(f"try:  brunoise pods | brunoise slices {t} | brunoise keymap {t} --out keymap.png | brunoise watch {t}",
               soft_wrap=True)
-    con.print(f"      curl -s {cl.router_http}/v1/chat/completions -H 'x-session-id: s1' -H 'content-type: application/json'"
+    con.print(f"      curl -s {cl.router_http}/v1/chat/completions -H 'authorization: Bearer {cl.api_key}'"
+              " -H 'x-session-id: s1' -H 'content-type: application/json'"
               f" -d '{{\"model\":\"{cl.opts.model}\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'",
               soft_wrap=True)
     con.print(f"[dim]logs: {cl.log_dir}[/dim]", soft_wrap=True)
@@ -433,7 +449,7 @@ def run_demo_with_progress(cl: LocalCluster, sessions: int, turns: int) -> DemoR
         task = progress.add_task(f"{sessions} sessions x {turns} turns", total=total)
         return asyncio.run(
             run_demo(cl.router_http, cl.opts.model, pods_http, sessions=sessions, turns=turns,
-                     on_request=lambda: progress.advance(task))
+                     on_request=lambda: progress.advance(task), api_key=cl.api_key)
         )
 
 

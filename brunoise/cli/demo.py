@@ -101,7 +101,7 @@ async def scrape_prefix(session: aiohttp.ClientSession, pods_http: Mapping[str, 
 
 async def _one_request(
     session: aiohttp.ClientSession, url: str, model: str, session_id: str, messages: Sequence[Mapping[str, str]],
-    max_tokens: int,
+    max_tokens: int, api_key: str = "",
 ) -> tuple[float, float, str, int]:
     """Stream one chat completion; (ttft, latency, text, completion tokens). Raises RuntimeError on failure."""
     body = {"model": model, "messages": list(messages), "max_tokens": max_tokens, "stream": True,
@@ -110,7 +110,8 @@ async def _one_request(
     ttft: float | None = None
     text: list[str] = []
     tokens = 0
-    async with session.post(url, json=body, headers={"x-session-id": session_id}) as resp:
+    headers = {"x-session-id": session_id, **({"authorization": f"Bearer {api_key}"} if api_key else {})}
+    async with session.post(url, json=body, headers=headers) as resp:
         if resp.status != 200:
             raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:200]}")
         async for raw in resp.content:
@@ -149,8 +150,10 @@ async def run_demo(
     max_tokens: int = 24,
     seed: int = 7,
     on_request: Callable[[], None] | None = None,
+    api_key: str = "",
 ) -> DemoResult:
-    """Run ``sessions`` conversations of ``turns`` turns each (concurrently, turns in order) through the router."""
+    """Run ``sessions`` conversations of ``turns`` turns each (concurrently, turns in order) through the router
+    (``api_key``: the router's key, sent as ``Authorization: Bearer``)."""
     rng = random.Random(seed)
     url = router_http.rstrip("/") + "/v1/chat/completions"
     result = DemoResult(sessions=sessions, turns=turns)
@@ -169,7 +172,7 @@ async def run_demo(
                 messages.append({"role": "user", "content": USER_TURNS[t % len(USER_TURNS)].format(topic=topic)})
                 async with sem:
                     try:
-                        ttft, lat, text, toks = await _one_request(http, url, model, sid, messages, max_tokens)
+                        ttft, lat, text, toks = await _one_request(http, url, model, sid, messages, max_tokens, api_key)
                     except (RuntimeError, aiohttp.ClientError, TimeoutError) as exc:
                         result.errors += 1
                         result.first_error = result.first_error or f"{type(exc).__name__}: {exc}"

@@ -358,11 +358,16 @@ class Leader:
 
     async def run_round(self) -> None:
         """One policy round over every target (leader only); configured targets missing from the store are
-        created first."""
+        created first, once the election grace is over. Within it a missing target is one whose store was lost
+        (or a fresh deployment): its pods are still re-registering, and an assignment made now would name none,
+        so routers would adopt a generation they cannot route on. A pod's first report creates it meanwhile,
+        with that pod."""
+        in_grace = time.monotonic() < self._grace_until
         t0 = time.perf_counter()
         with _TRACER.start_as_current_span("assigner.round", attributes={"brunoise.assigner": self.me.candidate_id}):
             for name in sorted(set(self.targets) - set(self._current)):
-                await self.ensure_target(name, "")
+                if not in_grace:
+                    await self.ensure_target(name, "")
             for target in sorted(self._current):
                 before = self._current.get(target)
                 with _TRACER.start_as_current_span("assigner.round.target", attributes={"brunoise.target": target}) as sp:

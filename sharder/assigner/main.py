@@ -58,6 +58,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             f"refusing to serve on {args.host} without --credentials and --tls-cert/--tls-key "
             "(anyone who reaches it could register pods and receive users' prompts); pass --insecure to override"
         )
+    if args.targets_from_reports and (args.credentials or not is_loopback(args.host)):
+        p.error("--targets-from-reports is for an open loopback assigner (development and tests): with credentials "
+                "or a non-loopback --host, targets come from --target/--targets-file or an admin's ConfigureTarget")
     try:
         args.targets = configured_targets(args.target, args.targets_file)
     except (OSError, ValueError, TypeError) as exc:
@@ -203,10 +206,7 @@ async def serve(args: argparse.Namespace) -> None:
         lease_ttl_s=args.lease_ttl,
         report_interval_s=args.report_interval,
         targets=args.targets,
-        targets_from_reports=(
-            args.targets_from_reports == "yes"
-            or (args.targets_from_reports == "auto" and credentials is None and is_loopback(args.host))
-        ),
+        targets_from_reports=args.targets_from_reports,
         metrics=metrics,
     )
     service = AssignerService(store, leader, hub, credentials=credentials)

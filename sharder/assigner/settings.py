@@ -76,10 +76,11 @@ class AssignerSettings(BaseSettings):
     )  # fmt: skip
     targets_file: str | None = Field(None, json_schema_extra=_group("targets"),
                                      description='JSON list of target configs ([{"target": "chat", "model": "m", ...}])')  # fmt: skip
-    targets_from_reports: Literal["auto", "yes", "no"] = Field(
-        "auto", json_schema_extra=_group("targets"),
-        description="create a target when a pod first reports for it (auto: only on an open loopback assigner, for "
-        "local development; otherwise targets come from configuration)",
+    targets_from_reports: bool = Field(
+        False, json_schema_extra=_group("targets"),
+        description="create a target when a pod first reports for it (development and tests only: refused with "
+        "--credentials or a non-loopback --host; targets otherwise come from configuration or an admin's "
+        "ConfigureTarget)",
     )  # fmt: skip
 
     @classmethod

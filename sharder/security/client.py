@@ -1,7 +1,8 @@
-"""What a client of the assigner presents: a bearer token and the CA it trusts (from arguments or the environment)."""
+"""What a client of the assigner presents: a bearer token and the CA it trusts (from flags or the environment)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import pathlib
@@ -36,6 +37,16 @@ class ClientAuth:
         ca = pathlib.Path(ca_path).read_bytes() if ca_path else None
         return cls(token=token, ca_pem=ca)
 
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace, env: Mapping[str, str] | None = None) -> ClientAuth:
+        """``--token-file`` / ``--tls-ca`` (see ``add_client_auth_args``), each falling back to the environment
+        ($BRUNOISE_TOKEN or $BRUNOISE_TOKEN_FILE, $BRUNOISE_TLS_CA) when not given."""
+        e = os.environ if env is None else env
+        token_file: str | None = getattr(ns, "token_file", None)
+        ca: str | None = getattr(ns, "tls_ca", None)
+        token = None if token_file else e.get(ENV_TOKEN) or None
+        return cls.from_values(token, token_file or e.get(ENV_TOKEN_FILE) or None, ca or e.get(ENV_TLS_CA) or None)
+
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
@@ -51,3 +62,13 @@ class ClientAuth:
             creds = grpc.ssl_channel_credentials(root_certificates=self.ca_pem)
             return grpc.secure_channel(address, creds, options=list(options))
         return grpc.insecure_channel(address, options=list(options))
+
+
+def add_client_auth_args(parser: argparse.ArgumentParser) -> None:
+    """The flags of a process that calls the assigner: its bearer token (a file, never argv) and the CA."""
+    g = parser.add_argument_group("assigner credentials")
+    g.add_argument("--token-file", default=None, metavar="PATH",
+                   help=f"bearer token presented to the assigner (default: ${ENV_TOKEN} or ${ENV_TOKEN_FILE})")
+    g.add_argument("--tls-ca", default=None, metavar="PEM",
+                   help=f"CA certificate the assigner's TLS certificate is checked with (default: ${ENV_TLS_CA}; "
+                   "neither: plaintext)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import pathlib
 import signal
@@ -14,25 +15,40 @@ from typing import Any
 import grpc
 import pytest
 
+from axon_router.auth import hash_key
+from brunoise.cli.credentials import init_credentials
 from brunoise.launch import ManagedProcess, python_module
 from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
 from sharder.etcd_server import EtcdCluster
+from sharder.security.client import ClientAuth
+from sharder.security.tokens import new_token
 from tests.chaos.load import Figures, Load
 from tests.chaos.watch import Watcher
 from tests.etcd_plugin import etcd_cluster, etcd_prefix, make_etcd_cluster  # noqa: F401 - fixtures
-from tests.router.conftest import ROUTER_ARGS, TARGET, Cluster, http_json, wait_for
+from tests.router.conftest import REGIONS, ROUTER_ARGS, TARGET, TARGET_CONFIG, Cluster, http_json, wait_for
 
 #: Leader lease of the chaos assigners: failover takes about this long.
 LEASE_S = 1.5
 ROUND_S = 0.5
 #: Pod lease (the runtimes' --lease-ttl in tests.router.conftest): a pod stopped longer than this is dropped.
 POD_LEASE_S = 3.0
+#: The routers' idle watchdog: a pod silent this long mid-stream is stalled and its stream ended by the router
+#: (the default, 30 s, is longer than a scenario).
+STREAM_IDLE_S = 3.0
+#: The router suite's router flags plus the short idle watchdog.
+CHAOS_ROUTER_ARGS = (*ROUTER_ARGS, "--stream-idle-timeout-s", str(STREAM_IDLE_S))
 
 
 class ChaosCluster(Cluster):
     """The router suite's cluster (3 sim runtimes, 2 routers, slices pinned round-robin) with ``n_assigners``
     assigners on etcd (``etcd`` given) or one on the embedded store (``snapshot``: its snapshot file).
-    Every runtime and router knows every assigner. ``close()`` continues stopped processes, then stops all."""
+    Every runtime and router knows every assigner. ``close()`` continues stopped processes, then stops all.
+
+    Secure as deployed (``secure``, the default): the assigners serve TLS and require tokens (``brunoise
+    credentials init``: a pod token per runtime, the reader token for routers and watchers, an admin token for
+    the test), the routers require an API key (``api_headers``: the load and every probe send it), and the
+    target comes from the assigners' ``--targets-file``, so an assigner that lost its store
+    re-creates it from configuration. ``secure=False``: open loopback assigners creating targets from reports."""
 
     def __init__(
         self,
@@ -42,10 +58,26 @@ class ChaosCluster(Cluster):
         prefix: str = "/chaos",
         n_assigners: int = 1,
         snapshot: pathlib.Path | None = None,
-        router_args: Sequence[str] = ROUTER_ARGS,
+        router_args: Sequence[str] = CHAOS_ROUTER_ARGS,
         runtime_args: Sequence[str] = (),
+        secure: bool = True,
     ) -> None:
         super().__init__(log_dir, n_routers=2, runtime_args=runtime_args, router_args=router_args)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.secure = secure
+        self.security = self.log_dir / "security"
+        self.admin_auth = ClientAuth()
+        self.reader_auth = ClientAuth()
+        if secure:
+            pods = [f"pod{i}" for i in range(len(REGIONS))]
+            init_credentials(self.security, ["127.0.0.1", "localhost"], pods, admins=("test",), readers=("router",))
+            ca = (self.security / "pki" / "ca.pem").read_bytes()
+            self.admin_auth = ClientAuth(token=self._token("test"), ca_pem=ca)
+            self.reader_auth = ClientAuth(token=self._token("router"), ca_pem=ca)
+            (self.security / "targets.json").write_text(json.dumps([TARGET_CONFIG]))
+            api_key = new_token()  # the clients' key for the routers' OpenAI API (the keys file holds its digest)
+            (self.security / "api-keys.json").write_text(json.dumps({hash_key(api_key): {"name": "chaos-load"}}))
+            self.api_headers = {"authorization": f"Bearer {api_key}"}
         if etcd is None and n_assigners != 1:
             raise ValueError("several assigners need a shared store: pass etcd")
         self.etcd = etcd
@@ -56,10 +88,38 @@ class ChaosCluster(Cluster):
         self.assigner_ports: list[int] = []
         self.stopped: set[int] = set()  # pids frozen with sigstop
 
+    # credentials ----------------------------------------------------------------------------------
+    def _token(self, principal: str) -> str:
+        return (self.security / "tokens" / principal).read_text().strip()
+
+    def credential_flags(self, principal: str) -> list[str]:
+        if not self.secure:
+            return []
+        flags = ["--token-file", str(self.security / "tokens" / principal), "--tls-ca", str(self.security / "pki" / "ca.pem")]
+        if principal == "router":
+            flags += ["--api-keys-file", str(self.security / "api-keys.json")]
+        return flags
+
+    def assigner_channel(self, address: str) -> grpc.Channel:
+        """TLS with the admin token on every call (the test is the cluster's operator)."""
+        a = self.admin_auth
+        if a.ca_pem is None or a.token is None:
+            return grpc.insecure_channel(address)
+        creds = grpc.composite_channel_credentials(
+            grpc.ssl_channel_credentials(root_certificates=a.ca_pem), grpc.access_token_call_credentials(a.token)
+        )
+        return grpc.secure_channel(address, creds)
+
     # assigners ------------------------------------------------------------------------------------
     def _assigner_argv(self, i: int, port: int) -> list[str]:
         argv = ["--id", f"assigner{i}", "--port", str(port), "--round-interval", str(ROUND_S), "--lease-ttl", str(LEASE_S),
                 "--report-interval", "0.5"]  # fmt: skip
+        if self.secure:
+            d = self.security
+            argv += ["--credentials", str(d / "credentials.json"), "--tls-cert", str(d / "pki" / "server.pem"),
+                     "--tls-key", str(d / "pki" / "server.key"), "--targets-file", str(d / "targets.json")]  # fmt: skip
+        else:
+            argv += ["--targets-from-reports"]
         if self.etcd is not None:
             argv += ["--store", "etcd", "--etcd-prefix", self.prefix]
             for e in self.etcd.endpoints:
@@ -108,7 +168,7 @@ class ChaosCluster(Cluster):
             for a in self.assigners:
                 if not self.running(a):
                     continue
-                with grpc.insecure_channel(a.addresses["grpc"]) as ch:
+                with self.assigner_channel(a.addresses["grpc"]) as ch:
                     stub = assigner_pb2_grpc.AssignerStub(ch)  # type: ignore[no-untyped-call]
                     named.add(stub.ListTargets(assigner_pb2.ListTargetsRequest(), timeout=1).leader_id)
             ids = [a.addresses["id"] for a in self.assigners]
@@ -128,7 +188,7 @@ class ChaosCluster(Cluster):
 
     def get_assignment(self) -> slicing_pb2.Assignment:
         """The target's assignment as the leader serves it."""
-        with grpc.insecure_channel(self.assigner_addr) as ch:
+        with self.assigner_channel(self.assigner_addr) as ch:
             stub = assigner_pb2_grpc.AssignerStub(ch)  # type: ignore[no-untyped-call]
             a: slicing_pb2.Assignment = stub.GetAssignment(assigner_pb2.GetAssignmentRequest(target=TARGET), timeout=5)
             return a
@@ -142,7 +202,7 @@ class ChaosCluster(Cluster):
         False (then grpc.RpcError when no leader took it)."""
 
         def once() -> int:
-            with grpc.insecure_channel(self.assigner_addr) as ch:
+            with self.assigner_channel(self.assigner_addr) as ch:
                 stub = assigner_pb2_grpc.AssignerStub(ch)  # type: ignore[no-untyped-call]
                 cur = stub.GetAssignment(assigner_pb2.GetAssignmentRequest(target=TARGET), timeout=5)
                 cfg = slicing_pb2.TargetConfig()
@@ -158,7 +218,7 @@ class ChaosCluster(Cluster):
 
     def live_pod_ids(self) -> set[str]:
         """Pods whose registration (lease) the leader holds now."""
-        with grpc.insecure_channel(self.assigner_addr) as ch:
+        with self.assigner_channel(self.assigner_addr) as ch:
             stub = assigner_pb2_grpc.AssignerStub(ch)  # type: ignore[no-untyped-call]
             resp = stub.ListPods(assigner_pb2.ListPodsRequest(target=TARGET), timeout=5)
             return {st.pod.id for st in resp.pods}
@@ -180,8 +240,8 @@ class ChaosCluster(Cluster):
         name = f"router{i}-restarted"
         r = ManagedProcess(
             name,
-            python_module("axon_router.main", *self.assigner_flags(), "--http-port", http_port, "--grpc-port", grpc_port,
-                          *self.router_args),
+            python_module("axon_router.main", *self.assigner_flags(), *self.credential_flags("router"), "--http-port",
+                          http_port, "--grpc-port", grpc_port, *self.router_args),
             log_dir=self.log_dir,
         )  # fmt: skip
         self.group.add(r.start())
@@ -209,7 +269,8 @@ class ChaosCluster(Cluster):
         out: list[dict[str, Any] | None] = []
         for i, r in enumerate(self.routers):
             if self.running(r):
-                out.append(next((p for p in http_json(self.http(i) + "/debug/pods")["pods"] if p["id"] == pod_id), None))
+                pods = http_json(self.http(i) + "/debug/pods", headers=self.api_headers)["pods"]
+                out.append(next((p for p in pods if p["id"] == pod_id), None))
         return out
 
     def pod_skipped_everywhere(self, pod_id: str) -> bool:
@@ -282,8 +343,8 @@ class Scenario:
     def __init__(self, cl: ChaosCluster, name: str, **load_kwargs: Any) -> None:
         self.cl = cl
         self.name = name
-        self.watcher = Watcher(name, cl.assigner_addrs, cl.live_routers)
-        self.load = Load(cl.router_urls, tag=name, **load_kwargs)
+        self.watcher = Watcher(name, cl.assigner_addrs, cl.live_routers, auth=cl.reader_auth)
+        self.load = Load(cl.router_urls, tag=name, headers=cl.api_headers, **load_kwargs)
         self.fault_at = 0.0
         self.final_generation = -1
         self.catch_up_s: float | None = None

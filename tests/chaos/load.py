@@ -23,6 +23,10 @@ class _Retry(Exception):
     """This attempt failed before any output: the client may send the request again (to another router)."""
 
 
+class _StalledAfterOutput(Exception):
+    """The stream went silent for ``stream_idle_s`` after output: broken (not retried), and the router suspect."""
+
+
 @dataclasses.dataclass
 class Figures:
     """What one scenario measured; printed and written as a JSON line to ``$BRUNOISE_CHAOS_REPORT``."""
@@ -54,7 +58,8 @@ class Load:
     router ``worker % n``; when an attempt fails before any output (refused, reset, no response within
     ``attempt_timeout_s``, a retryable status) it marks that router bad for ``bad_for_s`` and sends the request
     again to another one, up to ``attempts`` times. A request is *lost* when every attempt failed that way; a
-    stream that broke after its first token is counted apart (the client saw output; it is not retried).
+    stream that broke after its first token is counted apart (the client saw output; it is not retried); one
+    that went silent for ``stream_idle_s`` also marks its router bad (an unresponsive router, e.g. stopped).
     """
 
     def __init__(
@@ -68,8 +73,10 @@ class Load:
         attempts: int = 6,
         bad_for_s: float = 2.0,
         tag: str = "chaos",
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.routers = routers
+        self.headers = dict(headers or {})  # sent with every request (the routers' API key)
         self.workers = workers
         self.max_tokens = max_tokens
         self.attempt_timeout_s = attempt_timeout_s
@@ -99,7 +106,9 @@ class Load:
     # lifecycle ------------------------------------------------------------------------------------
     async def start(self, flowing_after: int = 20, timeout_s: float = 20.0) -> None:
         """Start the clients and wait until ``flowing_after`` requests have succeeded."""
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=False))
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, force_close=False), headers=self.headers
+        )
         self.started_at = time.monotonic()
         self._tasks = [asyncio.create_task(self._worker(w), name=f"client-{w}") for w in range(self.workers)]
         await self.wait_ok(flowing_after, timeout_s)
@@ -181,10 +190,16 @@ class Load:
 
     async def _request(self, w: int, path: str, body: dict[str, Any], session: str) -> None:
         errors: list[str] = []
+        routers = self.routers()
+        preferred = routers[w % len(routers)]
         for attempt in range(self.attempts):
             router = self._order(w)[0]  # a router that just failed is marked bad, so a retry goes elsewhere
             try:
                 got = await self._attempt(router + path, body, session)
+            except _StalledAfterOutput:
+                self.broken += 1
+                self._bad_until[router] = time.monotonic() + self.bad_for_s
+                return
             except _Retry as e:
                 errors.append(f"{router}: {e}")
                 self._bad_until[router] = time.monotonic() + self.bad_for_s
@@ -199,7 +214,7 @@ class Load:
             self.ok_by_router[router] = self.ok_by_router.get(router, 0) + 1
             if got:
                 self.router_retried += 1
-            if attempt:
+            if attempt or router != preferred:  # retried elsewhere, or sent elsewhere: its router is marked bad
                 self.client_failovers += 1
                 self.failover_ok_times.append(end)
             return
@@ -253,7 +268,7 @@ class Load:
                     return retried
         except TimeoutError:
             if got_output:
-                return None
+                raise _StalledAfterOutput from None
             raise _Retry("timed out before any output") from None
         except (aiohttp.ClientError, ConnectionError) as e:
             if got_output:

@@ -25,7 +25,7 @@ LONG_TOKENS = 3000
 MAX_RELEASE_S = 5.0
 
 
-async def _open_never_read(url: str, key: str) -> socket.socket:
+async def _open_never_read(url: str, key: str, headers: dict[str, str]) -> socket.socket:
     """Send a streaming completion on a socket with a tiny receive buffer, and never read from it."""
     u = urllib.parse.urlsplit(url)
     assert u.hostname is not None and u.port is not None
@@ -37,7 +37,8 @@ async def _open_never_read(url: str, key: str) -> socket.socket:
     body = json.dumps({"model": MODEL, "prompt": f"{key} never read " * 8, "max_tokens": LONG_TOKENS, "stream": True,
                        "ignore_eos": True}).encode()  # fmt: skip
     head = (f"POST /v1/completions HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nx-session-id: {key}\r\n\r\n").encode()  # fmt: skip
+            f"Content-Length: {len(body)}\r\nx-session-id: {key}\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()  # fmt: skip
     await loop.sock_sendall(sock, head + body)
     return sock
 
@@ -49,7 +50,8 @@ def _abort(sock: socket.socket) -> None:
 
 
 def _router_inflight(cl: ChaosCluster) -> int:
-    return sum(p["inflight"] for i in range(len(cl.routers)) for p in http_json(cl.http(i) + "/debug/pods")["pods"])
+    return sum(p["inflight"] for i in range(len(cl.routers))
+               for p in http_json(cl.http(i) + "/debug/pods", headers=cl.api_headers)["pods"])  # fmt: skip
 
 
 def _pods_running(cl: ChaosCluster) -> int:
@@ -65,7 +67,7 @@ async def test_clients_that_never_read(
 ) -> None:
     cl = make_cluster()
     sc = await scenario(cl, "clients-never-read").begin()
-    socks = [await _open_never_read(cl.http(i % 2), f"mute-{i}") for i in range(READERS)]
+    socks = [await _open_never_read(cl.http(i % 2), f"mute-{i}", cl.api_headers) for i in range(READERS)]
     try:
         sc.fault()
         await sc.load.run_for(3.0)  # the load shares routers and pods with the stuck streams

@@ -81,7 +81,7 @@ async def test_etcd_compaction_during_watch(
     leader = await asyncio.to_thread(cl.leader_index)
     follower = cl.assigners[1 - leader]
     # a clerk that can only learn from the follower
-    fw = Watcher("follower-clerk", [follower.addresses["grpc"]])
+    fw = Watcher("follower-clerk", [follower.addresses["grpc"]], auth=cl.reader_auth)
     watchers.append(fw)
     await fw.start()
     before = fw.generation

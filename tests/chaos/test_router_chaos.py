@@ -38,7 +38,9 @@ async def test_router_sigstop_clients_fail_over(
     make_cluster: Callable[..., ChaosCluster], scenario: Callable[..., Scenario]
 ) -> None:
     cl = make_cluster()
-    sc = await scenario(cl, "router-sigstop", attempt_timeout_s=1.0).begin()
+    # clients give up on a silent stream after 1 s (a read timeout): a stream caught mid-answer by the stop
+    # must not hold its client for the whole stop
+    sc = await scenario(cl, "router-sigstop", attempt_timeout_s=1.0, stream_idle_s=1.0).begin()
     stopped = cl.routers[0]
     await asyncio.sleep(1.0)
     t0 = sc.fault()

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from sharder.assignment import Assignment, check_invariants
 from sharder.clerk import Clerk
 from sharder.errors import InvariantError
+from sharder.security.client import ClientAuth
 from tests.router.conftest import TARGET, metric_value
 
 GENERATION_METRIC = "brunoise_router_assignment_generation"
@@ -28,10 +29,15 @@ class Watcher:
     every ``sample_s`` (a router process must never go backwards). ``violations`` lists what broke."""
 
     def __init__(
-        self, name: str, addresses: list[str], routers: Callable[[], dict[int, str]] | None = None, sample_s: float = 0.1
+        self,
+        name: str,
+        addresses: list[str],
+        routers: Callable[[], dict[int, str]] | None = None,
+        sample_s: float = 0.1,
+        auth: ClientAuth | None = None,
     ) -> None:
         self.name = name
-        self.clerk = Clerk(addresses, target=TARGET, backoff_initial_s=0.05, backoff_max_s=0.5)
+        self.clerk = Clerk(addresses, target=TARGET, backoff_initial_s=0.05, backoff_max_s=0.5, auth=auth or ClientAuth())
         self.routers = routers
         self.sample_s = sample_s
         self.generations: list[int] = []

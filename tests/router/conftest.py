@@ -25,6 +25,13 @@ MODEL = "sim-model"
 TARGET = "chat"
 REGIONS = ("eu", "eu", "us")
 #: Fast failure detection for tests (a pod is skipped within one health interval plus a timeout).
+#: The target the tests configure: 12 slices, 1..2 replicas; no splits, merges or dereplication, so the pinned
+#: 12 slices stay exactly as wait_assigned pins them and a key's subset cannot change under a test.
+TARGET_CONFIG: dict[str, Any] = {
+    "target": TARGET, "model": MODEL, "min_replicas": 1, "max_replicas": 2, "imbalance_tolerance": 0.10,
+    "churn_budget": 0.10, "split_threshold": 1e9, "merge_threshold": 0.0, "dereplicate_threshold": 0.0,
+    "hot_key_fraction": 0.5, "min_slices_per_pod": 0, "max_slices_per_pod": 1000, "initial_slices": 12,
+}  # fmt: skip
 ROUTER_ARGS = ("--health-interval-s", "0.5", "--health-timeout-s", "0.4", "--load-poll-interval-s", "0.2",
                "--cache-poll-interval-s", "0.4", "--max-body-bytes", "65536", "--retry-backoff-s", "0.005")  # fmt: skip
 
@@ -40,8 +47,8 @@ def _policy_args() -> list[str]:
     return ["--policy", "tests.assigner.standin_policy:reshard"]
 
 
-def http_json(url: str, timeout: float = 5.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
+def http_json(url: str, timeout: float = 5.0, headers: dict[str, str] | None = None) -> Any:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as r:
         return json.loads(r.read())
 
 
@@ -96,6 +103,7 @@ class Cluster:
         self.routers: list[ManagedProcess] = []
         self.runtime_args = list(runtime_args)
         self.router_args = list(router_args)
+        self.api_headers: dict[str, str] = {}  # what a client sends the routers (a secured subclass: its API key)
         self.n_routers = n_routers
         self.assigner: ManagedProcess | None = None
 
@@ -107,6 +115,14 @@ class Cluster:
     def assigner_flags(self) -> list[str]:
         """``--assigner ADDR`` for every assigner a runtime or router should know (subclasses may run several)."""
         return ["--assigner", self.assigner_addr]
+
+    def credential_flags(self, principal: str) -> list[str]:
+        """Flags that give a runtime (its pod id) or a router ("router") its credentials (none: open)."""
+        return []
+
+    def assigner_channel(self, address: str) -> grpc.Channel:
+        """An admin's channel to an assigner (a secured subclass adds TLS and its token)."""
+        return grpc.insecure_channel(address)
 
     def start_assigners(self) -> None:
         """Start the assigner (embedded store) and wait until it serves."""
@@ -130,7 +146,7 @@ class Cluster:
     def start_runtime(self, pid: str, region: str) -> ManagedProcess:
         """Start sim runtime ``pid`` (not waiting for it to be ready); it replaces any earlier one of that id."""
         argv = python_module("runtime.main", "--engine", "sim", "--pod-id", pid, "--target", TARGET, "--model", MODEL,
-                             "--labels", f"region={region}", *self.assigner_flags(), "--lease-ttl", "3", "--report-interval", "0.5",
+                             "--labels", f"region={region}", *self.assigner_flags(), *self.credential_flags(pid), "--lease-ttl", "3", "--report-interval", "0.5",
                              *self.runtime_args)  # fmt: skip
         self.runtimes[pid] = self.group.add(ManagedProcess(pid, argv, log_dir=self.log_dir).start())
         return self.runtimes[pid]
@@ -150,15 +166,10 @@ class Cluster:
         return self
 
     def configure_target(self, max_replicas: int = 2) -> None:
-        """Create the target before pods register: 12 slices, 1..max_replicas replicas (retried until a leader)."""
-        cfg = slicing_pb2.TargetConfig(
-            target=TARGET, model=MODEL, min_replicas=1, max_replicas=max_replicas, imbalance_tolerance=0.10,
-            # no splits, merges or dereplication: the pinned 12 slices stay exactly as wait_assigned pins them,
-            # so a key's subset cannot change under a test (a split would leave one half unpinned)
-            churn_budget=0.10, split_threshold=1e9, merge_threshold=0.0, dereplicate_threshold=0.0,
-            hot_key_fraction=0.5, min_slices_per_pod=0, max_slices_per_pod=1000, initial_slices=12,
-        )  # fmt: skip
-        with grpc.insecure_channel(self.assigner_addr) as ch:
+        """Create the target before pods register: TARGET_CONFIG with 1..max_replicas replicas (retried until a
+        leader)."""
+        cfg = slicing_pb2.TargetConfig(**{**TARGET_CONFIG, "max_replicas": max_replicas})
+        with self.assigner_channel(self.assigner_addr) as ch:
             stub = assigner_pb2_grpc.AssignerStub(ch)  # type: ignore[no-untyped-call]
             wait_for(
                 lambda: stub.ConfigureTarget(assigner_pb2.ConfigureTargetRequest(config=cfg), timeout=5),
@@ -169,7 +180,7 @@ class Cluster:
     def wait_assigned(self) -> None:
         """Pin the slices round-robin onto the pods (move overrides: a deterministic spread, whatever the
         policy would do at idle), then wait until every runtime holds slices and every slice has a replica."""
-        with grpc.insecure_channel(self.assigner_addr) as ch:
+        with self.assigner_channel(self.assigner_addr) as ch:
             stub = assigner_pb2_grpc.AssignerStub(ch)  # type: ignore[no-untyped-call]
 
             def registered() -> Any:
@@ -197,7 +208,8 @@ class Cluster:
             ManagedProcess(
                 name,
                 python_module(
-                    "axon_router.main", *self.assigner_flags(), "--http-port", "0", "--grpc-port", "0", *args
+                    "axon_router.main", *self.assigner_flags(), *self.credential_flags("router"), "--http-port", "0",
+                    "--grpc-port", "0", *args,
                 ),
                 log_dir=self.log_dir,
             ).start()
@@ -210,8 +222,8 @@ class Cluster:
 
     def wait_router(self, r: ManagedProcess, pods: int = 3) -> None:
         def ready() -> bool:
-            models = [m["id"] for m in http_json(r.addresses["http"] + "/v1/models")["data"]]
-            states = http_json(r.addresses["http"] + "/debug/pods")["pods"]
+            models = [m["id"] for m in http_json(r.addresses["http"] + "/v1/models", headers=self.api_headers)["data"]]
+            states = http_json(r.addresses["http"] + "/debug/pods", headers=self.api_headers)["pods"]
             return MODEL in models and sum(1 for p in states if p["healthy"]) >= pods
 
         wait_for(ready, 60, f"{r.name} to see the target and {pods} healthy pods")
@@ -228,11 +240,11 @@ class Cluster:
     def subset(self, key: str | int, i: int = 0) -> set[str]:
         """The subset of an app key (hashed flat) or of a SliceKey (an int, e.g. from ``routed_key``)."""
         q = f"slice_key={key}" if isinstance(key, int) else f"key={urllib.parse.quote(key)}"
-        d = http_json(self.http(i) + f"/debug/lookup?model={MODEL}&{q}")
+        d = http_json(self.http(i) + f"/debug/lookup?model={MODEL}&{q}", headers=self.api_headers)
         return set(d["replicas"]) | set(d["leaving"])
 
     def pod_state(self, pod_id: str, i: int = 0) -> dict[str, Any]:
-        return next(p for p in http_json(self.http(i) + "/debug/pods")["pods"] if p["id"] == pod_id)
+        return next(p for p in http_json(self.http(i) + "/debug/pods", headers=self.api_headers)["pods"] if p["id"] == pod_id)
 
     def stop_pod(self, pod_id: str) -> None:
         os.kill(self.runtimes[pod_id].pid, signal.SIGSTOP)

@@ -27,7 +27,8 @@ def _post(url: str, body: dict[str, object], headers: dict[str, str]) -> int:
 async def test_runtime_load_reaches_the_assigner(tmp_path: Path) -> None:
     assigner = ManagedProcess(
         "assigner",
-        python_module("sharder.assigner.main", "--store", "embedded", "--port", "0", "--round-interval", "0.3"),
+        python_module("sharder.assigner.main", "--store", "embedded", "--port", "0", "--round-interval", "0.3",
+                      "--target", "chat=m"),
         env=runtime_env(),
         log_dir=tmp_path,
     ).start()
@@ -50,6 +51,12 @@ async def test_runtime_load_reaches_the_assigner(tmp_path: Path) -> None:
             deadline = time.monotonic() + 20
             while (st := await pod_status()) is None or st.slices_held == 0:
                 assert time.monotonic() < deadline, f"pod never registered with slices: {st}"
+                await asyncio.sleep(0.05)
+            # the pod learns its slices from the answer to its next report (the target came from configuration,
+            # so the first answers named none); requests recorded before that would count as misrouted
+            seen = st.last_report_unix_ms
+            while (st := await pod_status()) is None or st.last_report_unix_ms <= seen:
+                assert time.monotonic() < deadline, f"no report after the pod got its slices: {st}"
                 await asyncio.sleep(0.05)
             assert st.pod.http_address == http
             assert st.engine.load == 0.0 and st.slice_load == 0.0  # idle pod: nothing served yet

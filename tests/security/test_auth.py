@@ -7,7 +7,7 @@ import os
 import pathlib
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from brunoise.launch import ManagedProcess, python_module
 from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from sharder.assigner.main import parse_args
 from sharder.clerk import Clerk
 from sharder.load import EngineLoad
 from sharder.pods import Pod
@@ -23,7 +24,7 @@ from sharder.security.client import ClientAuth
 from sharder.security.tls import generate_tls
 from sharder.security.tokens import ASSIGNER_RPC_ROLES, Role, credentials_doc, new_token
 from sharder.slicelet import Slicelet
-from tests.assigner.conftest import poll
+from tests.assigner.conftest import Assigner, poll
 
 pytestmark = pytest.mark.slow
 
@@ -171,8 +172,13 @@ async def test_a_report_never_creates_a_target(secured: Secured) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await _call(secured, "p1", "Report", assigner_pb2.ReportRequest(pod=elsewhere))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and "not-configured" in (err.value.details() or "")
-    targets = await _call(secured, "router", "ListTargets", assigner_pb2.ListTargetsRequest())
-    assert [t.target for t in targets.targets] == ["t"]
+
+    async def listed() -> list[str]:
+        resp = await _call(secured, "router", "ListTargets", assigner_pb2.ListTargetsRequest())
+        return [t.target for t in resp.targets]
+
+    # the configured target exists once the election grace is over or its first pod reported
+    assert await poll(listed, 10, "the configured target") == ["t"]
     pods = await _call(secured, "ops", "ListPods", assigner_pb2.ListPodsRequest())
     assert "p1" not in {p.pod.id for p in pods.pods}, "nothing was stored for the refused report"
 
@@ -216,3 +222,45 @@ def test_an_open_assigner_refuses_a_non_loopback_address() -> None:
         capture_output=True, text=True, env=env, timeout=60,
     )  # fmt: skip
     assert r.returncode == 2 and "refusing to serve on 0.0.0.0" in r.stderr and "--insecure" in r.stderr
+
+
+async def test_an_open_assigner_creates_targets_from_reports_only_when_told(
+    start_assigner: Callable[..., Assigner],
+) -> None:
+    """Finding 7: every report could create a target. Even an open loopback assigner now needs the explicit
+    ``--targets-from-reports`` (development and tests) before a pod's report creates one."""
+    a = start_assigner(targets_from_reports=False)
+    junk = slicing_pb2.Pod(id="p9", address="127.0.0.1:9009", target="junk", labels={"model": "m"})
+
+    async def refused() -> grpc.aio.AioRpcError | None:
+        try:
+            await a.stub.Report(assigner_pb2.ReportRequest(pod=junk), timeout=5)
+        except grpc.aio.AioRpcError as e:
+            return e if e.code() != grpc.StatusCode.FAILED_PRECONDITION else None  # no leader yet: again
+        return None
+
+    err = await poll(refused, 10, "the leader to answer the report")
+    assert err.code() == grpc.StatusCode.NOT_FOUND and "junk" in (err.details() or "")
+    assert not (await a.stub.ListTargets(assigner_pb2.ListTargetsRequest(), timeout=5)).targets
+    b = start_assigner(targets_from_reports=True)
+    await poll(lambda: b.stub.Report(assigner_pb2.ReportRequest(pod=junk), timeout=5), 10, "a leader to take the report")
+    await poll(lambda: _targets(b), 10, "the reported target to be created")
+    assert await _targets(b) == ["junk"]
+
+
+async def _targets(a: Assigner) -> list[str]:
+    resp = await a.stub.ListTargets(assigner_pb2.ListTargetsRequest(), timeout=5)
+    return [t.target for t in resp.targets]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--credentials", "creds.json"], ["--host", "0.0.0.0", "--insecure"]],
+    ids=["with-credentials", "non-loopback"],
+)
+def test_targets_from_reports_is_refused_outside_an_open_loopback_assigner(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--targets-from-reports", *argv])
+    assert exit_.value.code == 2 and "--targets-from-reports is for an open loopback assigner" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from brunoise.v1 import assigner_pb2
 from sharder.clerk import Clerk
 from tests.assigner.conftest import Assigner, get, pod_msg, poll, report
 
@@ -108,3 +109,26 @@ async def test_clerk_staleness_counts_while_it_rejects_invalid_generations() -> 
     clerk._accept(fixed)
     assert clerk.generation("t") == 7 and clerk.staleness_s("t") == 0.0
     await clerk.stop()
+
+
+async def test_a_configured_target_lost_with_the_store_comes_back_with_its_pods(
+    start_assigner: Callable[..., Assigner],
+) -> None:
+    """An assigner restarted without its store re-creates its configured targets. Created at its first round,
+    the target named no pod (they were still re-registering), and routers adopted that newer generation and
+    answered 503 until the next rounds (the chaos scenario lost requests). Within the election grace the
+    target now comes from its first pod's report, with that pod; after the grace a round creates it anyway."""
+    a = start_assigner(targets_from_reports=False, extra=("--target", "t=m"))
+    await poll(lambda: report(a.stub, pod_msg("p0", 9000)), 10, "a leader to take p0's report")
+    hist = await a.stub.History(assigner_pb2.HistoryRequest(target="t", full=True), timeout=5)
+    first = min(hist.entries, key=lambda e: e.generation).assignment
+    assert [p.id for p in first.pods] == ["p0"], first.pods
+    assert all(list(s.replicas) == ["p0"] for s in first.slices)
+    # a configured target nobody reports for is still created once the grace (lease + round) is over
+    b = start_assigner(targets_from_reports=False, extra=("--target", "idle=m"))
+    await poll(lambda: _listed(b, "idle"), 10, "the configured target to be created after the grace")
+
+
+async def _listed(a: Assigner, target: str) -> bool:
+    resp = await a.stub.ListTargets(assigner_pb2.ListTargetsRequest(), timeout=5)
+    return target in {t.target for t in resp.targets}
