@@ -24,8 +24,8 @@ from axon_router.metrics import RouterMetrics
 from axon_router.router import Router
 from axon_router.tracing import setup_tracing
 from brunoise.launch import write_ready_file
-from sharder.telemetry import setup_logging, shutdown_tracing
 from sharder.security.client import ClientAuth, add_client_auth_args
+from sharder.telemetry import setup_logging, shutdown_tracing
 
 log = logging.getLogger("axon_router")
 
