@@ -10,7 +10,9 @@ import importlib
 import ipaddress
 import json
 import logging
+import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -23,6 +25,7 @@ from axon_router.frontends.grpc import build_server
 from axon_router.frontends.openai_http import OpenAIFrontend
 from axon_router.knobs import add_knob_args, knobs_from_args
 from axon_router.metrics import RouterMetrics
+from axon_router.quota import QuotaGate
 from axon_router.router import Router
 from axon_router.tracing import setup_tracing
 from brunoise.launch import write_ready_file
@@ -80,6 +83,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--insecure", action="store_true", help="serve a non-loopback --host without API keys (refused otherwise)"
     )
+    p.add_argument(
+        "--quotas",
+        action="store_true",
+        help="enforce tenant quotas: draw leased allotments from the assigners (brunoise quota set); a tenant "
+        "over its quota, or whose allotment is spent while the store is unreachable, gets 429 quota_exceeded",
+    )
     add_knob_args(p)
     return p.parse_args(argv)
 
@@ -120,7 +129,10 @@ async def serve(ns: argparse.Namespace) -> None:
     if ns.wait_ready_s > 0:
         with contextlib.suppress(Exception):
             await clerk.wait_ready(ns.wait_ready_s)
-    router = Router(clerk, knobs, metrics)
+    quota = QuotaGate(ns.assigner, f"{socket.gethostname()}:{os.getpid()}") if ns.quotas else None
+    if quota is not None:
+        await quota.start()
+    router = Router(clerk, knobs, metrics, quota=quota)
     await router.start()
     http = OpenAIFrontend(router, api_keys)
     runner = http.runner()
@@ -155,6 +167,8 @@ async def serve(ns: argparse.Namespace) -> None:
     await gserver.stop(grace=1.0)
     await runner.cleanup()
     await router.stop()
+    if quota is not None:
+        await quota.stop()
     await clerk.stop()
     log.info("router stopped", extra={"stop_s": round(time.monotonic() - t, 3)})
 

@@ -31,6 +31,7 @@ from axon_router.metrics import RouterMetrics
 from axon_router.pick import Candidates, CostPick, PickPolicy
 from axon_router.pod_view import PodView, Ticket
 from axon_router.pollers import Pollers
+from axon_router.quota import QuotaGate, QuotaTicket, used_tokens
 from axon_router.routing_key import RouteRequest
 from axon_router.targets import ClerkLike, TargetState, TargetTable
 
@@ -54,6 +55,7 @@ class Flight:
     first_token_at: float = 0.0
     traceparent_out: str | None = None
     closed: bool = False
+    quota: QuotaTicket | None = None
     attrs: dict[str, Any] = dataclasses.field(default_factory=dict)  # span attributes, set once at the end
 
 
@@ -61,9 +63,15 @@ class Router:
     """Shares nothing with other router replicas but the assignment (through the clerk)."""
 
     def __init__(
-        self, clerk: ClerkLike, knobs: Knobs, metrics: RouterMetrics | None = None, policy: PickPolicy | None = None
+        self,
+        clerk: ClerkLike,
+        knobs: Knobs,
+        metrics: RouterMetrics | None = None,
+        policy: PickPolicy | None = None,
+        quota: QuotaGate | None = None,
     ) -> None:
         self.clerk = clerk
+        self.quota = quota
         self.knobs = knobs
         self.metrics = metrics or RouterMetrics(knobs)
         self.policy: PickPolicy = policy or CostPick(knobs)
@@ -180,6 +188,13 @@ class Router:
         m.routing_group_source.labels(req.group_source).inc()
         ts = self.resolve(req)
         f.target = ts.name
+        if self.quota is not None and req.tenant and f.quota is None:
+            try:
+                f.quota = await self.quota.admit(req.tenant, req.prompt_tokens + req.max_tokens)
+            except Shed:
+                m.quota_denied.inc()
+                f.reason = "quota"
+                raise
         sa = ts.assignment.lookup(req.slice_key)
         # Make-before-break: leaving pods still hold the slice for this generation, but new traffic
         # goes to the replicas (whose caches must warm); a leaving pod is used only when no replica can be.
@@ -367,6 +382,9 @@ class Router:
                 self._pod_ok(pod)
             elif pod.breaker.probe_out:
                 pod.breaker.release_probe()
+        if f.quota is not None and self.quota is not None:
+            up = f.upstream
+            self.quota.release(f.quota, served=up is not None, used_tokens=used_tokens(up.body if up else None))
         if f.upstream is not None:
             f.upstream.close()
         m = self.metrics

@@ -11,6 +11,7 @@ from brunoise.cli import admin
 from brunoise.cli.cluster import cluster_app
 from brunoise.cli.credentials import credentials_app
 from brunoise.cli.output import print_error
+from brunoise.cli.quota import quota_app
 
 app = typer.Typer(
     name="brunoise",
@@ -40,6 +41,7 @@ def _credentials(
 admin.register(app)
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(credentials_app, name="credentials")
+app.add_typer(quota_app, name="quota")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,7 +72,7 @@ def test_renewal_keeps_the_slots_in_use() -> None:
 
 def test_unlimited_kinds_are_not_counted() -> None:
     lim = QuotaLimits("t", requests_per_s=2)
-    led, a = grant(Ledger.full(lim, 0), lim, AllotmentAsk("r", need_tokens=10**9, concurrent=100), 0)
+    _, a = grant(Ledger.full(lim, 0), lim, AllotmentAsk("r", need_tokens=10**9, concurrent=100), 0)
     assert (a.requests, a.tokens, a.concurrent) == (2, 0, 0)
 
 
