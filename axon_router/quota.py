@@ -17,14 +17,13 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
 
 import grpc
 
+from axon_router.assigner_client import AssignerCalls
 from axon_router.errors import Shed
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc
-from sharder.security.client import ClientAuth
+from brunoise.v1 import assigner_pb2
 
 log = logging.getLogger("axon_router.quota")
 
@@ -77,40 +76,27 @@ class QuotaGate:
 
     def __init__(
         self,
-        assigners: Sequence[str],
+        calls: AssignerCalls,
         holder: str,
         *,
-        auth: ClientAuth | None = None,
-        rpc_timeout_s: float = 0.5,
         wait_s: float = 0.5,
         unlimited_ttl_s: float = 5.0,
         headroom: int = 2,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not assigners:
-            raise ValueError("a quota gate needs at least one assigner address")
-        self.assigners = list(assigners)
+        self.calls = calls
         self.holder = holder
-        self.auth = auth if auth is not None else ClientAuth.from_env()
-        self.rpc_timeout_s = rpc_timeout_s
         self.wait_s = wait_s
         self.unlimited_ttl_s = unlimited_ttl_s
         self.headroom = headroom
         self.clock = clock
         self.tenants: dict[str, _Tenant] = {}
-        self._channels: list[grpc.aio.Channel] = []
-        self._stubs: list[Any] = []
-        self._next = 0
         self.denied = 0
         self.refills = 0
         self.refill_failures = 0
 
-    async def start(self) -> None:
-        self._channels = [self.auth.aio_channel(a) for a in self.assigners]
-        self._stubs = [assigner_pb2_grpc.AssignerStub(c) for c in self._channels]  # type: ignore[no-untyped-call]
-
     async def stop(self) -> None:
-        """Return every allotment held (best effort) and close the channels."""
+        """Return every allotment held (best effort)."""
         for t in self.tenants.values():
             if t.refill is not None:
                 t.refill.cancel()
@@ -121,9 +107,9 @@ class QuotaGate:
                     id=h.id, unused_requests=max(0, h.requests), unused_tokens=max(0, h.tokens)
                 )
                 with contextlib.suppress(Exception):
-                    await self._call("ReturnAllotment", assigner_pb2.ReturnAllotmentRequest(tenant=name, returning=ret))
-        for c in self._channels:
-            await c.close(None)
+                    await self.calls.call(
+                        "ReturnAllotment", assigner_pb2.ReturnAllotmentRequest(tenant=name, returning=ret)
+                    )
 
     # ------------------------------------------------------------------------------------------ the request path
     async def admit(self, tenant: str, tokens: int) -> QuotaTicket:
@@ -228,7 +214,7 @@ class QuotaGate:
             )
             sent = self.clock()
             try:
-                resp: assigner_pb2.AcquireAllotmentResponse = await self._call("AcquireAllotment", req)
+                resp: assigner_pb2.AcquireAllotmentResponse = await self.calls.call("AcquireAllotment", req)
             except grpc.aio.AioRpcError as e:
                 self.refill_failures += 1
                 if h is not None and e.code() == grpc.StatusCode.UNAVAILABLE:  # not delivered: still ours
@@ -271,23 +257,6 @@ class QuotaGate:
             t.next_ask_at = self.clock() + (EMPTY_BACKOFF_S if empty else 0.0)
         finally:
             t.refill = None
-
-    async def _call(self, method: str, req: Any) -> Any:
-        last: grpc.aio.AioRpcError | None = None
-        n = len(self._stubs)
-        for i in range(n):
-            k = (self._next + i) % n
-            try:
-                out = await getattr(self._stubs[k], method)(
-                    req, timeout=self.rpc_timeout_s, metadata=self.auth.metadata or None
-                )
-            except grpc.aio.AioRpcError as e:
-                last = e
-                continue
-            self._next = k
-            return out
-        assert last is not None
-        raise last
 
 
 def _describe(lim: assigner_pb2.QuotaLimits) -> str:

@@ -18,6 +18,7 @@ from axon_router.cost import PickInput
 from axon_router.errors import (
     Conflict,
     DeadlineExceeded,
+    KeyQuarantined,
     RouterError,
     Shed,
     StreamBroken,
@@ -31,6 +32,7 @@ from axon_router.metrics import RouterMetrics
 from axon_router.pick import Candidates, CostPick, PickPolicy
 from axon_router.pod_view import PodView, Ticket
 from axon_router.pollers import Pollers
+from axon_router.quarantine import FAULT_CAUSES, KeyGuard
 from axon_router.quota import QuotaGate, QuotaTicket, used_tokens
 from axon_router.routing_key import RouteRequest
 from axon_router.targets import ClerkLike, TargetState, TargetTable
@@ -69,9 +71,11 @@ class Router:
         metrics: RouterMetrics | None = None,
         policy: PickPolicy | None = None,
         quota: QuotaGate | None = None,
+        guard: KeyGuard | None = None,
     ) -> None:
         self.clerk = clerk
         self.quota = quota
+        self.guard = guard
         self.knobs = knobs
         self.metrics = metrics or RouterMetrics(knobs)
         self.policy: PickPolicy = policy or CostPick(knobs)
@@ -188,6 +192,13 @@ class Router:
         m.routing_group_source.labels(req.group_source).inc()
         ts = self.resolve(req)
         f.target = ts.name
+        guard = self.guard
+        suspected = False
+        if guard is not None:
+            st = guard.state(ts.name, req.slice_key)
+            if st == "quarantined":
+                raise self._quarantined(ts.name, req.slice_key)
+            suspected = st == "suspected"
         if self.quota is not None and req.tenant and f.quota is None:
             try:
                 f.quota = await self.quota.admit(req.tenant, req.prompt_tokens + req.max_tokens)
@@ -242,6 +253,8 @@ class Router:
                 for v in elig
                 if v.id not in subset_ids and v.id not in tried and v.healthy and v.breaker.available(now)
             ]
+            if suspected:
+                outside = []  # a suspected key never leaves its subset: no retry, spill or fallback beyond it
             if f.attempts == 0:
                 d = self.admission.decide(self.policy, subset, outside, ts.pods, pin, now, req.priority)
                 if d.outcome is Outcome.SHED:
@@ -305,6 +318,10 @@ class Router:
                     pod.breaker.release_probe()
                 last = e
                 tried.append(pod.id)
+                if guard is not None and e.pod_fault and e.cause in FAULT_CAUSES:
+                    if await guard.fault(ts.name, req.slice_key, pod.id, e.cause) == "quarantined":
+                        raise self._quarantined(ts.name, req.slice_key) from None
+                    suspected = True
                 m.retries.labels(e.cause).inc()
                 log.info(
                     "attempt failed", extra={"pod": pod.id, "cause": e.cause, "attempt": f.attempts, "error": e.message}
@@ -343,6 +360,16 @@ class Router:
             m.ttft.observe(f.first_token_at - f.t0)
             return up
 
+    def _quarantined(self, target: str, slice_key: int) -> KeyQuarantined:
+        self.metrics.quarantine_refusals.inc()
+        left = self.guard.remaining_s(target, slice_key) if self.guard is not None else 0.0
+        return KeyQuarantined(
+            f"key {slice_key:016x} of target {target!r} is quarantined for {left:.0f}s more: its requests coincided "
+            "with engine crashes or hangs on several pods; it is not retried (brunoise quarantine list/clear)",
+            code="key_quarantined",
+            retry_after_s=max(1.0, left),
+        )
+
     def _end_ticket(self, pod: PodView, ticket: Ticket) -> None:
         if not ticket.done:
             pod.end(ticket)
@@ -378,6 +405,8 @@ class Router:
             self._end_ticket(pod, ticket)
             if isinstance(error, StreamBroken):
                 self._pod_failed(pod)
+                if self.guard is not None and f.target:
+                    self.guard.fault_later(f.target, f.req.slice_key, pod.id, "stream_broken")
             elif error is None:
                 self._pod_ok(pod)
             elif pod.breaker.probe_out:

@@ -348,3 +348,73 @@ class ReturnAllotmentRequest(_message.Message):
 class ReturnAllotmentResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class KeyFaultRecord(_message.Message):
+    __slots__ = ("target", "slice_key", "pods", "first_unix_ms", "last_unix_ms", "quarantined_until_unix_ms", "cause", "state", "suspected_until_unix_ms")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    SLICE_KEY_FIELD_NUMBER: _ClassVar[int]
+    PODS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_UNTIL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SUSPECTED_UNTIL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    slice_key: int
+    pods: _containers.RepeatedScalarFieldContainer[str]
+    first_unix_ms: int
+    last_unix_ms: int
+    quarantined_until_unix_ms: int
+    cause: str
+    state: str
+    suspected_until_unix_ms: int
+    def __init__(self, target: _Optional[str] = ..., slice_key: _Optional[int] = ..., pods: _Optional[_Iterable[str]] = ..., first_unix_ms: _Optional[int] = ..., last_unix_ms: _Optional[int] = ..., quarantined_until_unix_ms: _Optional[int] = ..., cause: _Optional[str] = ..., state: _Optional[str] = ..., suspected_until_unix_ms: _Optional[int] = ...) -> None: ...
+
+class ReportKeyFaultRequest(_message.Message):
+    __slots__ = ("target", "slice_key", "pod_id", "cause", "quarantine_pods", "window_ms", "cooldown_ms")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    SLICE_KEY_FIELD_NUMBER: _ClassVar[int]
+    POD_ID_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINE_PODS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_MS_FIELD_NUMBER: _ClassVar[int]
+    COOLDOWN_MS_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    slice_key: int
+    pod_id: str
+    cause: str
+    quarantine_pods: int
+    window_ms: int
+    cooldown_ms: int
+    def __init__(self, target: _Optional[str] = ..., slice_key: _Optional[int] = ..., pod_id: _Optional[str] = ..., cause: _Optional[str] = ..., quarantine_pods: _Optional[int] = ..., window_ms: _Optional[int] = ..., cooldown_ms: _Optional[int] = ...) -> None: ...
+
+class ListQuarantinesRequest(_message.Message):
+    __slots__ = ("target", "suspected")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    SUSPECTED_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    suspected: bool
+    def __init__(self, target: _Optional[str] = ..., suspected: _Optional[bool] = ...) -> None: ...
+
+class ListQuarantinesResponse(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[KeyFaultRecord]
+    def __init__(self, keys: _Optional[_Iterable[_Union[KeyFaultRecord, _Mapping]]] = ...) -> None: ...
+
+class ClearQuarantineRequest(_message.Message):
+    __slots__ = ("target", "slice_key", "all")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    SLICE_KEY_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    slice_key: int
+    all: bool
+    def __init__(self, target: _Optional[str] = ..., slice_key: _Optional[int] = ..., all: _Optional[bool] = ...) -> None: ...
+
+class ClearQuarantineResponse(_message.Message):
+    __slots__ = ("cleared",)
+    CLEARED_FIELD_NUMBER: _ClassVar[int]
+    cleared: int
+    def __init__(self, cleared: _Optional[int] = ...) -> None: ...

@@ -115,6 +115,21 @@ class AssignerStub:
                 request_serializer=brunoise_dot_v1_dot_assigner__pb2.ReturnAllotmentRequest.SerializeToString,
                 response_deserializer=brunoise_dot_v1_dot_assigner__pb2.ReturnAllotmentResponse.FromString,
                 _registered_method=True)
+        self.ReportKeyFault = channel.unary_unary(
+                '/brunoise.v1.Assigner/ReportKeyFault',
+                request_serializer=brunoise_dot_v1_dot_assigner__pb2.ReportKeyFaultRequest.SerializeToString,
+                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.KeyFaultRecord.FromString,
+                _registered_method=True)
+        self.ListQuarantines = channel.unary_unary(
+                '/brunoise.v1.Assigner/ListQuarantines',
+                request_serializer=brunoise_dot_v1_dot_assigner__pb2.ListQuarantinesRequest.SerializeToString,
+                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.ListQuarantinesResponse.FromString,
+                _registered_method=True)
+        self.ClearQuarantine = channel.unary_unary(
+                '/brunoise.v1.Assigner/ClearQuarantine',
+                request_serializer=brunoise_dot_v1_dot_assigner__pb2.ClearQuarantineRequest.SerializeToString,
+                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.ClearQuarantineResponse.FromString,
+                _registered_method=True)
 
 
 class AssignerServicer:
@@ -224,6 +239,27 @@ class AssignerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportKeyFault(self, request, context):
+        """Key-of-death containment: routers report a key's request that coincided with a pod's crash, hang or timeout;
+        faults on distinct pods quarantine the key (kept in the store, so every router and a restarted one see it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListQuarantines(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearQuarantine(self, request, context):
+        """admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AssignerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -306,6 +342,21 @@ def add_AssignerServicer_to_server(servicer, server):
                     servicer.ReturnAllotment,
                     request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ReturnAllotmentRequest.FromString,
                     response_serializer=brunoise_dot_v1_dot_assigner__pb2.ReturnAllotmentResponse.SerializeToString,
+            ),
+            'ReportKeyFault': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportKeyFault,
+                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ReportKeyFaultRequest.FromString,
+                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.KeyFaultRecord.SerializeToString,
+            ),
+            'ListQuarantines': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQuarantines,
+                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ListQuarantinesRequest.FromString,
+                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.ListQuarantinesResponse.SerializeToString,
+            ),
+            'ClearQuarantine': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearQuarantine,
+                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ClearQuarantineRequest.FromString,
+                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.ClearQuarantineResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -740,6 +791,87 @@ class Assigner:
             '/brunoise.v1.Assigner/ReturnAllotment',
             brunoise_dot_v1_dot_assigner__pb2.ReturnAllotmentRequest.SerializeToString,
             brunoise_dot_v1_dot_assigner__pb2.ReturnAllotmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportKeyFault(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brunoise.v1.Assigner/ReportKeyFault',
+            brunoise_dot_v1_dot_assigner__pb2.ReportKeyFaultRequest.SerializeToString,
+            brunoise_dot_v1_dot_assigner__pb2.KeyFaultRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQuarantines(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brunoise.v1.Assigner/ListQuarantines',
+            brunoise_dot_v1_dot_assigner__pb2.ListQuarantinesRequest.SerializeToString,
+            brunoise_dot_v1_dot_assigner__pb2.ListQuarantinesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearQuarantine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brunoise.v1.Assigner/ClearQuarantine',
+            brunoise_dot_v1_dot_assigner__pb2.ClearQuarantineRequest.SerializeToString,
+            brunoise_dot_v1_dot_assigner__pb2.ClearQuarantineResponse.FromString,
             options,
             channel_credentials,
             insecure,

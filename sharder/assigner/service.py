@@ -26,6 +26,7 @@ from sharder.store.base import Store
 
 from .hub import Entry, WatchHub
 from .leader import DRAIN_PREFIX, Leader, Mutation, audit_prefix, pod_from_bytes
+from .quarantines import Quarantines, policy_from_proto, record_to_proto
 from .quotas import (
     QuotaLedgers,
     allotment_to_proto,
@@ -82,6 +83,7 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
         self.hub = hub
         self.credentials = credentials
         self.quotas = QuotaLedgers(store)
+        self.quarantines = Quarantines(store)
 
     # helpers ------------------------------------------------------------------------------------
     async def _stored(self, target: str) -> slicing_pb2.Assignment:
@@ -457,6 +459,40 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
         if lim is not None and ret is not None:
             await self.quotas.give_back(lim, ret)
         return assigner_pb2.ReturnAllotmentResponse()
+
+
+    # key-of-death containment (any replica: every record change is a CAS in the store) -------------------
+    @unary
+    async def ReportKeyFault(self, request: assigner_pb2.ReportKeyFaultRequest, context: Ctx) -> assigner_pb2.KeyFaultRecord:
+        if not request.target or not request.pod_id:
+            raise InvalidArgument("target and pod_id are required")
+        rec, now = await self.quarantines.report(
+            request.target, request.slice_key, request.pod_id, request.cause, policy_from_proto(request)
+        )
+        if rec.quarantined_until_ms and rec.state(now) == "quarantined" and rec.last_ms == now:
+            log.warning("key quarantined", extra={"target": rec.target, "slice_key": f"{rec.slice_key:016x}",
+                                                  "pods": list(rec.pods), "cause": rec.cause})  # fmt: skip
+        return record_to_proto(rec, now)
+
+    @unary
+    async def ListQuarantines(
+        self, request: assigner_pb2.ListQuarantinesRequest, context: Ctx
+    ) -> assigner_pb2.ListQuarantinesResponse:
+        now = _now_ms()
+        keep = ("quarantined", "suspected") if request.suspected else ("quarantined",)
+        recs = [r for r in await self.quarantines.list(request.target) if r.state(now) in keep]
+        return assigner_pb2.ListQuarantinesResponse(keys=[record_to_proto(r, now) for r in recs])
+
+    @unary
+    async def ClearQuarantine(
+        self, request: assigner_pb2.ClearQuarantineRequest, context: Ctx
+    ) -> assigner_pb2.ClearQuarantineResponse:
+        if not request.all and not request.target:
+            raise InvalidArgument("name the target and slice_key, or set all")
+        n = await self.quarantines.clear(request.target, None if request.all else request.slice_key)
+        log.info("quarantine cleared", extra={"target": request.target, "cleared": n,
+                                               "by": str(current_principal(context, self.credentials))})  # fmt: skip
+        return assigner_pb2.ClearQuarantineResponse(cleared=n)
 
 
 def _watch_serializer(resp: bytes | assigner_pb2.WatchResponse) -> bytes:

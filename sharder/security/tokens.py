@@ -40,6 +40,9 @@ ASSIGNER_RPC_ROLES: Mapping[str, frozenset[Role]] = {
     "ListQuotas": frozenset({Role.ADMIN}),
     "AcquireAllotment": frozenset({Role.READER, Role.ADMIN}),
     "ReturnAllotment": frozenset({Role.READER, Role.ADMIN}),
+    "ReportKeyFault": frozenset({Role.READER, Role.ADMIN}),
+    "ListQuarantines": frozenset({Role.READER, Role.ADMIN}),
+    "ClearQuarantine": frozenset({Role.ADMIN}),
 }
 
 
