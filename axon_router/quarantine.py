@@ -58,6 +58,7 @@ class KeyGuard:
         self.records: dict[tuple[str, int], KeyRecord] = {}
         self._task: asyncio.Task[None] | None = None
         self._reports: set[asyncio.Task[str]] = set()
+        self._refreshing: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._poll_loop(), name="key-guard-poll")
@@ -109,6 +110,21 @@ class KeyGuard:
         t = asyncio.get_running_loop().create_task(self.fault(target, slice_key, pod, cause))
         self._reports.add(t)
         t.add_done_callback(self._reports.discard)
+
+    async def confirm(self, target: str, slice_key: int) -> str:
+        """The key's state after a fresh look at the assigners' records (one look shared by concurrent callers);
+        the state known locally when they cannot be reached."""
+        if self._refreshing is None:
+            self._refreshing = asyncio.get_running_loop().create_task(self.refresh())
+            self._refreshing.add_done_callback(self._refreshed)
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await asyncio.shield(self._refreshing)
+        return self.state(target, slice_key)
+
+    def _refreshed(self, t: asyncio.Task[None]) -> None:
+        self._refreshing = None
+        if not t.cancelled():
+            t.exception()  # retrieved: a failed look is not an error (the local state stands)
 
     async def refresh(self) -> None:
         """Replace the known keys with the assigners' (quarantined and suspected ones); raises when unreachable."""

@@ -29,7 +29,7 @@ from axon_router.failover import RetryableError, backoff_s
 from axon_router.forward import Forwarder, Upstream
 from axon_router.knobs import Knobs
 from axon_router.metrics import RouterMetrics
-from axon_router.pick import Candidates, CostPick, PickPolicy
+from axon_router.pick import SUBSET, Candidates, CostPick, PickPolicy
 from axon_router.pod_view import PodView, Ticket
 from axon_router.pollers import Pollers
 from axon_router.quarantine import FAULT_CAUSES, KeyGuard
@@ -257,6 +257,13 @@ class Router:
                 outside = []  # a suspected key never leaves its subset: no retry, spill or fallback beyond it
             if f.attempts == 0:
                 d = self.admission.decide(self.policy, subset, outside, ts.pods, pin, now, req.priority)
+                if (
+                    d.outcome in (Outcome.SPILL, Outcome.FALLBACK)
+                    and not suspected
+                    and await self._suspect(ts.name, req)
+                ):
+                    suspected = True
+                    continue  # decide again inside the subset
                 if d.outcome is Outcome.SHED:
                     pr = "batch" if req.priority is Priority.BATCH else "interactive"
                     m.sheds.labels(pr).inc()
@@ -290,6 +297,9 @@ class Router:
                     m.picks_fallback.inc()
             else:
                 first = self.policy.choose_replicas(pin, Candidates(subset, outside), ts.pods, now).first()
+                if first is not None and first[0] != SUBSET and not suspected and await self._suspect(ts.name, req):
+                    suspected = True
+                    continue
                 if first is None:
                     m.unavailable.labels("retries_exhausted").inc()
                     raise Unavailable(
@@ -359,6 +369,16 @@ class Router:
                 m.prefix_hit_chunks.observe(pick.hit_chunks / len(req.prefix_hashes))
             m.ttft.observe(f.first_token_at - f.t0)
             return up
+
+    async def _suspect(self, target: str, req: RouteRequest) -> bool:
+        """Before a request leaves its subset: whether its key is suspected, asked of the assigners (fresh, since
+        another router may have seen the fault); raises KeyQuarantined for a quarantined key."""
+        if self.guard is None:
+            return False
+        st = await self.guard.confirm(target, req.slice_key)
+        if st == "quarantined":
+            raise self._quarantined(target, req.slice_key)
+        return st == "suspected"
 
     def _quarantined(self, target: str, slice_key: int) -> KeyQuarantined:
         self.metrics.quarantine_refusals.inc()
