@@ -1,4 +1,10 @@
-"""Admission: in-subset when a subset pod is under its limits, else spill-over outside the subset, else shed."""
+"""Admission: in-subset when a subset pod is under its limits, else spill-over outside the subset, else shed.
+
+Fair shedding: a tenant above its weighted fair share of the router's in-flight requests (``share_ratio`` > 1) sees
+its limits divided by that ratio, so when pods fill up the tenant furthest above its share is shed first, while a
+tenant within its share keeps the full limits (and pods stay short of them, so its TTFT holds). Batch still sheds
+before interactive (its limits are a fraction of those). A lone tenant is never above its share.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import dataclasses
 import enum
 import math
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from axon_router.cost import CostModel, Limits, PickInput, Scored
 from axon_router.knobs import Knobs
@@ -36,6 +43,23 @@ class Decision:
     rule: str = ""  # how the subset pick was made (``axon_router.pick`` RULE_*), "" outside the subset
 
 
+class _Weights(Protocol):
+    def get(self, key: str, default: float, /) -> float: ...
+
+
+def share_ratio(tenant: str, inflight: Mapping[str, int], weights: _Weights | None = None) -> float:
+    """``tenant``'s in-flight requests (this one included) over its weighted fair share of all in-flight requests
+    of the active tenants (those with requests in flight, and this one); 0 when it is the only active tenant."""
+    active = {t: n for t, n in inflight.items() if n > 0}
+    active[tenant] = active.get(tenant, 0)
+    if len(active) < 2:
+        return 0.0
+    w = weights if weights is not None else {}
+    total_w = sum(w.get(t, 1.0) for t in active)
+    fair = (sum(active.values()) + 1) * w.get(tenant, 1.0) / total_w
+    return (active[tenant] + 1) / fair if fair > 0 else math.inf
+
+
 class Admission:
     """Limits per priority: batch sees ``batch_admit_fraction`` of the interactive ones, so it sheds first."""
 
@@ -57,12 +81,15 @@ class Admission:
         req: PickInput,
         now: float,
         priority: Priority,
+        share: float = 0.0,
     ) -> Decision:
         """``subset`` / ``outside``: ids of usable (healthy, circuit not open), label-eligible pods in / out of the
         subset; the first pod of the policy's first non-empty tier under this priority's limits is the pick."""
         if not subset and not outside:
             return Decision(Outcome.UNAVAILABLE, None)
         lim = self.limits(priority)
+        if share > 1.0:  # above its fair share: tighter limits, so it sheds first
+            lim = Limits(max(1.0, lim.max_outstanding / share), lim.ttft_slo_s / share)
         ranking = policy.choose_replicas(req, Candidates(subset, outside, lim), views, now)
         first = ranking.first()
         if first is None and self.cost.score(PodView("", ""), req, now).cost > lim.ttft_slo_s:

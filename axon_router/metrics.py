@@ -35,6 +35,9 @@ class RouterMetrics:
             p + "picks", "Pod picks by reason: in_subset, spill, fallback, retry", ["reason"], registry=r
         )
         self.sheds = Counter(p + "shed", "Requests shed (429) by priority", ["priority"], registry=r)
+        self.fair_sheds = Counter(
+            p + "fair_shed", "Requests shed while their tenant was above its fair share (tighter limits)", registry=r
+        )
         self.quota_denied = Counter(
             p + "quota_denied", "Requests refused by their tenant's quota (429 quota_exceeded)", registry=r
         )

@@ -13,7 +13,7 @@ from collections.abc import Set as AbstractSet
 from typing import Any
 
 from axon_router import tracing
-from axon_router.admission import Admission, Outcome, Priority
+from axon_router.admission import Admission, Outcome, Priority, share_ratio
 from axon_router.cost import PickInput
 from axon_router.errors import (
     Conflict,
@@ -58,6 +58,7 @@ class Flight:
     traceparent_out: str | None = None
     closed: bool = False
     quota: QuotaTicket | None = None
+    tenant: str | None = None  # counted in Router.tenant_inflight (fair shedding) until finish
     attrs: dict[str, Any] = dataclasses.field(default_factory=dict)  # span attributes, set once at the end
 
 
@@ -84,6 +85,7 @@ class Router:
         self.pollers = Pollers(knobs, self.metrics, self.forwarder)
         self.table = TargetTable(clerk, knobs, self.metrics, self.pollers.start, self.pollers.stop_soon)
         self.inflight_ids: set[str] = set()
+        self.tenant_inflight: dict[str, int] = {}  # admitted requests in flight per tenant ("" none), fair shedding
         self._refresh_task: asyncio.Task[None] | None = None
         self._rng = random.Random()
 
@@ -256,7 +258,9 @@ class Router:
             if suspected:
                 outside = []  # a suspected key never leaves its subset: no retry, spill or fallback beyond it
             if f.attempts == 0:
-                d = self.admission.decide(self.policy, subset, outside, ts.pods, pin, now, req.priority)
+                tenant = req.tenant or ""
+                share = share_ratio(tenant, self.tenant_inflight)
+                d = self.admission.decide(self.policy, subset, outside, ts.pods, pin, now, req.priority, share)
                 if (
                     d.outcome in (Outcome.SPILL, Outcome.FALLBACK)
                     and not suspected
@@ -267,6 +271,8 @@ class Router:
                 if d.outcome is Outcome.SHED:
                     pr = "batch" if req.priority is Priority.BATCH else "interactive"
                     m.sheds.labels(pr).inc()
+                    if share > 1.0:
+                        m.fair_sheds.inc()
                     f.reason = "shed"
                     attrs["brunoise.pick_reason"] = "shed"
                     log.info("shed", extra={"target": ts.name, "priority": pr, "slice_key": req.slice_key})
@@ -286,6 +292,9 @@ class Router:
                     )
                 pick = d.pick
                 reason = d.outcome.value
+                if f.tenant is None:
+                    f.tenant = tenant
+                    self.tenant_inflight[tenant] = self.tenant_inflight.get(tenant, 0) + 1
                 if d.outcome is Outcome.IN_SUBSET:
                     m.picks_in_subset.inc()
                     m.pick_rule.labels(d.rule).inc()
@@ -420,6 +429,12 @@ class Router:
         rid = f.req.request_id
         if rid is not None:
             self.inflight_ids.discard(rid)
+        if f.tenant is not None:
+            n = self.tenant_inflight.get(f.tenant, 0) - 1
+            if n > 0:
+                self.tenant_inflight[f.tenant] = n
+            else:
+                self.tenant_inflight.pop(f.tenant, None)
         pod, ticket = f.pod, f.ticket
         if pod is not None and ticket is not None:
             self._end_ticket(pod, ticket)
