@@ -1,7 +1,7 @@
 """Admission: in-subset when a subset pod is under its limits, else spill-over outside the subset, else shed.
 
 Fair shedding: a tenant above its weighted fair share of the router's in-flight requests (``share_ratio`` > 1) sees
-its limits divided by that ratio, so when pods fill up the tenant furthest above its share is shed first, while a
+its limits divided by the square of that ratio (smooth at 1, at least 1 outstanding per pod), so when pods fill up the tenant furthest above its share is shed first, while a
 tenant within its share keeps the full limits (and pods stay short of them, so its TTFT holds). Batch still sheds
 before interactive (its limits are a fraction of those). A lone tenant is never above its share.
 """
@@ -88,8 +88,9 @@ class Admission:
         if not subset and not outside:
             return Decision(Outcome.UNAVAILABLE, None)
         lim = self.limits(priority)
-        if share > 1.0:  # above its fair share: tighter limits, so it sheds first
-            lim = Limits(max(1.0, lim.max_outstanding / share), lim.ttft_slo_s / share)
+        if share > 1.0:  # above its fair share: tighter limits, the tighter the further above, so it sheds first
+            tighten = share * share
+            lim = Limits(max(1.0, lim.max_outstanding / tighten), lim.ttft_slo_s / tighten)
         ranking = policy.choose_replicas(req, Candidates(subset, outside, lim), views, now)
         first = ranking.first()
         if first is None and self.cost.score(PodView("", ""), req, now).cost > lim.ttft_slo_s:

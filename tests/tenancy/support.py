@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import http.client
 import json
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 
 from tests.router.conftest import MODEL, post
@@ -70,3 +72,33 @@ def send_at_rate(
                 time.sleep(pause)  # pacing an open-loop client, not waiting for an event
             futs.append(pool.submit(one, i, time.monotonic()))
         return [f.result() for f in futs]
+
+
+def ttft_once(base_url: str, tenant: str, text: str, max_tokens: int, session: str) -> tuple[int, float]:
+    """Stream one chat request; (status, seconds to the first SSE data event), or (status, total time) on error."""
+    u = urllib.parse.urlsplit(base_url)
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens,
+                       "stream": True}).encode()  # fmt: skip
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    t0 = time.monotonic()
+    try:
+        conn.request("POST", "/v1/chat/completions", body, {"content-type": "application/json",
+                     "x-tenant-id": tenant, "x-session-id": session})  # fmt: skip
+        resp = conn.getresponse()
+        if resp.status != 200:
+            resp.read()
+            return resp.status, time.monotonic() - t0
+        while True:
+            line = resp.readline()
+            if not line or line.startswith(b"data:"):
+                break
+        first = time.monotonic() - t0
+        resp.read()
+        return 200, first
+    finally:
+        conn.close()
+
+
+def p99(xs: Sequence[float]) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(0.99 * len(s)) - 1))]

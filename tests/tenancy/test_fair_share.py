@@ -30,7 +30,7 @@ def _loaded_pod(outstanding: int) -> PodView:
     return v
 
 
-@pytest.mark.parametrize("outstanding", [0, 3, 6])
+@pytest.mark.parametrize("outstanding", [0, 1, 3, 6])
 def test_a_tenant_above_its_share_sheds_first(outstanding: int) -> None:
     k = Knobs(admit_max_outstanding=8)
     adm = Admission(k)
@@ -39,5 +39,5 @@ def test_a_tenant_above_its_share_sheds_first(outstanding: int) -> None:
     within = adm.decide(CostPick(k), ["p"], [], views, pin, 0.0, Priority.INTERACTIVE, share=0.5)
     flooding = adm.decide(CostPick(k), ["p"], [], views, pin, 0.0, Priority.INTERACTIVE, share=4.0)
     assert within.outcome is Outcome.IN_SUBSET, "a tenant within its share keeps the full limits"
-    expected = Outcome.IN_SUBSET if outstanding + 1 <= 8 / 4 else Outcome.SHED
-    assert flooding.outcome is expected, "limits divided by the share ratio"
+    expected = Outcome.IN_SUBSET if outstanding < max(1.0, 8 / 4**2) else Outcome.SHED
+    assert flooding.outcome is expected, "limits divided by the square of the share ratio"
