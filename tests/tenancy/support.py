@@ -31,8 +31,14 @@ class Sent:
             return None
 
 
-def chat(tenant: str, text: str = "hello", max_tokens: int = 4, *, session: str | None = None) -> tuple[dict[str, object], dict[str, str]]:
-    body: dict[str, object] = {"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens}
+def chat(
+    tenant: str, text: str = "hello", max_tokens: int = 4, *, session: str | None = None
+) -> tuple[dict[str, object], dict[str, str]]:
+    body: dict[str, object] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": text}],
+        "max_tokens": max_tokens,
+    }
     headers = {"x-tenant-id": tenant}
     if session is not None:
         headers["x-session-id"] = session

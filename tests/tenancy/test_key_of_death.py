@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import pathlib
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import grpc
 import pytest
 
 from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
-from tests.router.conftest import ROUTER_ARGS, TARGET, Cluster, post, routed_key, wait_for
+from tests.router.conftest import ROUTER_ARGS, TARGET, Cluster, metric_value, post, routed_key, scrape, wait_for
 from tests.tenancy.support import chat, send_at_rate
 
 pytestmark = pytest.mark.slow
@@ -106,5 +109,25 @@ def test_poison_key_touches_at_most_max_replicas_pods_and_is_quarantined(pcluste
         q = stub.ListQuarantines(assigner_pb2.ListQuarantinesRequest(target=TARGET), timeout=5)
         rec = next(r for r in q.keys if r.slice_key == key)
         assert rec.state == "quarantined" and set(rec.pods) == subset
-        cleared = stub.ClearQuarantine(assigner_pb2.ClearQuarantineRequest(target=TARGET, slice_key=key), timeout=5)
-        assert cleared.cleared == 1
+
+    # a router started now knows the quarantine before it serves (it lives with the assignment, in the store)
+    r = cl.add_router(cl.router_args, wait=False)
+    r.wait_ready(60)
+    assert metric_value(scrape(r.addresses["http"]), "brunoise_router_quarantined_keys") == 1
+
+    # visible and clearable from the CLI
+    cli = [sys.executable, "-m", "brunoise.cli.main"]
+    env = {k: v for k, v in os.environ.items() if k not in ("BRUNOISE_TOKEN", "BRUNOISE_TLS_CA")}
+    env["BRUNOISE_STATE_DIR"] = str(cl.log_dir / "cli-state")  # never another `cluster up`'s credentials
+    listed = subprocess.run([*cli, "quarantine", "list", "-a", cl.assigner_addr, "-o", "json"], capture_output=True,
+                            text=True, timeout=60, check=True, env=env)  # fmt: skip
+    keys = json.loads(listed.stdout)["keys"]
+    assert [(k["slice_key"], k["state"], sorted(k["pods"])) for k in keys] == [
+        (f"{key:016x}", "quarantined", sorted(subset))
+    ]
+    cleared = subprocess.run([*cli, "quarantine", "clear", TARGET, f"{key:016x}", "-a", cl.assigner_addr, "-o", "json"],
+                             capture_output=True, text=True, timeout=60, check=True, env=env)  # fmt: skip
+    assert json.loads(cleared.stdout) == {"cleared": 1}
+    wait_for(
+        lambda: metric_value(scrape(cl.http(1)), "brunoise_router_quarantined_keys") == 0, 10, "routers to drop it"
+    )

@@ -8,7 +8,10 @@ routers spend what they hold and then answer 429 quota_exceeded; the allotments 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import grpc
@@ -89,6 +92,14 @@ def test_two_routers_at_three_times_the_limit_admit_at_most_limit_plus_two_allot
     assert admitted <= limit + 2 * CHUNK
     assert admitted >= 0.7 * limit, "the quota must not starve a tenant far below its limit"
     assert min(by_router) >= 0.25 * admitted, "both routers draw from the one budget"
+    # the CLI shows the tenant's limits and ledger
+    env = {k: v for k, v in os.environ.items() if k not in ("BRUNOISE_TOKEN", "BRUNOISE_TLS_CA")}
+    env["BRUNOISE_STATE_DIR"] = str(cl.log_dir / "cli-state")  # never another `cluster up`'s credentials
+    out = subprocess.run([sys.executable, "-m", "brunoise.cli.main", "quota", "list", "-a", cl.assigner_addrs[0],
+                          "-o", "json"], capture_output=True, text=True, timeout=60, check=True, env=env)  # fmt: skip
+    listed = {q["tenant"]: q for q in json.loads(out.stdout)["quotas"]}
+    assert listed[tenant]["requests_per_s"] == RPS and listed[tenant]["allotment_s"] == ALLOTMENT_S
+    assert len(listed[tenant]["allotments"]) <= 2, "at most one allotment per router"
     # an unlimited tenant is not counted at all
     free = send_at_rate(cl.router_urls(), lambda i: chat("free-tenant", f"f{i}"), 20, 1.0)
     assert all(r.status == 200 for r in free), [(r.status, r.body[:200]) for r in free if r.status != 200]
