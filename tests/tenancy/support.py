@@ -85,7 +85,7 @@ def ttft_once(base_url: str, tenant: str, text: str, max_tokens: int, session: s
     u = urllib.parse.urlsplit(base_url)
     body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens,
                        "stream": True}).encode()  # fmt: skip
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=30)
     t0 = time.monotonic()
     try:
         conn.request("POST", "/v1/chat/completions", body, {"content-type": "application/json",
