@@ -182,6 +182,10 @@ def grant(
     led = settle(ledger, limits, returning, now_ms) if returning is not None else refill(ledger, limits, now_ms)
     req = math.floor(led.requests + 1e-9) if limits.request_chunk else 0
     tok = math.floor(led.tokens + 1e-9) if limits.token_chunk else 0
+    if limits.token_chunk and tok >= limits.token_chunk and ask.need_tokens > tok:
+        # one request larger than an allotment: granted from a full bucket, which goes into debt (repaid at the
+        # rate), else it could never run; the long-run rate still holds
+        tok = ask.need_tokens
     free = max(0, limits.concurrent - led.concurrent_held) if limits.concurrent else 0
     slots = min(max(ask.concurrent, 1), free) if limits.concurrent else 0
     short = (

@@ -43,10 +43,20 @@ def test_grant_takes_a_chunk_and_the_bucket_refills_at_the_rate() -> None:
 
 
 def test_need_is_all_or_nothing() -> None:
-    led = Ledger.full(LIM, 0)
-    led, a = grant(led, LIM, AllotmentAsk("r1", need_tokens=101), 0)
+    led, _ = grant(Ledger.full(LIM, 0), LIM, AllotmentAsk("r0", concurrent=1), 0)  # takes the full buckets
+    led, a = grant(led, LIM, AllotmentAsk("r1", need_tokens=60), 500)  # half a second: 5 requests, 50 tokens
     assert (a.requests, a.tokens, a.concurrent) == (0, 0, 0)
-    assert led.requests == 10 and led.tokens == 100, "a refused ask takes nothing"
+    assert led.requests == 5 and led.tokens == 50, "a refused ask takes nothing"
+
+
+def test_a_request_larger_than_an_allotment_runs_from_a_full_bucket_into_debt() -> None:
+    led = Ledger.full(LIM, 0)  # token chunk 100 (6000/min)
+    led, a = grant(led, LIM, AllotmentAsk("r1", need_tokens=250), 0)
+    assert a.tokens == 250 and led.tokens == -150
+    led, b = grant(led, LIM, AllotmentAsk("r1", need_tokens=10), 1000)
+    assert b.tokens == 0, "the debt is repaid at the rate first (100 tokens/s)"
+    _, c = grant(led, LIM, AllotmentAsk("r1", need_tokens=10), 2600)
+    assert c.tokens == 100, "repaid: a full chunk again"
 
 
 def test_return_credits_unspent_and_frees_slots_expiry_frees_slots_only() -> None:
