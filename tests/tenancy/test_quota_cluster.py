@@ -135,3 +135,42 @@ def test_store_down_fails_closed_after_the_allotments_and_resumes_when_it_return
         return bool(ok(rs2))
 
     wait_for(admitted_again, 30, "admissions to resume once the store is back", interval_s=0.2)
+
+
+def test_concurrent_limit_holds_across_both_routers(qcluster: ChaosCluster) -> None:
+    """Slots are counted, not rated: 12 overlapping requests of a tenant allowed 3 at a time, through both routers."""
+    cl = qcluster
+    tenant = "conc"
+    set_quota(cl, tenant, concurrent=3, lease_ms=5_000)
+    # each router takes its slots on its first request; let both hold some before the burst
+    for url in cl.router_urls():
+        wait_for(lambda u=url: post(u + "/v1/chat/completions", *chat(tenant, "w"))[0] == 200, 10, "an admission")
+    # long requests (the sim decodes 200 tokens: ~1.2 s at its default speed), all sent within ~0.1 s
+    rs = send_at_rate(cl.router_urls(), lambda i: chat(tenant, f"c{i}", max_tokens=200, session=f"s{i}"), 120, 0.1)
+    check_denials(rs, tenant)
+    overlapping = [r for r in ok(rs) if r.latency_s > 0.5]
+    held = get_quota(cl, tenant)
+    print(f"QUOTA-CONCURRENT sent={len(rs)} admitted={len(ok(rs))} limit=3 slots_held_after={held.concurrent_held}")
+    assert 1 <= len(ok(rs)) <= 3, "never more than the tenant's concurrent limit in flight at once"
+    assert len(overlapping) == len(ok(rs)), "the admitted ones ran concurrently (the burst overlapped)"
+    assert held.concurrent_held <= 3
+
+
+def test_tokens_per_minute_settle_with_real_usage(qcluster: ChaosCluster) -> None:
+    """Tokens are reserved as the router's prompt estimate + max_tokens and settled with the answer's real usage:
+    the tokens the pods report using stay within the limit + 2 allotments."""
+    cl = qcluster
+    tenant = "tokens"
+    tpm = 6000.0  # 100 tokens/s; an allotment of 0.5 s holds 50
+    set_quota(cl, tenant, tokens_per_min=tpm, allotment_s=ALLOTMENT_S)
+    dur = 6.0
+    rs = send_at_rate(cl.router_urls(), lambda i: chat(tenant, f"t{i}", max_tokens=8, session=f"s{i}"), 20, dur)
+    check_denials(rs, tenant)
+    used = sum(json.loads(r.body)["usage"]["total_tokens"] for r in ok(rs))
+    span = rs[-1].at - rs[0].at
+    limit = tpm / 60 * span
+    chunk = tpm / 60 * ALLOTMENT_S
+    print(f"QUOTA-TOKENS sent={len(rs)} admitted={len(ok(rs))} tokens_used={used} limit={limit:.0f} "
+          f"bound={limit + 2 * chunk:.0f}")  # fmt: skip
+    assert used <= limit + 2 * chunk, "within the limit + 2 allotments, counted in the pods' own usage"
+    assert used >= 0.5 * limit, "settling with real usage lets the tenant use its budget"
