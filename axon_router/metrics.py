@@ -42,10 +42,14 @@ class RouterMetrics:
             p + "quota_denied", "Requests refused by their tenant's quota (429 quota_exceeded)", registry=r
         )
         self.key_faults = Counter(
-            p + "key_faults", "Attempts that failed with a pod fault, reported against their key, by cause", ["cause"],
+            p + "key_faults",
+            "Attempts that failed with a pod fault, reported against their key, by cause",
+            ["cause"],
             registry=r,
         )
-        self.quarantined_keys = Gauge(p + "quarantined_keys", "Keys refused (key_quarantined) for a cool-down", registry=r)
+        self.quarantined_keys = Gauge(
+            p + "quarantined_keys", "Keys refused (key_quarantined) for a cool-down", registry=r
+        )
         self.suspected_keys = Gauge(p + "suspected_keys", "Keys kept inside their subset after a pod fault", registry=r)
         self.quarantine_refusals = Counter(
             p + "quarantine_refusals", "Requests refused because their key is quarantined", registry=r

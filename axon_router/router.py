@@ -13,7 +13,7 @@ from collections.abc import Set as AbstractSet
 from typing import Any
 
 from axon_router import tracing
-from axon_router.admission import Admission, Outcome, Priority, share_ratio
+from axon_router.admission import Admission, DemandMeter, Outcome, Priority, share_ratio
 from axon_router.cost import PickInput
 from axon_router.errors import (
     Conflict,
@@ -58,7 +58,6 @@ class Flight:
     traceparent_out: str | None = None
     closed: bool = False
     quota: QuotaTicket | None = None
-    tenant: str | None = None  # counted in Router.tenant_inflight (fair shedding) until finish
     attrs: dict[str, Any] = dataclasses.field(default_factory=dict)  # span attributes, set once at the end
 
 
@@ -85,7 +84,7 @@ class Router:
         self.pollers = Pollers(knobs, self.metrics, self.forwarder)
         self.table = TargetTable(clerk, knobs, self.metrics, self.pollers.start, self.pollers.stop_soon)
         self.inflight_ids: set[str] = set()
-        self.tenant_inflight: dict[str, int] = {}  # admitted requests in flight per tenant ("" none), fair shedding
+        self.demand = DemandMeter()  # per-tenant request rate ("" none), for fair shedding
         self._refresh_task: asyncio.Task[None] | None = None
         self._rng = random.Random()
 
@@ -238,6 +237,7 @@ class Router:
         headers["x-brunoise-deadline-ms"] = str(int((time.time() + req.deadline - time.monotonic()) * 1000))
         tried: list[str] = []
         last: RetryableError | None = None
+        counted = False
         while True:
             now = time.monotonic()
             left = req.deadline - now
@@ -259,7 +259,10 @@ class Router:
                 outside = []  # a suspected key never leaves its subset: no retry, spill or fallback beyond it
             if f.attempts == 0:
                 tenant = req.tenant or ""
-                share = share_ratio(tenant, self.tenant_inflight)
+                if not counted:  # once per request (a suspected key decides again)
+                    self.demand.observe(tenant, now)
+                    counted = True
+                share = share_ratio(tenant, self.demand.rates(now))
                 d = self.admission.decide(self.policy, subset, outside, ts.pods, pin, now, req.priority, share)
                 if (
                     d.outcome in (Outcome.SPILL, Outcome.FALLBACK)
@@ -292,9 +295,6 @@ class Router:
                     )
                 pick = d.pick
                 reason = d.outcome.value
-                if f.tenant is None:
-                    f.tenant = tenant
-                    self.tenant_inflight[tenant] = self.tenant_inflight.get(tenant, 0) + 1
                 if d.outcome is Outcome.IN_SUBSET:
                     m.picks_in_subset.inc()
                     m.pick_rule.labels(d.rule).inc()
@@ -429,12 +429,6 @@ class Router:
         rid = f.req.request_id
         if rid is not None:
             self.inflight_ids.discard(rid)
-        if f.tenant is not None:
-            n = self.tenant_inflight.get(f.tenant, 0) - 1
-            if n > 0:
-                self.tenant_inflight[f.tenant] = n
-            else:
-                self.tenant_inflight.pop(f.tenant, None)
         pod, ticket = f.pod, f.ticket
         if pod is not None and ticket is not None:
             self._end_ticket(pod, ticket)
