@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 GOOD_RPS = 3.0
 FLOOD_RPS = 30.0  # 10x
-DURATION_S = 10.0
+DURATION_S = 20.0  # 60 samples of the good tenant: its p99 is the second largest, not one hiccup
 MAX_TOKENS = 16
 
 
