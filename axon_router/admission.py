@@ -2,7 +2,9 @@
 
 Fair shedding: a tenant above its weighted fair share of the router's recent demand (``share_ratio`` > 1) sees
 its limits scaled by max(``FAIR_RESERVE``, 1 / ratio²) (smooth at 1, at least 1 outstanding per pod): it is never
-shed while pods are below a quarter of their limits (no saturation, no fair shedding), and when pods fill up the tenant furthest above its share is shed first, while a
+shed while pods are below a quarter of their limits (no saturation, no fair shedding). While some tenant is above
+its share, a tenant within its share may go ``FAIR_RESERVE`` above the limits (admission judges on views a
+report old, and two routers' floods together overshoot the cap they each keep), and when pods fill up the tenant furthest above its share is shed first, while a
 tenant within its share keeps the full limits (and pods stay short of them, so its TTFT holds). Batch still sheds
 before interactive (its limits are a fraction of those). A lone tenant is never above its share.
 """
@@ -79,6 +81,12 @@ class DemandMeter:
         return out
 
 
+def contended(demand: Mapping[str, float]) -> bool:
+    """Whether some active tenant is above its (equal-weight) fair share of ``demand``."""
+    active = [d for d in demand.values() if d > 0]
+    return len(active) >= 2 and max(active) * len(active) > sum(active) * (1 + 1e-9)
+
+
 def share_ratio(tenant: str, demand: Mapping[str, float], weights: _Weights | None = None) -> float:
     """``tenant``'s demand over its weighted fair share of the demand of every active tenant (demand > 0);
     0 when it is the only active tenant."""
@@ -113,6 +121,7 @@ class Admission:
         now: float,
         priority: Priority,
         share: float = 0.0,
+        contended: bool = False,
     ) -> Decision:
         """``subset`` / ``outside``: ids of usable (healthy, circuit not open), label-eligible pods in / out of the
         subset; the first pod of the policy's first non-empty tier under this priority's limits is the pick."""
@@ -122,6 +131,9 @@ class Admission:
         if share > 1.0:  # above its fair share: tighter limits, the tighter the further above, so it sheds first
             f = max(FAIR_RESERVE, 1.0 / (share * share))
             lim = Limits(max(1.0, lim.max_outstanding * f), lim.ttft_slo_s * f)
+        elif contended:  # within its share while another tenant is above its own: the reserve is for this tenant
+            f = 1.0 + FAIR_RESERVE
+            lim = Limits(lim.max_outstanding * f, lim.ttft_slo_s * f)
         ranking = policy.choose_replicas(req, Candidates(subset, outside, lim), views, now)
         first = ranking.first()
         if first is None and self.cost.score(PodView("", ""), req, now).cost > lim.ttft_slo_s:

@@ -13,7 +13,7 @@ from collections.abc import Set as AbstractSet
 from typing import Any
 
 from axon_router import tracing
-from axon_router.admission import Admission, DemandMeter, Outcome, Priority, share_ratio
+from axon_router.admission import Admission, DemandMeter, Outcome, Priority, contended, share_ratio
 from axon_router.cost import PickInput
 from axon_router.errors import (
     Conflict,
@@ -262,8 +262,19 @@ class Router:
                 if not counted:  # once per request (a suspected key decides again)
                     self.demand.observe(tenant, now)
                     counted = True
-                share = share_ratio(tenant, self.demand.rates(now))
-                d = self.admission.decide(self.policy, subset, outside, ts.pods, pin, now, req.priority, share)
+                rates = self.demand.rates(now)
+                share = share_ratio(tenant, rates)
+                d = self.admission.decide(
+                    self.policy,
+                    subset,
+                    outside,
+                    ts.pods,
+                    pin,
+                    now,
+                    req.priority,
+                    share,
+                    share <= 1.0 and contended(rates),
+                )
                 if (
                     d.outcome in (Outcome.SPILL, Outcome.FALLBACK)
                     and not suspected

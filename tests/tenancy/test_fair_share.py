@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from axon_router.admission import FAIR_RESERVE, Admission, DemandMeter, Outcome, Priority, share_ratio
+from axon_router.admission import (
+    FAIR_RESERVE,
+    Admission,
+    DemandMeter,
+    Outcome,
+    Priority,
+    contended,
+    share_ratio,
+)
 from axon_router.cost import PickInput
 from axon_router.knobs import Knobs
 from axon_router.pick import CostPick
@@ -21,6 +29,12 @@ def test_share_ratio() -> None:
     # weights: a tenant weighted 3 deserves 3/4
     assert share_ratio("a", {"a": 6.0, "b": 2.0}, {"a": 3.0}) == pytest.approx(6 / (8 * 3 / 4))
     assert share_ratio("gone", {"a": 1.0, "gone": 0.0}) == 0.0, "idle tenants are not active"
+
+
+def test_contended() -> None:
+    assert not contended({"a": 5.0})
+    assert not contended({"a": 5.0, "b": 5.0}), "equal demand: nobody above its share"
+    assert contended({"a": 30.0, "b": 3.0})
 
 
 def test_demand_meter_decays_and_forgets() -> None:
@@ -42,7 +56,7 @@ def _loaded_pod(outstanding: int) -> PodView:
     return v
 
 
-@pytest.mark.parametrize("outstanding", [0, 1, 3, 4, 6, 7])
+@pytest.mark.parametrize("outstanding", [0, 1, 3, 4, 6, 7, 8, 9, 10])
 def test_a_tenant_above_its_share_sheds_first(outstanding: int) -> None:
     k = Knobs(admit_max_outstanding=8)
     adm = Admission(k)
@@ -50,9 +64,11 @@ def test_a_tenant_above_its_share_sheds_first(outstanding: int) -> None:
     pin = PickInput(1, [], 10, 4, 0)
     within = adm.decide(CostPick(k), ["p"], [], views, pin, 0.0, Priority.INTERACTIVE, share=0.5)
     flooding = adm.decide(CostPick(k), ["p"], [], views, pin, 0.0, Priority.INTERACTIVE, share=4.0)
-    assert within.outcome is Outcome.IN_SUBSET, "a tenant within its share keeps the full limits"
+    assert within.outcome is (Outcome.IN_SUBSET if outstanding < 8 else Outcome.SHED), "the full limits"
     expected = Outcome.IN_SUBSET if outstanding < 8 * FAIR_RESERVE else Outcome.SHED
     assert flooding.outcome is expected, "limits scaled by max(FAIR_RESERVE, 1/ratio^2)"
+    reserved = adm.decide(CostPick(k), ["p"], [], views, pin, 0.0, Priority.INTERACTIVE, share=0.5, contended=True)
+    assert reserved.outcome is (Outcome.IN_SUBSET if outstanding < 8 * (1 + FAIR_RESERVE) else Outcome.SHED)
     mild = adm.decide(CostPick(k), ["p"], [], views, pin, 0.0, Priority.INTERACTIVE, share=1.1)
     expected = Outcome.IN_SUBSET if outstanding < 8 / 1.21 else Outcome.SHED
     assert mild.outcome is expected, "a tenant slightly above its share is barely tightened"
