@@ -87,6 +87,14 @@ class Shed(RouterError):
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class KeyQuarantined(RouterError):
+    """The request's key coincided with engine faults on several pods: refused for a cool-down, never retried."""
+
+    status = 503
+    type = "key_quarantined"
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class Unavailable(RouterError):
     status = 503
     type = "service_unavailable"

@@ -9,21 +9,27 @@ import gc
 import importlib
 import ipaddress
 import logging
+import os
 import signal
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
 
+from axon_router.assigner_client import AssignerCalls
 from axon_router.auth import ApiKeys
 from axon_router.frontends.grpc import build_server
 from axon_router.frontends.openai_http import OpenAIFrontend
 from axon_router.knobs import add_knob_args, knobs_from_args
 from axon_router.metrics import RouterMetrics
+from axon_router.quarantine import KeyGuard
+from axon_router.quota import QuotaGate
 from axon_router.router import Router
 from axon_router.tracing import setup_tracing
 from brunoise.launch import write_ready_file
+from sharder.quarantine import QuarantinePolicy
 from sharder.security.client import ClientAuth, add_client_auth_args
 from sharder.telemetry import setup_logging, shutdown_tracing
 
@@ -51,6 +57,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--insecure", action="store_true", help="serve a non-loopback --host without API keys (refused otherwise)"
     )
     add_client_auth_args(p)
+    p.add_argument(
+        "--quotas",
+        action="store_true",
+        help="enforce tenant quotas: draw leased allotments from the assigners (brunoise quota set); a tenant "
+        "over its quota, or whose allotment is spent while the store is unreachable, gets 429 quota_exceeded",
+    )
+    p.add_argument(
+        "--key-quarantine",
+        action="store_true",
+        help="contain keys of death: a key whose requests coincide with pod crashes/hangs/timeouts stays inside its "
+        "subset, and on --quarantine-pods distinct pods is refused (key_quarantined) for --quarantine-cooldown-s",
+    )
+    p.add_argument("--quarantine-pods", type=int, default=2, help="distinct pods whose faults quarantine a key")
+    p.add_argument("--quarantine-window-s", type=float, default=120.0, help="how long a key stays suspected")
+    p.add_argument("--quarantine-cooldown-s", type=float, default=300.0, help="how long a quarantine lasts")
     add_knob_args(p)
     return p.parse_args(argv)
 
@@ -95,7 +116,23 @@ async def serve(ns: argparse.Namespace) -> None:
     if ns.wait_ready_s > 0:
         with contextlib.suppress(Exception):
             await clerk.wait_ready(ns.wait_ready_s)
-    router = Router(clerk, knobs, metrics)
+    calls = AssignerCalls(ns.assigner)
+    calls.start()
+    quota = QuotaGate(calls, f"{socket.gethostname()}:{os.getpid()}") if ns.quotas else None
+    guard = None
+    if ns.key_quarantine:
+        policy = QuarantinePolicy(
+            ns.quarantine_pods, int(ns.quarantine_window_s * 1000), int(ns.quarantine_cooldown_s * 1000)
+        )
+        try:
+            policy.validate()
+        except ValueError as e:
+            raise SystemExit(f"brunoise-router: {e}") from None
+        guard = KeyGuard(calls, metrics, policy)
+        with contextlib.suppress(Exception):
+            await guard.refresh()  # a restarted router knows the quarantines before it serves
+        await guard.start()
+    router = Router(clerk, knobs, metrics, quota=quota, guard=guard)
     await router.start()
     http = OpenAIFrontend(router, api_keys)
     runner = http.runner()
@@ -130,6 +167,11 @@ async def serve(ns: argparse.Namespace) -> None:
     await gserver.stop(grace=1.0)
     await runner.cleanup()
     await router.stop()
+    if quota is not None:
+        await quota.stop()
+    if guard is not None:
+        await guard.stop()
+    await calls.close()
     await clerk.stop()
     log.info("router stopped", extra={"stop_s": round(time.monotonic() - t, 3)})
 

@@ -39,6 +39,25 @@ class RouterMetrics:
             p + "picks", "Pod picks by reason: in_subset, spill, fallback, retry", ["reason"], registry=r
         )
         self.sheds = Counter(p + "shed", "Requests shed (429) by priority", ["priority"], registry=r)
+        self.fair_sheds = Counter(
+            p + "fair_shed", "Requests shed while their tenant was above its fair share (tighter limits)", registry=r
+        )
+        self.quota_denied = Counter(
+            p + "quota_denied", "Requests refused by their tenant's quota (429 quota_exceeded)", registry=r
+        )
+        self.key_faults = Counter(
+            p + "key_faults",
+            "Attempts that failed with a pod fault, reported against their key, by cause",
+            ["cause"],
+            registry=r,
+        )
+        self.quarantined_keys = Gauge(
+            p + "quarantined_keys", "Keys refused (key_quarantined) for a cool-down", registry=r
+        )
+        self.suspected_keys = Gauge(p + "suspected_keys", "Keys kept inside their subset after a pod fault", registry=r)
+        self.quarantine_refusals = Counter(
+            p + "quarantine_refusals", "Requests refused because their key is quarantined", registry=r
+        )
         self.unavailable = Counter(
             p + "unavailable", "Requests with no eligible healthy pod (503), by cause", ["cause"], registry=r
         )

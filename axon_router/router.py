@@ -13,11 +13,12 @@ from collections.abc import Set as AbstractSet
 from typing import Any
 
 from axon_router import tracing
-from axon_router.admission import Admission, Outcome, Priority
+from axon_router.admission import Admission, DemandMeter, Outcome, Priority, contended, share_ratio
 from axon_router.cost import PickInput
 from axon_router.errors import (
     Conflict,
     DeadlineExceeded,
+    KeyQuarantined,
     RouterError,
     Shed,
     StreamBroken,
@@ -28,9 +29,11 @@ from axon_router.failover import RetryableError, backoff_s
 from axon_router.forward import Forwarder, Upstream
 from axon_router.knobs import Knobs
 from axon_router.metrics import RouterMetrics
-from axon_router.pick import Candidates, CostPick, PickPolicy
+from axon_router.pick import SUBSET, Candidates, CostPick, PickPolicy
 from axon_router.pod_view import PodView, Ticket
 from axon_router.pollers import Pollers
+from axon_router.quarantine import FAULT_CAUSES, KeyGuard
+from axon_router.quota import QuotaGate, QuotaTicket, used_tokens
 from axon_router.routing_key import RouteRequest
 from axon_router.targets import ClerkLike, TargetState, TargetTable
 
@@ -54,6 +57,7 @@ class Flight:
     first_token_at: float = 0.0
     traceparent_out: str | None = None
     closed: bool = False
+    quota: QuotaTicket | None = None
     attrs: dict[str, Any] = dataclasses.field(default_factory=dict)  # span attributes, set once at the end
 
 
@@ -61,9 +65,17 @@ class Router:
     """Shares nothing with other router replicas but the assignment (through the clerk)."""
 
     def __init__(
-        self, clerk: ClerkLike, knobs: Knobs, metrics: RouterMetrics | None = None, policy: PickPolicy | None = None
+        self,
+        clerk: ClerkLike,
+        knobs: Knobs,
+        metrics: RouterMetrics | None = None,
+        policy: PickPolicy | None = None,
+        quota: QuotaGate | None = None,
+        guard: KeyGuard | None = None,
     ) -> None:
         self.clerk = clerk
+        self.quota = quota
+        self.guard = guard
         self.knobs = knobs
         self.metrics = metrics or RouterMetrics(knobs)
         self.policy: PickPolicy = policy or CostPick(knobs)
@@ -72,6 +84,7 @@ class Router:
         self.pollers = Pollers(knobs, self.metrics, self.forwarder)
         self.table = TargetTable(clerk, knobs, self.metrics, self.pollers.start, self.pollers.stop_soon)
         self.inflight_ids: set[str] = set()
+        self.demand = DemandMeter()  # per-tenant request rate ("" none), for fair shedding
         self._refresh_task: asyncio.Task[None] | None = None
         self._rng = random.Random()
 
@@ -180,6 +193,20 @@ class Router:
         m.routing_group_source.labels(req.group_source).inc()
         ts = self.resolve(req)
         f.target = ts.name
+        guard = self.guard
+        suspected = False
+        if guard is not None:
+            st = guard.state(ts.name, req.slice_key)
+            if st == "quarantined":
+                raise self._quarantined(ts.name, req.slice_key)
+            suspected = st == "suspected"
+        if self.quota is not None and req.tenant and f.quota is None:
+            try:
+                f.quota = await self.quota.admit(req.tenant, req.prompt_tokens + req.max_tokens)
+            except Shed:
+                m.quota_denied.inc()
+                f.reason = "quota"
+                raise
         sa = ts.assignment.lookup(req.slice_key)
         # Make-before-break: leaving pods still hold the slice for this generation, but new traffic
         # goes to the replicas (whose caches must warm); a leaving pod is used only when no replica can be.
@@ -210,6 +237,7 @@ class Router:
         headers["x-brunoise-deadline-ms"] = str(int((time.time() + req.deadline - time.monotonic()) * 1000))
         tried: list[str] = []
         last: RetryableError | None = None
+        counted = False
         while True:
             now = time.monotonic()
             left = req.deadline - now
@@ -227,11 +255,38 @@ class Router:
                 for v in elig
                 if v.id not in subset_ids and v.id not in tried and v.healthy and v.breaker.available(now)
             ]
+            if suspected:
+                outside = []  # a suspected key never leaves its subset: no retry, spill or fallback beyond it
             if f.attempts == 0:
-                d = self.admission.decide(self.policy, subset, outside, ts.pods, pin, now, req.priority)
+                tenant = req.tenant or ""
+                if not counted:  # once per request (a suspected key decides again)
+                    self.demand.observe(tenant, now)
+                    counted = True
+                rates = self.demand.rates(now)
+                share = share_ratio(tenant, rates)
+                d = self.admission.decide(
+                    self.policy,
+                    subset,
+                    outside,
+                    ts.pods,
+                    pin,
+                    now,
+                    req.priority,
+                    share,
+                    share <= 1.0 and contended(rates),
+                )
+                if (
+                    d.outcome in (Outcome.SPILL, Outcome.FALLBACK)
+                    and not suspected
+                    and await self._suspect(ts.name, req)
+                ):
+                    suspected = True
+                    continue  # decide again inside the subset
                 if d.outcome is Outcome.SHED:
                     pr = "batch" if req.priority is Priority.BATCH else "interactive"
                     m.sheds.labels(pr).inc()
+                    if share > 1.0:
+                        m.fair_sheds.inc()
                     f.reason = "shed"
                     attrs["brunoise.pick_reason"] = "shed"
                     log.info("shed", extra={"target": ts.name, "priority": pr, "slice_key": req.slice_key})
@@ -262,6 +317,9 @@ class Router:
                     m.picks_fallback.inc()
             else:
                 first = self.policy.choose_replicas(pin, Candidates(subset, outside), ts.pods, now).first()
+                if first is not None and first[0] != SUBSET and not suspected and await self._suspect(ts.name, req):
+                    suspected = True
+                    continue
                 if first is None:
                     m.unavailable.labels("retries_exhausted").inc()
                     raise Unavailable(
@@ -290,6 +348,10 @@ class Router:
                     pod.breaker.release_probe()
                 last = e
                 tried.append(pod.id)
+                if guard is not None and e.pod_fault and e.cause in FAULT_CAUSES:
+                    if await guard.fault(ts.name, req.slice_key, pod.id, e.cause) == "quarantined":
+                        raise self._quarantined(ts.name, req.slice_key) from None
+                    suspected = True
                 m.retries.labels(e.cause).inc()
                 log.info(
                     "attempt failed", extra={"pod": pod.id, "cause": e.cause, "attempt": f.attempts, "error": e.message}
@@ -328,6 +390,26 @@ class Router:
             m.observe_ttft(req.model, f.target, f.first_token_at - f.t0)
             return up
 
+    async def _suspect(self, target: str, req: RouteRequest) -> bool:
+        """Before a request leaves its subset: whether its key is suspected, asked of the assigners (fresh, since
+        another router may have seen the fault); raises KeyQuarantined for a quarantined key."""
+        if self.guard is None:
+            return False
+        st = await self.guard.confirm(target, req.slice_key)
+        if st == "quarantined":
+            raise self._quarantined(target, req.slice_key)
+        return st == "suspected"
+
+    def _quarantined(self, target: str, slice_key: int) -> KeyQuarantined:
+        self.metrics.quarantine_refusals.inc()
+        left = self.guard.remaining_s(target, slice_key) if self.guard is not None else 0.0
+        return KeyQuarantined(
+            f"key {slice_key:016x} of target {target!r} is quarantined for {left:.0f}s more: its requests coincided "
+            "with engine crashes or hangs on several pods; it is not retried (brunoise quarantine list/clear)",
+            code="key_quarantined",
+            retry_after_s=max(1.0, left),
+        )
+
     def _end_ticket(self, pod: PodView, ticket: Ticket) -> None:
         if not ticket.done:
             pod.end(ticket)
@@ -363,10 +445,15 @@ class Router:
             self._end_ticket(pod, ticket)
             if isinstance(error, StreamBroken):
                 self._pod_failed(pod)
+                if self.guard is not None and f.target:
+                    self.guard.fault_later(f.target, f.req.slice_key, pod.id, "stream_broken")
             elif error is None:
                 self._pod_ok(pod)
             elif pod.breaker.probe_out:
                 pod.breaker.release_probe()
+        if f.quota is not None and self.quota is not None:
+            up = f.upstream
+            self.quota.release(f.quota, served=up is not None, used_tokens=used_tokens(up.body if up else None))
         if f.upstream is not None:
             f.upstream.close()
         m = self.metrics

@@ -62,6 +62,7 @@ class RouteRequest:
     group: int | None = None  # the group part (high 32 bits) of a grouped key; None: flat key
     group_source: str = "none"  # x-tenant-id, tenant (gRPC field), prefix or none
     session_chunks: int = 0  # leading chunks a pod must hold to hold this session's own cache
+    tenant: str | None = None  # the tenant (x-tenant-id, the gRPC field or the API key's): whose quota it spends
 
 
 def _check_key(value: str, name: str, knobs: Knobs) -> str:
@@ -377,6 +378,7 @@ def parse_openai(path: str, raw: bytes, headers: Mapping[str, str], knobs: Knobs
         group=rk.group,
         group_source=rk.group_source,
         session_chunks=rk.session_chunks,
+        tenant=tenant[1] if tenant is not None else None,
     )
 
 
@@ -467,4 +469,5 @@ def parse_grpc(
         group=rk.group,
         group_source=rk.group_source,
         session_chunks=rk.session_chunks,
+        tenant=tenant[1] if tenant is not None else None,
     )

@@ -96,6 +96,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--startup-s", type=float, default=d.startup_s, help="simulated start-up time before ready")
     g.add_argument("--kv-events-endpoint", default=None, help="ZMQ endpoint for KV events (vLLM wire format)")
+    g.add_argument("--fault-marker", default=None, help="TEST HOOK: a prompt containing this text crashes or hangs "
+                   "the engine (--fault-mode); off unless given")  # fmt: skip
+    g.add_argument("--fault-mode", choices=("crash", "hang"), default="crash", help="what --fault-marker does")
     return p
 
 
@@ -126,6 +129,8 @@ def build_engine(args: argparse.Namespace) -> Engine:
         seed=args.seed,
         startup_s=args.startup_s,
         kv_events_endpoint=args.kv_events_endpoint,
+        fault_marker=args.fault_marker,
+        fault_mode=args.fault_mode,
     )
     try:
         cfg.validate()

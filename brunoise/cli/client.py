@@ -213,6 +213,23 @@ class AdminClient:
     def clear_overrides(self, target: str, ids: list[str]) -> assigner_pb2.ClearOverridesResponse:
         return self._call("ClearOverrides", assigner_pb2.ClearOverridesRequest(target=target, ids=ids), assigner_pb2.ClearOverridesResponse)
 
+    def set_quota(self, limits: assigner_pb2.QuotaLimits, remove: bool = False) -> assigner_pb2.QuotaStatus:
+        return self._call("SetQuota", assigner_pb2.SetQuotaRequest(limits=limits, remove=remove), assigner_pb2.QuotaStatus)
+
+    def get_quota(self, tenant: str) -> assigner_pb2.QuotaStatus:
+        return self._call("GetQuota", assigner_pb2.GetQuotaRequest(tenant=tenant), assigner_pb2.QuotaStatus)
+
+    def list_quotas(self) -> assigner_pb2.ListQuotasResponse:
+        return self._call("ListQuotas", assigner_pb2.ListQuotasRequest(), assigner_pb2.ListQuotasResponse)
+
+    def list_quarantines(self, target: str = "", suspected: bool = False) -> assigner_pb2.ListQuarantinesResponse:
+        req = assigner_pb2.ListQuarantinesRequest(target=target, suspected=suspected)
+        return self._call("ListQuarantines", req, assigner_pb2.ListQuarantinesResponse)
+
+    def clear_quarantine(self, target: str, slice_key: int, all_keys: bool) -> assigner_pb2.ClearQuarantineResponse:
+        req = assigner_pb2.ClearQuarantineRequest(target=target, slice_key=slice_key, all=all_keys)
+        return self._call("ClearQuarantine", req, assigner_pb2.ClearQuarantineResponse)
+
     def watch(self, target: str, from_generation: int = 0) -> Iterator[assigner_pb2.WatchResponse]:
         """Full assignments as they change (no deadline: ends when the caller stops iterating)."""
         stream = self._stub.Watch(

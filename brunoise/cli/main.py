@@ -11,6 +11,8 @@ from brunoise.cli import admin
 from brunoise.cli.cluster import cluster_app
 from brunoise.cli.credentials import credentials_app
 from brunoise.cli.output import print_error
+from brunoise.cli.quarantine import quarantine_app
+from brunoise.cli.quota import quota_app
 from brunoise.cli.targets import register as register_targets
 
 app = typer.Typer(
@@ -42,6 +44,8 @@ admin.register(app)
 register_targets(app)
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(credentials_app, name="credentials")
+app.add_typer(quota_app, name="quota")
+app.add_typer(quarantine_app, name="quarantine")
 
 
 def main(argv: list[str] | None = None) -> int:

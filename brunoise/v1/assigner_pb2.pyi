@@ -230,3 +230,191 @@ class ClearOverridesResponse(_message.Message):
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
     assignment: _slicing_pb2.Assignment
     def __init__(self, assignment: _Optional[_Union[_slicing_pb2.Assignment, _Mapping]] = ...) -> None: ...
+
+class QuotaLimits(_message.Message):
+    __slots__ = ("tenant", "requests_per_s", "tokens_per_min", "concurrent", "allotment_s", "lease_ms")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_MIN_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENT_FIELD_NUMBER: _ClassVar[int]
+    ALLOTMENT_S_FIELD_NUMBER: _ClassVar[int]
+    LEASE_MS_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    requests_per_s: float
+    tokens_per_min: float
+    concurrent: int
+    allotment_s: float
+    lease_ms: int
+    def __init__(self, tenant: _Optional[str] = ..., requests_per_s: _Optional[float] = ..., tokens_per_min: _Optional[float] = ..., concurrent: _Optional[int] = ..., allotment_s: _Optional[float] = ..., lease_ms: _Optional[int] = ...) -> None: ...
+
+class QuotaAllotment(_message.Message):
+    __slots__ = ("id", "holder", "requests", "tokens", "concurrent", "expires_unix_ms")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    holder: str
+    requests: int
+    tokens: int
+    concurrent: int
+    expires_unix_ms: int
+    def __init__(self, id: _Optional[str] = ..., holder: _Optional[str] = ..., requests: _Optional[int] = ..., tokens: _Optional[int] = ..., concurrent: _Optional[int] = ..., expires_unix_ms: _Optional[int] = ...) -> None: ...
+
+class QuotaStatus(_message.Message):
+    __slots__ = ("limits", "requests_available", "tokens_available", "concurrent_held", "allotments")
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENT_HELD_FIELD_NUMBER: _ClassVar[int]
+    ALLOTMENTS_FIELD_NUMBER: _ClassVar[int]
+    limits: QuotaLimits
+    requests_available: float
+    tokens_available: float
+    concurrent_held: int
+    allotments: _containers.RepeatedCompositeFieldContainer[QuotaAllotment]
+    def __init__(self, limits: _Optional[_Union[QuotaLimits, _Mapping]] = ..., requests_available: _Optional[float] = ..., tokens_available: _Optional[float] = ..., concurrent_held: _Optional[int] = ..., allotments: _Optional[_Iterable[_Union[QuotaAllotment, _Mapping]]] = ...) -> None: ...
+
+class SetQuotaRequest(_message.Message):
+    __slots__ = ("limits", "remove")
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    limits: QuotaLimits
+    remove: bool
+    def __init__(self, limits: _Optional[_Union[QuotaLimits, _Mapping]] = ..., remove: _Optional[bool] = ...) -> None: ...
+
+class GetQuotaRequest(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+
+class ListQuotasRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListQuotasResponse(_message.Message):
+    __slots__ = ("quotas",)
+    QUOTAS_FIELD_NUMBER: _ClassVar[int]
+    quotas: _containers.RepeatedCompositeFieldContainer[QuotaStatus]
+    def __init__(self, quotas: _Optional[_Iterable[_Union[QuotaStatus, _Mapping]]] = ...) -> None: ...
+
+class AllotmentReturn(_message.Message):
+    __slots__ = ("id", "unused_requests", "unused_tokens")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    UNUSED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    UNUSED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    unused_requests: int
+    unused_tokens: int
+    def __init__(self, id: _Optional[str] = ..., unused_requests: _Optional[int] = ..., unused_tokens: _Optional[int] = ...) -> None: ...
+
+class AcquireAllotmentRequest(_message.Message):
+    __slots__ = ("tenant", "holder", "need_requests", "need_tokens", "concurrent", "returning")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    NEED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    NEED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENT_FIELD_NUMBER: _ClassVar[int]
+    RETURNING_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    holder: str
+    need_requests: int
+    need_tokens: int
+    concurrent: int
+    returning: AllotmentReturn
+    def __init__(self, tenant: _Optional[str] = ..., holder: _Optional[str] = ..., need_requests: _Optional[int] = ..., need_tokens: _Optional[int] = ..., concurrent: _Optional[int] = ..., returning: _Optional[_Union[AllotmentReturn, _Mapping]] = ...) -> None: ...
+
+class AcquireAllotmentResponse(_message.Message):
+    __slots__ = ("unlimited", "allotment", "limits")
+    UNLIMITED_FIELD_NUMBER: _ClassVar[int]
+    ALLOTMENT_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    unlimited: bool
+    allotment: QuotaAllotment
+    limits: QuotaLimits
+    def __init__(self, unlimited: _Optional[bool] = ..., allotment: _Optional[_Union[QuotaAllotment, _Mapping]] = ..., limits: _Optional[_Union[QuotaLimits, _Mapping]] = ...) -> None: ...
+
+class ReturnAllotmentRequest(_message.Message):
+    __slots__ = ("tenant", "returning")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    RETURNING_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    returning: AllotmentReturn
+    def __init__(self, tenant: _Optional[str] = ..., returning: _Optional[_Union[AllotmentReturn, _Mapping]] = ...) -> None: ...
+
+class ReturnAllotmentResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class KeyFaultRecord(_message.Message):
+    __slots__ = ("target", "slice_key", "pods", "first_unix_ms", "last_unix_ms", "quarantined_until_unix_ms", "cause", "state", "suspected_until_unix_ms")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    SLICE_KEY_FIELD_NUMBER: _ClassVar[int]
+    PODS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_UNTIL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SUSPECTED_UNTIL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    slice_key: int
+    pods: _containers.RepeatedScalarFieldContainer[str]
+    first_unix_ms: int
+    last_unix_ms: int
+    quarantined_until_unix_ms: int
+    cause: str
+    state: str
+    suspected_until_unix_ms: int
+    def __init__(self, target: _Optional[str] = ..., slice_key: _Optional[int] = ..., pods: _Optional[_Iterable[str]] = ..., first_unix_ms: _Optional[int] = ..., last_unix_ms: _Optional[int] = ..., quarantined_until_unix_ms: _Optional[int] = ..., cause: _Optional[str] = ..., state: _Optional[str] = ..., suspected_until_unix_ms: _Optional[int] = ...) -> None: ...
+
+class ReportKeyFaultRequest(_message.Message):
+    __slots__ = ("target", "slice_key", "pod_id", "cause", "quarantine_pods", "window_ms", "cooldown_ms")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    SLICE_KEY_FIELD_NUMBER: _ClassVar[int]
+    POD_ID_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINE_PODS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_MS_FIELD_NUMBER: _ClassVar[int]
+    COOLDOWN_MS_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    slice_key: int
+    pod_id: str
+    cause: str
+    quarantine_pods: int
+    window_ms: int
+    cooldown_ms: int
+    def __init__(self, target: _Optional[str] = ..., slice_key: _Optional[int] = ..., pod_id: _Optional[str] = ..., cause: _Optional[str] = ..., quarantine_pods: _Optional[int] = ..., window_ms: _Optional[int] = ..., cooldown_ms: _Optional[int] = ...) -> None: ...
+
+class ListQuarantinesRequest(_message.Message):
+    __slots__ = ("target", "suspected")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    SUSPECTED_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    suspected: bool
+    def __init__(self, target: _Optional[str] = ..., suspected: _Optional[bool] = ...) -> None: ...
+
+class ListQuarantinesResponse(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[KeyFaultRecord]
+    def __init__(self, keys: _Optional[_Iterable[_Union[KeyFaultRecord, _Mapping]]] = ...) -> None: ...
+
+class ClearQuarantineRequest(_message.Message):
+    __slots__ = ("target", "slice_key", "all")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    SLICE_KEY_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    slice_key: int
+    all: bool
+    def __init__(self, target: _Optional[str] = ..., slice_key: _Optional[int] = ..., all: _Optional[bool] = ...) -> None: ...
+
+class ClearQuarantineResponse(_message.Message):
+    __slots__ = ("cleared",)
+    CLEARED_FIELD_NUMBER: _ClassVar[int]
+    cleared: int
+    def __init__(self, cleared: _Optional[int] = ...) -> None: ...

@@ -90,6 +90,46 @@ class AssignerStub:
                 request_serializer=brunoise_dot_v1_dot_assigner__pb2.ClearOverridesRequest.SerializeToString,
                 response_deserializer=brunoise_dot_v1_dot_assigner__pb2.ClearOverridesResponse.FromString,
                 _registered_method=True)
+        self.SetQuota = channel.unary_unary(
+                '/brunoise.v1.Assigner/SetQuota',
+                request_serializer=brunoise_dot_v1_dot_assigner__pb2.SetQuotaRequest.SerializeToString,
+                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.QuotaStatus.FromString,
+                _registered_method=True)
+        self.GetQuota = channel.unary_unary(
+                '/brunoise.v1.Assigner/GetQuota',
+                request_serializer=brunoise_dot_v1_dot_assigner__pb2.GetQuotaRequest.SerializeToString,
+                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.QuotaStatus.FromString,
+                _registered_method=True)
+        self.ListQuotas = channel.unary_unary(
+                '/brunoise.v1.Assigner/ListQuotas',
+                request_serializer=brunoise_dot_v1_dot_assigner__pb2.ListQuotasRequest.SerializeToString,
+                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.ListQuotasResponse.FromString,
+                _registered_method=True)
+        self.AcquireAllotment = channel.unary_unary(
+                '/brunoise.v1.Assigner/AcquireAllotment',
+                request_serializer=brunoise_dot_v1_dot_assigner__pb2.AcquireAllotmentRequest.SerializeToString,
+                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.AcquireAllotmentResponse.FromString,
+                _registered_method=True)
+        self.ReturnAllotment = channel.unary_unary(
+                '/brunoise.v1.Assigner/ReturnAllotment',
+                request_serializer=brunoise_dot_v1_dot_assigner__pb2.ReturnAllotmentRequest.SerializeToString,
+                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.ReturnAllotmentResponse.FromString,
+                _registered_method=True)
+        self.ReportKeyFault = channel.unary_unary(
+                '/brunoise.v1.Assigner/ReportKeyFault',
+                request_serializer=brunoise_dot_v1_dot_assigner__pb2.ReportKeyFaultRequest.SerializeToString,
+                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.KeyFaultRecord.FromString,
+                _registered_method=True)
+        self.ListQuarantines = channel.unary_unary(
+                '/brunoise.v1.Assigner/ListQuarantines',
+                request_serializer=brunoise_dot_v1_dot_assigner__pb2.ListQuarantinesRequest.SerializeToString,
+                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.ListQuarantinesResponse.FromString,
+                _registered_method=True)
+        self.ClearQuarantine = channel.unary_unary(
+                '/brunoise.v1.Assigner/ClearQuarantine',
+                request_serializer=brunoise_dot_v1_dot_assigner__pb2.ClearQuarantineRequest.SerializeToString,
+                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.ClearQuarantineResponse.FromString,
+                _registered_method=True)
 
 
 class AssignerServicer:
@@ -164,6 +204,62 @@ class AssignerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetQuota(self, request, context):
+        """Tenant quotas (limits and ledgers live in the store; every change of a ledger is a compare-and-swap).
+        admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQuota(self, request, context):
+        """admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListQuotas(self, request, context):
+        """admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcquireAllotment(self, request, context):
+        """Routers: draw a leased chunk of a tenant's budget (returning the previous one in the same call), give it back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReturnAllotment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportKeyFault(self, request, context):
+        """Key-of-death containment: routers report a key's request that coincided with a pod's crash, hang or timeout;
+        faults on distinct pods quarantine the key (kept in the store, so every router and a restarted one see it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListQuarantines(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearQuarantine(self, request, context):
+        """admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AssignerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -221,6 +317,46 @@ def add_AssignerServicer_to_server(servicer, server):
                     servicer.ClearOverrides,
                     request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ClearOverridesRequest.FromString,
                     response_serializer=brunoise_dot_v1_dot_assigner__pb2.ClearOverridesResponse.SerializeToString,
+            ),
+            'SetQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetQuota,
+                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.SetQuotaRequest.FromString,
+                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.QuotaStatus.SerializeToString,
+            ),
+            'GetQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQuota,
+                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.GetQuotaRequest.FromString,
+                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.QuotaStatus.SerializeToString,
+            ),
+            'ListQuotas': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQuotas,
+                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ListQuotasRequest.FromString,
+                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.ListQuotasResponse.SerializeToString,
+            ),
+            'AcquireAllotment': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcquireAllotment,
+                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.AcquireAllotmentRequest.FromString,
+                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.AcquireAllotmentResponse.SerializeToString,
+            ),
+            'ReturnAllotment': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReturnAllotment,
+                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ReturnAllotmentRequest.FromString,
+                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.ReturnAllotmentResponse.SerializeToString,
+            ),
+            'ReportKeyFault': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportKeyFault,
+                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ReportKeyFaultRequest.FromString,
+                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.KeyFaultRecord.SerializeToString,
+            ),
+            'ListQuarantines': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQuarantines,
+                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ListQuarantinesRequest.FromString,
+                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.ListQuarantinesResponse.SerializeToString,
+            ),
+            'ClearQuarantine': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearQuarantine,
+                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ClearQuarantineRequest.FromString,
+                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.ClearQuarantineResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -520,6 +656,222 @@ class Assigner:
             '/brunoise.v1.Assigner/ClearOverrides',
             brunoise_dot_v1_dot_assigner__pb2.ClearOverridesRequest.SerializeToString,
             brunoise_dot_v1_dot_assigner__pb2.ClearOverridesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brunoise.v1.Assigner/SetQuota',
+            brunoise_dot_v1_dot_assigner__pb2.SetQuotaRequest.SerializeToString,
+            brunoise_dot_v1_dot_assigner__pb2.QuotaStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brunoise.v1.Assigner/GetQuota',
+            brunoise_dot_v1_dot_assigner__pb2.GetQuotaRequest.SerializeToString,
+            brunoise_dot_v1_dot_assigner__pb2.QuotaStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQuotas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brunoise.v1.Assigner/ListQuotas',
+            brunoise_dot_v1_dot_assigner__pb2.ListQuotasRequest.SerializeToString,
+            brunoise_dot_v1_dot_assigner__pb2.ListQuotasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcquireAllotment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brunoise.v1.Assigner/AcquireAllotment',
+            brunoise_dot_v1_dot_assigner__pb2.AcquireAllotmentRequest.SerializeToString,
+            brunoise_dot_v1_dot_assigner__pb2.AcquireAllotmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReturnAllotment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brunoise.v1.Assigner/ReturnAllotment',
+            brunoise_dot_v1_dot_assigner__pb2.ReturnAllotmentRequest.SerializeToString,
+            brunoise_dot_v1_dot_assigner__pb2.ReturnAllotmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportKeyFault(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brunoise.v1.Assigner/ReportKeyFault',
+            brunoise_dot_v1_dot_assigner__pb2.ReportKeyFaultRequest.SerializeToString,
+            brunoise_dot_v1_dot_assigner__pb2.KeyFaultRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQuarantines(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brunoise.v1.Assigner/ListQuarantines',
+            brunoise_dot_v1_dot_assigner__pb2.ListQuarantinesRequest.SerializeToString,
+            brunoise_dot_v1_dot_assigner__pb2.ListQuarantinesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearQuarantine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brunoise.v1.Assigner/ClearQuarantine',
+            brunoise_dot_v1_dot_assigner__pb2.ClearQuarantineRequest.SerializeToString,
+            brunoise_dot_v1_dot_assigner__pb2.ClearQuarantineResponse.FromString,
             options,
             channel_credentials,
             insecure,

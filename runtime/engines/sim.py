@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import os
 import random
 import struct
 import time
@@ -178,6 +179,11 @@ class SimConfig:
     kv_events_topic: str = ""
     #: KV events kept in memory for inspection (``SimEngine.kv_events``).
     kv_events_kept: int = 10_000
+    #: Test hook, off unless set: a prompt containing this text crashes the engine (``fault_mode`` "crash": the
+    #: process exits at once, as vLLM's server does when its engine core dies) or hangs it ("hang": no step runs
+    #: again, every request on the pod stalls).
+    fault_marker: str | None = None
+    fault_mode: str = "crash"
 
     def validate(self) -> SimConfig:
         """Raise ValueError naming the knob to change unless the configuration is usable; return self."""
@@ -198,6 +204,8 @@ class SimConfig:
             raise ValueError(f"eos_probability must be in [0, 1], got {self.eos_probability!r}")
         if not self.model:
             raise ValueError("model must be a non-empty name")
+        if self.fault_mode not in ("crash", "hang") or self.fault_marker == "":
+            raise ValueError("fault_mode must be crash or hang, and fault_marker non-empty when set")
         if self.kv_blocks * BLOCK_TOKENS < self.max_model_len:
             raise ValueError(
                 f"kv_blocks={self.kv_blocks} holds {self.kv_blocks * BLOCK_TOKENS} tokens, fewer than "
@@ -486,6 +494,7 @@ class SimEngine(Engine):
         self.finished_requests = 0
         self.steps = 0
         self.lag_resyncs = 0  # times the step loop fell MAX_LAG_S behind and resynced (CPU-bound at this scale)
+        self.hung = False  # the fault hook (SimConfig.fault_marker, mode "hang") stopped the step loop
         self.lag_s = 0.0  # wall seconds lost that way
         self._hit_window: collections.deque[tuple[int, int]] = collections.deque(maxlen=self.config.hit_rate_window)
         self._win_queries = 0
@@ -615,6 +624,8 @@ class SimEngine(Engine):
             what = "prompt"
         if not text:
             raise EngineError("the prompt is empty; send at least one character of prompt text", param="prompt")
+        if self.config.fault_marker is not None and self.config.fault_marker in text:
+            self._fault(request.request_id)
         tokens = _checked_tokens(text, what)
         sp = request.sampling
         n = len(tokens)
@@ -669,6 +680,14 @@ class SimEngine(Engine):
             if not req.finished:
                 self._abort(req)
 
+    def _fault(self, request_id: str) -> None:
+        """The test hook fired (``SimConfig.fault_marker``): crash the process or hang the step loop."""
+        log.error("simulated engine fault (%s) on request %s", self.config.fault_mode, request_id)
+        if self.config.fault_mode == "crash":
+            logging.shutdown()
+            os._exit(70)
+        self.hung = True
+
     def _abort(self, req: _Req) -> None:
         req.finished = True
         req.aborted = True
@@ -686,6 +705,8 @@ class SimEngine(Engine):
         scale = self.config.time_scale
         try:
             while True:
+                if self.hung:
+                    await asyncio.Event().wait()  # the fault hook hung the engine: never step again
                 if not self._running and not self._waiting:
                     self._wake.clear()
                     await self._wake.wait()

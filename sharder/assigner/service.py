@@ -19,12 +19,22 @@ from sharder.keyspace import Slice, check_slice_key, slice_key
 from sharder.load import LoadReport
 from sharder.overrides import MergeOverride, MoveOverride, Override, SplitOverride, check_override, validate_override
 from sharder.pods import Pod, PodState
+from sharder.quota import AllotmentAsk
 from sharder.security.interceptor import current_principal
 from sharder.security.tokens import Credentials
 from sharder.store.base import Store
 
 from .hub import Entry, WatchHub
 from .leader import DRAIN_PREFIX, Leader, Mutation, audit_prefix, pod_from_bytes
+from .quarantines import Quarantines, policy_from_proto, record_to_proto
+from .quotas import (
+    QuotaLedgers,
+    allotment_to_proto,
+    limits_from_proto,
+    limits_to_proto,
+    returned_from_proto,
+    status_to_proto,
+)
 from .status import FailedPrecondition, InvalidArgument, NotFound, OutOfRange, ResourceExhausted, streaming, unary
 
 log = logging.getLogger(__name__)
@@ -72,6 +82,8 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
         self.leader = leader
         self.hub = hub
         self.credentials = credentials
+        self.quotas = QuotaLedgers(store)
+        self.quarantines = Quarantines(store)
 
     # helpers ------------------------------------------------------------------------------------
     async def _stored(self, target: str) -> slicing_pb2.Assignment:
@@ -398,6 +410,92 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
         which = ", ".join(repr(i) for i in sorted(ids)) if ids else "all"
         await self._audit(context, request.target, a.generation, f"clear overrides {which}")
         return assigner_pb2.ClearOverridesResponse(assignment=self.leader.to_proto(a))
+
+
+    # tenant quotas (any replica: every ledger change is a CAS in the store) ----------------------------
+    @unary
+    async def SetQuota(self, request: assigner_pb2.SetQuotaRequest, context: Ctx) -> assigner_pb2.QuotaStatus:
+        tenant = request.limits.tenant
+        if not tenant:
+            raise InvalidArgument("limits.tenant is required")
+        if request.remove:
+            await self.quotas.delete(tenant)
+            log.info("quota removed", extra={"tenant": tenant, "by": str(current_principal(context, self.credentials))})
+            return assigner_pb2.QuotaStatus(limits=assigner_pb2.QuotaLimits(tenant=tenant))
+        lim = limits_from_proto(request.limits)
+        await self.quotas.set_limits(lim)
+        log.info("quota set", extra={"limits": lim.to_json().decode(), "by": str(current_principal(context, self.credentials))})
+        return status_to_proto(lim, await self.quotas.status(lim))
+
+    @unary
+    async def GetQuota(self, request: assigner_pb2.GetQuotaRequest, context: Ctx) -> assigner_pb2.QuotaStatus:
+        lim = await self.quotas.limits(request.tenant)
+        if lim is None:
+            raise NotFound(f"tenant {request.tenant!r} has no quota (it is unlimited); ListQuotas shows the quotas")
+        return status_to_proto(lim, await self.quotas.status(lim))
+
+    @unary
+    async def ListQuotas(self, request: assigner_pb2.ListQuotasRequest, context: Ctx) -> assigner_pb2.ListQuotasResponse:
+        return assigner_pb2.ListQuotasResponse(
+            quotas=[status_to_proto(lim, await self.quotas.status(lim)) for lim in await self.quotas.list_limits()]
+        )
+
+    @unary
+    async def AcquireAllotment(
+        self, request: assigner_pb2.AcquireAllotmentRequest, context: Ctx
+    ) -> assigner_pb2.AcquireAllotmentResponse:
+        if not request.tenant or not request.holder:
+            raise InvalidArgument("tenant and holder are required")
+        lim = await self.quotas.limits(request.tenant)
+        if lim is None:
+            return assigner_pb2.AcquireAllotmentResponse(unlimited=True)
+        ask = AllotmentAsk(request.holder, request.need_requests, request.need_tokens, request.concurrent)
+        a = await self.quotas.acquire(lim, ask, returned_from_proto(request.returning))
+        return assigner_pb2.AcquireAllotmentResponse(allotment=allotment_to_proto(a), limits=limits_to_proto(lim))
+
+    @unary
+    async def ReturnAllotment(
+        self, request: assigner_pb2.ReturnAllotmentRequest, context: Ctx
+    ) -> assigner_pb2.ReturnAllotmentResponse:
+        ret = returned_from_proto(request.returning)
+        lim = await self.quotas.limits(request.tenant)
+        if lim is not None and ret is not None:
+            await self.quotas.give_back(lim, ret)
+        return assigner_pb2.ReturnAllotmentResponse()
+
+
+    # key-of-death containment (any replica: every record change is a CAS in the store) -------------------
+    @unary
+    async def ReportKeyFault(self, request: assigner_pb2.ReportKeyFaultRequest, context: Ctx) -> assigner_pb2.KeyFaultRecord:
+        if not request.target or not request.pod_id:
+            raise InvalidArgument("target and pod_id are required")
+        rec, now = await self.quarantines.report(
+            request.target, request.slice_key, request.pod_id, request.cause, policy_from_proto(request)
+        )
+        if rec.quarantined_until_ms and rec.state(now) == "quarantined" and rec.last_ms == now:
+            log.warning("key quarantined", extra={"target": rec.target, "slice_key": f"{rec.slice_key:016x}",
+                                                  "pods": list(rec.pods), "cause": rec.cause})  # fmt: skip
+        return record_to_proto(rec, now)
+
+    @unary
+    async def ListQuarantines(
+        self, request: assigner_pb2.ListQuarantinesRequest, context: Ctx
+    ) -> assigner_pb2.ListQuarantinesResponse:
+        now = _now_ms()
+        keep = ("quarantined", "suspected") if request.suspected else ("quarantined",)
+        recs = [r for r in await self.quarantines.list(request.target) if r.state(now) in keep]
+        return assigner_pb2.ListQuarantinesResponse(keys=[record_to_proto(r, now) for r in recs])
+
+    @unary
+    async def ClearQuarantine(
+        self, request: assigner_pb2.ClearQuarantineRequest, context: Ctx
+    ) -> assigner_pb2.ClearQuarantineResponse:
+        if not request.all and not request.target:
+            raise InvalidArgument("name the target and slice_key, or set all")
+        n = await self.quarantines.clear(request.target, None if request.all else request.slice_key)
+        log.info("quarantine cleared", extra={"target": request.target, "cleared": n,
+                                               "by": str(current_principal(context, self.credentials))})  # fmt: skip
+        return assigner_pb2.ClearQuarantineResponse(cleared=n)
 
 
 def _watch_serializer(resp: bytes | assigner_pb2.WatchResponse) -> bytes:

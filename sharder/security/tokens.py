@@ -35,6 +35,14 @@ ASSIGNER_RPC_ROLES: Mapping[str, frozenset[Role]] = {
     "Drain": frozenset({Role.ADMIN}),
     "SetOverride": frozenset({Role.ADMIN}),
     "ClearOverrides": frozenset({Role.ADMIN}),
+    "SetQuota": frozenset({Role.ADMIN}),
+    "GetQuota": frozenset({Role.ADMIN}),
+    "ListQuotas": frozenset({Role.ADMIN}),
+    "AcquireAllotment": frozenset({Role.READER, Role.ADMIN}),
+    "ReturnAllotment": frozenset({Role.READER, Role.ADMIN}),
+    "ReportKeyFault": frozenset({Role.READER, Role.ADMIN}),
+    "ListQuarantines": frozenset({Role.READER, Role.ADMIN}),
+    "ClearQuarantine": frozenset({Role.ADMIN}),
 }
 
 

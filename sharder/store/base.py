@@ -90,6 +90,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete_meta(self, key: str) -> None: ...
 
+    @abc.abstractmethod
+    async def cas_meta(self, key: str, expected: bytes | None, data: bytes) -> bool:
+        """Write ``data`` at ``key`` iff its value is ``expected`` now (None: absent); False on conflict.
+        Linearizable (quota ledgers rely on it)."""
+
     # leader election -------------------------------------------------------------------------
     @abc.abstractmethod
     async def campaign(self, me: LeaderInfo, ttl_s: float) -> bool:

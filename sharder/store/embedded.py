@@ -384,6 +384,17 @@ class EmbeddedStore(Store):
         self._check_open()
         await self._set_meta(key, None)
 
+    async def cas_meta(self, key: str, expected: bytes | None, data: bytes) -> bool:
+        self._check_open()
+        async with self._s.write_lock:
+            self._check_open()
+            if self._s.meta.get(key) != expected:
+                return False
+            meta = {**self._s.meta, key: bytes(data)}
+            await self._s.persist(self._s.assignments, meta)
+            self._s.meta = meta
+            return True
+
     # leader election -----------------------------------------------------------------------
     def _live_leader(self) -> _Leader | None:
         ld = self._s.leader

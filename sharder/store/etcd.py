@@ -535,6 +535,18 @@ class EtcdStore(Store):
         k = self._meta_key(key)
         await self._retry("delete meta", lambda: self.client.delete(k))
 
+    async def cas_meta(self, key: str, expected: bytes | None, data: bytes) -> bool:
+        k = self._meta_key(key)
+        tx = self.client.transactions
+        compare = [tx.create(k) == 0] if expected is None else [tx.value(k) == bytes(expected)]
+        # A txn whose reply was lost and that the retry then finds changed reads as a conflict: the caller re-reads
+        # (for a quota ledger: the orphaned allotment expires; conservative, never a double grant).
+        ok, _ = await self._retry(
+            "compare-and-swap meta",
+            lambda: self.client.transaction(compare=compare, success=[tx.put(k, bytes(data))], failure=[]),
+        )
+        return bool(ok)
+
     # leader election -----------------------------------------------------------------------
     def _leader_value(self, me: LeaderInfo) -> bytes:
         return json.dumps({"candidate_id": me.candidate_id, "address": me.address, "token": self._token}).encode()

@@ -97,6 +97,14 @@ def _request(rpc: str) -> Any:
             target="t", override=slicing_pb2.Override(id="x", split=slicing_pb2.SplitOverride(at=1 << 63))
         ),
         "ClearOverrides": assigner_pb2.ClearOverridesRequest(target="t"),
+        "SetQuota": assigner_pb2.SetQuotaRequest(limits=assigner_pb2.QuotaLimits(tenant="acme", requests_per_s=1)),
+        "GetQuota": assigner_pb2.GetQuotaRequest(tenant="acme"),
+        "ListQuotas": assigner_pb2.ListQuotasRequest(),
+        "AcquireAllotment": assigner_pb2.AcquireAllotmentRequest(tenant="acme", holder="evil", need_requests=1),
+        "ReturnAllotment": assigner_pb2.ReturnAllotmentRequest(tenant="acme"),
+        "ReportKeyFault": assigner_pb2.ReportKeyFaultRequest(target="t", slice_key=1, pod_id="p0", cause="network"),
+        "ListQuarantines": assigner_pb2.ListQuarantinesRequest(),
+        "ClearQuarantine": assigner_pb2.ClearQuarantineRequest(all=True),
     }[rpc]
 
 

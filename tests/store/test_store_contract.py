@@ -215,6 +215,28 @@ async def test_meta_kv(backend: Backend) -> None:
     assert await other.get_meta("config/t") == b"c"
 
 
+async def test_meta_compare_and_swap(backend: Backend) -> None:
+    s, other = backend.store, await backend.another()
+    assert await s.cas_meta("quota/ledger/t", None, b"v1"), "None: create only when absent"
+    assert not await other.cas_meta("quota/ledger/t", None, b"x"), "present: a create must conflict"
+    assert not await other.cas_meta("quota/ledger/t", b"stale", b"x")
+    assert await other.cas_meta("quota/ledger/t", b"v1", b"v2")
+    assert not await s.cas_meta("quota/ledger/t", b"v1", b"v3"), "a CAS on a value replaced meanwhile conflicts"
+    assert await s.get_meta("quota/ledger/t") == b"v2"
+    # concurrent increments through CAS lose no update
+    await s.put_meta("n", b"0")
+
+    async def bump(st: Store) -> None:
+        while True:
+            cur = await st.get_meta("n")
+            assert cur is not None
+            if await st.cas_meta("n", cur, str(int(cur) + 1).encode()):
+                return
+
+    await asyncio.gather(*(bump(st) for st in (s, other) for _ in range(10)))
+    assert await s.get_meta("n") == b"20"
+
+
 # leader election -----------------------------------------------------------------------------
 
 A = LeaderInfo("a", "127.0.0.1:1")

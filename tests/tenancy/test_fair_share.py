@@ -1,0 +1,74 @@
+"""Fair shedding, pure: a tenant's ratio to its weighted fair share and the limits it sees."""
+
+from __future__ import annotations
+
+import pytest
+
+from axon_router.admission import (
+    FAIR_RESERVE,
+    Admission,
+    DemandMeter,
+    Outcome,
+    Priority,
+    contended,
+    share_ratio,
+)
+from axon_router.cost import PickInput
+from axon_router.knobs import Knobs
+from axon_router.pick import CostPick
+from axon_router.pod_view import PodView
+
+
+def test_share_ratio() -> None:
+    assert share_ratio("a", {}) == 0.0, "a lone tenant is never above its share"
+    assert share_ratio("a", {"a": 50.0}) == 0.0
+    # two active tenants: each deserves half of the demand
+    assert share_ratio("a", {"a": 30.0, "b": 3.0}) == pytest.approx(30 / 16.5)
+    assert share_ratio("b", {"a": 30.0, "b": 3.0}) == pytest.approx(3 / 16.5)
+    assert share_ratio("a", {"a": 9.0, "b": 1.0}) > share_ratio("c", {"a": 9.0, "b": 1.0, "c": 1.0})
+    # weights: a tenant weighted 3 deserves 3/4
+    assert share_ratio("a", {"a": 6.0, "b": 2.0}, {"a": 3.0}) == pytest.approx(6 / (8 * 3 / 4))
+    assert share_ratio("gone", {"a": 1.0, "gone": 0.0}) == 0.0, "idle tenants are not active"
+
+
+def test_contended() -> None:
+    assert not contended({"a": 5.0})
+    assert not contended({"a": 5.0, "b": 5.0}), "equal demand: nobody above its share"
+    assert contended({"a": 30.0, "b": 3.0})
+
+
+def test_demand_meter_decays_and_forgets() -> None:
+    m = DemandMeter(half_life_s=1.0)
+    for i in range(10):
+        m.observe("flood", i * 0.1)
+    m.observe("good", 0.5)
+    r = m.rates(1.0)
+    assert r["flood"] > 5 * r["good"], "demand counts arrivals, admitted or not"
+    later = m.rates(2.0)
+    assert later["flood"] == pytest.approx(r["flood"] / 2), "one half-life halves it"
+    assert m.rates(20.0) == {}, "quiet tenants are forgotten"
+
+
+def _loaded_pod(outstanding: int) -> PodView:
+    v = PodView("p", "http://127.0.0.1:1")
+    for _ in range(outstanding):
+        v.begin(10, 0)
+    return v
+
+
+@pytest.mark.parametrize("outstanding", [0, 1, 3, 4, 6, 7, 8, 9, 10])
+def test_a_tenant_above_its_share_sheds_first(outstanding: int) -> None:
+    k = Knobs(admit_max_outstanding=8)
+    adm = Admission(k)
+    views = {"p": _loaded_pod(outstanding)}
+    pin = PickInput(1, [], 10, 4, 0)
+    within = adm.decide(CostPick(k), ["p"], [], views, pin, 0.0, Priority.INTERACTIVE, share=0.5)
+    flooding = adm.decide(CostPick(k), ["p"], [], views, pin, 0.0, Priority.INTERACTIVE, share=4.0)
+    assert within.outcome is (Outcome.IN_SUBSET if outstanding < 8 else Outcome.SHED), "the full limits"
+    expected = Outcome.IN_SUBSET if outstanding < 8 * FAIR_RESERVE else Outcome.SHED
+    assert flooding.outcome is expected, "limits scaled by max(FAIR_RESERVE, 1/ratio^2)"
+    reserved = adm.decide(CostPick(k), ["p"], [], views, pin, 0.0, Priority.INTERACTIVE, share=0.5, contended=True)
+    assert reserved.outcome is (Outcome.IN_SUBSET if outstanding < 8 * (1 + FAIR_RESERVE) else Outcome.SHED)
+    mild = adm.decide(CostPick(k), ["p"], [], views, pin, 0.0, Priority.INTERACTIVE, share=1.1)
+    expected = Outcome.IN_SUBSET if outstanding < 8 / 1.21 else Outcome.SHED
+    assert mild.outcome is expected, "a tenant slightly above its share is barely tightened"
