@@ -32,7 +32,7 @@ CHUNK = 5  # RPS x ALLOTMENT_S: one allotment, also the bucket's capacity
 @pytest.fixture(scope="module")
 def qcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosCluster]:
     d = tmp_path_factory.mktemp("quota-cluster")
-    cl = ChaosCluster(d, snapshot=pathlib.Path(d) / "store.json", router_args=(*ROUTER_ARGS, "--quotas"))
+    cl = ChaosCluster(d, snapshot=pathlib.Path(d) / "store.json", router_args=(*ROUTER_ARGS, "--quotas"), secure=False)
     try:
         cl.start()
         yield cl
