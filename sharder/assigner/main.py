@@ -26,7 +26,7 @@ from brunoise.v1 import assigner_pb2, slicing_pb2
 from sharder.config import TargetConfig
 from sharder.security.interceptor import AuthInterceptor
 from sharder.security.tls import server_credentials
-from sharder.security.tokens import ASSIGNER_RPC_ROLES, Credentials, Principal
+from sharder.security.tokens import ASSIGNER_RPC_ROLES, Credentials, Principal, Role
 from sharder.store import open_store
 from sharder.store.base import LeaderInfo, Store, StoreError
 
@@ -135,6 +135,13 @@ def make_store(args: argparse.Namespace) -> Store:
     return open_store("embedded", snapshot_path=args.snapshot)
 
 
+def check_drain(principal: Principal, request: assigner_pb2.DrainRequest) -> str | None:
+    """A pod token drains (or, restarted, undrains) only its own pod id: a runtime's graceful shutdown."""
+    if principal.role is Role.POD and request.pod_id != principal.pod_id:
+        return f"token {principal.name!r} may drain only pod {principal.pod_id!r}, not {request.pod_id!r}"
+    return None
+
+
 def check_report(principal: Principal, request: assigner_pb2.ReportRequest) -> str | None:
     """A pod token reports only for its own pod id (registration and load alike)."""
     if request.pod.id != principal.pod_id:
@@ -195,7 +202,8 @@ async def serve(args: argparse.Namespace) -> None:
         raise SystemExit(f"brunoise-assigner: {exc}") from exc
     interceptors = []
     if credentials is not None:
-        interceptors.append(AuthInterceptor(credentials, SERVICE_NAME, ASSIGNER_RPC_ROLES, {"Report": check_report}))
+        checks = {"Report": check_report, "Drain": check_drain}
+        interceptors.append(AuthInterceptor(credentials, SERVICE_NAME, ASSIGNER_RPC_ROLES, checks))
     else:
         log.warning("no --credentials: every Assigner RPC is open to anyone who reaches %s (loopback only)", args.host)
     server = grpc.aio.server(
