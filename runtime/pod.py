@@ -147,6 +147,7 @@ class RuntimePod:
         deadline = loop.time() + timeout_s
         if self.api is not None:
             self.api.draining = True
+            log.info("pod %s draining: %d requests in flight", self.pod_id, self.api.inflight)
         if self.grpc is not None:
             with contextlib.suppress(Exception):
                 await self.grpc.set_serving(False)
