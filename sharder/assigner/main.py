@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from brunoise.launch import write_ready_file
 from brunoise.v1 import assigner_pb2, slicing_pb2
 from sharder.config import TargetConfig
-from sharder.security.interceptor import AuthInterceptor
+from sharder.security.interceptor import AuthInterceptor, RequestCheck
 from sharder.security.tls import server_credentials
 from sharder.security.tokens import ASSIGNER_RPC_ROLES, Credentials, Principal, Role
 from sharder.store import open_store
@@ -202,7 +202,7 @@ async def serve(args: argparse.Namespace) -> None:
         raise SystemExit(f"brunoise-assigner: {exc}") from exc
     interceptors = []
     if credentials is not None:
-        checks = {"Report": check_report, "Drain": check_drain}
+        checks: dict[str, RequestCheck] = {"Report": check_report, "Drain": check_drain}
         interceptors.append(AuthInterceptor(credentials, SERVICE_NAME, ASSIGNER_RPC_ROLES, checks))
     else:
         log.warning("no --credentials: every Assigner RPC is open to anyone who reaches %s (loopback only)", args.host)

@@ -6,6 +6,8 @@ import asyncio
 import json
 import pathlib
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -69,6 +71,22 @@ def test_ready_and_grpc_health_fail_with_no_healthy_pod_and_come_back(cluster: C
             cluster.cont_pod(pid)
     wait_for(lambda: ready_status(http)[0] == 200, 20, "/ready to come back")
     wait_for(lambda: grpc_health(gaddr) == health_pb2.HealthCheckResponse.SERVING, 5, "gRPC SERVING again")
+
+
+def test_drain_wait_shows_progress_until_the_pod_holds_nothing(cluster: Cluster) -> None:
+    cli = str(pathlib.Path(sys.executable).with_name("brunoise"))
+    argv = [cli, "drain", "pod2", "--wait", "--timeout-s", "60", "--assigner", cluster.assigner_addr, "-o", "json"]
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=90)
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        lines = [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
+        progress = [x for x in lines if "slices_held" in x]
+        assert lines[0]["pod"]["state"] == "draining"
+        assert progress[0]["slices_held"] > 0 and progress[-1] == {**progress[-1], "slices_held": 0, "running": 0}
+    finally:
+        subprocess.run([cli, "drain", "pod2", "--undo", "--assigner", cluster.assigner_addr], capture_output=True,
+                       timeout=30, check=True)  # fmt: skip
+    cluster.wait_assigned()  # the pinned spread comes back before the next test
 
 
 def _exit_code_after_sigterm(proc: object, timeout_s: float) -> int | None:
