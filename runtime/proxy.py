@@ -27,6 +27,8 @@ PASSTHROUGH_POST = (
     "/tokenize",
     "/detokenize",
 )
+#: The routes whose work is attributed to the request's slice (the others are bookkeeping: tokenize, models).
+WORK_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"})
 #: Request headers passed on to vLLM. Everything else stays here: the client's Authorization (vLLM gets the pod's own
 #: key), hop-by-hop headers, brunoise's routing headers.
 FORWARD_HEADERS = ("content-type", "accept", "x-request-id", "traceparent", "tracestate")
@@ -118,6 +120,8 @@ async def proxy(
 ) -> web.StreamResponse:
     """Forward ``body`` to the upstream and copy its answer back: status, body, SSE events, byte for byte."""
     routing = routing_fields(body) if request.method == "POST" else Routing()
+    if request.path not in WORK_PATHS:
+        on_finish = None
     headers = {h: request.headers[h] for h in FORWARD_HEADERS if h in request.headers}
     async with upstream.forward(request.method, request.path_qs, body, headers, routing) as fw:
         up = fw.resp
