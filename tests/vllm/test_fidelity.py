@@ -74,7 +74,7 @@ def stack(tiny_model: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) ->
             "--engine-arg", f"model_dir={tiny_model}", "--engine-arg", f"python={VLLM_PYTHON}",
             "--engine-arg", f"start_timeout_s={START_TIMEOUT_S}", "--engine-arg", f"log_dir={log_dir}",
             # compact guided JSON (a random model would pad it with whitespace); named tool_choice needs a parser
-            "--engine-arg", "extra_args=--tool-call-parser pythonic --structured-outputs-config "
+            "--engine-arg", "extra_args=--enable-auto-tool-choice --tool-call-parser pythonic --structured-outputs-config "
                             """'{"backend": "xgrammar", "disable_any_whitespace": true}'""",
         ), env=venv, log_dir=log_dir).start())  # fmt: skip
         sim = group.add(ManagedProcess("runtime-sim", python_module(
