@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import pathlib
 import shutil
 import time
@@ -408,7 +409,9 @@ def watch(
 def drain(
     pod: Annotated[str, typer.Argument(help="Pod id (see `brunoise pods`).")],
     undo: Annotated[bool, typer.Option("--undo", help="Undrain: make the pod active again.")] = False,
-    wait: Annotated[bool, typer.Option("--wait", help="Show progress until the pod holds no slice and runs no request.")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Show progress until the pod holds no slice and runs no request (-o json: JSON lines).")
+    ] = False,
     timeout_s: Annotated[float, typer.Option("--timeout-s", help="Give up waiting after this long (exit 1).")] = 300.0,
     assigner: AssignerOpt = None,
     output: OutputOpt = OutputFormat.table,
@@ -417,7 +420,9 @@ def drain(
     with _client(assigner) as c:
         resp = c.drain(_require(pod, "POD"), undrain=undo)
         d = pod_dict(resp.pod)
-        if output == OutputFormat.json:
+        if output == OutputFormat.json and wait:
+            print(json.dumps({"pod": d}), flush=True)  # JSON lines: the progress lines follow
+        elif output == OutputFormat.json:
             print_json({"pod": d})
         else:
             console().print(f"pod {d['id']} is now [bold]{d['state']}[/bold]")
@@ -437,7 +442,7 @@ def _wait_drained(c: Any, pod_id: str, target: str, timeout_s: float, output: Ou
         now = (held, running, waiting)
         if now != last:
             if output == OutputFormat.json:
-                print_json({"pod": pod_id, "slices_held": held, "running": running, "waiting": waiting})
+                print(json.dumps({"pod": pod_id, "slices_held": held, "running": running, "waiting": waiting}), flush=True)
             else:
                 console().print(f"  {pod_id}: {held} slices held, {running} running, {waiting} waiting")
             last = now

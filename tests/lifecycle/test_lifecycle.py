@@ -15,8 +15,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from brunoise.v1 import assigner_pb2, assigner_pb2_grpc
 from tests.chaos.load import Load
-from tests.router.conftest import REGIONS, ROUTER_ARGS, Cluster, http_json, wait_for
+from tests.router.conftest import REGIONS, ROUTER_ARGS, TARGET, Cluster, http_json, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -86,7 +87,13 @@ def test_drain_wait_shows_progress_until_the_pod_holds_nothing(cluster: Cluster)
     finally:
         subprocess.run([cli, "drain", "pod2", "--undo", "--assigner", cluster.assigner_addr], capture_output=True,
                        timeout=30, check=True)  # fmt: skip
-    cluster.wait_assigned()  # the pinned spread comes back before the next test
+    def spread_back() -> bool:  # the pinned spread returns to pod2 before the next test
+        with grpc.insecure_channel(cluster.assigner_addr) as ch:
+            stub = assigner_pb2_grpc.AssignerStub(ch)  # type: ignore[no-untyped-call]
+            a = stub.GetAssignment(assigner_pb2.GetAssignmentRequest(target=TARGET), timeout=5)
+        return set(cluster.runtimes) <= {p for s in a.slices for p in s.replicas}
+
+    wait_for(spread_back, 30, "pod2 to hold slices again")
 
 
 def _exit_code_after_sigterm(proc: object, timeout_s: float) -> int | None:
