@@ -183,3 +183,23 @@ async def test_request_and_answer_pass_byte_for_byte(chain: tuple[str, FakeVllm]
         async with s.post(url + "/v1/embeddings", data=emb_body, headers=headers) as r:
             assert r.status == 200 and await r.read() == JSON_ANSWER
         assert fake.seen[-1][:1] == ("/v1/embeddings",) and fake.seen[-1][2] == emb_body
+
+
+def test_routing_fields_read_only_what_routing_needs() -> None:
+    from runtime.proxy import routing_fields
+
+    chat = routing_fields(b'{"stream":true,"max_completion_tokens":9,"messages":[{"role":"user","content":"hi"}]}')
+    assert chat.stream and chat.max_tokens == 9 and chat.messages is not None and "hi" in chat.text
+    emb = routing_fields(b'{"input":["first","second"]}')
+    assert emb.text == "first" and not emb.stream and emb.max_tokens == 16
+    assert routing_fields(b"not json") == routing_fields(b"[1]") == routing_fields(b"{}")  # vLLM answers those
+
+
+def test_advertise_host_defaults() -> None:
+    from brunoise.advertise import advertise_host, host_port
+
+    assert advertise_host("127.0.0.1") == "127.0.0.1"
+    assert advertise_host("0.0.0.0", "10.1.2.3") == "10.1.2.3"
+    wild = advertise_host("0.0.0.0")
+    assert wild not in ("0.0.0.0", "") and host_port(wild, 80).endswith(":80")
+    assert host_port("::1", 5) == "[::1]:5"
