@@ -74,6 +74,13 @@ def test_ready_and_grpc_health_fail_with_no_healthy_pod_and_come_back(cluster: C
     wait_for(lambda: grpc_health(gaddr) == health_pb2.HealthCheckResponse.SERVING, 5, "gRPC SERVING again")
 
 
+def every_runtime_holds_slices(cluster: Cluster) -> bool:
+    with grpc.insecure_channel(cluster.assigner_addr) as ch:
+        stub = assigner_pb2_grpc.AssignerStub(ch)  # type: ignore[no-untyped-call]
+        a = stub.GetAssignment(assigner_pb2.GetAssignmentRequest(target=TARGET), timeout=5)
+    return set(cluster.runtimes) <= {p for s in a.slices for p in s.replicas}
+
+
 def test_drain_wait_shows_progress_until_the_pod_holds_nothing(cluster: Cluster) -> None:
     cli = str(pathlib.Path(sys.executable).with_name("brunoise"))
     argv = [cli, "drain", "pod2", "--wait", "--timeout-s", "60", "--assigner", cluster.assigner_addr, "-o", "json"]
@@ -87,13 +94,7 @@ def test_drain_wait_shows_progress_until_the_pod_holds_nothing(cluster: Cluster)
     finally:
         subprocess.run([cli, "drain", "pod2", "--undo", "--assigner", cluster.assigner_addr], capture_output=True,
                        timeout=30, check=True)  # fmt: skip
-    def spread_back() -> bool:  # the pinned spread returns to pod2 before the next test
-        with grpc.insecure_channel(cluster.assigner_addr) as ch:
-            stub = assigner_pb2_grpc.AssignerStub(ch)  # type: ignore[no-untyped-call]
-            a = stub.GetAssignment(assigner_pb2.GetAssignmentRequest(target=TARGET), timeout=5)
-        return set(cluster.runtimes) <= {p for s in a.slices for p in s.replicas}
-
-    wait_for(spread_back, 30, "pod2 to hold slices again")
+    wait_for(lambda: every_runtime_holds_slices(cluster), 30, "pod2 to hold slices again")
 
 
 def _exit_code_after_sigterm(proc: object, timeout_s: float) -> int | None:
@@ -121,6 +122,8 @@ async def test_rolling_sigterm_restart_of_every_runtime_then_every_router_loses_
             for r in cluster.routers:
                 await asyncio.to_thread(cluster.wait_router, r)
             await load.wait_ok(load.ok + 10, 30)
+        # each runtime drained itself on SIGTERM; restarted under the same id it undrained itself and serves again
+        await asyncio.to_thread(wait_for, lambda: every_runtime_holds_slices(cluster), 30, "slices back on every pod")
         for _ in range(len(cluster.routers)):
             old_r = cluster.routers[0]
             router_codes.append(await asyncio.to_thread(_exit_code_after_sigterm, old_r, 30.0))
