@@ -21,6 +21,7 @@ from grpc_health.v1 import _async as health_aio  # the asyncio servicer (grpc_he
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from brunoise.advertise import advertise_host, host_port
 from brunoise.launch import write_ready_file
 from brunoise.v1 import assigner_pb2, slicing_pb2
 from sharder.config import TargetConfig
@@ -48,6 +49,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--snapshot", default=None, metavar="PATH", help="snapshot file of the embedded store")
     p.add_argument("--id", default=None, help="this replica's id (default: host-pid-random)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind")
+    p.add_argument("--advertise-host", default=None,
+                   help="host named in leader hints and the ready file (default: --host when concrete, else the primary address)")
     p.add_argument("--port", type=int, default=0, help="gRPC port (0: any free port)")
     p.add_argument("--round-interval", type=float, default=2.0, metavar="S", help="seconds between policy rounds")
     p.add_argument("--lease-ttl", type=float, default=5.0, metavar="S", help="leader lease and default pod lease TTL")
@@ -222,7 +225,7 @@ async def serve(args: argparse.Namespace) -> None:
         port = server.add_insecure_port(f"{args.host}:{args.port}")
     if port == 0:
         raise SystemExit(f"cannot bind {args.host}:{args.port}")
-    address = f"{args.host}:{port}"
+    address = host_port(advertise_host(args.host, args.advertise_host), port)  # what leader hints name
     hub = WatchHub()
     view = PodLoadView()
     leader = Leader(
