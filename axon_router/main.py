@@ -20,14 +20,17 @@ from aiohttp import web
 
 from axon_router.assigner_client import AssignerCalls
 from axon_router.auth import ApiKeys
+from axon_router.frontends.grpc import SERVICE_NAME as GRPC_SERVICE
 from axon_router.frontends.grpc import build_server
 from axon_router.frontends.openai_http import OpenAIFrontend
+from axon_router.frontends.readiness import Readiness
 from axon_router.knobs import add_knob_args, knobs_from_args
 from axon_router.metrics import RouterMetrics
 from axon_router.quarantine import KeyGuard
 from axon_router.quota import QuotaGate
 from axon_router.router import Router
 from axon_router.tracing import setup_tracing
+from brunoise.advertise import advertise_host, host_port
 from brunoise.launch import write_ready_file
 from sharder.quarantine import QuarantinePolicy
 from sharder.security.client import ClientAuth, add_client_auth_args
@@ -38,7 +41,15 @@ log = logging.getLogger("axon_router")
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="brunoise-router", description=__doc__)
     p.add_argument("--assigner", action="append", default=[], required=True, help="assigner gRPC address (repeatable)")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="bind host (0.0.0.0: every interface)")
+    p.add_argument(
+        "--advertise-host", default=None,
+        help="host named in the ready file (default: --host when concrete, else this host's primary address)",
+    )  # fmt: skip
+    p.add_argument(
+        "--drain-timeout-s", type=float, default=30.0,
+        help="on SIGTERM: readiness fails, new connections are refused, open requests and streams get this long",
+    )  # fmt: skip
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=50061)
     p.add_argument("--ready-file", default=None, help='write {"http": URL, "grpc": ADDR} here once serving')
@@ -134,15 +145,18 @@ async def serve(ns: argparse.Namespace) -> None:
         await guard.start()
     router = Router(clerk, knobs, metrics, quota=quota, guard=guard)
     await router.start()
-    http = OpenAIFrontend(router, api_keys)
-    runner = http.runner()
+    readiness = Readiness(router)
+    http = OpenAIFrontend(router, api_keys, readiness)
+    runner = http.runner(shutdown_timeout=ns.drain_timeout_s)
     await runner.setup()
     site = web.TCPSite(runner, ns.host, ns.http_port, backlog=1024)
     await site.start()
     http_port = runner.addresses[0][1]
-    gserver, gport, _ = build_server(router, ns.host, ns.grpc_port, api_keys)
+    gserver, gport, hs = build_server(router, ns.host, ns.grpc_port, api_keys)
     await gserver.start()
-    addresses = {"http": f"http://{ns.host}:{http_port}", "grpc": f"{ns.host}:{gport}"}
+    readiness.start_health_sync(hs, (GRPC_SERVICE,))
+    adv = advertise_host(ns.host, ns.advertise_host)
+    addresses = {"http": f"http://{host_port(adv, http_port)}", "grpc": host_port(adv, gport)}
     # long-lived start-up objects leave the collector's view; fewer, cheaper collections on the hot path
     gc.collect()
     gc.freeze()
@@ -164,8 +178,10 @@ async def serve(ns: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     t = time.monotonic()
-    await gserver.stop(grace=1.0)
-    await runner.cleanup()
+    # readiness fails first; then the listeners close and open requests / streams get --drain-timeout-s
+    await readiness.stop()
+    readiness.drain(hs, (GRPC_SERVICE,))
+    await asyncio.gather(gserver.stop(grace=ns.drain_timeout_s), runner.cleanup())
     await router.stop()
     if quota is not None:
         await quota.stop()

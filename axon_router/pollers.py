@@ -1,4 +1,4 @@
-"""Per-pod pollers: an HTTP /health loop and a Runtime.GetLoad loop (load and cache view) feeding each PodView."""
+"""Per-pod pollers: a readiness loop (HTTP /ready, else /health) and a Runtime.GetLoad loop (load, cache view)."""
 
 from __future__ import annotations
 
@@ -54,11 +54,16 @@ class Pollers:
 
     async def _health_loop(self, v: PodView) -> None:
         k = self.knobs
+        probe = "/ready"  # a brunoise runtime's readiness (fails while it drains); a plain vLLM has only /health
         while True:
             ok = False
             if v.http_address:
                 try:
-                    ok = await self.forwarder.get(v.http_address + "/health", k.health_timeout_s) == 200
+                    status = await self.forwarder.get(v.http_address + probe, k.health_timeout_s)
+                    if status == 404 and probe == "/ready":
+                        probe = "/health"
+                        status = await self.forwarder.get(v.http_address + probe, k.health_timeout_s)
+                    ok = status == 200
                 except Exception:
                     ok = False
             else:

@@ -19,6 +19,12 @@ from sharder.prefix import CHUNK_BYTES, ROOT_SEED, prefix_hashes, render_chat, s
 
 COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"
+EMBEDDINGS = "/v1/embeddings"
+RESPONSES = "/v1/responses"
+TOKENIZE = "/tokenize"
+DETOKENIZE = "/detokenize"
+#: Every POST route the router forwards (the body goes to the pod unchanged; only routing fields are read).
+ROUTED_PATHS = (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, TOKENIZE, DETOKENIZE)
 
 #: Header names of the session part of the key, in precedence order (after the gRPC field).
 SESSION_HEADERS = ("x-session-id", "x-user-id")
@@ -251,8 +257,49 @@ def _int_field(body: Mapping[str, Any], name: str) -> int | None:
     return v
 
 
+def _token_ids_text(v: object) -> str | None:
+    if isinstance(v, list) and v and all(isinstance(t, int) and not isinstance(t, bool) for t in v):
+        return " ".join(map(str, v))
+    return None
+
+
+def _other_prompt_text(path: str, body: Mapping[str, Any]) -> str:
+    """The prefix text of an embeddings, responses, tokenize or detokenize request (shape checked loosely: the pod
+    answers what it cannot serve)."""
+    if path == DETOKENIZE:
+        text = _token_ids_text(body.get("tokens"))
+        if text is None:
+            raise BadRequest("tokens is required: a non-empty list of token ids", param="tokens")
+        return text
+    if path == TOKENIZE and body.get("messages") is not None:
+        return prompt_text(CHAT, body)
+    if path == TOKENIZE:
+        return prompt_text(COMPLETIONS, body)
+    name = "input"
+    v = body.get(name)
+    if path == RESPONSES:
+        instructions = body.get("instructions")
+        head = [{"role": "system", "content": instructions}] if isinstance(instructions, str) else []
+        if isinstance(v, str):
+            return render_chat([*head, {"role": "user", "content": v}])
+        if isinstance(v, list) and v and all(isinstance(m, dict) for m in v):
+            return render_chat([*head, *(m for m in v if "role" in m)])
+        raise BadRequest("input is required: a string or a non-empty list of input items", param=name)
+    if isinstance(v, str):
+        return v
+    if isinstance(v, list) and v:
+        if isinstance(v[0], str):
+            return v[0]
+        text = _token_ids_text(v) or _token_ids_text(v[0])
+        if text is not None:
+            return text
+    raise BadRequest("input is required: a string, a list of strings or of token ids", param=name)
+
+
 def prompt_text(path: str, body: Mapping[str, Any]) -> str:
     """The text a request's prefix is hashed from (checks the prompt / messages shape)."""
+    if path not in (CHAT, COMPLETIONS):
+        return _other_prompt_text(path, body)
     if path == CHAT:
         msgs = body.get("messages")
         if msgs is None:
@@ -319,6 +366,10 @@ def parse_openai(path: str, raw: bytes, headers: Mapping[str, str], knobs: Knobs
     if path == CHAT:
         mct = _int_field(body, "max_completion_tokens")
         max_tokens = mct if mct is not None else max_tokens
+    elif path == RESPONSES:
+        max_tokens = _int_field(body, "max_output_tokens")
+    elif path not in (CHAT, COMPLETIONS):
+        max_tokens = 1  # nothing is generated
     ptext = prompt_text(path, body)
 
     # routing key: the tenant (group), then the session: headers, then body fields; else the prompt prefix

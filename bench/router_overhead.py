@@ -1,9 +1,11 @@
 """Router overhead: the same small requests direct to one sim runtime and through one router; added p50/p99 and req/s.
 
-    .venv/bin/python bench/router_overhead.py [--requests 2000] [--concurrency 16] [--max-tokens 2]
+    .venv/bin/python bench/router_overhead.py [--requests 2000] [--concurrency 16] [--max-tokens 2] [--passthrough]
 
 Starts an embedded assigner, one sim runtime (time-scale 1000: engine time is negligible, so the difference is
-the router's) and one router, all on 127.0.0.1, and stops them by PID at the end.
+the router's) and one router, all on 127.0.0.1, and stops them by PID at the end. With ``--passthrough`` the pod is
+a runtime ``--engine vllm`` attached to a sim runtime standing in for vLLM (it speaks vLLM's HTTP API), so the routed
+path has the pod's raw-bytes proxy hop too; ``passthrough_added_*`` is that hop alone (the pod vs its "vLLM").
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=2)
     ap.add_argument("--stream", action="store_true")
+    ap.add_argument("--passthrough", action="store_true", help="the pod proxies to a stand-in vLLM (a sim runtime)")
     ns = ap.parse_args()
     logs = pathlib.Path(tempfile.mkdtemp(prefix="router-bench-"))
     with ProcessGroup() as g:
@@ -86,8 +89,18 @@ def main() -> None:
             ).start()
         )
         a.wait_ready(60)
-        rt = g.add(ManagedProcess("runtime", python_module("runtime.main", "--engine", "sim", "--pod-id", "bench0", "--target", "bench", "--model", MODEL,
-                                                             "--assigner", a.addresses["grpc"], "--time-scale", "1000", "--log-level", "WARNING"), log_dir=logs).start())  # fmt: skip
+        pod_args = ("--pod-id", "bench0", "--target", "bench", "--model", MODEL, "--assigner", a.addresses["grpc"],
+                    "--log-level", "WARNING")  # fmt: skip
+        standin: ManagedProcess | None = None
+        if ns.passthrough:
+            standin = g.add(ManagedProcess("vllm-standin", python_module("runtime.main", "--engine", "sim", "--model", MODEL,
+                                                                         "--time-scale", "1000", "--log-level", "WARNING"), log_dir=logs).start())  # fmt: skip
+            standin.wait_ready(60)
+            rt = g.add(ManagedProcess("runtime", python_module("runtime.main", "--engine", "vllm", *pod_args, "--engine-arg",
+                                                                 f"base_url={standin.addresses['http']}"), log_dir=logs).start())  # fmt: skip
+        else:
+            rt = g.add(ManagedProcess("runtime", python_module("runtime.main", "--engine", "sim", *pod_args, "--time-scale", "1000"),
+                                      log_dir=logs).start())  # fmt: skip
         ro = g.add(
             ManagedProcess(
                 "router",
@@ -107,7 +120,7 @@ def main() -> None:
         )
         rt.wait_ready(60)
         ro.wait_ready(60)
-        direct = rt.addresses["http"] + "/v1/completions"
+        direct = (standin or rt).addresses["http"] + "/v1/completions"
         routed = ro.addresses["http"] + "/v1/completions"
         deadline = time.monotonic() + 60
         while True:  # the router must know the target
@@ -135,14 +148,18 @@ def main() -> None:
         d_rps = asyncio.run(run_conc(direct, ns.requests, ns.concurrency, body, headers))
         r_rps = asyncio.run(run_conc(routed, ns.requests, ns.concurrency, body, headers))
         ms = 1000.0
-        res = {
-            "requests": ns.requests, "max_tokens": ns.max_tokens, "stream": ns.stream,
+        res: dict[str, object] = {
+            "requests": ns.requests, "max_tokens": ns.max_tokens, "stream": ns.stream, "passthrough": ns.passthrough,
             "direct_p50_ms": round(pct(d, 50) * ms, 3), "direct_p99_ms": round(pct(d, 99) * ms, 3),
             "router_p50_ms": round(pct(r, 50) * ms, 3), "router_p99_ms": round(pct(r, 99) * ms, 3),
             "added_p50_ms": round((pct(r, 50) - pct(d, 50)) * ms, 3), "added_p99_ms": round((pct(r, 99) - pct(d, 99)) * ms, 3),
             "added_mean_ms": round((statistics.mean(r) - statistics.mean(d)) * ms, 3),
             "direct_rps": round(d_rps, 1), "router_rps": round(r_rps, 1), "concurrency": ns.concurrency,
         }  # fmt: skip
+        if standin is not None:
+            sd, pd = asyncio.run(run_seq(direct, rt.addresses["http"] + "/v1/completions", ns.requests, body, headers))
+            res["passthrough_added_p50_ms"] = round((pct(pd, 50) - pct(sd, 50)) * ms, 3)
+            res["passthrough_added_p99_ms"] = round((pct(pd, 99) - pct(sd, 99)) * ms, 3)
         print(json.dumps(res, indent=2))
 
 

@@ -1,21 +1,28 @@
-"""The vLLM-compatible HTTP surface of a runtime pod (aiohttp): completions, chat, models, tokenize, health, metrics, load."""
+"""The vLLM-compatible HTTP surface of a runtime pod (aiohttp): the OpenAI routes (served by the simulated engine, or
+passed through to vLLM byte for byte), health and readiness, metrics, load."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import json
 import logging
+import math
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
+import xxhash
 from aiohttp import web
 
 from brunoise.httpserver import GuardedAppRunner
+from runtime import proxy
 from runtime.engines.base import Engine, EngineChunk, EngineError, EngineRequest, SamplingParams
+from runtime.engines.sim import detokenize
 from sharder.prefix import render_chat
 
 log = logging.getLogger(__name__)
@@ -104,6 +111,19 @@ class HttpApi:
         self.header_timeout_s = header_timeout_s
         self.body_timeout_s = body_timeout_s
         self.created = int(time.time())
+        self.draining = False  # set on shutdown: /ready fails, requests in flight finish
+        self.inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def drained(self, timeout_s: float) -> bool:
+        """Wait until no request is in flight, at most ``timeout_s``; True when none is left."""
+        if self.inflight == 0:
+            return True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        return self.inflight == 0
 
     def runner(self, **kwargs: Any) -> web.AppRunner:
         """A runner of ``app()`` that answers malformed HTTP with vLLM's JSON error body and cuts off requests
@@ -117,11 +137,20 @@ class HttpApi:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_bytes, middlewares=[self._errors])
-        app.router.add_post("/v1/completions", self.completions)
-        app.router.add_post("/v1/chat/completions", self.chat_completions)
-        app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
-        app.router.add_post("/tokenize", self.tokenize)
+        app.router.add_get("/ready", self.ready)
+        if proxy.is_upstream(self.engine):  # vLLM: every OpenAI route goes through unchanged
+            for path in proxy.PASSTHROUGH_POST:
+                app.router.add_post(path, self.passthrough)
+            app.router.add_get("/v1/models", self.passthrough)
+        else:
+            app.router.add_post("/v1/completions", self.completions)
+            app.router.add_post("/v1/chat/completions", self.chat_completions)
+            app.router.add_post("/v1/embeddings", self.embeddings)
+            app.router.add_post("/v1/responses", self.responses)
+            app.router.add_get("/v1/models", self.models)
+            app.router.add_post("/tokenize", self.tokenize)
+            app.router.add_post("/detokenize", self.detokenize)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/load", self.load)
         return app
@@ -130,6 +159,10 @@ class HttpApi:
     async def _errors(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        counted = request.path.startswith("/v1/") or request.path in ("/tokenize", "/detokenize")
+        if counted:
+            self.inflight += 1
+            self._idle.clear()
         try:
             resp = await handler(request)
         except HttpError as e:
@@ -147,7 +180,13 @@ class HttpApi:
         except Exception:
             log.exception("unhandled error in %s %s", request.method, request.path)
             return error_response(500, "internal error in the runtime; see its log")
-        resp.headers[POD_ID_HEADER] = self.pod_id
+        finally:
+            if counted:
+                self.inflight -= 1
+                if self.inflight == 0:
+                    self._idle.set()
+        if not resp.prepared:
+            resp.headers[POD_ID_HEADER] = self.pod_id
         return resp
 
     # -- plain endpoints ------------------------------------------------------------------------------------------------
@@ -156,6 +195,20 @@ class HttpApi:
         if self.engine.ready:
             return web.Response(status=200)
         return error_response(503, "the engine is not ready")
+
+    async def ready(self, request: web.Request) -> web.StreamResponse:
+        """Readiness: the engine serves and the pod is not shutting down (routers stop sending when it fails)."""
+        if self.draining:
+            return error_response(503, "the pod is draining (shutting down)")
+        return await self.health(request)
+
+    async def passthrough(self, request: web.Request) -> web.StreamResponse:
+        """Any OpenAI route of a vLLM pod: the client's bytes to vLLM, vLLM's answer back, both unchanged."""
+        body = await self._read_raw(request) if request.method == "POST" else b""
+        upstream: Any = self.engine
+        return await proxy.proxy(
+            request, upstream, body, _slice_key(request), self.on_finish, (POD_ID_HEADER, self.pod_id)
+        )
 
     async def models(self, request: web.Request) -> web.StreamResponse:
         m = self.engine.model
@@ -205,6 +258,44 @@ class HttpApi:
         return web.json_response(
             {"count": len(tokens), "max_model_len": self.engine.max_model_len, "tokens": tokens, "token_strs": None}
         )
+
+    async def detokenize(self, request: web.Request) -> web.StreamResponse:
+        body = await self._read_json(request)
+        self._check_model(body)
+        tokens = body.get("tokens")
+        if not isinstance(tokens, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**32 for t in tokens
+        ):
+            raise HttpError(400, "tokens must be a list of token ids (integers in [0, 2^32))", param="tokens")
+        return web.json_response({"prompt": detokenize(tokens)})
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        """Deterministic unit vectors from each input's text (a stand-in: same text, same vector), in OpenAI's shape."""
+        body = await self._read_json(request)
+        self._check_model(body)
+        texts = _embedding_inputs(body.get("input"))
+        dims = _opt_int(body, "dimensions")
+        dims = _SIM_EMBEDDING_DIMS if dims is None else dims
+        if not 1 <= dims <= 4096:
+            raise HttpError(400, f"dimensions must be in [1, 4096], got {dims}", param="dimensions")
+        fmt = body.get("encoding_format", "float")
+        if fmt not in ("float", "base64"):
+            raise HttpError(400, "encoding_format must be 'float' or 'base64'", param="encoding_format")
+        data: list[dict[str, Any]] = []
+        n_tokens = 0
+        for i, text in enumerate(texts):
+            n_tokens += len(await self.engine.tokenize(text))
+            vec = _sim_embedding(text, dims)
+            emb: object = base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode() if fmt == "base64" else vec
+            data.append({"index": i, "object": "embedding", "embedding": emb})
+        return web.json_response(
+            {"id": f"embd-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": self.engine.model,
+             "data": data, "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens, "completion_tokens": 0}}
+        )  # fmt: skip
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        await self._read_json(request)
+        raise HttpError(400, f"the simulated engine does not serve /v1/responses; {_VLLM_ONLY}", param="input")
 
     # -- generation -----------------------------------------------------------------------------------------------------
 
@@ -311,7 +402,8 @@ class HttpApi:
             )
         n = _opt_int(body, "n")
         if n is not None and n != 1:
-            raise HttpError(400, f"n must be 1 on this server, got {n}; send n separate requests", param="n")
+            raise HttpError(400, f"n must be 1 on the simulated engine, got n={n}; {_VLLM_ONLY}", param="n")
+        _refuse_unsupported(body)
         temperature = _opt_float(body, "temperature", 1.0)
         top_p = _opt_float(body, "top_p", 1.0)
         seed = _opt_int(body, "seed")
@@ -425,17 +517,7 @@ class HttpApi:
             ctype = request.content_type
             if ctype != "application/json" and not ctype.endswith("+json"):
                 raise HttpError(415, f"Content-Type must be application/json, got {ctype!r}")
-        if request.content_length is not None and request.content_length > self.max_body_bytes:
-            raise HttpError(
-                413, f"request body of {request.content_length} bytes exceeds the limit of {self.max_body_bytes} bytes"
-            )
-        try:
-            async with asyncio.timeout(self.body_timeout_s):
-                raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise HttpError(413, f"request body exceeds the limit of {self.max_body_bytes} bytes") from None
-        except TimeoutError:
-            raise HttpError(408, f"the request body did not arrive within {self.body_timeout_s:g}s") from None
+        raw = await self._read_raw(request)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -456,6 +538,20 @@ class HttpApi:
             raise HttpError(400, f"request body must be a JSON object, got {type(body).__name__}")
         return body
 
+    async def _read_raw(self, request: web.Request) -> bytes:
+        """The request body, within the size limit and the body read timeout."""
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            raise HttpError(
+                413, f"request body of {request.content_length} bytes exceeds the limit of {self.max_body_bytes} bytes"
+            )
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise HttpError(413, f"request body exceeds the limit of {self.max_body_bytes} bytes") from None
+        except TimeoutError:
+            raise HttpError(408, f"the request body did not arrive within {self.body_timeout_s:g}s") from None
+
     def _check_model(self, body: Mapping[str, Any]) -> None:
         model = body.get("model")
         if model is None:
@@ -468,6 +564,55 @@ class HttpApi:
                 f"The model `{model[:_MAX_ECHO]}` does not exist. This pod serves `{self.engine.model}`.",
                 param="model",
             )
+
+
+#: What a refusal of the simulated engine suggests.
+_VLLM_ONLY = "a vLLM pod (brunoise-runtime --engine vllm) serves it"
+_SIM_EMBEDDING_DIMS = 32
+
+
+def _refuse_unsupported(body: Mapping[str, Any]) -> None:
+    """A clear 400 for a field the simulated engine cannot honour (a real vLLM pod passes it through)."""
+    for name in ("tools", "logit_bias", "prompt_logprobs", "structured_outputs", "guided_json", "guided_regex",
+                 "guided_choice", "guided_grammar", "best_of"):  # fmt: skip
+        if body.get(name):
+            raise HttpError(400, f"the simulated engine does not serve {name!r}; {_VLLM_ONLY}", param=name)
+    tc = body.get("tool_choice")
+    if tc is not None and tc != "none":
+        raise HttpError(400, f"the simulated engine does not serve tool_choice; {_VLLM_ONLY}", param="tool_choice")
+    rf = body.get("response_format")
+    if rf is not None and not (isinstance(rf, dict) and rf.get("type") == "text"):
+        raise HttpError(400, f"the simulated engine serves response_format text only; {_VLLM_ONLY}",
+                        param="response_format")  # fmt: skip
+    lp = body.get("logprobs")
+    if lp is not None and lp is not False:
+        raise HttpError(400, f"the simulated engine does not serve logprobs; {_VLLM_ONLY}", param="logprobs")
+    if body.get("top_logprobs"):
+        raise HttpError(400, f"the simulated engine does not serve top_logprobs; {_VLLM_ONLY}", param="top_logprobs")
+
+
+def _embedding_inputs(raw: object) -> list[str]:
+    """The texts of an embeddings ``input``: a string, a list of strings, token ids or lists of token ids."""
+    if isinstance(raw, str):
+        return [raw]
+    if isinstance(raw, list) and raw:
+        if all(isinstance(x, str) for x in raw):
+            return [str(x) for x in raw]
+        if all(isinstance(x, int) and not isinstance(x, bool) for x in raw):
+            return [detokenize(raw)]
+        if all(isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in x) for x in raw):
+            return [detokenize(x) for x in raw]
+    raise HttpError(
+        400, "input must be a string, a non-empty list of strings, token ids or lists of token ids", param="input"
+    )
+
+
+def _sim_embedding(text: str, dims: int) -> list[float]:
+    """A unit vector determined by ``text``."""
+    raw = [xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"), seed=i) for i in range(dims)]
+    vec = [(v / 2**63) - 1.0 for v in raw]
+    norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+    return [v / norm for v in vec]
 
 
 def _sse(obj: Mapping[str, Any]) -> bytes:
@@ -540,8 +685,12 @@ def _messages(raw: object) -> list[dict[str, object]]:
             parts: list[str] = []
             for j, p in enumerate(content):
                 if not isinstance(p, dict) or p.get("type") != "text" or not isinstance(p.get("text"), str):
+                    kind = p.get("type") if isinstance(p, dict) else None
                     raise HttpError(
-                        400, f"messages[{i}].content[{j}] must be a text part {{type: text, text}}", param="messages"
+                        400,
+                        f"messages[{i}].content[{j}] is a {str(kind)[:40]!r} part: the simulated engine serves text "
+                        f"parts {{type: text, text}} only; {_VLLM_ONLY}",
+                        param="messages",
                     )
                 parts.append(p["text"])
             content = "".join(parts)

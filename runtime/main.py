@@ -74,11 +74,15 @@ def parser() -> argparse.ArgumentParser:
         "--body-timeout-s", type=float, default=DEFAULT_BODY_TIMEOUT_S,
         help="a request's body must arrive within this of its headers (408)",
     )  # fmt: skip
-    p.add_argument(
-        "--drain-timeout-s", type=float, default=0.0,
-        help="on SIGTERM: report not ready at once, then let running requests finish for up to this long (0: cut them)",
-    )  # fmt: skip
     p.add_argument("--ready-file", default=None, help="write bound addresses (JSON) here once serving")
+    p.add_argument(
+        "--advertise-host", default=None,
+        help="host named in reports and the ready file (default: the bind host when concrete, else the primary address)",
+    )  # fmt: skip
+    p.add_argument(
+        "--drain-timeout-s", type=float, default=30.0,
+        help="on SIGTERM: readiness fails, the assigner drains the pod, requests in flight get this long; exit 0",
+    )  # fmt: skip
     p.add_argument("--log-level", default=None, help="log level (default: $BRUNOISE_LOG_LEVEL, else INFO)")
     g = p.add_argument_group("simulated engine")
     d = sim.SimConfig()
@@ -164,8 +168,8 @@ async def serve(args: argparse.Namespace) -> int:
         header_timeout_s=args.header_timeout_s,
         body_timeout_s=args.body_timeout_s,
         ready_file=args.ready_file,
-        drain_timeout_s=args.drain_timeout_s,
         auth=auth,
+        advertise=args.advertise_host,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -184,6 +188,8 @@ async def serve(args: argparse.Namespace) -> int:
                 return 1
             log.info("ready: %s", pod.addresses)
             await stopped
+            log.info("draining (at most %.1fs)", args.drain_timeout_s)
+            await pod.drain(args.drain_timeout_s)
         else:
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,4 +1,5 @@
-"""One runtime pod wired together: engine, HTTP and gRPC surfaces, health, the optional slicelet, the ready file."""
+"""One runtime pod wired together: engine, HTTP and gRPC surfaces, health, the optional slicelet, the ready file,
+and the graceful shutdown (readiness fails, the assigner drains the pod, requests in flight finish)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import grpc
 from aiohttp import web
 
+from brunoise.advertise import advertise_host, host_port
 from brunoise.launch import write_ready_file
-from runtime.drain import DrainGate
 from runtime.engines.base import Engine, EngineChunk
 from runtime.grpc_service import GrpcServer, RuntimeService
 from runtime.http_api import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, HttpApi
 from runtime.tracing import TracedEngine
+from sharder.assigner.status import LEADER_METADATA_KEY
+from sharder.pods import PodState
 
 if TYPE_CHECKING:
     from sharder.security.client import ClientAuth
@@ -47,12 +51,11 @@ class RuntimePod:
         header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
         body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
         ready_file: str | os.PathLike[str] | None = None,
-        drain_timeout_s: float = 0.0,
         auth: ClientAuth | None = None,
+        advertise: str | None = None,
     ) -> None:
         self.engine = engine
-        self.drain_timeout_s = drain_timeout_s
-        self.gate = DrainGate(TracedEngine(engine))  # what both surfaces serve: traced, and drained on stop
+        self.served = TracedEngine(engine)  # what both surfaces serve (spans when they leave the process)
         self.pod_id = pod_id
         self.target = target
         self.labels = dict(labels or {})
@@ -67,11 +70,19 @@ class RuntimePod:
         self.body_timeout_s = body_timeout_s
         self.ready_file = ready_file
         self.auth = auth  # the slicelet's pod token and CA (None: from the environment)
+        self.advertise = advertise
+        self.api: HttpApi | None = None
         self.slicelet: Any = None
         self.grpc: GrpcServer | None = None
         self._runner: web.AppRunner | None = None
         self._health_task: asyncio.Task[None] | None = None
+        self._undrained = False
         self.addresses: dict[str, str] = {}
+
+    @property
+    def ready(self) -> bool:
+        """Serving new requests: the engine is up and the pod is not draining."""
+        return self.engine.ready and not (self.api is not None and self.api.draining)
 
     def on_finish(self, slice_key: int | None, last: EngineChunk) -> None:
         """Attribute a finished request's work (uncached prompt + generated tokens) to its slice."""
@@ -83,9 +94,10 @@ class RuntimePod:
     async def start(self) -> dict[str, str]:
         """Bind both surfaces (health says not ready), start the engine, then serve and write the ready file."""
         api = HttpApi(
-            self.gate, pod_id=self.pod_id, on_finish=self.on_finish, max_body_bytes=self.max_body_bytes,
+            self.served, pod_id=self.pod_id, on_finish=self.on_finish, max_body_bytes=self.max_body_bytes,
             header_timeout_s=self.header_timeout_s, body_timeout_s=self.body_timeout_s,
         )  # fmt: skip
+        self.api = api
         self._runner = api.runner(handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.http_host, self.http_port, reuse_address=True)
@@ -93,19 +105,19 @@ class RuntimePod:
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         http_port = sockets[0].getsockname()[1] if sockets else self.http_port
-        service = RuntimeService(self.gate, pod_id=self.pod_id, labels=self.labels, on_finish=self.on_finish)
+        service = RuntimeService(self.served, pod_id=self.pod_id, labels=self.labels, on_finish=self.on_finish)
         self.grpc = GrpcServer(service, self.grpc_host, self.grpc_port)
         await self.grpc.start()
-        self.addresses = {
-            "grpc": self.grpc.address,
-            "http": f"http://{self.http_host}:{http_port}",
+        self.addresses = {  # what the pod tells others: the advertised host, not a wildcard bind host
+            "grpc": host_port(advertise_host(self.grpc_host, self.advertise), self.grpc.port),
+            "http": f"http://{host_port(advertise_host(self.http_host, self.advertise), http_port)}",
             "pod_id": self.pod_id,
         }
         log.info(
             "pod %s bound grpc=%s http=%s; starting engine", self.pod_id, self.grpc.address, self.addresses["http"]
         )
         await self.engine.start()
-        await self.grpc.set_serving(self.gate.ready)
+        await self.grpc.set_serving(self.ready)
         self._health_task = asyncio.create_task(self._watch_health(), name="runtime-health")
         if self.assigners:
             await self._start_slicelet()
@@ -132,24 +144,79 @@ class RuntimePod:
         while True:
             await asyncio.sleep(HEALTH_POLL_S)
             if self.grpc is not None:
-                await self.grpc.set_serving(self.gate.ready)
+                await self.grpc.set_serving(self.ready)
+            sl = self.slicelet
+            if sl is not None and sl.registered and sl.state is PodState.DRAINING and not self._undrained:
+                # a drain this pod id asked for when it last shut down; a pod that (re)starts is ready to serve
+                self._undrained = True
+                await self._drain_rpc(undrain=True)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Shut down gracefully: readiness fails (``/ready`` 503, gRPC health NOT_SERVING), the assigner is asked
+        to drain this pod (its slices move, make-before-break), then requests in flight get until ``timeout_s``.
+        True when nothing was left in flight. ``stop`` follows."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        if self.api is not None:
+            self.api.draining = True
+            log.info("pod %s draining: %d requests in flight", self.pod_id, self.api.inflight)
+        if self.grpc is not None:
+            with contextlib.suppress(Exception):
+                await self.grpc.set_serving(False)
+        if self.slicelet is not None and await self._drain_rpc(undrain=False):
+            # wait for the slices to move (routers then send new sessions elsewhere), at most half the budget
+            half = loop.time() + timeout_s / 2
+            while self.slicelet.slices and loop.time() < half:  # noqa: ASYNC110 - a poll with a deadline
+                await asyncio.sleep(0.05)
+        left = max(0.0, deadline - loop.time())
+        ok = await self.api.drained(left) if self.api is not None else True
+        log.info("pod %s drained (in flight left: %d)", self.pod_id, self.api.inflight if self.api else 0)
+        return ok
+
+    async def _drain_rpc(self, *, undrain: bool) -> bool:
+        """Ask the assigners to (un)drain this pod (its pod token may drain only itself); True when one did."""
+        from brunoise.v1 import assigner_pb2, assigner_pb2_grpc
+
+        sl = self.slicelet
+        req = assigner_pb2.DrainRequest(pod_id=self.pod_id, undrain=undrain)
+        todo = list(self.assigners)
+        tried: set[str] = set()
+        while todo:
+            addr = todo.pop(0)
+            if addr in tried:
+                continue
+            tried.add(addr)
+            ch = sl.auth.aio_channel(addr)
+            try:
+                stub = assigner_pb2_grpc.AssignerStub(ch)  # type: ignore[no-untyped-call]
+                await stub.Drain(req, timeout=3.0, metadata=sl.auth.metadata)
+                log.info("pod %s: assigner %s %s it", self.pod_id, addr, "undrained" if undrain else "drained")
+                return True
+            except grpc.aio.AioRpcError as exc:
+                md: Any = exc.trailing_metadata()
+                hint = md.get(LEADER_METADATA_KEY) if md is not None else None
+                if isinstance(hint, bytes):
+                    hint = hint.decode()
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and hint:
+                    todo.insert(0, str(hint))
+                    continue
+                log.warning("pod %s: drain via %s failed: %s %s", self.pod_id, addr, exc.code().name, exc.details())
+            finally:
+                await ch.close(None)
+        return False
 
     async def stop(self) -> None:
-        """Stop taking requests (health NOT_SERVING, HTTP /health 503), let the requests in flight finish for up to
-        ``drain_timeout_s``, leave the assigner, stop the engine, then the surfaces."""
+        """Stop taking requests (health NOT_SERVING), leave the assigner, stop the engine (what is still in flight
+        fails fast: clients retry elsewhere), then the surfaces. A graceful shutdown calls ``drain`` first."""
         if self._health_task is not None:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
-        self.gate.draining = True
+        if self.api is not None:
+            self.api.draining = True
         if self.grpc is not None:
             with contextlib.suppress(Exception):
                 await self.grpc.set_serving(False)
-        if self.drain_timeout_s > 0 and self.gate.inflight:
-            log.info("draining %d request(s) for up to %gs", self.gate.inflight, self.drain_timeout_s)
-            left = await self.gate.drain(self.drain_timeout_s)
-            if left:
-                log.warning("drain timeout: %d request(s) still running are cut off", left)
         if self.slicelet is not None:
             try:
                 await self.slicelet.stop()

@@ -176,7 +176,7 @@ def build_server(
     router: Router, host: str, port: int, api_keys: ApiKeys | None = None
 ) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
     """The gRPC server with Router (API keys as ``authorization: Bearer KEY`` metadata when given), health
-    (SERVING for "" and the Router service) and reflection."""
+    ("" and the Router service, mirroring ``/ready``) and reflection."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     svc = RouterService(router, api_keys)
     generate = grpc.unary_stream_rpc_method_handler(
@@ -188,6 +188,7 @@ def build_server(
     names = (router_pb2.DESCRIPTOR.services_by_name["Router"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
     port = server.add_insecure_port(f"{host}:{port}")
-    hs.set("", health_pb2.HealthCheckResponse.SERVING)
-    hs.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    # NOT_SERVING until readiness says otherwise (``readiness.Readiness.start_health_sync``)
+    hs.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    hs.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
     return server, port, hs

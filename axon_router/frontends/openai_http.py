@@ -26,9 +26,10 @@ from axon_router.errors import (
     clip,
 )
 from axon_router.frontends.guard import TENANT_HEADER, authenticate, require_assignment
+from axon_router.frontends.readiness import Readiness
 from axon_router.metrics import CONTENT_TYPE
 from axon_router.router import Router, flight_log
-from axon_router.routing_key import CHAT, COMPLETIONS, parse_openai
+from axon_router.routing_key import CHAT, ROUTED_PATHS, parse_openai
 from brunoise.httpserver import GuardedAppRunner
 from sharder.prefix import InvalidText
 
@@ -84,20 +85,22 @@ class OpenAIFrontend:
     """The aiohttp application of one router. With ``api_keys`` every ``/v1/`` and ``/debug/`` route needs a key
     (``/health`` and ``/metrics`` stay open, for probes and Prometheus)."""
 
-    def __init__(self, router: Router, api_keys: ApiKeys | None = None) -> None:
+    def __init__(self, router: Router, api_keys: ApiKeys | None = None, readiness: Readiness | None = None) -> None:
         self.router = router
         self.api_keys = api_keys
+        self.readiness = readiness or Readiness(router)
         k = router.knobs
         self.app = web.Application(client_max_size=k.max_body_bytes, middlewares=[self._guard])
-        self.app.router.add_post(COMPLETIONS, self.completions)
-        self.app.router.add_post(CHAT, self.chat)
+        for path in ROUTED_PATHS:  # the body reaches the pod byte for byte; only routing fields are read
+            self.app.router.add_post(path, self._route(path))
         self.app.router.add_get("/v1/models", self.models)
         self.app.router.add_get("/health", self.health)
+        self.app.router.add_get("/ready", self.ready)
         self.app.router.add_get("/metrics", self.metrics)
         self.app.router.add_get("/debug/pods", self.debug_pods)
         self.app.router.add_get("/debug/lookup", self.debug_lookup)
 
-    def runner(self) -> web.AppRunner:
+    def runner(self, shutdown_timeout: float = 60.0) -> web.AppRunner:
         """The app's runner: JSON errors for malformed HTTP, the header read timeout (slowloris), and handlers
         cancelled when their client goes away (the request's id, pod connection and span are released at once)."""
         return GuardedAppRunner(
@@ -107,6 +110,7 @@ class OpenAIFrontend:
             handler_cancellation=True,
             access_log=None,
             handle_signals=False,
+            shutdown_timeout=shutdown_timeout,
         )
 
     @web.middleware
@@ -115,7 +119,7 @@ class OpenAIFrontend:
     ) -> web.StreamResponse:
         """API keys on the OpenAI and debug routes; every failure answered in OpenAI's error shape."""
         try:
-            if request.path.startswith(("/v1/", "/debug/")):
+            if request.path.startswith(("/v1/", "/debug/")) or request.path in ROUTED_PATHS:
                 request[_API_KEY] = authenticate(self.api_keys, request.headers.get("Authorization"))
             return await handler(request)
         except RouterError as e:
@@ -132,11 +136,11 @@ class OpenAIFrontend:
             log.exception("unhandled error in %s %s", request.method, request.path)
             return error_response(InternalError("internal error in the router; see its log", code="internal_error"))
 
-    async def completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, COMPLETIONS)
+    def _route(self, path: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await self._generate(request, path)
 
-    async def chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, CHAT)
+        return handler
 
     async def _generate(self, request: web.Request, path: str) -> web.StreamResponse:
         router = self.router
@@ -229,11 +233,17 @@ class OpenAIFrontend:
         return web.json_response({"object": "list", "data": data})
 
     async def health(self, request: web.Request) -> web.Response:
+        """Liveness: the process answers (readiness is ``/ready``)."""
         r = self.router
         healthy = sum(1 for p in r.pods.values() if p.healthy)
         return web.json_response(
             {"status": "ok", "targets": sorted(r.targets), "pods": len(r.pods), "healthy_pods": healthy}
         )
+
+    async def ready(self, request: web.Request) -> web.Response:
+        """Readiness: 200 while the router should get traffic, 503 (with the reason) otherwise."""
+        body = self.readiness.report()
+        return web.json_response(body, status=200 if body["ready"] else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
         resp = web.Response(body=self.router.metrics.render())

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import json
 import pathlib
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 from typing import Annotated, Any, ParamSpec, TypeVar
@@ -407,17 +409,50 @@ def watch(
 def drain(
     pod: Annotated[str, typer.Argument(help="Pod id (see `brunoise pods`).")],
     undo: Annotated[bool, typer.Option("--undo", help="Undrain: make the pod active again.")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Show progress until the pod holds no slice and runs no request (-o json: JSON lines).")
+    ] = False,
+    timeout_s: Annotated[float, typer.Option("--timeout-s", help="Give up waiting after this long (exit 1).")] = 300.0,
     assigner: AssignerOpt = None,
     output: OutputOpt = OutputFormat.table,
 ) -> None:
     """Drain a pod: its slices move away (make-before-break) and it gets no new ones; --undo reverses it."""
     with _client(assigner) as c:
         resp = c.drain(_require(pod, "POD"), undrain=undo)
-    d = pod_dict(resp.pod)
-    if output == OutputFormat.json:
-        print_json({"pod": d})
-        return
-    console().print(f"pod {d['id']} is now [bold]{d['state']}[/bold]")
+        d = pod_dict(resp.pod)
+        if output == OutputFormat.json and wait:
+            print(json.dumps({"pod": d}), flush=True)  # JSON lines: the progress lines follow
+        elif output == OutputFormat.json:
+            print_json({"pod": d})
+        else:
+            console().print(f"pod {d['id']} is now [bold]{d['state']}[/bold]")
+        if wait and not undo:
+            _wait_drained(c, resp.pod.id, resp.pod.target, timeout_s, output)
+
+
+def _wait_drained(c: Any, pod_id: str, target: str, timeout_s: float, output: OutputFormat) -> None:
+    """Poll until ``pod_id`` holds no slice of ``target`` and reports nothing running or waiting (or it is gone)."""
+    deadline = time.monotonic() + timeout_s
+    last: tuple[int, int, int] | None = None
+    while True:
+        held = sum(1 for s in c.get_assignment(target).slices if pod_id in s.replicas or pod_id in s.leaving)
+        st = next((p for p in c.list_pods(target).pods if p.pod.id == pod_id), None)
+        running = int(st.engine.running) if st is not None else 0
+        waiting = int(st.engine.waiting) if st is not None else 0
+        now = (held, running, waiting)
+        if now != last:
+            if output == OutputFormat.json:
+                print(json.dumps({"pod": pod_id, "slices_held": held, "running": running, "waiting": waiting}), flush=True)
+            else:
+                console().print(f"  {pod_id}: {held} slices held, {running} running, {waiting} waiting")
+            last = now
+        if now == (0, 0, 0):
+            if output != OutputFormat.json:
+                console().print(f"pod {pod_id} is drained")
+            return
+        if time.monotonic() > deadline:
+            raise typer.Exit(1)
+        time.sleep(0.5)
 
 
 def _print_change(a: slicing_pb2.Assignment, output: OutputFormat, extra: dict[str, Any], key: int | None = None) -> None:

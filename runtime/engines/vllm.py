@@ -53,6 +53,7 @@ from brunoise.launch import ManagedProcess
 from runtime.engines.base import CacheView, Engine, EngineChunk, EngineError, EngineRequest, EngineUnavailable
 from runtime.kv_events import BlockView, KvEventSubscriber
 from runtime.metrics import EngineLifecycleMetrics
+from runtime.proxy import Routing
 from sharder.load import EngineLoad
 from sharder.prefix import CHUNK_BYTES, prefix_hashes, render_chat
 
@@ -138,6 +139,9 @@ class VllmConfig:
     remember_prompts: int = 1024
     max_chunks_per_prompt: int = 256
     chunk_bytes: int = CHUNK_BYTES
+    #: vLLM's API key (``--api-key``): sent as ``Authorization: Bearer`` on every call and given to a started child
+    #: by environment. Default: ``$VLLM_API_KEY``. Clients' own Authorization headers never reach vLLM.
+    api_key: str | None = dataclasses.field(default_factory=lambda: os.environ.get("VLLM_API_KEY") or None)
 
     def validate(self) -> VllmConfig:
         """Raise ValueError naming the field unless the config is usable; return self."""
@@ -202,6 +206,20 @@ class _InFlight:
     prompt_tokens: int
     max_tokens: int
     generated: int = 0
+
+
+class _Forwarded:
+    """One request forwarded to vLLM (``VllmEngine.forward``): its response and the load hook."""
+
+    __slots__ = ("engine", "key", "resp")
+
+    def __init__(self, resp: aiohttp.ClientResponse, engine: VllmEngine, key: str) -> None:
+        self.resp = resp
+        self.engine = engine
+        self.key = key
+
+    def progress(self, tokens: int) -> None:
+        self.engine._note_generated(self.key, tokens, first_prompt=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -269,8 +287,11 @@ class VllmEngine(Engine):
 
     async def start(self) -> None:
         self._stopping = False
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
         cfg = self.config
+        auth = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else None
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5), headers=auth
+        )
         if cfg.kv_events and (cfg.model_dir is not None or cfg.kv_events_endpoint):
             endpoint = cfg.kv_events_endpoint or "tcp://127.0.0.1:0"
             self.subscriber = KvEventSubscriber(
@@ -374,6 +395,10 @@ class VllmEngine(Engine):
             }
         )
         env.update(cfg.env)
+        if cfg.api_key:
+            env["VLLM_API_KEY"] = cfg.api_key  # by environment, not argv: a key on a command line is public
+        else:
+            env.pop("VLLM_API_KEY", None)
         return env
 
     async def _spawn_and_wait(self) -> None:
@@ -538,6 +563,40 @@ class VllmEngine(Engine):
 
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineChunk]:
         return self._generate(request)
+
+    @contextlib.asynccontextmanager
+    async def forward(
+        self, method: str, path: str, body: bytes, headers: Mapping[str, str], routing: Routing
+    ) -> AsyncIterator[_Forwarded]:
+        """Send the client's bytes to vLLM unchanged (``runtime.proxy``); yields once vLLM's status and headers
+        arrived. Counts the request in the load and records its prompt for the cache view, as ``generate`` does."""
+        session = self._require_ready()
+        key = f"fw-{self.stats.requests}-{id(body)}"
+        self._inflight[key] = _InFlight(
+            prompt_tokens=max(1, len(routing.text.encode()) // 4), max_tokens=routing.max_tokens
+        )
+        self.stats.requests += 1
+        if routing.text:
+            req = EngineRequest(request_id=key, prompt=None if routing.messages else routing.text,
+                                messages=routing.messages)  # fmt: skip
+            self._remember_later(req, routing.text)
+        try:
+            try:
+                resp = await session.request(method, f"{self.base_url}{path}", data=body or None, headers=headers,
+                                             timeout=aiohttp.ClientTimeout(total=self.config.request_timeout_s,
+                                                                           sock_connect=5))  # fmt: skip
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                self.stats.request_errors += 1
+                raise EngineUnavailable(f"vLLM at {self.base_url} did not answer {path}: {exc}") from exc
+            fw = _Forwarded(resp, self, key)
+            if routing.text:
+                self._note_generated(key, 0, first_prompt=True)
+            try:
+                yield fw
+            finally:
+                resp.release()
+        finally:
+            self._inflight.pop(key, None)
 
     async def _generate(self, request: EngineRequest) -> AsyncIterator[EngineChunk]:
         if (request.prompt is None) == (request.messages is None):

@@ -21,12 +21,13 @@ from grpc_health.v1 import _async as health_aio  # the asyncio servicer (grpc_he
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from brunoise.advertise import advertise_host, host_port
 from brunoise.launch import write_ready_file
 from brunoise.v1 import assigner_pb2, slicing_pb2
 from sharder.config import TargetConfig
-from sharder.security.interceptor import AuthInterceptor
+from sharder.security.interceptor import AuthInterceptor, RequestCheck
 from sharder.security.tls import server_credentials
-from sharder.security.tokens import ASSIGNER_RPC_ROLES, Credentials, Principal
+from sharder.security.tokens import ASSIGNER_RPC_ROLES, Credentials, Principal, Role
 from sharder.store import open_store
 from sharder.store.base import LeaderInfo, Store, StoreError
 from sharder.telemetry import setup_logging, setup_tracing, shutdown_tracing
@@ -109,6 +110,13 @@ def make_store(args: argparse.Namespace) -> Store:
     return open_store("embedded", snapshot_path=args.snapshot)
 
 
+def check_drain(principal: Principal, request: assigner_pb2.DrainRequest) -> str | None:
+    """A pod token drains (or, restarted, undrains) only its own pod id: a runtime's graceful shutdown."""
+    if principal.role is Role.POD and request.pod_id != principal.pod_id:
+        return f"token {principal.name!r} may drain only pod {principal.pod_id!r}, not {request.pod_id!r}"
+    return None
+
+
 def check_report(principal: Principal, request: assigner_pb2.ReportRequest) -> str | None:
     """A pod token reports only for its own pod id (registration and load alike)."""
     if request.pod.id != principal.pod_id:
@@ -173,7 +181,8 @@ async def serve(args: argparse.Namespace) -> None:
         raise SystemExit(f"brunoise-assigner: {exc}") from exc
     interceptors = []
     if credentials is not None:
-        interceptors.append(AuthInterceptor(credentials, SERVICE_NAME, ASSIGNER_RPC_ROLES, {"Report": check_report}))
+        checks: dict[str, RequestCheck] = {"Report": check_report, "Drain": check_drain}
+        interceptors.append(AuthInterceptor(credentials, SERVICE_NAME, ASSIGNER_RPC_ROLES, checks))
     else:
         log.warning("no --credentials: every Assigner RPC is open to anyone who reaches %s (loopback only)", args.host)
     server = grpc.aio.server(
@@ -192,7 +201,7 @@ async def serve(args: argparse.Namespace) -> None:
         port = server.add_insecure_port(f"{args.host}:{args.port}")
     if port == 0:
         raise SystemExit(f"cannot bind {args.host}:{args.port}")
-    address = f"{args.host}:{port}"
+    address = host_port(advertise_host(args.host, args.advertise_host), port)  # what leader hints name
     hub = WatchHub()
     view = PodLoadView()
     metrics = AssignerMetrics()

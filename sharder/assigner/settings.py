@@ -43,6 +43,10 @@ class AssignerSettings(BaseSettings):
     snapshot: str | None = Field(None, description="snapshot file of the embedded store")
     id: str | None = Field(None, description="this replica's id (default: host-pid-random)")
     host: str = Field("127.0.0.1", description="address to bind (and advertise to the other replicas)")
+    advertise_host: str | None = Field(
+        None, description="host named in leader hints and the ready file (default: --host when concrete, else the "
+        "primary address)",
+    )  # fmt: skip
     port: int = Field(0, description="gRPC port (0: any free port)")
     round_interval: float = Field(2.0, gt=0, description="seconds between policy rounds")
     lease_ttl: float = Field(5.0, gt=0, description="leader lease and default pod lease TTL, seconds")

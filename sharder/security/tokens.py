@@ -32,7 +32,7 @@ ASSIGNER_RPC_ROLES: Mapping[str, frozenset[Role]] = {
     "ListPods": frozenset({Role.READER, Role.ADMIN}),
     "Report": frozenset({Role.POD}),
     "ConfigureTarget": frozenset({Role.ADMIN}),
-    "Drain": frozenset({Role.ADMIN}),
+    "Drain": frozenset({Role.ADMIN, Role.POD}),  # a pod only itself (assigner.main.check_drain): graceful shutdown
     "SetOverride": frozenset({Role.ADMIN}),
     "ClearOverrides": frozenset({Role.ADMIN}),
     "SetQuota": frozenset({Role.ADMIN}),

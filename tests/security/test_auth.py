@@ -175,6 +175,18 @@ async def test_a_pod_token_registers_only_its_own_pod(secured: Secured) -> None:
     assert "p1" not in {p.pod.id for p in pods.pods}
 
 
+async def test_a_pod_token_drains_only_its_own_pod(secured: Secured) -> None:
+    """A runtime's graceful shutdown drains itself with its own pod token; it cannot drain another pod."""
+    await _call(secured, "p0", "Report", assigner_pb2.ReportRequest(pod=pod_p0()))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _call(secured, "p0", "Drain", assigner_pb2.DrainRequest(pod_id="p1"))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "p0" in (err.value.details() or "")
+    drained = await _call(secured, "p0", "Drain", assigner_pb2.DrainRequest(pod_id="p0"))
+    assert drained.pod.state == slicing_pb2.POD_STATE_DRAINING
+    back = await _call(secured, "p0", "Drain", assigner_pb2.DrainRequest(pod_id="p0", undrain=True))
+    assert back.pod.state == slicing_pb2.POD_STATE_ACTIVE
+
+
 async def test_a_report_never_creates_a_target(secured: Secured) -> None:
     elsewhere = slicing_pb2.Pod(id="p1", address="127.0.0.1:9001", target="not-configured", labels={"model": "m"})
     with pytest.raises(grpc.aio.AioRpcError) as err:
