@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 from sharder.load import EngineLoad
 
@@ -121,6 +122,13 @@ class EngineProxy(Engine):
 
     def __init__(self, inner: Engine) -> None:
         self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        """What an engine has beyond ``Engine`` (a vLLM pod's raw ``forward``) reads through, so a wrapper does not
+        hide it (``runtime.proxy.is_upstream`` looks for ``forward``)."""
+        if name == "inner":  # not set yet (during unpickling or a failed __init__): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
     @property
     def model(self) -> str:  # type: ignore[override]  # read through: vLLM learns its name at start

@@ -22,7 +22,8 @@ ADV = "localhost"
 def test_assigner_runtime_and_router_advertise_the_given_host(tmp_path: pathlib.Path) -> None:
     with ProcessGroup() as g:
         a = g.add(ManagedProcess("assigner", python_module(
-            "sharder.assigner.main", "--store", "embedded", "--port", "0", "--advertise-host", ADV, *_policy_args()
+            "sharder.assigner.main", "--store", "embedded", "--port", "0", "--advertise-host", ADV, "--target", "adv",
+            *_policy_args(),
         ), log_dir=tmp_path).start())  # fmt: skip
         addr = a.wait_ready(60)["grpc"]
         assert addr.startswith(f"{ADV}:")

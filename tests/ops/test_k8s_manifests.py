@@ -105,9 +105,12 @@ def test_assigners_elect_a_leader_on_etcd_and_probes_cover_every_container(
     for name, w in workloads.items():
         for c in w["spec"]["template"]["spec"]["containers"]:
             assert "readinessProbe" in c and "livenessProbe" in c, f"{name}/{c['name']}"
-    grpc_probed = {c["name"] for w in workloads.values() for c in w["spec"]["template"]["spec"]["containers"]
-                   if "grpc" in c["livenessProbe"]}  # fmt: skip
-    assert {"router", "runtime"} <= grpc_probed
+    # router and runtime: ready on /ready (draining, no healthy pod), alive on /health; their gRPC health mirrors
+    # readiness, so a liveness probe on it would restart a draining pod
+    probes = {c["name"]: (c["readinessProbe"]["httpGet"]["path"], c["livenessProbe"]["httpGet"]["path"])
+              for w in workloads.values() for c in w["spec"]["template"]["spec"]["containers"]
+              if c["name"] in ("router", "runtime")}  # fmt: skip
+    assert probes == {"router": ("/ready", "/health"), "runtime": ("/ready", "/health")}
     assert assigner["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/ready"
 
 

@@ -20,8 +20,8 @@ SLOW = ("--model", "drain-model", "--step-fixed-s", "0.04", "--time-scale", "1",
 
 
 async def stream_then_sigterm(tmp_path: Path, drain_s: float) -> tuple[list[str | None], list[int], int | None]:
-    """Start a ~2.4 s stream, SIGTERM the runtime after its first chunk; the finish reasons seen, the /health
-    statuses seen while the stream ran, and the exit code."""
+    """Start a ~2.4 s stream, SIGTERM the runtime after its first chunk; the finish reasons seen, the /ready
+    statuses seen while the stream ran (readiness; /health is liveness and stays 200), and the exit code."""
     proc = start_runtime(tmp_path, *SLOW, "--drain-timeout-s", str(drain_s))
     base = proc.addresses["http"]
     finishes: list[str | None] = []
@@ -44,7 +44,7 @@ async def stream_then_sigterm(tmp_path: Path, drain_s: float) -> tuple[list[str 
                             signalled = True
                         if 503 not in health and len(health) < 40:  # the signal lands within a few chunks
                             try:
-                                async with s.get(base + "/health", timeout=aiohttp.ClientTimeout(total=1)) as h:
+                                async with s.get(base + "/ready", timeout=aiohttp.ClientTimeout(total=1)) as h:
                                     health.append(h.status)
                             except (aiohttp.ClientError, TimeoutError):
                                 health.append(-1)  # the listener is gone

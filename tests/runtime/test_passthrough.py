@@ -117,7 +117,8 @@ async def chain(tmp_path: pathlib.Path) -> AsyncIterator[tuple[str, FakeVllm]]:
     group = ProcessGroup()
     try:
         a = group.add(ManagedProcess("assigner", python_module(
-            "sharder.assigner.main", "--store", "embedded", "--port", "0", "--round-interval", "0.5", *_policy_args()
+            "sharder.assigner.main", "--store", "embedded", "--port", "0", "--round-interval", "0.5", "--target", "echo-t=echo",
+            *_policy_args(),
         ), env=env, log_dir=tmp_path).start())  # fmt: skip
         addr = (await asyncio.to_thread(a.wait_ready, 60))["grpc"]
         rt = group.add(ManagedProcess("runtime", python_module(
@@ -157,8 +158,8 @@ async def test_request_and_answer_pass_byte_for_byte(chain: tuple[str, FakeVllm]
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_KEY}", "x-request-id": "rid-1"}
     async with aiohttp.ClientSession() as s:
         async with s.post(url + "/v1/chat/completions", data=sent, headers=headers) as r:
-            assert r.status == 200
             got = await r.read()
+            assert r.status == 200, got
         assert got == JSON_ANSWER
         path, seen_headers, raw = fake.seen[-1]
         assert path == "/v1/chat/completions" and raw == sent
