@@ -25,7 +25,8 @@ class TargetConfig:
       of a mean pod merge (0 disables merging); must be below ``split_threshold`` (hysteresis);
     * ``dereplicate_threshold`` (0.05): a replica is removed (down to ``min_replicas``) when the per-replica
       load is below it and removing it keeps the slice under ``split_threshold`` (0 disables);
-    * ``imbalance_tolerance`` (0.10): pods above (1 + tolerance) x mean shed load;
+    * ``imbalance_tolerance`` (0.25): pods above (1 + tolerance) x mean shed load (the router's pick balances
+      finer, inside each slice's replicas: the assigner acts on lasting, coarse imbalance only);
     * ``churn_budget`` (0.10): at most 10% of the total load changes placement per round (moves and
       dereplications; filling lost replicas and replicating hot keys are not limited by it);
     * ``min_slices_per_pod`` (0 = no floor) / ``max_slices_per_pod`` (1000): band of slices per pod kept by
@@ -44,9 +45,9 @@ class TargetConfig:
       it moved, split or was (de)replicated, except to fix invariants (dead or draining pods, min_replicas,
       overrides); price each move by the warm cache it throws away (``move_cost_weight``); merge and count-balance
       only cold slices;
-    * ``imbalance_target`` (0.05): once balancing, pods above (1 + target) x mean shed load; at most
+    * ``imbalance_target`` (0.10): once balancing, pods above (1 + target) x mean shed load; at most
       ``imbalance_tolerance``;
-    * ``act_after_rounds`` (3): consecutive rounds above the tolerance before balancing starts (>= 1);
+    * ``act_after_rounds`` (6): consecutive rounds above the tolerance before balancing starts (>= 1);
     * ``cooldown_rounds`` (5): generations a changed slice is left alone (0 = none);
     * ``load_smoothing`` (0.2): EWMA weight of the newest round's reports, in (0, 1] (1 = no smoothing);
     * ``move_cost_weight`` (1.0): a load move must narrow the donor-receiver load gap by more than this times
@@ -59,7 +60,7 @@ class TargetConfig:
     target: str
     min_replicas: int = 2
     max_replicas: int = 3
-    imbalance_tolerance: float = 0.10
+    imbalance_tolerance: float = 0.25
     churn_budget: float = 0.10
     split_threshold: float = 0.25
     merge_threshold: float = 0.05
@@ -71,8 +72,8 @@ class TargetConfig:
     eligibility: dict[str, str] = dataclasses.field(default_factory=dict, hash=False)
     model: str = ""
     calm: bool = True
-    imbalance_target: float = 0.05
-    act_after_rounds: int = 3
+    imbalance_target: float = 0.10
+    act_after_rounds: int = 6
     cooldown_rounds: int = 5
     load_smoothing: float = 0.2
     move_cost_weight: float = 1.0

@@ -203,8 +203,8 @@ def balance_counts(state: RoundState) -> None:
     lowers the spread of loads, a zero-load move only that of counts). Zero-load slices cost no budget. At most ``count_move_cap(P)`` slices move per round. Pinned
     slices, slices already changed this round and slices with a pod leaving stay where they are.
 
-    Calm: it starts only when some pod holds a quarter (at least two) fewer slices than its fair share, or a
-    quarter (at least two) more than the ceiling, so the few slices that splits and merges shift do not trigger it; once started
+    Calm: it starts only when some pod holds half (at least two) fewer slices than its fair share, or half
+    (at least two) more than the ceiling, so the few slices that splits and merges shift do not trigger it; once started
     (``state.counting``, carried to the next round) it goes on until the counts are back in the narrow band
     above. It moves only cold slices (``calm.cold_limit``)
     that are not cooling down (a slice with no load at all may move while cooling)."""
@@ -223,7 +223,7 @@ def balance_counts(state: RoundState) -> None:
         state.counting = False
         return
     if cfg.calm and not state.counting:
-        wide_low, wide_high = max(min(fair, 1), fair - max(2, fair // 4), floor), ceil + max(2, ceil // 4)
+        wide_low, wide_high = max(min(fair, 1), fair - max(2, fair // 2), floor), ceil + max(2, ceil // 2)
         if min(count[p] for p in eligible) >= wide_low and max(count[p] for p in eligible) <= wide_high:
             return
     state.counting = cfg.calm

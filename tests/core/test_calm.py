@@ -123,7 +123,7 @@ def _quiet_rounds(calm: bool, seed: int, rounds: int = 50) -> tuple[int, int, As
     Returns (moves, other changes, last)."""
     rng = random.Random(seed)
     ps = _pods(8)
-    cfg = TargetConfig("t", min_replicas=1, initial_slices=64, calm=calm)
+    cfg = TargetConfig("t", imbalance_tolerance=0.10, imbalance_target=0.05, act_after_rounds=3, min_replicas=1, initial_slices=64, calm=calm)
     a = _aged(initial_assignment(cfg, ps))
     moves = changes = 0
     for i in range(rounds):
@@ -154,7 +154,7 @@ def test_the_quiet_workload_does_move_the_uncalm_policy() -> None:
 
 def _skewed(n: int = 4, per_pod: int = 8, hot: float = 3.0) -> tuple[Assignment, list[Pod], dict[int, float]]:
     ps = _pods(n)
-    cfg = TargetConfig("t", min_replicas=1, initial_slices=n * per_pod, cooldown_rounds=0, load_smoothing=1.0)
+    cfg = TargetConfig("t", imbalance_tolerance=0.10, imbalance_target=0.05, act_after_rounds=3, min_replicas=1, initial_slices=n * per_pod, cooldown_rounds=0, load_smoothing=1.0)
     a = _aged(initial_assignment(cfg, ps))
     loads = {sa.slice.lo: hot if "p0" in sa.replicas else 1.0 for sa in a.slices}
     return a, ps, loads
@@ -180,7 +180,7 @@ def test_hysteresis_keeps_balancing_down_to_the_target() -> None:
     """Max/mean 1.08: inside the 10% tolerance but above the 5% target. Balancing that is on goes on; balancing
     that is off does not start."""
     ps = _pods(4)
-    cfg = TargetConfig("t", initial_slices=256, cooldown_rounds=0, load_smoothing=1.0, merge_threshold=0.0)
+    cfg = TargetConfig("t", imbalance_tolerance=0.10, imbalance_target=0.05, act_after_rounds=3, initial_slices=256, cooldown_rounds=0, load_smoothing=1.0, merge_threshold=0.0)
     a = _aged(initial_assignment(cfg, ps))
     loads = {sa.slice.lo: (1.11 if "p0" in sa.replicas else 1.0) for sa in a.slices}  # p0: 1.08 x mean
     on = reshard(a, ps, _reports(a, loads), memory=PolicyMemory(over_rounds=0, acting=True))
@@ -238,6 +238,7 @@ def test_the_idle_replica_can_receive_load(true: bool) -> None:
     ps = _pods(4)
     cfg = TargetConfig(
         "t", min_replicas=1, initial_slices=4, max_replicas=3, calm=False, churn_budget=1.0, split_threshold=10.0,
+        imbalance_tolerance=0.10,
         replica_true_load=true,
     )
     base = initial_assignment(cfg, ps)

@@ -36,7 +36,7 @@ def _percentiles(xs: list[float]) -> dict[str, float]:
 
 @pytest.mark.parametrize("calm", [False, True], ids=["act-every-round", "calm"])
 def test_chaos_settles_to_bounded_imbalance(calm: bool) -> None:
-    cfg = TargetConfig("chaos", min_replicas=1, max_replicas=4, initial_slices=32, churn_budget=0.15, calm=calm)
+    cfg = TargetConfig("chaos", imbalance_tolerance=0.10, imbalance_target=0.05, act_after_rounds=3, min_replicas=1, max_replicas=4, initial_slices=32, churn_budget=0.15, calm=calm)
     settle = SETTLE_ROUNDS_CALM if calm else SETTLE_ROUNDS
     pods = [Pod(f"p{i}", f"10.0.0.{i}:1") for i in range(N_PODS)]
     a = initial_assignment(cfg, pods)

@@ -127,6 +127,9 @@ def test_joining_pods_reach_a_fair_share(
     changes per round, and the round invariants hold throughout."""
     cfg = TargetConfig(
         "t",
+        imbalance_tolerance=0.10,
+        imbalance_target=0.05,
+        act_after_rounds=3,
         min_replicas=min_replicas,
         max_replicas=3,
         initial_slices=slices,
