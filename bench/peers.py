@@ -28,14 +28,16 @@ class PeerSpec:
     name: str
     program: str  # "vllm-router" | "sglang-router"
     policy: str
+    #: Routes by the prompt's cached prefix (the verdict's TTFT bar is the best of these).
+    cache_aware: bool = False
 
 
 #: The peers compared by default (round robin is vllm-router's plain ``round_robin`` policy).
 PEERS: dict[str, PeerSpec] = {
     "round_robin": PeerSpec("round_robin", "vllm-router", "round_robin"),
-    "vllm_cache_aware": PeerSpec("vllm_cache_aware", "vllm-router", "cache_aware"),
+    "vllm_cache_aware": PeerSpec("vllm_cache_aware", "vllm-router", "cache_aware", cache_aware=True),
     "vllm_consistent_hash": PeerSpec("vllm_consistent_hash", "vllm-router", "consistent_hash"),
-    "sglang_cache_aware": PeerSpec("sglang_cache_aware", "sglang-router", "cache_aware"),
+    "sglang_cache_aware": PeerSpec("sglang_cache_aware", "sglang-router", "cache_aware", cache_aware=True),
 }
 
 

@@ -1,4 +1,4 @@
-"""Seeded multi-turn chat workload (Zipf tenants, shared system prompts, phases) and its infinite-cache oracle."""
+"""Seeded workload generators (multi-turn chat, agentic sessions, single-turn document queries), phases, oracle."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ PHASE_WARMUP = "warmup"
 PHASE_STEADY = "steady"
 PHASE_HOT = "hot_tenant"
 PHASE_RESTART = "restart"
+
+#: Generator kinds: multi-turn sessions (chat, and agentic when ``tool_output_bytes`` is set) or document queries.
+KIND_CHAT = "chat"
+KIND_DOCS = "docs"
+KINDS: tuple[str, ...] = (KIND_CHAT, KIND_DOCS)
 
 _WORD_TEXT = """the a of to and in is it you that he was for on are with as his they be at one have this from or had by
     word but what some we can out other were all there when up use your how said an each she which do their time if
@@ -69,9 +74,17 @@ def zipf_weights(n: int, s: float) -> list[float]:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class WorkloadConfig:
-    """Shape of a workload. Times are seconds of bench (wall-clock) time from the start of the run."""
+    """Shape of a workload. Times are seconds of bench (wall-clock) time from the start of the run.
+
+    ``kind`` chat: sessions of turns, each turn the whole conversation so far; with ``tool_output_bytes`` set, every
+    turn after the first appends a tool output instead of a user message (an agent loop). ``kind`` docs: every
+    arrival is one single-turn query over one of ``documents`` Zipf-popular documents, with a fresh session id.
+    """
 
     seed: int = 0
+    kind: str = KIND_CHAT
+    #: Send ``x-tenant-id: tenant-<i>`` with every request (sessions of kind chat only; docs queries carry no tenant).
+    tenant_header: bool = True
     tenants: int = 8
     zipf_s: float = 1.1
     #: Bytes of the preamble every tenant's system prompt starts with (shared across tenants).
@@ -81,6 +94,14 @@ class WorkloadConfig:
     user_message_bytes: tuple[int, int] = (64, 512)
     reply_bytes: tuple[int, int] = (64, 256)
     turns: tuple[int, int] = (2, 8)
+    #: (0, 0): chat turns. Otherwise each turn after the first appends a tool output of this many bytes (agentic).
+    tool_output_bytes: tuple[int, int] = (0, 0)
+    #: A session ends before a turn whose prompt would exceed this many tokens (0: no cap); keep it under the
+    #: pods' max_model_len minus the reply.
+    max_prompt_tokens: int = 0
+    #: Documents (kind docs), drawn Zipf(``zipf_s``); each one's size is drawn uniformly from ``document_bytes``.
+    documents: int = 32
+    document_bytes: tuple[int, int] = (4096, 24576)
     #: Mean think time between the turns of one session (exponential), seconds.
     think_s: float = 1.0
     #: New sessions per second in the steady phase (Poisson), all tenants together.
@@ -90,19 +111,28 @@ class WorkloadConfig:
     steady_s: float = 10.0
     hot_s: float = 8.0
     restart_s: float = 16.0
-    #: Zipf rank of the tenant whose session rate jumps ``hot_factor`` x during the hot phase.
+    #: Zipf rank of the tenant (document, for docs) whose arrival rate jumps ``hot_factor`` x in the hot phase.
     hot_tenant: int = 2
     hot_factor: float = 10.0
     #: Pods to restart, one at a time, during the restart phase.
     pods: int = 4
 
     def validate(self) -> None:
-        for name in ("system_prompt_bytes", "user_message_bytes", "reply_bytes", "turns"):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        for name in ("system_prompt_bytes", "user_message_bytes", "reply_bytes", "turns", "document_bytes"):
             lo, hi = getattr(self, name)
             if lo < 1 or hi < lo:
                 raise ValueError(f"{name} must be a range 1 <= lo <= hi, got {(lo, hi)}")
-        if not 0 <= self.hot_tenant < self.tenants:
-            raise ValueError(f"hot_tenant must be in [0, {self.tenants}), got {self.hot_tenant}")
+        lo, hi = self.tool_output_bytes
+        if (lo, hi) != (0, 0) and (lo < 1 or hi < lo):
+            raise ValueError(f"tool_output_bytes must be (0, 0) or a range 1 <= lo <= hi, got {(lo, hi)}")
+        if self.max_prompt_tokens < 0:
+            raise ValueError(f"max_prompt_tokens must be >= 0, got {self.max_prompt_tokens}")
+        if self.tenants < 1 or self.documents < 1:
+            raise ValueError("tenants and documents must be >= 1")
+        if not 0 <= self.hot_tenant < self.groups:
+            raise ValueError(f"hot_tenant must be in [0, {self.groups}), got {self.hot_tenant}")
         for name in ("warmup_s", "steady_s", "hot_s", "restart_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
@@ -112,6 +142,11 @@ class WorkloadConfig:
     @property
     def duration_s(self) -> float:
         return self.warmup_s + self.steady_s + self.hot_s + self.restart_s
+
+    @property
+    def groups(self) -> int:
+        """What arrivals are drawn over by Zipf rank: tenants (chat) or documents (docs)."""
+        return self.documents if self.kind == KIND_DOCS else self.tenants
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -144,6 +179,8 @@ class Request:
     phase: str
     messages: tuple[Mapping[str, str], ...]
     max_tokens: int
+    #: The ``x-tenant-id`` header to send ("" = none).
+    tenant_id: str = ""
 
     @property
     def prompt(self) -> str:
@@ -167,6 +204,7 @@ class Workload:
     sessions: tuple[Session, ...]
     #: Every request of every session, ordered by scheduled time (index = position).
     requests: tuple[Request, ...]
+    #: The tenants' system prompts (chat) or the documents (docs), by Zipf rank.
     system_prompts: tuple[str, ...]
 
     def phase_at(self, t: float) -> str:
@@ -174,9 +212,9 @@ class Workload:
 
 
 def phase_schedule(cfg: WorkloadConfig) -> tuple[Phase, ...]:
-    """Warm-up and steady, then one tenant at ``hot_factor`` x, then steady again while every pod restarts."""
-    ones = tuple(1.0 for _ in range(cfg.tenants))
-    hot = tuple(cfg.hot_factor if i == cfg.hot_tenant else 1.0 for i in range(cfg.tenants))
+    """Warm-up and steady, then one tenant (document) at ``hot_factor`` x, then steady while every pod restarts."""
+    ones = tuple(1.0 for _ in range(cfg.groups))
+    hot = tuple(cfg.hot_factor if i == cfg.hot_tenant else 1.0 for i in range(cfg.groups))
     t0 = cfg.warmup_s
     t1 = t0 + cfg.steady_s
     t2 = t1 + cfg.hot_s
@@ -210,22 +248,10 @@ def _uniform_int(rng: random.Random, bounds: tuple[int, int]) -> int:
     return rng.randint(bounds[0], bounds[1])
 
 
-def generate(cfg: WorkloadConfig) -> Workload:
-    """Build the whole request sequence for ``cfg``; the same config (seed included) gives the same workload."""
-    cfg.validate()
-    base = zipf_weights(cfg.tenants, cfg.zipf_s)
-    preamble = synth_text(random.Random(f"{cfg.seed}:preamble"), cfg.common_preamble_bytes)
-    system_prompts = tuple(
-        preamble
-        + synth_text(
-            random.Random(f"{cfg.seed}:tenant:{i}"),
-            _uniform_int(random.Random(f"{cfg.seed}:tsize:{i}"), cfg.system_prompt_bytes),
-        )
-        for i in range(cfg.tenants)
-    )
-    phases = phase_schedule(cfg)
-    arrivals = random.Random(f"{cfg.seed}:arrivals")
-    # Session arrivals: a Poisson process per phase with rate session_rate * sum(weights), tenant by weight.
+def arrivals(cfg: WorkloadConfig, phases: Sequence[Phase]) -> list[tuple[float, int]]:
+    """(time, group) of every session (docs: query): a Poisson process per phase, the group drawn Zipf-weighted."""
+    base = zipf_weights(cfg.groups, cfg.zipf_s)
+    rng = random.Random(f"{cfg.seed}:arrivals")
     starts: list[tuple[float, int]] = []
     for ph in phases:
         weights = [b * f for b, f in zip(base, ph.tenant_factors, strict=True)]
@@ -234,48 +260,101 @@ def generate(cfg: WorkloadConfig) -> Workload:
             continue
         t = ph.start
         while True:
-            t += arrivals.expovariate(rate)
+            t += rng.expovariate(rate)
             if t >= ph.end:
                 break
-            tenant = arrivals.choices(range(cfg.tenants), weights=weights)[0]
-            starts.append((t, tenant))
-    end = cfg.duration_s
+            starts.append((t, rng.choices(range(cfg.groups), weights=weights)[0]))
+    return starts
+
+
+def tenant_system_prompts(cfg: WorkloadConfig) -> tuple[str, ...]:
+    """Every tenant's system prompt: the shared preamble, then the tenant's own text."""
+    preamble = synth_text(random.Random(f"{cfg.seed}:preamble"), cfg.common_preamble_bytes)
+    return tuple(
+        preamble
+        + synth_text(
+            random.Random(f"{cfg.seed}:tenant:{i}"),
+            _uniform_int(random.Random(f"{cfg.seed}:tsize:{i}"), cfg.system_prompt_bytes),
+        )
+        for i in range(cfg.tenants)
+    )
+
+
+def documents(cfg: WorkloadConfig) -> tuple[str, ...]:
+    """The documents of a docs workload (Zipf rank = index)."""
+    return tuple(
+        synth_text(
+            random.Random(f"{cfg.seed}:doc:{i}"),
+            _uniform_int(random.Random(f"{cfg.seed}:dsize:{i}"), cfg.document_bytes),
+        )
+        for i in range(cfg.documents)
+    )
+
+
+def _chat_session(
+    cfg: WorkloadConfig, phases: Sequence[Phase], s_idx: int, start: float, tenant: int, system: str
+) -> Session:
+    """One multi-turn session: chat turns, or (``tool_output_bytes`` set) an agent loop of tool outputs."""
+    rng = random.Random(f"{cfg.seed}:session:{s_idx}")
+    sid = f"s{s_idx:05d}-t{tenant}"
+    tenant_id = f"tenant-{tenant}" if cfg.tenant_header else ""
+    agentic = cfg.tool_output_bytes != (0, 0)
+    n_turns = _uniform_int(rng, cfg.turns)
+    history: list[dict[str, str]] = [{"role": "system", "content": system}]
+    t = start
+    reqs: list[Request] = []
+    for turn in range(n_turns):
+        if turn > 0:
+            t += rng.expovariate(1.0 / cfg.think_s) if cfg.think_s > 0 else 0.0
+        if t >= cfg.duration_s:
+            break
+        if agentic and turn > 0:
+            content = "tool output:\n" + synth_text(rng, _uniform_int(rng, cfg.tool_output_bytes))
+        else:
+            content = synth_text(rng, _uniform_int(rng, cfg.user_message_bytes))
+        history.append({"role": "user", "content": content})
+        reply = synth_text(rng, _uniform_int(rng, cfg.reply_bytes))
+        max_tokens = max(1, math.ceil(len(reply) / BYTES_PER_TOKEN))
+        messages = tuple(dict(m) for m in history)
+        if cfg.max_prompt_tokens and prompt_tokens(render_chat(messages)) > cfg.max_prompt_tokens:
+            break
+        reqs.append(Request(-1, round(t, 6), sid, tenant, turn, phase_at(phases, t), messages, max_tokens, tenant_id))
+        # The next turn carries this turn's reply as history: a synthetic reply, so every router sees
+        # byte-identical prompts whatever the engine answered.
+        history.append({"role": "assistant", "content": reply})
+    return Session(sid, tenant, start, tuple(reqs))
+
+
+def _docs_query(cfg: WorkloadConfig, phases: Sequence[Phase], q_idx: int, start: float, doc: int, text: str) -> Session:
+    """One single-turn query: the document first, then a short question; a session id of its own."""
+    rng = random.Random(f"{cfg.seed}:query:{q_idx}")
+    sid = f"q{q_idx:05d}-d{doc}"
+    question = synth_text(rng, _uniform_int(rng, cfg.user_message_bytes))
+    reply = synth_text(rng, _uniform_int(rng, cfg.reply_bytes))
+    messages = ({"role": "user", "content": f"{text}\n\nQuestion: {question}"},)
+    max_tokens = max(1, math.ceil(len(reply) / BYTES_PER_TOKEN))
+    req = Request(-1, round(start, 6), sid, doc, 0, phase_at(phases, start), messages, max_tokens)
+    return Session(sid, doc, start, (req,))
+
+
+def generate(cfg: WorkloadConfig) -> Workload:
+    """Build the whole request sequence for ``cfg``; the same config (seed included) gives the same workload."""
+    cfg.validate()
+    phases = phase_schedule(cfg)
+    prompts = documents(cfg) if cfg.kind == KIND_DOCS else tenant_system_prompts(cfg)
     sessions: list[Session] = []
-    flat: list[Request] = []
-    for s_idx, (start, tenant) in enumerate(starts):
-        rng = random.Random(f"{cfg.seed}:session:{s_idx}")
-        sid = f"s{s_idx:05d}-t{tenant}"
-        n_turns = _uniform_int(rng, cfg.turns)
-        history: list[dict[str, str]] = [{"role": "system", "content": system_prompts[tenant]}]
-        t = start
-        reqs: list[Request] = []
-        for turn in range(n_turns):
-            if turn > 0:
-                t += rng.expovariate(1.0 / cfg.think_s) if cfg.think_s > 0 else 0.0
-            if t >= end:
-                break
-            history.append({"role": "user", "content": synth_text(rng, _uniform_int(rng, cfg.user_message_bytes))})
-            reply = synth_text(rng, _uniform_int(rng, cfg.reply_bytes))
-            max_tokens = max(1, math.ceil(len(reply) / BYTES_PER_TOKEN))
-            reqs.append(
-                Request(
-                    -1, round(t, 6), sid, tenant, turn, phase_at(phases, t), tuple(dict(m) for m in history), max_tokens
-                )
-            )
-            # The next turn carries this turn's reply as history: a synthetic reply, so every router sees
-            # byte-identical prompts whatever the engine answered.
-            history.append({"role": "assistant", "content": reply})
-        sessions.append(Session(sid, tenant, start, tuple(reqs)))
-        flat.extend(reqs)
-    flat.sort(key=lambda r: (r.t, r.session_id, r.turn))
+    for idx, (start, group) in enumerate(arrivals(cfg, phases)):
+        if cfg.kind == KIND_DOCS:
+            sessions.append(_docs_query(cfg, phases, idx, start, group, prompts[group]))
+        else:
+            sessions.append(_chat_session(cfg, phases, idx, start, group, prompts[group]))
+    flat = sorted((r for s in sessions for r in s.requests), key=lambda r: (r.t, r.session_id, r.turn))
     ordered = tuple(dataclasses.replace(r, index=i) for i, r in enumerate(flat))
     by_sid: dict[str, list[Request]] = {}
     for r in ordered:
         by_sid.setdefault(r.session_id, []).append(r)
     sessions = [dataclasses.replace(s, requests=tuple(by_sid.get(s.session_id, ()))) for s in sessions]
-    return Workload(
-        cfg, phases, restart_schedule(cfg), tuple(s for s in sessions if s.requests), ordered, system_prompts
-    )
+    return Workload(cfg, phases, restart_schedule(cfg), tuple(s for s in sessions if s.requests), ordered, prompts)
 
 
 # ------------------------------------------------------------------------------------------------ oracle
@@ -339,20 +418,21 @@ def workload_oracle(wl: Workload) -> OracleResult:
 
 
 def summary(wl: Workload) -> dict[str, object]:
-    """Counts for the report: requests and sessions per phase and per tenant, prompt tokens."""
+    """Counts for the report: requests and sessions per phase and per group (tenant or document), prompt tokens."""
     per_phase: dict[str, int] = {}
-    per_tenant = [0] * wl.config.tenants
-    tokens = 0
+    per_group = [0] * wl.config.groups
+    tokens = [prompt_tokens(r.prompt) for r in wl.requests]
     for r in wl.requests:
         per_phase[r.phase] = per_phase.get(r.phase, 0) + 1
-        per_tenant[r.tenant] += 1
-        tokens += prompt_tokens(r.prompt)
+        per_group[r.tenant] += 1
     return {
         "requests": len(wl.requests),
         "sessions": len(wl.sessions),
         "requests_per_phase": per_phase,
-        "requests_per_tenant": per_tenant,
-        "prompt_tokens": tokens,
+        "requests_per_group": per_group,
+        "prompt_tokens": sum(tokens),
+        "prompt_tokens_max": max(tokens, default=0),
+        "prompt_tokens_mean": (sum(tokens) / len(tokens)) if tokens else 0.0,
         "duration_s": wl.config.duration_s,
         "restarts": [dataclasses.asdict(e) for e in wl.restarts],
     }

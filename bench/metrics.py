@@ -1,0 +1,115 @@
+"""What the benchmark computes from pod scrapes and samples: counters, percentiles, time-averaged in-flight."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+_M_QUERIES = "vllm:prefix_cache_queries_total"
+_M_HITS = "vllm:prefix_cache_hits_total"
+_M_PROMPT = "vllm:prompt_tokens_total"
+_M_SUCCESS = "vllm:request_success_total"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Counters:
+    """The pod counters the benchmark reads (cumulative, in tokens or requests)."""
+
+    queries: float = 0.0
+    hits: float = 0.0
+    prompt_tokens: float = 0.0
+    requests: float = 0.0
+
+    def __add__(self, o: Counters) -> Counters:
+        return Counters(
+            self.queries + o.queries,
+            self.hits + o.hits,
+            self.prompt_tokens + o.prompt_tokens,
+            self.requests + o.requests,
+        )
+
+    def __sub__(self, o: Counters) -> Counters:
+        return Counters(
+            self.queries - o.queries,
+            self.hits - o.hits,
+            self.prompt_tokens - o.prompt_tokens,
+            self.requests - o.requests,
+        )
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.queries if self.queries > 0 else 0.0
+
+
+def parse_metrics(text: str) -> Counters:
+    """Sum the counters we need over all label sets of a Prometheus text exposition."""
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_part, _, value = line.rpartition(" ")
+        name = name_part.split("{", 1)[0].strip()
+        if name in (_M_QUERIES, _M_HITS, _M_PROMPT, _M_SUCCESS):
+            with contextlib.suppress(ValueError):
+                sums[name] = sums.get(name, 0.0) + float(value)
+    return Counters(
+        sums.get(_M_QUERIES, 0.0), sums.get(_M_HITS, 0.0), sums.get(_M_PROMPT, 0.0), sums.get(_M_SUCCESS, 0.0)
+    )
+
+
+def pct(values: Sequence[float], q: float) -> float | None:
+    """The ``q`` quantile (nearest rank) of ``values``; None when there are none."""
+    if not values:
+        return None
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, math.ceil(q * len(s)) - 1))
+    return s[k]
+
+
+def ms(v: float | None) -> float | None:
+    return None if v is None else round(v * 1000.0, 2)
+
+
+#: One in-flight sample: bench seconds since the start of the replay, then each pod's running + waiting requests
+#: (None where the pod did not answer in time; a pod that is down counts 0: it carries nothing).
+InflightSample = tuple[float, Sequence[float | None]]
+
+
+def inflight_stats(samples: Sequence[InflightSample], start: float, end: float) -> dict[str, object]:
+    """Each pod's time-averaged in-flight requests over [start, end) and the busiest pod's over the mean.
+
+    Samples are taken at a fixed interval, so the mean of a pod's samples in the window is its time average;
+    a pod's missing samples are left out of its own mean.
+    """
+    sums: list[float] = []
+    counts: list[int] = []
+    n = 0
+    for t, values in samples:
+        if not start <= t < end:
+            continue
+        n += 1
+        if len(sums) < len(values):
+            sums += [0.0] * (len(values) - len(sums))
+            counts += [0] * (len(values) - len(counts))
+        for i, v in enumerate(values):
+            if v is not None:
+                sums[i] += v
+                counts[i] += 1
+    means = [s / c if c else 0.0 for s, c in zip(sums, counts, strict=True)]
+    mean = sum(means) / len(means) if means else 0.0
+    return {
+        "samples": n,
+        "per_pod_mean": [round(m, 3) for m in means],
+        "max_over_mean": (max(means) / mean) if mean > 0 else None,
+    }
+
+
+def moves_per_round(history: Sequence[Mapping[str, Any]], lo_ms: float, hi_ms: float, interval_s: float) -> float:
+    """Slice moves per assigner round in [lo_ms, hi_ms) of Unix time: the moves of the generations committed then
+    over the rounds that fit (rounds that change nothing commit no generation, so they are counted by time)."""
+    moves = sum(int(h["moves"]) for h in history if lo_ms <= h["unix_ms"] < hi_ms)
+    rounds = max(1.0, (hi_ms - lo_ms) / 1000.0 / interval_s)
+    return moves / rounds

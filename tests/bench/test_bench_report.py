@@ -1,0 +1,141 @@
+"""The report on synthetic results: the verdict against issue 9's bar, the tables, the in-flight and moves figures."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from bench import report
+from bench.metrics import inflight_stats, moves_per_round
+
+
+def row(router: str, **kw: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "router": router,
+        "router_kind": "brunoise" if router.startswith("brunoise") else router,
+        "ablation": "",
+        "hit_rate": 0.80,
+        "hit_over_oracle": 0.80 / 0.84,
+        "ttft_p50_ms": 20.0,
+        "ttft_p99_ms": 90.0,
+        "load_max_over_mean_requests": 1.05,
+        "inflight_max_over_mean": 1.10,
+        "pods_per_session": 1.05,
+        "restart_hit_rate_vs_steady": 0.95,
+        "error_count": 0,
+        "phase_figures": {"hot_inflight_max_over_mean": 1.12},
+    }
+    if router == "brunoise":
+        base["assigner"] = {"moves_per_round_steady": 0.05}
+    base.update(kw)
+    return base
+
+
+def group(*rows: dict[str, Any], oracle: float = 0.84) -> dict[str, Any]:
+    return {"kv_blocks": 1024, "workload": {"requests": 10}, "oracle": {"hit_rate": oracle}, "routers": list(rows)}
+
+
+PASSING = group(
+    row("brunoise", hit_rate=0.81),
+    row("round_robin", hit_rate=0.70, ttft_p99_ms=100.0),
+    row("vllm_cache_aware", hit_rate=0.812, ttft_p99_ms=95.0),
+    row("sglang_cache_aware", hit_rate=0.80, ttft_p99_ms=92.0),
+    row("vllm_consistent_hash", hit_rate=0.79, ttft_p99_ms=80.0),  # not cache-aware: not the TTFT bar
+)
+
+
+def test_all_bars_met_is_pass() -> None:
+    cs = report.verdict(PASSING)
+    assert [c.ok for c in cs] == [True] * 6, cs
+    assert report.overall(cs) == "PASS"
+    # the TTFT bar is the best cache-aware peer (sglang 92), not consistent hashing's 80
+    assert "92 ms" in cs[1].detail and "sglang_cache_aware" in cs[1].detail
+
+
+@pytest.mark.parametrize(
+    ("router", "field", "value", "failing"),
+    [
+        ("vllm_cache_aware", "hit_rate", 0.816, 0),  # best peer 81.6% > 81.0% + 0.5 pt
+        ("brunoise", "hit_rate", 0.79, 0),  # 0.79 / 0.84 = 0.94 < 95 % of the oracle
+        ("brunoise", "ttft_p99_ms", 93.0, 1),
+        ("brunoise", "inflight_max_over_mean", 1.16, 2),
+        ("brunoise", "pods_per_session", 1.11, 3),
+        ("brunoise", "assigner", {"moves_per_round_steady": 0.2}, 4),
+        ("brunoise", "restart_hit_rate_vs_steady", 0.89, 5),
+    ],
+)
+def test_each_bar_fails_on_its_own(router: str, field: str, value: Any, failing: int) -> None:
+    g = copy.deepcopy(PASSING)
+    next(r for r in g["routers"] if r["router"] == router)[field] = value
+    cs = report.verdict(g)
+    assert [i for i, c in enumerate(cs) if c.ok is False] == [failing], cs
+    assert report.overall(cs) == "FAIL"
+
+
+def test_half_a_point_margin_is_inclusive() -> None:
+    g = copy.deepcopy(PASSING)
+    g["routers"][2]["hit_rate"] = 0.815  # brunoise 0.81 = best - 0.5 pt exactly
+    assert report.verdict(g)[0].ok is True
+
+
+def test_missing_peers_or_figures_are_not_a_pass() -> None:
+    g = group(row("brunoise", hit_rate=0.81, pods_per_session=None))
+    cs = report.verdict(g)
+    assert cs[0].ok is None and "no peer" in cs[0].detail
+    assert cs[1].ok is None
+    assert cs[3].ok is None
+    assert report.overall(cs) == "INCOMPLETE"
+    # a failed peer row is left out; a failed brunoise row fails the workload
+    g = copy.deepcopy(PASSING)
+    g["routers"][0] = {"router": "brunoise", "error": "LaunchError: boom"}
+    assert report.overall(report.verdict(g)) == "FAIL"
+
+
+def test_ablation_rows_do_not_count_as_brunoise_or_peers() -> None:
+    g = copy.deepcopy(PASSING)
+    g["routers"].append(row("brunoise-flat_keys", ablation="flat_keys", hit_rate=0.99, ttft_p99_ms=1.0))
+    assert report.verdict(g) == report.verdict(PASSING)
+
+
+def test_tables_and_verdict_text() -> None:
+    g = copy.deepcopy(PASSING)
+    g["routers"].append(row("brunoise-no_calm", ablation="no_calm", hit_rate=0.5))
+    g["routers"].append({"router": "brunoise-no_sticky", "ablation": "no_sticky", "error": "ValueError: no knob"})
+    rep = {"workloads": {"chat": g, "docs": group(row("brunoise"))}}
+    text = report.table(rep)
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["router", "hit", "hit/orc"]
+    assert any(line.startswith("-- chat:") for line in lines) and any(line.startswith("-- docs:") for line in lines)
+    assert sum(1 for line in lines if line.startswith("oracle")) == 2
+    assert not any("no_calm" in line for line in lines)  # ablations only in their own table
+    abl = report.ablation_table(rep)
+    assert "brunoise-no_calm" in abl and "50.0%" in abl and "no_sticky: FAILED" in abl
+    assert "docs" not in abl  # no ablation ran there
+    full = report.render(rep)
+    assert "chat: PASS" in full and "docs: INCOMPLETE" in full
+    assert report.verdicts(rep)["chat"]["result"] == "PASS"
+
+
+def test_inflight_stats_time_average_and_window() -> None:
+    samples = [
+        (0.0, [4.0, 0.0]),
+        (0.1, [4.0, 2.0]),
+        (0.2, [2.0, None]),  # pod 1 did not answer: left out of its own mean
+        (0.3, [2.0, 2.0]),
+        (5.0, [100.0, 0.0]),  # outside the window
+    ]
+    s = inflight_stats(samples, 0.0, 1.0)
+    assert s["samples"] == 4
+    assert s["per_pod_mean"] == [3.0, pytest.approx(4.0 / 3.0, abs=1e-3)]
+    assert s["max_over_mean"] == pytest.approx(3.0 / ((3.0 + 4.0 / 3.0) / 2), rel=1e-3)
+    assert inflight_stats(samples, 10.0, 11.0)["max_over_mean"] is None
+    assert inflight_stats([(0.0, [0.0, 0.0])], 0.0, 1.0)["max_over_mean"] is None
+
+
+def test_moves_per_round_counts_rounds_by_time() -> None:
+    history = [{"unix_ms": 1000, "moves": 2}, {"unix_ms": 1500, "moves": 1}, {"unix_ms": 3000, "moves": 7}]
+    # [1000, 3000) holds 3 moves over 2 s = 4 rounds of 0.5 s
+    assert moves_per_round(history, 1000, 3000, 0.5) == pytest.approx(0.75)
+    assert moves_per_round(history, 5000, 6000, 0.5) == 0.0
