@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from brunoise.cli import admin
+from brunoise.cli import admin, simulate
 from brunoise.cli.cluster import cluster_app
 from brunoise.cli.output import print_error
 
@@ -20,6 +20,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 admin.register(app)
+simulate.register(app)
 app.add_typer(cluster_app, name="cluster")
 
 

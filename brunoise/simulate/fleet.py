@@ -67,7 +67,7 @@ class FleetSpec:
     restarts: bool = True
     slicelet_top_k: int = 8
     slicelet_halflife_s: float = 10.0
-    #: Time buckets of the series (load and hit rate over time); 0 = duration / 120.
+    #: Time buckets of the series (load and hit rate over time); 0 = duration / 60, at least 0.5 s.
     bucket_s: float = 0.0
     #: Compute the infinite-cache oracle (one set of every chunk hash seen: memory grows with the traffic).
     oracle: bool = True
@@ -325,9 +325,11 @@ class Fleet:
         self.results = Results(source, spec)
         self.oracle_held: set[int] = set()
         dur = max(source.duration_s, 1e-9)
-        self.bucket_s = spec.bucket_s or max(dur / 120.0, 1e-3)
+        self.bucket_s = spec.bucket_s or max(dur / 60.0, 0.5)
         self.results.bucket_s = self.bucket_s
         self.restart_log: list[dict[str, float | str]] = []
+        self._held_for: Assignment | None = None
+        self._held_map: dict[str, list[Slice]] = {}
 
     # -- engines ----------------------------------------------------------------------------------------------
 
@@ -579,12 +581,16 @@ class Fleet:
     # -- the assigner -----------------------------------------------------------------------------------------
 
     def _held(self, a: Assignment) -> dict[str, list[Slice]]:
+        """Slices (replica or leaving) of each pod in ``a`` (cached for the current assignment)."""
+        if self._held_for is a:
+            return self._held_map
         held: dict[str, list[Slice]] = {}
         for sa in a.slices:
             for pid in sa.replicas:
                 held.setdefault(pid, []).append(sa.slice)
             for pid in sa.leaving:
                 held.setdefault(pid, []).append(sa.slice)
+        self._held_for, self._held_map = a, held
         return held
 
     def _round(self, t: float) -> None:
@@ -695,4 +701,3 @@ class Fleet:
 
 
 __all__ = ["TARGET", "Fleet", "FleetSpec", "Flight", "SimPod", "pod_config"]
-

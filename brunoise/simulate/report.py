@@ -4,6 +4,7 @@ the sweep table and the PNG of load and hit rate over time."""
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -166,7 +167,7 @@ class Results:
             return sum(r.stats.moves for r in rs) / len(rs), sum(r.stats.churn for r in rs) / len(rs)
 
         per_phase: dict[str, dict[str, Any]] = {}
-        for a, b in zip(bounds, bounds[1:], strict=False):
+        for a, b in itertools.pairwise(bounds):
             d = self._between(a, b)
             if d is None:
                 continue
@@ -321,7 +322,9 @@ def render_sweep(rows: Sequence[Mapping[str, Any]], slo_ms: float | None) -> str
 
 
 def smallest_meeting(rows: Sequence[Mapping[str, Any]], slo_ms: float) -> int | None:
-    ok = [s["pods"] for s in rows if s["ttft_p99_ms"] is not None and s["ttft_p99_ms"] <= slo_ms and not s["error_count"]]
+    ok = [
+        s["pods"] for s in rows if s["ttft_p99_ms"] is not None and s["ttft_p99_ms"] <= slo_ms and not s["error_count"]
+    ]
     return min(ok, default=None)
 
 

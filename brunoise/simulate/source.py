@@ -177,7 +177,7 @@ class TraceSource(Source):
             (SimSession(sid, min(r.t for r in rs), sorted(rs, key=lambda r: r.t)) for sid, rs in by_session.items()),
             key=lambda s: (s.start, s.session),
         )
-        for i, s in enumerate(self._sessions):
+        for s in self._sessions:
             for k, r in enumerate(s.requests):
                 r.turn = k
                 if not r.session:
@@ -220,3 +220,47 @@ class TraceSource(Source):
     def sessions(self) -> Iterator[SimSession]:
         for s in self._sessions:
             yield SimSession(s.session, s.start, [dataclasses.replace(r) for r in s.requests])
+
+
+class Prefetched(Source):
+    """``inner``'s sessions generated in a second process (fork) and handed over in batches, in the same order:
+    on two cores the workload generator (text synthesis, rendering, chunk hashing) runs beside the fleet."""
+
+    def __init__(self, inner: Source, batch: int = 128, depth: int = 64) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.phases = inner.phases
+        self.restarts = inner.restarts
+        self.duration_s = inner.duration_s
+        self.batch = batch
+        self.depth = depth
+
+    @staticmethod
+    def _produce(inner: Source, q: Any, batch: int) -> None:
+        buf: list[SimSession] = []
+        for s in inner.sessions():
+            buf.append(s)
+            if len(buf) >= batch:
+                q.put(buf)
+                buf = []
+        q.put(buf)
+        q.put(None)
+
+    def sessions(self) -> Iterator[SimSession]:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")
+        q = ctx.Queue(self.depth)
+        proc = ctx.Process(target=self._produce, args=(self.inner, q, self.batch), daemon=True)
+        proc.start()
+        try:
+            while True:
+                got = q.get()
+                if got is None:
+                    break
+                yield from got
+        finally:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join(timeout=10)
+            q.close()
