@@ -25,8 +25,8 @@ ABLATIONS: dict[str, Ablation] = {
     a.name: a
     for a in (
         Ablation("flat_keys", "SliceKey = the app key hashed whole (no group bits)", {"key_layout": "flat"}),
-        Ablation("no_bounded_load", "no bounded-load cap inside the subset", {"bounded_load_c": "0"}),
-        Ablation("no_sticky", "no stickiness escape in the pick", {"sticky_escape": "false"}),
+        Ablation("no_bounded_load", "no bounded-load cap inside the subset", {"load_cap": "0"}),
+        Ablation("no_sticky", "no stickiness escape in the pick", {"sticky": "false"}),
         Ablation("no_calm", "the assigner acts on every round's noise (no hysteresis/cooldown)", {}, {"calm": "false"}),
         Ablation("no_replica_true", "equal replica shares of a slice", {}, {"replica_true_load": "false"}),
     )

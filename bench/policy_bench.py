@@ -54,7 +54,16 @@ class Zipf:
         ]
 
 
-def run(n_pods: int, n_slices: int, rounds: int, seed: int, min_replicas: int, args_s: float) -> dict[str, float]:
+def run(
+    n_pods: int,
+    n_slices: int,
+    rounds: int,
+    seed: int,
+    min_replicas: int,
+    args_s: float,
+    calm: bool = True,
+    replica_true_load: bool = True,
+) -> dict[str, float]:
     rng = random.Random(seed)
     cfg = TargetConfig(
         target="bench",
@@ -62,6 +71,8 @@ def run(n_pods: int, n_slices: int, rounds: int, seed: int, min_replicas: int, a
         max_replicas=max(3, min_replicas),
         initial_slices=n_slices,
         max_slices_per_pod=max(1000, 4 * n_slices * min_replicas // n_pods),
+        calm=calm,
+        replica_true_load=replica_true_load,
     ).validate()
     pods = [Pod(id=f"pod-{i:04d}", address=f"10.0.{i // 256}.{i % 256}:50051") for i in range(n_pods)]
     a = initial_assignment(cfg, pods)
@@ -93,6 +104,56 @@ def run(n_pods: int, n_slices: int, rounds: int, seed: int, min_replicas: int, a
     }
 
 
+def sessions_churn(calm: bool, replica_true_load: bool, rounds: int, seed: int) -> dict[str, float]:
+    """A small pool on session noise: 4 pods, 100 multi-turn sessions in 10 Zipf(1.1) tenant groups (SliceKey =
+    group hash << 32 | session hash), each session active in a round with probability 1/2. A session stays on the
+    replica that served it while that pod still holds its slice (the router follows the cache), else takes the
+    replica its hash picks. Counts, per round: the policy's moves, splits + merges, replications +
+    dereplications, sessions whose pod changed (a lost KV cache), and the true max/mean pod load."""
+    rng = random.Random(seed)
+    cfg = TargetConfig("bench", initial_slices=64, calm=calm, replica_true_load=replica_true_load).validate()
+    pods = [Pod(id=f"pod-{i}", address=f"10.0.0.{i}:50051") for i in range(4)]
+    a = initial_assignment(cfg, pods)
+    groups = [rng.getrandbits(32) for _ in range(10)]
+    weights = [1.0 / (i + 1) ** 1.1 for i in range(len(groups))]
+    sessions = [(rng.choices(groups, weights)[0] << 32) | rng.getrandbits(32) for _ in range(100)]
+    where: dict[int, str] = {}
+    totals = {"moves": 0.0, "splits_merges": 0.0, "replications": 0.0, "hops": 0.0, "imbalance": 0.0}
+    for i in range(rounds):
+        served: dict[tuple[int, str], float] = {}
+        keys: dict[tuple[int, str], list[tuple[int, float]]] = {}
+        pod_load = dict.fromkeys((p.id for p in pods), 0.0)
+        for k in sessions:
+            if rng.random() >= 0.5:
+                continue
+            sa = a.lookup(k)
+            if not sa.replicas:
+                continue
+            pod = where.get(k)
+            if pod not in sa.replicas:
+                pod = sa.replicas[(k * 0x9E3779B1 >> 7) % len(sa.replicas)]
+                if k in where:
+                    totals["hops"] += 1
+                where[k] = pod
+            served[(sa.slice.lo, pod)] = served.get((sa.slice.lo, pod), 0.0) + 1.0
+            keys.setdefault((sa.slice.lo, pod), []).append((k, 1.0))
+            pod_load[pod] += 1.0
+        per_pod: dict[str, list[SliceLoad]] = {}
+        for sa in a.slices:
+            for p in sa.replicas:
+                top = tuple(sorted(keys.get((sa.slice.lo, p), ()))[:8])  # the slicelet's hot-key sketch
+                per_pod.setdefault(p, []).append(SliceLoad(sa.slice, served.get((sa.slice.lo, p), 0.0), top))
+        reports = [LoadReport(p, a.target, slices=tuple(v)) for p, v in sorted(per_pod.items())]
+        a = reshard(a, pods, reports, now_ms=i * 500)
+        st = a.stats
+        totals["moves"] += st.moves
+        totals["splits_merges"] += st.splits + st.merges
+        totals["replications"] += st.replications + st.dereplications
+        mean = sum(pod_load.values()) / len(pod_load)
+        totals["imbalance"] += max(pod_load.values()) / mean if mean > 0 else 1.0
+    return {k: v / rounds for k, v in totals.items()}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=8)
@@ -100,10 +161,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--min-replicas", type=int, default=1)
     ap.add_argument("--zipf", type=float, default=0.9, help="Zipf exponent of the hot keys")
     ap.add_argument("--sizes", default="100x5000,100x50000,1000x5000,1000x50000", help="PODSxSLICES,...")
+    ap.add_argument("--calm", action=argparse.BooleanOptionalAction, default=True, help="TargetConfig.calm")
+    ap.add_argument(
+        "--replica-true-load", action=argparse.BooleanOptionalAction, default=True, help="TargetConfig.replica_true_load"
+    )
+    ap.add_argument(
+        "--sessions", type=int, default=0, metavar="ROUNDS",
+        help="instead: session-noise churn of a 4-pod pool over ROUNDS rounds, each mechanism on and off",
+    )
     args = ap.parse_args(argv)
+    if args.sessions:
+        print(f"session noise, 4 pods, 100 sessions, {args.sessions} rounds; per round:")
+        print(f"{'calm':>5} {'true':>5} | {'moves':>6} {'split+merge':>11} {'(de)repl':>8} | {'hops':>5} | {'max/mean':>8}")
+        for calm in (False, True):
+            for true in (False, True):
+                r = sessions_churn(calm, true, args.sessions, args.seed)
+                print(
+                    f"{calm!s:>5} {true!s:>5} | {r['moves']:>6.2f} {r['splits_merges']:>11.2f} "
+                    f"{r['replications']:>8.2f} | {r['hops']:>5.2f} | {r['imbalance']:>8.3f}"
+                )
+        return
     print(
         f"policy round (CPU seconds, one core); Zipf({args.zipf}) hot keys + 30% even background; "
-        f"min_replicas={args.min_replicas}; {args.rounds} rounds"
+        f"min_replicas={args.min_replicas}; {args.rounds} rounds; calm={args.calm} "
+        f"replica_true_load={args.replica_true_load}"
     )
     print("imb = max/mean capacity-normalised pod load; floor = the hottest key alone over max_replicas pods")
     print(
@@ -112,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     for size in args.sizes.split(","):
         p, s = (int(x) for x in size.lower().split("x"))
-        r = run(p, s, args.rounds, args.seed, args.min_replicas, args.zipf)
+        r = run(p, s, args.rounds, args.seed, args.min_replicas, args.zipf, args.calm, args.replica_true_load)
         print(
             f"{p:>5} {s:>7} | {r['first_s']:>8.3f} {r['median_s']:>8.3f} {r['max_s']:>7.3f} | "
             f"{r['imb_first']:>6.3f} {r['imb_last']:>7.3f} {r['floor']:>6.2f} | {r['churn_mean']:>9.4f} {r['churn_last']:>9.4f} | "

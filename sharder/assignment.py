@@ -6,12 +6,16 @@ import bisect
 import dataclasses
 import math
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from sharder.config import TargetConfig
 from sharder.errors import GenerationError, InvariantError
 from sharder.keyspace import KEYSPACE_END, Slice, check_slice_key, slice_key, split_evenly
 from sharder.overrides import Override
 from sharder.pods import Pod, PodState, serves
+
+if TYPE_CHECKING:
+    from sharder.policy.memory import PolicyMemory
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -53,6 +57,9 @@ class Assignment:
     Replica bounds: a slice has between ``min(config.min_replicas, E)`` and ``config.max_replicas``
     replicas, where E is the number of eligible ACTIVE pods; with no eligible active pod a slice may have
     none (routers then fall back to ``leaving`` or fail the request with UNAVAILABLE).
+
+    ``memory`` is what the policy round that produced it carries into the next round (smoothed loads, the
+    imbalance streak); it is not compared, hashed or sent on the wire.
     """
 
     target: str
@@ -63,6 +70,7 @@ class Assignment:
     overrides: tuple[Override, ...] = ()
     stats: RoundStats = dataclasses.field(default_factory=RoundStats)
     created_unix_ms: int = 0
+    memory: PolicyMemory | None = dataclasses.field(default=None, repr=False, compare=False, hash=False)
     _los: list[int] = dataclasses.field(init=False, repr=False, compare=False, hash=False)
     _pod_index: dict[str, Pod] = dataclasses.field(init=False, repr=False, compare=False, hash=False)
 

@@ -16,6 +16,7 @@ from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
 from sharder import codec
 from sharder.assignment import Assignment, SliceAssignment
 from sharder.codec import apply_diff_message as apply_diff
+from sharder.security.client import ClientAuth
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,14 @@ class Clerk:
     """The newest assignment of each watched target, kept current by a Watch stream to any assigner replica.
 
     ``target`` None watches every target. Lookups are synchronous (local bisect), never await, and keep
-    answering from the last assignment while every assigner is down. Generations never go backwards: an
-    older generation from a lagging replica is ignored.
+    answering from the last assignment while every assigner is down. Generations do not go backwards: an
+    older generation from a lagging replica is ignored, unless the assigners keep sending only older
+    generations of a target for ``resync_after_s`` (its store was restored from an old snapshot or lost):
+    then the clerk resyncs to what they serve instead of freezing on a view nobody confirms (``resyncs``
+    counts it). While older (or invalid) generations are being ignored, ``staleness_s`` counts from the moment
+    they began, so the router's staleness gauge does not read 0 for a view no assigner confirms.
 
+    ``auth``: the reader token and CA to present (default: ``ClientAuth.from_env()``).
     ``diffs``: ask for AssignmentDiffs after the first full assignment. Full assignments are the default:
     bench/watch_bench.py measured the same delivery latency for both (the assigner encodes each generation
     once for every watcher, so fan-out cost does not depend on the size), diffs only save bytes
@@ -57,6 +63,8 @@ class Clerk:
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 2.0,
         diffs: bool = False,
+        resync_after_s: float = 3.0,
+        auth: ClientAuth | None = None,
     ) -> None:
         if not assigner_addresses:
             raise ValueError("assigner_addresses must name at least one assigner (host:port)")
@@ -67,6 +75,13 @@ class Clerk:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.diffs = diffs
+        self.auth = auth if auth is not None else ClientAuth.from_env()  # a reader token; $BRUNOISE_TOKEN
+        if resync_after_s <= 0:
+            raise ValueError("resync_after_s must be > 0")
+        self.resync_after_s = resync_after_s
+        self._behind: dict[str, tuple[float, slicing_pb2.Assignment]] = {}  # target -> (since, newest older msg)
+        self._resync_timers: dict[str, asyncio.TimerHandle] = {}
+        self.resyncs = 0
         self._assignments: dict[str, Assignment] = {}
         self._listeners: list[Listener] = []
         self._changed = asyncio.Event()
@@ -85,6 +100,9 @@ class Clerk:
             self._task = asyncio.create_task(self._run(), name="clerk-watch")
 
     async def stop(self) -> None:
+        for timer in self._resync_timers.values():
+            timer.cancel()
+        self._resync_timers.clear()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -138,11 +156,14 @@ class Clerk:
         With ``target``: inf while that target has no assignment."""
         if target is not None and target not in self._assignments:
             return math.inf
+        now = time.monotonic()
+        behind = [since for t, (since, _) in self._behind.items() if target is None or t == target]
+        unconfirmed = now - min(behind) if behind else 0.0
         if self._connected:
-            return 0.0
+            return unconfirmed
         if self._last_confirm is None:
             return math.inf
-        return time.monotonic() - self._last_confirm
+        return max(now - self._last_confirm, unconfirmed)
 
     def add_listener(self, cb: Listener) -> None:
         """``cb(assignment)`` is called (synchronously, in the event loop) for every accepted new generation."""
@@ -166,9 +187,12 @@ class Clerk:
             self.current_address = addr
             got_any = False
             try:
-                async with grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS) as channel:
+                async with self.auth.aio_channel(addr, CHANNEL_OPTIONS) as channel:
                     stub = assigner_pb2_grpc.AssignerStub(channel)  # type: ignore[no-untyped-call]
-                    call = stub.Watch(assigner_pb2.WatchRequest(target=self.target or "", diffs=self.diffs))
+                    call = stub.Watch(
+                        assigner_pb2.WatchRequest(target=self.target or "", diffs=self.diffs),
+                        metadata=self.auth.metadata,
+                    )
                     await call.initial_metadata()
                     self._connected = True
                     self._last_confirm = time.monotonic()
@@ -181,7 +205,9 @@ class Clerk:
                 self._disconnected()
                 raise
             except grpc.aio.AioRpcError as exc:
-                log.info("watch on %s ended: %s %s", addr, exc.code().name, exc.details())
+                refused = exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+                log.log(logging.ERROR if refused else logging.INFO, "watch on %s ended: %s %s", addr,
+                        exc.code().name, exc.details())  # fmt: skip
             except _Resync as exc:
                 log.info("watch on %s: %s; reconnecting", addr, exc)
             except Exception:
@@ -215,12 +241,21 @@ class Clerk:
         if cur is not None and msg.generation <= cur.generation:
             if msg.generation < cur.generation:
                 self.ignored_older += 1
+                self._note_behind(msg)
+            else:
+                self._caught_up(msg.target)  # the same generation: our view is confirmed
             return
+        self._install(msg)
+
+    def _install(self, msg: slicing_pb2.Assignment) -> bool:
         try:
             a = codec.assignment_from_proto(msg)
         except Exception as exc:
             log.warning("ignoring invalid assignment %s@%d: %s", msg.target, msg.generation, exc)
-            return
+            # our view is no longer confirmed by the assigner: staleness counts from here until a valid one
+            self._behind.setdefault(msg.target, (time.monotonic(), msg))
+            return False
+        self._caught_up(msg.target)
         self._assignments[msg.target] = a
         self._changed.set()
         for cb in list(self._listeners):
@@ -228,3 +263,41 @@ class Clerk:
                 cb(a)
             except Exception:
                 log.exception("clerk listener failed")
+        return True
+
+    # going backwards ----------------------------------------------------------------------------
+    def _note_behind(self, msg: slicing_pb2.Assignment) -> None:
+        """An assigner sent an older generation of ``msg.target`` than we hold; resync if that persists."""
+        now = time.monotonic()
+        since = self._behind[msg.target][0] if msg.target in self._behind else now
+        self._behind[msg.target] = (since, msg)
+        if msg.target not in self._resync_timers:
+            delay = max(0.0, since + self.resync_after_s - now)
+            self._resync_timers[msg.target] = asyncio.get_running_loop().call_later(
+                delay, self._resync, msg.target
+            )
+
+    def _caught_up(self, target: str) -> None:
+        self._behind.pop(target, None)
+        timer = self._resync_timers.pop(target, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _resync(self, target: str) -> None:
+        self._resync_timers.pop(target, None)
+        entry = self._behind.get(target)
+        if entry is None:
+            return
+        if not self._connected:  # nobody is serving right now: keep what we hold and look again later
+            self._resync_timers[target] = asyncio.get_running_loop().call_later(
+                self.resync_after_s, self._resync, target
+            )
+            return
+        since, msg = entry
+        held = self.generation(target)
+        if self._install(msg):
+            self.resyncs += 1
+            log.warning(
+                "assigners served only older generations of %r for %.1fs (newest %d, we held %d): resynced",
+                target, time.monotonic() - since, msg.generation, held,
+            )

@@ -40,6 +40,16 @@ _CONFIG_ZERO_IS_DEFAULT = (
     "initial_slices",
 )
 _CONFIG_DEFAULTS = TargetConfig(target="-")
+# Settings sent as proto3 ``optional`` fields: decoded only when present, so older senders get the defaults.
+_CONFIG_OPTIONAL = (
+    "calm",
+    "imbalance_target",
+    "act_after_rounds",
+    "cooldown_rounds",
+    "load_smoothing",
+    "move_cost_weight",
+    "replica_true_load",
+)
 
 
 # --- Slice ------------------------------------------------------------------------------------------------
@@ -100,6 +110,13 @@ def config_to_proto(c: TargetConfig) -> pb.TargetConfig:
         initial_slices=c.initial_slices,
         eligibility=dict(c.eligibility),
         model=c.model,
+        calm=c.calm,
+        imbalance_target=c.imbalance_target,
+        act_after_rounds=c.act_after_rounds,
+        cooldown_rounds=c.cooldown_rounds,
+        load_smoothing=c.load_smoothing,
+        move_cost_weight=c.move_cost_weight,
+        replica_true_load=c.replica_true_load,
     )
 
 
@@ -124,6 +141,11 @@ def config_from_proto(m: pb.TargetConfig) -> TargetConfig:
     for name in _CONFIG_ZERO_IS_DEFAULT:
         if kw[name] == 0:
             kw[name] = getattr(_CONFIG_DEFAULTS, name)
+    for name in _CONFIG_OPTIONAL:  # proto3 optional: unset means the default, a set zero/false stays
+        if m.HasField(name):
+            kw[name] = getattr(m, name)
+    if not m.HasField("imbalance_target"):  # an older sender's tolerance may be below the default target
+        kw["imbalance_target"] = min(_CONFIG_DEFAULTS.imbalance_target, kw["imbalance_tolerance"])
     return TargetConfig(**kw).validate()
 
 

@@ -32,6 +32,25 @@ class TargetConfig:
       splitting / merging;
     * ``initial_slices`` (64): slices of a fresh assignment;
     * ``eligibility``: labels (model, model_version, region) a pod must carry exactly to serve the target.
+
+    Calm resharding (``calm``, default on; off = the old act-every-round behaviour, for ablation):
+
+    * ``calm``: smooth loads over rounds (``load_smoothing``), balance only after the smoothed imbalance
+      (max/mean pod load) stayed above ``1 + imbalance_tolerance`` for ``act_after_rounds`` consecutive rounds
+      and then down to ``1 + imbalance_target`` (hysteresis); leave a slice alone for ``cooldown_rounds`` after
+      it moved, split or was (de)replicated, except to fix invariants (dead or draining pods, min_replicas,
+      overrides); price each move by the warm cache it throws away (``move_cost_weight``); merge and count-balance
+      only cold slices;
+    * ``imbalance_target`` (0.05): once balancing, pods above (1 + target) x mean shed load; at most
+      ``imbalance_tolerance``;
+    * ``act_after_rounds`` (3): consecutive rounds above the tolerance before balancing starts (>= 1);
+    * ``cooldown_rounds`` (5): generations a changed slice is left alone (0 = none);
+    * ``load_smoothing`` (0.2): EWMA weight of the newest round's reports, in (0, 1] (1 = no smoothing);
+    * ``move_cost_weight`` (1.0): a load move must narrow the donor-receiver load gap by more than this times
+      the load the donor served from the slice (its warm cache, lost by the move); 0 = moves are free;
+    * ``replica_true_load`` (default on): a replica's pod counts the load it reported serving for the slice
+      (routers send sessions to the replica holding their cache, so replicas carry unequal shares); off, or
+      for a replica with no report, an equal share of the slice's load.
     """
 
     target: str
@@ -48,12 +67,30 @@ class TargetConfig:
     initial_slices: int = 64
     eligibility: dict[str, str] = dataclasses.field(default_factory=dict, hash=False)
     model: str = ""
+    calm: bool = True
+    imbalance_target: float = 0.05
+    act_after_rounds: int = 3
+    cooldown_rounds: int = 5
+    load_smoothing: float = 0.2
+    move_cost_weight: float = 1.0
+    replica_true_load: bool = True
 
     def validate(self) -> TargetConfig:
         """Raise ConfigError (naming the field) unless every setting is usable; return self."""
         if not isinstance(self.target, str) or not self.target.strip():
             raise ConfigError("target must be a non-empty name, e.g. 'llama-3-8b'", field="target")
-        for name in ("min_replicas", "max_replicas", "min_slices_per_pod", "max_slices_per_pod", "initial_slices"):
+        for name in ("calm", "replica_true_load"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}", field=name)
+        for name in (
+            "min_replicas",
+            "max_replicas",
+            "min_slices_per_pod",
+            "max_slices_per_pod",
+            "initial_slices",
+            "act_after_rounds",
+            "cooldown_rounds",
+        ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool):
                 raise ConfigError(f"{name} must be an integer, got {type(v).__name__}", field=name)
@@ -76,6 +113,9 @@ class TargetConfig:
             "merge_threshold",
             "dereplicate_threshold",
             "hot_key_fraction",
+            "imbalance_target",
+            "load_smoothing",
+            "move_cost_weight",
         ):
             v = getattr(self, name)
             if not isinstance(v, int | float) or isinstance(v, bool):
@@ -84,6 +124,21 @@ class TargetConfig:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {v}", field=name)
         if self.imbalance_tolerance <= 0:
             raise ConfigError("imbalance_tolerance must be > 0, e.g. 0.10", field="imbalance_tolerance")
+        if self.imbalance_target > self.imbalance_tolerance:
+            raise ConfigError(
+                f"imbalance_target ({self.imbalance_target}) must not exceed imbalance_tolerance "
+                f"({self.imbalance_tolerance}): balancing starts above the tolerance and stops at the target",
+                field="imbalance_target",
+            )
+        if self.act_after_rounds < 1:
+            raise ConfigError(f"act_after_rounds must be >= 1, got {self.act_after_rounds}", field="act_after_rounds")
+        if self.cooldown_rounds < 0:
+            raise ConfigError(f"cooldown_rounds must be >= 0, got {self.cooldown_rounds}", field="cooldown_rounds")
+        if not 0 < self.load_smoothing <= 1:
+            raise ConfigError(
+                f"load_smoothing must be in (0, 1] (1 = no smoothing), got {self.load_smoothing}",
+                field="load_smoothing",
+            )
         if not 0 < self.churn_budget <= 1:
             raise ConfigError(f"churn_budget must be in (0, 1], got {self.churn_budget}", field="churn_budget")
         if self.split_threshold <= 0:

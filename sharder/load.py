@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-import sys
 
 from sharder.errors import LoadReportError
 from sharder.keyspace import Slice
 
 MAX_SLICES_PER_REPORT = 100_000
 MAX_TOP_KEYS = 1024
-_FLOAT_MAX = sys.float_info.max
+#: The largest load (engine, slice or hot-key weight) a report may carry. Loads are requests or tokens per
+#: second in practice; the bound keeps every sum the policy forms over a round finite.
+MAX_LOAD = 1e12
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -74,8 +76,10 @@ class LoadReport:
                 f"engine.capacity must be a finite number > 0 (1.0 = reference pod), got {e.capacity!r}",
                 field="engine.capacity",
             )
-        if not _is_number(e.load) or not math.isfinite(e.load) or e.load < 0:
-            raise LoadReportError(f"engine.load must be a finite number >= 0, got {e.load!r}", field="engine.load")
+        if not _is_number(e.load) or not 0 <= e.load <= MAX_LOAD:
+            raise LoadReportError(
+                f"engine.load must be a number in [0, {MAX_LOAD:g}], got {e.load!r}", field="engine.load"
+            )
         for name in ("seq", "unix_ms"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
@@ -93,7 +97,7 @@ class LoadReport:
                 type(sl) is SliceLoad
                 and type(sl.slice) is Slice
                 and type(sl.load) is float
-                and 0.0 <= sl.load <= _FLOAT_MAX
+                and 0.0 <= sl.load <= MAX_LOAD
                 and type(sl.requests) is int
                 and sl.requests >= 0
                 and type(sl.misrouted) is int
@@ -105,6 +109,26 @@ class LoadReport:
             _check_slice_load(i, sl)
         return self
 
+    def check_disjoint(self) -> LoadReport:
+        """Raise LoadReportError unless the report names each key range once (what a pod sends: the slices it
+        holds). Duplicated or overlapping slices would count one load twice. Separate from ``validate`` because
+        the policy also accepts merged reports whose ranges overlap."""
+        _check_disjoint(self.slices)
+        return self
+
+
+def _check_disjoint(slices: tuple[SliceLoad, ...]) -> None:
+    order = sorted(range(len(slices)), key=lambda i: (slices[i].slice.lo, slices[i].slice.hi))
+    for a, b in itertools.pairwise(order):
+        if slices[b].slice.lo < slices[a].slice.hi:
+            first, second = min(a, b), max(a, b)
+            what = "repeats" if slices[a].slice == slices[b].slice else "overlaps"
+            raise LoadReportError(
+                f"slices[{second}] {slices[second].slice} {what} slices[{first}] {slices[first].slice}; "
+                "report each key range once",
+                field=f"slices[{second}]",
+            )
+
 
 def _check_slice_load(i: int, sl: object) -> None:
     if not isinstance(sl, SliceLoad):
@@ -112,8 +136,10 @@ def _check_slice_load(i: int, sl: object) -> None:
     if not isinstance(sl.slice, Slice):
         raise LoadReportError(f"slices[{i}].slice must be a Slice", field=f"slices[{i}].slice")
     load = sl.load
-    if not _is_number(load) or not math.isfinite(load) or load < 0:
-        raise LoadReportError(f"slices[{i}].load must be a finite number >= 0, got {load!r}", field=f"slices[{i}].load")
+    if not _is_number(load) or not math.isfinite(load) or not 0 <= load <= MAX_LOAD:
+        raise LoadReportError(
+            f"slices[{i}].load must be a number in [0, {MAX_LOAD:g}], got {load!r}", field=f"slices[{i}].load"
+        )
     for name in ("requests", "misrouted"):
         v = getattr(sl, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
@@ -148,9 +174,9 @@ def _check_top_keys(i: int, sl: SliceLoad) -> None:
                 f"slices[{i}].top_keys[{j}] key {k} lies outside its slice {s}; report keys by the slice holding them",
                 field=f"slices[{i}].top_keys",
             )
-        if not (type(w) is float or _is_number(w)) or not 0.0 <= w <= _FLOAT_MAX:
+        if not (type(w) is float or _is_number(w)) or not 0.0 <= w <= MAX_LOAD:
             raise LoadReportError(
-                f"slices[{i}].top_keys[{j}] weight must be a finite number >= 0, got {w!r}",
+                f"slices[{i}].top_keys[{j}] weight must be a number in [0, {MAX_LOAD:g}], got {w!r}",
                 field=f"slices[{i}].top_keys",
             )
 
@@ -159,4 +185,4 @@ def _is_number(v: object) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-__all__ = ["MAX_SLICES_PER_REPORT", "MAX_TOP_KEYS", "EngineLoad", "LoadReport", "SliceLoad"]
+__all__ = ["MAX_LOAD", "MAX_SLICES_PER_REPORT", "MAX_TOP_KEYS", "EngineLoad", "LoadReport", "SliceLoad"]

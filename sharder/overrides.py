@@ -13,6 +13,11 @@ from sharder.pods import Pod, serves
 if TYPE_CHECKING:
     from sharder.assignment import Assignment
 
+#: Overrides one target may hold. Each split override is a permanent slice boundary (and each override is
+#: checked every round), so an unbounded list would grow the assignment and the round without limit.
+MAX_OVERRIDES = 64
+
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class MoveOverride:
@@ -82,6 +87,12 @@ def check_override(assignment: Assignment, pods: Iterable[Pod], override: Overri
     existing = assignment.overrides
     if any(o.id == override.id for o in existing):
         raise OverrideError(f"an override with id {override.id!r} already exists; clear it first", field="id")
+    if len(existing) >= MAX_OVERRIDES:
+        raise OverrideError(
+            f"target {cfg.target!r} already has {len(existing)} overrides; at most {MAX_OVERRIDES} are kept: "
+            "clear some first",
+            field="overrides",
+        )
     pod_map = {p.id: p for p in pods}
     if isinstance(override, MoveOverride):
         n = len(override.pods)
@@ -143,4 +154,4 @@ def _is_key(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < KEYSPACE_END
 
 
-__all__ = ["MergeOverride", "MoveOverride", "Override", "SplitOverride", "check_override", "validate_override"]
+__all__ = ["MAX_OVERRIDES", "MergeOverride", "MoveOverride", "Override", "SplitOverride", "check_override", "validate_override"]

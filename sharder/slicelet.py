@@ -19,6 +19,7 @@ from sharder.assigner.status import LEADER_METADATA_KEY
 from sharder.keyspace import Slice
 from sharder.load import EngineLoad, LoadReport, SliceLoad
 from sharder.pods import Pod, PodState
+from sharder.security.client import ClientAuth
 from sharder.sketch import Ewma, SpaceSaving
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Slicelet:
     and hot keys, misrouted counting) happens in the report loop. Reports go to the leader: a follower's
     FAILED_PRECONDITION carries the leader's address (``x-brunoise-leader``), which is followed at once;
     unreachable assigners are skipped with jittered backoff. The held slices come from the last answer.
+    ``auth``: this pod's token (bound to its pod id) and the CA (default: ``ClientAuth.from_env()``).
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class Slicelet:
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 2.0,
         rpc_timeout_s: float = 3.0,
+        auth: ClientAuth | None = None,
     ) -> None:
         if not assigner_addresses:
             raise ValueError("assigner_addresses must name at least one assigner (host:port)")
@@ -81,6 +84,7 @@ class Slicelet:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.rpc_timeout_s = rpc_timeout_s
+        self.auth = auth if auth is not None else ClientAuth.from_env()  # this pod's token; $BRUNOISE_TOKEN
         self._pending: list[tuple[int, float]] = []
         self._held: tuple[Slice, ...] = ()
         self._los: list[int] = []
@@ -185,7 +189,7 @@ class Slicelet:
     def _channel(self, addr: str) -> grpc.aio.Channel:
         ch = self._channels.get(addr)
         if ch is None:
-            ch = self._channels[addr] = grpc.aio.insecure_channel(addr)
+            ch = self._channels[addr] = self.auth.aio_channel(addr)
         return ch
 
     def build_request(self) -> assigner_pb2.ReportRequest:
@@ -216,7 +220,9 @@ class Slicelet:
             addr = self._leader_addr or self.addresses[self._addr_idx % len(self.addresses)]
             try:
                 stub = assigner_pb2_grpc.AssignerStub(self._channel(addr))  # type: ignore[no-untyped-call]
-                resp: assigner_pb2.ReportResponse = await stub.Report(req, timeout=self.rpc_timeout_s)
+                resp: assigner_pb2.ReportResponse = await stub.Report(
+                    req, timeout=self.rpc_timeout_s, metadata=self.auth.metadata
+                )
             except grpc.aio.AioRpcError as exc:
                 last = exc
                 if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
@@ -228,6 +234,9 @@ class Slicelet:
                     grpc.StatusCode.INVALID_ARGUMENT,
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     grpc.StatusCode.ALREADY_EXISTS,
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    grpc.StatusCode.NOT_FOUND,
                 ):
                     raise  # retrying elsewhere will not help
                 if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:

@@ -16,6 +16,7 @@ import grpc
 
 from brunoise.cli.output import KEYSPACE_END, CliError
 from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from sharder.security.client import ENV_TLS_CA, ENV_TOKEN, ClientAuth
 
 T = TypeVar("T")
 
@@ -33,6 +34,8 @@ EXIT_CODES: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.FAILED_PRECONDITION: 5,
     grpc.StatusCode.ALREADY_EXISTS: 5,
     grpc.StatusCode.ABORTED: 5,
+    grpc.StatusCode.UNAUTHENTICATED: 6,
+    grpc.StatusCode.PERMISSION_DENIED: 6,
 }
 
 
@@ -85,6 +88,16 @@ def resolve_assigner(option: str | None) -> str:
     return DEFAULT_ASSIGNER
 
 
+def resolve_auth(token: str | None = None, ca: str | None = None) -> ClientAuth:
+    """Token and CA: the arguments, else $BRUNOISE_TOKEN / $BRUNOISE_TLS_CA, else the running ``cluster up``'s
+    admin token and CA (from the cluster file), else none (an open loopback assigner)."""
+    env = ClientAuth.from_env()
+    rec = read_cluster_file() or {}
+    tok = token or env.token or (str(rec["admin_token"]) if isinstance(rec.get("admin_token"), str) else None)
+    ca_path = ca or os.environ.get(ENV_TLS_CA) or (str(rec["tls_ca"]) if isinstance(rec.get("tls_ca"), str) else None)
+    return ClientAuth.from_values(tok, None, ca_path)
+
+
 # ----------------------------------------------------------------------------- errors
 def rpc_error(exc: grpc.RpcError, address: str, timeout_s: float) -> CliError:
     """One clear line for a failed RPC."""
@@ -96,6 +109,12 @@ def rpc_error(exc: grpc.RpcError, address: str, timeout_s: float) -> CliError:
         return CliError(
             f"cannot reach the assigner at {address} ({details or 'unavailable'}); "
             f"start one with `brunoise cluster up` or point --assigner / ${ENV_ASSIGNER} at it",
+            exit_code,
+        )
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return CliError(
+            f"the assigner at {address} refused the call ({details}); give an admin token with --token or "
+            f"${ENV_TOKEN} (and --tls-ca / ${ENV_TLS_CA}), or run the CLI beside `brunoise cluster up`",
             exit_code,
         )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -126,10 +145,11 @@ def _leader_hint(exc: grpc.RpcError) -> str:
 class AdminClient:
     """Blocking calls to one assigner's admin RPCs; every failure raises CliError."""
 
-    def __init__(self, address: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, address: str, timeout_s: float = 10.0, auth: ClientAuth | None = None) -> None:
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(address, options=[("grpc.enable_retries", 0)])
+        self.auth = auth if auth is not None else resolve_auth()
+        self._channel = self.auth.channel(address, [("grpc.enable_retries", 0)])
         self._stub = assigner_pb2_grpc.AssignerStub(self._channel)  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
@@ -145,7 +165,9 @@ class AdminClient:
         """Call RPC ``name``; a write sent to a follower is retried once on the leader it names."""
         for attempt in (0, 1):
             try:
-                return cast(T, getattr(self._stub, name)(request, timeout=self.timeout_s))
+                return cast(
+                    T, getattr(self._stub, name)(request, timeout=self.timeout_s, metadata=self.auth.metadata)
+                )
             except grpc.RpcError as exc:
                 leader = _leader_hint(exc)
                 if attempt == 0 and leader and leader != self.address:
@@ -157,7 +179,7 @@ class AdminClient:
     def _connect(self, address: str) -> None:
         self._channel.close()
         self.address = address
-        self._channel = grpc.insecure_channel(address, options=[("grpc.enable_retries", 0)])
+        self._channel = self.auth.channel(address, [("grpc.enable_retries", 0)])
         self._stub = assigner_pb2_grpc.AssignerStub(self._channel)  # type: ignore[no-untyped-call]
 
     def list_targets(self) -> assigner_pb2.ListTargetsResponse:
@@ -193,7 +215,10 @@ class AdminClient:
 
     def watch(self, target: str, from_generation: int = 0) -> Iterator[assigner_pb2.WatchResponse]:
         """Full assignments as they change (no deadline: ends when the caller stops iterating)."""
-        stream = self._stub.Watch(assigner_pb2.WatchRequest(target=target, from_generation=from_generation, diffs=False))
+        stream = self._stub.Watch(
+            assigner_pb2.WatchRequest(target=target, from_generation=from_generation, diffs=False),
+            metadata=self.auth.metadata,
+        )
         try:
             yield from stream
         except grpc.RpcError as exc:

@@ -22,10 +22,12 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from brunoise.cli.client import ENV_ASSIGNER, AdminClient, cluster_file, read_cluster_file, state_name
+from brunoise.cli.credentials import init_credentials
 from brunoise.cli.demo import DemoResult, run_demo
 from brunoise.cli.output import CliError, console, err_console, fmt_pct, make_table, print_error
 from brunoise.launch import LaunchError, ManagedProcess, ProcessGroup, python_module
 from brunoise.v1 import slicing_pb2
+from sharder.security.client import ENV_TLS_CA, ENV_TOKEN, ClientAuth
 
 #: Modules of the three server processes (each also installed as a console script).
 ASSIGNER_MODULE = "sharder.assigner.main"
@@ -136,6 +138,32 @@ class LocalCluster:
         self.router_grpc = ""
         self.runtimes: list[RuntimeInfo] = []
         self._step = on_step or (lambda _msg: None)
+        self.tls_ca = ""
+        self.admin_token = ""
+        self._tokens: dict[str, str] = {}  # principal name -> token (kept in memory and in the 0600 cluster file)
+        self.auth = ClientAuth()
+
+    # credentials -------------------------------------------------------------------------------
+    def _make_credentials(self) -> list[str]:
+        """A CA + server certificate for 127.0.0.1/localhost and one token per role / per pod, under the log
+        dir (``brunoise credentials init``); the assigner's flags for them. Tokens reach children by
+        environment, never argv."""
+        d = self.log_dir / "security"
+        pods = [f"pod-{i}" for i in range(1, self.opts.runtimes + 1)]
+        init_credentials(d, ["127.0.0.1", "localhost"], pods, admins=("cli",), readers=("router",))
+        self._tokens = {p.name: p.read_text().strip() for p in (d / "tokens").iterdir()}
+        pki = d / "pki"
+        self.tls_ca = str(pki / "ca.pem")
+        self.admin_token = self._tokens["cli"]
+        self.auth = ClientAuth(token=self.admin_token, ca_pem=(pki / "ca.pem").read_bytes())
+        return ["--credentials", str(d / "credentials.json"), "--tls-cert", str(pki / "server.pem"),
+                "--tls-key", str(pki / "server.key")]  # fmt: skip
+
+    def _env_for(self, principal: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in (ENV_TOKEN, "BRUNOISE_TOKEN_FILE")}
+        env[ENV_TOKEN] = self._tokens[principal]
+        env[ENV_TLS_CA] = self.tls_ca
+        return env
 
     # lifecycle ---------------------------------------------------------------------------------
     def start(self) -> LocalCluster:
@@ -171,10 +199,14 @@ class LocalCluster:
                 etcd_args += ["--etcd-endpoint", ep]
 
         self._step("starting the assigner")
+        security = self._make_credentials()
+        # the embedded store persists to a snapshot file: a restarted assigner keeps its generations
+        snapshot = ["--snapshot", str(self.log_dir / "assigner-snapshot.json")] if o.store == Store.embedded else []
         assigner = self._proc(
             "assigner",
-            python_module(ASSIGNER_MODULE, "--store", o.store.value, *etcd_args, "--port", "0", "--id", "assigner-0",
-                          "--round-interval", f"{o.round_interval_s:g}", *o.assigner_args),
+            python_module(ASSIGNER_MODULE, "--store", o.store.value, *etcd_args, *snapshot, "--port", "0",
+                          "--id", "assigner-0", "--round-interval", f"{o.round_interval_s:g}", *security,
+                          *o.assigner_args),
         )
         self.assigner_addr = self._ready(assigner)["grpc"]
         self._configure_target()
@@ -188,7 +220,7 @@ class LocalCluster:
                 "--labels", f"model={o.model}", "--assigner", self.assigner_addr, *self._time_scale_args(),
                 *engine_args, *o.runtime_args,
             )
-            procs.append((pod_id, self._proc(pod_id, argv)))
+            procs.append((pod_id, self._proc(pod_id, argv, env=self._env_for(pod_id))))
         for pod_id, p in procs:
             addrs = self._ready(p)
             self.runtimes.append(RuntimeInfo(pod_id, addrs.get("grpc", ""), _http_url(addrs.get("http", ""))))
@@ -196,7 +228,8 @@ class LocalCluster:
         self._step("starting the router")
         router = self._proc(
             "router", python_module(ROUTER_MODULE, "--assigner", self.assigner_addr, "--http-port", "0", "--grpc-port", "0",
-                                    "--wait-ready-s", "15", *self.opts.router_args)
+                                    "--wait-ready-s", "15", *self.opts.router_args),
+            env=self._env_for("router"),
         )
         addrs = self._ready(router)
         self.router_http = _http_url(addrs.get("http", ""))
@@ -208,8 +241,8 @@ class LocalCluster:
     def _time_scale_args(self) -> list[str]:
         return ["--time-scale", f"{self.opts.time_scale:g}"] if self.opts.engine == EngineKind.sim else []
 
-    def _proc(self, name: str, argv: list[str]) -> ManagedProcess:
-        return self.group.add(ManagedProcess(name, argv, log_dir=self.log_dir)).start()
+    def _proc(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> ManagedProcess:
+        return self.group.add(ManagedProcess(name, argv, env=env, log_dir=self.log_dir)).start()
 
     def _ready(self, p: ManagedProcess) -> dict[str, str]:
         try:
@@ -229,7 +262,7 @@ class LocalCluster:
             initial_slices=self.opts.slices,
         )
         deadline = time.monotonic() + deadline_s
-        with AdminClient(self.assigner_addr, timeout_s=5.0) as c:
+        with AdminClient(self.assigner_addr, timeout_s=5.0, auth=self.auth) as c:
             while True:
                 try:
                     c.configure_target(cfg)
@@ -247,7 +280,7 @@ class LocalCluster:
         want = {r.pod_id for r in self.runtimes}
         deadline = time.monotonic() + timeout_s
         last: slicing_pb2.Assignment | None = None
-        with AdminClient(self.assigner_addr, timeout_s=5.0) as c:
+        with AdminClient(self.assigner_addr, timeout_s=5.0, auth=self.auth) as c:
             while time.monotonic() < deadline:
                 with contextlib.suppress(CliError):
                     last = c.get_assignment(self.opts.target)
@@ -293,6 +326,8 @@ class LocalCluster:
         return {
             "pid": os.getpid(),
             "assigner": self.assigner_addr,
+            "admin_token": self.admin_token,  # the file is written 0600
+            "tls_ca": self.tls_ca,
             "router_http": self.router_http,
             "router_grpc": self.router_grpc,
             "target": self.opts.target,
@@ -316,7 +351,9 @@ def write_cluster_file(rec: dict[str, Any]) -> pathlib.Path:
     path = cluster_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(rec, indent=2))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the admin token
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(rec, indent=2))
     os.replace(tmp, path)
     return path
 
@@ -345,7 +382,7 @@ def print_endpoints(cl: LocalCluster) -> None:
 
 def slices_held(cl: LocalCluster) -> dict[str, int]:
     """Slices each pod holds now (replica or leaving), from the assigner's ListPods."""
-    with contextlib.suppress(CliError), AdminClient(cl.assigner_addr, timeout_s=5.0) as c:
+    with contextlib.suppress(CliError), AdminClient(cl.assigner_addr, timeout_s=5.0, auth=cl.auth) as c:
         return {ps.pod.id: int(ps.slices_held) for ps in c.list_pods(cl.opts.target).pods}
     return {}
 

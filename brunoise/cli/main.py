@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
 
 from brunoise.cli import admin, simulate
 from brunoise.cli.cluster import cluster_app
+from brunoise.cli.credentials import credentials_app
 from brunoise.cli.output import print_error
 
 app = typer.Typer(
@@ -19,9 +21,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+@app.callback()
+def _credentials(
+    token: str = typer.Option(None, "--token", envvar="BRUNOISE_TOKEN", show_envvar=True,
+                              help="admin bearer token (default: the running `cluster up`'s)"),
+    tls_ca: str = typer.Option(None, "--tls-ca", envvar="BRUNOISE_TLS_CA", show_envvar=True,
+                               help="CA certificate (PEM) the assigner's TLS certificate is checked against"),
+) -> None:
+    """Global options: how the CLI authenticates to the assigner (flags, else env, else the cluster file)."""
+    if token:
+        os.environ["BRUNOISE_TOKEN"] = token
+    if tls_ca:
+        os.environ["BRUNOISE_TLS_CA"] = tls_ca
+
+
 admin.register(app)
 simulate.register(app)
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(credentials_app, name="credentials")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -132,18 +132,30 @@ class HistoryRequest(_message.Message):
     def __init__(self, target: _Optional[str] = ..., limit: _Optional[int] = ..., full: _Optional[bool] = ...) -> None: ...
 
 class HistoryEntry(_message.Message):
-    __slots__ = ("generation", "created_unix_ms", "stats", "slices", "assignment")
+    __slots__ = ("generation", "created_unix_ms", "stats", "slices", "assignment", "audit")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     SLICES_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
     generation: int
     created_unix_ms: int
     stats: _slicing_pb2.RoundStats
     slices: int
     assignment: _slicing_pb2.Assignment
-    def __init__(self, generation: _Optional[int] = ..., created_unix_ms: _Optional[int] = ..., stats: _Optional[_Union[_slicing_pb2.RoundStats, _Mapping]] = ..., slices: _Optional[int] = ..., assignment: _Optional[_Union[_slicing_pb2.Assignment, _Mapping]] = ...) -> None: ...
+    audit: _containers.RepeatedCompositeFieldContainer[AuditRecord]
+    def __init__(self, generation: _Optional[int] = ..., created_unix_ms: _Optional[int] = ..., stats: _Optional[_Union[_slicing_pb2.RoundStats, _Mapping]] = ..., slices: _Optional[int] = ..., assignment: _Optional[_Union[_slicing_pb2.Assignment, _Mapping]] = ..., audit: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ...) -> None: ...
+
+class AuditRecord(_message.Message):
+    __slots__ = ("who", "action", "unix_ms")
+    WHO_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    who: str
+    action: str
+    unix_ms: int
+    def __init__(self, who: _Optional[str] = ..., action: _Optional[str] = ..., unix_ms: _Optional[int] = ...) -> None: ...
 
 class HistoryResponse(_message.Message):
     __slots__ = ("entries",)

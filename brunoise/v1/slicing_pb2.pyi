@@ -120,7 +120,7 @@ class RoundStats(_message.Message):
     def __init__(self, moves: _Optional[int] = ..., splits: _Optional[int] = ..., merges: _Optional[int] = ..., replications: _Optional[int] = ..., dereplications: _Optional[int] = ..., fills: _Optional[int] = ..., churn: _Optional[float] = ..., imbalance: _Optional[float] = ..., dropped_pods: _Optional[int] = ...) -> None: ...
 
 class TargetConfig(_message.Message):
-    __slots__ = ("target", "min_replicas", "max_replicas", "imbalance_tolerance", "churn_budget", "split_threshold", "merge_threshold", "dereplicate_threshold", "hot_key_fraction", "min_slices_per_pod", "max_slices_per_pod", "initial_slices", "eligibility", "model")
+    __slots__ = ("target", "min_replicas", "max_replicas", "imbalance_tolerance", "churn_budget", "split_threshold", "merge_threshold", "dereplicate_threshold", "hot_key_fraction", "min_slices_per_pod", "max_slices_per_pod", "initial_slices", "eligibility", "model", "calm", "imbalance_target", "act_after_rounds", "cooldown_rounds", "load_smoothing", "move_cost_weight", "replica_true_load")
     class EligibilityEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +142,13 @@ class TargetConfig(_message.Message):
     INITIAL_SLICES_FIELD_NUMBER: _ClassVar[int]
     ELIGIBILITY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    CALM_FIELD_NUMBER: _ClassVar[int]
+    IMBALANCE_TARGET_FIELD_NUMBER: _ClassVar[int]
+    ACT_AFTER_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    COOLDOWN_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_SMOOTHING_FIELD_NUMBER: _ClassVar[int]
+    MOVE_COST_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_TRUE_LOAD_FIELD_NUMBER: _ClassVar[int]
     target: str
     min_replicas: int
     max_replicas: int
@@ -156,7 +163,14 @@ class TargetConfig(_message.Message):
     initial_slices: int
     eligibility: _containers.ScalarMap[str, str]
     model: str
-    def __init__(self, target: _Optional[str] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., imbalance_tolerance: _Optional[float] = ..., churn_budget: _Optional[float] = ..., split_threshold: _Optional[float] = ..., merge_threshold: _Optional[float] = ..., dereplicate_threshold: _Optional[float] = ..., hot_key_fraction: _Optional[float] = ..., min_slices_per_pod: _Optional[int] = ..., max_slices_per_pod: _Optional[int] = ..., initial_slices: _Optional[int] = ..., eligibility: _Optional[_Mapping[str, str]] = ..., model: _Optional[str] = ...) -> None: ...
+    calm: bool
+    imbalance_target: float
+    act_after_rounds: int
+    cooldown_rounds: int
+    load_smoothing: float
+    move_cost_weight: float
+    replica_true_load: bool
+    def __init__(self, target: _Optional[str] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., imbalance_tolerance: _Optional[float] = ..., churn_budget: _Optional[float] = ..., split_threshold: _Optional[float] = ..., merge_threshold: _Optional[float] = ..., dereplicate_threshold: _Optional[float] = ..., hot_key_fraction: _Optional[float] = ..., min_slices_per_pod: _Optional[int] = ..., max_slices_per_pod: _Optional[int] = ..., initial_slices: _Optional[int] = ..., eligibility: _Optional[_Mapping[str, str]] = ..., model: _Optional[str] = ..., calm: _Optional[bool] = ..., imbalance_target: _Optional[float] = ..., act_after_rounds: _Optional[int] = ..., cooldown_rounds: _Optional[int] = ..., load_smoothing: _Optional[float] = ..., move_cost_weight: _Optional[float] = ..., replica_true_load: _Optional[bool] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("target", "generation", "slices", "pods", "config", "overrides", "stats", "created_unix_ms")

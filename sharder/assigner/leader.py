@@ -6,16 +6,19 @@ import asyncio
 import contextlib
 import dataclasses
 import importlib
+import json
 import logging
 import random
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from brunoise.v1 import slicing_pb2
 from sharder import codec
-from sharder.assignment import Assignment, initial_assignment
+from sharder.assignment import Assignment, check_invariants, initial_assignment
 from sharder.config import TargetConfig
+from sharder.errors import InvariantError
 from sharder.load import LoadReport
 from sharder.pods import Pod, PodState
 from sharder.store.base import LeaderInfo, Store, StoreError, Versioned
@@ -27,7 +30,22 @@ from .status import Aborted, AlreadyExists, NotFound, NotLeader, Unavailable
 log = logging.getLogger(__name__)
 
 DRAIN_PREFIX = "drain/"
+AUDIT_PREFIX = "audit/"
+AUDIT_KEPT = 200  # audit records kept per target (oldest dropped)
 CAS_ATTEMPTS = 5
+
+#: A target's first generation carries an epoch in its high bits: milliseconds since EPOCH_ORIGIN_MS, shifted
+#: left by EPOCH_SHIFT. A target created again after its store was lost (an assigner restarted without its
+#: snapshot, a wiped etcd) therefore starts above every generation the old store reached, unless that store
+#: committed more than 2**12 generations per millisecond of its life. Generations stay below 2**53 (exact
+#: as float64, e.g. in a Prometheus gauge) for 69 years.
+EPOCH_ORIGIN_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+EPOCH_SHIFT = 12
+
+
+def first_generation(unix_ms: int) -> int:
+    """The generation a newly created target starts at, ``unix_ms`` being the wall clock now."""
+    return (max(0, unix_ms - EPOCH_ORIGIN_MS) << EPOCH_SHIFT) + 1
 
 
 class PolicyFn(Protocol):
@@ -87,8 +105,12 @@ class Leader:
         round_interval_s: float = 2.0,
         lease_ttl_s: float = 5.0,
         report_interval_s: float = 1.0,
+        targets: Sequence[TargetConfig] = (),
+        targets_from_reports: bool = False,
     ) -> None:
         self.store = store
+        self.targets = {c.target: c for c in targets}
+        self.targets_from_reports = targets_from_reports
         self.me = me
         self.hub = hub
         self.view = view
@@ -259,8 +281,17 @@ class Leader:
                 if new is None or new is cur:
                     return cur
                 prev_gen = cur.generation if cur is not None else 0
-                if new.generation <= prev_gen:
-                    new = dataclasses.replace(new, generation=prev_gen + 1)
+                floor = prev_gen + 1 if cur is not None else first_generation(int(time.time() * 1000))
+                if new.generation < floor:
+                    new = dataclasses.replace(new, generation=floor)
+                try:  # checked before every commit: a bad assignment must never reach the store or a clerk
+                    check_invariants(new)
+                except InvariantError as exc:
+                    log.error(
+                        "refusing to commit generation %d of %r (keeping generation %d): %s",
+                        new.generation, target, prev_gen, exc,
+                    )
+                    raise
                 msg = codec.assignment_to_proto(new)
                 # stamped just before the commit: watchers measure propagation from here
                 now_ms = int(time.time() * 1000)
@@ -288,10 +319,14 @@ class Leader:
         def fn(cur: Assignment | None, pods: dict[str, Pod]) -> Assignment | None:
             if cur is None:
                 return None
-            tpods = self.pods_for(self._with_grace(cur, pods), target)
+            tpods = self.pods_for(pods, target, cur)
             reports = self.view.reports({p.id for p in tpods})
             new = self.policy(cur, tpods, reports, now_ms=int(time.time() * 1000))
-            return new if changed(cur, new) else None
+            if changed(cur, new):
+                return new
+            if new.memory is not None:  # nothing to commit, but the calm policy's smoothed loads and streak go on
+                self._current[target] = dataclasses.replace(cur, memory=new.memory)
+            return None
 
         return fn
 
@@ -310,21 +345,39 @@ class Leader:
         return out
 
     async def run_round(self) -> None:
-        """One policy round over every target (leader only)."""
+        """One policy round over every target (leader only); configured targets missing from the store are
+        created first."""
+        for name in sorted(set(self.targets) - set(self._current)):
+            await self.ensure_target(name, "")
         for target in sorted(self._current):
-            await self.mutate(target, self._round_mutation(target))
+            try:
+                await self.mutate(target, self._round_mutation(target))
+            except InvariantError:
+                continue  # logged by mutate; the previous generation stays, other targets still get a round
         self.rounds += 1
 
+    def check_target_known(self, target: str) -> None:
+        """NotFound unless ``target`` exists, is configured, or may be created by a pod's report."""
+        if target in self._current or target in self.targets or self.targets_from_reports:
+            return
+        raise NotFound(
+            f"unknown target {target!r}: targets come from the assigner's configuration (--target, "
+            "--targets-file) or an admin's ConfigureTarget, never from a report"
+        )
+
     async def ensure_target(self, target: str, model: str) -> Assignment:
-        """The target's assignment, creating it with a default config when it has none."""
+        """The target's assignment, creating it when it is configured (``--target``, ``--targets-file``), or
+        with a default config when targets may come from reports; else NotFound."""
         cur = self._current.get(target)
         if cur is not None:
             return cur
+        self.check_target_known(target)
+        configured = self.targets.get(target)
 
         def create(cur: Assignment | None, pods: dict[str, Pod]) -> Assignment | None:
             if cur is not None:
                 return None
-            config = TargetConfig(target=target, model=model).validate()
+            config = configured or TargetConfig(target=target, model=model).validate()
             tpods = sorted((p for p in pods.values() if p.target in ("", target)), key=lambda p: p.id)
             return initial_assignment(config, tpods, generation=1)
 
@@ -335,6 +388,7 @@ class Leader:
     async def register(self, pod: Pod, report: LoadReport | None, ttl_s: float) -> tuple[Assignment, PodState]:
         """Register/refresh ``pod`` (lease ``ttl_s``), keep its report; its target's assignment and its state."""
         self.require_leader()
+        self.check_target_known(pod.target)  # before anything is stored: a report never creates state
         other = self.view.conflicting_address(pod)
         first_time = self.view.get(pod.id) is None
         if other is None and first_time:
@@ -371,15 +425,34 @@ class Leader:
         self.wake()
         return dataclasses.replace(pod, state=PodState.ACTIVE if undrain else PodState.DRAINING)
 
+    async def audit(self, target: str, generation: int, who: str, action: str) -> None:
+        """Record an admin action against ``target``'s ``generation`` (shown by History); keeps AUDIT_KEPT."""
+        now_ms = int(time.time() * 1000)
+        base = audit_prefix(target)
+        doc = {"who": who, "action": action, "unix_ms": now_ms, "generation": generation}
+        await self.store.put_meta(f"{base}{generation:020d}/{now_ms:013d}", json.dumps(doc).encode())
+        log.warning("audit: %s %s on %r (generation %d)", who, action, target, generation)
+        kept = sorted(await self.store.list_meta(base))
+        for key in kept[:-AUDIT_KEPT]:
+            await self.store.delete_meta(key)
+
     def policy_round(self, target: str) -> Mutation:
         """The round mutation for ``target`` (used by admin writes that want placement recomputed)."""
         return self._round_mutation(target)
 
-    def pods_for(self, pods: dict[str, Pod], target: str) -> list[Pod]:
+    def pods_for(self, pods: dict[str, Pod], target: str, cur: Assignment | None = None) -> list[Pod]:
+        """The pods of ``target``; with ``cur``, pods it names are kept through the grace after an election
+        (see ``_with_grace``), so a round and an admin write right after a restart see the same pods."""
+        if cur is not None:
+            pods = self._with_grace(cur, pods)
         return sorted((p for p in pods.values() if p.target in ("", target)), key=lambda p: p.id)
 
     def reports_for(self, pods: Sequence[Pod]) -> list[LoadReport]:
         return self.view.reports({p.id for p in pods})
+
+
+def audit_prefix(target: str) -> str:
+    return f"{AUDIT_PREFIX}{urllib.parse.quote(target, safe='')}/"
 
 
 def pod_to_bytes(pod: Pod) -> bytes:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
+import json
 import logging
 import os
+import pathlib
 import random
 import signal
 import socket
@@ -20,8 +23,12 @@ from grpc_reflection.v1alpha import reflection
 
 from brunoise.launch import write_ready_file
 from brunoise.v1 import assigner_pb2, slicing_pb2
+from sharder.config import TargetConfig
+from sharder.security.interceptor import AuthInterceptor
+from sharder.security.tls import server_credentials
+from sharder.security.tokens import ASSIGNER_RPC_ROLES, Credentials, Principal
 from sharder.store import open_store
-from sharder.store.base import LeaderInfo, Store
+from sharder.store.base import LeaderInfo, Store, StoreError
 
 from .hub import WatchHub
 from .leader import Leader, load_policy
@@ -47,20 +54,94 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--report-interval", type=float, default=1.0, metavar="S", help="report interval told to pods")
     p.add_argument("--policy", default="sharder.policy:reshard", help=argparse.SUPPRESS)
     p.add_argument("--ready-file", default=None, metavar="PATH", help="write bound addresses here once serving")
+    sec = p.add_argument_group("security")
+    sec.add_argument("--credentials", default=os.environ.get("BRUNOISE_CREDENTIALS"), metavar="PATH",
+                     help="tokens file (sha256 digests by role); every Assigner RPC then needs a bearer token")
+    sec.add_argument("--tls-cert", default=None, metavar="PEM", help="server certificate chain (enables TLS)")
+    sec.add_argument("--tls-key", default=None, metavar="PEM", help="server private key")
+    sec.add_argument("--insecure", action="store_true",
+                     help="allow binding a non-loopback address without credentials and TLS")
+    sec.add_argument("--etcd-ca", default=None, metavar="PEM", help="CA certificate of the etcd members (TLS)")
+    sec.add_argument("--etcd-cert", default=None, metavar="PEM", help="client certificate for etcd (mTLS)")
+    sec.add_argument("--etcd-key", default=None, metavar="PEM", help="client key for etcd (mTLS)")
+    sec.add_argument("--etcd-user", default=None, help="etcd user (etcd auth); password from $BRUNOISE_ETCD_PASSWORD")
+    tg = p.add_argument_group("targets")
+    tg.add_argument("--target", action="append", default=[], metavar="NAME[=MODEL]",
+                    help="a target to serve (repeatable); created with the default config when missing")
+    tg.add_argument("--targets-file", default=None, metavar="PATH",
+                    help='JSON list of target configs ([{"target": "chat", "model": "m", ...}])')
+    tg.add_argument("--targets-from-reports", choices=["auto", "yes", "no"], default="auto",
+                    help="create a target when a pod first reports for it (auto: only on an open loopback "
+                    "assigner, for local development; otherwise targets come from configuration)")
     p.add_argument("--log-level", default=os.environ.get("BRUNOISE_LOG_LEVEL", "INFO"))
     args = p.parse_args(argv)
     if args.store == "etcd" and not args.etcd_endpoint:
         p.error("--store etcd needs at least one --etcd-endpoint")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        p.error("--tls-cert and --tls-key go together")
+    if not is_loopback(args.host) and not args.insecure and not (args.credentials and args.tls_cert):
+        p.error(
+            f"refusing to serve on {args.host} without --credentials and --tls-cert/--tls-key "
+            "(anyone who reaches it could register pods and receive users' prompts); pass --insecure to override"
+        )
+    try:
+        args.targets = configured_targets(args.target, args.targets_file)
+    except (OSError, ValueError, TypeError) as exc:
+        p.error(f"targets: {exc}")
     for name in ("round_interval", "lease_ttl", "report_interval"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be > 0")
     return args
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def configured_targets(flags: list[str], path: str | None) -> list[TargetConfig]:
+    """Targets from ``--target NAME[=MODEL]`` flags and a ``--targets-file`` (validated, unique names)."""
+    out: list[TargetConfig] = []
+    for f in flags:
+        name, _, model = f.partition("=")
+        out.append(TargetConfig(target=name, model=model).validate())
+    if path:
+        doc = json.loads(pathlib.Path(path).read_text())
+        if not isinstance(doc, list):
+            raise ValueError(f"{path}: expected a JSON list of target configs")
+        for d in doc:
+            if not isinstance(d, dict):
+                raise ValueError(f"{path}: each target config must be an object")
+            if isinstance(d.get("eligibility"), dict):
+                d = {**d, "eligibility": tuple(sorted(d["eligibility"].items()))}
+            out.append(TargetConfig(**d).validate())
+    names = [c.target for c in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a target is configured twice: {names}")
+    return out
+
+
 def make_store(args: argparse.Namespace) -> Store:
     if args.store == "etcd":
-        return open_store("etcd", endpoints=list(args.etcd_endpoint), prefix=args.etcd_prefix)
+        tls = {k: v for k, v in (("ca_cert", args.etcd_ca), ("cert_key", args.etcd_key), ("cert_cert", args.etcd_cert)) if v}
+        if args.etcd_user:
+            tls["user"] = args.etcd_user
+            tls["password"] = os.environ.get("BRUNOISE_ETCD_PASSWORD", "")
+        return open_store("etcd", endpoints=list(args.etcd_endpoint), prefix=args.etcd_prefix, **tls)
     return open_store("embedded", snapshot_path=args.snapshot)
+
+
+def check_report(principal: Principal, request: assigner_pb2.ReportRequest) -> str | None:
+    """A pod token reports only for its own pod id (registration and load alike)."""
+    if request.pod.id != principal.pod_id:
+        return f"token {principal.name!r} may report only for pod {principal.pod_id!r}, not {request.pod.id!r}"
+    if request.HasField("load") and request.load.pod_id not in ("", principal.pod_id):
+        return f"token {principal.name!r} may report load only for pod {principal.pod_id!r}"
+    return None
 
 
 async def feed_hub(store: Store, hub: WatchHub, stop: asyncio.Event) -> None:
@@ -106,9 +187,19 @@ async def watch_health(store: Store, health: health_aio.HealthServicer, stop: as
 async def serve(args: argparse.Namespace) -> None:
     ident = args.id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     policy = load_policy(args.policy)
+    credentials = Credentials.load(args.credentials) if args.credentials else None
     store = make_store(args)
-    await store.start()
+    try:
+        await store.start()
+    except StoreError as exc:
+        raise SystemExit(f"brunoise-assigner: {exc}") from exc
+    interceptors = []
+    if credentials is not None:
+        interceptors.append(AuthInterceptor(credentials, SERVICE_NAME, ASSIGNER_RPC_ROLES, {"Report": check_report}))
+    else:
+        log.warning("no --credentials: every Assigner RPC is open to anyone who reaches %s (loopback only)", args.host)
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", MAX_REPORT_BYTES + 64 * 1024),
             ("grpc.so_reuseport", 0),
@@ -117,7 +208,10 @@ async def serve(args: argparse.Namespace) -> None:
             ("grpc.keepalive_permit_without_calls", 1),
         ]
     )
-    port = server.add_insecure_port(f"{args.host}:{args.port}")
+    if args.tls_cert:
+        port = server.add_secure_port(f"{args.host}:{args.port}", server_credentials(args.tls_cert, args.tls_key))
+    else:
+        port = server.add_insecure_port(f"{args.host}:{args.port}")
     if port == 0:
         raise SystemExit(f"cannot bind {args.host}:{args.port}")
     address = f"{args.host}:{port}"
@@ -132,8 +226,13 @@ async def serve(args: argparse.Namespace) -> None:
         round_interval_s=args.round_interval,
         lease_ttl_s=args.lease_ttl,
         report_interval_s=args.report_interval,
+        targets=args.targets,
+        targets_from_reports=(
+            args.targets_from_reports == "yes"
+            or (args.targets_from_reports == "auto" and credentials is None and is_loopback(args.host))
+        ),
     )
-    service = AssignerService(store, leader, hub)
+    service = AssignerService(store, leader, hub, credentials=credentials)
     add_to_server(service, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -154,7 +253,7 @@ async def serve(args: argparse.Namespace) -> None:
     leader.start()
     log.warning("assigner %s serving on %s (store %s)", ident, address, args.store)
     if args.ready_file:
-        write_ready_file(args.ready_file, {"grpc": address, "id": ident})
+        write_ready_file(args.ready_file, {"grpc": address, "id": ident, "tls": "1" if args.tls_cert else ""})
     await stop.wait()
 
     log.warning("assigner %s stopping", ident)

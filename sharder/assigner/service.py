@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -18,10 +19,12 @@ from sharder.keyspace import Slice, check_slice_key, slice_key
 from sharder.load import LoadReport
 from sharder.overrides import MergeOverride, MoveOverride, Override, SplitOverride, check_override, validate_override
 from sharder.pods import Pod, PodState
+from sharder.security.interceptor import current_principal
+from sharder.security.tokens import Credentials
 from sharder.store.base import Store
 
 from .hub import Entry, WatchHub
-from .leader import DRAIN_PREFIX, Leader, Mutation, pod_from_bytes
+from .leader import DRAIN_PREFIX, Leader, Mutation, audit_prefix, pod_from_bytes
 from .status import FailedPrecondition, InvalidArgument, NotFound, OutOfRange, ResourceExhausted, streaming, unary
 
 log = logging.getLogger(__name__)
@@ -64,10 +67,11 @@ def describe_override(o: Override) -> str:
 class AssignerService(assigner_pb2_grpc.AssignerServicer):
     """Every Assigner RPC. Reads are served by any replica (from the store); writes only by the leader."""
 
-    def __init__(self, store: Store, leader: Leader, hub: WatchHub) -> None:
+    def __init__(self, store: Store, leader: Leader, hub: WatchHub, *, credentials: Credentials | None = None) -> None:
         self.store = store
         self.leader = leader
         self.hub = hub
+        self.credentials = credentials
 
     # helpers ------------------------------------------------------------------------------------
     async def _stored(self, target: str) -> slicing_pb2.Assignment:
@@ -84,13 +88,16 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
         def fn(cur: Assignment | None, pods: dict[str, Pod]) -> Assignment | None:
             if cur is None:
                 raise NotFound(f"unknown target {target!r}; ListTargets shows the targets")
-            tpods = self.leader.pods_for(pods, target)
+            tpods = self.leader.pods_for(pods, target, cur)
             base: Assignment = transform(cur, tpods)
             new = self.leader.policy(base, tpods, self.leader.reports_for(tpods), now_ms=_now_ms())
             check_invariants(new, tpods)
             return new
 
         return fn
+
+    async def _audit(self, context: Ctx, target: str, generation: int, action: str) -> None:
+        await self.leader.audit(target, generation, current_principal(context, self.credentials), action)
 
     # Watch --------------------------------------------------------------------------------------
     @streaming
@@ -153,7 +160,7 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
             if report.target != pod.target:
                 raise InvalidArgument(f"load.target {report.target!r} differs from pod.target {pod.target!r}")
             try:
-                report.validate()
+                report.validate().check_disjoint()
             except LoadReportError as exc:
                 raise InvalidArgument(f"load.{exc.field}: {exc.message}" if exc.field else exc.message) from exc
         ttl_ms = request.lease_ttl_ms or int(self.leader.lease_ttl_s * 1000)
@@ -261,11 +268,17 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
         if not kept:
             raise NotFound(f"unknown target {request.target!r}; ListTargets shows the targets")
         resp = assigner_pb2.HistoryResponse()
+        audit: dict[int, list[assigner_pb2.AuditRecord]] = {}
+        for raw in (await self.store.list_meta(audit_prefix(request.target))).values():
+            doc = json.loads(raw)
+            rec = assigner_pb2.AuditRecord(who=doc["who"], action=doc["action"], unix_ms=doc["unix_ms"])
+            audit.setdefault(int(doc["generation"]), []).append(rec)
         for v in kept:
             a = slicing_pb2.Assignment.FromString(v.data)
             entry = assigner_pb2.HistoryEntry(
                 generation=a.generation, created_unix_ms=a.created_unix_ms, stats=a.stats, slices=len(a.slices)
             )
+            entry.audit.extend(audit.get(a.generation, ()))
             if request.full:
                 entry.assignment.CopyFrom(a)
             resp.entries.append(entry)
@@ -309,7 +322,7 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
         target = config.target
 
         def fn(cur: Assignment | None, pods: dict[str, Pod]) -> Assignment | None:
-            tpods = self.leader.pods_for(pods, target)
+            tpods = self.leader.pods_for(pods, target, cur)
             if cur is None:
                 return initial_assignment(config, tpods, generation=1)
             if cur.config == config:
@@ -321,6 +334,7 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
 
         a = await self.leader.mutate(target, fn)
         assert a is not None
+        await self._audit(context, target, a.generation, f"configure target {target!r}")
         return assigner_pb2.ConfigureTargetResponse(assignment=self.leader.to_proto(a))
 
     @unary
@@ -328,6 +342,10 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
         if not request.pod_id:
             raise InvalidArgument("pod_id is required")
         pod = await self.leader.drain(request.pod_id, request.undrain)
+        cur = self.leader.current(pod.target)
+        if cur is not None:
+            verb = "undrain" if request.undrain else "drain"
+            await self._audit(context, pod.target, cur.generation, f"{verb} pod {pod.id!r}")
         return assigner_pb2.DrainResponse(pod=codec.pod_to_proto(pod))
 
     @unary
@@ -349,8 +367,11 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
         try:
             a = await self.leader.mutate(request.target, self._policy_with(request.target, add))
         except OverrideError as exc:
+            if exc.field == "overrides":
+                raise ResourceExhausted(exc.message) from exc
             raise FailedPrecondition(f"override.{exc.field}: {exc.message}" if exc.field else exc.message) from exc
         assert a is not None
+        await self._audit(context, request.target, a.generation, f"set override {ov.id!r}")
         return assigner_pb2.SetOverrideResponse(assignment=self.leader.to_proto(a))
 
     @unary
@@ -371,6 +392,8 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
 
         a = await self.leader.mutate(request.target, self._policy_with(request.target, clear))
         assert a is not None
+        which = ", ".join(repr(i) for i in sorted(ids)) if ids else "all"
+        await self._audit(context, request.target, a.generation, f"clear overrides {which}")
         return assigner_pb2.ClearOverridesResponse(assignment=self.leader.to_proto(a))
 
 

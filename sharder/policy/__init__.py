@@ -1,5 +1,6 @@
 """The pure resharding policy: ``reshard(assignment, pods, reports) -> next assignment`` (one module per phase)."""
 
+from sharder.policy.memory import PolicyMemory
 from sharder.policy.round import reshard
 
-__all__ = ["reshard"]
+__all__ = ["PolicyMemory", "reshard"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from sharder.policy.state import Rec, RoundState
 
+CALM_MERGE_MARGIN = 0.5
+
 
 def mergeable(state: RoundState, a: Rec, b: Rec) -> bool:
     """Adjacent ``a`` and ``b`` may become one slice: same replica and leaving sets, no pin, no kept boundary,
@@ -28,6 +30,12 @@ def join(state: RoundState, a: Rec, b: Rec) -> Rec:
     if a.keysrc or b.keysrc:
         m.keysrc = [*(a.keysrc or ()), *(b.keysrc or ())]
     m.moved = a.moved or b.moved
+    if a.served is not None or b.served is not None:
+        m.served = dict(a.served or {})
+        for p, v in (b.served or {}).items():
+            m.served[p] = m.served.get(p, 0.0) + v
+    if a.share is not None or b.share is not None:
+        m.share = {p: state.share_of(a, p) + state.share_of(b, p) for p in a.replicas}
     count = state.count
     for p in a.replicas:
         count[p] -= 1
@@ -36,17 +44,25 @@ def join(state: RoundState, a: Rec, b: Rec) -> Rec:
 
 
 def merge_cold(state: RoundState) -> None:
-    """Merge runs of adjacent slices whose combined load stays below ``merge_threshold`` x mean pod load."""
+    """Merge runs of adjacent slices whose combined load stays below ``merge_threshold`` x mean pod load (below
+    ``split_threshold`` by a factor of at least split/merge, so a merged slice does not split again). Calm: the
+    loads are smoothed over rounds (a slice must have been cold for several rounds), a merge also stays under
+    ``CALM_MERGE_MARGIN`` x the split threshold, and slices cooling down from a split or move do not merge."""
     cfg = state.config
+    cooling = state.cooling
     mean = state.mean_ref()
     if cfg.merge_threshold <= 0 or mean <= 0 or len(state.recs) < 2:
         return
     limit = cfg.merge_threshold * mean
+    if cfg.calm:  # a merged slice stays at most half the split threshold, whatever the thresholds
+        limit = min(limit, CALM_MERGE_MARGIN * cfg.split_threshold * mean)
     out: list[Rec] = []
     cur = state.recs[0]
     for nxt in state.recs[1:]:
         if (
             cur.load + nxt.load < limit
+            and not cooling(cur)
+            and not cooling(nxt)
             and (cur.replicas == nxt.replicas or set(cur.replicas) == set(nxt.replicas))
             and mergeable(state, cur, nxt)
         ):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import bisect
 import heapq
 
+from sharder.policy.calm import cache_value, cold_limit, worth_moving
 from sharder.policy.state import LoadHeap, Rec, RoundState
 
 EPS = 1e-12
@@ -17,6 +18,9 @@ MAX_RECEIVER_TRIES = 8
 COUNT_MOVE_FRACTION = 0.10
 MIN_COUNT_MOVES = 4
 MAX_DONOR_TRIES = 8
+MAX_PRICED_TRIES = 32  # candidate slices a donor offers one receiver before the calm pricing gives up
+MAX_COUNT_MISSES = 32  # loaded slices count balancing tries on one (receiver, donor) pair before it gives up
+INF = float("inf")
 
 
 class _Holdings:
@@ -29,8 +33,9 @@ class _Holdings:
 
     def _build_index(self) -> dict[str, list[Rec]]:
         index: dict[str, list[Rec]] = {p: [] for p in self.state.eligible}
+        cool_since = self.state.cool_since
         for rec in self.state.recs:
-            if rec.load > 0 and not rec.pinned:
+            if rec.load > 0 and not rec.pinned and rec.since < cool_since:
                 for p in rec.replicas:
                     index[p].append(rec)
         return index
@@ -40,8 +45,9 @@ class _Holdings:
         if got is None:
             if self.index is None:
                 self.index = self._build_index()
-            items = sorted(self.index[p], key=lambda r: (r.load / len(r.replicas), r.lo))
-            got = ([r.load / len(r.replicas) for r in items], items)
+            share_of = self.state.share_of
+            items = sorted(self.index[p], key=lambda r: (share_of(r, p), r.lo))
+            got = ([share_of(r, p) for r in items], items)
             self.sorted[p] = got
         return got
 
@@ -57,7 +63,7 @@ class _Holdings:
         got = self.sorted.get(p)
         if got is not None:
             shares, items = got
-            s = rec.load / len(rec.replicas)
+            s = self.state.share_of(rec, p)
             i = bisect.bisect_right(shares, s)
             shares.insert(i, s)
             items.insert(i, rec)
@@ -65,25 +71,39 @@ class _Holdings:
             self.index[p].append(rec)
 
 
-def _pick(shares: list[float], items: list[Rec], limit: float, receiver: str) -> int:
-    """Index of the largest share <= ``limit`` whose slice ``receiver`` does not hold and that did not move
-    this round; -1 when none."""
+def _pick(
+    state: RoundState, shares: list[float], items: list[Rec], limit: float, donor: str, receiver: str
+) -> int:
+    """Index of the largest share <= ``limit`` whose slice ``receiver`` does not hold, that did not move this
+    round and (calm) is worth its cache; -1 when none."""
     i = bisect.bisect_right(shares, limit) - 1
+    priced = 0
     while i >= 0:
         rec = items[i]
         if not rec.moved and receiver not in rec.replicas:
-            return i
+            if worth_moving(state, rec, donor, receiver, shares[i]):
+                return i
+            priced += 1
+            if priced >= MAX_PRICED_TRIES:
+                return -1
         i -= 1
     return -1
 
 
-def _pick_overshoot(shares: list[float], items: list[Rec], upper: float, receiver: str) -> int:
-    """Smallest share <= ``upper`` (a move that still lowers the maximum); -1 when none."""
+def _pick_overshoot(
+    state: RoundState, shares: list[float], items: list[Rec], upper: float, donor: str, receiver: str
+) -> int:
+    """Smallest share <= ``upper`` (a move that still lowers the maximum) worth its cache; -1 when none."""
     end = bisect.bisect_right(shares, upper)
+    priced = 0
     for i in range(end):
         rec = items[i]
         if not rec.moved and receiver not in rec.replicas:
-            return i
+            if worth_moving(state, rec, donor, receiver, shares[i]):
+                return i
+            priced += 1
+            if priced >= MAX_PRICED_TRIES:
+                return -1
     return -1
 
 
@@ -92,12 +112,15 @@ def rebalance(state: RoundState) -> None:
     one of its slices to the least loaded pod: the largest slice share that fits both the donor's excess and
     the receiver's room (every such move gains the same two units of imbalance per unit of churn, so the
     largest needs the fewest moves), else the smallest that still lowers the maximum without pushing the
-    receiver above the tolerance. Moves are make-before-break (the donor stays ``leaving`` one round)."""
-    cfg = state.config
+    receiver above the tolerance. Moves are make-before-break (the donor stays ``leaving`` one round).
+
+    Calm: runs only while ``calm.gate`` says so, sheds down to ``imbalance_target``, leaves cooling slices alone
+    and makes only moves worth the cache they throw away (``calm.worth_moving``). A pod's share of a slice is
+    its replica-true load (``RoundState.share_of``)."""
     mean = state.mean_ref()
-    if mean <= 0 or len(state.eligible) < 2:
+    if mean <= 0 or len(state.eligible) < 2 or not state.acting:
         return
-    tol = cfg.imbalance_tolerance
+    tol = state.balance_to
     cap = state.capacity
     load = state.load
     upper_norm = (1.0 + tol) * mean
@@ -132,7 +155,7 @@ def rebalance(state: RoundState) -> None:
                     break
                 # EPS slack for the excess and the room, none for the budget (it may be tiny on a quiet target)
                 limit = min(min(excess, room) + EPS, state.budget)
-                i = _pick(shares, items, limit, r)
+                i = _pick(state, shares, items, limit, d, r)
                 if i < 0:
                     # overshoot: lower the donor without putting the receiver above its tolerance or above the
                     # donor's new load
@@ -142,7 +165,7 @@ def rebalance(state: RoundState) -> None:
                         (load[d] - load[r]) / 2.0,
                     )
                     if top > EPS:
-                        i = _pick_overshoot(shares, items, top, r)
+                        i = _pick_overshoot(state, shares, items, top, d, r)
                 if i < 0:
                     continue
                 rec = items[i]
@@ -178,20 +201,45 @@ def balance_counts(state: RoundState) -> None:
     (capacity-normalised) load stays at or below the larger of the mean and the donor's new load: the maximum
     load never rises and the load spread never widens, so ``rebalance`` has nothing to undo (a loaded move
     lowers the spread of loads, a zero-load move only that of counts). Zero-load slices cost no budget. At most ``count_move_cap(P)`` slices move per round. Pinned
-    slices, slices already changed this round and slices with a pod leaving stay where they are."""
+    slices, slices already changed this round and slices with a pod leaving stay where they are.
+
+    Calm: it starts only when some pod holds a quarter (at least two) fewer slices than its fair share, or a
+    quarter (at least two) more than the ceiling, so the few slices that splits and merges shift do not trigger it; once started
+    (``state.counting``, carried to the next round) it goes on until the counts are back in the narrow band
+    above. It moves only cold slices (``calm.cold_limit``)
+    that are not cooling down (a slice with no load at all may move while cooling)."""
     eligible = state.eligible
     e = len(eligible)
     if e < 2:
         return
+    cfg = state.config
     count = state.count
     placements = sum(count[p] for p in eligible)
     fair = placements // e
     ceil = -(-placements // e)
-    low = max(fair - 1, min(state.config.min_slices_per_pod, fair))
-    if min(count[p] for p in eligible) >= low and max(count[p] for p in eligible) <= ceil + 1:
+    floor = min(cfg.min_slices_per_pod, fair)
+    low, high = max(fair - 1, floor), ceil + 1
+    if min(count[p] for p in eligible) >= low and max(count[p] for p in eligible) <= high:
+        state.counting = False
         return
+    if cfg.calm and not state.counting:
+        wide_low, wide_high = max(min(fair, 1), fair - max(2, fair // 4), floor), ceil + max(2, ceil // 4)
+        if min(count[p] for p in eligible) >= wide_low and max(count[p] for p in eligible) <= wide_high:
+            return
+    state.counting = cfg.calm
+    _move_counts(state, fair, ceil)
+    if min(count[p] for p in eligible) >= low and max(count[p] for p in eligible) <= high:
+        state.counting = False
+
+
+def _move_counts(state: RoundState, fair: int, ceil: int) -> None:
+    eligible = state.eligible
+    count = state.count
+    placements = sum(count[p] for p in eligible)
     moves_left = count_move_cap(placements)
     mean = state.mean_ref()
+    cold = cold_limit(state)
+    share_of = state.share_of
     cap = state.capacity
     load = state.load
     # receivers: fewest slices first; donors: most slices first (lazy entries, checked against the live counts)
@@ -202,6 +250,7 @@ def balance_counts(state: RoundState) -> None:
     held: dict[str, list[Rec]] | None = None
     coldest: dict[str, list[Rec]] = {}
     start: dict[str, int] = {}
+    ends: dict[str, int] = {}
     while moves_left > 0 and receivers:
         c, r = heapq.heappop(receivers)
         if c != count[r]:
@@ -226,29 +275,38 @@ def balance_counts(state: RoundState) -> None:
                 held = _holdings_by_pod(state)
             items = coldest.get(d)
             if items is None:
-                items = sorted(held[d], key=lambda x: (_served_by(x, d), x.load / len(x.replicas), x.lo))
+                keyed = sorted(((cache_value(state, x, d), share_of(x, d), x.lo), x) for x in held[d])
+                items = [x for _, x in keyed]
                 coldest[d] = items
                 start[d] = 0
+                # only cold slices (calm) are candidates
+                ends[d] = bisect.bisect_right([k[0] for k, _ in keyed], cold + EPS) if cold < INF else len(items)
             i = start[d]
             while i < len(items) and items[i].moved:
                 i += 1
             start[d] = i
             pick = None
             budget = state.budget
-            for j in range(i, len(items)):
+            misses = 0
+            for j in range(i, ends[d]):
                 rec = items[j]
                 if rec.moved or r in rec.replicas:
                     continue
-                share = rec.load / len(rec.replicas)
+                share = share_of(rec, d)
                 if share > EPS and (
                     share > budget or (load[r] + share) / cap_r > max(mean, (load[d] - share) / cap[d]) + EPS
                 ):
+                    # the receiver cannot take this much load; larger shares fail too, and the coldest come
+                    # first, so a run of misses ends the scan (it used to walk every slice of the donor)
+                    misses += 1
+                    if misses >= MAX_COUNT_MISSES:
+                        break
                     continue
                 pick = rec
                 break
             if pick is None:
                 continue
-            share = pick.load / len(pick.replicas)
+            share = share_of(pick, d)
             state.replace_replica(pick, d, r)
             pick.moved = True
             if share > EPS:
@@ -269,15 +327,6 @@ def balance_counts(state: RoundState) -> None:
             break
 
 
-def _served_by(rec: Rec, p: str) -> float:
-    """The load ``p`` reported for ``rec`` this round (its even share when nobody reported on exactly this range):
-    what moving ``p``'s replica away costs in warm cache."""
-    served = rec.served
-    if served is None:
-        return rec.load / len(rec.replicas)
-    return served.get(p, 0.0)
-
-
 def count_move_cap(placements: int) -> int:
     """Most slices count balancing moves in one round: max(MIN_COUNT_MOVES, COUNT_MOVE_FRACTION x placements)."""
     return max(MIN_COUNT_MOVES, int(COUNT_MOVE_FRACTION * placements))
@@ -285,10 +334,11 @@ def count_move_cap(placements: int) -> int:
 
 def _holdings_by_pod(state: RoundState) -> dict[str, list[Rec]]:
     """Per eligible pod, the slices it may give away in count balancing (not pinned, unchanged this round,
-    nobody leaving)."""
+    nobody leaving, not cooling down unless it carries no load: no session loses a cache with it)."""
     out: dict[str, list[Rec]] = {p: [] for p in state.eligible}
+    cool_since = state.cool_since
     for rec in state.recs:
-        if rec.pinned or rec.moved or rec.leaving:
+        if rec.pinned or rec.moved or rec.leaving or (rec.since >= cool_since and rec.load > EPS):
             continue
         for p in rec.replicas:
             out[p].append(rec)

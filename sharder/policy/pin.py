@@ -6,7 +6,7 @@ import bisect
 
 from sharder.keyspace import KEYSPACE_END
 from sharder.overrides import MergeOverride, MoveOverride, Override, SplitOverride
-from sharder.policy.state import Rec, RoundState
+from sharder.policy.state import Rec, RoundState, scaled
 
 
 def split_rec_proportional(rec: Rec, at: int) -> tuple[Rec, Rec]:
@@ -32,7 +32,18 @@ def _children(rec: Rec, at: int, left_load: float, right_load: float, keys: dict
         right.keysrc = [rk]
     for c in (left, right):
         c.pinned, c.nosplit, c.moved = rec.pinned, rec.nosplit, rec.moved
+    portion(rec, left, right)
     return left, right
+
+
+def portion(parent: Rec, left: Rec, right: Rec) -> None:
+    """Give the halves of a cut their parts of the parent's served loads and replica shares, in proportion to
+    the load each half carries."""
+    if parent.served is None and parent.share is None:
+        return
+    f = left.load / parent.load if parent.load > 0 else 0.5
+    left.served, right.served = scaled(parent.served, f), scaled(parent.served, 1.0 - f)
+    left.share, right.share = scaled(parent.share, f), scaled(parent.share, 1.0 - f)
 
 
 def _ensure_boundary(recs: list[Rec], at: int) -> list[Rec]:
@@ -110,4 +121,4 @@ def apply_overrides(state: RoundState, overrides: tuple[Override, ...]) -> None:
     state.recs = recs
 
 
-__all__ = ["apply_overrides", "split_rec_proportional"]
+__all__ = ["apply_overrides", "portion", "split_rec_proportional"]

@@ -11,9 +11,11 @@ from sharder.keyspace import Slice
 from sharder.load import LoadReport
 from sharder.pods import Pod, serves
 from sharder.policy.band import keep_band
+from sharder.policy.calm import gate, imbalance
 from sharder.policy.dereplicate import dereplicate
 from sharder.policy.drop import drop_pods
 from sharder.policy.fill import fill
+from sharder.policy.memory import EMPTY, PolicyMemory, remember, smooth
 from sharder.policy.merge import merge_cold
 from sharder.policy.move import balance_counts, rebalance
 from sharder.policy.pin import apply_overrides
@@ -29,18 +31,24 @@ def reshard(
     *,
     config: TargetConfig | None = None,
     now_ms: int = 0,
+    memory: PolicyMemory | None = None,
 ) -> Assignment:
     """One policy round: the assignment of generation ``assignment.generation + 1``.
 
     Pure and deterministic: the same inputs give the same output; nothing is read from a clock or a random
-    source. Phases, in order: attribute reports to slices; drop dead/ineligible pods (draining ones leave
-    make-before-break); apply overrides; fill to ``min_replicas``; split hot slices (replicate one-key ones);
+    source. Phases, in order: attribute reports to slices; smooth loads with the memory (calm); drop
+    dead/ineligible pods (draining ones leave make-before-break); apply overrides; fill to ``min_replicas``;
+    decide whether this round balances (calm: a streak of imbalanced rounds, then down to the target); split
+    hot slices (replicate one-key ones);
     merge cold neighbours; move load from pods above (1+tolerance) x mean within the churn budget;
     dereplicate cooled slices; move cold slices to pods holding far fewer slices than their fair share (count
     balancing, so pods joining an idle target get slices); keep slices per pod within the band.
 
     ``pods`` is the full current pod list (with states); a pod absent from it is treated as dead. ``config``
-    replaces the assignment's config (same target). Invalid input raises before anything is computed:
+    replaces the assignment's config (same target). ``memory`` (default: ``assignment.memory``) is what the
+    previous round left for this one; the result carries the next in its ``memory``. A caller that drops a
+    result (say, because its placement did not change) should hand that result's memory to the next round,
+    or calm balancing never sees a streak of rounds. Invalid input raises before anything is computed:
     ConfigError, UnknownPodError (a report from a pod not in ``pods``), LoadReportError, InvariantError
     (duplicate pod ids).
     """
@@ -75,13 +83,18 @@ def reshard(
         Rec((s := sa.slice).lo, s.hi, s, sa.replicas, sa.leaving, sa.load, sa.since_generation, sa)
         for sa in assignment.slices
     ]
+    mem = memory if memory is not None else assignment.memory if assignment.memory is not None else EMPTY
     state = RoundState(cfg, gen, recs, pod_map, eligible, capacity)
+    state.counting = mem.counting
     attribute(state.recs, good)
+    if cfg.calm:
+        smooth(state.recs, mem, cfg.load_smoothing)
     drop_pods(state, assignment.pods)
     apply_overrides(state, assignment.overrides)
     state.recompute()
     state.budget = cfg.churn_budget * state.total_load
     fill(state)
+    over_rounds, acting = gate(state, mem)
     split_hot(state)
     merge_cold(state)
     rebalance(state)
@@ -98,6 +111,7 @@ def reshard(
         overrides=assignment.overrides,
         stats=_stats(state),
         created_unix_ms=now_ms,
+        memory=remember(state, over_rounds, acting),
     )
 
 
@@ -125,8 +139,6 @@ def _freeze(recs: list[Rec]) -> tuple[SliceAssignment, ...]:
 def _stats(state: RoundState) -> RoundStats:
     s = state.stats
     total = state.total_load
-    mean = state.mean_ref()
-    imbalance = max((state.norm(p) for p in state.eligible), default=0.0) / mean if mean > 0 else 0.0
     return RoundStats(
         moves=s.moves,
         splits=s.splits,
@@ -135,7 +147,7 @@ def _stats(state: RoundState) -> RoundStats:
         dereplications=s.dereplications,
         fills=s.fills,
         churn=s.churn / total if total > 0 else 0.0,
-        imbalance=imbalance,
+        imbalance=imbalance(state),
         dropped_pods=s.dropped_pods,
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from sharder.policy.pin import split_rec_proportional
+from sharder.policy.pin import portion, split_rec_proportional
 from sharder.policy.state import LoadHeap, Rec, RoundState
 
 MAX_SPLIT_DEPTH = 8  # one slice becomes at most 2**8 slices per round
@@ -56,10 +56,14 @@ def _scale(left: float, total: float, load: float) -> float:
 
 
 def cut(state: RoundState, rec: Rec, at: int, left_load: float) -> tuple[Rec, Rec]:
-    """Split ``rec`` at ``at`` with ``left_load`` on the left; both halves keep the replicas (no churn)."""
+    """Split ``rec`` at ``at`` with ``left_load`` on the left; both halves keep the replicas (no churn: every key
+    keeps its replica set). Calm: both halves start a cooldown (no merge or move right after a split)."""
     left, right = split_rec_proportional(rec, at)
     left.load = left_load
     right.load = max(0.0, rec.load - left_load)
+    portion(rec, left, right)
+    if state.config.calm:
+        left.since = right.since = state.generation
     count = state.count
     for p in rec.replicas:
         count[p] += 1
@@ -84,8 +88,9 @@ class _Replicator:
         self.limit = min(state.config.max_replicas, len(state.eligible))
 
     def replicate(self, rec: Rec, threshold: float) -> None:
+        """Calm: only while balancing is on (``calm.gate``) and not on a slice cooling down from a change."""
         st = self.state
-        if rec.pinned or not rec.replicas:
+        if rec.pinned or not rec.replicas or not st.acting or st.cooling(rec):
             return
         while len(rec.replicas) < self.limit and rec.load / len(rec.replicas) > threshold:
             if self.heap is None:

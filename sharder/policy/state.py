@@ -28,6 +28,7 @@ class Rec:
         "pinned",
         "replicas",
         "served",
+        "share",
         "since",
         "slice",
     )
@@ -55,7 +56,8 @@ class Rec:
         self.pinned = False  # a MoveOverride pins it: no moves, replications or dereplications
         self.nosplit = False  # inside a MergeOverride range
         self.moved = False  # its replica set changed by a budgeted action this round
-        self.served: dict[str, float] | None = None  # load each pod reported for exactly this range this round
+        self.served: dict[str, float] | None = None  # load each pod reported for exactly this range (smoothed)
+        self.share: dict[str, float] | None = None  # replica-true load of each replica (None: equal shares)
 
     def add_keys(self, keys: TopKeys) -> None:
         if keys:
@@ -157,25 +159,52 @@ class RoundState:
         self.total_capacity = sum(capacity[p] for p in eligible)
         self.keep_bounds: set[int] = set()  # boundaries no merge may remove (overrides)
         self.budget = 0.0  # absolute load that budgeted actions may still move this round
+        self.acting = True  # load balancing (moves, replication for balance) runs this round (calm.gate)
+        self.balance_to = config.imbalance_tolerance  # pods above (1 + this) x mean shed load
+        self.counting = False  # calm count balancing is under way (carried between rounds)
+        # a slice changed at or after this generation is cooling down (never, without calm)
+        self.cool_since = generation - config.cooldown_rounds + 1 if config.calm else generation + 1
 
     # --- bookkeeping --------------------------------------------------------------------------------------
     def recompute(self) -> None:
-        """Pod loads and slice counts from scratch (replicas are eligible pods once the drop phase ran)."""
+        """Pod loads and slice counts from scratch (replicas are eligible pods once the drop phase ran). With
+        ``replica_true_load`` a replica counts what it reported serving from the slice (``Rec.served``); the
+        rest of the slice's load goes in equal parts to the replicas that did not report on it (to all
+        replicas when every one did: that is traffic a leaving pod still took)."""
         load = dict.fromkeys(self.eligible, 0.0)
         count = dict.fromkeys(self.eligible, 0)
         total = 0.0
+        true_load = self.config.replica_true_load
         for rec in self.recs:
             total += rec.load
             reps = rec.replicas
             if reps:
-                share = rec.load / len(reps)
+                if len(reps) > 1 and true_load and rec.served:
+                    share = rec.share = true_shares(rec)
+                    if share is not None:
+                        for p in reps:
+                            load[p] += share[p]
+                            count[p] += 1
+                        continue
+                rec.share = None
+                even = rec.load / len(reps)
                 for p in reps:
-                    load[p] += share
+                    load[p] += even
                     count[p] += 1
         self.load = load
         self.count = count
         self.total_load = total
         self.ver = dict.fromkeys(self.eligible, 0)
+
+    def share_of(self, rec: Rec, p: str) -> float:
+        """The load replica ``p`` carries of ``rec``."""
+        share = rec.share
+        return share[p] if share is not None else rec.load / len(rec.replicas)
+
+    def cooling(self, rec: Rec) -> bool:
+        """Calm only: ``rec`` changed (moved, split, replicas added or removed) less than ``cooldown_rounds``
+        generations ago, so only invariant repairs may touch it (hot loops inline ``rec.since >= cool_since``)."""
+        return rec.since >= self.cool_since
 
     def mean_ref(self) -> float:
         """Mean load of a reference pod (capacity 1.0): total load / total eligible capacity."""
@@ -191,17 +220,16 @@ class RoundState:
 
     # --- replica changes (keep loads, counts and heaps right) ---------------------------------------------
     def add_replica(self, rec: Rec, p: str) -> None:
+        """Add ``p``; the slice's load is assumed to spread evenly over its replicas from now on."""
         reps = rec.replicas
-        r = len(reps)
-        new_share = rec.load / (r + 1)
-        if r:
-            delta = new_share - rec.load / r
-            load = self.load
-            for q in reps:
-                load[q] += delta
-                self._touch(q)
+        new_share = rec.load / (len(reps) + 1)
+        load = self.load
+        for q in reps:
+            load[q] += new_share - self.share_of(rec, q)
+            self._touch(q)
+        rec.share = None
         rec.replicas = (*reps, p)
-        self.load[p] += new_share
+        load[p] += new_share
         self.count[p] += 1
         self._touch(p)
         if p in rec.leaving:
@@ -209,29 +237,42 @@ class RoundState:
         rec.since = self.generation
 
     def remove_replica(self, rec: Rec, p: str, *, to_leaving: bool = True) -> None:
-        r = len(rec.replicas)
+        """Remove ``p``; its share of the load goes in equal parts to the remaining replicas."""
+        old_share = self.share_of(rec, p)
+        share = rec.share
         rec.replicas = reps = tuple(x for x in rec.replicas if x != p)
-        old_share = rec.load / r
         self.load[p] -= old_share
         self.count[p] -= 1
         self._touch(p)
-        if r > 1:
-            delta = rec.load / (r - 1) - old_share
+        if reps:
+            extra = old_share / len(reps)
             load = self.load
             for q in reps:
-                load[q] += delta
+                load[q] += extra
                 self._touch(q)
+            if share is not None and len(reps) > 1:
+                rec.share = {q: share[q] + extra for q in reps}
+            else:
+                rec.share = None
+        else:
+            rec.share = None
         if to_leaving and p not in rec.leaving:
             rec.leaving = (*rec.leaving, p)
         rec.since = self.generation
 
     def replace_replica(self, rec: Rec, old: str, new: str) -> None:
-        """Make-before-break move: ``new`` takes ``old``'s place, ``old`` leaves after this generation."""
+        """Make-before-break move: ``new`` takes ``old``'s place (and its share of the load), ``old`` leaves
+        after this generation."""
         reps = rec.replicas
-        share = rec.load / len(reps)
+        amount = self.share_of(rec, old)
+        share = rec.share
+        if share is not None:
+            share = dict(share)
+            share[new] = share.pop(old)
+            rec.share = share
         rec.replicas = tuple(new if x == old else x for x in reps)
-        self.load[old] -= share
-        self.load[new] += share
+        self.load[old] -= amount
+        self.load[new] += amount
         self.count[old] -= 1
         self.count[new] += 1
         self._touch(old)
@@ -245,4 +286,32 @@ class RoundState:
         rec.since = self.generation
 
 
-__all__ = ["LoadHeap", "Rec", "RoundState", "Stats", "TopKeys"]
+def true_shares(rec: Rec) -> dict[str, float] | None:
+    """Each replica's part of ``rec.load`` from what it reported serving (``rec.served``); None when no replica
+    reported on exactly this range. Replicas without a report split the unexplained rest evenly; reports that
+    add up to more than the slice's load are scaled down to it."""
+    served = rec.served
+    reps = rec.replicas
+    if not served:
+        return None
+    got = [served.get(p) for p in reps]
+    missing = sum(1 for v in got if v is None)
+    if missing == len(reps):
+        return None
+    told = sum(v for v in got if v is not None)
+    rest = max(0.0, rec.load - told)
+    if told > rec.load:
+        scale = rec.load / told if told > 0 else 0.0
+        return {p: (v * scale if v is not None else 0.0) for p, v in zip(reps, got, strict=True)}
+    each = rest / (missing or len(reps))
+    if missing:
+        return {p: (v if v is not None else each) for p, v in zip(reps, got, strict=True)}
+    return {p: v + each for p, v in zip(reps, got, strict=True) if v is not None}
+
+
+def scaled(d: dict[str, float] | None, f: float) -> dict[str, float] | None:
+    """``d`` with every value times ``f`` (None stays None): a child slice's part of its parent's loads."""
+    return None if d is None else {k: v * f for k, v in d.items()}
+
+
+__all__ = ["LoadHeap", "Rec", "RoundState", "Stats", "TopKeys", "scaled", "true_shares"]

@@ -7,6 +7,7 @@ import base64
 import collections
 import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -70,6 +71,42 @@ class _State:
         self.write_lock = asyncio.Lock()
         self.loaded = False
         self.closed = False
+        self.lock_fd: int | None = None
+
+    # exclusive use of the snapshot file ------------------------------------------------------
+    def lock(self) -> None:
+        """Take an exclusive ``flock`` on ``<snapshot>.lock`` (held until ``unlock``), so two processes cannot
+        both load, lead on and write one snapshot file. The lock file sits beside the snapshot because the
+        snapshot itself is replaced (``os.replace``) on every write. Raises StoreError when another holds it."""
+        if self.snapshot_path is None or self.lock_fd is not None:
+            return
+        path = self.snapshot_path.with_name(self.snapshot_path.name + ".lock")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise StoreError(f"cannot open store lock file {path}: {e}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            holder = ""
+            with contextlib.suppress(OSError, ValueError):
+                holder = f" (by pid {int(path.read_text().strip())})"
+            raise StoreError(
+                f"store snapshot {self.snapshot_path} is locked{holder}: another assigner uses it; give each "
+                "assigner its own snapshot file, or share etcd between replicas"
+            ) from e
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.lock_fd = fd
+
+    def unlock(self) -> None:
+        fd, self.lock_fd = self.lock_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     # snapshot ------------------------------------------------------------------------------
     def load(self) -> None:
@@ -144,7 +181,9 @@ class EmbeddedStore(Store):
 
     ``snapshot_path``: when set, the assignments (with their kept history) and meta are written there
     atomically after every change and loaded by ``start()``, so a restarted assigner keeps its generations
-    monotonic. Pods are not persisted: they re-register with their next heartbeat.
+    monotonic. Pods are not persisted: they re-register with their next heartbeat. ``start()`` takes an
+    exclusive lock on ``<snapshot>.lock`` (fcntl.flock) for the life of the store, so a second assigner
+    on the same file fails to start instead of leading beside the first.
     ``history_limit``: generations kept per target. ``clock``: monotonic seconds, for pod and leader lease
     expiry (inject a fake one in tests). ``watch_buffer``: generations buffered per watcher before a slow
     watcher skips ahead to the latest.
@@ -189,7 +228,13 @@ class EmbeddedStore(Store):
     # lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         if not self._s.loaded:
-            self._s.load()
+            self._s.lock()
+            try:
+                self._s.load()
+            except BaseException:
+                self._s.unlock()
+                self._s.loaded = False
+                raise
 
     async def close(self) -> None:
         if self._closed:
@@ -198,6 +243,7 @@ class EmbeddedStore(Store):
         self._closed = True
         if self._primary:
             self._s.closed = True
+            self._s.unlock()
         for sub in list(self._s.subscriptions if self._primary else self._subs):
             sub.event.set()
 

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import math
+import pathlib
 import socket
 import struct
 import time
@@ -28,7 +29,7 @@ _VALUE_MAGIC = b"\x01"
 _GEN = struct.Struct(">Q")
 # ask etcd to fail fast (Unavailable) instead of waiting when the member it reaches has no raft leader,
 # and to cancel watch streams on a member that loses its leader
-_REQUIRE_LEADER = (("hasleader", "true"),)
+_REQUIRE_LEADER: tuple[tuple[str, str], ...] = (("hasleader", "true"),)
 _RETRYABLE_CODES = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -93,12 +94,45 @@ def grpc_target(endpoints: list[str]) -> str:
 
 
 class _Client(aetcd.Client):  # type: ignore[misc]
-    """aetcd.Client that sends the require-leader metadata on every call and on its watch stream."""
+    """aetcd.Client that sends the require-leader metadata on every call and on its watch stream, and can
+    speak TLS (``ssl``: channel credentials) and etcd auth (user/password: a token in the metadata)."""
+
+    def __init__(self, *args: Any, ssl: grpc.ChannelCredentials | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ssl = ssl
 
     async def connect(self) -> None:
-        if not self._connected.is_set() and not self._is_connecting:
+        if self._connected.is_set() or bool(getattr(self, "_is_connecting", False)):
+            await super().connect()
+            return
+        if self._ssl is None and self._username is None:
             self.metadata = _REQUIRE_LEADER
-        await super().connect()
+            await super().connect()
+            return
+        from aetcd import rpc, watcher  # the same wiring as aetcd.Client.connect, on a secure channel
+
+        try:
+            self._is_connecting = True
+            target = f"{self._host}:{self._port}"
+            opts = list(self._options.items())
+            if self._ssl is not None:
+                self.channel = grpc.aio.secure_channel(target, self._ssl, options=opts)
+            else:
+                self.channel = rpc.insecure_channel(target, options=opts)
+            self.metadata = _REQUIRE_LEADER
+            if self._username is not None:
+                self.auth_stub = rpc.AuthStub(self.channel)
+                req = rpc.AuthenticateRequest(name=self._username, password=self._password)
+                resp = await self.auth_stub.Authenticate(req, timeout=self._timeout)
+                self.metadata = (*_REQUIRE_LEADER, ("token", str(resp.token)))
+            self.kvstub = rpc.KVStub(self.channel)
+            self.clusterstub = rpc.ClusterStub(self.channel)
+            self.leasestub = rpc.LeaseStub(self.channel)
+            self.maintenancestub = rpc.MaintenanceStub(self.channel)
+            self._watcher = watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata)
+            self._connected.set()
+        finally:
+            self._is_connecting = False
 
 
 class EtcdStore(Store):
@@ -109,6 +143,8 @@ class EtcdStore(Store):
     ``history_limit``: generations kept per target. ``request_timeout_s``: one attempt of one call.
     ``deadline_s``: a call retries connection errors (backoff up to ``max_backoff_s``) until this many
     seconds, then raises StoreUnavailable. ``ping_timeout_s``: how long ``ping()`` waits.
+    ``ca_cert`` (PEM path): talk TLS to the members; ``cert_cert``/``cert_key``: client certificate (mTLS);
+    ``user``/``password``: etcd authentication (the token etcd answers rides on every call).
 
     Keys: ``{prefix}/assign/{target}`` (current generation), ``{prefix}/history/{target}/{generation:020d}``,
     ``{prefix}/pods/{pod}`` (each on its own lease), ``{prefix}/meta/{key}``, ``{prefix}/leader`` (on the
@@ -125,6 +161,11 @@ class EtcdStore(Store):
         deadline_s: float = 6.0,
         max_backoff_s: float = 0.5,
         ping_timeout_s: float = 1.0,
+        ca_cert: str | None = None,
+        cert_cert: str | None = None,
+        cert_key: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
     ) -> None:
         if history_limit < 1:
             raise ValueError(f"history_limit must be >= 1, got {history_limit}")
@@ -138,12 +179,26 @@ class EtcdStore(Store):
         self.deadline_s = deadline_s
         self.max_backoff_s = max_backoff_s
         self.ping_timeout_s = ping_timeout_s
+        if bool(cert_cert) != bool(cert_key):
+            raise ValueError("cert_cert and cert_key go together")
+        if (cert_cert or cert_key) and not ca_cert:
+            raise ValueError("a client certificate needs ca_cert (TLS) too")
+        self._tls: tuple[bytes, bytes | None, bytes | None] | None = None
+        if ca_cert:  # read now (start() is async): the CA, and the client certificate and key for mTLS
+            self._tls = (
+                pathlib.Path(ca_cert).read_bytes(),
+                pathlib.Path(cert_cert).read_bytes() if cert_cert else None,
+                pathlib.Path(cert_key).read_bytes() if cert_key else None,
+            )
+        self._user = user
+        self._password = password if user is not None else None
         self._client: _Client | None = None
         self._closed = False
         self._mod_rev: dict[str, tuple[int, int]] = {}  # target -> (generation, mod_revision) last seen
         self._pod_leases: dict[str, tuple[int, int]] = {}  # pod id -> (lease id, ttl)
         self._token = uuid.uuid4().hex
         self._leader_lease: int | None = None
+        self._fence_rev: int | None = None  # create revision of our leader key: every CAS requires it unchanged
         self._leader_valid_until = 0.0
         self._leader_lost = True
         self._leader_task: asyncio.Task[None] | None = None
@@ -223,7 +278,14 @@ class EtcdStore(Store):
             "grpc.keepalive_timeout_ms": 5_000,
         }
         # aetcd builds its target as f"{host}:{port}": split our multi-address target at its last colon
-        self._client = _Client(host=host, port=int(port), timeout=self.request_timeout_s, options=options)
+        ssl = None
+        if self._tls is not None:
+            root, chain, pk = self._tls
+            ssl = grpc.ssl_channel_credentials(root_certificates=root, private_key=pk, certificate_chain=chain)
+        self._client = _Client(
+            host=host, port=int(port), timeout=self.request_timeout_s, options=options, ssl=ssl,
+            username=self._user, password=self._password,
+        )  # fmt: skip
         await self._client.connect()  # creates the channel; no network round trip
 
     async def close(self) -> None:
@@ -280,12 +342,21 @@ class EtcdStore(Store):
                         return False
                     cached = self._mod_rev[target]
                 compare = [tx.mod(key) == cached[1]]
+            fence = self._fence_rev
+            if fence is not None:
+                # fenced: the write lands only while the leader key is still the one our election created
+                compare.append(tx.create(self._leader_key) == fence)
             ok, responses = await self._retry(
                 "compare-and-swap",
                 lambda c=compare: self.client.transaction(  # type: ignore[misc]
-                    compare=c, success=[tx.put(key, value), tx.put(hist_key, value)], failure=[tx.get(key)]
+                    compare=c,
+                    success=[tx.put(key, value), tx.put(hist_key, value)],
+                    failure=[tx.get(key), tx.get(self._leader_key)],
                 ),
             )
+            if not ok and fence is not None and not self._fence_holds(responses):
+                self._lose_leadership("a write was fenced: the leader key is no longer ours")
+                return False
             if ok:
                 self._mod_rev[target] = (new.generation, int(responses[0].response_put.header.revision))
                 await self._trim_history(target)
@@ -306,6 +377,14 @@ class EtcdStore(Store):
                 return False
             # same generation, other revision (rewritten): compare again with the fresh revision
         return False
+
+    @staticmethod
+    def _leader_kvs(responses: Any) -> list[Any]:
+        return list(responses[1]) if responses is not None and len(responses) > 1 else []
+
+    def _fence_holds(self, responses: Any) -> bool:
+        found = self._leader_kvs(responses)
+        return bool(found) and int(found[0][1].create_revision) == self._fence_rev
 
     async def _trim_history(self, target: str) -> None:
         prefix = self._history_prefix(target)
@@ -484,10 +563,13 @@ class EtcdStore(Store):
                 failure=[tx.get(self._leader_key)],
             ),
         )
+        created = int(responses[0].response_put.header.revision) if ok else 0
         if not ok:
             found = responses[0] if responses else []
             holder = int(found[0][1].lease) if found else 0
             ok = holder == lease_id  # an earlier attempt of ours went through
+            if ok:
+                created = int(found[0][1].create_revision)
             if holder and old_lease is not None and holder == old_lease:
                 # the key still sits on the lease we gave up for lost: free it so the next campaign can win
                 with contextlib.suppress(StoreError):
@@ -497,6 +579,7 @@ class EtcdStore(Store):
                 await self._retry("revoke lease", lambda: self.client.revoke_lease(lease_id), deadline_s=1.0)
             return False
         self._leader_lease = lease_id
+        self._fence_rev = created
         self._leader_valid_until = t0 + ttl
         self._leader_lost = False
         self._leader_task = asyncio.get_running_loop().create_task(self._keep_leading(lease_id, ttl))

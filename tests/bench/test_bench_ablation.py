@@ -15,16 +15,16 @@ def fake_knob_parser() -> argparse.ArgumentParser:
     """What add_knob_args generates, with the boolean spellings the router may use."""
     p = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     p.add_argument("--key-layout", dest="knob_key_layout", type=str, default="grouped")
-    p.add_argument("--bounded-load-c", dest="knob_bounded_load_c", type=float, default=1.25)
-    p.add_argument("--sticky-escape", dest="knob_sticky_escape", type=bool, default=True)  # bool("false") is True
+    p.add_argument("--load-cap", dest="knob_load_cap", type=float, default=1.25)
+    p.add_argument("--sticky", dest="knob_sticky", type=bool, default=True)  # bool("false") is True
     p.add_argument("--flag-opt", dest="knob_flag_opt", action=argparse.BooleanOptionalAction, default=True)
     return p
 
 
 def test_the_table_maps_every_name_the_issue_asks_for() -> None:
     assert ablation.ABLATIONS["flat_keys"].router_knobs == {"key_layout": "flat"}
-    assert ablation.ABLATIONS["no_bounded_load"].router_knobs == {"bounded_load_c": "0"}
-    assert ablation.ABLATIONS["no_sticky"].router_knobs == {"sticky_escape": "false"}
+    assert ablation.ABLATIONS["no_bounded_load"].router_knobs == {"load_cap": "0"}
+    assert ablation.ABLATIONS["no_sticky"].router_knobs == {"sticky": "false"}
     assert ablation.ABLATIONS["no_calm"].target_config == {"calm": "false"}
     assert ablation.ABLATIONS["no_replica_true"].target_config == {"replica_true_load": "false"}
     assert [a.name for a in ablation.select("no_calm, flat_keys")] == ["no_calm", "flat_keys"]
@@ -36,21 +36,21 @@ def test_the_table_maps_every_name_the_issue_asks_for() -> None:
 def test_router_flags_parse_back_to_the_meant_values(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ablation, "_knob_parser", fake_knob_parser)
     argv = ablation.router_knob_argv(
-        {"key_layout": "flat", "bounded_load_c": "0", "sticky_escape": "false", "flag_opt": "false"}
+        {"key_layout": "flat", "load_cap": "0", "sticky": "false", "flag_opt": "false"}
     )
     ns = fake_knob_parser().parse_args(argv)
     assert ns.knob_key_layout == "flat"
-    assert ns.knob_bounded_load_c == 0.0
-    assert ns.knob_sticky_escape is False  # spelt so that type=bool really gives False
+    assert ns.knob_load_cap == 0.0
+    assert ns.knob_sticky is False  # spelt so that type=bool really gives False
     assert ns.knob_flag_opt is False and "--no-flag-opt" in argv
-    ns = fake_knob_parser().parse_args(ablation.router_knob_argv({"sticky_escape": "true", "flag_opt": "yes"}))
-    assert ns.knob_sticky_escape is True and ns.knob_flag_opt is True
+    ns = fake_knob_parser().parse_args(ablation.router_knob_argv({"sticky": "true", "flag_opt": "yes"}))
+    assert ns.knob_sticky is True and ns.knob_flag_opt is True
     with pytest.raises(ValueError, match="no knob 'nope'"):
         ablation.router_knob_argv({"nope": "1"})
-    with pytest.raises(ValueError, match="bounded-load-c"):
-        ablation.router_knob_argv({"bounded_load_c": "lots"})
+    with pytest.raises(ValueError, match="load-cap"):
+        ablation.router_knob_argv({"load_cap": "lots"})
     with pytest.raises(ValueError, match="true or false"):
-        ablation.router_knob_argv({"sticky_escape": "maybe"})
+        ablation.router_knob_argv({"sticky": "maybe"})
 
 
 def test_real_router_knobs_get_real_flags() -> None:

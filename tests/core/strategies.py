@@ -46,11 +46,19 @@ def configs(draw: st.DrawFn) -> TargetConfig:
     mn = draw(st.integers(min_value=1, max_value=3))
     mx = draw(st.integers(min_value=mn, max_value=4))
     split = draw(st.sampled_from([0.1, 0.25, 0.5, 1.0]))
+    tol = draw(st.sampled_from([0.05, 0.1, 0.3]))
     return TargetConfig(
         target="t",
         min_replicas=mn,
         max_replicas=mx,
-        imbalance_tolerance=draw(st.sampled_from([0.05, 0.1, 0.3])),
+        imbalance_tolerance=tol,
+        calm=draw(st.booleans()),
+        imbalance_target=tol * draw(st.sampled_from([0.0, 0.5, 1.0])),
+        act_after_rounds=draw(st.integers(1, 5)),
+        cooldown_rounds=draw(st.integers(0, 8)),
+        load_smoothing=draw(st.sampled_from([0.2, 0.5, 1.0])),
+        move_cost_weight=draw(st.sampled_from([0.0, 1.0, 2.5])),
+        replica_true_load=draw(st.booleans()),
         churn_budget=draw(st.sampled_from([0.05, 0.1, 0.5, 1.0])),
         split_threshold=split,
         merge_threshold=split * draw(st.sampled_from([0.0, 0.1, 0.3])),

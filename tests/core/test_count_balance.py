@@ -117,12 +117,22 @@ def test_fifth_pod_joins_an_idle_balanced_target() -> None:
     st.integers(1, 6),
     st.integers(16, 160),
     st.sampled_from([0.0, 1e-9, 1.0]),
+    st.booleans(),
 )
-def test_joining_pods_reach_a_fair_share(min_replicas: int, n_old: int, n_new: int, slices: int, bg: float) -> None:
-    """Idle (or nearly idle) target: new pods reach their fair share +-2 within 10 rounds, a bounded number of
-    placements changes per round, and the round invariants hold throughout."""
+def test_joining_pods_reach_a_fair_share(
+    min_replicas: int, n_old: int, n_new: int, slices: int, bg: float, calm: bool
+) -> None:
+    """Idle (or nearly idle) target: new pods reach their fair share +-2 within 10 rounds (30 when calm: it waits
+    for a streak of imbalanced rounds and lets freshly split slices cool down), a bounded number of placements
+    changes per round, and the round invariants hold throughout."""
     cfg = TargetConfig(
-        "t", min_replicas=min_replicas, max_replicas=3, initial_slices=slices, merge_threshold=0.0, churn_budget=0.2
+        "t",
+        min_replicas=min_replicas,
+        max_replicas=3,
+        initial_slices=slices,
+        merge_threshold=0.0,
+        churn_budget=0.2,
+        calm=calm,
     )
     old = _pods(n_old)
     everyone = [*old, *_pods(n_new, prefix="new-")]
@@ -130,7 +140,7 @@ def test_joining_pods_reach_a_fair_share(min_replicas: int, n_old: int, n_new: i
         return
     a = reshard(initial_assignment(cfg, []), old, Workload(bg).reports(initial_assignment(cfg, [])))
     wl = Workload(bg)
-    for i in range(10):
+    for i in range(30 if calm else 10):
         b = reshard(a, everyone, wl.reports(a), now_ms=i)
         _check_round(a, b, everyone, i)
         if bg == 0.0 and _placements(a) == _placements(b):  # idle and nothing to fill: count moves only
@@ -138,7 +148,13 @@ def test_joining_pods_reach_a_fair_share(min_replicas: int, n_old: int, n_new: i
         a = b
     counts = _counts(a, everyone)
     fair = sum(counts.values()) / len(everyone)
-    assert all(abs(c - fair) <= 2 for c in counts.values()), (counts, fair)
+    if calm and bg > 0.0:
+        # calm moves only cold slices for counts (loaded ones move for load, above the tolerance): a few slices
+        # more or less per pod are not worth the caches a count move would throw away; new pods still hold at
+        # least half a fair share
+        assert all(c >= fair // 2 for c in counts.values()), (counts, fair)
+    else:
+        assert all(abs(c - fair) <= 2 for c in counts.values()), (counts, fair)
 
 
 @given(st.integers(0, 2**32), st.integers(2, 8), st.integers(1, 4))

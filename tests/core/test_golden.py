@@ -69,6 +69,8 @@ def build(sections: dict[str, list[str]]) -> tuple[Assignment, list[Pod], list[L
             run_kw[k] = int(v)
         elif k in ("target", "model"):
             cfg_kw[k] = v
+        elif v in ("true", "false"):
+            cfg_kw[k] = v == "true"
         else:
             cfg_kw[k] = float(v) if "." in v else int(v)
     cfg = TargetConfig(**cfg_kw).validate()

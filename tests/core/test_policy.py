@@ -181,7 +181,7 @@ def test_draining_pod_keeps_slices_without_replacement() -> None:
 
 
 def test_moves_balance_and_leave_a_round_later() -> None:
-    cfg = TargetConfig("t", initial_slices=64, churn_budget=0.5)
+    cfg = TargetConfig("t", initial_slices=64, churn_budget=0.5, calm=False)  # acts in the first round
     ps = _eight(4)
     a = initial_assignment(cfg, ps)
     a = dataclasses.replace(a, pods=a.pods)
@@ -202,7 +202,7 @@ def test_moves_balance_and_leave_a_round_later() -> None:
 
 
 def test_hot_slice_splits_at_median_and_hot_key_replicates() -> None:
-    cfg = TargetConfig("t", initial_slices=8, max_replicas=3)
+    cfg = TargetConfig("t", initial_slices=8, max_replicas=3, calm=False)  # acts in the first round
     ps = _eight()
     a = initial_assignment(cfg, ps)
     # slice 0 carries most of the load, spread evenly: it must split
@@ -224,7 +224,7 @@ def test_hot_slice_splits_at_median_and_hot_key_replicates() -> None:
 
 
 def test_hot_key_is_isolated_when_the_rest_is_hot_too() -> None:
-    cfg = TargetConfig("t", initial_slices=2, max_replicas=2)
+    cfg = TargetConfig("t", initial_slices=2, max_replicas=2, calm=False)  # acts in the first round
     ps = _eight(4)
     a = initial_assignment(cfg, ps)
     s = a.slices[0].slice
@@ -247,7 +247,9 @@ def test_median_point() -> None:
 
 
 def test_cold_neighbours_merge_and_idle_replicas_go() -> None:
-    cfg = TargetConfig("t", min_replicas=1, max_replicas=3, initial_slices=8, merge_threshold=0.05)
+    cfg = TargetConfig(
+        "t", min_replicas=1, max_replicas=3, initial_slices=8, merge_threshold=0.05, calm=False
+    )  # acts in the first round
     ps = _eight(1)
     a = initial_assignment(cfg, ps)
     wl = Workload(0.0, [(a.slices[7].slice.lo, 10.0)])

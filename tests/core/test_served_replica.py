@@ -13,7 +13,8 @@ from sharder.policy import reshard
 
 
 def test_dereplication_keeps_the_replica_that_serves_the_slice() -> None:
-    cfg = TargetConfig("t", min_replicas=1, max_replicas=3, initial_slices=4, merge_threshold=0.0)
+    # one round, no cooldown: calm off
+    cfg = TargetConfig("t", min_replicas=1, max_replicas=3, initial_slices=4, merge_threshold=0.0, calm=False)
     pods = [Pod("pod-1", "10.0.0.1:1"), Pod("pod-2", "10.0.0.2:1")]
     a = initial_assignment(cfg, pods)
     s0, s1, s2, s3 = (sa.slice for sa in a.slices)

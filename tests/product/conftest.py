@@ -21,9 +21,11 @@ RUNTIMES = 3
 def _state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path]:
     """Keep every test away from ~/.brunoise and from a developer's $BRUNOISE_ASSIGNER."""
     d = tmp_path_factory.mktemp("brunoise-state")
-    old = {k: os.environ.get(k) for k in ("BRUNOISE_STATE_DIR", "BRUNOISE_ASSIGNER")}
+    keys = ("BRUNOISE_STATE_DIR", "BRUNOISE_ASSIGNER", "BRUNOISE_TOKEN", "BRUNOISE_TOKEN_FILE", "BRUNOISE_TLS_CA")
+    old = {k: os.environ.get(k) for k in keys}
     os.environ["BRUNOISE_STATE_DIR"] = str(d)
-    os.environ.pop("BRUNOISE_ASSIGNER", None)
+    for k in keys[1:]:
+        os.environ.pop(k, None)
     yield d
     for k, v in old.items():
         if v is None:
@@ -54,7 +56,9 @@ def cli(cluster: LocalCluster) -> Invoke:
     runner = CliRunner()
 
     def invoke(*args: str, assigner: str | None = None) -> Result:
-        return runner.invoke(app, list(args), env={"BRUNOISE_ASSIGNER": assigner or cluster.assigner_addr, "COLUMNS": "200"})
+        env = {"BRUNOISE_ASSIGNER": assigner or cluster.assigner_addr, "COLUMNS": "200",
+               "BRUNOISE_TOKEN": cluster.admin_token, "BRUNOISE_TLS_CA": cluster.tls_ca}  # fmt: skip
+        return runner.invoke(app, list(args), env=env)
 
     return invoke
 

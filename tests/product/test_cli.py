@@ -13,8 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from brunoise.cli.client import AdminClient
 from brunoise.cli.cluster import LocalCluster
+from brunoise.cli.main import app
+from brunoise.v1 import slicing_pb2
 from sharder.keyspace import slice_key
 
 from .conftest import RUNTIMES, Invoke
@@ -230,3 +234,15 @@ def test_cluster_file_points_the_cli_at_the_cluster(cluster: LocalCluster, tmp_p
     finally:
         remove_cluster_file()
     assert not path.exists()
+
+
+def test_cli_without_a_token_is_refused_in_one_line(cluster: LocalCluster) -> None:
+    """The cluster is secure by default: no token (or a wrong one) is UNAUTHENTICATED, exit code 6."""
+    runner = CliRunner()
+    for token in ("", "not-the-admin-token"):
+        env = {"BRUNOISE_ASSIGNER": cluster.assigner_addr, "BRUNOISE_TLS_CA": cluster.tls_ca, "BRUNOISE_TOKEN": token}
+        r = runner.invoke(app, ["drain", "pod-1"], env=env)
+        assert r.exit_code == 6, (r.stdout, r.stderr)
+        assert "refused" in r.stderr and "token" in r.stderr and "Traceback" not in r.stderr
+    with AdminClient(cluster.assigner_addr, auth=cluster.auth) as c:
+        assert all(p.pod.state == slicing_pb2.POD_STATE_ACTIVE for p in c.list_pods().pods)

@@ -23,6 +23,7 @@ RUNTIMES = ["runtime-1", "runtime-2", "runtime-3"]
 VLLM = ["vllm-1", "vllm-2", "vllm-3"]
 GPU_RUNTIMES = ["gpu-runtime-1", "gpu-runtime-2", "gpu-runtime-3"]
 BRUNOISE = ASSIGNERS + ROUTERS + RUNTIMES + GPU_RUNTIMES
+ONE_SHOT = ["credentials"]
 _DEFAULT_VAR = re.compile(r"\$\{(\w+):-([^}]*)\}")
 
 
@@ -155,6 +156,9 @@ def test_gpu_profile_runs_vllm_beside_each_runtime(services: dict[str, dict[str,
 
 def test_every_service_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
     for name, svc in services.items():
+        if name in ONE_SHOT:
+            assert svc.get("restart") == "no", f"{name} runs once"
+            continue
         hc = svc.get("healthcheck")
         assert hc and isinstance(hc.get("test"), list) and hc["test"][0] in ("CMD", "CMD-SHELL"), name
         test = hc["test"]
@@ -169,12 +173,15 @@ def test_depends_on_existing_healthy_services(services: dict[str, dict[str, Any]
         for dep, spec in deps.items():
             assert dep in services, f"{name} depends on unknown service {dep}"
             assert dep != name
+            if dep in ONE_SHOT:
+                assert spec["condition"] == "service_completed_successfully", f"{name} -> {dep}"
+                continue
             assert spec["condition"] == "service_healthy", f"{name} -> {dep}"
             assert services[dep].get("healthcheck"), f"{name} waits on {dep}, which has no healthcheck"
             if not svc.get("profiles"):
                 assert not services[dep].get("profiles"), f"{name} (no profile) depends on profiled {dep}"
     for name in ASSIGNERS:
-        assert set(services[name]["depends_on"]) == set(ETCD)
+        assert set(services[name]["depends_on"]) == {*ETCD, "credentials"}
     for name in ROUTERS:
         assert set(services[name]["depends_on"]) >= set(ASSIGNERS)
 
@@ -224,3 +231,28 @@ def test_dockerfile_installs_the_project() -> None:
     assert re.search(r"^RUN .*pip install (--no-cache-dir )?\.(\s|$)", text, re.M), "the image must `pip install .`"
     ignore = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignore and ".git" in ignore
+
+
+def test_control_plane_is_authenticated_and_not_published_on_all_interfaces(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Issue 10: assigners require tokens over TLS; assigner and etcd ports are published on loopback only;
+    each pod has its own token (bound to its id), routers a reader token, everyone the CA."""
+    from brunoise.cli.credentials import init_credentials  # noqa: F401  (what the credentials service runs)
+
+    cred = _command(services["credentials"])
+    assert cred[:3] == ["brunoise", "credentials", "init"]
+    assert sorted(_flag_values(cred, "--pod")) == sorted(RUNTIMES + GPU_RUNTIMES)
+    assert set(_flag_values(cred, "--host")) >= set(ASSIGNERS), "the server certificate names every assigner"
+    for name in ASSIGNERS + ETCD:
+        for p in services[name].get("ports", []):
+            assert str(p).startswith("127.0.0.1:"), f"{name} publishes {p} beyond loopback"
+    for name in ASSIGNERS:
+        cmd = _command(services[name])
+        assert _flag_values(cmd, "--credentials") and _flag_values(cmd, "--tls-cert") and _flag_values(cmd, "--tls-key")
+        assert "--insecure" not in cmd
+    for name in RUNTIMES + GPU_RUNTIMES + ROUTERS:
+        env = services[name]["environment"]
+        want = "router" if name in ROUTERS else name
+        assert env["BRUNOISE_TOKEN_FILE"] == f"/brunoise-secrets/tokens/{want}", name
+        assert env["BRUNOISE_TLS_CA"].startswith("/brunoise-secrets/"), name

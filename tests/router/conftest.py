@@ -104,7 +104,12 @@ class Cluster:
         assert self.assigner is not None
         return self.assigner.addresses["grpc"]
 
-    def start(self) -> Cluster:
+    def assigner_flags(self) -> list[str]:
+        """``--assigner ADDR`` for every assigner a runtime or router should know (subclasses may run several)."""
+        return ["--assigner", self.assigner_addr]
+
+    def start_assigners(self) -> None:
+        """Start the assigner (embedded store) and wait until it serves."""
         a = ManagedProcess(
             "assigner",
             python_module(
@@ -121,13 +126,20 @@ class Cluster:
         )
         self.assigner = self.group.add(a.start())
         a.wait_ready(60)
+
+    def start_runtime(self, pid: str, region: str) -> ManagedProcess:
+        """Start sim runtime ``pid`` (not waiting for it to be ready); it replaces any earlier one of that id."""
+        argv = python_module("runtime.main", "--engine", "sim", "--pod-id", pid, "--target", TARGET, "--model", MODEL,
+                             "--labels", f"region={region}", *self.assigner_flags(), "--lease-ttl", "3", "--report-interval", "0.5",
+                             *self.runtime_args)  # fmt: skip
+        self.runtimes[pid] = self.group.add(ManagedProcess(pid, argv, log_dir=self.log_dir).start())
+        return self.runtimes[pid]
+
+    def start(self) -> Cluster:
+        self.start_assigners()
         self.configure_target()
         for i, region in enumerate(REGIONS):
-            pid = f"pod{i}"
-            argv = python_module("runtime.main", "--engine", "sim", "--pod-id", pid, "--target", TARGET, "--model", MODEL,
-                                 "--labels", f"region={region}", "--assigner", self.assigner_addr, "--lease-ttl", "3", "--report-interval", "0.5",
-                                 *self.runtime_args)  # fmt: skip
-            self.runtimes[pid] = self.group.add(ManagedProcess(pid, argv, log_dir=self.log_dir).start())
+            self.start_runtime(f"pod{i}", region)
         for _ in range(self.n_routers):
             self.add_router(self.router_args, wait=False)
         for p in [*self.runtimes.values(), *self.routers]:
@@ -185,7 +197,7 @@ class Cluster:
             ManagedProcess(
                 name,
                 python_module(
-                    "axon_router.main", "--assigner", self.assigner_addr, "--http-port", "0", "--grpc-port", "0", *args
+                    "axon_router.main", *self.assigner_flags(), "--http-port", "0", "--grpc-port", "0", *args
                 ),
                 log_dir=self.log_dir,
             ).start()
