@@ -339,7 +339,7 @@ class Fleet:
         self.bucket_s = spec.bucket_s or max(dur / 60.0, 0.5)
         self.results.bucket_s = self.bucket_s
         self.restart_log: list[dict[str, float | str]] = []
-        self._held_for: Assignment | None = None
+        self._held_for: tuple[Any, ...] | None = None
         self._held_map: dict[str, list[Slice]] = {}
 
     # -- engines ----------------------------------------------------------------------------------------------
@@ -593,7 +593,7 @@ class Fleet:
 
     def _held(self, a: Assignment) -> dict[str, list[Slice]]:
         """Slices (replica or leaving) of each pod in ``a`` (cached for the current assignment)."""
-        if self._held_for is a:
+        if self._held_for is a.slices:
             return self._held_map
         held: dict[str, list[Slice]] = {}
         for sa in a.slices:
@@ -601,7 +601,7 @@ class Fleet:
                 held.setdefault(pid, []).append(sa.slice)
             for pid in sa.leaving:
                 held.setdefault(pid, []).append(sa.slice)
-        self._held_for, self._held_map = a, held
+        self._held_for, self._held_map = a.slices, held
         return held
 
     def _round(self, t: float) -> None:
@@ -622,6 +622,8 @@ class Fleet:
         if committed:
             self.assignment = new
             self.q.at(t + self.spec.assignment_lag_s, lambda t2, a=new: self._publish(a))
+        elif new.memory is not None:  # as the leader: nothing to commit, but the calm policy's memory goes on
+            self.assignment = dataclasses.replace(cur, memory=new.memory)
 
     def _publish(self, a: Assignment) -> None:
         for r in self.routers:
