@@ -72,6 +72,8 @@ class FleetSpec:
     bucket_s: float = 0.0
     #: Compute the infinite-cache oracle (one set of every chunk hash seen: memory grows with the traffic).
     oracle: bool = True
+    #: How the pods joined before traffic: "staggered" (one by one, as bench/compare.py's pools) or "even".
+    registration: str = "staggered"
     seed: int = 0
 
     def validate(self) -> FleetSpec:
@@ -81,6 +83,8 @@ class FleetSpec:
             raise ValueError("capacities must be numbers > 0")
         if self.engine not in ("step", "fluid"):
             raise ValueError(f"engine must be step or fluid, got {self.engine!r}")
+        if self.registration not in ("staggered", "even"):
+            raise ValueError(f"registration must be staggered or even, got {self.registration!r}")
         if self.round_interval_s <= 0 or self.concurrency < 0:
             raise ValueError("round_interval_s must be > 0 and concurrency >= 0")
         self.knobs.validate()
@@ -314,11 +318,13 @@ class Fleet:
         for p in self.pods:
             self._new_engine(p)
         self.by_id = {p.id: p for p in self.pods}
+        self._held_for: tuple[Any, ...] | None = None
+        self._held_map: dict[str, list[Slice]] = {}
         k = self.knobs
         self.routers = [
             SimRouter(i, k, self.pods, self.rng.uniform(0.0, k.load_poll_interval_s)) for i in range(spec.routers)
         ]
-        self.assignment = initial_assignment(spec.config, [p.pod for p in self.pods])
+        self.assignment = self._registered(spec)
         for r in self.routers:
             r.assignment = self.assignment
         self.up_version = 0
@@ -339,8 +345,21 @@ class Fleet:
         self.bucket_s = spec.bucket_s or max(dur / 60.0, 0.5)
         self.results.bucket_s = self.bucket_s
         self.restart_log: list[dict[str, float | str]] = []
-        self._held_for: tuple[Any, ...] | None = None
-        self._held_map: dict[str, list[Slice]] = {}
+
+    def _registered(self, spec: FleetSpec) -> Assignment:
+        """The assignment when traffic starts. ``staggered`` (as bench/compare.py's pools): the target is created
+        when the first pod registers (every slice on it); the others join and idle rounds (no load) run until
+        every pod holds a slice. ``even``: every pod registered at once (slices round-robin)."""
+        pods = [p.pod for p in self.pods]
+        if spec.registration == "even":
+            return initial_assignment(spec.config, pods)
+        a = initial_assignment(spec.config, pods[:1])
+        for _ in range(1000):
+            held = self._held(a)
+            if all(p.id in held for p in pods):
+                break
+            a = reshard(a, pods, [], now_ms=0)
+        return a
 
     # -- engines ----------------------------------------------------------------------------------------------
 
