@@ -61,6 +61,9 @@ def simulate(
     hot_factor: Annotated[
         float | None, typer.Option(help="Arrival-rate factor of the hot tenant in its phase.")
     ] = None,
+    registration: Annotated[
+        str, typer.Option(help="Pods join one by one before traffic (staggered, as the bench) or all at once (even).")
+    ] = "staggered",
     seed: Annotated[int, typer.Option(help="Seed of the workload and the simulation.")] = 0,
     sweep: Annotated[str | None, typer.Option(help="pods=N,N,...: the same traffic on each fleet size.")] = None,
     ttft_p99_slo_ms: Annotated[float | None, typer.Option(help="With --sweep: the p99 TTFT to meet.")] = None,
@@ -85,7 +88,7 @@ def simulate(
                 max_model_len=max_model_len, engine=engine, routers=routers, round_interval_s=round_interval,
                 assignment_lag_s=assignment_lag, concurrency=concurrency, key_layout=key_layout,
                 router_knobs=router_knob or [], target_config=target_config or [], deaths=death or [],
-                restarts=restarts, seed=seed, oracle=oracle,
+                restarts=restarts, seed=seed, oracle=oracle, registration=registration,
             )  # fmt: skip
             return options.run_one(spec, src)
 

@@ -89,7 +89,7 @@ def make_spec(
     *, pods: int, workload: str, trace: str | None, capacities: Sequence[float], kv_blocks: int | None,
     max_model_len: int | None, engine: str, routers: int, round_interval_s: float, assignment_lag_s: float,
     concurrency: int, key_layout: str | None, router_knobs: Sequence[str], target_config: Sequence[str],
-    deaths: Sequence[str], restarts: bool, seed: int, oracle: bool,
+    deaths: Sequence[str], restarts: bool, seed: int, oracle: bool, registration: str = "staggered",
 ) -> FleetSpec:  # fmt: skip
     kv, mml = (1024, 4096)
     if not trace and bench_importable():
@@ -109,7 +109,7 @@ def make_spec(
         engine=eng, routers=routers, knobs=Knobs(**knobs).validate(),
         config=TargetConfig(TARGET, **parse_pairs(target_config, TargetConfig, "--target-config")).validate(),
         round_interval_s=round_interval_s, assignment_lag_s=assignment_lag_s, concurrency=concurrency,
-        deaths=tuple(death_list), restarts=restarts, seed=seed, oracle=oracle,
+        deaths=tuple(death_list), restarts=restarts, seed=seed, oracle=oracle, registration=registration,
     ).validate()  # fmt: skip
 
 
