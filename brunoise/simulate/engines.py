@@ -85,10 +85,10 @@ class StepEngine(PodEngine):
         # the step is applied when it starts, stamped with its end: what it produced is reported at its end
         out: list[tuple[bool, object]] = []
         for req in touched:
-            req.buf.clear()  # type: ignore[attr-defined]  # nobody reads the generated chunks
-            if req.first_token_t == end:  # type: ignore[attr-defined]
+            req.buf.clear()  # nobody reads the generated chunks
+            if req.first_token_t == end:
                 out.append((True, req))
-            if req.finished and not req.aborted:  # type: ignore[attr-defined]
+            if req.finished and not req.aborted:
                 out.append((False, req))
         self._out = out
 

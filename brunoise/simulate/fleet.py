@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import random
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -380,13 +381,15 @@ class Fleet:
     def _kick(self, p: SimPod) -> None:
         """(Re)queue the pod's next engine event when it moved earlier or there was none."""
         e = p.engine
-        nt = e.next_time() if e is not None else None
+        if e is None:
+            return
+        nt = e.next_time()
         if nt is None or (p.sched is not None and p.sched <= nt):
             return
         p.sched = nt
-        self.q.at(nt, lambda t, p=p, e=e: self._engine_event(p, e, t))
+        self.q.at(nt, functools.partial(self._engine_event, p, e))
 
-    def _engine_event(self, p: SimPod, e: Any, t: float) -> None:
+    def _engine_event(self, p: SimPod, e: StepEngine | FluidEngine, t: float) -> None:
         if p.engine is not e:
             return  # an event of a previous incarnation
         if p.sched is not None and t < p.sched:
@@ -412,18 +415,18 @@ class Fleet:
                 counter[0] += 1
 
             q.every(k.load_poll_interval_s, poll, start=r.offset, until=done)
-            q.every(k.health_interval_s, lambda t, r=r: r.health(self.pods, self.up_version), start=r.offset,
+            q.every(k.health_interval_s, functools.partial(self._health, r), start=r.offset,
                     until=done)  # fmt: skip
         q.every(spec.round_interval_s, self._round, start=spec.round_interval_s, until=done)
         q.every(self.bucket_s, self._bucket, start=0.0, until=done)
         for ph in self.source.phases:
-            q.at(ph.start, lambda t, name=ph.name: self._phase_mark(name, t))
+            q.at(ph.start, functools.partial(self._phase_mark, ph.name))
         if spec.restarts:
             for ev in self.source.restarts:
                 if ev.pod < len(self.pods):
-                    q.at(ev.t, lambda t, i=ev.pod: self._restart(self.pods[i], t))
+                    q.at(ev.t, functools.partial(self._restart, self.pods[ev.pod]))
         for t, i in spec.deaths:
-            q.at(t, lambda t, i=i: self._death(self.pods[i], t))
+            q.at(t, functools.partial(self._death, self.pods[i]))
         q.run()
         end = q.now
         self._phase_mark("end", end)
@@ -443,7 +446,7 @@ class Fleet:
             self.exhausted = True
             self._check_done()
             return
-        self.q.at(s.start, lambda t, s=s: self._start_session(s, t))
+        self.q.at(s.start, functools.partial(self._start_session, s))
 
     def _start_session(self, s: SimSession, t: float) -> None:
         cs = ClientSession(s)
@@ -460,7 +463,7 @@ class Fleet:
             return
         req = cs.requests[cs.next]
         cs.next += 1
-        self.q.at(max(t, req.t), lambda t2, cs=cs, req=req: self._send(cs, req, t2))
+        self.q.at(max(t, req.t), functools.partial(self._send, cs, req))
 
     def _send(self, cs: ClientSession, req: SimRequest, t: float) -> None:
         k = self.knobs
@@ -605,7 +608,7 @@ class Fleet:
         self.client_inflight -= 1
         if self.waitq:
             nxt = self.waitq.pop(0)
-            self.q.at(t, lambda t2, nxt=nxt: self._dispatch(nxt, t2))
+            self.q.at(t, functools.partial(self._dispatch, nxt))
         self._turn(f.sess, t)
 
     # -- the assigner -----------------------------------------------------------------------------------------
@@ -640,11 +643,11 @@ class Fleet:
         self.rounds.append(RoundRecord(t, new.generation, new.stats, committed))
         if committed:
             self.assignment = new
-            self.q.at(t + self.spec.assignment_lag_s, lambda t2, a=new: self._publish(a))
+            self.q.at(t + self.spec.assignment_lag_s, functools.partial(self._publish, new))
         elif new.memory is not None:  # as the leader: nothing to commit, but the calm policy's memory goes on
             self.assignment = dataclasses.replace(cur, memory=new.memory)
 
-    def _publish(self, a: Assignment) -> None:
+    def _publish(self, a: Assignment, t: float) -> None:
         for r in self.routers:
             if r.assignment is None or r.assignment.generation < a.generation:
                 r.assignment = a
@@ -654,12 +657,19 @@ class Fleet:
     def _set_state(self, p: SimPod, state: PodState) -> None:
         p.pod = dataclasses.replace(p.pod, state=state)
 
+    def _mark_dead(self, p: SimPod, t: float) -> None:
+        """The pod's lease lapsed: the assigner drops it from every slice at its next round."""
+        self._set_state(p, PodState.DEAD)
+
+    def _health(self, r: SimRouter, t: float) -> None:
+        r.health(self.pods, self.up_version)
+
     def _stop(self, p: SimPod, t: float) -> None:
         """The process stops: requests without a first token are retried elsewhere, streams break."""
         p.up = False
         self.up_version += 1
         e = p.engine
-        gone = e.abort_all() if e is not None else []
+        gone: list[Any] = e.abort_all() if e is not None else []
         self._new_engine(p)  # the next incarnation starts with an empty cache
         p.up = False
         for ereq in gone:
@@ -683,7 +693,7 @@ class Fleet:
             return
         self._stop(p, t)
         self.restart_log.append({"pod": p.id, "t": t, "event": "death"})
-        self.q.at(t + self.spec.lease_ttl_s, lambda t2: self._set_state(p, PodState.DEAD))
+        self.q.at(t + self.spec.lease_ttl_s, functools.partial(self._mark_dead, p))
 
     def _restart(self, p: SimPod, t0: float) -> None:
         """Drain through the assigner, wait until it holds no slice and then runs nothing (each at most
