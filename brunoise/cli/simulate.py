@@ -69,6 +69,7 @@ def simulate(
     ttft_p99_slo_ms: Annotated[float | None, typer.Option(help="With --sweep: the p99 TTFT to meet.")] = None,
     oracle: Annotated[bool, typer.Option(help="Compute the infinite-cache oracle (memory grows with traffic).")] = True,
     jobs: Annotated[int, typer.Option(help="2: generate the workload in a second process beside the fleet.")] = 1,
+    progress: Annotated[bool, typer.Option(help="A line on stderr every tenth of the run.")] = False,
     out: Annotated[str | None, typer.Option(help="Write the summary (and every series) as JSON here.")] = None,
     chart: Annotated[str | None, typer.Option(help="Write a PNG of load and hit rate over time here.")] = None,
 ) -> None:
@@ -90,7 +91,7 @@ def simulate(
                 router_knobs=router_knob or [], target_config=target_config or [], deaths=death or [],
                 restarts=restarts, seed=seed, oracle=oracle, registration=registration,
             )  # fmt: skip
-            return options.run_one(spec, src)
+            return options.run_one(spec, src, progress)
 
         rows = [one(n) for n in sizes]
     except (ValueError, OSError, ImportError) as exc:

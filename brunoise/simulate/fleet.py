@@ -14,7 +14,7 @@ import bisect
 import dataclasses
 import functools
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from axon_router.admission import Admission, Outcome, Priority
@@ -305,8 +305,11 @@ class RoundRecord:
 class Fleet:
     """One simulation run: ``run()`` replays ``source`` on the fleet of ``spec`` and returns the raw results."""
 
-    def __init__(self, spec: FleetSpec, source: Source) -> None:
+    def __init__(
+        self, spec: FleetSpec, source: Source, progress: Callable[[float, int, int], None] | None = None
+    ) -> None:
         self.spec = spec.validate()
+        self.progress = progress  # called every progress_s of virtual time with (time, requests sent, ok)
         self.source = source
         self.knobs = spec.knobs
         self.q = EventQueue()
@@ -419,6 +422,8 @@ class Fleet:
                     until=done)  # fmt: skip
         q.every(spec.round_interval_s, self._round, start=spec.round_interval_s, until=done)
         q.every(self.bucket_s, self._bucket, start=0.0, until=done)
+        if self.progress is not None:
+            q.every(self.bucket_s * 6, self._report_progress, start=0.0, until=done)
         for ph in self.source.phases:
             q.at(ph.start, functools.partial(self._phase_mark, ph.name))
         if spec.restarts:
@@ -737,6 +742,10 @@ class Fleet:
 
     def _phase_mark(self, name: str, t: float) -> None:
         self.results.mark(name, t, self.pods)
+
+    def _report_progress(self, t: float) -> None:
+        if self.progress is not None:
+            self.progress(t, self.results.sent_n, self.results.ok_n)
 
     def _bucket(self, t: float) -> None:
         self.results.bucket(t, self.pods)

@@ -127,5 +127,19 @@ def parse_sweep(text: str) -> list[int]:
     return out
 
 
-def run_one(spec: FleetSpec, source: Source) -> dict[str, Any]:
-    return Fleet(spec, source).run().summary
+def run_one(spec: FleetSpec, source: Source, progress: bool = False) -> dict[str, Any]:
+    """One run's summary; ``progress``: a line on stderr every tenth of the run (virtual time, requests, CPU)."""
+    cb = None
+    if progress:
+        import time
+
+        cpu0 = time.process_time()
+
+        def cb(t: float, sent: int, ok: int) -> None:
+            print(
+                f"  t={t:.0f}/{source.duration_s:.0f} s  requests sent {sent}, ok {ok}  cpu {time.process_time() - cpu0:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return Fleet(spec, source, cb).run().summary
