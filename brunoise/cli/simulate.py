@@ -62,8 +62,12 @@ def simulate(
         float | None, typer.Option(help="Arrival-rate factor of the hot tenant in its phase.")
     ] = None,
     registration: Annotated[
-        str, typer.Option(help="Pods join one by one before traffic (staggered, as the bench) or all at once (even).")
-    ] = "staggered",
+        str,
+        typer.Option(
+            help="Pods join one by one before traffic (staggered, as the bench), all at once (even), or auto "
+            "(staggered up to 64 pods)."
+        ),
+    ] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the workload and the simulation.")] = 0,
     sweep: Annotated[str | None, typer.Option(help="pods=N,N,...: the same traffic on each fleet size.")] = None,
     ttft_p99_slo_ms: Annotated[float | None, typer.Option(help="With --sweep: the p99 TTFT to meet.")] = None,

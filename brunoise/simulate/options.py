@@ -89,7 +89,7 @@ def make_spec(
     *, pods: int, workload: str, trace: str | None, capacities: Sequence[float], kv_blocks: int | None,
     max_model_len: int | None, engine: str, routers: int, round_interval_s: float, assignment_lag_s: float,
     concurrency: int, key_layout: str | None, router_knobs: Sequence[str], target_config: Sequence[str],
-    deaths: Sequence[str], restarts: bool, seed: int, oracle: bool, registration: str = "staggered",
+    deaths: Sequence[str], restarts: bool, seed: int, oracle: bool, registration: str = "auto",
 ) -> FleetSpec:  # fmt: skip
     kv, mml = (1024, 4096)
     if not trace and bench_importable():
@@ -104,12 +104,13 @@ def make_spec(
             raise ValueError(f"--death {d!r}: expected TIME:POD_INDEX, e.g. 30:2")
         death_list.append((float(t), int(i)))
     eng = engine if engine != "auto" else ("step" if pods <= 64 else "fluid")
+    reg = registration if registration != "auto" else ("staggered" if pods <= 64 else "even")
     return FleetSpec(
         pods=pods, capacities=tuple(capacities) or (1.0,), kv_blocks=kv_blocks or kv, max_model_len=max_model_len or mml,
         engine=eng, routers=routers, knobs=Knobs(**knobs).validate(),
         config=TargetConfig(TARGET, **parse_pairs(target_config, TargetConfig, "--target-config")).validate(),
         round_interval_s=round_interval_s, assignment_lag_s=assignment_lag_s, concurrency=concurrency,
-        deaths=tuple(death_list), restarts=restarts, seed=seed, oracle=oracle, registration=registration,
+        deaths=tuple(death_list), restarts=restarts, seed=seed, oracle=oracle, registration=reg,
     ).validate()  # fmt: skip
 
 
