@@ -166,3 +166,13 @@ def test_staggered_registration_starts_with_every_pod_holding_a_slice() -> None:
     even = Fleet(spec(pods=5, registration="even"), small_source(pods=5))
     counts = sorted(len(v) for v in even._held(even.assignment).values())
     assert counts[-1] - counts[0] <= 1
+
+
+def test_faster_pods_answer_sooner_and_several_routers_conserve_requests() -> None:
+    slow = Fleet(spec(restarts=False), small_source()).run().summary
+    fast = Fleet(spec(restarts=False, capacities=(2.0,)), small_source()).run().summary
+    assert fast["requests"] == slow["requests"]
+    assert fast["ttft_p50_ms"] < slow["ttft_p50_ms"]
+    mixed = Fleet(spec(capacities=(1.0, 3.0), routers=3), small_source()).run().summary
+    assert mixed["routers"] == 3 and mixed["capacities"] == [1.0, 3.0]
+    assert mixed["ok"] + mixed["error_count"] == mixed["requests"] == slow["requests"]
