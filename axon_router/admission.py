@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from collections.abc import Mapping, Sequence
 
-from axon_router.cost import Limits, PickInput, Scored
+from axon_router.cost import CostModel, Limits, PickInput, Scored
 from axon_router.knobs import Knobs
 from axon_router.pick import FALLBACK, SPILL, SUBSET, Candidates, PickPolicy
 from axon_router.pod_view import PodView
@@ -42,6 +43,7 @@ class Admission:
         self.interactive = Limits(float(knobs.admit_max_outstanding), knobs.admit_ttft_slo_s)
         f = knobs.batch_admit_fraction
         self.batch = Limits(max(1.0, knobs.admit_max_outstanding * f), knobs.admit_ttft_slo_s * f)
+        self.cost = CostModel(knobs)
 
     def limits(self, priority: Priority) -> Limits:
         return self.batch if priority is Priority.BATCH else self.interactive
@@ -60,8 +62,16 @@ class Admission:
         subset; the first pod of the policy's first non-empty tier under this priority's limits is the pick."""
         if not subset and not outside:
             return Decision(Outcome.UNAVAILABLE, None)
-        ranking = policy.choose_replicas(req, Candidates(subset, outside, self.limits(priority)), views, now)
+        lim = self.limits(priority)
+        ranking = policy.choose_replicas(req, Candidates(subset, outside, lim), views, now)
         first = ranking.first()
+        if first is None and self.cost.score(PodView("", ""), req, now).cost > lim.ttft_slo_s:
+            # Over the TTFT limit even on an idle pod (a huge prompt): load is not why, so shedding with a retry
+            # hint would have clients retry forever. The best pod under the outstanding limit takes it; the pod
+            # decides (vLLM answers 400 for a prompt over its context).
+            by_count = Limits(lim.max_outstanding, math.inf)
+            ranking = policy.choose_replicas(req, Candidates(subset, outside, by_count), views, now)
+            first = ranking.first()
         if first is None:
             return Decision(Outcome.SHED, None)
         tier, pick = first

@@ -4,6 +4,19 @@ from __future__ import annotations
 
 import grpc
 
+#: Longest error message sent to a client: whatever a message echoes (a model name, a header) is cut to fit.
+MAX_MESSAGE_CHARS = 1024
+
+
+def clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` cut to at most ``limit`` characters, keeping its head and tail and saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    note = f" ...[{len(text) - limit} characters cut]... "
+    keep = max(0, limit - len(note))
+    head = keep - keep // 4
+    return text[:head] + note + text[len(text) - (keep - head) :]
+
 
 class RouterError(Exception):
     """A request the router refuses or cannot serve, with a message that says what to change."""
@@ -15,6 +28,7 @@ class RouterError(Exception):
     def __init__(
         self, message: str, *, param: str | None = None, code: str | None = None, retry_after_s: float | None = None
     ) -> None:
+        message = clip(message)
         super().__init__(message)
         self.message = message
         self.param = param
@@ -33,10 +47,26 @@ class BadRequest(RouterError):
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class Unauthorized(RouterError):
+    """No API key, or one the router does not know (OpenAI's ``invalid_api_key``)."""
+
+    status = 401
+    type = "invalid_request_error"
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+
 class NotFound(RouterError):
     status = 404
     type = "invalid_request_error"
     grpc_code = grpc.StatusCode.NOT_FOUND
+
+
+class RequestTimeout(RouterError):
+    """The client did not send its request (headers or body) in time."""
+
+    status = 408
+    type = "invalid_request_error"
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class Conflict(RouterError):
@@ -87,6 +117,21 @@ class StreamBroken(RouterError):
     status = 502
     type = "upstream_stream_error"
     grpc_code = grpc.StatusCode.ABORTED
+
+
+class UpstreamIdle(StreamBroken):
+    """The pod sent nothing for ``stream_idle_timeout_s`` after it started answering (a stalled pod)."""
+
+    status = 504
+    type = "timeout_error"
+    grpc_code = grpc.StatusCode.ABORTED
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="upstream_idle_timeout")
+
+
+class InternalError(RouterError):
+    """A bug in the router: the client gets a JSON 500 / INTERNAL, the log gets the traceback."""
 
 
 _GRPC_OF_HTTP = {

@@ -121,10 +121,22 @@ class Knobs:
     """Per attempt: no response/first token from the pod within this (or the deadline) fails the attempt."""
     default_timeout_s: float = 600.0
     """Overall deadline of a request that sets none."""
+    stream_idle_timeout_s: float = 30.0
+    """Once a pod has started answering: the longest silence between two reads of its response; a pod silent for
+    longer is stalled (SSE error event mid-stream, 504 before any output), so it cannot hold a request for long."""
+    pool_max_connections: int = 1024
+    """Connections the router keeps open to all pods together (0 = no limit); beyond it a request waits for one."""
+    pool_max_per_pod: int = 256
+    """Connections the router keeps open to one pod (0 = no limit): a stalled pod cannot take every socket."""
 
     # --- front ends ------------------------------------------------------------------------------
     max_body_bytes: int = 4 * 1024 * 1024
     """Largest accepted HTTP request body (413 above)."""
+    header_read_timeout_s: float = 10.0
+    """A client must send a request's complete headers within this of starting it (slowloris: the connection
+    is closed with a 408)."""
+    body_read_timeout_s: float = 30.0
+    """A client must send a request's complete body within this of its headers (408 after)."""
     max_key_bytes: int = 512
     """Longest accepted routing key / request id / label value (400 above)."""
     routing_prefix_chunks: int = 4
@@ -162,6 +174,9 @@ class Knobs:
             raise ValueError(f"knob group_prefix_chunks must be >= 1, got {self.group_prefix_chunks}")
         if 0 < self.load_cap < 1:
             raise ValueError(f"knob load_cap must be 0 (off) or >= 1, got {self.load_cap}")
+        for name in ("stream_idle_timeout_s", "header_read_timeout_s", "body_read_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"knob {name} must be > 0, got {getattr(self, name)}")
         if self.prefill_tokens_per_s <= 0 or self.bytes_per_token <= 0:
             raise ValueError("knobs prefill_tokens_per_s and bytes_per_token must be > 0")
         return self

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import importlib
+import ipaddress
 import json
 import logging
 import signal
@@ -17,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from axon_router.auth import ApiKeys
 from axon_router.frontends.grpc import build_server
 from axon_router.frontends.openai_http import OpenAIFrontend
 from axon_router.knobs import add_knob_args, knobs_from_args
@@ -69,14 +71,49 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--log-level", default="info")
     p.add_argument("--otel-console", action="store_true", help="export spans to stdout")
+    p.add_argument(
+        "--api-keys-file",
+        default=None,
+        help="JSON/YAML mapping sha256 hex of each API key -> {name, tenant}; clients then send "
+        "'Authorization: Bearer KEY' (gRPC: authorization metadata); a key's tenant is its requests' routing group",
+    )
+    p.add_argument(
+        "--insecure", action="store_true", help="serve a non-loopback --host without API keys (refused otherwise)"
+    )
     add_knob_args(p)
     return p.parse_args(argv)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_api_keys(ns: argparse.Namespace) -> ApiKeys | None:
+    """The API keys to require (None: open); exits when a non-loopback router would serve without keys."""
+    keys = None
+    if ns.api_keys_file:
+        try:
+            keys = ApiKeys.load(ns.api_keys_file)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"brunoise-router: cannot use --api-keys-file: {e}") from None
+    if keys is None and not is_loopback(ns.host) and not ns.insecure:
+        raise SystemExit(
+            f"brunoise-router: refusing to serve {ns.host} without API keys; pass --api-keys-file "
+            "(or --insecure to serve it open anyway)"
+        )
+    return keys
 
 
 async def serve(ns: argparse.Namespace) -> None:
     from sharder.clerk import Clerk  # the clerk is the router's only view of the assignment
 
     knobs = knobs_from_args(ns)
+    api_keys = load_api_keys(ns)  # before anything binds
     metrics = RouterMetrics(knobs)
     clerk = Clerk(ns.assigner)
     await clerk.start()
@@ -85,13 +122,13 @@ async def serve(ns: argparse.Namespace) -> None:
             await clerk.wait_ready(ns.wait_ready_s)
     router = Router(clerk, knobs, metrics)
     await router.start()
-    http = OpenAIFrontend(router)
-    runner = web.AppRunner(http.app, access_log=None, handle_signals=False)
+    http = OpenAIFrontend(router, api_keys)
+    runner = http.runner()
     await runner.setup()
     site = web.TCPSite(runner, ns.host, ns.http_port, backlog=1024)
     await site.start()
     http_port = runner.addresses[0][1]
-    gserver, gport, _ = build_server(router, ns.host, ns.grpc_port)
+    gserver, gport, _ = build_server(router, ns.host, ns.grpc_port, api_keys)
     await gserver.start()
     addresses = {"http": f"http://{ns.host}:{http_port}", "grpc": f"{ns.host}:{gport}"}
     # long-lived start-up objects leave the collector's view; fewer, cheaper collections on the hot path
@@ -100,7 +137,15 @@ async def serve(ns: argparse.Namespace) -> None:
     gc.set_threshold(20_000, 20, 20)
     if ns.ready_file:
         write_ready_file(ns.ready_file, addresses)
-    log.info("router serving", extra={"addresses": addresses, "assigners": ns.assigner, "knobs": knobs.as_dict()})
+    log.info(
+        "router serving",
+        extra={
+            "addresses": addresses,
+            "assigners": ns.assigner,
+            "api_keys": len(api_keys) if api_keys is not None else 0,
+            "knobs": knobs.as_dict(),
+        },
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

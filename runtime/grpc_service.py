@@ -7,8 +7,10 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -36,8 +38,32 @@ def grpc_code(http_status: int) -> grpc.StatusCode:
     return _STATUS_CODES.get(http_status, grpc.StatusCode.INTERNAL)
 
 
+async def _decode(raw: bytes, cls: Any, context: grpc.aio.ServicerContext[object, object]) -> Any:
+    """The request message, or INVALID_ARGUMENT for bytes that are not one (not UNKNOWN naming a Python class)."""
+    try:
+        return cls.FromString(raw)
+    except (DecodeError, ValueError, TypeError):
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request is not a valid {cls.DESCRIPTOR.full_name} (protobuf wire format); check the client's stubs",
+        )
+
+
 class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
     """Generate (server streaming) and GetLoad over one engine."""
+
+    async def generate_raw(
+        self, raw: bytes, context: grpc.aio.ServicerContext[object, object]
+    ) -> AsyncIterator[inference_pb2.GenerateChunk]:
+        """Generate on undecoded bytes (as registered): a malformed request gets INVALID_ARGUMENT."""
+        request = await _decode(raw, inference_pb2.GenerateRequest, context)
+        async for chunk in self.Generate(request, context):
+            yield chunk
+
+    async def get_load_raw(
+        self, raw: bytes, context: grpc.aio.ServicerContext[object, object]
+    ) -> runtime_pb2.GetLoadResponse:
+        return await self.GetLoad(await _decode(raw, runtime_pb2.GetLoadRequest, context), context)
 
     def __init__(
         self,
@@ -118,7 +144,7 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
         if request.model and request.model != self.engine.model:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
-                f"model {request.model!r} is not served by pod {self.pod_id} (it serves {self.engine.model!r})",
+                f"model {request.model[:100]!r} is not served by pod {self.pod_id} (it serves {self.engine.model!r})",
             )
         for k, v in request.labels.items():
             if self.labels.get(k) != v:
@@ -193,7 +219,15 @@ class GrpcServer:
     def __init__(self, service: RuntimeService, host: str = "127.0.0.1", port: int = 0) -> None:
         self.service = service
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        runtime_pb2_grpc.add_RuntimeServicer_to_server(service, self.server)  # type: ignore[no-untyped-call]
+        handlers = {
+            "Generate": grpc.unary_stream_rpc_method_handler(
+                service.generate_raw, response_serializer=inference_pb2.GenerateChunk.SerializeToString
+            ),
+            "GetLoad": grpc.unary_unary_rpc_method_handler(
+                service.get_load_raw, response_serializer=runtime_pb2.GetLoadResponse.SerializeToString
+            ),
+        }
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(RUNTIME_SERVICE, handlers),))
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

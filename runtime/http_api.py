@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from brunoise.httpserver import GuardedAppRunner
 from runtime.engines.base import Engine, EngineChunk, EngineError, EngineRequest, SamplingParams
 from sharder.prefix import render_chat
 
@@ -23,6 +24,12 @@ log = logging.getLogger(__name__)
 SLICE_KEY_HEADER = "x-brunoise-slice-key"
 POD_ID_HEADER = "x-brunoise-pod-id"
 DEFAULT_MAX_BODY_BYTES = 8 * 2**20
+#: A client must send a request's headers within this of starting it (slowloris), its body within the other.
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_BODY_TIMEOUT_S = 30.0
+#: Longest error message sent back (messages may echo the request: a 1 MB model name must not come back whole).
+_MAX_MESSAGE = 1024
+_MAX_ECHO = 100
 _MAX_SLICE_KEY = 2**64
 _MAX_REQUEST_ID = 256
 
@@ -32,6 +39,7 @@ FinishHook = Callable[[int | None, EngineChunk], None]
 _ERROR_TYPES = {
     400: "BadRequestError",
     404: "NotFoundError",
+    408: "RequestTimeoutError",
     405: "MethodNotAllowedError",
     413: "RequestEntityTooLargeError",
     415: "UnsupportedMediaTypeError",
@@ -55,6 +63,8 @@ class HttpError(Exception):
 def error_body(status: int, message: str, *, type_: str | None = None, param: str | None = None) -> dict[str, Any]:
     """vLLM's error body (``object``/``message``/``type``/``param``/``code``) with OpenAI's nested ``error`` too."""
     t = type_ or _ERROR_TYPES.get(status, "BadRequestError")
+    if len(message) > _MAX_MESSAGE:
+        message = message[: _MAX_MESSAGE - 30] + f"... [{len(message) - _MAX_MESSAGE + 30} characters cut]"
     info = {"message": message, "type": t, "param": param, "code": status}
     return {"object": "error", **info, "error": info}
 
@@ -84,12 +94,26 @@ class HttpApi:
         pod_id: str,
         on_finish: FinishHook | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+        body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
     ) -> None:
         self.engine = engine
         self.pod_id = pod_id
         self.on_finish = on_finish
         self.max_body_bytes = max_body_bytes
+        self.header_timeout_s = header_timeout_s
+        self.body_timeout_s = body_timeout_s
         self.created = int(time.time())
+
+    def runner(self, **kwargs: Any) -> web.AppRunner:
+        """A runner of ``app()`` that answers malformed HTTP with vLLM's JSON error body and cuts off requests
+        whose headers take longer than ``header_timeout_s``."""
+        return GuardedAppRunner(
+            self.app(),
+            error_body=lambda status, message, code: error_body(status, message),
+            header_timeout_s=self.header_timeout_s,
+            **kwargs,
+        )
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_bytes, middlewares=[self._errors])
@@ -109,7 +133,10 @@ class HttpApi:
         try:
             resp = await handler(request)
         except HttpError as e:
-            return error_response(e.status, e.message, type_=e.type, param=e.param)
+            resp = error_response(e.status, e.message, type_=e.type, param=e.param)
+            if e.status == 408:
+                resp.force_close()  # the rest of a slow body is not waited for
+            return resp
         except EngineError as e:
             return _engine_error(e)
         except web.HTTPException as e:
@@ -403,9 +430,12 @@ class HttpApi:
                 413, f"request body of {request.content_length} bytes exceeds the limit of {self.max_body_bytes} bytes"
             )
         try:
-            raw = await request.read()
+            async with asyncio.timeout(self.body_timeout_s):
+                raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise HttpError(413, f"request body exceeds the limit of {self.max_body_bytes} bytes") from None
+        except TimeoutError:
+            raise HttpError(408, f"the request body did not arrive within {self.body_timeout_s:g}s") from None
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -420,6 +450,8 @@ class HttpApi:
             ) from None
         except RecursionError:
             raise HttpError(400, "request body nests too deeply") from None
+        except ValueError as e:  # e.g. an integer over json's digit limit
+            raise HttpError(400, f"request body is not acceptable JSON: {str(e)[:200]}") from None
         if not isinstance(body, dict):
             raise HttpError(400, f"request body must be a JSON object, got {type(body).__name__}")
         return body
@@ -432,7 +464,9 @@ class HttpApi:
             raise HttpError(400, "model must be a string", param="model")
         if model != self.engine.model:
             raise HttpError(
-                404, f"The model `{model}` does not exist. This pod serves `{self.engine.model}`.", param="model"
+                404,
+                f"The model `{model[:_MAX_ECHO]}` does not exist. This pod serves `{self.engine.model}`.",
+                param="model",
             )
 
 

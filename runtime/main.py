@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from runtime.engines.base import Engine
-from runtime.http_api import DEFAULT_MAX_BODY_BYTES
+from runtime.http_api import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES
 
 log = logging.getLogger("brunoise.runtime")
 
@@ -63,6 +63,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--report-interval", type=float, default=1.0, help="slicelet load-report interval, seconds")
     p.add_argument("--lease-ttl", type=float, default=5.0, help="slicelet lease TTL, seconds")
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="HTTP request body limit")
+    p.add_argument(
+        "--header-timeout-s", type=float, default=DEFAULT_HEADER_TIMEOUT_S,
+        help="a request's headers must arrive within this (slowloris: 408 and the connection is closed)",
+    )  # fmt: skip
+    p.add_argument(
+        "--body-timeout-s", type=float, default=DEFAULT_BODY_TIMEOUT_S,
+        help="a request's body must arrive within this of its headers (408)",
+    )  # fmt: skip
     p.add_argument("--ready-file", default=None, help="write bound addresses (JSON) here once serving")
     p.add_argument("--log-level", default=os.environ.get("BRUNOISE_LOG_LEVEL", "INFO"))
     g = p.add_argument_group("simulated engine")
@@ -136,6 +144,8 @@ async def serve(args: argparse.Namespace) -> int:
         report_interval_s=args.report_interval,
         lease_ttl_s=args.lease_ttl,
         max_body_bytes=args.max_body_bytes,
+        header_timeout_s=args.header_timeout_s,
+        body_timeout_s=args.body_timeout_s,
         ready_file=args.ready_file,
     )
     stop = asyncio.Event()
@@ -170,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.assigner and not args.target:
         p.error("--assigner needs --target (the target this pod registers for)")
+    if args.header_timeout_s <= 0 or args.body_timeout_s <= 0:
+        p.error("--header-timeout-s and --body-timeout-s must be > 0")
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -14,7 +14,7 @@ from aiohttp import web
 from brunoise.launch import write_ready_file
 from runtime.engines.base import Engine, EngineChunk
 from runtime.grpc_service import GrpcServer, RuntimeService
-from runtime.http_api import DEFAULT_MAX_BODY_BYTES, HttpApi
+from runtime.http_api import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, HttpApi
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ class RuntimePod:
         report_interval_s: float = 1.0,
         lease_ttl_s: float = 5.0,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+        body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
         ready_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.engine = engine
@@ -52,6 +54,8 @@ class RuntimePod:
         self.report_interval_s = report_interval_s
         self.lease_ttl_s = lease_ttl_s
         self.max_body_bytes = max_body_bytes
+        self.header_timeout_s = header_timeout_s
+        self.body_timeout_s = body_timeout_s
         self.ready_file = ready_file
         self.slicelet: Any = None
         self.grpc: GrpcServer | None = None
@@ -68,8 +72,11 @@ class RuntimePod:
 
     async def start(self) -> dict[str, str]:
         """Bind both surfaces (health says not ready), start the engine, then serve and write the ready file."""
-        api = HttpApi(self.engine, pod_id=self.pod_id, on_finish=self.on_finish, max_body_bytes=self.max_body_bytes)
-        self._runner = web.AppRunner(api.app(), handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+        api = HttpApi(
+            self.engine, pod_id=self.pod_id, on_finish=self.on_finish, max_body_bytes=self.max_body_bytes,
+            header_timeout_s=self.header_timeout_s, body_timeout_s=self.body_timeout_s,
+        )  # fmt: skip
+        self._runner = api.runner(handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.http_host, self.http_port, reuse_address=True)
         await site.start()

@@ -14,14 +14,29 @@ CHUNK_BYTES = 64
 ROOT_SEED = 0x6272756E6F697365  # "brunoise"
 
 
+class InvalidText(ValueError):
+    """Text that is not valid Unicode (a lone surrogate, which JSON's ``\\ud800`` escapes allow): it has no UTF-8."""
+
+
+def utf8(text: str) -> bytes:
+    """The UTF-8 bytes of ``text``; InvalidText (naming the character and where) when it holds a lone surrogate."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidText(
+            f"the text holds a lone surrogate U+{ord(text[e.start]):04X} at character {e.start}; send valid Unicode"
+        ) from None
+
+
 def prefix_hashes(text: str | bytes, chunk_bytes: int = CHUNK_BYTES, max_chunks: int | None = None) -> list[int]:
     """Chained xxh3_64 hashes of the full chunks of ``text``: hash i covers bytes [0, (i+1)*chunk_bytes).
 
-    A trailing partial chunk is not hashed (as a paged KV cache stores only full blocks).
+    A trailing partial chunk is not hashed (as a paged KV cache stores only full blocks). InvalidText when
+    ``text`` is not valid Unicode.
     """
     if chunk_bytes <= 0:
         raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
-    data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    data = utf8(text) if isinstance(text, str) else bytes(text)
     n = len(data) // chunk_bytes
     if max_chunks is not None:
         n = min(n, max_chunks)

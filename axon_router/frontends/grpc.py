@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from axon_router.errors import RouterError, StreamBroken
+from axon_router.auth import ApiKeys
+from axon_router.errors import BadRequest, RouterError, StreamBroken, clip
 from axon_router.forward import data_of
+from axon_router.frontends.guard import authenticate, require_assignment
 from axon_router.router import Router
 from axon_router.routing_key import parse_grpc
-from brunoise.v1 import inference_pb2, router_pb2, router_pb2_grpc
+from brunoise.v1 import inference_pb2, router_pb2
+from sharder.prefix import InvalidText
 
 SERVICE_NAME = "brunoise.v1.Router"
+log = logging.getLogger("axon_router.grpc")
+#: Set when the request proto carries a tenant (the routing group): an API key's tenant is written into it.
+_HAS_TENANT = "tenant" in inference_pb2.GenerateRequest.DESCRIPTOR.fields_by_name
 
 
 def _text_of(choice: dict[str, Any]) -> str:
@@ -27,28 +36,63 @@ def _text_of(choice: dict[str, Any]) -> str:
     return str(choice.get("text") or "")
 
 
-class RouterService(router_pb2_grpc.RouterServicer):
-    def __init__(self, router: Router) -> None:
+def _decode(raw: bytes) -> inference_pb2.GenerateRequest:
+    """The request message; BadRequest (INVALID_ARGUMENT) for bytes that are not a GenerateRequest."""
+    try:
+        return inference_pb2.GenerateRequest.FromString(raw)
+    except (DecodeError, ValueError, TypeError):
+        raise BadRequest(
+            "the request is not a valid brunoise.v1.GenerateRequest (protobuf wire format); check the client's stubs",
+            code="invalid_request",
+        ) from None
+
+
+class RouterService:
+    """Router.Generate; requests arrive as bytes and are decoded here, so undecodable ones get INVALID_ARGUMENT."""
+
+    def __init__(self, router: Router, api_keys: ApiKeys | None = None) -> None:
         self.router = router
+        self.api_keys = api_keys
 
     async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], e: RouterError) -> None:
         if e.retry_after_s is not None:
             context.set_trailing_metadata((("retry-after", str(max(1, math.ceil(e.retry_after_s)))),))
         await context.abort(e.grpc_code, e.message)
 
-    async def Generate(
-        self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[inference_pb2.GenerateChunk]:
+    def _parse(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         router = self.router
         md = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        key = authenticate(self.api_keys, md.get("authorization"))
+        request = _decode(raw)
+        require_assignment(router)
+        if key is not None and key.tenant is not None and _HAS_TENANT:
+            setattr(request, "tenant", key.tenant)  # noqa: B010 (the field exists only in newer stubs)
         try:
-            req = parse_grpc(
+            return parse_grpc(
                 request, context.time_remaining(), router.knobs, time.monotonic(), md.get("traceparent"), md
             )
+        except InvalidText as e:
+            raise BadRequest(str(e), param="input", code="invalid_encoding") from None
+        except RouterError:
+            raise
+        except (ValueError, TypeError, OverflowError, KeyError) as e:
+            raise BadRequest(f"invalid request: {clip(str(e), 200)}", code="invalid_request") from None
+
+    async def Generate(
+        self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[inference_pb2.GenerateChunk]:
+        router = self.router
+        try:
+            req = self._parse(raw, context)
             f = router.begin(req, "grpc")
         except RouterError as e:
             router.metrics.count_request("grpc", e.grpc_code.name)
             await self._abort(context, e)
+            return
+        except Exception:
+            log.exception("unhandled error parsing a request")
+            router.metrics.count_request("grpc", "INTERNAL")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in the router; see its log")
             return
         try:
             up = await router.open(f)
@@ -56,6 +100,12 @@ class RouterService(router_pb2_grpc.RouterServicer):
             router.finish(f, e.grpc_code.name, e)
             await self._abort(context, e)
             return
+        except BaseException as e:  # cancelled (the client went away) or a bug: the id and the span must not leak
+            router.finish(f, "CANCELLED" if isinstance(e, asyncio.CancelledError) else "INTERNAL", e)
+            if isinstance(e, Exception):
+                log.exception("unhandled error before the first token")
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error in the router; see its log")
+            raise
         pod_id = f.pod.id if f.pod else ""
         context.set_trailing_metadata(
             (("x-brunoise-pod", pod_id), ("x-brunoise-pick", f.reason), ("x-brunoise-attempts", str(f.attempts)))
@@ -100,7 +150,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
             if last is not None:
                 yield last
                 index += 1
-        except StreamBroken as e:
+        except StreamBroken as e:  # also UpstreamIdle: the pod stalled mid-stream
             router.finish(f, "ABORTED", e)
             await context.abort(
                 grpc.StatusCode.ABORTED,
@@ -111,8 +161,8 @@ class RouterService(router_pb2_grpc.RouterServicer):
             router.finish(f, e.grpc_code.name, e)
             await context.abort(e.grpc_code, e.message)
             return
-        except (ValueError, TypeError) as e:
-            err2 = StreamBroken(f"the pod sent a malformed stream: {e}")
+        except Exception as e:  # a malformed event from the pod (bad JSON, wrong types)
+            err2 = StreamBroken(f"the pod sent a malformed stream: {clip(str(e), 200)}")
             router.finish(f, "ABORTED", err2)
             await context.abort(grpc.StatusCode.ABORTED, err2.message)
             return
@@ -122,10 +172,17 @@ class RouterService(router_pb2_grpc.RouterServicer):
         router.finish(f, "OK")
 
 
-def build_server(router: Router, host: str, port: int) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
-    """The gRPC server with Router, health (SERVING for "" and the Router service) and reflection."""
+def build_server(
+    router: Router, host: str, port: int, api_keys: ApiKeys | None = None
+) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
+    """The gRPC server with Router (API keys as ``authorization: Bearer KEY`` metadata when given), health
+    (SERVING for "" and the Router service) and reflection."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    router_pb2_grpc.add_RouterServicer_to_server(RouterService(router), server)  # type: ignore[no-untyped-call]
+    svc = RouterService(router, api_keys)
+    generate = grpc.unary_stream_rpc_method_handler(
+        svc.Generate, request_deserializer=None, response_serializer=inference_pb2.GenerateChunk.SerializeToString
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, {"Generate": generate}),))
     hs = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     names = (router_pb2.DESCRIPTOR.services_by_name["Router"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
