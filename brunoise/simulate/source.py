@@ -236,22 +236,37 @@ class Prefetched(Source):
         self.depth = depth
 
     @staticmethod
-    def _produce(inner: Source, q: Any, batch: int) -> None:
+    def _produce(inner: Source, q: Any, batch: int, parent: int) -> None:
+        import os
+        import queue
+
+        def put(item: list[SimSession] | None) -> bool:
+            while True:
+                try:
+                    q.put(item, timeout=1.0)
+                    return True
+                except queue.Full:
+                    if os.getppid() != parent:  # the simulator is gone (killed): stop, do not linger
+                        return False
+
         buf: list[SimSession] = []
         for s in inner.sessions():
             buf.append(s)
             if len(buf) >= batch:
-                q.put(buf)
+                if not put(buf):
+                    return
                 buf = []
-        q.put(buf)
-        q.put(None)
+        if put(buf):
+            put(None)
 
     def sessions(self) -> Iterator[SimSession]:
         import multiprocessing
 
         ctx = multiprocessing.get_context("fork")
         q = ctx.Queue(self.depth)
-        proc = ctx.Process(target=self._produce, args=(self.inner, q, self.batch), daemon=True)
+        import os
+
+        proc = ctx.Process(target=self._produce, args=(self.inner, q, self.batch, os.getpid()), daemon=True)
         proc.start()
         try:
             while True:

@@ -176,3 +176,16 @@ def test_faster_pods_answer_sooner_and_several_routers_conserve_requests() -> No
     mixed = Fleet(spec(capacities=(1.0, 3.0), routers=3), small_source()).run().summary
     assert mixed["routers"] == 3 and mixed["capacities"] == [1.0, 3.0]
     assert mixed["ok"] + mixed["error_count"] == mixed["requests"] == slow["requests"]
+
+
+def test_prefetched_sessions_come_from_a_second_process_in_the_same_order() -> None:
+    from brunoise.simulate.source import Prefetched
+
+    inner = small_source()
+    direct = [(s.session, [r.hashes for r in s.requests]) for s in inner.sessions()]
+    pre = Prefetched(inner, batch=3, depth=2)
+    got = [(s.session, [r.hashes for r in s.requests]) for s in pre.sessions()]
+    assert got == direct and len(direct) > 5
+    a = Fleet(spec(), inner).run().summary
+    b = Fleet(spec(), Prefetched(small_source(), batch=4)).run().summary
+    assert a == b
