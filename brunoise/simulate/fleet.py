@@ -297,6 +297,7 @@ class RoundRecord:
     generation: int
     stats: RoundStats
     committed: bool
+    slices: int = 0
 
 
 # ------------------------------------------------------------------------------------------------ the fleet
@@ -645,7 +646,7 @@ class Fleet:
             reports.append(LoadReport(p.id, TARGET, p.engine.load(t), slices, len(self.rounds), int(t * 1000)))
         new = reshard(cur, [p.pod for p in self.pods], reports, now_ms=int(t * 1000))
         committed = not new.same_placement(cur)
-        self.rounds.append(RoundRecord(t, new.generation, new.stats, committed))
+        self.rounds.append(RoundRecord(t, new.generation, new.stats, committed, len(new.slices)))
         if committed:
             self.assignment = new
             self.q.at(t + self.spec.assignment_lag_s, functools.partial(self._publish, new))

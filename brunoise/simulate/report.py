@@ -246,6 +246,7 @@ class Results:
                 "replications": sum(r.stats.replications for r in rounds),
                 "dereplications": sum(r.stats.dereplications for r in rounds),
                 "slices_end": len(fleet.assignment.slices),
+                "slices_max": max((r.slices for r in rounds), default=len(fleet.assignment.slices)),
             },
             "restarts": fleet.restart_log,
             "phase_starts": [t for name, (t, _) in self.marks.items() if name != "end"],
@@ -291,7 +292,8 @@ def render(s: Mapping[str, Any]) -> str:
     lines.append(
         f"assigner: {a['rounds']} rounds, {a['generations']} generations, {a['moves_total']} moves "
         f"(max {a['moves_per_round_max']}/round), {a['splits']} splits, {a['merges']} merges, "
-        f"{a['replications']} replications, {a['dereplications']} dereplications, {a['slices_end']} slices at the end"
+        f"{a['replications']} replications, {a['dereplications']} dereplications, {a['slices_end']} slices at the end "
+        f"(at most {a['slices_max']})"
     )
     if s["errors"]:
         lines.append(f"errors: {s['errors']}  (retries before a first token: {s['retries']})")
