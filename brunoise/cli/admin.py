@@ -174,37 +174,19 @@ def targets(assigner: AssignerOpt = None, output: OutputOpt = OutputFormat.table
             {
                 "leader_id": resp.leader_id,
                 "targets": [
-                    {
-                        "target": t.target,
-                        "generation": int(t.generation),
-                        "slices": t.slices,
-                        "pods": t.pods,
-                        "config": config_dict(t.config),
-                    }
+                    {"target": t.target, "generation": int(t.generation), "slices": t.slices, "pods": t.pods,
+                     "config": config_dict(t.config)}
                     for t in resp.targets
                 ],
             }
         )
         return
     rows = [
-        (
-            t.target,
-            t.config.model or "-",
-            t.generation,
-            t.slices,
-            t.pods,
-            f"{t.config.min_replicas}..{t.config.max_replicas}",
-        )
+        (t.target, t.config.model or "-", t.generation, t.slices, t.pods, f"{t.config.min_replicas}..{t.config.max_replicas}")
         for t in resp.targets
     ]
-    console().print(
-        make_table(
-            None,
-            ["target", "model", "generation", "slices", "pods", "replicas"],
-            rows,
-            right=["generation", "slices", "pods"],
-        )
-    )
+    console().print(make_table(None, ["target", "model", "generation", "slices", "pods", "replicas"], rows,
+                               right=["generation", "slices", "pods"]))
     if not resp.targets:
         console().print("no targets yet (a target appears when its first pod registers)")
     if resp.leader_id:
@@ -242,20 +224,7 @@ def pods(
         return
     table = make_table(
         None,
-        [
-            "pod",
-            "target",
-            "state",
-            "address",
-            "load",
-            "running",
-            "waiting",
-            "kv",
-            "slices",
-            "slice load",
-            "hit rate",
-            "reported",
-        ],
+        ["pod", "target", "state", "address", "load", "running", "waiting", "kv", "slices", "slice load", "hit rate", "reported"],
         [],
         right=["load", "running", "waiting", "kv", "slices", "slice load", "hit rate"],
     )
@@ -263,18 +232,9 @@ def pods(
         d = pod_dict(ps.pod)
         color = {"active": "green", "draining": "yellow", "dead": "red"}.get(d["state"], "white")
         table.add_row(
-            d["id"],
-            d["target"],
-            Text(d["state"], style=color),
-            d["address"],
-            fmt_float(ps.engine.load),
-            str(ps.engine.running),
-            str(ps.engine.waiting),
-            fmt_pct(ps.engine.kv_usage),
-            str(ps.slices_held),
-            fmt_float(ps.slice_load),
-            fmt_pct(ps.engine.prefix_hit_rate),
-            fmt_age_ms(int(ps.last_report_unix_ms)),
+            d["id"], d["target"], Text(d["state"], style=color), d["address"], fmt_float(ps.engine.load),
+            str(ps.engine.running), str(ps.engine.waiting), fmt_pct(ps.engine.kv_usage), str(ps.slices_held),
+            fmt_float(ps.slice_load), fmt_pct(ps.engine.prefix_hit_rate), fmt_age_ms(int(ps.last_report_unix_ms)),
         )
     console().print(table)
     if not resp.pods:
@@ -294,49 +254,18 @@ def history(
     entries = sorted(resp.entries, key=lambda e: e.generation)
     if output == OutputFormat.json:
         print_json(
-            {
-                "target": target,
-                "entries": [
-                    {
-                        "generation": int(e.generation),
-                        "created_unix_ms": int(e.created_unix_ms),
-                        "slices": e.slices,
-                        "stats": scalars(e.stats),
-                    }
-                    for e in entries
-                ],
-            }
+            {"target": target, "entries": [
+                {"generation": int(e.generation), "created_unix_ms": int(e.created_unix_ms), "slices": e.slices,
+                 "stats": scalars(e.stats)}
+                for e in entries
+            ]}
         )
         return
-    cols = [
-        "gen",
-        "time",
-        "slices",
-        "moves",
-        "splits",
-        "merges",
-        "repl",
-        "derepl",
-        "fills",
-        "dropped",
-        "churn",
-        "imbalance",
-    ]
+    cols = ["gen", "time", "slices", "moves", "splits", "merges", "repl", "derepl", "fills", "dropped", "churn", "imbalance"]
     rows = [
-        (
-            e.generation,
-            fmt_time_ms(int(e.created_unix_ms)),
-            e.slices,
-            e.stats.moves,
-            e.stats.splits,
-            e.stats.merges,
-            e.stats.replications,
-            e.stats.dereplications,
-            e.stats.fills,
-            e.stats.dropped_pods,
-            fmt_pct(e.stats.churn),
-            fmt_float(e.stats.imbalance),
-        )
+        (e.generation, fmt_time_ms(int(e.created_unix_ms)), e.slices, e.stats.moves, e.stats.splits, e.stats.merges,
+         e.stats.replications, e.stats.dereplications, e.stats.fills, e.stats.dropped_pods, fmt_pct(e.stats.churn),
+         fmt_float(e.stats.imbalance))
         for e in entries
     ]
     console().print(make_table(f"history of {target}", cols, rows, right=[c for c in cols if c != "time"]))
@@ -391,21 +320,10 @@ def explain(
     gpart, spart = key_parts(int(resp.slice_key))
     if output == OutputFormat.json:
         print_json(
-            {
-                "target": target,
-                "key": key,
-                "slice_key": int(resp.slice_key),
-                "slice_key_hex": f"{resp.slice_key:016x}",
-                "group_part": gpart,
-                "session_part": spart,
-                "tenant": tenant or None,
-                "how": how,
-                "generation": g,
-                "slice": sd,
-                "pods": [pod_dict(p) for p in resp.pods],
-                "overrides": [override_dict(o) for o in resp.overrides],
-                "why": resp.why,
-            }
+            {"target": target, "key": key, "slice_key": int(resp.slice_key), "slice_key_hex": f"{resp.slice_key:016x}",
+             "group_part": gpart, "session_part": spart, "tenant": tenant or None, "how": how,
+             "generation": g, "slice": sd, "pods": [pod_dict(p) for p in resp.pods],
+             "overrides": [override_dict(o) for o in resp.overrides], "why": resp.why}
         )
         return
     out = console()
@@ -413,14 +331,10 @@ def explain(
     out.print(f"[bold]SliceKey[/bold]   {resp.slice_key:016x}  ({resp.slice_key})")
     out.print(f"[bold]parts[/bold]      group {gpart:08x} | session {spart:08x}"
               + ("" if tenant or group else "  (as read in the grouped layout)"))  # fmt: skip
-    out.print(
-        f"[bold]slice[/bold]      {fmt_range(sd['lo'], sd['hi'])}  {fmt_share(sd['lo'], sd['hi'])} of the keyspace"
-    )
+    out.print(f"[bold]slice[/bold]      {fmt_range(sd['lo'], sd['hi'])}  {fmt_share(sd['lo'], sd['hi'])} of the keyspace")
     out.print(f"[bold]generation[/bold] {g}  (replica set unchanged for {sd['age']} generations)")
-    out.print(
-        f"[bold]replicas[/bold]   {', '.join(sd['replicas']) or '-'}"
-        + (f"  [yellow](leaving: {', '.join(sd['leaving'])})[/yellow]" if sd["leaving"] else "")
-    )
+    out.print(f"[bold]replicas[/bold]   {', '.join(sd['replicas']) or '-'}"
+              + (f"  [yellow](leaving: {', '.join(sd['leaving'])})[/yellow]" if sd["leaving"] else ""))
     for p in resp.pods:
         d = pod_dict(p)
         out.print(f"  {d['id']:<16} {d['state']:<9} {d['address']:<22} {d['http_address']}")
@@ -441,16 +355,8 @@ def _changes(prev: slicing_pb2.Assignment | None, cur: slicing_pb2.Assignment) -
         now = (tuple(s.replicas), tuple(s.leaving))
         if before.get(rng) != now:
             was = before.get(rng)
-            out.append(
-                {
-                    "lo": rng[0],
-                    "hi": rng[1],
-                    "before": list(was[0]) if was else None,
-                    "after": list(now[0]),
-                    "leaving": list(now[1]),
-                    "new_range": was is None,
-                }
-            )
+            out.append({"lo": rng[0], "hi": rng[1], "before": list(was[0]) if was else None, "after": list(now[0]),
+                        "leaving": list(now[1]), "new_range": was is None})
     return out
 
 
@@ -473,40 +379,21 @@ def watch(
             a = update.assignment
             changes = _changes(prev, a)
             if output == OutputFormat.json:
-                print_json_line(
-                    {
-                        "target": a.target,
-                        "generation": int(a.generation),
-                        "slices": len(a.slices),
-                        "pods": [p.id for p in a.pods],
-                        "stats": scalars(a.stats),
-                        "changes": changes,
-                    }
-                )
+                print_json_line({"target": a.target, "generation": int(a.generation), "slices": len(a.slices),
+                                 "pods": [p.id for p in a.pods], "stats": scalars(a.stats), "changes": changes})
             else:
                 st = a.stats
                 what = ", ".join(
-                    f"{n} {label}"
-                    for n, label in (
-                        (st.moves, "moves"),
-                        (st.splits, "splits"),
-                        (st.merges, "merges"),
-                        (st.replications, "repl"),
-                        (st.dereplications, "derepl"),
-                        (st.fills, "fills"),
-                    )
-                    if n
+                    f"{n} {label}" for n, label in ((st.moves, "moves"), (st.splits, "splits"), (st.merges, "merges"),
+                                                    (st.replications, "repl"), (st.dereplications, "derepl"),
+                                                    (st.fills, "fills")) if n
                 ) or ("full assignment" if prev is None else "no policy changes")
-                out.print(
-                    f"[bold]gen {a.generation}[/bold] {fmt_time_ms(int(a.created_unix_ms))}  "
-                    f"{len(a.slices)} slices, {len(a.pods)} pods  [dim]{what}[/dim]"
-                )
+                out.print(f"[bold]gen {a.generation}[/bold] {fmt_time_ms(int(a.created_unix_ms))}  "
+                          f"{len(a.slices)} slices, {len(a.pods)} pods  [dim]{what}[/dim]")
                 for ch in changes[:12]:
                     before = ",".join(ch["before"]) if ch["before"] is not None else "(new range)"
-                    out.print(
-                        f"    {fmt_range(ch['lo'], ch['hi'])}  {before} → {','.join(ch['after'])}"
-                        + (f"  (leaving {','.join(ch['leaving'])})" if ch["leaving"] else "")
-                    )
+                    out.print(f"    {fmt_range(ch['lo'], ch['hi'])}  {before} → {','.join(ch['after'])}"
+                              + (f"  (leaving {','.join(ch['leaving'])})" if ch["leaving"] else ""))
                 if len(changes) > 12:
                     out.print(f"    … {len(changes) - 12} more")
             prev = a
@@ -533,9 +420,7 @@ def drain(
     console().print(f"pod {d['id']} is now [bold]{d['state']}[/bold]")
 
 
-def _print_change(
-    a: slicing_pb2.Assignment, output: OutputFormat, extra: dict[str, Any], key: int | None = None
-) -> None:
+def _print_change(a: slicing_pb2.Assignment, output: OutputFormat, extra: dict[str, Any], key: int | None = None) -> None:
     if output == OutputFormat.json:
         d = assignment_dict(a)
         body = {k: d[k] for k in ("target", "generation", "slices", "overrides")}
@@ -563,9 +448,7 @@ def move(
         raise CliError("give at least one pod id, e.g. pod-1 or pod-1,pod-2", 2)
     with _client(assigner) as c:
         k = _slice_key_of(c, _require(target, "TARGET"), key, slice_key)
-        o = slicing_pb2.Override(
-            id=_override_id(override_id, "move"), move=slicing_pb2.MoveOverride(key=k, pods=pod_ids)
-        )
+        o = slicing_pb2.Override(id=_override_id(override_id, "move"), move=slicing_pb2.MoveOverride(key=k, pods=pod_ids))
         a = c.set_override(target, o).assignment
     _print_change(a, output, {"slice_key": k}, key=k)
 
@@ -583,10 +466,8 @@ def split(
     if not 0 < k < KEYSPACE_END:
         raise CliError("AT must be inside (0, 2^64): the keyspace ends are always boundaries", 2)
     with _client(assigner) as c:
-        a = c.set_override(
-            _require(target, "TARGET"),
-            slicing_pb2.Override(id=_override_id(override_id, "split"), split=slicing_pb2.SplitOverride(at=k)),
-        ).assignment
+        a = c.set_override(_require(target, "TARGET"),
+                           slicing_pb2.Override(id=_override_id(override_id, "split"), split=slicing_pb2.SplitOverride(at=k))).assignment
     _print_change(a, output, {"at": k}, key=k)
 
 
@@ -604,10 +485,7 @@ def merge(
     if not lo_k < hi_k:
         raise CliError(f"LO must be below HI, got {lo} >= {hi}", 2)
     with _client(assigner) as c:
-        o = slicing_pb2.Override(
-            id=_override_id(override_id, "merge"),
-            merge=slicing_pb2.MergeOverride(lo=lo_k, hi=0 if hi_k == KEYSPACE_END else hi_k),
-        )
+        o = slicing_pb2.Override(id=_override_id(override_id, "merge"), merge=slicing_pb2.MergeOverride(lo=lo_k, hi=0 if hi_k == KEYSPACE_END else hi_k))
         a = c.set_override(_require(target, "TARGET"), o).assignment
     _print_change(a, output, {"lo": lo_k, "hi": hi_k}, key=lo_k)
 
@@ -625,10 +503,8 @@ def clear(
     if output == OutputFormat.json:
         _print_change(a, output, {"cleared": list(ids or [])})
         return
-    console().print(
-        f"cleared {'overrides ' + ', '.join(ids) if ids else 'all overrides'} on {target}; "
-        f"generation {a.generation}, {len(a.overrides)} left"
-    )
+    console().print(f"cleared {'overrides ' + ', '.join(ids) if ids else 'all overrides'} on {target}; "
+                    f"generation {a.generation}, {len(a.overrides)} left")
 
 
 @cli_errors
@@ -663,18 +539,7 @@ def keymap(
 
 
 COMMANDS: tuple[Callable[..., None], ...] = (
-    targets,
-    slices,
-    pods,
-    history,
-    explain,
-    watch,
-    drain,
-    move,
-    split,
-    merge,
-    clear,
-    keymap,
+    targets, slices, pods, history, explain, watch, drain, move, split, merge, clear, keymap,
 )
 
 

@@ -105,9 +105,7 @@ def rpc_error(exc: grpc.RpcError, address: str, timeout_s: float) -> CliError:
     details = (exc.details() if hasattr(exc, "details") else "") or ""
     details = " ".join(details.split())
     exit_code = EXIT_CODES.get(code, 1)
-    if code == grpc.StatusCode.UNAVAILABLE and (
-        "connect" in details.lower() or "dns" in details.lower() or not details
-    ):
+    if code == grpc.StatusCode.UNAVAILABLE and ("connect" in details.lower() or "dns" in details.lower() or not details):
         return CliError(
             f"cannot reach the assigner at {address} ({details or 'unavailable'}); "
             f"start one with `brunoise cluster up` or point --assigner / ${ENV_ASSIGNER} at it",
@@ -167,7 +165,9 @@ class AdminClient:
         """Call RPC ``name``; a write sent to a follower is retried once on the leader it names."""
         for attempt in (0, 1):
             try:
-                return cast(T, getattr(self._stub, name)(request, timeout=self.timeout_s, metadata=self.auth.metadata))
+                return cast(
+                    T, getattr(self._stub, name)(request, timeout=self.timeout_s, metadata=self.auth.metadata)
+                )
             except grpc.RpcError as exc:
                 leader = _leader_hint(exc)
                 if attempt == 0 and leader and leader != self.address:
@@ -186,20 +186,12 @@ class AdminClient:
         return self._call("ListTargets", assigner_pb2.ListTargetsRequest(), assigner_pb2.ListTargetsResponse)
 
     def configure_target(self, config: slicing_pb2.TargetConfig) -> assigner_pb2.ConfigureTargetResponse:
-        return self._call(
-            "ConfigureTarget", assigner_pb2.ConfigureTargetRequest(config=config), assigner_pb2.ConfigureTargetResponse
-        )
+        return self._call("ConfigureTarget", assigner_pb2.ConfigureTargetRequest(config=config), assigner_pb2.ConfigureTargetResponse)
 
     def get_assignment(self, target: str, generation: int = 0) -> slicing_pb2.Assignment:
-        return self._call(
-            "GetAssignment",
-            assigner_pb2.GetAssignmentRequest(target=target, generation=generation),
-            slicing_pb2.Assignment,
-        )
+        return self._call("GetAssignment", assigner_pb2.GetAssignmentRequest(target=target, generation=generation), slicing_pb2.Assignment)
 
-    def explain(
-        self, target: str, *, app_key: str | None = None, slice_key: int | None = None
-    ) -> assigner_pb2.ExplainKeyResponse:
+    def explain(self, target: str, *, app_key: str | None = None, slice_key: int | None = None) -> assigner_pb2.ExplainKeyResponse:
         if slice_key is not None:
             req = assigner_pb2.ExplainKeyRequest(target=target, slice_key=slice_key)
         else:
@@ -207,31 +199,19 @@ class AdminClient:
         return self._call("ExplainKey", req, assigner_pb2.ExplainKeyResponse)
 
     def history(self, target: str, limit: int = 0, full: bool = False) -> assigner_pb2.HistoryResponse:
-        return self._call(
-            "History", assigner_pb2.HistoryRequest(target=target, limit=limit, full=full), assigner_pb2.HistoryResponse
-        )
+        return self._call("History", assigner_pb2.HistoryRequest(target=target, limit=limit, full=full), assigner_pb2.HistoryResponse)
 
     def list_pods(self, target: str = "") -> assigner_pb2.ListPodsResponse:
         return self._call("ListPods", assigner_pb2.ListPodsRequest(target=target), assigner_pb2.ListPodsResponse)
 
     def drain(self, pod_id: str, undrain: bool = False) -> assigner_pb2.DrainResponse:
-        return self._call(
-            "Drain", assigner_pb2.DrainRequest(pod_id=pod_id, undrain=undrain), assigner_pb2.DrainResponse
-        )
+        return self._call("Drain", assigner_pb2.DrainRequest(pod_id=pod_id, undrain=undrain), assigner_pb2.DrainResponse)
 
     def set_override(self, target: str, override: slicing_pb2.Override) -> assigner_pb2.SetOverrideResponse:
-        return self._call(
-            "SetOverride",
-            assigner_pb2.SetOverrideRequest(target=target, override=override),
-            assigner_pb2.SetOverrideResponse,
-        )
+        return self._call("SetOverride", assigner_pb2.SetOverrideRequest(target=target, override=override), assigner_pb2.SetOverrideResponse)
 
     def clear_overrides(self, target: str, ids: list[str]) -> assigner_pb2.ClearOverridesResponse:
-        return self._call(
-            "ClearOverrides",
-            assigner_pb2.ClearOverridesRequest(target=target, ids=ids),
-            assigner_pb2.ClearOverridesResponse,
-        )
+        return self._call("ClearOverrides", assigner_pb2.ClearOverridesRequest(target=target, ids=ids), assigner_pb2.ClearOverridesResponse)
 
     def watch(self, target: str, from_generation: int = 0) -> Iterator[assigner_pb2.WatchResponse]:
         """Full assignments as they change (no deadline: ends when the caller stops iterating)."""

@@ -94,11 +94,8 @@ def vllm_engine_args(model: str, engine_args: tuple[str, ...]) -> list[str]:
     args = list(engine_args)
     if not keys & {"model_dir", "base_url"}:
         if model == DEFAULT_MODEL:
-            raise CliError(
-                "--engine vllm needs --model (a model dir or HF id to serve) "
-                "or --engine-arg base_url=http://HOST:PORT of a running vLLM server",
-                2,
-            )
+            raise CliError("--engine vllm needs --model (a model dir or HF id to serve) "
+                           "or --engine-arg base_url=http://HOST:PORT of a running vLLM server", 2)
         args.append(f"model_dir={model}")
     out: list[str] = []
     for a in args:
@@ -207,21 +204,9 @@ class LocalCluster:
         snapshot = ["--snapshot", str(self.log_dir / "assigner-snapshot.json")] if o.store == Store.embedded else []
         assigner = self._proc(
             "assigner",
-            python_module(
-                ASSIGNER_MODULE,
-                "--store",
-                o.store.value,
-                *etcd_args,
-                *snapshot,
-                "--port",
-                "0",
-                "--id",
-                "assigner-0",
-                "--round-interval",
-                f"{o.round_interval_s:g}",
-                *security,
-                *o.assigner_args,
-            ),
+            python_module(ASSIGNER_MODULE, "--store", o.store.value, *etcd_args, *snapshot, "--port", "0",
+                          "--id", "assigner-0", "--round-interval", f"{o.round_interval_s:g}", *security,
+                          *o.assigner_args),
         )
         self.assigner_addr = self._ready(assigner)["grpc"]
         self._configure_target()
@@ -231,22 +216,9 @@ class LocalCluster:
         for i in range(1, o.runtimes + 1):
             pod_id = f"pod-{i}"
             argv = python_module(
-                RUNTIME_MODULE,
-                "--engine",
-                o.engine.value,
-                "--pod-id",
-                pod_id,
-                "--target",
-                o.target,
-                "--model",
-                o.model,
-                "--labels",
-                f"model={o.model}",
-                "--assigner",
-                self.assigner_addr,
-                *self._time_scale_args(),
-                *engine_args,
-                *o.runtime_args,
+                RUNTIME_MODULE, "--engine", o.engine.value, "--pod-id", pod_id, "--target", o.target, "--model", o.model,
+                "--labels", f"model={o.model}", "--assigner", self.assigner_addr, *self._time_scale_args(),
+                *engine_args, *o.runtime_args,
             )
             procs.append((pod_id, self._proc(pod_id, argv, env=self._env_for(pod_id))))
         for pod_id, p in procs:
@@ -255,19 +227,8 @@ class LocalCluster:
 
         self._step("starting the router")
         router = self._proc(
-            "router",
-            python_module(
-                ROUTER_MODULE,
-                "--assigner",
-                self.assigner_addr,
-                "--http-port",
-                "0",
-                "--grpc-port",
-                "0",
-                "--wait-ready-s",
-                "15",
-                *self.opts.router_args,
-            ),
+            "router", python_module(ROUTER_MODULE, "--assigner", self.assigner_addr, "--http-port", "0", "--grpc-port", "0",
+                                    "--wait-ready-s", "15", *self.opts.router_args),
             env=self._env_for("router"),
         )
         addrs = self._ready(router)
@@ -289,25 +250,15 @@ class LocalCluster:
         except LaunchError as exc:
             tail = str(exc).strip().splitlines()
             last = next((ln for ln in reversed(tail) if ln.strip()), "")
-            raise CliError(
-                f"{p.name} did not start ({tail[0] if tail else exc}); last log line: {last!r}; full log: {p.log_path}"
-            ) from None
+            raise CliError(f"{p.name} did not start ({tail[0] if tail else exc}); last log line: {last!r}; "
+                           f"full log: {p.log_path}") from None
 
     def _configure_target(self, deadline_s: float = 20.0) -> None:
         """Create the demo target with a readable number of slices (retried until a leader is elected)."""
         cfg = slicing_pb2.TargetConfig(
-            target=self.opts.target,
-            model=self.opts.model,
-            min_replicas=1,
-            max_replicas=self.opts.max_replicas,
-            imbalance_tolerance=0.10,
-            churn_budget=0.10,
-            split_threshold=0.25,
-            merge_threshold=0.05,
-            dereplicate_threshold=0.05,
-            hot_key_fraction=0.5,
-            min_slices_per_pod=0,
-            max_slices_per_pod=1000,
+            target=self.opts.target, model=self.opts.model, min_replicas=1, max_replicas=self.opts.max_replicas,
+            imbalance_tolerance=0.10, churn_budget=0.10, split_threshold=0.25, merge_threshold=0.05,
+            dereplicate_threshold=0.05, hot_key_fraction=0.5, min_slices_per_pod=0, max_slices_per_pod=1000,
             initial_slices=self.opts.slices,
         )
         deadline = time.monotonic() + deadline_s
@@ -341,13 +292,9 @@ class LocalCluster:
         else:
             empty = sum(1 for s in last.slices if not s.replicas)
             pods = ", ".join(f"{p.id}({state_name(p.state)})" for p in last.pods) or "none"
-            detail = (
-                f"generation {last.generation}: pods {pods}; {empty} of {len(last.slices)} slices without a replica"
-            )
-        raise CliError(
-            f"the assigner did not place every slice on the pods within {timeout_s:g}s "
-            f"(want {sorted(want)}; {detail}); logs in {self.log_dir}"
-        )
+            detail = f"generation {last.generation}: pods {pods}; {empty} of {len(last.slices)} slices without a replica"
+        raise CliError(f"the assigner did not place every slice on the pods within {timeout_s:g}s "
+                       f"(want {sorted(want)}; {detail}); logs in {self.log_dir}")
 
     def wait_router(self, timeout_s: float = 30.0) -> dict[str, Any]:
         """Poll the router's /health until it knows the target and sees every runtime healthy."""
@@ -360,10 +307,8 @@ class LocalCluster:
                 if self.opts.target in last.get("targets", []) and last.get("healthy_pods", 0) >= len(self.runtimes):
                     return last
             time.sleep(0.1)
-        raise CliError(
-            f"the router at {self.router_http} did not see {len(self.runtimes)} healthy pods within "
-            f"{timeout_s:g}s (last /health: {last}); logs in {self.log_dir}"
-        )
+        raise CliError(f"the router at {self.router_http} did not see {len(self.runtimes)} healthy pods within "
+                       f"{timeout_s:g}s (last /health: {last}); logs in {self.log_dir}")
 
     def dead_children(self) -> list[ManagedProcess]:
         return [p for p in self.group.procs if not p.alive()]
@@ -452,28 +397,18 @@ def summarize(cl: LocalCluster, res: DemoResult, before: dict[str, int] | None =
         ("sessions x turns", f"{res.sessions} x {res.turns}"),
         ("requests", f"{res.requests} ({ok} ok, {res.errors} failed)"),
         ("duration", f"{res.duration_s:.1f}s ({ok / res.duration_s if res.duration_s else 0:.1f} req/s)"),
-        (
-            "prefix cache hit rate",
-            f"{fmt_pct(res.hit_rate)} ({res.prefix_hits:.0f} of {res.prefix_queries:.0f} tokens)",
-        ),
+        ("prefix cache hit rate", f"{fmt_pct(res.hit_rate)} ({res.prefix_hits:.0f} of {res.prefix_queries:.0f} tokens)"),
         ("TTFT p50 / p99", f"{1000 * res.ttft_pct(0.5):.1f} ms / {1000 * res.ttft_pct(0.99):.1f} ms (client side)"),
     ]
     con.print(make_table("demo summary", ["", ""], rows, show_header=False))
     per_pod = [
-        (
-            r.pod_id,
-            f"{before[r.pod_id]} -> {after.get(r.pod_id, '-')}"
-            if r.pod_id in before
-            else str(after.get(r.pod_id, "-")),
-            fmt_pct(res.per_pod_hit_rate[r.pod_id]) if r.pod_id in res.per_pod_hit_rate else "-",
-        )
+        (r.pod_id,
+         f"{before[r.pod_id]} -> {after.get(r.pod_id, '-')}" if r.pod_id in before else str(after.get(r.pod_id, "-")),
+         fmt_pct(res.per_pod_hit_rate[r.pod_id]) if r.pod_id in res.per_pod_hit_rate else "-")
         for r in cl.runtimes
     ]
-    con.print(
-        make_table(
-            None, ["pod", "slices (start -> end)", "hit rate"], per_pod, right=["slices (start -> end)", "hit rate"]
-        )
-    )
+    con.print(make_table(None, ["pod", "slices (start -> end)", "hit rate"], per_pod,
+                         right=["slices (start -> end)", "hit rate"]))
     if res.first_error:
         print_error(f"first failed request: {res.first_error}")
 
@@ -482,39 +417,23 @@ def print_next_steps(cl: LocalCluster, path: pathlib.Path) -> None:
     con = console()
     t = cl.opts.target
     con.print(f"\nexport {ENV_ASSIGNER}={cl.assigner_addr}   [dim](also recorded in {path})[/dim]", soft_wrap=True)
-    con.print(
-        f"try:  brunoise pods | brunoise slices {t} | brunoise keymap {t} --out keymap.png | brunoise watch {t}",
-        soft_wrap=True,
-    )
-    con.print(
-        f"      curl -s {cl.router_http}/v1/chat/completions -H 'x-session-id: s1' -H 'content-type: application/json'"
-        f' -d \'{{"model":"{cl.opts.model}","messages":[{{"role":"user","content":"hi"}}]}}\'',
-        soft_wrap=True,
-    )
+    con.print(f"try:  brunoise pods | brunoise slices {t} | brunoise keymap {t} --out keymap.png | brunoise watch {t}",
+              soft_wrap=True)
+    con.print(f"      curl -s {cl.router_http}/v1/chat/completions -H 'x-session-id: s1' -H 'content-type: application/json'"
+              f" -d '{{\"model\":\"{cl.opts.model}\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'",
+              soft_wrap=True)
     con.print(f"[dim]logs: {cl.log_dir}[/dim]", soft_wrap=True)
 
 
 def run_demo_with_progress(cl: LocalCluster, sessions: int, turns: int) -> DemoResult:
     total = sessions * turns
     pods_http = {r.pod_id: r.http for r in cl.runtimes if r.http}
-    with Progress(
-        TextColumn("[bold]demo[/bold] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console(),
-        transient=False,
-    ) as progress:
+    with Progress(TextColumn("[bold]demo[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console(), transient=False) as progress:
         task = progress.add_task(f"{sessions} sessions x {turns} turns", total=total)
         return asyncio.run(
-            run_demo(
-                cl.router_http,
-                cl.opts.model,
-                pods_http,
-                sessions=sessions,
-                turns=turns,
-                on_request=lambda: progress.advance(task),
-            )
+            run_demo(cl.router_http, cl.opts.model, pods_http, sessions=sessions, turns=turns,
+                     on_request=lambda: progress.advance(task))
         )
 
 
@@ -537,10 +456,8 @@ def wait_until_interrupted(cl: LocalCluster) -> None:
         for p in cl.dead_children():
             if p.name not in reported:
                 reported.add(p.name)
-                err_console().print(
-                    f"[yellow]{p.name} (pid {p.pid}) exited with {p.proc.returncode if p.proc else '?'};"
-                    f" log: {p.log_path}[/yellow]"
-                )
+                err_console().print(f"[yellow]{p.name} (pid {p.pid}) exited with {p.proc.returncode if p.proc else '?'};"
+                                    f" log: {p.log_path}[/yellow]")
         time.sleep(0.5)
 
 
@@ -555,46 +472,22 @@ def up(
     turns: Annotated[int, typer.Option("--turns", min=1, help="Turns per demo session.")] = 6,
     time_scale: Annotated[float, typer.Option("--time-scale", min=0.001, help="Sim engine speed-up (sim only).")] = 1.0,
     once: Annotated[bool, typer.Option("--once", help="Exit after the demo instead of staying up.")] = False,
-    store: Annotated[
-        Store, typer.Option("--store", help="Assigner store: embedded, or etcd (starts a local etcd).")
-    ] = Store.embedded,
-    engine: Annotated[
-        EngineKind, typer.Option("--engine", help="sim, or vllm where vLLM is installed.")
-    ] = EngineKind.sim,
-    model: Annotated[
-        str, typer.Option("--model", help="Model served (with --engine vllm: a model dir or HF id).")
-    ] = DEFAULT_MODEL,
-    engine_arg: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--engine-arg", help="KEY=VALUE for the vLLM adapter (repeatable), e.g. base_url=http://host:8000."
-        ),
-    ] = None,
+    store: Annotated[Store, typer.Option("--store", help="Assigner store: embedded, or etcd (starts a local etcd).")] = Store.embedded,
+    engine: Annotated[EngineKind, typer.Option("--engine", help="sim, or vllm where vLLM is installed.")] = EngineKind.sim,
+    model: Annotated[str, typer.Option("--model", help="Model served (with --engine vllm: a model dir or HF id).")] = DEFAULT_MODEL,
+    engine_arg: Annotated[list[str] | None, typer.Option("--engine-arg", help="KEY=VALUE for the vLLM adapter (repeatable), e.g. base_url=http://host:8000.")] = None,
     target: Annotated[str, typer.Option("--target", help="Target name the pods serve.")] = "chat",
     slices: Annotated[int, typer.Option("--slices", min=1, help="Initial slices of the target.")] = 16,
-    log_dir: Annotated[
-        pathlib.Path | None, typer.Option("--log-dir", help="Where the processes log (default: a temp dir).")
-    ] = None,
+    log_dir: Annotated[pathlib.Path | None, typer.Option("--log-dir", help="Where the processes log (default: a temp dir).")] = None,
 ) -> None:
     """Start an assigner, N runtimes and a router on loopback, run a demo workload, and stay up until Ctrl-C."""
     rec_path: pathlib.Path | None = None
     running = read_cluster_file()
     if running and not once:
-        err_console().print(
-            f"[yellow]note: another cluster (pid {running.get('pid')}) is recorded in "
-            f"{cluster_file()}; this one will replace the record[/yellow]"
-        )
-    opts = ClusterOptions(
-        runtimes=runtimes,
-        store=store,
-        engine=engine,
-        time_scale=time_scale,
-        target=target,
-        model=model,
-        slices=slices,
-        log_dir=log_dir,
-        engine_args=tuple(engine_arg or ()),
-    )
+        err_console().print(f"[yellow]note: another cluster (pid {running.get('pid')}) is recorded in "
+                            f"{cluster_file()}; this one will replace the record[/yellow]")
+    opts = ClusterOptions(runtimes=runtimes, store=store, engine=engine, time_scale=time_scale, target=target, model=model,
+                          slices=slices, log_dir=log_dir, engine_args=tuple(engine_arg or ()))
     con = console()
     code = 0
     with _sigterm_as_interrupt():

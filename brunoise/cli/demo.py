@@ -33,14 +33,8 @@ USER_TURNS: tuple[str, ...] = (
     "One more question about {topic}: what is the most common mistake?",
     "Great, that is all. Anything else I should know?",
 )
-TOPICS = (
-    "order 1042 arrived with a chipped blade",
-    "a function that leaks file handles",
-    "Paris to Vienna in two days",
-    "a gift for a chef",
-    "an async crawler",
-    "Lisbon to Seville",
-)
+TOPICS = ("order 1042 arrived with a chipped blade", "a function that leaks file handles",
+          "Paris to Vienna in two days", "a gift for a chef", "an async crawler", "Lisbon to Seville")
 
 _METRIC_RE = re.compile(r"^(vllm:prefix_cache_(?:hits|queries)_total)(?:\{[^}]*\})?\s+([0-9.eE+-]+)")
 
@@ -106,21 +100,12 @@ async def scrape_prefix(session: aiohttp.ClientSession, pods_http: Mapping[str, 
 
 
 async def _one_request(
-    session: aiohttp.ClientSession,
-    url: str,
-    model: str,
-    session_id: str,
-    messages: Sequence[Mapping[str, str]],
+    session: aiohttp.ClientSession, url: str, model: str, session_id: str, messages: Sequence[Mapping[str, str]],
     max_tokens: int,
 ) -> tuple[float, float, str, int]:
     """Stream one chat completion; (ttft, latency, text, completion tokens). Raises RuntimeError on failure."""
-    body = {
-        "model": model,
-        "messages": list(messages),
-        "max_tokens": max_tokens,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
+    body = {"model": model, "messages": list(messages), "max_tokens": max_tokens, "stream": True,
+            "stream_options": {"include_usage": True}}
     t0 = time.perf_counter()
     ttft: float | None = None
     text: list[str] = []

@@ -15,26 +15,9 @@ from brunoise.v1 import slicing_pb2
 
 #: tab20-like palette, shared by the image and the terminal so the legend reads the same in both.
 PALETTE: tuple[str, ...] = (
-    "#1f77b4",
-    "#ff7f0e",
-    "#2ca02c",
-    "#d62728",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#17becf",
-    "#bcbd22",
-    "#7f7f7f",
-    "#aec7e8",
-    "#ffbb78",
-    "#98df8a",
-    "#ff9896",
-    "#c5b0d5",
-    "#c49c94",
-    "#f7b6d2",
-    "#9edae5",
-    "#dbdb8d",
-    "#c7c7c7",
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+    "#bcbd22", "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
+    "#f7b6d2", "#9edae5", "#dbdb8d", "#c7c7c7",
 )
 UNASSIGNED = "#444444"
 #: Terminal shading by load quartile (light to full block).
@@ -85,14 +68,8 @@ class Keymap:
                     "generation": r.generation,
                     "created_unix_ms": r.created_unix_ms,
                     "slices": [
-                        {
-                            "lo": c.lo,
-                            "hi": c.hi,
-                            "owner": c.owner,
-                            "replicas": list(c.replicas),
-                            "leaving": list(c.leaving),
-                            "load": c.load,
-                        }
+                        {"lo": c.lo, "hi": c.hi, "owner": c.owner, "replicas": list(c.replicas),
+                         "leaving": list(c.leaving), "load": c.load}
                         for c in r.cells
                     ],
                 }
@@ -173,9 +150,8 @@ def write_image(km: Keymap, path: pathlib.Path) -> None:
                 ax.broken_barh([(lo, width)], (y - 0.42, 0.84), facecolors=color, alpha=alpha, edgecolor="none")
                 ax.broken_barh([(lo, width)], (y - 0.42, 0.84), facecolors="none", edgecolor="white", linewidth=0.6)
                 if c.leaving:
-                    ax.broken_barh(
-                        [(lo, width)], (y - 0.42, 0.84), facecolors="none", edgecolor="black", linewidth=0, hatch="//"
-                    )
+                    ax.broken_barh([(lo, width)], (y - 0.42, 0.84), facecolors="none", edgecolor="black",
+                                   linewidth=0, hatch="//")
         ax.set_xlim(0, 1)
         ax.set_ylim(-0.6, n - 0.4)
         ax.set_yticks(range(len(km.rows)))
@@ -185,11 +161,8 @@ def write_image(km: Keymap, path: pathlib.Path) -> None:
         ax.set_xlabel("SliceKey (keyspace)")
         ax.invert_yaxis()  # newest generation at the bottom, read top to bottom like the terminal
         gens = f"generations {km.rows[0].generation}-{km.rows[-1].generation}" if km.rows else "no generations"
-        ax.set_title(
-            f"brunoise keymap — target {km.target}, {gens}  (colour: owner pod; shade: load; hatched: moving)",
-            fontsize=10,
-            loc="left",
-        )
+        ax.set_title(f"brunoise keymap — target {km.target}, {gens}  (colour: owner pod; shade: load; hatched: moving)",
+                     fontsize=10, loc="left")
         handles = [Patch(facecolor=c, label=p) for p, c in km.colors.items()]
         if handles:
             ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)

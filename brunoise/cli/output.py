@@ -15,7 +15,6 @@ from rich.table import Table
 
 KEYSPACE_END = 2**64
 
-
 def _width() -> int | None:
     """Terminal width; when stdout is not a terminal, wide enough that tables are not truncated."""
     if sys.stdout.isatty():
@@ -73,23 +72,12 @@ def print_json_line(obj: Any) -> None:
 
 
 def make_table(
-    title: str | None,
-    columns: Sequence[str],
-    rows: Iterable[Sequence[Any]],
-    *,
-    right: Sequence[str] = (),
+    title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]], *, right: Sequence[str] = (),
     show_header: bool = True,
 ) -> Table:
     """A compact rich table; columns named in ``right`` are right-aligned (numbers)."""
-    table = Table(
-        title=title,
-        title_justify="left",
-        header_style="bold",
-        box=None,
-        pad_edge=False,
-        show_header=show_header,
-        title_style="bold",
-    )
+    table = Table(title=title, title_justify="left", header_style="bold", box=None, pad_edge=False,
+                  show_header=show_header, title_style="bold")
     for c in columns:
         table.add_column(c, justify="right" if c in right else "left", no_wrap=True)
     for row in rows:
