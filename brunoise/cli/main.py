@@ -25,20 +25,10 @@ app = typer.Typer(
 
 @app.callback()
 def _credentials(
-    token: str = typer.Option(
-        None,
-        "--token",
-        envvar="BRUNOISE_TOKEN",
-        show_envvar=True,
-        help="admin bearer token (default: the running `cluster up`'s)",
-    ),
-    tls_ca: str = typer.Option(
-        None,
-        "--tls-ca",
-        envvar="BRUNOISE_TLS_CA",
-        show_envvar=True,
-        help="CA certificate (PEM) the assigner's TLS certificate is checked against",
-    ),
+    token: str = typer.Option(None, "--token", envvar="BRUNOISE_TOKEN", show_envvar=True,
+                              help="admin bearer token (default: the running `cluster up`'s)"),
+    tls_ca: str = typer.Option(None, "--tls-ca", envvar="BRUNOISE_TLS_CA", show_envvar=True,
+                               help="CA certificate (PEM) the assigner's TLS certificate is checked against"),
 ) -> None:
     """Global options: how the CLI authenticates to the assigner (flags, else env, else the cluster file)."""
     if token:
