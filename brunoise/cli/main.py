@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from brunoise.cli import admin
+from brunoise.cli import admin, simulate
 from brunoise.cli.cluster import cluster_app
 from brunoise.cli.credentials import credentials_app
 from brunoise.cli.output import print_error
@@ -42,6 +42,7 @@ def _credentials(
 
 admin.register(app)
 register_targets(app)
+simulate.register(app)
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(credentials_app, name="credentials")
 app.add_typer(quota_app, name="quota")

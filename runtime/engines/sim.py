@@ -33,7 +33,7 @@ import os
 import random
 import struct
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import xxhash
@@ -334,6 +334,18 @@ class _Req:
         return hashes[i]
 
 
+def virtual_request(
+    rid: str, prompt_tokens: int, block_hashes: Sequence[int], max_tokens: int, arrival: float,
+    slice_key: int | None = None,
+) -> _Req:  # fmt: skip
+    """A request for driving the engine in virtual time (``brunoise.simulate``): ``prompt_tokens`` placeholder token
+    ids whose full blocks hash to ``block_hashes`` (``sharder.prefix.prefix_hashes`` of the prompt, which ARE this
+    engine's block hashes), no stop strings, no EOS; its text is never looked at."""
+    req = _Req(rid, [0] * prompt_tokens, max_tokens, (), random.Random(rid), 0.0, arrival, slice_key)
+    req.hashes = list(block_hashes[: prompt_tokens // BLOCK_TOKENS])
+    return req
+
+
 @dataclasses.dataclass(slots=True)
 class _Scheduled:
     req: _Req
@@ -572,6 +584,10 @@ class SimEngine(Engine):
         return len(self._waiting)
 
     def load(self) -> EngineLoad:
+        return self.load_at(self.now())
+
+    def load_at(self, t: float) -> EngineLoad:
+        """EngineLoad with the processed-token rate decayed to simulated time ``t``."""
         in_flight = 0
         for r in self._running:
             in_flight += len(r.tokens)
@@ -585,7 +601,7 @@ class SimEngine(Engine):
             tokens_in_flight=in_flight,
             prefix_hit_rate=min(1.0, max(0.0, hit_rate)),
             capacity=self.config.capacity,
-            load=self._decayed_load(self.now()),
+            load=self._decayed_load(t),
         )
 
     def cache_view(self) -> CacheView:
@@ -698,6 +714,33 @@ class SimEngine(Engine):
             self._running.remove(req)
             self.kv.free_request(req)
         self._record_finish(req, "abort", self.now())
+
+    # -- virtual time (brunoise.simulate drives the scheduler without asyncio or the wall clock) -----------------------
+
+    def submit_virtual(self, req: _Req) -> None:
+        """Queue ``req`` (see ``virtual_request``); it is scheduled by the next ``step_virtual``."""
+        self._waiting.append(req)
+
+    def step_virtual(self, start: float) -> tuple[float, list[_Req]] | None:
+        """Run one scheduler step that starts at simulated ``start``: the same ``_schedule`` / ``_step_time`` /
+        ``_apply`` as the step loop. Returns (its end, the requests it touched), or None when nothing is queued."""
+        scheduled = self._schedule()
+        if not scheduled:
+            return None
+        end = start + self._step_time(scheduled)
+        self._apply(scheduled, end)
+        self.kv.events.clear()
+        return end, [s.req for s in scheduled]
+
+    def abort_virtual(self) -> list[_Req]:
+        """Drop every queued and running request (the pod died); returns them."""
+        gone = [*self._running, *self._waiting]
+        for req in gone:
+            self.kv.free_request(req)
+            req.finished = True
+        self._running.clear()
+        self._waiting.clear()
+        return gone
 
     # -- the step loop --------------------------------------------------------------------------------------------------
 

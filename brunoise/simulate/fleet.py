@@ -1,0 +1,755 @@
+"""The fleet in virtual time: clients, N routers with their own lagging views, pods, the assigner, failures.
+
+What is real: the routing key (``axon_router.routing_key.routing_key``, grouped or flat), the pick
+(``axon_router.admission.Admission`` + ``axon_router.pick.CostPick`` over real ``PodView``s fed by simulated
+polls), the policy round (``sharder.policy.reshard``) on ``LoadReport``s aggregated like the slicelet's (EWMA +
+space-saving hot keys of the work each finished request did), and the engine (``brunoise.simulate.engines``).
+What is simulated: time (an event queue, no wall clock), the network (zero latency; an assignment reaches the
+routers ``assignment_lag_s`` after its round), and process lifecycles (restart = drain, wait idle, stop, start).
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import functools
+import random
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from axon_router.admission import Admission, Outcome, Priority
+from axon_router.cost import PickInput
+from axon_router.knobs import Knobs
+from axon_router.pick import CostPick
+from axon_router.pod_view import PodView, Ticket
+from axon_router.routing_key import SESSION_HEADERS, TENANT_HEADER, routing_key
+from brunoise.simulate.engines import FluidEngine, StepEngine, make_engine
+from brunoise.simulate.events import EventQueue
+from brunoise.simulate.report import Results
+from brunoise.simulate.source import SimRequest, SimSession, Source
+from runtime.engines.sim import SimConfig
+from sharder.assignment import Assignment, RoundStats, initial_assignment
+from sharder.config import TargetConfig
+from sharder.keyspace import Slice
+from sharder.load import LoadReport, SliceLoad
+from sharder.pods import Pod, PodState
+from sharder.policy import reshard
+from sharder.prefix import CHUNK_BYTES
+from sharder.sketch import Ewma, SpaceSaving
+
+TARGET = "sim"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FleetSpec:
+    """Everything but the traffic: pods, routers, the target config, timings and failures."""
+
+    pods: int = 4
+    #: Relative capacity of each pod, cycled over the pods (engine step times are divided by it).
+    capacities: tuple[float, ...] = (1.0,)
+    kv_blocks: int = 1024
+    max_model_len: int = 4096
+    #: "step" (the simulated engine's own scheduler, exact) or "fluid" (request-level, for fleet size).
+    engine: str = "step"
+    routers: int = 1
+    knobs: Knobs = dataclasses.field(default_factory=Knobs)
+    config: TargetConfig = dataclasses.field(default_factory=lambda: TargetConfig(TARGET))
+    round_interval_s: float = 0.5
+    #: Watch + clerk refresh: an assignment reaches the routers this long after its round.
+    assignment_lag_s: float = 0.1
+    #: Requests the client keeps in flight at most (bench/compare.py: 32); 0 = no limit.
+    concurrency: int = 32
+    drain_timeout_s: float = 3.0
+    #: A restarted pod serves again this long after it stopped (process start, engine ready, registration).
+    restart_down_s: float = 1.5
+    lease_ttl_s: float = 5.0
+    #: (time, pod index) of pod deaths (no drain: in-flight requests fail or retry; the lease lapses).
+    deaths: tuple[tuple[float, int], ...] = ()
+    #: Use the source's restart schedule (one restart per pod in the restart phase).
+    restarts: bool = True
+    slicelet_top_k: int = 8
+    slicelet_halflife_s: float = 10.0
+    #: Time buckets of the series (load and hit rate over time); 0 = duration / 60, at least 0.5 s.
+    bucket_s: float = 0.0
+    #: Compute the infinite-cache oracle (one set of every chunk hash seen: memory grows with the traffic).
+    oracle: bool = True
+    #: How the pods joined before traffic: "staggered" (one by one, as bench/compare.py's pools) or "even".
+    registration: str = "staggered"
+    seed: int = 0
+
+    def validate(self) -> FleetSpec:
+        if self.pods < 1 or self.routers < 1:
+            raise ValueError("pods and routers must be >= 1")
+        if not self.capacities or any(c <= 0 for c in self.capacities):
+            raise ValueError("capacities must be numbers > 0")
+        if self.engine not in ("step", "fluid"):
+            raise ValueError(f"engine must be step or fluid, got {self.engine!r}")
+        if self.registration not in ("staggered", "even"):
+            raise ValueError(f"registration must be staggered or even, got {self.registration!r}")
+        if self.round_interval_s <= 0 or self.concurrency < 0:
+            raise ValueError("round_interval_s must be > 0 and concurrency >= 0")
+        self.knobs.validate()
+        self.config.validate()
+        for t, i in self.deaths:
+            if not 0 <= i < self.pods or t < 0:
+                raise ValueError(f"death of pod {i} at {t}: pod index must be in [0, {self.pods}) and t >= 0")
+        return self
+
+
+def pod_config(spec: FleetSpec, capacity: float) -> SimConfig:
+    """The simulated engine of one pod: the spec's KV size, compute scaled by its relative capacity."""
+    d = SimConfig()
+    return SimConfig(
+        kv_blocks=spec.kv_blocks, max_model_len=spec.max_model_len, capacity=capacity,
+        step_fixed_s=d.step_fixed_s / capacity, per_prefill_token_s=d.per_prefill_token_s / capacity,
+        per_decode_seq_s=d.per_decode_seq_s / capacity, per_context_token_s=d.per_context_token_s / capacity,
+    ).validate()  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ state
+
+
+class Flight:
+    """One request from the client's send to its end (attempts included)."""
+
+    __slots__ = (
+        "attempts", "done", "first_t", "num", "pick_t", "pin", "pod", "req", "router", "sent_t", "sess",
+        "ticket", "tried",
+    )  # fmt: skip
+
+    def __init__(self, req: SimRequest, sess: ClientSession, sent_t: float, pin: PickInput) -> None:
+        self.req = req
+        self.sess = sess
+        self.sent_t = sent_t
+        self.pin = pin
+        self.attempts = 0
+        self.tried: list[str] = []
+        self.pod: SimPod | None = None
+        self.router: SimRouter | None = None
+        self.ticket: Ticket | None = None
+        self.first_t: float | None = None
+        self.pick_t = sent_t
+        self.num = 0
+        self.done = False
+
+
+class ClientSession:
+    __slots__ = ("index", "next", "pods", "requests", "sid")
+
+    def __init__(self, s: SimSession) -> None:
+        self.sid = s.session
+        self.requests = s.requests
+        self.next = 0
+        self.pods: set[str] = set()
+        self.index = 0
+
+
+class SliceMeter:
+    """A pod's per-slice load as its slicelet aggregates it (``sharder.slicelet``): per held slice an EWMA of the
+    work rate and a space-saving sketch of hot keys, aged like the EWMA. Same numbers, cheaper for idle slices:
+    the ageing of a sketch is applied when it next counts a key (scaling is linear), and the hot keys' shares
+    are recomputed only after a window that counted some."""
+
+    __slots__ = ("halflife", "held", "los", "pending", "stats", "top_k")
+
+    def __init__(self, top_k: int, halflife_s: float) -> None:
+        self.top_k = top_k
+        self.halflife = halflife_s
+        self.pending: list[tuple[int, float]] = []
+        self.held: tuple[Slice, ...] = ()
+        self.los: list[int] = []
+        # slice -> [Ewma, SpaceSaving, requests, window weight, deferred scale, top-key shares]
+        self.stats: dict[Slice, list[Any]] = {}
+
+    def set_held(self, held: Sequence[Slice]) -> None:
+        h = tuple(sorted(held))
+        if h == self.held:
+            return
+        self.stats = {
+            s: self.stats.get(s) or [Ewma(self.halflife), SpaceSaving(self.top_k), 0, 0.0, 1.0, ()] for s in h
+        }
+        self.held = h
+        self.los = [s.lo for s in h]
+
+    def aggregate(self, dt: float) -> tuple[SliceLoad, ...]:
+        pending, self.pending = self.pending, []
+        held, los, stats = self.held, self.los, self.stats
+        for key, w in pending:
+            i = bisect.bisect_right(los, key) - 1
+            if i >= 0 and key < held[i].hi:
+                st = stats[held[i]]
+                if st[4] != 1.0:
+                    st[1].scale(st[4])
+                    st[4] = 1.0
+                st[2] += 1
+                st[3] += w
+                st[1].add(key, w)
+        out: list[SliceLoad] = []
+        age = 0.5 ** (dt / self.halflife)
+        for s in held:
+            st = stats[s]
+            sk = st[1]
+            if st[3] > 0:
+                total = sk.total
+                st[5] = tuple((k, c / total) for k, c in sk.top(self.top_k)) if total > 0 else ()
+            st[0].update(st[3] / dt, dt)
+            load = max(0.0, float(st[0].value))
+            top: tuple[tuple[int, float], ...] = ()
+            if load > 0 and st[5]:
+                top = tuple((k, load * r) for k, r in st[5])
+            out.append(SliceLoad(s, load, top, st[2]))
+            st[3] = 0.0
+            st[4] *= age
+        return tuple(out)
+
+
+class SimPod:
+    """One runtime: its engine (replaced on restart), lifecycle, counters summed over incarnations."""
+
+    __slots__ = (
+        "base_hits", "base_queries", "bucket_ok", "capacity", "cfg", "engine", "id", "index", "infl_area",
+        "infl_t", "inflight", "meter", "ok", "pod", "sched", "up", "version",
+    )  # fmt: skip
+
+    def __init__(self, index: int, cfg: SimConfig, meter: SliceMeter) -> None:
+        self.index = index
+        self.id = f"pod-{index:04d}"
+        self.cfg = cfg
+        self.capacity = cfg.capacity
+        self.pod = Pod(self.id, f"sim:{index}", {}, PodState.ACTIVE, f"http://sim/{index}", TARGET)
+        self.engine: StepEngine | FluidEngine | None = None
+        self.up = True
+        self.version = 0  # bumped on every change a load or cache poll could see
+        self.sched: float | None = None  # time of the queued engine event
+        self.base_queries = 0
+        self.base_hits = 0
+        self.ok = 0
+        self.bucket_ok = 0
+        self.inflight = 0
+        self.infl_area = 0.0
+        self.infl_t = 0.0
+        self.meter = meter
+
+    def queries_hits(self) -> tuple[int, int]:
+        e = self.engine
+        if e is None:
+            return self.base_queries, self.base_hits
+        return self.base_queries + e.prefix_queries, self.base_hits + e.prefix_hits
+
+    def set_inflight(self, t: float, delta: int) -> None:
+        self.infl_area += self.inflight * (t - self.infl_t)
+        self.infl_t = t
+        self.inflight += delta
+
+    def area(self, t: float) -> float:
+        return self.infl_area + self.inflight * (t - self.infl_t)
+
+
+class SimRouter:
+    """One router replica: its own pod views (polled on its own phase), assignment (lagging) and health view."""
+
+    def __init__(self, index: int, knobs: Knobs, pods: Sequence[SimPod], offset: float) -> None:
+        self.index = index
+        self.knobs = knobs
+        self.policy = CostPick(knobs)
+        self.admission = Admission(knobs)
+        self.views: dict[str, PodView] = {
+            p.id: PodView(p.id, p.pod.http_address, p.pod.address, memory_max=knobs.prefix_memory_max) for p in pods
+        }
+        self.view_list = [self.views[p.id] for p in pods]
+        self.seen = [-1] * len(pods)
+        self.seen_cache = [-1] * len(pods)
+        self.assignment: Assignment | None = None
+        self.offset = offset
+        self.up_version = -1
+
+    def poll(self, t: float, pods: Sequence[SimPod], cache: bool) -> None:
+        """A load poll of every pod (and the cache summary on cache ticks); an unchanged pod only refreshes the
+        report's age (its report would be identical and this router dispatched nothing to it since)."""
+        seen, seen_cache, views = self.seen, self.seen_cache, self.view_list
+        for i, p in enumerate(pods):
+            v = views[i]
+            if not p.up or p.engine is None:
+                continue
+            ver = p.version
+            if ver == seen[i] and not v._pending:
+                v.rep_at = t
+            else:
+                seen[i] = ver
+                e = v.poll_started()
+                ld = p.engine.load(t)
+                v.apply_report(e, t, ld.running, ld.waiting, ld.tokens_in_flight, ld.kv_usage)
+            if cache and seen_cache[i] != ver:
+                seen_cache[i] = ver
+                v.set_cache(CHUNK_BYTES, frozenset(p.engine.kv.cached))
+
+    def health(self, pods: Sequence[SimPod], up_version: int) -> None:
+        if up_version == self.up_version:
+            return
+        self.up_version = up_version
+        for i, p in enumerate(pods):
+            self.view_list[i].healthy = p.up
+
+
+@dataclasses.dataclass(slots=True)
+class RoundRecord:
+    t: float
+    generation: int
+    stats: RoundStats
+    committed: bool
+    slices: int = 0
+
+
+# ------------------------------------------------------------------------------------------------ the fleet
+
+
+class Fleet:
+    """One simulation run: ``run()`` replays ``source`` on the fleet of ``spec`` and returns the raw results."""
+
+    def __init__(
+        self, spec: FleetSpec, source: Source, progress: Callable[[float, int, int], None] | None = None
+    ) -> None:
+        self.spec = spec.validate()
+        self.progress = progress  # called every progress_s of virtual time with (time, requests sent, ok)
+        self.source = source
+        self.knobs = spec.knobs
+        self.q = EventQueue()
+        self.rng = random.Random(f"{spec.seed}:fleet")
+        caps = spec.capacities
+        self.pods = [
+            SimPod(i, pod_config(spec, caps[i % len(caps)]), SliceMeter(spec.slicelet_top_k, spec.slicelet_halflife_s))
+            for i in range(spec.pods)
+        ]
+        for p in self.pods:
+            self._new_engine(p)
+        self.by_id = {p.id: p for p in self.pods}
+        self._held_for: tuple[Any, ...] | None = None
+        self._held_map: dict[str, list[Slice]] = {}
+        k = self.knobs
+        self.routers = [
+            SimRouter(i, k, self.pods, self.rng.uniform(0.0, k.load_poll_interval_s)) for i in range(spec.routers)
+        ]
+        self.assignment = self._registered(spec)
+        for r in self.routers:
+            r.assignment = self.assignment
+        self.up_version = 0
+        self.rounds: list[RoundRecord] = []
+        self.flights: dict[str, Flight] = {}
+        self.waitq: list[Flight] = []  # sends waiting for the client's concurrency limit
+        self.client_inflight = 0
+        self.sessions_left: Iterator[SimSession] = iter(())
+        self.active_sessions = 0
+        self.exhausted = False
+        self.finished = False
+        self.rid = 0
+        self.rr = 0
+        # results
+        self.results = Results(source, spec)
+        self.oracle_held: set[int] = set()
+        dur = max(source.duration_s, 1e-9)
+        self.bucket_s = spec.bucket_s or max(dur / 60.0, 0.5)
+        self.results.bucket_s = self.bucket_s
+        self.restart_log: list[dict[str, float | str]] = []
+
+    def _registered(self, spec: FleetSpec) -> Assignment:
+        """The assignment when traffic starts. ``staggered`` (as bench/compare.py's pools): the target is created
+        when the first pod registers (every slice on it); the others join and idle rounds (no load) run until
+        every pod holds a slice. ``even``: every pod registered at once (slices round-robin)."""
+        pods = [p.pod for p in self.pods]
+        if spec.registration == "even":
+            return initial_assignment(spec.config, pods)
+        a = initial_assignment(spec.config, pods[:1])
+        for _ in range(1000):
+            held = self._held(a)
+            if all(p.id in held for p in pods):
+                break
+            a = reshard(a, pods, [], now_ms=0)
+        return a
+
+    # -- engines ----------------------------------------------------------------------------------------------
+
+    def _new_engine(self, p: SimPod) -> None:
+        def on_first(req: Any, t: float, p: SimPod = p) -> None:
+            self._on_first(p, req, t)
+
+        def on_finish(req: Any, t: float, p: SimPod = p) -> None:
+            self._on_finish(p, req, t)
+
+        if p.engine is not None:
+            p.base_queries += p.engine.prefix_queries
+            p.base_hits += p.engine.prefix_hits
+        p.engine = make_engine(self.spec.engine, p.cfg, on_first, on_finish)
+        p.sched = None
+        p.version += 1
+
+    def _kick(self, p: SimPod) -> None:
+        """(Re)queue the pod's next engine event when it moved earlier or there was none."""
+        e = p.engine
+        if e is None:
+            return
+        nt = e.next_time()
+        if nt is None or (p.sched is not None and p.sched <= nt):
+            return
+        p.sched = nt
+        self.q.at(nt, functools.partial(self._engine_event, p, e))
+
+    def _engine_event(self, p: SimPod, e: StepEngine | FluidEngine, t: float) -> None:
+        if p.engine is not e:
+            return  # an event of a previous incarnation
+        if p.sched is not None and t < p.sched:
+            return  # superseded by an earlier-queued event already run
+        p.sched = None
+        e.advance(t)
+        p.version += 1
+        self._kick(p)
+
+    # -- the run ----------------------------------------------------------------------------------------------
+
+    def run(self) -> Results:
+        spec, q, k = self.spec, self.q, self.knobs
+        self.sessions_left = self.source.sessions()
+        self._next_session()
+        done = lambda: self.finished  # noqa: E731
+        for r in self.routers:
+            n = max(1, round(k.cache_poll_interval_s / k.load_poll_interval_s))
+            counter = [0]
+
+            def poll(t: float, r: SimRouter = r, counter: list[int] = counter, n: int = n) -> None:
+                r.poll(t, self.pods, counter[0] % n == 0)
+                counter[0] += 1
+
+            q.every(k.load_poll_interval_s, poll, start=r.offset, until=done)
+            q.every(k.health_interval_s, functools.partial(self._health, r), start=r.offset,
+                    until=done)  # fmt: skip
+        q.every(spec.round_interval_s, self._round, start=spec.round_interval_s, until=done)
+        q.every(self.bucket_s, self._bucket, start=0.0, until=done)
+        if self.progress is not None:
+            q.every(self.bucket_s * 6, self._report_progress, start=0.0, until=done)
+        for ph in self.source.phases:
+            q.at(ph.start, functools.partial(self._phase_mark, ph.name))
+        if spec.restarts:
+            for ev in self.source.restarts:
+                if ev.pod < len(self.pods):
+                    q.at(ev.t, functools.partial(self._restart, self.pods[ev.pod]))
+        for t, i in spec.deaths:
+            q.at(t, functools.partial(self._death, self.pods[i]))
+        q.run()
+        end = q.now
+        self._phase_mark("end", end)
+        self._bucket(end)
+        self.results.finish(self, end)
+        return self.results
+
+    def _check_done(self) -> None:
+        if self.exhausted and self.active_sessions == 0 and not self.flights and not self.finished:
+            self.finished = True
+
+    # -- clients ----------------------------------------------------------------------------------------------
+
+    def _next_session(self) -> None:
+        s = next(self.sessions_left, None)
+        if s is None:
+            self.exhausted = True
+            self._check_done()
+            return
+        self.q.at(s.start, functools.partial(self._start_session, s))
+
+    def _start_session(self, s: SimSession, t: float) -> None:
+        cs = ClientSession(s)
+        self.active_sessions += 1
+        self.results.sessions += 1
+        self._next_session()
+        self._turn(cs, t)
+
+    def _turn(self, cs: ClientSession, t: float) -> None:
+        if cs.next >= len(cs.requests):
+            self.active_sessions -= 1
+            self.results.session_end(cs)
+            self._check_done()
+            return
+        req = cs.requests[cs.next]
+        cs.next += 1
+        self.q.at(max(t, req.t), functools.partial(self._send, cs, req))
+
+    def _send(self, cs: ClientSession, req: SimRequest, t: float) -> None:
+        k = self.knobs
+        session = (SESSION_HEADERS[0], req.session) if req.session else None
+        tenant = (TENANT_HEADER, req.tenant) if req.tenant else None
+        rhashes = list(req.hashes[: k.max_prefix_chunks])
+        rk = routing_key(k, rhashes, req.key_text, req.stable_bytes, session, tenant)
+        pin = PickInput(rk.slice_key, rhashes, req.est_tokens, req.max_tokens, rk.session_chunks)
+        f = Flight(req, cs, t, pin)
+        self.rid += 1
+        f.num = self.rid
+        self.flights[self._rid_of(f)] = f
+        if self.spec.concurrency and self.client_inflight >= self.spec.concurrency:
+            self.waitq.append(f)
+            return
+        self._dispatch(f, t)
+
+    def _dispatch(self, f: Flight, t: float) -> None:
+        self.client_inflight += 1
+        f.sent_t = t
+        self.results.sent(f, t)
+        if self.spec.oracle:
+            self._oracle(f.req)
+        router = self.routers[self.rr % len(self.routers)]
+        self.rr += 1
+        f.router = router
+        self._attempt(f, t)
+
+    def _oracle(self, req: SimRequest) -> None:
+        held = self.oracle_held
+        n = 0
+        for h in req.hashes:
+            if h not in held:
+                break
+            n += 1
+        hit = min(n, (req.prompt_tokens - 1) // (CHUNK_BYTES // 4)) * (CHUNK_BYTES // 4)
+        held.update(req.hashes)
+        self.results.oracle(req, hit)
+
+    # -- the router's request path --------------------------------------------------------------------------
+
+    def _attempt(self, f: Flight, t: float) -> None:
+        r = f.router
+        assert r is not None and r.assignment is not None
+        k = self.knobs
+        views = r.views
+        sa = r.assignment.lookup(f.pin.slice_key)
+        tried = f.tried
+
+        def usable(ids: Sequence[str]) -> list[str]:
+            return [i for i in ids if i not in tried and views[i].healthy]
+
+        subset = usable(sa.replicas)
+        if not subset and sa.leaving:
+            subset = usable(sa.leaving)
+        if f.attempts == 0:
+            d = r.admission.decide(r.policy, subset, [], views, f.pin, t, Priority.INTERACTIVE)
+            if d.pick is None:  # no admissible subset pod: the whole eligible pool (as the router does)
+                in_sub = set(sa.replicas) | set(sa.leaving)
+                outside = [
+                    p.id for p in self.pods
+                    if p.pod.state is not PodState.DEAD and p.id not in in_sub and p.id not in tried
+                    and views[p.id].healthy
+                ]  # fmt: skip
+                d = r.admission.decide(r.policy, subset, outside, views, f.pin, t, Priority.INTERACTIVE)
+            if d.outcome is Outcome.SHED or d.pick is None:
+                self._end(f, t, "shed" if d.outcome is Outcome.SHED else "unavailable")
+                return
+            self.results.outcome(d.outcome.value, d.rule)
+            pick = d.pick
+        else:
+            outside = [
+                p.id for p in self.pods
+                if p.pod.state is not PodState.DEAD and p.id not in sa.replicas and p.id not in sa.leaving
+                and p.id not in tried and views[p.id].healthy
+            ]  # fmt: skip
+            from axon_router.pick import Candidates
+
+            first = r.policy.choose_replicas(f.pin, Candidates(subset, outside), views, t).first()
+            if first is None:
+                self._end(f, t, "unavailable")
+                return
+            pick = first[1]
+            self.results.outcome("retry", "")
+        pod = self.by_id[pick.pod.id]
+        f.attempts += 1
+        f.pick_t = t
+        view = pick.pod
+        if not pod.up or pod.engine is None:
+            # connection refused: the router retries another pod before the first token
+            tried.append(pod.id)
+            self.results.retries += 1
+            if f.attempts >= k.max_attempts:
+                self._end(f, t, "upstream_unavailable")
+                return
+            self._attempt(f, t)
+            return
+        f.ticket = view.begin(f.req.est_tokens + f.req.max_tokens, pick.miss_tokens)
+        f.pod = pod
+        req = f.req
+        key = f.pin.slice_key
+        ereq = pod.engine.make(self._rid_of(f), req.prompt_tokens, req.hashes, req.max_tokens, t, key)
+        pod.set_inflight(t, +1)
+        pod.engine.submit(ereq, t)
+        pod.version += 1
+        self._kick(pod)
+
+    @staticmethod
+    def _rid_of(f: Flight) -> str:
+        return f"r{f.num}"
+
+    def _on_first(self, p: SimPod, ereq: Any, t: float) -> None:
+        f = self.flights.get(ereq.id)
+        if f is None or f.done:
+            return
+        f.first_t = t
+        assert f.router is not None and f.ticket is not None
+        v = f.router.views[p.id]
+        v.first_token(f.ticket)
+        v.remember(f.pin.prefix_hashes, f.pick_t)
+
+    def _on_finish(self, p: SimPod, ereq: Any, t: float) -> None:
+        f = self.flights.get(ereq.id)
+        p.set_inflight(t, -1)
+        if f is None or f.done:
+            return
+        p.ok += 1
+        p.bucket_ok += 1
+        work = max(0, ereq.num_prompt - (ereq.cached_tokens or 0)) + ereq.max_tokens
+        p.meter.pending.append((f.pin.slice_key, float(max(work, 1))))
+        f.sess.pods.add(p.id)
+        self._end(f, t, "")
+
+    def _end(self, f: Flight, t: float, error: str) -> None:
+        if f.done:
+            return
+        f.done = True
+        if f.router is not None and f.ticket is not None and f.pod is not None:
+            f.router.views[f.pod.id].end(f.ticket)
+        self.flights.pop(self._rid_of(f), None)
+        self.results.ended(f, t, error)
+        self.client_inflight -= 1
+        if self.waitq:
+            nxt = self.waitq.pop(0)
+            self.q.at(t, functools.partial(self._dispatch, nxt))
+        self._turn(f.sess, t)
+
+    # -- the assigner -----------------------------------------------------------------------------------------
+
+    def _held(self, a: Assignment) -> dict[str, list[Slice]]:
+        """Slices (replica or leaving) of each pod in ``a`` (cached for the current assignment)."""
+        if self._held_for is a.slices:
+            return self._held_map
+        held: dict[str, list[Slice]] = {}
+        for sa in a.slices:
+            for pid in sa.replicas:
+                held.setdefault(pid, []).append(sa.slice)
+            for pid in sa.leaving:
+                held.setdefault(pid, []).append(sa.slice)
+        self._held_for, self._held_map = a.slices, held
+        return held
+
+    def _round(self, t: float) -> None:
+        cur = self.assignment
+        held = self._held(cur)
+        reports = []
+        dt = self.spec.round_interval_s
+        for p in self.pods:
+            if not p.up or p.engine is None or p.pod.state is PodState.DEAD:
+                p.meter.pending.clear()
+                continue
+            p.meter.set_held(held.get(p.id, ()))
+            slices = p.meter.aggregate(dt)
+            reports.append(LoadReport(p.id, TARGET, p.engine.load(t), slices, len(self.rounds), int(t * 1000)))
+        new = reshard(cur, [p.pod for p in self.pods], reports, now_ms=int(t * 1000))
+        committed = not new.same_placement(cur)
+        self.rounds.append(RoundRecord(t, new.generation, new.stats, committed, len(new.slices)))
+        if committed:
+            self.assignment = new
+            self.q.at(t + self.spec.assignment_lag_s, functools.partial(self._publish, new))
+        elif new.memory is not None:  # as the leader: nothing to commit, but the calm policy's memory goes on
+            self.assignment = dataclasses.replace(cur, memory=new.memory)
+
+    def _publish(self, a: Assignment, t: float) -> None:
+        for r in self.routers:
+            if r.assignment is None or r.assignment.generation < a.generation:
+                r.assignment = a
+
+    # -- failures ---------------------------------------------------------------------------------------------
+
+    def _set_state(self, p: SimPod, state: PodState) -> None:
+        p.pod = dataclasses.replace(p.pod, state=state)
+
+    def _mark_dead(self, p: SimPod, t: float) -> None:
+        """The pod's lease lapsed: the assigner drops it from every slice at its next round."""
+        self._set_state(p, PodState.DEAD)
+
+    def _health(self, r: SimRouter, t: float) -> None:
+        r.health(self.pods, self.up_version)
+
+    def _stop(self, p: SimPod, t: float) -> None:
+        """The process stops: requests without a first token are retried elsewhere, streams break."""
+        p.up = False
+        self.up_version += 1
+        e = p.engine
+        gone: list[Any] = e.abort_all() if e is not None else []
+        self._new_engine(p)  # the next incarnation starts with an empty cache
+        p.up = False
+        for ereq in gone:
+            p.set_inflight(t, -1)
+            f = self.flights.get(ereq.id)
+            if f is None or f.done:
+                continue
+            assert f.router is not None and f.ticket is not None
+            f.router.views[p.id].end(f.ticket)
+            f.ticket = None
+            if f.first_t is None and f.attempts < self.knobs.max_attempts:
+                f.tried.append(p.id)
+                self.results.retries += 1
+                f.pod = None
+                self._attempt(f, t)
+            else:
+                self._end(f, t, "stream_broken" if f.first_t is not None else "upstream_unavailable")
+
+    def _death(self, p: SimPod, t: float) -> None:
+        if not p.up:
+            return
+        self._stop(p, t)
+        self.restart_log.append({"pod": p.id, "t": t, "event": "death"})
+        self.q.at(t + self.spec.lease_ttl_s, functools.partial(self._mark_dead, p))
+
+    def _restart(self, p: SimPod, t0: float) -> None:
+        """Drain through the assigner, wait until it holds no slice and then runs nothing (each at most
+        ``drain_timeout_s``), stop, start again after ``restart_down_s`` with an empty cache, undrain."""
+        if not p.up:
+            return
+        self._set_state(p, PodState.DRAINING)
+        rec: dict[str, float | str] = {"pod": p.id, "t": t0, "event": "restart"}
+        self.restart_log.append(rec)
+        step = 0.05
+        deadline = t0 + self.spec.drain_timeout_s
+
+        def wait_slices(t: float) -> None:
+            if self._held(self.assignment).get(p.id) and t < deadline:
+                self.q.at(t + step, wait_slices)
+                return
+            rec["drained_s"] = round(t - t0, 3)
+            idle_deadline = t + self.spec.drain_timeout_s
+
+            def wait_idle(t2: float) -> None:
+                if p.inflight > 0 and t2 < idle_deadline:
+                    self.q.at(t2 + step, wait_idle)
+                    return
+                rec["busy_at_stop"] = p.inflight
+                self._stop(p, t2)
+
+                def start(t3: float) -> None:
+                    p.up = True
+                    self.up_version += 1
+                    p.version += 1
+                    self._set_state(p, PodState.ACTIVE)
+                    rec["down_s"] = round(t3 - t0, 3)
+
+                self.q.at(t2 + self.spec.restart_down_s, start)
+
+            wait_idle(t)
+
+        wait_slices(t0)
+
+    # -- measurement ------------------------------------------------------------------------------------------
+
+    def _phase_mark(self, name: str, t: float) -> None:
+        self.results.mark(name, t, self.pods)
+
+    def _report_progress(self, t: float) -> None:
+        if self.progress is not None:
+            self.progress(t, self.results.sent_n, self.results.ok_n)
+
+    def _bucket(self, t: float) -> None:
+        self.results.bucket(t, self.pods)
+
+
+__all__ = ["TARGET", "Fleet", "FleetSpec", "Flight", "SimPod", "pod_config"]

@@ -1,0 +1,191 @@
+"""The fleet simulator: determinism, conservation, outcomes a one-pod fleet makes obvious, failures."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from axon_router.knobs import Knobs
+from bench.workload import WorkloadConfig, workload_oracle
+from bench.workload import generate as generate_workload
+from brunoise.simulate.fleet import Fleet, FleetSpec
+from brunoise.simulate.source import (
+    BenchSource,
+    PhaseSpan,
+    SimRequest,
+    SimSession,
+    Source,
+    bench_source,
+    from_messages,
+)
+
+SMALL = {"warmup_s": 1.0, "steady_s": 2.0, "hot_s": 1.5, "restart_s": 3.0, "session_rate": 2.0, "think_s": 0.4}
+
+
+def small_source(seed: int = 0, pods: int = 3) -> BenchSource:
+    return bench_source("chat_tenant", quick=True, seed=seed, pods=pods, overrides=SMALL)
+
+
+def spec(**kw: object) -> FleetSpec:
+    base: dict[str, object] = {"pods": 3, "kv_blocks": 1024, "max_model_len": 4096}
+    base.update(kw)
+    return FleetSpec(**base)  # type: ignore[arg-type]
+
+
+class ListSource(Source):
+    """Given requests, each a session of its own (so they are sent at their times, not after each other)."""
+
+    def __init__(self, reqs: list[SimRequest], name: str = "list") -> None:
+        self.reqs = reqs
+        self.name = name
+        end = max(r.t for r in reqs) + 1.0
+        self.phases = (PhaseSpan("steady", 0.0, end),)
+        self.duration_s = end
+
+    def sessions(self) -> Iterator[SimSession]:
+        for i, r in enumerate(self.reqs):
+            yield SimSession(f"{r.session}#{i}", r.t, [dataclasses.replace(r)])
+
+
+@pytest.mark.parametrize("engine", ["step", "fluid"])
+def test_same_seed_same_run_and_another_seed_differs(engine: str) -> None:
+    a = Fleet(spec(engine=engine), small_source(seed=1)).run().summary
+    b = Fleet(spec(engine=engine), small_source(seed=1)).run().summary
+    c = Fleet(spec(engine=engine), small_source(seed=2)).run().summary
+    assert a == b
+    assert a["requests"] > 20
+    assert (c["requests"], c["hit_rate"]) != (a["requests"], a["hit_rate"])
+
+
+@pytest.mark.parametrize("engine", ["step", "fluid"])
+def test_every_request_completes_or_is_counted_as_an_error(engine: str) -> None:
+    src = small_source(pods=3)
+    expected = sum(len(s.requests) for s in src.sessions())
+    # a pod dies mid-run (no drain) on top of the rolling restart: some requests retry, some may fail
+    res = Fleet(spec(engine=engine, deaths=((2.5, 1),)), src).run().summary
+    assert res["requests"] == expected
+    assert res["ok"] + res["error_count"] == expected
+    assert sum(res["per_phase"][p]["requests"] for p in res["per_phase"]) == expected
+    assert res["restarts"][0]["event"] == "restart" or any(r["event"] == "death" for r in res["restarts"])
+    assert any(r["event"] == "death" for r in res["restarts"])
+
+
+def _sequential(reqs: list[SimRequest], gap_s: float = 5.0) -> list[SimRequest]:
+    return [dataclasses.replace(r, t=i * gap_s) for i, r in enumerate(reqs)]
+
+
+@pytest.mark.parametrize("engine", ["step", "fluid"])
+def test_one_pod_with_room_for_everything_hits_exactly_the_oracle(engine: str) -> None:
+    """One pod whose cache holds every block, requests one at a time: it IS the infinite shared cache."""
+    cfg = WorkloadConfig(seed=3, warmup_s=0.0, steady_s=4.0, hot_s=0.0, restart_s=0.0, session_rate=2.0, pods=0)
+    wl = generate_workload(cfg)
+    reqs = [
+        from_messages(r.session_id, r.turn, r.t, r.phase, r.tenant, r.tenant_id, r.messages, r.max_tokens)
+        for r in wl.requests
+    ]
+    res = Fleet(spec(pods=1, engine=engine, kv_blocks=100_000), ListSource(_sequential(reqs))).run().summary
+    orc = workload_oracle(wl)
+    assert res["ok"] == len(reqs)
+    assert res["hit_rate"] == pytest.approx(orc.hit_rate, abs=1e-12)
+    assert res["oracle_hit_rate"] == pytest.approx(orc.hit_rate, abs=1e-12)
+
+
+@pytest.mark.parametrize("engine", ["step", "fluid"])
+def test_one_pod_lru_keeps_what_fits_and_evicts_the_oldest(engine: str) -> None:
+    """A cache with room for one prompt: A, A hits the second time; A, B, A misses the third time (evicted)."""
+    a = "a" * 64 * 40 + "tail"  # 40 full chunks = 640 tokens + a partial block
+    b = "b" * 64 * 40 + "tail"
+    msgs = lambda text: ({"role": "user", "content": text},)  # noqa: E731
+
+    def run(order: str, kv_blocks: int = 60) -> dict[str, Any]:
+        reqs = [from_messages("s", i, 0.0, "steady", 0, "", msgs(a if c == "a" else b), 4) for i, c in enumerate(order)]
+        # 60 blocks: one prompt (~42 blocks with its output) fits, two do not
+        fleet = Fleet(
+            spec(pods=1, engine=engine, kv_blocks=kv_blocks, max_model_len=900), ListSource(_sequential(reqs))
+        )
+        return fleet.run().summary
+
+    def run_big(order: str) -> dict[str, Any]:
+        return run(order, 200)
+
+    full = len(from_messages("s", 0, 0.0, "steady", 0, "", msgs(a), 4).hashes)
+    tokens = from_messages("s", 0, 0.0, "steady", 0, "", msgs(a), 4).prompt_tokens
+    aa = run("aa")
+    assert aa["hit_rate"] == pytest.approx(full * 16 / (2 * tokens))
+    # B evicts A's blocks from the free queue's head: a finished request's blocks are freed tail first, so A's
+    # tail goes and its leading blocks survive (vLLM's order): the third request hits a strict prefix of A
+    aba = run("aba")
+    hit_tokens = round(aba["hit_rate"] * 3 * tokens)
+    assert 0 < hit_tokens < full * 16 and hit_tokens % 16 == 0
+    assert aba["oracle_hit_rate"] == pytest.approx(full * 16 / (3 * tokens))
+    # with room for both, nothing is evicted: A hits in full the third time
+    assert run_big("aba")["hit_rate"] == pytest.approx(full * 16 / (3 * tokens))
+
+
+def test_flat_layout_spreads_a_tenants_sessions_the_grouped_one_keeps_them_together() -> None:
+    """Grouped keys put a tenant's sessions in one slice (one subset); flat keys hash each session anywhere."""
+    from axon_router.routing_key import routing_key
+    from sharder.assignment import initial_assignment
+    from sharder.config import TargetConfig
+    from sharder.pods import Pod
+
+    src = small_source()
+    a = initial_assignment(TargetConfig("sim"), [Pod(f"p{i}", f"a{i}", target="sim") for i in range(8)])
+    slices: dict[str, dict[str, set[int]]] = {"grouped": {}, "flat": {}}
+    for layout in slices:
+        k = Knobs(key_layout=layout)
+        for s in src.sessions():
+            r = s.requests[0]
+            rk = routing_key(
+                k, list(r.hashes[:256]), "", r.stable_bytes, ("x-session-id", r.session), ("x-tenant-id", r.tenant)
+            )
+            slices[layout].setdefault(r.tenant, set()).add(a.index_of(rk.slice_key))
+    assert all(len(v) == 1 for v in slices["grouped"].values())
+    assert any(len(v) > 1 for v in slices["flat"].values())
+
+
+def test_more_pods_share_the_same_traffic() -> None:
+    src = lambda: small_source(pods=1)  # noqa: E731
+    one = Fleet(spec(pods=1, restarts=False), src()).run().summary
+    four = Fleet(spec(pods=4, restarts=False), src()).run().summary
+    assert one["requests"] == four["requests"]
+    assert one["pod_requests"] == [one["ok"]]
+    assert len(four["pod_requests"]) == 4 and sum(four["pod_requests"]) == four["ok"]
+    assert four["assigner"]["rounds"] > 0
+
+
+def test_staggered_registration_starts_with_every_pod_holding_a_slice() -> None:
+    """As bench/compare.py's pools: the first pod gets every slice, the rest join before traffic starts."""
+    f = Fleet(spec(pods=5), small_source(pods=5))
+    held = f._held(f.assignment)
+    assert sorted(held) == [p.id for p in f.pods]
+    assert len(held["pod-0000"]) == len(f.assignment.slices)  # the first pod still holds every slice
+    even = Fleet(spec(pods=5, registration="even"), small_source(pods=5))
+    counts = sorted(len(v) for v in even._held(even.assignment).values())
+    assert counts[-1] - counts[0] <= 1
+
+
+def test_faster_pods_answer_sooner_and_several_routers_conserve_requests() -> None:
+    slow = Fleet(spec(restarts=False), small_source()).run().summary
+    fast = Fleet(spec(restarts=False, capacities=(2.0,)), small_source()).run().summary
+    assert fast["requests"] == slow["requests"]
+    assert fast["ttft_p50_ms"] < slow["ttft_p50_ms"]
+    mixed = Fleet(spec(capacities=(1.0, 3.0), routers=3), small_source()).run().summary
+    assert mixed["routers"] == 3 and mixed["capacities"] == [1.0, 3.0]
+    assert mixed["ok"] + mixed["error_count"] == mixed["requests"] == slow["requests"]
+
+
+def test_prefetched_sessions_come_from_a_second_process_in_the_same_order() -> None:
+    from brunoise.simulate.source import Prefetched
+
+    inner = small_source()
+    direct = [(s.session, [r.hashes for r in s.requests]) for s in inner.sessions()]
+    pre = Prefetched(inner, batch=3, depth=2)
+    got = [(s.session, [r.hashes for r in s.requests]) for s in pre.sessions()]
+    assert got == direct and len(direct) > 5
+    a = Fleet(spec(), inner).run().summary
+    b = Fleet(spec(), Prefetched(small_source(), batch=4)).run().summary
+    assert a == b
