@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import gc
 import importlib
-import ipaddress
 import logging
 import os
 import signal
@@ -30,7 +29,7 @@ from axon_router.quarantine import KeyGuard
 from axon_router.quota import QuotaGate
 from axon_router.router import Router
 from axon_router.tracing import setup_tracing
-from brunoise.advertise import advertise_host, host_port
+from brunoise.advertise import advertise_host, host_port, is_loopback
 from brunoise.launch import write_ready_file
 from sharder.quarantine import QuarantinePolicy
 from sharder.security.client import ClientAuth, add_client_auth_args
@@ -87,13 +86,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def load_api_keys(ns: argparse.Namespace) -> ApiKeys | None:

@@ -1,4 +1,5 @@
-"""Bind vs advertise: the address a server tells others (ready files, reports) when it binds a wildcard host."""
+"""Bind addresses: whether a host is loopback, and the address a server tells others (ready files, reports) when
+it binds a wildcard host."""
 
 from __future__ import annotations
 
@@ -9,15 +10,23 @@ WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})
 
 
 def primary_address() -> str:
-    """This host's primary IPv4 address: the source address of its default route (no packet is sent);
-    127.0.0.1 when it has none."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("10.255.255.255", 1))
-            addr: str = s.getsockname()[0]
-        except OSError:
-            return "127.0.0.1"
-    return addr
+    """This host's primary address: what its own host name resolves to (a container's pod IP); 127.0.0.1 when
+    the name does not resolve."""
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a bind host) is a loopback address or ``localhost``: servers refuse anything else without
+    credentials unless told ``--insecure``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def advertise_host(bind_host: str, advertise: str | None = None) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import os
@@ -21,7 +20,7 @@ from grpc_health.v1 import _async as health_aio  # the asyncio servicer (grpc_he
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from brunoise.advertise import advertise_host, host_port
+from brunoise.advertise import advertise_host, host_port, is_loopback
 from brunoise.launch import write_ready_file
 from brunoise.v1 import assigner_pb2, slicing_pb2
 from sharder.config import TargetConfig
@@ -69,13 +68,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def configured_targets(flags: list[str], path: str | None) -> list[TargetConfig]:
