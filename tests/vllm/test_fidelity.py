@@ -64,7 +64,8 @@ def stack(tiny_model: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) ->
     group = ProcessGroup()
     try:
         a = group.add(ManagedProcess("assigner", python_module(
-            "sharder.assigner.main", "--store", "embedded", "--port", "0", "--round-interval", "0.5", *_policy_args()
+            "sharder.assigner.main", "--store", "embedded", "--port", "0", "--round-interval", "0.5",
+            "--target", f"fid={MODEL}", "--target", f"emb={EMBED_MODEL}", *_policy_args()
         ), env=env, log_dir=log_dir).start())  # fmt: skip
         addr = a.wait_ready(60)["grpc"]
         venv = {**env, "VLLM_API_KEY": VLLM_KEY}
