@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from sharder.assigner.status import MAX_DETAILS, bounded_details
 from sharder.assignment import check_invariants
 from sharder.codec import assignment_from_proto, config_to_proto
 from sharder.config import TargetConfig
@@ -187,7 +188,9 @@ def _fire(s: Secured, ch: grpc.Channel, who: str, rpc: str, req: Any, record: bo
         getattr(stub, rpc)(req, timeout=10, metadata=s.auth(who).metadata)
     except grpc.RpcError as e:
         code: grpc.StatusCode = e.code()
-        assert code not in _BAD, (rpc, code, e.details(), str(req)[:500])
+        details = e.details() or ""
+        assert code not in _BAD, (rpc, code, details, str(req)[:500])
+        assert "metadata size exceeds" not in details, (rpc, "the answer was lost in transport", details)
         if record:
             event(f"{rpc} {code.name}")
         _check_after(s, ch)
@@ -236,3 +239,37 @@ def test_assigner_still_serves_a_valid_assignment_after_the_fuzz(fuzzed: tuple[S
     check_invariants(decoded)
     assert all(math.isfinite(sa.load) and sa.load >= 0 for sa in decoded.slices)
     assert assignment_from_proto(_check_after(s, ch)).generation >= decoded.generation
+
+
+@pytest.mark.parametrize(
+    ("who", "rpc", "req", "code"),
+    [
+        ("ops", "Drain", assigner_pb2.DrainRequest(pod_id="x" * 100_000), grpc.StatusCode.NOT_FOUND),
+        ("p0", "Report", assigner_pb2.ReportRequest(pod=slicing_pb2.Pod(id="x" * 100_000, target="t")),
+         grpc.StatusCode.PERMISSION_DENIED),
+    ],
+    ids=["drain-unknown-pod", "report-foreign-pod"],
+)  # fmt: skip
+def test_an_error_echoing_a_huge_field_keeps_its_status(
+    fuzzed: tuple[Secured, grpc.Channel], who: str, rpc: str, req: Any, code: grpc.StatusCode
+) -> None:
+    """Found by the fuzz: the details echoed a 200k-character pod id, the grpc-message trailer passed the
+    client's metadata limit, and the caller got RESOURCE_EXHAUSTED "Stream removed" instead of the answer."""
+    s, ch = fuzzed
+    stub = assigner_pb2_grpc.AssignerStub(ch)  # type: ignore[no-untyped-call]
+    with pytest.raises(grpc.RpcError) as err:
+        getattr(stub, rpc)(req, timeout=10, metadata=s.auth(who).metadata)
+    details = err.value.details() or ""
+    assert err.value.code() == code, details
+    assert "xxxxxxxx" in details and len(details) <= MAX_DETAILS, len(details)
+
+
+@settings(max_examples=100, deadline=None)
+@given(message=_text | _huge | st.integers(1, 3000).map(lambda n: "é€😀" * n))
+def test_bounded_details_fits_and_keeps_short_messages(message: str) -> None:
+    out = bounded_details(message)
+    assert len(out.encode()) <= MAX_DETAILS
+    if len(message.encode()) <= MAX_DETAILS:
+        assert out == message
+    else:
+        assert out.endswith(f"({len(message.encode())} bytes, cut)") and message.startswith(out.rsplit(" ... (", 1)[0])
