@@ -229,8 +229,9 @@ def test_fuzz_admin_rpcs_never_unknown_or_internal(
 def test_assigner_still_serves_a_valid_assignment_after_the_fuzz(fuzzed: tuple[Secured, grpc.Channel]) -> None:
     s, ch = fuzzed
     assert s.proc.alive(), s.proc.log_tail(30)
-    log = s.proc.log_path.read_text(errors="replace")
-    assert "Traceback" not in log and '"level": "error"' not in log, s.proc.log_tail(30)
+    log = s.proc.log_path.read_text(errors="replace").splitlines()
+    bad = [i for i, line in enumerate(log) if "Traceback" in line or '"level": "error"' in line]
+    assert not bad, "\n".join(log[bad[0] : bad[0] + 40])  # e.g. "policy round failed", "refusing to commit"
     for pid in _PODS:  # the pods can still report (and are undrained, so the policy has somewhere to put slices)
         assert _fire(s, ch, "ops", "Drain", assigner_pb2.DrainRequest(pod_id=pid, undrain=True), record=False) in {
             grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND
