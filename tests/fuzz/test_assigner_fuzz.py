@@ -276,3 +276,30 @@ def test_bounded_details_fits_and_keeps_short_messages(message: str) -> None:
         assert out == message
     else:
         assert out.endswith(f"({len(message.encode())} bytes, cut)") and message.startswith(out.rsplit(" ... (", 1)[0])
+
+
+def test_a_history_too_big_for_a_default_client_is_refused_by_the_assigner(
+    fuzzed: tuple[Secured, grpc.Channel],
+) -> None:
+    """Found by the fuzz: History(full) of generations carrying huge override ids outgrew the 4 MiB a default
+    client accepts; the client saw a transport error and the assigner logged ExecuteBatchError."""
+    s, ch = fuzzed
+    stub = assigner_pb2_grpc.AssignerStub(ch)  # type: ignore[no-untyped-call]
+    md = s.auth("ops").metadata
+    sane = config_to_proto(TargetConfig(target="t", model="m", min_replicas=1, max_replicas=2, initial_slices=8))
+    stub.ConfigureTarget(assigner_pb2.ConfigureTargetRequest(config=sane), timeout=10, metadata=md)
+    stub.ClearOverrides(assigner_pb2.ClearOverridesRequest(target="t"), timeout=10, metadata=md)
+    for i in range(10):  # 10 generations holding 1..10 overrides of ~200 kB each: ~11 MB of full history
+        ov = slicing_pb2.Override(id=f"big{i}" + "x" * 200_000, split=slicing_pb2.SplitOverride(at=(i + 1) << 40))
+        stub.SetOverride(assigner_pb2.SetOverrideRequest(target="t", override=ov), timeout=10, metadata=md)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.History(assigner_pb2.HistoryRequest(target="t", full=True), timeout=10, metadata=md)
+    details = err.value.details() or ""
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit" in details, details
+    newest = stub.History(assigner_pb2.HistoryRequest(target="t", full=True, limit=1), timeout=10, metadata=md)
+    assert len(newest.entries) == 1 and len(newest.entries[0].assignment.overrides) == 10
+    summary = stub.History(assigner_pb2.HistoryRequest(target="t"), timeout=10, metadata=md)
+    assert len(summary.entries) > 10 and not any(e.HasField("assignment") for e in summary.entries)
+    stub.ClearOverrides(assigner_pb2.ClearOverridesRequest(target="t"), timeout=10, metadata=md)
+    log = s.proc.log_path.read_text(errors="replace")
+    assert "ExecuteBatchError" not in log, "the assigner sent an answer the client could not take"
