@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 MAX_REPORT_SLICES = 4096
 MAX_REPORT_BYTES = 1 << 20
 MAX_LEASE_TTL_MS = 600_000
+#: Largest answer the assigner sends: a default gRPC client takes at most 4 MiB (less a margin for framing).
+MAX_RESPONSE_BYTES = (4 << 20) - (64 << 10)
 MIN_LEASE_TTL_MS = 100
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -297,6 +299,11 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
             if request.full:
                 entry.assignment.CopyFrom(a)
             resp.entries.append(entry)
+        if resp.ByteSize() > MAX_RESPONSE_BYTES:
+            raise ResourceExhausted(
+                f"the history of {request.target!r} is {resp.ByteSize()} bytes with full={request.full}; at most "
+                f"{MAX_RESPONSE_BYTES} fit a default client: ask for fewer entries (limit) or leave full off"
+            )
         return resp
 
     @unary

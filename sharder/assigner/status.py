@@ -15,6 +15,18 @@ from sharder.store.base import StoreError
 log = logging.getLogger(__name__)
 
 LEADER_METADATA_KEY = "x-brunoise-leader"
+#: Most UTF-8 bytes of a status message: it travels as the percent-encoded grpc-message trailer, and one over
+#: the client's metadata limit (8 KiB soft, 16 KiB hard) turns the answer into RESOURCE_EXHAUSTED "Stream removed".
+MAX_DETAILS = 1024
+
+
+def bounded_details(message: str) -> str:
+    """``message`` cut to MAX_DETAILS UTF-8 bytes (it may echo a client's huge field), saying how long it was."""
+    raw = message.encode(errors="replace")
+    if len(raw) <= MAX_DETAILS:
+        return message
+    tail = f" ... ({len(raw)} bytes, cut)"
+    return raw[: MAX_DETAILS - len(tail)].decode(errors="ignore") + tail
 
 
 class ServiceError(Exception):
@@ -124,7 +136,7 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
         log.exception("internal error", exc_info=exc)
     if metadata:
         context.set_trailing_metadata(metadata)
-    await context.abort(code, message)
+    await context.abort(code, bounded_details(message))
 
 
 def unary(

@@ -8,6 +8,8 @@ from typing import Any
 
 import grpc
 
+from sharder.assigner.status import bounded_details
+
 from .tokens import Credentials, Principal, Role
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,7 @@ def _checked(
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         why = check(principal, request)
         if why is not None:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, bounded_details(why))
         return await inner(request, context)
 
     return grpc.unary_unary_rpc_method_handler(
