@@ -1,7 +1,7 @@
 """Admission: in-subset when a subset pod is under its limits, else spill-over outside the subset, else shed.
 
 Fair shedding: a tenant above its weighted fair share of the router's recent demand (``share_ratio`` > 1) sees
-its limits scaled by max(``FAIR_RESERVE``, 1 / ratio²) (smooth at 1, at least 1 outstanding per pod): it is never
+its outstanding limit (not its TTFT limit) scaled by max(``FAIR_RESERVE``, 1 / ratio²) (smooth at 1, at least 1 outstanding per pod): it is never
 shed while pods are below a quarter of their limits (no saturation, no fair shedding). While some tenant is above
 its share, a tenant within its share may go ``FAIR_RESERVE`` above the limits (admission judges on views a
 report old, and two routers' floods together overshoot the cap they each keep), and when pods fill up the tenant furthest above its share is shed first, while a
@@ -128,9 +128,11 @@ class Admission:
         if not subset and not outside:
             return Decision(Outcome.UNAVAILABLE, None)
         lim = self.limits(priority)
-        if share > 1.0:  # above its fair share: tighter limits, the tighter the further above, so it sheds first
+        if share > 1.0:  # above its fair share: a tighter outstanding limit, the tighter the further above, so it
+            # sheds first under saturation; the TTFT limit is not scaled (a long prompt on a pod that is not
+            # saturated is slow, not unfair: scaling it shed long agentic turns on an idle fleet)
             f = max(FAIR_RESERVE, 1.0 / (share * share))
-            lim = Limits(max(1.0, lim.max_outstanding * f), lim.ttft_slo_s * f)
+            lim = Limits(max(1.0, lim.max_outstanding * f), lim.ttft_slo_s)
         elif contended:  # within its share while another tenant is above its own: the reserve is for this tenant
             f = 1.0 + FAIR_RESERVE
             lim = Limits(lim.max_outstanding * f, lim.ttft_slo_s * f)

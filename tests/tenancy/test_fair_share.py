@@ -72,3 +72,23 @@ def test_a_tenant_above_its_share_sheds_first(outstanding: int) -> None:
     mild = adm.decide(CostPick(k), ["p"], [], views, pin, 0.0, Priority.INTERACTIVE, share=1.1)
     expected = Outcome.IN_SUBSET if outstanding < 8 / 1.21 else Outcome.SHED
     assert mild.outcome is expected, "a tenant slightly above its share is barely tightened"
+
+
+def test_a_tenant_above_its_share_is_not_shed_for_latency_on_an_unsaturated_pod() -> None:
+    """Fair shedding tightens the outstanding limit of a tenant above its share, not the TTFT limit: a request
+    slowed by prefill queued on a pod far from saturation is slow, not unfair. (Scaling the TTFT limit too shed the
+    hot tenant's long agentic turns in bench/compare.py with every pod nearly idle.)"""
+    from axon_router.admission import Admission, Outcome, Priority
+    from axon_router.cost import PickInput
+    from axon_router.knobs import Knobs
+    from axon_router.pick import CostPick
+    from axon_router.pod_view import PodView
+
+    k = Knobs(admit_ttft_slo_s=0.2)
+    adm, policy = Admission(k), CostPick(k)
+    pod = PodView("a", "http://a")
+    pod.begin(2100, prefill=2000)  # one request's prefill queued ahead: ~0.1 s to a first token, 1 of 64 outstanding
+    req = PickInput(1, [], prompt_tokens=100, max_tokens=16)
+    for share in (1.0, 4.0):  # within its share, and at 4x it (limits x 0.25 before)
+        d = adm.decide(policy, ["a"], [], {"a": pod}, req, 0.0, Priority.INTERACTIVE, share=share)
+        assert d.outcome is Outcome.IN_SUBSET, (share, d)
