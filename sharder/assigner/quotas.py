@@ -93,13 +93,14 @@ def limits_to_proto(lim: QuotaLimits) -> assigner_pb2.QuotaLimits:
 
 def limits_from_proto(m: assigner_pb2.QuotaLimits) -> QuotaLimits:
     """Validated limits; proto3 zeros of ``allotment_s`` / ``lease_ms`` mean the defaults."""
+    unset = QuotaLimits(tenant=m.tenant)  # its defaults, for the proto3 zeros
     lim = QuotaLimits(
         tenant=m.tenant,
         requests_per_s=m.requests_per_s,
         tokens_per_min=m.tokens_per_min,
         concurrent=m.concurrent,
-        allotment_s=m.allotment_s or 1.0,
-        lease_ms=m.lease_ms or 10_000,
+        allotment_s=m.allotment_s or unset.allotment_s,
+        lease_ms=m.lease_ms or unset.lease_ms,
     )
     lim.validate()
     return lim
