@@ -19,7 +19,7 @@ from typing import Protocol
 
 from axon_router.cost import CostModel, Limits, PickInput, Scored
 from axon_router.knobs import Knobs
-from axon_router.pick import FALLBACK, SPILL, SUBSET, Candidates, PickPolicy
+from axon_router.pick import FALLBACK, HELD, SPILL, SUBSET, Candidates, PickPolicy
 from axon_router.pod_view import PodView
 
 
@@ -30,13 +30,14 @@ class Priority(enum.IntEnum):
 
 class Outcome(enum.Enum):
     IN_SUBSET = "in_subset"
+    HELD = "held"  # the session's pod outside its subset (its slice moved away): its cache is there
     SPILL = "spill"  # every subset pod over its limit: best eligible pod outside the subset
     FALLBACK = "fallback"  # no usable subset pod (none assigned, unhealthy, or none with the labels)
     SHED = "shed"  # the whole eligible pool is over its limits
     UNAVAILABLE = "unavailable"  # no healthy eligible pod at all
 
 
-_OUTCOME_OF_TIER = {SUBSET: Outcome.IN_SUBSET, SPILL: Outcome.SPILL, FALLBACK: Outcome.FALLBACK}
+_OUTCOME_OF_TIER = {HELD: Outcome.HELD, SUBSET: Outcome.IN_SUBSET, SPILL: Outcome.SPILL, FALLBACK: Outcome.FALLBACK}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -148,4 +149,4 @@ class Admission:
         if first is None:
             return Decision(Outcome.SHED, None)
         tier, pick = first
-        return Decision(_OUTCOME_OF_TIER[tier], pick, ranking.rule if tier == SUBSET else "")
+        return Decision(_OUTCOME_OF_TIER[tier], pick, ranking.rule if tier in (SUBSET, HELD) else "")

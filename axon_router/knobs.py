@@ -87,6 +87,15 @@ class Knobs:
     sticky: bool = True
     """A session stays on the subset pod holding its cache unless that pod's estimated TTFT exceeds the best
     by more than the uncached prefill it would save (false: the lowest estimated TTFT always wins)."""
+    sticky_weight: float = 1.0
+    """How much the sticky rule values the prefill a session's cache saves: the session stays unless its pod's
+    estimated TTFT exceeds the best by more than this times that prefill (>= 1: moving a session also
+    duplicates its cache on a second pod, which costs other sessions their capacity)."""
+    sticky_outside: bool = True
+    """Stickiness reaches past the subset: a session whose cache is held only by a pod outside its subset (its
+    slice moved away, or it spilled) stays on that pod by the same rule, unless the pod is draining. A move
+    then sends new sessions to the new replica and lets running ones finish where their cache is, instead of
+    making every one of them pay its whole prefill again (false: stickiness only inside the subset)."""
 
     # --- admission, spill-over, shedding ---------------------------------------------------------
     admit_max_outstanding: int = 64

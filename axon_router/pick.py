@@ -11,6 +11,7 @@ from axon_router.cost import CostModel, Limits, PickInput, Scored, tie_rank
 from axon_router.knobs import Knobs
 from axon_router.pod_view import PodView
 
+HELD = "held"  # the pod outside the subset that holds the session's cache (its slice moved away), when sticky
 SUBSET = "subset"
 SPILL = "spill"  # pods outside the subset, when every subset pod is over its admission limits
 FALLBACK = "fallback"  # pods outside the subset, when no subset pod is usable at all
@@ -21,6 +22,7 @@ RULE_COST = "cost"  # the lowest estimated TTFT, under the load cap
 RULE_ESCAPE = "cap_escape"  # over the load cap, holding a prefix worth more than cap_escape_s of prefill
 RULE_CAPPED = "capped"  # the lowest estimated TTFT was over the load cap; the best pod under it
 RULE_OVER_CAP = "over_cap"  # no admissible subset pod under the cap (the others are over their limits)
+RULE_HELD = "held"  # the session's cache is held outside the subset only, and that pod's TTFT is worth keeping
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -45,7 +47,7 @@ class Tier:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Ranking:
     """The tiers of a request in preference order (only non-empty ones) and the rule that put the first
-    subset pod first; no tier at all: every candidate is over its limits (or there is none)."""
+    pod of the first tier first; no tier at all: every candidate is over its limits (or there is none)."""
 
     tiers: tuple[Tier, ...]
     rule: str = ""
@@ -102,6 +104,9 @@ class CostPick:
       2. then the pods under the load cap (``load_cap`` x the subset's mean outstanding requests, the new one
          included) by cost: a new session never goes to a pod at or above the cap while another can take it;
       3. then the pods at or above the cap, by cost.
+    Held tier, first (``sticky_outside``): when no subset pod holds the session's cache but an admissible,
+    non-draining outside pod does (its slice moved away since the session began), that pod alone, if its cost
+    is at most the best subset cost plus the prefill it saves (the sticky rule).
     Spill tier (some subset pod is usable but none admissible) or fallback tier (none usable): the admissible
     outside pods by cost. Costs within ``tie_epsilon_s`` tie and the tie goes to the lowest stable hash of
     (SliceKey, pod), so the order, overflow included, is the same on every router replica with the same views.
@@ -127,11 +132,30 @@ class CostPick:
         rule = ""
         if ok_sub:
             ranked, rule = self._rank_subset(request, ok_sub, [s.outstanding for s in sub])
+            if self.k.sticky and self.k.sticky_outside and ok_out and rule != RULE_STICKY:
+                held = self._held(request, ranked, ok_out)
+                if held is not None:
+                    tiers.append(Tier(HELD, (held,)))
+                    rule = RULE_HELD
             tiers.append(Tier(SUBSET, tuple(ranked)))
         if ok_out:
             name = SPILL if candidates.subset else FALLBACK
             tiers.append(Tier(name, tuple(rank_by_cost(ok_out, request.slice_key, self.k.tie_epsilon_s))))
         return Ranking(tuple(tiers), rule)
+
+    def _held(self, req: PickInput, ranked: list[Scored], ok_out: list[Scored]) -> Scored | None:
+        """The outside pod holding the session's cache, when no subset pod does and keeping it there costs less
+        than the prefill it saves over the subset's first pod; None otherwise."""
+        need = max(1, req.session_chunks)
+        holders = [s for s in ok_out if s.hit_chunks >= need and not s.pod.draining]
+        if not holders:
+            return None
+        h = min(holders, key=lambda s: (-s.hit_chunks, tie_rank(req.slice_key, s.pod.id)))
+        first = ranked[0]
+        if h.hit_chunks <= first.hit_chunks:
+            return None
+        saved_s = self.k.sticky_weight * max(0, first.miss_tokens - h.miss_tokens) / self.k.prefill_tokens_per_s
+        return h if h.cost <= first.cost + saved_s + self.k.tie_epsilon_s else None
 
     def _rank_subset(self, req: PickInput, ok: list[Scored], loads: Sequence[int]) -> tuple[list[Scored], str]:
         k = self.k
@@ -156,7 +180,7 @@ class CostPick:
             holders = [s for s in ok if s.hit_chunks >= need]
             if holders:
                 h = min(holders, key=lambda s: (-s.hit_chunks, tie_rank(key, s.pod.id)))
-                saved_s = max(0, best.miss_tokens - h.miss_tokens) / k.prefill_tokens_per_s
+                saved_s = k.sticky_weight * max(0, best.miss_tokens - h.miss_tokens) / k.prefill_tokens_per_s
                 if h is best or h.cost <= best.cost + saved_s + eps:
                     return [h, *(s for s in ranked if s is not h)], RULE_STICKY
         return ranked, rule
@@ -164,6 +188,7 @@ class CostPick:
 
 __all__ = [
     "FALLBACK",
+    "HELD",
     "SPILL",
     "SUBSET",
     "Candidates",

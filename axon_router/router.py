@@ -29,7 +29,7 @@ from axon_router.failover import RetryableError, backoff_s
 from axon_router.forward import Forwarder, Upstream
 from axon_router.knobs import Knobs
 from axon_router.metrics import RouterMetrics
-from axon_router.pick import SUBSET, Candidates, CostPick, PickPolicy
+from axon_router.pick import HELD, SUBSET, Candidates, CostPick, PickPolicy
 from axon_router.pod_view import PodView, Ticket
 from axon_router.pollers import Pollers
 from axon_router.quarantine import FAULT_CAUSES, KeyGuard
@@ -306,8 +306,8 @@ class Router:
                     )
                 pick = d.pick
                 reason = d.outcome.value
-                if d.outcome is Outcome.IN_SUBSET:
-                    m.picks_in_subset.inc()
+                if d.outcome in (Outcome.IN_SUBSET, Outcome.HELD):
+                    (m.picks_in_subset if d.outcome is Outcome.IN_SUBSET else m.picks_held).inc()
                     m.pick_rule.labels(d.rule).inc()
                     attrs["brunoise.pick_rule"] = d.rule
                 elif d.outcome is Outcome.SPILL:
@@ -317,7 +317,8 @@ class Router:
                     m.picks_fallback.inc()
             else:
                 first = self.policy.choose_replicas(pin, Candidates(subset, outside), ts.pods, now).first()
-                if first is not None and first[0] != SUBSET and not suspected and await self._suspect(ts.name, req):
+                outside_subset = first is not None and first[0] not in (SUBSET, HELD)
+                if outside_subset and not suspected and await self._suspect(ts.name, req):
                     suspected = True
                     continue
                 if first is None:

@@ -38,6 +38,8 @@ from sharder.prefix import CHUNK_BYTES
 from sharder.sketch import Ewma, SpaceSaving
 
 TARGET = "sim"
+#: Up to this many pods the simulated router passes the whole pool as the pick's outside candidates, as the router does.
+EXACT_PODS = 64
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -526,7 +528,23 @@ class Fleet:
         if not subset and sa.leaving:
             subset = usable(sa.leaving)
         if f.attempts == 0:
-            d = r.admission.decide(r.policy, subset, [], views, f.pin, t, Priority.INTERACTIVE)
+            # The router passes every other eligible pod as ``outside`` (held sessions, spill); scoring them all
+            # on every request is what a large fleet cannot afford in virtual time, so past EXACT_PODS only the
+            # pods that served this session are passed first (the ones that can hold its cache as the pick's
+            # held tier needs it), and the whole pool only when no subset pod is admissible.
+            if len(self.pods) <= EXACT_PODS:
+                near = [
+                    p.id for p in self.pods
+                    if p.pod.state is not PodState.DEAD and p.id not in sa.replicas and p.id not in sa.leaving
+                    and views[p.id].healthy
+                ]  # fmt: skip
+            else:
+                near = [
+                    i for i in f.sess.pods
+                    if i not in sa.replicas and i not in sa.leaving and views[i].healthy
+                    and self.by_id[i].pod.state is not PodState.DEAD
+                ]  # fmt: skip
+            d = r.admission.decide(r.policy, subset, near, views, f.pin, t, Priority.INTERACTIVE)
             if d.pick is None:  # no admissible subset pod: the whole eligible pool (as the router does)
                 in_sub = set(sa.replicas) | set(sa.leaving)
                 outside = [

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from axon_router.cost import Limits, PickInput
 from axon_router.knobs import Knobs
-from axon_router.pick import FALLBACK, SPILL, SUBSET, Candidates, CostPick, load_cap, rank_by_cost
+from axon_router.pick import FALLBACK, HELD, SPILL, SUBSET, Candidates, CostPick, load_cap, rank_by_cost
 from axon_router.pod_view import PodView
 from sharder.prefix import prefix_hashes
 
@@ -173,3 +173,40 @@ def test_a_long_shared_document_escapes_the_cap_a_short_prompt_does_not() -> Non
         assert first is not None
         assert (first[1].pod.id == "a") is expect_holder, (escape, r.rule)
         assert r.rule == ("cap_escape" if expect_holder else "capped")
+
+
+def test_a_session_whose_slice_moved_stays_on_the_pod_holding_its_cache() -> None:
+    """Failure mode: a balancing move sent every running session of the slice to the new replica, each paying
+    its whole prefill again, although the old pod (now outside the subset) still held its cache."""
+    text = DOC[:4000]
+    req = request(11, text, session_chunks=len(prefix_hashes(text)) - 2)
+    for sticky_outside, draining, ahead, want in (
+        (True, False, 0, "old"),  # held: the cache is worth more than the idle new replica
+        (False, False, 0, "new"),  # off: stickiness ends at the subset
+        (True, True, 0, "new"),  # a draining pod takes no new request, held or not
+        (True, False, 6000, "new"),  # the old pod's queue costs more than the prefill it saves
+    ):
+        vs = views("new", "old")
+        vs["old"].remember(req.prefix_hashes, 0.0)
+        vs["old"].draining = draining
+        vs["old"].begin(ahead + 64, prefill=ahead)
+        pick = CostPick(dataclasses.replace(K, sticky_outside=sticky_outside))
+        r = pick.choose_replicas(req, Candidates(["new"], ["old"]), vs, 0.0)
+        first = r.first()
+        assert first is not None and first[1].pod.id == want, (sticky_outside, draining, ahead, r.ids(), r.rule)
+        if want == "old":
+            assert first[0] == HELD and r.rule == "held"
+            assert [t.name for t in r.tiers] == [HELD, SUBSET, SPILL]  # the subset stays next
+        else:
+            assert first[0] == SUBSET
+
+
+def test_a_new_session_never_goes_outside_for_a_shared_prefix_alone() -> None:
+    """The held tier is for a session's own cache: a pod outside the subset holding only the group's shared
+    prompt does not draw a new session away from its subset."""
+    shared = DOC[:2000]
+    vs = views("a", "o")
+    vs["o"].remember(prefix_hashes(shared), 0.0)
+    req = request(3, shared + " a new question", session_chunks=len(prefix_hashes(shared)) + 1)
+    r = CostPick(K).choose_replicas(req, Candidates(["a"], ["o"]), vs, 0.0)
+    assert r.first() is not None and r.tiers[0].name == SUBSET and r.ids()[0] == ["a"]
