@@ -20,9 +20,7 @@ from typing import Any
 
 from sharder.errors import BrunoiseError
 from sharder.keyspace import KEYSPACE_END
-
-#: Upper bounds (ms) of the TTFT buckets pods count (``RequestOutcomes.ttft_ms_buckets``); the last is +inf.
-TTFT_BUCKETS_MS: tuple[float, ...] = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, math.inf)
+from sharder.load import TTFT_BUCKETS_MS
 
 CANARY_STEPS: tuple[float, ...] = (0.01, 0.1, 0.5, 1.0)
 BLUE_GREEN_STEPS: tuple[float, ...] = (1.0,)
