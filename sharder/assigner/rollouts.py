@@ -84,7 +84,7 @@ class Rollouts:
 
 
 @dataclasses.dataclass(slots=True)
-class _Window:
+class WindowCounter:
     """Green's outcome increases over the last ``window_s`` (per tick), from each pod's cumulative counters."""
 
     last: dict[str, RequestOutcomes] = dataclasses.field(default_factory=dict)
@@ -159,7 +159,7 @@ class RolloutDriver:
         self.interval_s = interval_s
         self.ready = ready
         self.warm = warm
-        self.windows: dict[tuple[str, str, str], _Window] = {}
+        self.windows: dict[tuple[str, str, str], WindowCounter] = {}
         self.last_window: dict[str, GreenWindow] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -211,7 +211,7 @@ class RolloutDriver:
             wkey = (r.model, r.blue, r.green)
             live.add(wkey)
             green = self.leader.current(r.green)
-            window = self.windows.setdefault(wkey, _Window()).add(
+            window = self.windows.setdefault(wkey, WindowCounter()).add(
                 self.rollouts.clock(), self._green_outcomes(green), r.slo.window_s
             )
             self.last_window[r.model] = window

@@ -10,8 +10,10 @@ from runtime.engines.base import EngineError, EngineRequest
 from runtime.engines.sim import SimConfig, SimEngine
 from runtime.outcomes import CountedEngine
 from sharder import codec
+from sharder.assigner.rollouts import WindowCounter
 from sharder.errors import LoadReportError
 from sharder.load import TTFT_BUCKETS_MS, LoadReport, RequestOutcomes
+from sharder.rollout import GreenWindow
 
 
 async def _run(engine: CountedEngine, prompt: str) -> None:
@@ -49,3 +51,16 @@ def test_outcomes_travel_in_the_load_report_and_are_validated() -> None:
     assert codec.load_report_from_proto(codec.load_report_to_proto(LoadReport("p", "t"))).outcomes is None
     with pytest.raises(LoadReportError):
         LoadReport("p", "t", outcomes=RequestOutcomes(1, 2)).validate()
+
+
+def test_the_leaders_window_counts_increases_only_survives_restarts_and_forgets_old_ticks() -> None:
+    w = WindowCounter()
+    assert w.add(0, {"g0": RequestOutcomes(100, 50, (100,))}, 10.0) == GreenWindow(0, 0, (0,) * len(TTFT_BUCKETS_MS)), (
+        "a pod's past before the rollout is not counted"
+    )
+    got = w.add(1_000, {"g0": RequestOutcomes(110, 52, (110,)), "g1": RequestOutcomes(5, 0)}, 10.0)
+    assert (got.requests, got.errors, got.ttft_ms_buckets[0]) == (10, 2, 10)
+    got = w.add(2_000, {"g0": RequestOutcomes(3, 1, (3,)), "g1": RequestOutcomes(9, 0)}, 10.0)
+    assert (got.requests, got.errors) == (10 + 3 + 4, 2 + 1), "g0 restarted: its counters began again at 0"
+    got = w.add(11_500, {"g0": RequestOutcomes(3, 1, (3,)), "g1": RequestOutcomes(9, 0)}, 10.0)
+    assert (got.requests, got.errors) == (7, 1), "the tick 10.5 s ago left the window"
