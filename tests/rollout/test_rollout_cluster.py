@@ -9,6 +9,7 @@ generation; the automatic rollback fires on an injected error rate (green pods' 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -89,7 +90,7 @@ def rc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolloutCluster]:
     try:
         a_argv = python_module(
             "sharder.assigner.main", "--store", "embedded", "--port", "0", "--round-interval", "0.5",
-            "--rollout-interval", "0.25",
+            "--rollout-interval", "0.25", "--report-interval", "0.25",
         )  # fmt: skip
         assigner = group.add(ManagedProcess("assigner", a_argv, log_dir=d).start())
         assigner.wait_ready(60)
@@ -290,8 +291,9 @@ def test_automatic_rollback_fires_on_an_injected_error_rate(rc: RolloutCluster) 
     answers = load.snapshot()
     green_errors = [a for a in answers if a.status != 200 and a.at < t_seen - 0.5]
     after = [a for a in answers if a.at > t_seen - 0.5]
+    codes = collections.Counter(a.status for a in green_errors)
     print(f"ROLLOUT auto-rollback: fired {fired:.2f}s into a 1/3 error load ({len(green_errors)} failed requests "
-          f"before it); reason: {st['reason']}")  # fmt: skip
+          f"before it, by status {dict(codes)}); reason: {st['reason']}")  # fmt: skip
     assert "automatic rollback" in st["reason"] and "error rate" in st["reason"], st
     assert st["generation"] == gen_green + 1
     assert green_errors, "the injected errors reached the clients (green served the marked requests)"
