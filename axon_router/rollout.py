@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 import grpc
@@ -40,6 +40,7 @@ class RolloutView:
         self.by_model: dict[str, Rollout] = {}
         self.polls = 0
         self.poll_failures = 0
+        self.version_failovers = 0  # requests sent to the other version because theirs had no usable pod
         self._task: asyncio.Task[None] | None = None
         reg = registry if registry is not None else CollectorRegistry()
         self.generation_gauge = Gauge(
@@ -102,11 +103,23 @@ class RolloutView:
         r = self.by_model.get(model)
         return version_for(slice_key, r) if r is not None else None
 
-    def pick(self, model: str, slice_key: int, targets: Mapping[str, T]) -> T | None:
+    def pick(
+        self, model: str, slice_key: int, targets: Mapping[str, T], usable: Callable[[T], bool] | None = None
+    ) -> T | None:
         """The state of the version target this router knows, else of blue (a green this router does not know
-        yet gets nothing), else None (the router resolves the model as without a rollout)."""
+        yet gets nothing), else None (the router resolves the model as without a rollout). With ``usable``: a
+        version with no usable pod (all unhealthy or behind open breakers) while the other has one gives way to
+        the other (availability before version stickiness: the session switches back when its version recovers)."""
         r = self.by_model.get(model)
         if r is None:
             return None
-        got = targets.get(version_for(slice_key, r))
-        return got if got is not None else targets.get(r.blue)
+        name = version_for(slice_key, r)
+        got = targets.get(name)
+        if got is None:
+            return targets.get(r.blue)
+        if usable is not None and not usable(got):
+            other = targets.get(r.blue if name == r.green else r.green)
+            if other is not None and usable(other):
+                self.version_failovers += 1
+                return other
+        return got

@@ -136,10 +136,15 @@ class Router:
     def resolve(self, req: RouteRequest) -> TargetState:
         """The request's target: by its model's rollout (``axon_router.rollout``) unless it names one, else by model."""
         if req.target is None and self.rollouts is not None:
-            ts = self.rollouts.pick(req.model, req.slice_key, self.table.targets)
+            ts = self.rollouts.pick(req.model, req.slice_key, self.table.targets, self._any_usable)
             if ts is not None:
                 return ts
         return self.table.resolve(req)
+
+    @staticmethod
+    def _any_usable(ts: TargetState) -> bool:
+        now = time.monotonic()
+        return any(v.healthy and v.breaker.available(now) for v in ts.pool)
 
     def lookup(self, target: str, slice_key: int) -> dict[str, Any]:
         """Debug view of a key (``TargetTable.lookup``)."""

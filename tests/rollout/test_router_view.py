@@ -42,3 +42,15 @@ async def test_view_routes_by_the_newest_record_and_never_goes_back_a_generation
     calls.records = [back]
     await view.refresh()
     assert view.pick("chat", 0, targets) == "BLUE" and view.generation_gauge.labels("chat")._value.get() == back.generation
+
+
+async def test_a_version_with_no_usable_pod_gives_way_to_the_other() -> None:
+    calls = FakeCalls()
+    view = RolloutView(calls)  # type: ignore[arg-type]
+    r = ro.promote(ro.start("chat", "chat-v1", "chat-v2", 0), 1)
+    calls.records = [r]
+    await view.refresh()
+    targets = {"chat-v1": "BLUE", "chat-v2": "GREEN"}
+    assert view.pick("chat", 5, targets, usable=lambda t: True) == "GREEN"
+    assert view.pick("chat", 5, targets, usable=lambda t: t == "BLUE") == "BLUE" and view.version_failovers == 1
+    assert view.pick("chat", 5, targets, usable=lambda t: False) == "GREEN", "neither usable: its own version decides"
