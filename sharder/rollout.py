@@ -251,6 +251,14 @@ def breach(slo: RolloutSLO, window: GreenWindow) -> str | None:
     return None
 
 
+def step_due(r: Rollout, now_ms: int) -> bool:
+    """Whether the next step is due (running, steps left, the interval since the last change passed; the first step
+    is due at once): only then does green's readiness matter."""
+    if r.state != RolloutState.RUNNING or r.step >= len(r.steps):
+        return False
+    return r.step == 0 or now_ms - r.changed_ms >= r.step_interval_s * 1000
+
+
 def tick(r: Rollout, now_ms: int, window: GreenWindow, green_ready: bool) -> Rollout | None:
     """The leader's periodic decision: roll back on an SLO breach (running or paused), else take the next step once
     the step interval passed and green is ready (warm). None when nothing changes."""
@@ -259,9 +267,7 @@ def tick(r: Rollout, now_ms: int, window: GreenWindow, green_ready: bool) -> Rol
     why = breach(r.slo, window)
     if why is not None:
         return rollback(r, now_ms, f"automatic rollback: {why}")
-    if r.state != RolloutState.RUNNING or r.step >= len(r.steps) or not green_ready:
-        return None
-    if r.step > 0 and now_ms - r.changed_ms < r.step_interval_s * 1000:
+    if not step_due(r, now_ms) or not green_ready:
         return None
     nxt = r.step + 1
     return _next(r, now_ms, f"step {nxt}/{len(r.steps)}: {r.steps[nxt - 1]:g} of the keyspace to green", step=nxt)

@@ -215,7 +215,7 @@ class RolloutDriver:
                 self.rollouts.clock(), self._green_outcomes(green), r.slo.window_s
             )
             self.last_window[r.model] = window
-            ready = await self._green_ready(green)
+            ready = ro.step_due(r, self.rollouts.clock()) and await self._green_ready(green)
 
             def change(
                 cur: Rollout | None, now: int, seen: Rollout = r, ok: bool = ready, w: GreenWindow = window

@@ -137,3 +137,13 @@ def test_a_key_switches_at_most_once_through_the_steps(keys: list[int], steps: i
         if seen[k][-1] != (v := version_for(k, r)):
             seen[k].append(v)
         assert seen[k] in (["b", "g"], ["g"]), seen[k]
+
+
+def test_a_step_is_due_at_once_then_after_each_interval_and_never_when_paused_or_done() -> None:
+    r = started()
+    assert ro.step_due(r, 1_000), "the first step waits only for green"
+    r1 = ro.tick(r, 1_000, CLEAN, True)
+    assert r1 is not None
+    assert not ro.step_due(r1, 5_999) and ro.step_due(r1, 6_000)
+    assert not ro.step_due(ro.pause(r1, 2_000), 60_000)
+    assert not ro.step_due(ro.promote(r1, 2_000), 60_000)
