@@ -27,6 +27,7 @@ from axon_router.knobs import add_knob_args, knobs_from_args
 from axon_router.metrics import RouterMetrics
 from axon_router.quarantine import KeyGuard
 from axon_router.quota import QuotaGate
+from axon_router.rollout import RolloutView
 from axon_router.router import Router
 from axon_router.tracing import setup_tracing
 from brunoise.advertise import advertise_host, host_port, is_loopback
@@ -135,7 +136,11 @@ async def serve(ns: argparse.Namespace) -> None:
         with contextlib.suppress(Exception):
             await guard.refresh()  # a restarted router knows the quarantines before it serves
         await guard.start()
-    router = Router(clerk, knobs, metrics, quota=quota, guard=guard)
+    rollout_calls = AssignerCalls(ns.assigner, auth=auth)
+    rollout_calls.start()
+    rollouts = RolloutView(rollout_calls, metrics.registry)
+    await rollouts.start()  # a (re)started router knows the model-version rollouts before it serves
+    router = Router(clerk, knobs, metrics, quota=quota, guard=guard, rollouts=rollouts)
     await router.start()
     readiness = Readiness(router)
     http = OpenAIFrontend(router, api_keys, readiness)
@@ -179,6 +184,8 @@ async def serve(ns: argparse.Namespace) -> None:
         await quota.stop()
     if guard is not None:
         await guard.stop()
+    await rollouts.stop()
+    await rollout_calls.close()
     await calls.close()
     await clerk.stop()
     log.info("router stopped", extra={"stop_s": round(time.monotonic() - t, 3)})

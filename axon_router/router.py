@@ -34,6 +34,7 @@ from axon_router.pod_view import PodView, Ticket
 from axon_router.pollers import Pollers
 from axon_router.quarantine import FAULT_CAUSES, KeyGuard
 from axon_router.quota import QuotaGate, QuotaTicket, used_tokens
+from axon_router.rollout import RolloutView
 from axon_router.routing_key import RouteRequest
 from axon_router.targets import ClerkLike, TargetState, TargetTable
 
@@ -72,10 +73,12 @@ class Router:
         policy: PickPolicy | None = None,
         quota: QuotaGate | None = None,
         guard: KeyGuard | None = None,
+        rollouts: RolloutView | None = None,
     ) -> None:
         self.clerk = clerk
         self.quota = quota
         self.guard = guard
+        self.rollouts = rollouts
         self.knobs = knobs
         self.metrics = metrics or RouterMetrics(knobs)
         self.policy: PickPolicy = policy or CostPick(knobs)
@@ -131,7 +134,17 @@ class Router:
         return self.table.models()
 
     def resolve(self, req: RouteRequest) -> TargetState:
+        """The request's target: by its model's rollout (``axon_router.rollout``) unless it names one, else by model."""
+        if req.target is None and self.rollouts is not None:
+            ts = self.rollouts.pick(req.model, req.slice_key, self.table.targets, self._any_usable)
+            if ts is not None:
+                return ts
         return self.table.resolve(req)
+
+    @staticmethod
+    def _any_usable(ts: TargetState) -> bool:
+        now = time.monotonic()
+        return any(v.healthy and v.breaker.available(now) for v in ts.pool)
 
     def lookup(self, target: str, slice_key: int) -> dict[str, Any]:
         """Debug view of a key (``TargetTable.lookup``)."""

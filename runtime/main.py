@@ -102,7 +102,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--kv-events-endpoint", default=None, help="ZMQ endpoint for KV events (vLLM wire format)")
     g.add_argument("--fault-marker", default=None, help="TEST HOOK: a prompt containing this text crashes or hangs "
                    "the engine (--fault-mode); off unless given")  # fmt: skip
-    g.add_argument("--fault-mode", choices=("crash", "hang"), default="crash", help="what --fault-marker does")
+    g.add_argument("--fault-mode", choices=("crash", "hang", "error"), default="crash",
+                   help="what --fault-marker does: exit the process, hang the step loop, or fail that request (500)")
     return p
 
 

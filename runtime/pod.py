@@ -18,6 +18,7 @@ from brunoise.launch import write_ready_file
 from runtime.engines.base import Engine, EngineChunk
 from runtime.grpc_service import GrpcServer, RuntimeService
 from runtime.http_api import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, HttpApi
+from runtime.outcomes import CountedEngine
 from runtime.tracing import TracedEngine
 from sharder.assigner.status import LEADER_METADATA_KEY
 from sharder.pods import PodState
@@ -55,7 +56,9 @@ class RuntimePod:
         advertise: str | None = None,
     ) -> None:
         self.engine = engine
-        self.served = TracedEngine(engine)  # what both surfaces serve (spans when they leave the process)
+        # what both surfaces serve: spans when they leave the process, outcomes counted for the load reports
+        self.counted = CountedEngine(TracedEngine(engine))
+        self.served = self.counted
         self.pod_id = pod_id
         self.target = target
         self.labels = dict(labels or {})
@@ -135,7 +138,8 @@ class RuntimePod:
             http_address=self.addresses["http"], target=self.target,
         )  # fmt: skip
         self.slicelet = Slicelet(
-            pod, self.assigners, engine_load=self.engine.load, report_interval_s=self.report_interval_s,
+            pod, self.assigners, engine_load=self.engine.load, outcomes=self.counted.outcomes,
+            report_interval_s=self.report_interval_s,
             lease_ttl_s=self.lease_ttl_s, auth=self.auth,
         )  # fmt: skip
         await self.slicelet.start()

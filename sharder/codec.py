@@ -12,7 +12,7 @@ from sharder.assignment import Assignment, AssignmentDiff, RoundStats, SliceAssi
 from sharder.config import TargetConfig
 from sharder.errors import BrunoiseError, ConfigError, InvalidSliceError, InvariantError, LoadReportError, OverrideError
 from sharder.keyspace import KEYSPACE_END, Slice
-from sharder.load import EngineLoad, LoadReport, SliceLoad
+from sharder.load import EngineLoad, LoadReport, RequestOutcomes, SliceLoad
 from sharder.overrides import MergeOverride, MoveOverride, Override, SplitOverride, validate_override
 from sharder.pods import Pod, PodState
 
@@ -207,6 +207,13 @@ def load_report_to_proto(r: LoadReport) -> pb.LoadReport:
         slices=[slice_load_to_proto(s) for s in r.slices],
         seq=r.seq,
         unix_ms=r.unix_ms,
+        outcomes=(
+            pb.RequestOutcomes(
+                requests=r.outcomes.requests, errors=r.outcomes.errors, ttft_ms_buckets=list(r.outcomes.ttft_ms_buckets)
+            )
+            if r.outcomes is not None
+            else None
+        ),
     )
 
 
@@ -219,6 +226,11 @@ def load_report_from_proto(m: pb.LoadReport) -> LoadReport:
         slices=tuple(slice_load_from_proto(s, f"slices[{i}].slice") for i, s in enumerate(m.slices)),
         seq=m.seq,
         unix_ms=m.unix_ms,
+        outcomes=(
+            RequestOutcomes(m.outcomes.requests, m.outcomes.errors, tuple(m.outcomes.ttft_ms_buckets))
+            if m.HasField("outcomes")
+            else None
+        ),
     ).validate()
 
 
@@ -475,7 +487,9 @@ def diff_message(old: pb.Assignment, new: pb.Assignment) -> pb.AssignmentDiff:
 def apply_diff_message(old: pb.Assignment, d: pb.AssignmentDiff) -> pb.Assignment:
     """Rebuild the new full assignment from ``old`` and a diff whose from_generation is old's generation."""
     if d.from_generation != old.generation or d.target != old.target:
-        raise ValueError(f"diff {d.target}@{d.from_generation}->{d.to_generation} does not apply to {old.target}@{old.generation}")
+        raise ValueError(
+            f"diff {d.target}@{d.from_generation}->{d.to_generation} does not apply to {old.target}@{old.generation}"
+        )
     by_lo = {s.slice.lo: s for s in old.slices}
     for lo in d.removed_los:
         by_lo.pop(lo, None)

@@ -14,6 +14,9 @@ MAX_TOP_KEYS = 1024
 #: The largest load (engine, slice or hot-key weight) a report may carry. Loads are requests or tokens per
 #: second in practice; the bound keeps every sum the policy forms over a round finite.
 MAX_LOAD = 1e12
+#: Upper bounds (ms) of the TTFT buckets a pod counts its requests in (``RequestOutcomes.ttft_ms_buckets``); the
+#: last is +inf.
+TTFT_BUCKETS_MS: tuple[float, ...] = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, math.inf)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -44,6 +47,17 @@ class SliceLoad:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class RequestOutcomes:
+    """A pod's request outcomes since it started (cumulative, like Prometheus counters; a restart starts again at
+    0): requests finished or failed, the failed ones (5xx), and first-token latencies per ``TTFT_BUCKETS_MS`` bucket
+    (counts per bucket, not cumulative across buckets). What the leader judges a rollout's SLO on."""
+
+    requests: int = 0
+    errors: int = 0
+    ttft_ms_buckets: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class LoadReport:
     """What one pod tells the assigner every report interval."""
 
@@ -53,6 +67,7 @@ class LoadReport:
     slices: tuple[SliceLoad, ...] = ()
     seq: int = 0
     unix_ms: int = 0
+    outcomes: RequestOutcomes | None = None
 
     def validate(self) -> LoadReport:
         """Raise LoadReportError (naming the field) unless the report is usable; return self."""
@@ -84,6 +99,15 @@ class LoadReport:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise LoadReportError(f"{name} must be an int >= 0, got {v!r}", field=name)
+        o = self.outcomes
+        if o is not None:
+            counts = (o.requests, o.errors, *o.ttft_ms_buckets)
+            if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in counts) or o.errors > o.requests:
+                raise LoadReportError("outcomes must be counts >= 0 with errors <= requests", field="outcomes")
+            if len(o.ttft_ms_buckets) > len(TTFT_BUCKETS_MS):
+                raise LoadReportError(
+                    f"outcomes.ttft_ms_buckets holds at most {len(TTFT_BUCKETS_MS)} buckets", field="outcomes"
+                )
         slices = self.slices
         if len(slices) > MAX_SLICES_PER_REPORT:
             raise LoadReportError(
@@ -185,4 +209,7 @@ def _is_number(v: object) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-__all__ = ["MAX_LOAD", "MAX_SLICES_PER_REPORT", "MAX_TOP_KEYS", "EngineLoad", "LoadReport", "SliceLoad"]
+__all__ = [
+    "MAX_LOAD", "MAX_SLICES_PER_REPORT", "MAX_TOP_KEYS", "TTFT_BUCKETS_MS", "EngineLoad", "LoadReport",
+    "RequestOutcomes", "SliceLoad",
+]  # fmt: skip

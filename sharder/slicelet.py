@@ -17,7 +17,7 @@ from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
 from sharder import codec
 from sharder.assigner.status import LEADER_METADATA_KEY
 from sharder.keyspace import Slice
-from sharder.load import EngineLoad, LoadReport, SliceLoad
+from sharder.load import EngineLoad, LoadReport, RequestOutcomes, SliceLoad
 from sharder.pods import Pod, PodState
 from sharder.security.client import ClientAuth
 from sharder.sketch import Ewma, SpaceSaving
@@ -59,6 +59,7 @@ class Slicelet:
         assigner_addresses: Sequence[str],
         *,
         engine_load: Callable[[], EngineLoad],
+        outcomes: Callable[[], RequestOutcomes] | None = None,
         report_interval_s: float = 1.0,
         lease_ttl_s: float = 5.0,
         top_k: int = 8,
@@ -77,6 +78,7 @@ class Slicelet:
         self.pod = pod
         self.addresses = list(assigner_addresses)
         self.engine_load = engine_load
+        self.outcomes = outcomes  # the pod's request outcome counters (rollout SLOs), when it counts them
         self.report_interval_s = report_interval_s
         self.lease_ttl_s = lease_ttl_s
         self.top_k = top_k
@@ -201,6 +203,7 @@ class Slicelet:
             slices=self._aggregate(),
             seq=self._seq,
             unix_ms=int(time.time() * 1000),
+            outcomes=self.outcomes() if self.outcomes is not None else None,
         )
         return assigner_pb2.ReportRequest(
             pod=codec.pod_to_proto(self.pod),

@@ -230,6 +230,16 @@ class AdminClient:
         req = assigner_pb2.ClearQuarantineRequest(target=target, slice_key=slice_key, all=all_keys)
         return self._call("ClearQuarantine", req, assigner_pb2.ClearQuarantineResponse)
 
+    def start_rollout(self, req: assigner_pb2.StartRolloutRequest) -> assigner_pb2.Rollout:
+        return self._call("StartRollout", req, assigner_pb2.Rollout)
+
+    def change_rollout(self, model: str, action: int, reason: str = "") -> assigner_pb2.Rollout:
+        req = assigner_pb2.ChangeRolloutRequest(model=model, action=action, reason=reason)  # type: ignore[arg-type]
+        return self._call("ChangeRollout", req, assigner_pb2.Rollout)
+
+    def list_rollouts(self, model: str = "") -> assigner_pb2.ListRolloutsResponse:
+        return self._call("ListRollouts", assigner_pb2.ListRolloutsRequest(model=model), assigner_pb2.ListRolloutsResponse)
+
     def watch(self, target: str, from_generation: int = 0) -> Iterator[assigner_pb2.WatchResponse]:
         """Full assignments as they change (no deadline: ends when the caller stops iterating)."""
         stream = self._stub.Watch(

@@ -13,6 +13,7 @@ from brunoise.cli.credentials import credentials_app
 from brunoise.cli.output import print_error
 from brunoise.cli.quarantine import quarantine_app
 from brunoise.cli.quota import quota_app
+from brunoise.cli.rollout import rollout_app
 from brunoise.cli.targets import register as register_targets
 
 app = typer.Typer(
@@ -46,6 +47,7 @@ simulate.register(app)
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(credentials_app, name="credentials")
 app.add_typer(quota_app, name="quota")
+app.add_typer(rollout_app, name="rollout")
 app.add_typer(quarantine_app, name="quarantine")
 
 

@@ -1,5 +1,6 @@
 from brunoise.v1 import slicing_pb2 as _slicing_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -418,3 +419,101 @@ class ClearQuarantineResponse(_message.Message):
     CLEARED_FIELD_NUMBER: _ClassVar[int]
     cleared: int
     def __init__(self, cleared: _Optional[int] = ...) -> None: ...
+
+class RolloutSLO(_message.Message):
+    __slots__ = ("max_error_rate", "max_ttft_p99_ms", "min_requests", "window_s")
+    MAX_ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_TTFT_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    max_error_rate: float
+    max_ttft_p99_ms: float
+    min_requests: int
+    window_s: float
+    def __init__(self, max_error_rate: _Optional[float] = ..., max_ttft_p99_ms: _Optional[float] = ..., min_requests: _Optional[int] = ..., window_s: _Optional[float] = ...) -> None: ...
+
+class Rollout(_message.Message):
+    __slots__ = ("model", "blue", "green", "steps", "step", "state", "slo", "step_interval_s", "generation", "changed_unix_ms", "reason", "fraction", "judged", "green_requests", "green_errors", "green_ttft_p99_ms")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BLUE_FIELD_NUMBER: _ClassVar[int]
+    GREEN_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SLO_FIELD_NUMBER: _ClassVar[int]
+    STEP_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    JUDGED_FIELD_NUMBER: _ClassVar[int]
+    GREEN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    GREEN_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    GREEN_TTFT_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    blue: str
+    green: str
+    steps: _containers.RepeatedScalarFieldContainer[float]
+    step: int
+    state: str
+    slo: RolloutSLO
+    step_interval_s: float
+    generation: int
+    changed_unix_ms: int
+    reason: str
+    fraction: float
+    judged: bool
+    green_requests: int
+    green_errors: int
+    green_ttft_p99_ms: float
+    def __init__(self, model: _Optional[str] = ..., blue: _Optional[str] = ..., green: _Optional[str] = ..., steps: _Optional[_Iterable[float]] = ..., step: _Optional[int] = ..., state: _Optional[str] = ..., slo: _Optional[_Union[RolloutSLO, _Mapping]] = ..., step_interval_s: _Optional[float] = ..., generation: _Optional[int] = ..., changed_unix_ms: _Optional[int] = ..., reason: _Optional[str] = ..., fraction: _Optional[float] = ..., judged: _Optional[bool] = ..., green_requests: _Optional[int] = ..., green_errors: _Optional[int] = ..., green_ttft_p99_ms: _Optional[float] = ...) -> None: ...
+
+class StartRolloutRequest(_message.Message):
+    __slots__ = ("model", "blue", "green", "steps", "slo", "step_interval_s")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BLUE_FIELD_NUMBER: _ClassVar[int]
+    GREEN_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    SLO_FIELD_NUMBER: _ClassVar[int]
+    STEP_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    blue: str
+    green: str
+    steps: _containers.RepeatedScalarFieldContainer[float]
+    slo: RolloutSLO
+    step_interval_s: float
+    def __init__(self, model: _Optional[str] = ..., blue: _Optional[str] = ..., green: _Optional[str] = ..., steps: _Optional[_Iterable[float]] = ..., slo: _Optional[_Union[RolloutSLO, _Mapping]] = ..., step_interval_s: _Optional[float] = ...) -> None: ...
+
+class ChangeRolloutRequest(_message.Message):
+    __slots__ = ("model", "action", "reason")
+    class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        ACTION_UNSPECIFIED: _ClassVar[ChangeRolloutRequest.Action]
+        PAUSE: _ClassVar[ChangeRolloutRequest.Action]
+        RESUME: _ClassVar[ChangeRolloutRequest.Action]
+        PROMOTE: _ClassVar[ChangeRolloutRequest.Action]
+        ROLLBACK: _ClassVar[ChangeRolloutRequest.Action]
+    ACTION_UNSPECIFIED: ChangeRolloutRequest.Action
+    PAUSE: ChangeRolloutRequest.Action
+    RESUME: ChangeRolloutRequest.Action
+    PROMOTE: ChangeRolloutRequest.Action
+    ROLLBACK: ChangeRolloutRequest.Action
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    action: ChangeRolloutRequest.Action
+    reason: str
+    def __init__(self, model: _Optional[str] = ..., action: _Optional[_Union[ChangeRolloutRequest.Action, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ListRolloutsRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class ListRolloutsResponse(_message.Message):
+    __slots__ = ("rollouts",)
+    ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
+    rollouts: _containers.RepeatedCompositeFieldContainer[Rollout]
+    def __init__(self, rollouts: _Optional[_Iterable[_Union[Rollout, _Mapping]]] = ...) -> None: ...

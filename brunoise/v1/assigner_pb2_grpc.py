@@ -130,6 +130,21 @@ class AssignerStub:
                 request_serializer=brunoise_dot_v1_dot_assigner__pb2.ClearQuarantineRequest.SerializeToString,
                 response_deserializer=brunoise_dot_v1_dot_assigner__pb2.ClearQuarantineResponse.FromString,
                 _registered_method=True)
+        self.StartRollout = channel.unary_unary(
+                '/brunoise.v1.Assigner/StartRollout',
+                request_serializer=brunoise_dot_v1_dot_assigner__pb2.StartRolloutRequest.SerializeToString,
+                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.ChangeRollout = channel.unary_unary(
+                '/brunoise.v1.Assigner/ChangeRollout',
+                request_serializer=brunoise_dot_v1_dot_assigner__pb2.ChangeRolloutRequest.SerializeToString,
+                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.ListRollouts = channel.unary_unary(
+                '/brunoise.v1.Assigner/ListRollouts',
+                request_serializer=brunoise_dot_v1_dot_assigner__pb2.ListRolloutsRequest.SerializeToString,
+                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.ListRolloutsResponse.FromString,
+                _registered_method=True)
 
 
 class AssignerServicer:
@@ -260,6 +275,29 @@ class AssignerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartRollout(self, request, context):
+        """Model-version rollouts: one record per model in the store (every change a compare-and-swap, generation + 1);
+        routers send keys below fraction x 2^64 to green, the rest to blue. The leader steps and judges the SLO.
+        admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeRollout(self, request, context):
+        """admin: pause, resume, promote, rollback
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRollouts(self, request, context):
+        """routers (reader) and admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AssignerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -357,6 +395,21 @@ def add_AssignerServicer_to_server(servicer, server):
                     servicer.ClearQuarantine,
                     request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ClearQuarantineRequest.FromString,
                     response_serializer=brunoise_dot_v1_dot_assigner__pb2.ClearQuarantineResponse.SerializeToString,
+            ),
+            'StartRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRollout,
+                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.StartRolloutRequest.FromString,
+                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.Rollout.SerializeToString,
+            ),
+            'ChangeRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeRollout,
+                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ChangeRolloutRequest.FromString,
+                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.Rollout.SerializeToString,
+            ),
+            'ListRollouts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRollouts,
+                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ListRolloutsRequest.FromString,
+                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.ListRolloutsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -872,6 +925,87 @@ class Assigner:
             '/brunoise.v1.Assigner/ClearQuarantine',
             brunoise_dot_v1_dot_assigner__pb2.ClearQuarantineRequest.SerializeToString,
             brunoise_dot_v1_dot_assigner__pb2.ClearQuarantineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brunoise.v1.Assigner/StartRollout',
+            brunoise_dot_v1_dot_assigner__pb2.StartRolloutRequest.SerializeToString,
+            brunoise_dot_v1_dot_assigner__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brunoise.v1.Assigner/ChangeRollout',
+            brunoise_dot_v1_dot_assigner__pb2.ChangeRolloutRequest.SerializeToString,
+            brunoise_dot_v1_dot_assigner__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRollouts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brunoise.v1.Assigner/ListRollouts',
+            brunoise_dot_v1_dot_assigner__pb2.ListRolloutsRequest.SerializeToString,
+            brunoise_dot_v1_dot_assigner__pb2.ListRolloutsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -257,20 +257,32 @@ class SliceLoad(_message.Message):
     def __init__(self, slice: _Optional[_Union[Slice, _Mapping]] = ..., load: _Optional[float] = ..., top_keys: _Optional[_Iterable[_Union[KeyCount, _Mapping]]] = ..., requests: _Optional[int] = ..., misrouted: _Optional[int] = ...) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("pod_id", "target", "engine", "slices", "seq", "unix_ms")
+    __slots__ = ("pod_id", "target", "engine", "slices", "seq", "unix_ms", "outcomes")
     POD_ID_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     SLICES_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     pod_id: str
     target: str
     engine: EngineLoad
     slices: _containers.RepeatedCompositeFieldContainer[SliceLoad]
     seq: int
     unix_ms: int
-    def __init__(self, pod_id: _Optional[str] = ..., target: _Optional[str] = ..., engine: _Optional[_Union[EngineLoad, _Mapping]] = ..., slices: _Optional[_Iterable[_Union[SliceLoad, _Mapping]]] = ..., seq: _Optional[int] = ..., unix_ms: _Optional[int] = ...) -> None: ...
+    outcomes: RequestOutcomes
+    def __init__(self, pod_id: _Optional[str] = ..., target: _Optional[str] = ..., engine: _Optional[_Union[EngineLoad, _Mapping]] = ..., slices: _Optional[_Iterable[_Union[SliceLoad, _Mapping]]] = ..., seq: _Optional[int] = ..., unix_ms: _Optional[int] = ..., outcomes: _Optional[_Union[RequestOutcomes, _Mapping]] = ...) -> None: ...
+
+class RequestOutcomes(_message.Message):
+    __slots__ = ("requests", "errors", "ttft_ms_buckets")
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    TTFT_MS_BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    requests: int
+    errors: int
+    ttft_ms_buckets: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, requests: _Optional[int] = ..., errors: _Optional[int] = ..., ttft_ms_buckets: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CacheSummary(_message.Message):
     __slots__ = ("chunk_bytes", "prefix_hashes", "blocks_total", "blocks_used", "epoch")

@@ -180,8 +180,9 @@ class SimConfig:
     #: KV events kept in memory for inspection (``SimEngine.kv_events``).
     kv_events_kept: int = 10_000
     #: Test hook, off unless set: a prompt containing this text crashes the engine (``fault_mode`` "crash": the
-    #: process exits at once, as vLLM's server does when its engine core dies) or hangs it ("hang": no step runs
-    #: again, every request on the pod stalls).
+    #: process exits at once, as vLLM's server does when its engine core dies), hangs it ("hang": no step runs
+    #: again, every request on the pod stalls) or fails that request alone with a 500 ("error": the engine stays up;
+    #: the share of such prompts a client sends is the pod's injected error rate, e.g. for a rollout's SLO).
     fault_marker: str | None = None
     fault_mode: str = "crash"
 
@@ -204,8 +205,8 @@ class SimConfig:
             raise ValueError(f"eos_probability must be in [0, 1], got {self.eos_probability!r}")
         if not self.model:
             raise ValueError("model must be a non-empty name")
-        if self.fault_mode not in ("crash", "hang") or self.fault_marker == "":
-            raise ValueError("fault_mode must be crash or hang, and fault_marker non-empty when set")
+        if self.fault_mode not in ("crash", "hang", "error") or self.fault_marker == "":
+            raise ValueError("fault_mode must be crash, hang or error, and fault_marker non-empty when set")
         if self.kv_blocks * BLOCK_TOKENS < self.max_model_len:
             raise ValueError(
                 f"kv_blocks={self.kv_blocks} holds {self.kv_blocks * BLOCK_TOKENS} tokens, fewer than "
@@ -698,6 +699,12 @@ class SimEngine(Engine):
 
     def _fault(self, request_id: str) -> None:
         """The test hook fired (``SimConfig.fault_marker``): crash the process or hang the step loop."""
+        if self.config.fault_mode == "error":
+            raise EngineError(
+                f"simulated engine error on request {request_id} (test hook --fault-marker)",
+                status=500,
+                code="InternalServerError",
+            )
         log.error("simulated engine fault (%s) on request %s", self.config.fault_mode, request_id)
         if self.config.fault_mode == "crash":
             logging.shutdown()

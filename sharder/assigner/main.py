@@ -34,6 +34,7 @@ from sharder.telemetry import setup_logging, setup_tracing, shutdown_tracing
 from .hub import WatchHub
 from .leader import Leader, load_policy
 from .metrics import AssignerMetrics, serve_metrics
+from .rollouts import RolloutDriver, Rollouts
 from .service import MAX_REPORT_BYTES, AssignerService, add_to_server
 from .settings import build_parser, parse_settings
 from .state import PodLoadView
@@ -210,7 +211,8 @@ async def serve(args: argparse.Namespace) -> None:
         targets_from_reports=args.targets_from_reports,
         metrics=metrics,
     )
-    service = AssignerService(store, leader, hub, credentials=credentials)
+    rollouts = RolloutDriver(Rollouts(store), leader, view, interval_s=args.rollout_interval)
+    service = AssignerService(store, leader, hub, credentials=credentials, rollout_driver=rollouts)
     add_to_server(service, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -234,6 +236,7 @@ async def serve(args: argparse.Namespace) -> None:
         metrics_runner, mport = await serve_metrics(metrics, leader.led, hub, args.host, args.metrics_port)
         ready["metrics"] = f"http://{args.host}:{mport}/metrics"
     leader.start()
+    rollouts.start()
     log.warning("assigner %s serving on %s (store %s)", ident, address, args.store)
     if args.ready_file:
         write_ready_file(args.ready_file, ready)
@@ -242,6 +245,7 @@ async def serve(args: argparse.Namespace) -> None:
     log.warning("assigner %s stopping", ident)
     await health.enter_graceful_shutdown()
     hub.close()
+    await rollouts.stop()
     await leader.stop()
     for t in tasks:
         t.cancel()

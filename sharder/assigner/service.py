@@ -13,6 +13,7 @@ import grpc
 
 from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
 from sharder import codec
+from sharder import rollout as ro
 from sharder.assignment import Assignment, check_invariants, initial_assignment
 from sharder.errors import BrunoiseError, LoadReportError, OverrideError
 from sharder.keyspace import Slice, check_slice_key, slice_key
@@ -35,6 +36,7 @@ from .quotas import (
     returned_from_proto,
     status_to_proto,
 )
+from .rollouts import RolloutDriver, Rollouts, rollout_to_proto, slo_from_proto
 from .status import FailedPrecondition, InvalidArgument, NotFound, OutOfRange, ResourceExhausted, streaming, unary
 
 log = logging.getLogger(__name__)
@@ -79,13 +81,23 @@ def describe_override(o: Override) -> str:
 class AssignerService(assigner_pb2_grpc.AssignerServicer):
     """Every Assigner RPC. Reads are served by any replica (from the store); writes only by the leader."""
 
-    def __init__(self, store: Store, leader: Leader, hub: WatchHub, *, credentials: Credentials | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        leader: Leader,
+        hub: WatchHub,
+        *,
+        credentials: Credentials | None = None,
+        rollout_driver: RolloutDriver | None = None,
+    ) -> None:
         self.store = store
         self.leader = leader
         self.hub = hub
         self.credentials = credentials
         self.quotas = QuotaLedgers(store)
         self.quarantines = Quarantines(store)
+        self.rollouts = rollout_driver.rollouts if rollout_driver is not None else Rollouts(store)
+        self.rollout_driver = rollout_driver
 
     # helpers ------------------------------------------------------------------------------------
     async def _stored(self, target: str) -> slicing_pb2.Assignment:
@@ -503,6 +515,72 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
         log.info("quarantine cleared", extra={"target": request.target, "cleared": n,
                                                "by": str(current_principal(context, self.credentials))})  # fmt: skip
         return assigner_pb2.ClearQuarantineResponse(cleared=n)
+
+    # model-version rollouts (any replica: every record change is a CAS in the store; the leader steps them) ----------
+    def _rollout_proto(self, r: ro.Rollout) -> assigner_pb2.Rollout:
+        d = self.rollout_driver
+        window = d.last_window.get(r.model) if d is not None and self.leader.is_leader and r.active else None
+        return rollout_to_proto(r, window)
+
+    @unary
+    async def StartRollout(self, request: assigner_pb2.StartRolloutRequest, context: Ctx) -> assigner_pb2.Rollout:
+        if not request.model or not request.blue or not request.green:
+            raise InvalidArgument("model, blue and green are required")
+        known = set(await self.store.list_targets())
+        for what in (request.blue, request.green):
+            if what not in known:
+                raise NotFound(f"unknown target {what!r}; ListTargets shows the targets (configure green first)")
+        slo = slo_from_proto(request.slo, request.HasField("slo"))
+        steps = tuple(request.steps) or ro.CANARY_STEPS
+
+        def begin(cur: ro.Rollout | None, now: int) -> ro.Rollout:
+            try:
+                return ro.start(request.model, request.blue, request.green, now, steps=steps, slo=slo,
+                                step_interval_s=request.step_interval_s or 10.0, previous=cur)  # fmt: skip
+            except ro.RolloutError as e:
+                if e.field == "model":
+                    raise FailedPrecondition(e.message) from None
+                raise
+
+        r = await self.rollouts.update(request.model, begin)
+        assert r is not None
+        log.warning(
+            "rollout started", extra={"model": r.model, "by": str(current_principal(context, self.credentials))}
+        )
+        return self._rollout_proto(r)
+
+    @unary
+    async def ChangeRollout(self, request: assigner_pb2.ChangeRolloutRequest, context: Ctx) -> assigner_pb2.Rollout:
+        A = assigner_pb2.ChangeRolloutRequest
+        moves = {A.PAUSE: ro.pause, A.RESUME: ro.resume, A.PROMOTE: ro.promote, A.ROLLBACK: ro.rollback}
+        move = moves.get(request.action)
+        if move is None:
+            raise InvalidArgument("action must be PAUSE, RESUME, PROMOTE or ROLLBACK")
+        who = str(current_principal(context, self.credentials))
+        reason = request.reason or f"{A.Action.Name(request.action).lower()} by {who}"
+
+        def apply(cur: ro.Rollout | None, now: int) -> ro.Rollout:
+            if cur is None:
+                raise NotFound(f"model {request.model!r} has no rollout; ListRollouts shows them")
+            try:
+                return move(cur, now, reason)
+            except ro.RolloutError as e:
+                raise FailedPrecondition(e.message) from None
+
+        r = await self.rollouts.update(request.model, apply)
+        assert r is not None
+        return self._rollout_proto(r)
+
+    @unary
+    async def ListRollouts(
+        self, request: assigner_pb2.ListRolloutsRequest, context: Ctx
+    ) -> assigner_pb2.ListRolloutsResponse:
+        if request.model:
+            one = await self.rollouts.get(request.model)
+            found = [one] if one is not None else []
+        else:
+            found = await self.rollouts.list()
+        return assigner_pb2.ListRolloutsResponse(rollouts=[self._rollout_proto(r) for r in found])
 
 
 def _watch_serializer(resp: bytes | assigner_pb2.WatchResponse) -> bytes:

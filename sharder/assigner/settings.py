@@ -49,6 +49,7 @@ class AssignerSettings(BaseSettings):
     )  # fmt: skip
     port: int = Field(0, description="gRPC port (0: any free port)")
     round_interval: float = Field(2.0, gt=0, description="seconds between policy rounds")
+    rollout_interval: float = Field(1.0, gt=0, description="seconds between the leader's rollout passes (SLO, steps)")
     lease_ttl: float = Field(5.0, gt=0, description="leader lease and default pod lease TTL, seconds")
     report_interval: float = Field(1.0, gt=0, description="report interval told to pods, seconds")
     metrics_port: int | None = Field(

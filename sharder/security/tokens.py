@@ -43,6 +43,9 @@ ASSIGNER_RPC_ROLES: Mapping[str, frozenset[Role]] = {
     "ReportKeyFault": frozenset({Role.READER, Role.ADMIN}),
     "ListQuarantines": frozenset({Role.READER, Role.ADMIN}),
     "ClearQuarantine": frozenset({Role.ADMIN}),
+    "StartRollout": frozenset({Role.ADMIN}),
+    "ChangeRollout": frozenset({Role.ADMIN}),
+    "ListRollouts": frozenset({Role.READER, Role.ADMIN}),
 }
 
 

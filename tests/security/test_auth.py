@@ -105,6 +105,9 @@ def _request(rpc: str) -> Any:
         "ReportKeyFault": assigner_pb2.ReportKeyFaultRequest(target="t", slice_key=1, pod_id="p0", cause="network"),
         "ListQuarantines": assigner_pb2.ListQuarantinesRequest(),
         "ClearQuarantine": assigner_pb2.ClearQuarantineRequest(all=True),
+        "StartRollout": assigner_pb2.StartRolloutRequest(model="m", blue="t", green="t2"),
+        "ChangeRollout": assigner_pb2.ChangeRolloutRequest(model="m", action=assigner_pb2.ChangeRolloutRequest.ROLLBACK),
+        "ListRollouts": assigner_pb2.ListRolloutsRequest(),
     }[rpc]
 
 
