@@ -19,7 +19,7 @@ from typing import Protocol
 
 from axon_router.cost import CostModel, Limits, PickInput, Scored
 from axon_router.knobs import Knobs
-from axon_router.pick import FALLBACK, HELD, SPILL, SUBSET, Candidates, PickPolicy
+from axon_router.pick import FALLBACK, HELD, OVERFLOW, SPILL, SUBSET, Candidates, PickPolicy
 from axon_router.pod_view import PodView
 
 
@@ -30,6 +30,7 @@ class Priority(enum.IntEnum):
 
 class Outcome(enum.Enum):
     IN_SUBSET = "in_subset"
+    OVERFLOW = "overflow"  # the subset over the fleet-wide bounded-load cap: a pod outside takes the new session
     HELD = "held"  # the session's pod outside its subset (its slice moved away): its cache is there
     SPILL = "spill"  # every subset pod over its limit: best eligible pod outside the subset
     FALLBACK = "fallback"  # no usable subset pod (none assigned, unhealthy, or none with the labels)
@@ -37,7 +38,7 @@ class Outcome(enum.Enum):
     UNAVAILABLE = "unavailable"  # no healthy eligible pod at all
 
 
-_OUTCOME_OF_TIER = {HELD: Outcome.HELD, SUBSET: Outcome.IN_SUBSET, SPILL: Outcome.SPILL, FALLBACK: Outcome.FALLBACK}
+_OUTCOME_OF_TIER = {OVERFLOW: Outcome.OVERFLOW, HELD: Outcome.HELD, SUBSET: Outcome.IN_SUBSET, SPILL: Outcome.SPILL, FALLBACK: Outcome.FALLBACK}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -41,7 +41,7 @@ class Knobs:
     """How long the router remembers that it sent a prefix chunk to a pod (recent-routing memory)."""
     prefix_memory_max: int = 8192
     """Prefix chunks remembered per pod (oldest forgotten first)."""
-    max_prefix_chunks: int = 256
+    max_prefix_chunks: int = 2048
     """Prompt chunks hashed per request for the hit estimate (bounds the per-request hashing cost)."""
 
     # --- cost model: estimated TTFT ------------------------------------------------------------
@@ -87,6 +87,10 @@ class Knobs:
     sticky: bool = True
     """A session stays on the subset pod holding its cache unless that pod's estimated TTFT exceeds the best
     by more than the uncached prefill it would save (false: the lowest estimated TTFT always wins)."""
+    fleet_cap: float = 1.25
+    """Bounded load across the fleet: a new session whose subset pods are all above ceil(fleet_cap x (every
+    eligible pod's outstanding requests + 1) / pods) + 1 goes to the best pod outside the subset under that cap
+    (the overflow tier; the held tier keeps it there for its later turns). 0: off (the subset only)."""
     sticky_weight: float = 1.0
     """How much the sticky rule values the prefill a session's cache saves: the session stays unless its pod's
     estimated TTFT exceeds the best by more than this times that prefill (>= 1: moving a session also

@@ -13,6 +13,7 @@ from axon_router.pod_view import PodView
 
 HELD = "held"  # the pod outside the subset that holds the session's cache (its slice moved away), when sticky
 SUBSET = "subset"
+OVERFLOW = "overflow"  # pods outside the subset under the fleet-wide cap, when every subset pod is over it
 SPILL = "spill"  # pods outside the subset, when every subset pod is over its admission limits
 FALLBACK = "fallback"  # pods outside the subset, when no subset pod is usable at all
 
@@ -137,6 +138,16 @@ class CostPick:
                 if held is not None:
                     tiers.append(Tier(HELD, (held,)))
                     rule = RULE_HELD
+            if self.k.fleet_cap > 0 and ok_out and rule not in (RULE_STICKY, RULE_ESCAPE, RULE_HELD):
+                # one request of slack over the bounded-load cap: at low load (a mean under one request) the
+                # cap alone is 1, and every second request would leave its subset's warm prompt
+                cap = load_cap([s.outstanding for s in sub] + [s.outstanding for s in out], self.k.fleet_cap) + 1
+                if all(s.outstanding + 1 > cap for s in ranked):
+                    under = [s for s in ok_out if s.outstanding + 1 <= cap]
+                    if under:
+                        tiers.append(
+                            Tier(OVERFLOW, tuple(rank_by_cost(under, request.slice_key, self.k.tie_epsilon_s)))
+                        )
             tiers.append(Tier(SUBSET, tuple(ranked)))
         if ok_out:
             name = SPILL if candidates.subset else FALLBACK

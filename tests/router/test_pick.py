@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from axon_router.cost import Limits, PickInput
 from axon_router.knobs import Knobs
-from axon_router.pick import FALLBACK, HELD, SPILL, SUBSET, Candidates, CostPick, load_cap, rank_by_cost
+from axon_router.pick import FALLBACK, HELD, OVERFLOW, SPILL, SUBSET, Candidates, CostPick, load_cap, rank_by_cost
 from axon_router.pod_view import PodView
 from sharder.prefix import prefix_hashes
 
@@ -210,3 +210,32 @@ def test_a_new_session_never_goes_outside_for_a_shared_prefix_alone() -> None:
     req = request(3, shared + " a new question", session_chunks=len(prefix_hashes(shared)) + 1)
     r = CostPick(K).choose_replicas(req, Candidates(["a"], ["o"]), vs, 0.0)
     assert r.first() is not None and r.tiers[0].name == SUBSET and r.ids()[0] == ["a"]
+
+
+def test_a_new_session_overflows_its_subset_only_past_the_fleet_cap() -> None:
+    """Failure mode: a hot tenant's new sessions piled onto its two subset pods while the rest of the fleet sat
+    idle, until the assigner reacted rounds later."""
+    shared = DOC[:2000]
+    for fleet_cap, busy, want_tier in ((1.25, 6, OVERFLOW), (0.0, 6, SUBSET), (1.25, 1, SUBSET)):
+        vs = views("a", "b", "o1", "o2")
+        for i in ("a", "b"):
+            vs[i].remember(prefix_hashes(shared), 0.0)
+            decoding(vs[i], busy)
+        pick = CostPick(dataclasses.replace(K, fleet_cap=fleet_cap))
+        req = request(7, shared + " a new session", session_chunks=len(prefix_hashes(shared)) + 1)
+        r = pick.choose_replicas(req, Candidates(["a", "b"], ["o1", "o2"]), vs, 0.0)
+        first = r.first()
+        assert first is not None and first[0] == want_tier, (fleet_cap, busy, r.ids())
+        if want_tier == OVERFLOW:
+            assert first[1].pod.id in ("o1", "o2") and r.tiers[1].name == SUBSET
+    # a running session is not overflowed: its cache keeps it in the subset
+    vs = views("a", "b", "o1", "o2")
+    text = DOC[:3000]
+    held = request(7, text, session_chunks=len(prefix_hashes(text)))
+    for i in ("a", "b"):
+        decoding(vs[i], 6)
+    vs["a"].remember(held.prefix_hashes, 0.0)
+    r = CostPick(dataclasses.replace(K, fleet_cap=1.25)).choose_replicas(
+        held, Candidates(["a", "b"], ["o1", "o2"]), vs, 0.0
+    )
+    assert r.ids()[0][0] == "a" and r.rule == "sticky"
