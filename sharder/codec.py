@@ -49,6 +49,7 @@ _CONFIG_OPTIONAL = (
     "load_smoothing",
     "move_cost_weight",
     "replica_true_load",
+    "warm_deadline_s",
 )
 
 
@@ -117,6 +118,7 @@ def config_to_proto(c: TargetConfig) -> pb.TargetConfig:
         load_smoothing=c.load_smoothing,
         move_cost_weight=c.move_cost_weight,
         replica_true_load=c.replica_true_load,
+        warm_deadline_s=c.warm_deadline_s,
     )
 
 
@@ -207,6 +209,7 @@ def load_report_to_proto(r: LoadReport) -> pb.LoadReport:
         slices=[slice_load_to_proto(s) for s in r.slices],
         seq=r.seq,
         unix_ms=r.unix_ms,
+        warm=[slice_to_proto(s) for s in r.warm],
     )
 
 
@@ -219,6 +222,7 @@ def load_report_from_proto(m: pb.LoadReport) -> LoadReport:
         slices=tuple(slice_load_from_proto(s, f"slices[{i}].slice") for i, s in enumerate(m.slices)),
         seq=m.seq,
         unix_ms=m.unix_ms,
+        warm=tuple(slice_from_proto(s, f"warm[{i}]") for i, s in enumerate(m.warm)),
     ).validate()
 
 
@@ -285,6 +289,7 @@ def slice_assignment_to_proto(sa: SliceAssignment) -> pb.SliceAssignment:
         leaving=list(sa.leaving),
         load=sa.load,
         since_generation=sa.since_generation,
+        warming=list(sa.warming),
     )
 
 
@@ -297,6 +302,7 @@ def slice_assignment_from_proto(m: pb.SliceAssignment, field: str = "slice") -> 
         leaving=tuple(m.leaving),
         load=m.load,
         since_generation=m.since_generation,
+        warming=tuple(m.warming),
     )
 
 

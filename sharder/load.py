@@ -53,6 +53,8 @@ class LoadReport:
     slices: tuple[SliceLoad, ...] = ()
     seq: int = 0
     unix_ms: int = 0
+    #: Slices this pod was asked to warm and has warmed (or gave up on): the leader clears their warming marks.
+    warm: tuple[Slice, ...] = ()
 
     def validate(self) -> LoadReport:
         """Raise LoadReportError (naming the field) unless the report is usable; return self."""
@@ -84,6 +86,8 @@ class LoadReport:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise LoadReportError(f"{name} must be an int >= 0, got {v!r}", field=name)
+        if len(self.warm) > MAX_SLICES_PER_REPORT or not all(type(s) is Slice for s in self.warm):
+            raise LoadReportError(f"warm must hold at most {MAX_SLICES_PER_REPORT} Slices", field="warm")
         slices = self.slices
         if len(slices) > MAX_SLICES_PER_REPORT:
             raise LoadReportError(
