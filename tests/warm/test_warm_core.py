@@ -47,7 +47,7 @@ def test_a_replica_that_gains_a_slice_is_warming_and_the_warm_ones_are_not() -> 
 
 
 def test_marks_carry_over_rounds_until_cleared_by_a_report() -> None:
-    a, b, drained = _drain_p0()
+    _, b, drained = _drain_p0()
     c = reshard(b, drained, [])  # p0 no longer leaving; nobody reported warm yet
     marked = [(sa.slice, sa.warming) for sa in c.slices if sa.warming]
     assert marked == [(sa.slice, sa.warming) for sa in b.slices if sa.warming]
@@ -134,4 +134,6 @@ def test_codec_round_trips_warming_and_the_deadline() -> None:
     msg = codec.config_to_proto(b.config)
     msg.ClearField("warm_deadline_s")
     assert codec.config_from_proto(msg).warm_deadline_s == TargetConfig("t").warm_deadline_s
-    assert isinstance(codec.slice_assignment_to_proto(SliceAssignment(b.slices[0].slice, ("p1",))), slicing_pb2.SliceAssignment)
+    assert isinstance(
+        codec.slice_assignment_to_proto(SliceAssignment(b.slices[0].slice, ("p1",))), slicing_pb2.SliceAssignment
+    )
