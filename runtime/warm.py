@@ -89,12 +89,6 @@ class PromptLog:
         return out
 
 
-def _messages(request: EngineRequest) -> Messages | None:
-    if request.messages is None:
-        return None
-    return tuple((str(m.get("role", "user")), str(m.get("content", ""))) for m in request.messages)
-
-
 class WarmMetrics:
     """``brunoise_runtime_warmup_*`` on a private registry, appended to the pod's ``/metrics``. The prefill
     counters let a reader take warm-up traffic out of vLLM's own ``prefix_cache_*`` counters (which count it)."""
@@ -128,8 +122,13 @@ class RecordingEngine(EngineProxy):
 
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineChunk]:
         if request.slice_key is not None:
-            self.prompt_log.record(request.slice_key, request.prompt, _messages(request))
+            self.record_prompt(request.slice_key, request.prompt, request.messages)
         return self.inner.generate(request)
+
+    def record_prompt(self, key: int, prompt: str | None, messages: Sequence[Mapping[str, object]] | None) -> None:
+        """Log one keyed request (the request path, and a vLLM pod's raw passthrough in ``runtime.proxy``)."""
+        msgs = None if messages is None else tuple((str(m.get("role", "user")), str(m.get("content", ""))) for m in messages)
+        self.prompt_log.record(key, prompt, msgs)
 
     async def metrics_text(self) -> str:
         return await self.inner.metrics_text() + self.warm_metrics.text()
