@@ -17,7 +17,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from brunoise.v1 import inference_pb2, runtime_pb2, runtime_pb2_grpc, slicing_pb2
-from runtime.engines.base import Engine, EngineChunk, EngineProxy, EngineRequest, SamplingParams
+from runtime.engines.base import Engine, EngineChunk, EngineError, EngineProxy, EngineRequest, SamplingParams
 from sharder.keyspace import Slice
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,12 @@ ENTRY_BYTES = 256 << 10
 #: A HotPrompts answer: at most this many prompts and bytes unless the caller asks for fewer.
 ANSWER_PROMPTS = 32
 ANSWER_BYTES = 4 << 20
-#: Prefills a warmer runs at once.
-WARM_CONCURRENCY = 4
+#: What a warmer asks its donors for, per slice: few prompts, since each is prefilled on an engine that is
+#: serving (and must fit its KV cache beside the live sessions).
+WARM_PROMPTS = 4
+WARM_BYTES = 16 << 10
+#: No warm-up prefill while the engine's KV usage is above this.
+WARM_MAX_KV_USAGE = 0.8
 _WARM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
 
 Messages = tuple[tuple[str, str], ...]
@@ -156,10 +160,14 @@ def hot_prompts_response(pod_id: str, log_: PromptLog, request: runtime_pb2.HotP
 
 
 class Warmer:
-    """Warms the slices the assigner marks warming on this pod: asks each donor runtime in turn (HotPrompts, with
-    this pod's token) for its hottest prompts in the slice, prefills them on ``engine`` (max_tokens=1, no slice key:
-    not counted as the slice's load), then calls ``done(slice)`` — also when no donor answers or ``timeout_s``
-    passes, so a mark never outlives its use (the assigner's deadline is the backstop)."""
+    """Warms the slices the assigner marks warming on this pod, one prompt at a time (a prefill competes with live
+    requests for the engine, and a big one stalls every request behind it): for each slice, in the order they
+    came, asks its donor runtimes (HotPrompts, with this pod's token) for their hottest prompts in the slice —
+    leaving pods first, since their sessions are the ones that must move — up to ``max_prompts`` and
+    ``max_bytes``, prefills them on ``engine`` (max_tokens=1, no slice key: not the slice's load), then calls
+    ``done(slice)``; also when no donor answers, when the engine's KV usage is above ``max_kv_usage`` (warming
+    must not evict live sessions) or when ``timeout_s`` since the mark has passed, so a mark never outlives its
+    use (the assigner's deadline is the backstop)."""
 
     def __init__(
         self,
@@ -170,6 +178,9 @@ class Warmer:
         metrics: WarmMetrics,
         timeout_s: float = 5.0,
         rpc_timeout_s: float = 2.0,
+        max_prompts: int = WARM_PROMPTS,
+        max_bytes: int = WARM_BYTES,
+        max_kv_usage: float = WARM_MAX_KV_USAGE,
     ) -> None:
         self.engine = engine
         self.metadata = tuple(metadata)
@@ -177,33 +188,41 @@ class Warmer:
         self.metrics = metrics
         self.timeout_s = timeout_s
         self.rpc_timeout_s = rpc_timeout_s
-        self._tasks: dict[Slice, asyncio.Task[None]] = {}
+        self.max_prompts, self.max_bytes, self.max_kv_usage = max_prompts, max_bytes, max_kv_usage
+        self._queue: asyncio.Queue[tuple[Slice, tuple[str, ...], float]] = asyncio.Queue()
+        self._known: set[Slice] = set()
+        self._worker: asyncio.Task[None] | None = None
         self.warmed: list[tuple[Slice, int]] = []  # (slice, prompts prefilled), for tests and logs
 
     def want(self, tasks: Mapping[Slice, Sequence[str]]) -> None:
-        """The slices to warm now and their donors (from the latest report answer); starts what is new."""
+        """The slices to warm now and their donors (from the latest report answer); queues what is new."""
+        now = time.monotonic()
         for s, donors in tasks.items():
-            if s not in self._tasks:
-                self._tasks[s] = asyncio.create_task(self._warm(s, tuple(donors)), name=f"warm-{s.lo:016x}")
-        for s in [s for s, t in self._tasks.items() if t.done() and s not in tasks]:
-            del self._tasks[s]  # forgotten once the assigner stops asking: a later mark warms again
+            if s not in self._known:  # queued or being warmed (a warmed one is no longer asked for: the slicelet
+                self._known.add(s)  # reports it warm instead)
+                self._queue.put_nowait((s, tuple(donors), now + self.timeout_s))
+        if self._worker is None and self._known:
+            self._worker = asyncio.create_task(self._work(), name="warmer")
 
     async def stop(self) -> None:
-        tasks = list(self._tasks.values())
-        self._tasks.clear()
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
+        w, self._worker = self._worker, None
+        if w is not None:
+            w.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+                await w
 
-    async def _warm(self, s: Slice, donors: tuple[str, ...]) -> None:
+    async def _work(self) -> None:
+        while True:
+            s, donors, deadline = await self._queue.get()
+            await self._warm(s, donors, deadline)
+
+    async def _warm(self, s: Slice, donors: tuple[str, ...], deadline: float) -> None:
         m = self.metrics
         m.started.inc()
         t0 = time.monotonic()
         n = 0
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout_at(asyncio.get_running_loop().time() + max(0.0, deadline - t0)):
                 prompts = await self._ask(s, donors)
                 if prompts is None:
                     m.failed.inc()
@@ -212,17 +231,27 @@ class Warmer:
                     m.completed.inc()
         except TimeoutError:
             m.timed_out.inc()
-            log.info("warm-up of %s timed out after %.1f s", s, self.timeout_s)
+            log.info("warm-up of %s timed out (%.1f s after its mark)", s, self.timeout_s)
         except Exception:
             m.failed.inc()
             log.exception("warm-up of %s failed", s)
         m.duration.observe(time.monotonic() - t0)
         self.warmed.append((s, n))
+        self._known.discard(s)
         self.done(s)
 
     async def _ask(self, s: Slice, donors: tuple[str, ...]) -> list[Any] | None:
-        req = runtime_pb2.HotPromptsRequest(slice=slicing_pb2.Slice(lo=s.lo, hi=s.hi % 2**64))
+        """Prompts from the donors in order until the budget is spent; None when no donor answered."""
+        out: list[Any] = []
+        seen: set[int] = set()
+        budget_n, budget_b = self.max_prompts, self.max_bytes
+        answered = False
         for addr in donors:
+            if budget_n <= 0 or budget_b <= 0:
+                break
+            req = runtime_pb2.HotPromptsRequest(
+                slice=slicing_pb2.Slice(lo=s.lo, hi=s.hi % 2**64), max_prompts=budget_n, max_bytes=budget_b
+            )
             async with grpc.aio.insecure_channel(addr) as ch:  # runtimes serve plaintext gRPC on their network
                 stub = runtime_pb2_grpc.RuntimeStub(ch)  # type: ignore[no-untyped-call]
                 try:
@@ -230,36 +259,46 @@ class Warmer:
                 except grpc.aio.AioRpcError as exc:
                     log.info("warm-up of %s: donor %s: %s %s", s, addr, exc.code().name, exc.details())
                     continue
-                return list(resp.prompts)
-        return None
+            answered = True
+            for hp in resp.prompts:
+                if hp.slice_key in seen:
+                    continue
+                seen.add(hp.slice_key)
+                out.append(hp)
+                budget_n -= 1
+                budget_b -= len(hp.prompt) + sum(len(x.role) + len(x.content) for x in hp.messages.messages)
+        return out if answered else None
 
     async def _prefill(self, prompts: Sequence[Any]) -> int:
-        sem = asyncio.Semaphore(WARM_CONCURRENCY)
         m = self.metrics
-
-        async def one(hp: Any) -> int:
-            async with sem:
-                req = EngineRequest(
-                    request_id=f"warm-{uuid.uuid4().hex}",
-                    prompt=hp.prompt if hp.WhichOneof("input") == "prompt" else None,
-                    messages=[{"role": x.role, "content": x.content} for x in hp.messages.messages]
-                    if hp.WhichOneof("input") == "messages"
-                    else None,
-                    sampling=SamplingParams(max_tokens=1),
-                )
-                if req.prompt is None and not req.messages:
-                    return 0
-                m.requests.inc()
-                last: EngineChunk | None = None
+        n = 0
+        for hp in prompts:
+            if self.engine.load().kv_usage > self.max_kv_usage:
+                break  # the pod is busy: warming now would evict what its live sessions use
+            which = hp.WhichOneof("input")
+            req = EngineRequest(
+                request_id=f"warm-{uuid.uuid4().hex}",
+                prompt=hp.prompt if which == "prompt" else None,
+                messages=[{"role": x.role, "content": x.content} for x in hp.messages.messages]
+                if which == "messages"
+                else None,
+                sampling=SamplingParams(max_tokens=1),
+            )
+            if req.prompt is None and not req.messages:
+                continue
+            m.requests.inc()
+            last: EngineChunk | None = None
+            try:
                 async for c in self.engine.generate(req):
                     last = c
-                if last is not None:
-                    m.queries.inc(last.prompt_tokens)
-                    m.hits.inc(last.cached_tokens)
-                return 1
-
-        done = await asyncio.gather(*(one(hp) for hp in prompts), return_exceptions=True)
-        return sum(d for d in done if isinstance(d, int))
+            except EngineError as exc:
+                log.info("warm-up prefill refused: %s", exc.message)
+                continue
+            if last is not None:
+                m.queries.inc(last.prompt_tokens)
+                m.hits.inc(last.cached_tokens)
+            n += 1
+        return n
 
 
 __all__ = ["PromptLog", "RecordingEngine", "WarmMetrics", "Warmer", "hot_prompts_response"]

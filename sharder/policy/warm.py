@@ -77,11 +77,12 @@ def clear_warming(
 
 
 def warming_of(assignment: Assignment, pod_id: str) -> list[tuple[SliceAssignment, tuple[str, ...]]]:
-    """The slices ``pod_id`` warms, each with the warm holders to warm it from (warm replicas, then leaving)."""
+    """The slices ``pod_id`` warms, each with the warm holders to warm it from: leaving pods first (their sessions
+    are the ones that must find a new cache), then the warm replicas."""
     out = []
     for sa in assignment.slices:
         if pod_id in sa.warming:
-            donors = tuple(p for p in sa.warm_replicas() if p != pod_id) + tuple(sa.leaving)
+            donors = tuple(sa.leaving) + tuple(p for p in sa.warm_replicas() if p != pod_id)
             out.append((sa, donors))
     return out
 

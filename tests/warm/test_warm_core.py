@@ -99,7 +99,7 @@ def test_all_replicas_warming_is_still_routable() -> None:
     sa = b.lookup(0)
     assert sa.replicas == ("p1",) and sa.warming == ("p1",) and sa.leaving == ("p0",)
     assert sa.warm_replicas() == ()
-    assert warming_of(b, "p1") == [(sa, ("p0",))]
+    assert warming_of(b, "p1") == [(sa, ("p0",))]  # the leaving pod is the donor
 
 
 def test_split_children_keep_the_parents_marks() -> None:
