@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
+
 from axon_router.knobs import Knobs
 from axon_router.pod_view import PodView
 from axon_router.targets import new_session_replicas
@@ -85,3 +89,21 @@ def test_hot_prompts_answer_carries_prompts_and_chat_messages() -> None:
     assert first.slice_key == 6 and first.weight == 2.0
     assert [(m.role, m.content) for m in first.messages.messages] == [("user", "hi"), ("assistant", "yo"), ("user", "more")]
     assert second.WhichOneof("input") == "prompt" and second.prompt == "plain prompt"
+
+
+def test_brunoise_slices_shows_the_warming_state(capsys: pytest.CaptureFixture[str]) -> None:
+    from brunoise.cli.admin import _print_slices
+    from brunoise.cli.client import slice_dict
+    from sharder import codec
+    from sharder.assignment import initial_assignment
+    from sharder.config import TargetConfig
+    from sharder.pods import Pod
+
+    a = initial_assignment(TargetConfig("t", min_replicas=2, initial_slices=2), [Pod("a", "x"), Pod("b", "y")])
+    a = dataclasses.replace(a, slices=(dataclasses.replace(a.slices[0], warming=("b",)), a.slices[1]))
+    msg = codec.assignment_to_proto(a)
+    _print_slices(msg)
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if "a,b" in line]
+    assert "warming" in rows[0] and "b*" in rows[0] and "stable" in rows[1]
+    assert slice_dict(msg.slices[0])["warming"] == ["b"] and slice_dict(msg.slices[1])["warming"] == []
