@@ -36,7 +36,7 @@ from axon_router.quarantine import FAULT_CAUSES, KeyGuard
 from axon_router.quota import QuotaGate, QuotaTicket, used_tokens
 from axon_router.rollout import RolloutView
 from axon_router.routing_key import RouteRequest
-from axon_router.targets import ClerkLike, TargetState, TargetTable
+from axon_router.targets import ClerkLike, TargetState, TargetTable, new_session_replicas
 
 log = logging.getLogger("axon_router")
 
@@ -260,7 +260,12 @@ class Router:
                     f"deadline exceeded after {f.attempts} attempt(s)" + (f": {last.message}" if last else ""),
                     code="deadline_exceeded",
                 )
-            subset = self._usable(ts, sa.replicas, elig_ids, tried, now)
+            # warming replicas take no new session while a warm one can (targets.new_session_replicas); retries
+            # may use every replica
+            starts = new_session_replicas(sa, ts.pods, pin.prefix_hashes, pin.session_chunks, now, k)
+            subset = self._usable(ts, starts if f.attempts == 0 else sa.replicas, elig_ids, tried, now)
+            if not subset and starts is not sa.replicas:
+                subset = self._usable(ts, sa.replicas, elig_ids, tried, now)
             if not subset and sa.leaving:
                 subset = self._usable(ts, sa.leaving, elig_ids, tried, now)
             outside = [

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from axon_router.errors import BadRequest, NotFound
 from axon_router.knobs import Knobs
 from axon_router.metrics import RouterMetrics
+from axon_router.pick import load_cap
 from axon_router.pod_view import PodView
 from axon_router.routing_key import RouteRequest
 from sharder.keyspace import key_parts
@@ -62,6 +63,34 @@ class TargetState:
             if len(self._eligible) < MAX_CACHED_LABEL_SETS:
                 self._eligible[key] = hit
         return hit
+
+
+def new_session_replicas(
+    sa: Any, views: Mapping[str, PodView], hashes: Sequence[int], session_chunks: int, now: float, knobs: Knobs
+) -> Sequence[str]:
+    """The replicas of slice ``sa`` a request may start on. Warming replicas (they gained the slice and are still
+    prefilling its hot prompts) take no new session while a warm replica is under the bounded-load cap; a warming
+    replica that already holds this request's session (at least ``session_chunks`` leading chunks) keeps it, so
+    sticky sessions are unaffected. A slice whose replicas all warm, or whose warm ones are all over the cap, is
+    routed to every replica: warming never makes a slice unroutable."""
+    warming = getattr(sa, "warming", ())
+    if not warming:
+        return sa.replicas  # type: ignore[no-any-return]
+    warm = [p for p in sa.replicas if p not in warming and p in views]
+    if not warm:
+        return sa.replicas  # type: ignore[no-any-return]
+    stale = knobs.report_stale_s
+    out = {p: views[p].outstanding(now, stale)[0] for p in sa.replicas if p in views}
+    cap = load_cap(list(out.values()), knobs.load_cap)
+    if not any(out[p] + 1 <= cap for p in warm):
+        return sa.replicas  # type: ignore[no-any-return]
+    need = max(1, session_chunks)
+    return [
+        p
+        for p in sa.replicas
+        if p not in warming
+        or (p in views and hashes and views[p].matched_chunks(hashes, now, knobs.prefix_memory_s) >= need)
+    ]
 
 
 class TargetTable:
@@ -184,6 +213,7 @@ class TargetTable:
             "slice": [sa.slice.lo, sa.slice.hi],
             "replicas": list(sa.replicas),
             "leaving": list(sa.leaving),
+            "warming": list(getattr(sa, "warming", ())),
         }
 
     def pod_states(self, now: float) -> list[dict[str, Any]]:

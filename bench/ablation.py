@@ -29,6 +29,9 @@ ABLATIONS: dict[str, Ablation] = {
         Ablation("no_sticky", "no stickiness escape in the pick", {"sticky": "false"}),
         Ablation("no_calm", "the assigner acts on every round's noise (no hysteresis/cooldown)", {}, {"calm": "false"}),
         Ablation("no_replica_true", "equal replica shares of a slice", {}, {"replica_true_load": "false"}),
+        Ablation(
+            "no_warmup", "no warm-up on reshard: a new replica warms on live traffic", {}, {"warm_deadline_s": "0"}
+        ),
     )
 }
 

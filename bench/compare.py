@@ -501,6 +501,10 @@ class RouterRun:
             "per_phase": per_phase,
             "restart_hit_rate_vs_steady_raw": (restart / steady) if restart is not None and steady else None,
             "restart_hit_rate_vs_steady": restart_rel,
+            # issue 13: the restart phase's p99 TTFT over the steady phase's (the bar: at most 1.3)
+            "restart_ttft_p99_vs_steady": _ratio(
+                per_phase.get(PHASE_RESTART, {}).get("ttft_p99_ms"), per_phase.get(PHASE_STEADY, {}).get("ttft_p99_ms")
+            ),
             "restarts": self.restart_log,
             # the issue's per-phase figures, flat
             "phase_figures": {
@@ -535,6 +539,10 @@ class RouterRun:
                 "history": rounds,
             }
         return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
 
 
 async def run_variant(

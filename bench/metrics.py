@@ -12,6 +12,11 @@ _M_QUERIES = "vllm:prefix_cache_queries_total"
 _M_HITS = "vllm:prefix_cache_hits_total"
 _M_PROMPT = "vllm:prompt_tokens_total"
 _M_SUCCESS = "vllm:request_success_total"
+# A pod's warm-up prefills (runtime.warm) are counted by vLLM's counters too; the benchmark measures the clients'
+# traffic, so they are taken out (what warm-up cost is in the same counters, reported apart).
+_W_QUERIES = "brunoise_runtime_warmup_prefix_cache_queries_total"
+_W_HITS = "brunoise_runtime_warmup_prefix_cache_hits_total"
+_W_REQUESTS = "brunoise_runtime_warmup_requests_total"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -52,11 +57,15 @@ def parse_metrics(text: str) -> Counters:
             continue
         name_part, _, value = line.rpartition(" ")
         name = name_part.split("{", 1)[0].strip()
-        if name in (_M_QUERIES, _M_HITS, _M_PROMPT, _M_SUCCESS):
+        if name in (_M_QUERIES, _M_HITS, _M_PROMPT, _M_SUCCESS, _W_QUERIES, _W_HITS, _W_REQUESTS):
             with contextlib.suppress(ValueError):
                 sums[name] = sums.get(name, 0.0) + float(value)
+    wq = sums.get(_W_QUERIES, 0.0)
     return Counters(
-        sums.get(_M_QUERIES, 0.0), sums.get(_M_HITS, 0.0), sums.get(_M_PROMPT, 0.0), sums.get(_M_SUCCESS, 0.0)
+        sums.get(_M_QUERIES, 0.0) - wq,
+        sums.get(_M_HITS, 0.0) - sums.get(_W_HITS, 0.0),
+        sums.get(_M_PROMPT, 0.0) - wq,
+        sums.get(_M_SUCCESS, 0.0) - sums.get(_W_REQUESTS, 0.0),
     )
 
 

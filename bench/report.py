@@ -36,6 +36,9 @@ ABLATION_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("infl max/mean", "inflight_max_over_mean", "f2"),
     ("pods/sess", "pods_per_session", "f2"),
     ("moves/rnd", "assigner.moves_per_round_steady", "f2"),
+    ("rst/stdy", "restart_hit_rate_vs_steady", "f2"),
+    ("rst/stdy raw", "restart_hit_rate_vs_steady_raw", "f2"),
+    ("rst ttft99/stdy", "restart_ttft_p99_vs_steady", "f2"),
     ("errors", "error_count", "d"),
 )
 

@@ -17,7 +17,10 @@ from grpc_reflection.v1alpha import reflection
 from brunoise.v1 import inference_pb2, runtime_pb2, runtime_pb2_grpc, slicing_pb2
 from runtime.engines.base import Engine, EngineChunk, EngineError, EngineRequest, SamplingParams
 from runtime.http_api import SLICE_KEY_HEADER, FinishHook
+from runtime.warm import PromptLog, WarmMetrics, hot_prompts_response
 from sharder.keyspace import slice_key as app_slice_key
+from sharder.security.interceptor import bearer_token
+from sharder.security.tokens import Credentials, Role
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +75,40 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
         pod_id: str,
         labels: Mapping[str, str] | None = None,
         on_finish: FinishHook | None = None,
+        prompt_log: PromptLog | None = None,
+        warm_metrics: WarmMetrics | None = None,
+        peer_credentials: Credentials | None = None,
     ) -> None:
         self.engine = engine
         self.pod_id = pod_id
         self.labels = dict(labels or {})
         self.on_finish = on_finish
+        self.prompt_log = prompt_log if prompt_log is not None else PromptLog()
+        self.warm_metrics = warm_metrics
+        self.peer_credentials = peer_credentials
+
+    async def hot_prompts_raw(
+        self, raw: bytes, context: grpc.aio.ServicerContext[object, object]
+    ) -> runtime_pb2.HotPromptsResponse:
+        return await self.HotPrompts(await _decode(raw, runtime_pb2.HotPromptsRequest, context), context)
+
+    async def HotPrompts(
+        self, request: runtime_pb2.HotPromptsRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> runtime_pb2.HotPromptsResponse:
+        """A warming peer asks for the prompts this pod served most in a key range. With ``peer_credentials`` only
+        a pod token may ask (the prompts are users' text); without, the call is as open as Generate."""
+        creds = self.peer_credentials
+        if creds is not None:
+            token = bearer_token(context.invocation_metadata())
+            who = creds.authenticate(token) if token else None
+            if who is None:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "HotPrompts needs a pod token (Bearer)")
+            elif who.role is not Role.POD:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{who} may not read prompts; pods only")
+        resp: runtime_pb2.HotPromptsResponse = hot_prompts_response(self.pod_id, self.prompt_log, request)
+        if self.warm_metrics is not None:
+            self.warm_metrics.served.inc(len(resp.prompts))
+        return resp
 
     async def Generate(
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext[object, object]
@@ -225,6 +257,9 @@ class GrpcServer:
             ),
             "GetLoad": grpc.unary_unary_rpc_method_handler(
                 service.get_load_raw, response_serializer=runtime_pb2.GetLoadResponse.SerializeToString
+            ),
+            "HotPrompts": grpc.unary_unary_rpc_method_handler(
+                service.hot_prompts_raw, response_serializer=runtime_pb2.HotPromptsResponse.SerializeToString
             ),
         }
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(RUNTIME_SERVICE, handlers),))

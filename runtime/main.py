@@ -65,6 +65,14 @@ def parser() -> argparse.ArgumentParser:
     add_client_auth_args(p)  # the pod token and CA the slicelet presents to the assigners
     p.add_argument("--report-interval", type=float, default=1.0, help="slicelet load-report interval, seconds")
     p.add_argument("--lease-ttl", type=float, default=5.0, help="slicelet lease TTL, seconds")
+    p.add_argument(
+        "--warm-timeout-s", type=float, default=5.0,
+        help="a slice this pod gains is warmed (a donor's hottest prompts prefilled) for at most this long",
+    )  # fmt: skip
+    p.add_argument(
+        "--peer-credentials", default=None, metavar="FILE",
+        help="the credentials file (as the assigner's): only pod tokens may then read prompts over HotPrompts",
+    )  # fmt: skip
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="HTTP request body limit")
     p.add_argument(
         "--header-timeout-s", type=float, default=DEFAULT_HEADER_TIMEOUT_S,
@@ -152,6 +160,14 @@ async def serve(args: argparse.Namespace) -> int:
         auth = ClientAuth.from_args(args)
     except OSError as e:
         raise SystemExit(f"brunoise-runtime: cannot read the assigner credentials: {e}") from None
+    peers = None
+    if args.peer_credentials:
+        from sharder.security.tokens import Credentials
+
+        try:
+            peers = Credentials.load(args.peer_credentials)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"brunoise-runtime: cannot read --peer-credentials: {e}") from None
     engine = build_engine(args)
     pod = RuntimePod(
         engine,
@@ -171,6 +187,8 @@ async def serve(args: argparse.Namespace) -> int:
         ready_file=args.ready_file,
         auth=auth,
         advertise=args.advertise_host,
+        warm_timeout_s=args.warm_timeout_s,
+        peer_credentials=peers,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -20,11 +20,13 @@ from runtime.grpc_service import GrpcServer, RuntimeService
 from runtime.http_api import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, HttpApi
 from runtime.outcomes import CountedEngine
 from runtime.tracing import TracedEngine
+from runtime.warm import PromptLog, RecordingEngine, Warmer, WarmMetrics
 from sharder.assigner.status import LEADER_METADATA_KEY
 from sharder.pods import PodState
 
 if TYPE_CHECKING:
     from sharder.security.client import ClientAuth
+    from sharder.security.tokens import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +56,19 @@ class RuntimePod:
         ready_file: str | os.PathLike[str] | None = None,
         auth: ClientAuth | None = None,
         advertise: str | None = None,
+        warm_timeout_s: float = 5.0,
+        peer_credentials: Credentials | None = None,
     ) -> None:
         self.engine = engine
-        # what both surfaces serve: spans when they leave the process, outcomes counted for the load reports
+        self.prompt_log = PromptLog()  # what a warming peer asks this pod for (HotPrompts)
+        self.warm_metrics = WarmMetrics()
+        # what both surfaces serve: spans when they leave the process, outcomes counted for the load reports,
+        # prompts recorded per SliceKey
         self.counted = CountedEngine(TracedEngine(engine))
-        self.served = self.counted
+        self.served = RecordingEngine(self.counted, self.prompt_log, self.warm_metrics)
+        self.warm_timeout_s = warm_timeout_s
+        self.peer_credentials = peer_credentials  # who may call HotPrompts (None: open, like Generate)
+        self.warmer: Warmer | None = None
         self.pod_id = pod_id
         self.target = target
         self.labels = dict(labels or {})
@@ -108,7 +118,10 @@ class RuntimePod:
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         http_port = sockets[0].getsockname()[1] if sockets else self.http_port
-        service = RuntimeService(self.served, pod_id=self.pod_id, labels=self.labels, on_finish=self.on_finish)
+        service = RuntimeService(
+            self.served, pod_id=self.pod_id, labels=self.labels, on_finish=self.on_finish,
+            prompt_log=self.prompt_log, warm_metrics=self.warm_metrics, peer_credentials=self.peer_credentials,
+        )  # fmt: skip
         self.grpc = GrpcServer(service, self.grpc_host, self.grpc_port)
         await self.grpc.start()
         self.addresses = {  # what the pod tells others: the advertised host, not a wildcard bind host
@@ -137,12 +150,19 @@ class RuntimePod:
             id=self.pod_id, address=self.addresses["grpc"], labels=dict(self.labels),
             http_address=self.addresses["http"], target=self.target,
         )  # fmt: skip
-        self.slicelet = Slicelet(
+        self.slicelet = sl = Slicelet(
             pod, self.assigners, engine_load=self.engine.load, outcomes=self.counted.outcomes,
             report_interval_s=self.report_interval_s,
             lease_ttl_s=self.lease_ttl_s, auth=self.auth,
         )  # fmt: skip
-        await self.slicelet.start()
+        # warm-up on reshard: prefill a donor's hottest prompts of each slice this pod gains (on the engine itself:
+        # no slice key, not recorded, not traced as a client request)
+        self.warmer = Warmer(
+            self.engine, metadata=sl.auth.metadata, done=sl.mark_warm, metrics=self.warm_metrics,
+            timeout_s=self.warm_timeout_s,
+        )  # fmt: skip
+        sl.on_warming = self.warmer.want
+        await sl.start()
 
     async def _watch_health(self) -> None:
         while True:
@@ -221,6 +241,8 @@ class RuntimePod:
         if self.grpc is not None:
             with contextlib.suppress(Exception):
                 await self.grpc.set_serving(False)
+        if self.warmer is not None:
+            await self.warmer.stop()
         if self.slicelet is not None:
             try:
                 await self.slicelet.stop()

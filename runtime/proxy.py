@@ -122,6 +122,10 @@ async def proxy(
     routing = routing_fields(body) if request.method == "POST" else Routing()
     if request.path not in WORK_PATHS:
         on_finish = None
+    elif slice_key is not None and routing.text:
+        record = getattr(upstream, "record_prompt", None)  # runtime.warm.RecordingEngine: what warming peers ask for
+        if record is not None:
+            record(slice_key, None if routing.messages else routing.text, routing.messages)
     headers = {h: request.headers[h] for h in FORWARD_HEADERS if h in request.headers}
     async with upstream.forward(request.method, request.path_qs, body, headers, routing) as fw:
         up = fw.resp

@@ -37,16 +37,30 @@ class RoundStats:
 @dataclasses.dataclass(frozen=True, slots=True)
 class SliceAssignment:
     """One slice and the ordered pods serving it; ``leaving`` pods still hold it for this generation only
-    (make-before-break) and take no new traffic unless ``replicas`` is empty."""
+    (make-before-break) and take no new traffic unless ``replicas`` is empty. ``warming`` replicas (a subset of
+    ``replicas``) gained the slice recently and are prefilling its hot prompts: they take no new sessions while a
+    warm replica can (but a slice whose replicas all warm is still routed to them)."""
 
     slice: Slice
     replicas: tuple[str, ...]
     leaving: tuple[str, ...] = ()
     load: float = 0.0
     since_generation: int = 0
+    warming: tuple[str, ...] = ()
 
     def same_placement(self, other: SliceAssignment) -> bool:
-        return self.slice == other.slice and self.replicas == other.replicas and self.leaving == other.leaving
+        return (
+            self.slice == other.slice
+            and self.replicas == other.replicas
+            and self.leaving == other.leaving
+            and self.warming == other.warming
+        )
+
+    def warm_replicas(self) -> tuple[str, ...]:
+        """The replicas not warming, in order."""
+        if not self.warming:
+            return self.replicas
+        return tuple(p for p in self.replicas if p not in self.warming)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -190,7 +204,7 @@ def check_invariants(assignment: Assignment, pods: Iterable[Pod] | None = None) 
     """Raise InvariantError unless: slices tile the keyspace; each slice has between min(min_replicas, E) and
     max_replicas distinct replicas (E = eligible active pods), all ACTIVE, eligible and listed in the
     assignment's pods; ``leaving`` pods are distinct, disjoint from the replicas, listed and not DEAD; loads are
-    finite and >= 0. ``pods`` (default: the assignment's own) is the truth for states and labels."""
+    finite and >= 0; ``warming`` pods are distinct replicas. ``pods`` (default: the assignment's own) is the truth for states and labels."""
     cfg = assignment.config
     truth: dict[str, Pod] = {}
     for tp in assignment.pods if pods is None else pods:
@@ -242,6 +256,10 @@ def check_invariants(assignment: Assignment, pods: Iterable[Pod] | None = None) 
                 )
         if len(set(sa.leaving)) != len(sa.leaving):
             raise InvariantError(f"slices[{i}] repeats a leaving pod", field=f"slices[{i}].leaving")
+        if sa.warming and (len(set(sa.warming)) != len(sa.warming) or not set(sa.warming) <= set(reps)):
+            raise InvariantError(
+                f"slices[{i}] warming {sa.warming} must be distinct replicas of {reps}", field=f"slices[{i}].warming"
+            )
         if not math.isfinite(sa.load) or sa.load < 0:
             raise InvariantError(f"slices[{i}] load must be finite and >= 0", field=f"slices[{i}].load")
         if sa.since_generation > gen:

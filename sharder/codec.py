@@ -49,6 +49,7 @@ _CONFIG_OPTIONAL = (
     "load_smoothing",
     "move_cost_weight",
     "replica_true_load",
+    "warm_deadline_s",
 )
 
 
@@ -117,6 +118,7 @@ def config_to_proto(c: TargetConfig) -> pb.TargetConfig:
         load_smoothing=c.load_smoothing,
         move_cost_weight=c.move_cost_weight,
         replica_true_load=c.replica_true_load,
+        warm_deadline_s=c.warm_deadline_s,
     )
 
 
@@ -214,6 +216,7 @@ def load_report_to_proto(r: LoadReport) -> pb.LoadReport:
             if r.outcomes is not None
             else None
         ),
+        warm=[slice_to_proto(s) for s in r.warm],
     )
 
 
@@ -231,6 +234,7 @@ def load_report_from_proto(m: pb.LoadReport) -> LoadReport:
             if m.HasField("outcomes")
             else None
         ),
+        warm=tuple(slice_from_proto(s, f"warm[{i}]") for i, s in enumerate(m.warm)),
     ).validate()
 
 
@@ -297,6 +301,7 @@ def slice_assignment_to_proto(sa: SliceAssignment) -> pb.SliceAssignment:
         leaving=list(sa.leaving),
         load=sa.load,
         since_generation=sa.since_generation,
+        warming=list(sa.warming),
     )
 
 
@@ -309,6 +314,7 @@ def slice_assignment_from_proto(m: pb.SliceAssignment, field: str = "slice") -> 
         leaving=tuple(m.leaving),
         load=m.load,
         since_generation=m.since_generation,
+        warming=tuple(m.warming),
     )
 
 

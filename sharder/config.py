@@ -55,6 +55,13 @@ class TargetConfig:
     * ``replica_true_load`` (default on): a replica's pod counts the load it reported serving for the slice
       (routers send sessions to the replica holding their cache, so replicas carry unequal shares); off, or
       for a replica with no report, an equal share of the slice's load.
+
+    Warm-up on reshard:
+
+    * ``warm_deadline_s`` (5.0): a replica that gains a slice (move, replication, refill, a new pod) is marked
+      warming while it prefills the hot prompts of the slice's warm holders; routers send it no new sessions
+      while a warm replica can take them; the leader clears the mark when the pod reports the slice warm or
+      after this many seconds. 0 = no warm-up (new replicas warm on live traffic, the ablation).
     """
 
     target: str
@@ -78,6 +85,7 @@ class TargetConfig:
     load_smoothing: float = 0.2
     move_cost_weight: float = 1.0
     replica_true_load: bool = True
+    warm_deadline_s: float = 5.0
 
     def validate(self) -> TargetConfig:
         """Raise ConfigError (naming the field) unless every setting is usable; return self."""
@@ -120,6 +128,7 @@ class TargetConfig:
             "imbalance_target",
             "load_smoothing",
             "move_cost_weight",
+            "warm_deadline_s",
         ):
             v = getattr(self, name)
             if not isinstance(v, int | float) or isinstance(v, bool):

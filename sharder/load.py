@@ -68,6 +68,8 @@ class LoadReport:
     seq: int = 0
     unix_ms: int = 0
     outcomes: RequestOutcomes | None = None
+    #: Slices this pod was asked to warm and has warmed (or gave up on): the leader clears their warming marks.
+    warm: tuple[Slice, ...] = ()
 
     def validate(self) -> LoadReport:
         """Raise LoadReportError (naming the field) unless the report is usable; return self."""
@@ -108,6 +110,8 @@ class LoadReport:
                 raise LoadReportError(
                     f"outcomes.ttft_ms_buckets holds at most {len(TTFT_BUCKETS_MS)} buckets", field="outcomes"
                 )
+        if len(self.warm) > MAX_SLICES_PER_REPORT or not all(type(s) is Slice for s in self.warm):
+            raise LoadReportError(f"warm must hold at most {MAX_SLICES_PER_REPORT} Slices", field="warm")
         slices = self.slices
         if len(slices) > MAX_SLICES_PER_REPORT:
             raise LoadReportError(

@@ -51,6 +51,10 @@ class Slicelet:
     FAILED_PRECONDITION carries the leader's address (``x-brunoise-leader``), which is followed at once;
     unreachable assigners are skipped with jittered backoff. The held slices come from the last answer.
     ``auth``: this pod's token (bound to its pod id) and the CA (default: ``ClientAuth.from_env()``).
+
+    Warm part: each answer lists the slices this pod holds as a warming replica and their donors' runtimes;
+    ``on_warming`` gets those not yet warmed (slice -> donor addresses), and ``mark_warm(slice)`` (the warmer is
+    done) puts the slice in the next report's ``warm`` — sent at once — until the assigner clears the mark.
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class Slicelet:
         backoff_max_s: float = 2.0,
         rpc_timeout_s: float = 3.0,
         auth: ClientAuth | None = None,
+        on_warming: Callable[[dict[Slice, list[str]]], None] | None = None,
     ) -> None:
         if not assigner_addresses:
             raise ValueError("assigner_addresses must name at least one assigner (host:port)")
@@ -106,6 +111,10 @@ class Slicelet:
         self._task: asyncio.Task[None] | None = None
         self._registered = asyncio.Event()
         self._server_interval_s: float | None = None
+        self.on_warming = on_warming
+        self._warm_done: set[Slice] = set()
+        self.warming: dict[Slice, list[str]] = {}  # the last answer's warm tasks
+        self._kick = asyncio.Event()
 
     # request path (synchronous, O(1)) -----------------------------------------------------------
     def record(self, slice_key: int, weight: float = 1.0) -> None:
@@ -116,6 +125,11 @@ class Slicelet:
         """Whether this pod holds (as replica or leaving) the slice containing ``slice_key``."""
         i = bisect.bisect_right(self._los, slice_key) - 1
         return i >= 0 and slice_key < self._held[i].hi
+
+    def mark_warm(self, s: Slice) -> None:
+        """The warmer finished ``s``: report it warm now (and in every report until the assigner clears it)."""
+        self._warm_done.add(s)
+        self._kick.set()
 
     @property
     def slices(self) -> tuple[Slice, ...]:
@@ -204,6 +218,7 @@ class Slicelet:
             seq=self._seq,
             unix_ms=int(time.time() * 1000),
             outcomes=self.outcomes() if self.outcomes is not None else None,
+            warm=tuple(sorted(self._warm_done)),
         )
         return assigner_pb2.ReportRequest(
             pod=codec.pod_to_proto(self.pod),
@@ -263,9 +278,24 @@ class Slicelet:
         self._set_held([codec.slice_from_proto(s) for s in resp.slices])
         if resp.report_interval_ms:
             self._server_interval_s = resp.report_interval_ms / 1000
+        self._on_warming({codec.slice_from_proto(w.slice): list(w.donors) for w in resp.warming})
         self.reports_sent += 1
         self.last_error = None
         self._registered.set()
+
+    def _on_warming(self, tasks: dict[Slice, list[str]]) -> None:
+        def covered(s: Slice, by: Slice) -> bool:
+            return by.lo <= s.lo and s.hi <= by.hi
+
+        # a warmed range is reported while some mark inside it remains (a split slice's halves included)
+        self._warm_done = {d for d in self._warm_done if any(covered(s, d) for s in tasks)}
+        self.warming = tasks
+        todo = {s: d for s, d in tasks.items() if not any(covered(s, w) for w in self._warm_done)}
+        if self.on_warming is not None:
+            try:
+                self.on_warming(todo)
+            except Exception:
+                log.exception("slicelet %s: warm hook failed", self.pod.id)
 
     async def _run(self) -> None:
         backoff = self.backoff_initial_s
@@ -285,7 +315,9 @@ class Slicelet:
                 self.last_error = repr(exc)
                 log.exception("slicelet %s: report failed", self.pod.id)
                 delay = self.report_interval_s
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):  # a finished warm-up reports at once
+                await asyncio.wait_for(self._kick.wait(), delay)
+            self._kick.clear()
 
 
 def _leader_hint(exc: grpc.aio.AioRpcError) -> str | None:

@@ -121,7 +121,11 @@ def _find_slice(a: slicing_pb2.Assignment, key: int) -> slicing_pb2.SliceAssignm
 
 
 def _replicas_text(sa: slicing_pb2.SliceAssignment) -> Text:
-    t = Text(",".join(sa.replicas) or "-")
+    t = Text()
+    for i, r in enumerate(sa.replicas):
+        t.append(("," if i else "") + r + ("*" if r in sa.warming else ""), style="cyan" if r in sa.warming else None)
+    if not sa.replicas:
+        t.append("-")
     if sa.leaving:
         t.append("  ← " + ",".join(sa.leaving) + " leaving", style="yellow")
     return t
@@ -137,7 +141,9 @@ def _print_slices(a: slicing_pb2.Assignment, highlight: int | None = None) -> No
     )
     for i, sa in enumerate(a.slices):
         hi = hi_of(sa.slice)
-        state = "moving" if sa.leaving else ("unassigned" if not sa.replicas else "stable")
+        state = (
+            "moving" if sa.leaving else "warming" if sa.warming else ("unassigned" if not sa.replicas else "stable")
+        )
         style = "bold reverse" if highlight is not None and sa.slice.lo <= highlight < hi else None
         table.add_row(
             str(i),
@@ -150,6 +156,8 @@ def _print_slices(a: slicing_pb2.Assignment, highlight: int | None = None) -> No
             style=style,
         )
     console().print(table)
+    if any(sa.warming for sa in a.slices):
+        console().print("* warming: the replica prefills the slice's hot prompts; no new sessions while a warm one can")
     if a.overrides:
         console().print("overrides: " + "; ".join(_override_text(o) for o in a.overrides))
 

@@ -283,6 +283,7 @@ def slice_dict(sa: slicing_pb2.SliceAssignment, generation: int = 0) -> dict[str
         "hi_hex": "2^64" if hi == KEYSPACE_END else f"{hi:016x}",
         "replicas": list(sa.replicas),
         "leaving": list(sa.leaving),
+        "warming": list(sa.warming),
         "load": sa.load,
         "since_generation": int(sa.since_generation),
         "age": max(0, generation - int(sa.since_generation)) if generation else 0,

@@ -37,18 +37,28 @@ class ReportRequest(_message.Message):
     def __init__(self, pod: _Optional[_Union[_slicing_pb2.Pod, _Mapping]] = ..., load: _Optional[_Union[_slicing_pb2.LoadReport, _Mapping]] = ..., lease_ttl_ms: _Optional[int] = ...) -> None: ...
 
 class ReportResponse(_message.Message):
-    __slots__ = ("generation", "slices", "report_interval_ms", "leader_id", "state")
+    __slots__ = ("generation", "slices", "report_interval_ms", "leader_id", "state", "warming")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     SLICES_FIELD_NUMBER: _ClassVar[int]
     REPORT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    WARMING_FIELD_NUMBER: _ClassVar[int]
     generation: int
     slices: _containers.RepeatedCompositeFieldContainer[_slicing_pb2.Slice]
     report_interval_ms: int
     leader_id: str
     state: _slicing_pb2.PodState
-    def __init__(self, generation: _Optional[int] = ..., slices: _Optional[_Iterable[_Union[_slicing_pb2.Slice, _Mapping]]] = ..., report_interval_ms: _Optional[int] = ..., leader_id: _Optional[str] = ..., state: _Optional[_Union[_slicing_pb2.PodState, str]] = ...) -> None: ...
+    warming: _containers.RepeatedCompositeFieldContainer[WarmTask]
+    def __init__(self, generation: _Optional[int] = ..., slices: _Optional[_Iterable[_Union[_slicing_pb2.Slice, _Mapping]]] = ..., report_interval_ms: _Optional[int] = ..., leader_id: _Optional[str] = ..., state: _Optional[_Union[_slicing_pb2.PodState, str]] = ..., warming: _Optional[_Iterable[_Union[WarmTask, _Mapping]]] = ...) -> None: ...
+
+class WarmTask(_message.Message):
+    __slots__ = ("slice", "donors")
+    SLICE_FIELD_NUMBER: _ClassVar[int]
+    DONORS_FIELD_NUMBER: _ClassVar[int]
+    slice: _slicing_pb2.Slice
+    donors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, slice: _Optional[_Union[_slicing_pb2.Slice, _Mapping]] = ..., donors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListTargetsRequest(_message.Message):
     __slots__ = ()

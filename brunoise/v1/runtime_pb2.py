@@ -26,17 +26,23 @@ from brunoise.v1 import inference_pb2 as brunoise_dot_v1_dot_inference__pb2
 from brunoise.v1 import slicing_pb2 as brunoise_dot_v1_dot_slicing__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62runoise/v1/runtime.proto\x12\x0b\x62runoise.v1\x1a\x1b\x62runoise/v1/inference.proto\x1a\x19\x62runoise/v1/slicing.proto\"\'\n\x0eGetLoadRequest\x12\x15\n\rinclude_cache\x18\x01 \x01(\x08\"\x94\x01\n\x0fGetLoadResponse\x12\x0e\n\x06pod_id\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\'\n\x06\x65ngine\x18\x03 \x01(\x0b\x32\x17.brunoise.v1.EngineLoad\x12(\n\x05\x63\x61\x63he\x18\x04 \x01(\x0b\x32\x19.brunoise.v1.CacheSummary\x12\x0f\n\x07unix_ms\x18\x05 \x01(\x03\x32\x97\x01\n\x07Runtime\x12\x46\n\x08Generate\x12\x1c.brunoise.v1.GenerateRequest\x1a\x1a.brunoise.v1.GenerateChunk0\x01\x12\x44\n\x07GetLoad\x12\x1b.brunoise.v1.GetLoadRequest\x1a\x1c.brunoise.v1.GetLoadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62runoise/v1/runtime.proto\x12\x0b\x62runoise.v1\x1a\x1b\x62runoise/v1/inference.proto\x1a\x19\x62runoise/v1/slicing.proto\"^\n\x11HotPromptsRequest\x12!\n\x05slice\x18\x01 \x01(\x0b\x32\x12.brunoise.v1.Slice\x12\x13\n\x0bmax_prompts\x18\x02 \x01(\r\x12\x11\n\tmax_bytes\x18\x03 \x01(\x04\"x\n\tHotPrompt\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12-\n\x08messages\x18\x02 \x01(\x0b\x32\x19.brunoise.v1.ChatMessagesH\x00\x12\x11\n\tslice_key\x18\x03 \x01(\x06\x12\x0e\n\x06weight\x18\x04 \x01(\x01\x42\x07\n\x05input\"M\n\x12HotPromptsResponse\x12\x0e\n\x06pod_id\x18\x01 \x01(\t\x12\'\n\x07prompts\x18\x02 \x03(\x0b\x32\x16.brunoise.v1.HotPrompt\"\'\n\x0eGetLoadRequest\x12\x15\n\rinclude_cache\x18\x01 \x01(\x08\"\x94\x01\n\x0fGetLoadResponse\x12\x0e\n\x06pod_id\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\'\n\x06\x65ngine\x18\x03 \x01(\x0b\x32\x17.brunoise.v1.EngineLoad\x12(\n\x05\x63\x61\x63he\x18\x04 \x01(\x0b\x32\x19.brunoise.v1.CacheSummary\x12\x0f\n\x07unix_ms\x18\x05 \x01(\x03\x32\xe6\x01\n\x07Runtime\x12\x46\n\x08Generate\x12\x1c.brunoise.v1.GenerateRequest\x1a\x1a.brunoise.v1.GenerateChunk0\x01\x12\x44\n\x07GetLoad\x12\x1b.brunoise.v1.GetLoadRequest\x1a\x1c.brunoise.v1.GetLoadResponse\x12M\n\nHotPrompts\x12\x1e.brunoise.v1.HotPromptsRequest\x1a\x1f.brunoise.v1.HotPromptsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'brunoise.v1.runtime_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETLOADREQUEST']._serialized_start=98
-  _globals['_GETLOADREQUEST']._serialized_end=137
-  _globals['_GETLOADRESPONSE']._serialized_start=140
-  _globals['_GETLOADRESPONSE']._serialized_end=288
-  _globals['_RUNTIME']._serialized_start=291
-  _globals['_RUNTIME']._serialized_end=442
+  _globals['_HOTPROMPTSREQUEST']._serialized_start=98
+  _globals['_HOTPROMPTSREQUEST']._serialized_end=192
+  _globals['_HOTPROMPT']._serialized_start=194
+  _globals['_HOTPROMPT']._serialized_end=314
+  _globals['_HOTPROMPTSRESPONSE']._serialized_start=316
+  _globals['_HOTPROMPTSRESPONSE']._serialized_end=393
+  _globals['_GETLOADREQUEST']._serialized_start=395
+  _globals['_GETLOADREQUEST']._serialized_end=434
+  _globals['_GETLOADRESPONSE']._serialized_start=437
+  _globals['_GETLOADRESPONSE']._serialized_end=585
+  _globals['_RUNTIME']._serialized_start=588
+  _globals['_RUNTIME']._serialized_end=818
 # @@protoc_insertion_point(module_scope)

@@ -1,11 +1,42 @@
 from brunoise.v1 import inference_pb2 as _inference_pb2
 from brunoise.v1 import slicing_pb2 as _slicing_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class HotPromptsRequest(_message.Message):
+    __slots__ = ("slice", "max_prompts", "max_bytes")
+    SLICE_FIELD_NUMBER: _ClassVar[int]
+    MAX_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    slice: _slicing_pb2.Slice
+    max_prompts: int
+    max_bytes: int
+    def __init__(self, slice: _Optional[_Union[_slicing_pb2.Slice, _Mapping]] = ..., max_prompts: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+
+class HotPrompt(_message.Message):
+    __slots__ = ("prompt", "messages", "slice_key", "weight")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    SLICE_KEY_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    messages: _inference_pb2.ChatMessages
+    slice_key: int
+    weight: float
+    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Union[_inference_pb2.ChatMessages, _Mapping]] = ..., slice_key: _Optional[int] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class HotPromptsResponse(_message.Message):
+    __slots__ = ("pod_id", "prompts")
+    POD_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    pod_id: str
+    prompts: _containers.RepeatedCompositeFieldContainer[HotPrompt]
+    def __init__(self, pod_id: _Optional[str] = ..., prompts: _Optional[_Iterable[_Union[HotPrompt, _Mapping]]] = ...) -> None: ...
 
 class GetLoadRequest(_message.Message):
     __slots__ = ("include_cache",)

@@ -45,6 +45,11 @@ class RuntimeStub:
                 request_serializer=brunoise_dot_v1_dot_runtime__pb2.GetLoadRequest.SerializeToString,
                 response_deserializer=brunoise_dot_v1_dot_runtime__pb2.GetLoadResponse.FromString,
                 _registered_method=True)
+        self.HotPrompts = channel.unary_unary(
+                '/brunoise.v1.Runtime/HotPrompts',
+                request_serializer=brunoise_dot_v1_dot_runtime__pb2.HotPromptsRequest.SerializeToString,
+                response_deserializer=brunoise_dot_v1_dot_runtime__pb2.HotPromptsResponse.FromString,
+                _registered_method=True)
 
 
 class RuntimeServicer:
@@ -62,6 +67,13 @@ class RuntimeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HotPrompts(self, request, context):
+        """Pod to pod (pod token): the prompts this pod served most in a key range, to warm a new replica's cache.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RuntimeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +86,11 @@ def add_RuntimeServicer_to_server(servicer, server):
                     servicer.GetLoad,
                     request_deserializer=brunoise_dot_v1_dot_runtime__pb2.GetLoadRequest.FromString,
                     response_serializer=brunoise_dot_v1_dot_runtime__pb2.GetLoadResponse.SerializeToString,
+            ),
+            'HotPrompts': grpc.unary_unary_rpc_method_handler(
+                    servicer.HotPrompts,
+                    request_deserializer=brunoise_dot_v1_dot_runtime__pb2.HotPromptsRequest.FromString,
+                    response_serializer=brunoise_dot_v1_dot_runtime__pb2.HotPromptsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +147,33 @@ class Runtime:
             '/brunoise.v1.Runtime/GetLoad',
             brunoise_dot_v1_dot_runtime__pb2.GetLoadRequest.SerializeToString,
             brunoise_dot_v1_dot_runtime__pb2.GetLoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HotPrompts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brunoise.v1.Runtime/HotPrompts',
+            brunoise_dot_v1_dot_runtime__pb2.HotPromptsRequest.SerializeToString,
+            brunoise_dot_v1_dot_runtime__pb2.HotPromptsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,18 +50,20 @@ class Pod(_message.Message):
     def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[PodState, str]] = ..., http_address: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
 
 class SliceAssignment(_message.Message):
-    __slots__ = ("slice", "replicas", "leaving", "load", "since_generation")
+    __slots__ = ("slice", "replicas", "leaving", "load", "since_generation", "warming")
     SLICE_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     LEAVING_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
     SINCE_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    WARMING_FIELD_NUMBER: _ClassVar[int]
     slice: Slice
     replicas: _containers.RepeatedScalarFieldContainer[str]
     leaving: _containers.RepeatedScalarFieldContainer[str]
     load: float
     since_generation: int
-    def __init__(self, slice: _Optional[_Union[Slice, _Mapping]] = ..., replicas: _Optional[_Iterable[str]] = ..., leaving: _Optional[_Iterable[str]] = ..., load: _Optional[float] = ..., since_generation: _Optional[int] = ...) -> None: ...
+    warming: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, slice: _Optional[_Union[Slice, _Mapping]] = ..., replicas: _Optional[_Iterable[str]] = ..., leaving: _Optional[_Iterable[str]] = ..., load: _Optional[float] = ..., since_generation: _Optional[int] = ..., warming: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class MoveOverride(_message.Message):
     __slots__ = ("key", "pods")
@@ -120,7 +122,7 @@ class RoundStats(_message.Message):
     def __init__(self, moves: _Optional[int] = ..., splits: _Optional[int] = ..., merges: _Optional[int] = ..., replications: _Optional[int] = ..., dereplications: _Optional[int] = ..., fills: _Optional[int] = ..., churn: _Optional[float] = ..., imbalance: _Optional[float] = ..., dropped_pods: _Optional[int] = ...) -> None: ...
 
 class TargetConfig(_message.Message):
-    __slots__ = ("target", "min_replicas", "max_replicas", "imbalance_tolerance", "churn_budget", "split_threshold", "merge_threshold", "dereplicate_threshold", "hot_key_fraction", "min_slices_per_pod", "max_slices_per_pod", "initial_slices", "eligibility", "model", "calm", "imbalance_target", "act_after_rounds", "cooldown_rounds", "load_smoothing", "move_cost_weight", "replica_true_load")
+    __slots__ = ("target", "min_replicas", "max_replicas", "imbalance_tolerance", "churn_budget", "split_threshold", "merge_threshold", "dereplicate_threshold", "hot_key_fraction", "min_slices_per_pod", "max_slices_per_pod", "initial_slices", "eligibility", "model", "calm", "imbalance_target", "act_after_rounds", "cooldown_rounds", "load_smoothing", "move_cost_weight", "replica_true_load", "warm_deadline_s")
     class EligibilityEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +151,7 @@ class TargetConfig(_message.Message):
     LOAD_SMOOTHING_FIELD_NUMBER: _ClassVar[int]
     MOVE_COST_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     REPLICA_TRUE_LOAD_FIELD_NUMBER: _ClassVar[int]
+    WARM_DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
     target: str
     min_replicas: int
     max_replicas: int
@@ -170,7 +173,8 @@ class TargetConfig(_message.Message):
     load_smoothing: float
     move_cost_weight: float
     replica_true_load: bool
-    def __init__(self, target: _Optional[str] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., imbalance_tolerance: _Optional[float] = ..., churn_budget: _Optional[float] = ..., split_threshold: _Optional[float] = ..., merge_threshold: _Optional[float] = ..., dereplicate_threshold: _Optional[float] = ..., hot_key_fraction: _Optional[float] = ..., min_slices_per_pod: _Optional[int] = ..., max_slices_per_pod: _Optional[int] = ..., initial_slices: _Optional[int] = ..., eligibility: _Optional[_Mapping[str, str]] = ..., model: _Optional[str] = ..., calm: _Optional[bool] = ..., imbalance_target: _Optional[float] = ..., act_after_rounds: _Optional[int] = ..., cooldown_rounds: _Optional[int] = ..., load_smoothing: _Optional[float] = ..., move_cost_weight: _Optional[float] = ..., replica_true_load: _Optional[bool] = ...) -> None: ...
+    warm_deadline_s: float
+    def __init__(self, target: _Optional[str] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., imbalance_tolerance: _Optional[float] = ..., churn_budget: _Optional[float] = ..., split_threshold: _Optional[float] = ..., merge_threshold: _Optional[float] = ..., dereplicate_threshold: _Optional[float] = ..., hot_key_fraction: _Optional[float] = ..., min_slices_per_pod: _Optional[int] = ..., max_slices_per_pod: _Optional[int] = ..., initial_slices: _Optional[int] = ..., eligibility: _Optional[_Mapping[str, str]] = ..., model: _Optional[str] = ..., calm: _Optional[bool] = ..., imbalance_target: _Optional[float] = ..., act_after_rounds: _Optional[int] = ..., cooldown_rounds: _Optional[int] = ..., load_smoothing: _Optional[float] = ..., move_cost_weight: _Optional[float] = ..., replica_true_load: _Optional[bool] = ..., warm_deadline_s: _Optional[float] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("target", "generation", "slices", "pods", "config", "overrides", "stats", "created_unix_ms")
@@ -257,7 +261,7 @@ class SliceLoad(_message.Message):
     def __init__(self, slice: _Optional[_Union[Slice, _Mapping]] = ..., load: _Optional[float] = ..., top_keys: _Optional[_Iterable[_Union[KeyCount, _Mapping]]] = ..., requests: _Optional[int] = ..., misrouted: _Optional[int] = ...) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("pod_id", "target", "engine", "slices", "seq", "unix_ms", "outcomes")
+    __slots__ = ("pod_id", "target", "engine", "slices", "seq", "unix_ms", "outcomes", "warm")
     POD_ID_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
@@ -265,6 +269,7 @@ class LoadReport(_message.Message):
     SEQ_FIELD_NUMBER: _ClassVar[int]
     UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    WARM_FIELD_NUMBER: _ClassVar[int]
     pod_id: str
     target: str
     engine: EngineLoad
@@ -272,7 +277,8 @@ class LoadReport(_message.Message):
     seq: int
     unix_ms: int
     outcomes: RequestOutcomes
-    def __init__(self, pod_id: _Optional[str] = ..., target: _Optional[str] = ..., engine: _Optional[_Union[EngineLoad, _Mapping]] = ..., slices: _Optional[_Iterable[_Union[SliceLoad, _Mapping]]] = ..., seq: _Optional[int] = ..., unix_ms: _Optional[int] = ..., outcomes: _Optional[_Union[RequestOutcomes, _Mapping]] = ...) -> None: ...
+    warm: _containers.RepeatedCompositeFieldContainer[Slice]
+    def __init__(self, pod_id: _Optional[str] = ..., target: _Optional[str] = ..., engine: _Optional[_Union[EngineLoad, _Mapping]] = ..., slices: _Optional[_Iterable[_Union[SliceLoad, _Mapping]]] = ..., seq: _Optional[int] = ..., unix_ms: _Optional[int] = ..., outcomes: _Optional[_Union[RequestOutcomes, _Mapping]] = ..., warm: _Optional[_Iterable[_Union[Slice, _Mapping]]] = ...) -> None: ...
 
 class RequestOutcomes(_message.Message):
     __slots__ = ("requests", "errors", "ttft_ms_buckets")

@@ -24,6 +24,7 @@ from sharder.config import TargetConfig
 from sharder.errors import InvariantError
 from sharder.load import LoadReport
 from sharder.pods import Pod, PodState
+from sharder.policy.warm import clear_warming
 from sharder.store.base import LeaderInfo, Store, StoreError, Versioned
 
 from .hub import WatchHub
@@ -136,6 +137,8 @@ class Leader:
         self.rounds = 0
         self.elected_at: float | None = None
         self._grace_until = 0.0
+        #: (target, slice lo, pod) -> monotonic time its warming mark was first seen (the deadline's clock)
+        self._warm_since: dict[tuple[str, int, str], float] = {}
 
     # lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -334,6 +337,7 @@ class Leader:
             tpods = self.pods_for(pods, target, cur)
             reports = self.view.reports({p.id for p in tpods})
             new = self.policy(cur, tpods, reports, now_ms=int(time.time() * 1000))
+            new = self._clear_warm(target, new, reports)
             if changed(cur, new):
                 return new
             if new.memory is not None:  # nothing to commit, but the calm policy's smoothed loads and streak go on
@@ -341,6 +345,34 @@ class Leader:
             return None
 
         return fn
+
+    def _clear_warm(self, target: str, a: Assignment, reports: Sequence[LoadReport]) -> Assignment:
+        """``a`` without the warming marks its pods reported warm or that are past ``warm_deadline_s`` (this
+        leader's clock: a mark's age counts from when this leader first saw it)."""
+        warm = {r.pod_id: r.warm for r in reports if r.warm}
+        now = time.monotonic()
+        limit = a.config.warm_deadline_s
+        expired = {
+            (lo, p)
+            for sa in a.slices
+            for p in sa.warming
+            if now - self._warm_since.get((target, lo := sa.slice.lo, p), now) >= limit
+        }
+        return clear_warming(a, warm, expired)
+
+    def _note_warming(self, a: Assignment) -> None:
+        """Start the clock of new warming marks and count the cleared ones (after a commit)."""
+        target, now, m = a.target, time.monotonic(), self.metrics
+        marks = {(target, sa.slice.lo, p) for sa in a.slices for p in sa.warming}
+        for k in marks - self._warm_since.keys():
+            self._warm_since[k] = now
+            m.warmups_started.labels(target).inc()
+        limit = a.config.warm_deadline_s
+        for k in [k for k in self._warm_since if k[0] == target and k not in marks]:
+            age = now - self._warm_since.pop(k)
+            m.warmup_duration.observe(age)
+            (m.warmups_timed_out if limit > 0 and age >= limit else m.warmups_completed).labels(target).inc()
+        m.warming.labels(target).set(len(marks))
 
     def _with_grace(self, cur: Assignment, pods: dict[str, Pod]) -> dict[str, Pod]:
         """Right after an election, pods the assignment names are not dropped for missing a lease: their
@@ -377,6 +409,7 @@ class Leader:
                         sp.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
                         continue  # logged by mutate; the previous generation stays, other targets still get a round
                     if after is not None and after is not before:
+                        self._note_warming(after)
                         self.metrics.round_committed(after)
                         s = after.stats
                         sp.set_attributes({
@@ -438,10 +471,15 @@ class Leader:
         await self.store.put_pod(pod.id, pod_to_bytes(pod), ttl_s)
         self.view.update(pod, report, ttl_s)
         assignment = await self.ensure_target(pod.target, pod.labels.get("model", ""))
-        if first_time or assignment.pod(pod.id) is None:
-            self.wake()
+        warm_news = report is not None and report.warm and self._warms(assignment, pod.id)
+        if first_time or assignment.pod(pod.id) is None or warm_news:
+            self.wake()  # a warm report clears marks at the next round: run it now, new sessions wait on it
         state = PodState.DRAINING if pod.id in self._draining else PodState.ACTIVE
         return assignment, state
+
+    @staticmethod
+    def _warms(a: Assignment, pod_id: str) -> bool:
+        return any(pod_id in sa.warming for sa in a.slices)
 
     async def drain(self, pod_id: str, undrain: bool) -> Pod:
         self.require_leader()

@@ -16,6 +16,7 @@ from sharder.assignment import Assignment
 from .hub import WatchHub
 
 _ROUND_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_WARM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
 _STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -61,6 +62,17 @@ class AssignerMetrics:
         self.store_up = Gauge(p + "store_up", "1 while the store answers pings (gRPC health SERVING)", registry=r)
         self.store_latency = Histogram(p + "store_latency_seconds", "Store operation latency, by operation", ["op"],
                                        buckets=_STORE_BUCKETS, registry=r)
+        self.warmups_started = Counter(p + "warmups_started", "Replicas marked warming (they gained a slice)",
+                                       ["target"], registry=r)
+        self.warmups_completed = Counter(p + "warmups_completed", "Warming marks cleared by the pod's warm report",
+                                         ["target"], registry=r)
+        self.warmups_timed_out = Counter(p + "warmups_timed_out",
+                                         "Warming marks cleared by warm_deadline_s before the pod reported warm",
+                                         ["target"], registry=r)
+        self.warmup_duration = Histogram(p + "warmup_duration_seconds",
+                                         "From a replica's warming mark to its clearing (report or deadline)",
+                                         buckets=_WARM_BUCKETS, registry=r)
+        self.warming = Gauge(p + "warming_replicas", "Replicas warming now, by target", ["target"], registry=r)
         self._pods_seen: dict[str, set[str]] = collections.defaultdict(set)
         self.store_ok = False
 

@@ -20,6 +20,7 @@ from sharder.keyspace import Slice, check_slice_key, slice_key
 from sharder.load import LoadReport
 from sharder.overrides import MergeOverride, MoveOverride, Override, SplitOverride, check_override, validate_override
 from sharder.pods import Pod, PodState
+from sharder.policy.warm import warming_of
 from sharder.quota import AllotmentAsk
 from sharder.security.interceptor import current_principal
 from sharder.security.tokens import Credentials
@@ -204,6 +205,9 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
         )
         for sa in assignment.slices_of(pod.id, include_leaving=True):
             resp.slices.append(codec.slice_to_proto(sa.slice))
+        for sa, donors in warming_of(assignment, pod.id):
+            addresses = [p.address for d in donors if (p := assignment.pod(d)) is not None and p.address]
+            resp.warming.append(assigner_pb2.WarmTask(slice=codec.slice_to_proto(sa.slice), donors=addresses))
         return resp
 
     # admin: reads -------------------------------------------------------------------------------

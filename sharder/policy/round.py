@@ -22,6 +22,7 @@ from sharder.policy.pin import apply_overrides
 from sharder.policy.reports import attribute, check_reports
 from sharder.policy.split import split_hot
 from sharder.policy.state import Rec, RoundState
+from sharder.policy.warm import mark_warming
 
 
 def reshard(
@@ -42,7 +43,8 @@ def reshard(
     hot slices (replicate one-key ones);
     merge cold neighbours; move load from pods above (1+tolerance) x mean within the churn budget;
     dereplicate cooled slices; move cold slices to pods holding far fewer slices than their fair share (count
-    balancing, so pods joining an idle target get slices); keep slices per pod within the band.
+    balancing, so pods joining an idle target get slices); keep slices per pod within the band; mark the
+    replicas that gained a slice as warming (``sharder.policy.warm``; cleared by the leader).
 
     ``pods`` is the full current pod list (with states); a pod absent from it is treated as dead. ``config``
     replaces the assignment's config (same target). ``memory`` (default: ``assignment.memory``) is what the
@@ -105,7 +107,7 @@ def reshard(
     return Assignment(
         target=assignment.target,
         generation=gen,
-        slices=_freeze(state.recs),
+        slices=mark_warming(assignment, _freeze(state.recs), pod_map, enabled=cfg.warm_deadline_s > 0),
         pods=listed,
         config=cfg,
         overrides=assignment.overrides,

@@ -1,0 +1,304 @@
+"""Warm-up on reshard, pod side: the log of prompts served per SliceKey, the HotPrompts answer, and the warmer that
+prefills a donor's hottest prompts (prompt-only, one output token) before the pod reports a new slice warm."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from brunoise.v1 import inference_pb2, runtime_pb2, runtime_pb2_grpc, slicing_pb2
+from runtime.engines.base import Engine, EngineChunk, EngineError, EngineProxy, EngineRequest, SamplingParams
+from sharder.keyspace import Slice
+
+log = logging.getLogger(__name__)
+
+#: What one pod remembers: at most this many keys and bytes of prompt text (the oldest key goes first).
+LOG_KEYS = 4096
+LOG_BYTES = 16 << 20
+#: A single prompt longer than this is not kept (it would evict many others).
+ENTRY_BYTES = 256 << 10
+#: A HotPrompts answer: at most this many prompts and bytes unless the caller asks for fewer.
+ANSWER_PROMPTS = 32
+ANSWER_BYTES = 4 << 20
+#: What a warmer asks its donors for, per slice: few prompts, since each is prefilled on an engine that is
+#: serving (and must fit its KV cache beside the live sessions).
+WARM_PROMPTS = 4
+WARM_BYTES = 16 << 10
+#: No warm-up prefill while the engine's KV usage is above this.
+WARM_MAX_KV_USAGE = 0.8
+_WARM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
+
+Messages = tuple[tuple[str, str], ...]
+
+
+@dataclasses.dataclass(slots=True)
+class _Entry:
+    prompt: str | None
+    messages: Messages | None
+    size: int
+    count: float
+
+
+class PromptLog:
+    """The latest prompt (or chat messages) of each SliceKey this pod served and how often it served the key, as an
+    LRU bounded in keys and bytes. A session's latest turn holds its whole history, so prefilling it warms the
+    session's next turn and the group's shared prefix alike."""
+
+    def __init__(self, max_keys: int = LOG_KEYS, max_bytes: int = LOG_BYTES, entry_bytes: int = ENTRY_BYTES) -> None:
+        self.max_keys, self.max_bytes, self.entry_bytes = max_keys, max_bytes, entry_bytes
+        self._entries: collections.OrderedDict[int, _Entry] = collections.OrderedDict()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def record(self, key: int, prompt: str | None, messages: Messages | None) -> None:
+        size = len(prompt) if prompt is not None else sum(len(r) + len(c) for r, c in messages or ())
+        old = self._entries.pop(key, None)
+        count = 1.0
+        if old is not None:
+            self.bytes -= old.size
+            count += old.count
+        if size > self.entry_bytes:
+            return
+        self._entries[key] = _Entry(prompt, messages, size, count)
+        self.bytes += size
+        while self._entries and (len(self._entries) > self.max_keys or self.bytes > self.max_bytes):
+            _, gone = self._entries.popitem(last=False)
+            self.bytes -= gone.size
+
+    def hottest(
+        self, lo: int, hi: int, max_prompts: int = ANSWER_PROMPTS, max_bytes: int = ANSWER_BYTES
+    ) -> list[tuple[int, float, str | None, Messages | None]]:
+        """The most served keys in [lo, hi) (ties: most recent first), within ``max_prompts`` and ``max_bytes``."""
+        found = [(k, e, i) for i, (k, e) in enumerate(self._entries.items()) if lo <= k < hi]
+        found.sort(key=lambda t: (-t[1].count, -t[2]))
+        out: list[tuple[int, float, str | None, Messages | None]] = []
+        used = 0
+        for k, e, _ in found:
+            if len(out) >= max_prompts or used + e.size > max_bytes:
+                break
+            used += e.size
+            out.append((k, e.count, e.prompt, e.messages))
+        return out
+
+
+class WarmMetrics:
+    """``brunoise_runtime_warmup_*`` on a private registry, appended to the pod's ``/metrics``. The prefill
+    counters let a reader take warm-up traffic out of vLLM's own ``prefix_cache_*`` counters (which count it)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        p = "brunoise_runtime_warmup_"
+        self.started = Counter(p + "started", "Slices this pod began warming", registry=r)
+        self.completed = Counter(p + "completed", "Slices warmed (every donor prompt prefilled)", registry=r)
+        self.timed_out = Counter(p + "timed_out", "Warm-ups cut short by the warm timeout", registry=r)
+        self.failed = Counter(p + "failed", "Warm-ups with no donor answering (reported warm anyway)", registry=r)
+        self.duration = Histogram(p + "duration_seconds", "One slice's warm-up, donor call to last prefill",
+                                  buckets=_WARM_BUCKETS, registry=r)  # fmt: skip
+        self.requests = Counter(p + "requests", "Prompt-only prefill requests sent to the engine", registry=r)
+        self.queries = Counter(p + "prefix_cache_queries", "Prompt tokens of warm-up prefills", registry=r)
+        self.hits = Counter(p + "prefix_cache_hits", "Prompt tokens of warm-up prefills already cached", registry=r)
+        self.served = Counter(p + "prompts_served", "Prompts this pod handed to warming peers", registry=r)
+
+    def text(self) -> str:
+        return generate_latest(self.registry).decode()
+
+
+class RecordingEngine(EngineProxy):
+    """``inner`` with every keyed request's prompt recorded in ``log`` (what a warming peer will ask for), and the
+    warm-up metrics appended to the engine's exposition."""
+
+    def __init__(self, inner: Engine, log_: PromptLog, metrics: WarmMetrics) -> None:
+        super().__init__(inner)
+        self.prompt_log = log_
+        self.warm_metrics = metrics
+
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineChunk]:
+        if request.slice_key is not None:
+            self.record_prompt(request.slice_key, request.prompt, request.messages)
+        return self.inner.generate(request)
+
+    def record_prompt(self, key: int, prompt: str | None, messages: Sequence[Mapping[str, object]] | None) -> None:
+        """Log one keyed request (the request path, and a vLLM pod's raw passthrough in ``runtime.proxy``)."""
+        msgs = None if messages is None else tuple((str(m.get("role", "user")), str(m.get("content", ""))) for m in messages)
+        self.prompt_log.record(key, prompt, msgs)
+
+    async def metrics_text(self) -> str:
+        return await self.inner.metrics_text() + self.warm_metrics.text()
+
+
+def hot_prompts_response(pod_id: str, log_: PromptLog, request: runtime_pb2.HotPromptsRequest) -> Any:
+    """The HotPrompts answer for ``request`` from ``log_``."""
+    hi = request.slice.hi or 2**64
+    resp = runtime_pb2.HotPromptsResponse(pod_id=pod_id)
+    hot = log_.hottest(
+        request.slice.lo, hi, request.max_prompts or ANSWER_PROMPTS, request.max_bytes or ANSWER_BYTES
+    )
+    for key, weight, prompt, messages in hot:
+        hp = runtime_pb2.HotPrompt(slice_key=key, weight=weight)
+        if prompt is not None:
+            hp.prompt = prompt
+        else:
+            hp.messages.CopyFrom(
+                inference_pb2.ChatMessages(
+                    messages=[inference_pb2.ChatMessage(role=r, content=c) for r, c in messages or ()]
+                )
+            )
+        resp.prompts.append(hp)
+    return resp
+
+
+class Warmer:
+    """Warms the slices the assigner marks warming on this pod, one prompt at a time (a prefill competes with live
+    requests for the engine, and a big one stalls every request behind it): for each slice, in the order they
+    came, asks its donor runtimes (HotPrompts, with this pod's token) for their hottest prompts in the slice —
+    leaving pods first, since their sessions are the ones that must move — up to ``max_prompts`` and
+    ``max_bytes``, prefills them on ``engine`` (max_tokens=1, no slice key: not the slice's load), then calls
+    ``done(slice)``; also when no donor answers, when the engine's KV usage is above ``max_kv_usage`` (warming
+    must not evict live sessions) or when ``timeout_s`` since the mark has passed, so a mark never outlives its
+    use (the assigner's deadline is the backstop)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        metadata: Sequence[tuple[str, str]] = (),
+        done: Callable[[Slice], None],
+        metrics: WarmMetrics,
+        timeout_s: float = 5.0,
+        rpc_timeout_s: float = 2.0,
+        max_prompts: int = WARM_PROMPTS,
+        max_bytes: int = WARM_BYTES,
+        max_kv_usage: float = WARM_MAX_KV_USAGE,
+    ) -> None:
+        self.engine = engine
+        self.metadata = tuple(metadata)
+        self.done = done
+        self.metrics = metrics
+        self.timeout_s = timeout_s
+        self.rpc_timeout_s = rpc_timeout_s
+        self.max_prompts, self.max_bytes, self.max_kv_usage = max_prompts, max_bytes, max_kv_usage
+        self._queue: asyncio.Queue[tuple[Slice, tuple[str, ...], float]] = asyncio.Queue()
+        self._known: set[Slice] = set()
+        self._worker: asyncio.Task[None] | None = None
+        self.warmed: list[tuple[Slice, int]] = []  # (slice, prompts prefilled), for tests and logs
+
+    def want(self, tasks: Mapping[Slice, Sequence[str]]) -> None:
+        """The slices to warm now and their donors (from the latest report answer); queues what is new."""
+        now = time.monotonic()
+        for s, donors in tasks.items():
+            if s not in self._known:  # queued or being warmed (a warmed one is no longer asked for: the slicelet
+                self._known.add(s)  # reports it warm instead)
+                self._queue.put_nowait((s, tuple(donors), now + self.timeout_s))
+        if self._worker is None and self._known:
+            self._worker = asyncio.create_task(self._work(), name="warmer")
+
+    async def stop(self) -> None:
+        w, self._worker = self._worker, None
+        if w is not None:
+            w.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await w
+
+    async def _work(self) -> None:
+        while True:
+            s, donors, deadline = await self._queue.get()
+            await self._warm(s, donors, deadline)
+
+    async def _warm(self, s: Slice, donors: tuple[str, ...], deadline: float) -> None:
+        m = self.metrics
+        m.started.inc()
+        t0 = time.monotonic()
+        n = 0
+        try:
+            async with asyncio.timeout_at(asyncio.get_running_loop().time() + max(0.0, deadline - t0)):
+                prompts = await self._ask(s, donors)
+                if prompts is None:
+                    m.failed.inc()
+                else:
+                    n = await self._prefill(prompts)
+                    m.completed.inc()
+        except TimeoutError:
+            m.timed_out.inc()
+            log.info("warm-up of %s timed out (%.1f s after its mark)", s, self.timeout_s)
+        except Exception:
+            m.failed.inc()
+            log.exception("warm-up of %s failed", s)
+        m.duration.observe(time.monotonic() - t0)
+        self.warmed.append((s, n))
+        self._known.discard(s)
+        self.done(s)
+
+    async def _ask(self, s: Slice, donors: tuple[str, ...]) -> list[Any] | None:
+        """Prompts from the donors in order until the budget is spent; None when no donor answered."""
+        out: list[Any] = []
+        seen: set[int] = set()
+        budget_n, budget_b = self.max_prompts, self.max_bytes
+        answered = False
+        for addr in donors:
+            if budget_n <= 0 or budget_b <= 0:
+                break
+            req = runtime_pb2.HotPromptsRequest(
+                slice=slicing_pb2.Slice(lo=s.lo, hi=s.hi % 2**64), max_prompts=budget_n, max_bytes=budget_b
+            )
+            async with grpc.aio.insecure_channel(addr) as ch:  # runtimes serve plaintext gRPC on their network
+                stub = runtime_pb2_grpc.RuntimeStub(ch)  # type: ignore[no-untyped-call]
+                try:
+                    resp = await stub.HotPrompts(req, timeout=self.rpc_timeout_s, metadata=self.metadata)
+                except grpc.aio.AioRpcError as exc:
+                    log.info("warm-up of %s: donor %s: %s %s", s, addr, exc.code().name, exc.details())
+                    continue
+            answered = True
+            for hp in resp.prompts:
+                if hp.slice_key in seen:
+                    continue
+                seen.add(hp.slice_key)
+                out.append(hp)
+                budget_n -= 1
+                budget_b -= len(hp.prompt) + sum(len(x.role) + len(x.content) for x in hp.messages.messages)
+        return out if answered else None
+
+    async def _prefill(self, prompts: Sequence[Any]) -> int:
+        m = self.metrics
+        n = 0
+        for hp in prompts:
+            if self.engine.load().kv_usage > self.max_kv_usage:
+                break  # the pod is busy: warming now would evict what its live sessions use
+            which = hp.WhichOneof("input")
+            req = EngineRequest(
+                request_id=f"warm-{uuid.uuid4().hex}",
+                prompt=hp.prompt if which == "prompt" else None,
+                messages=[{"role": x.role, "content": x.content} for x in hp.messages.messages]
+                if which == "messages"
+                else None,
+                sampling=SamplingParams(max_tokens=1),
+            )
+            if req.prompt is None and not req.messages:
+                continue
+            m.requests.inc()
+            last: EngineChunk | None = None
+            try:
+                async for c in self.engine.generate(req):
+                    last = c
+            except EngineError as exc:
+                log.info("warm-up prefill refused: %s", exc.message)
+                continue
+            if last is not None:
+                m.queries.inc(last.prompt_tokens)
+                m.hits.inc(last.cached_tokens)
+            n += 1
+        return n
+
+
+__all__ = ["PromptLog", "RecordingEngine", "WarmMetrics", "Warmer", "hot_prompts_response"]

@@ -1,0 +1,109 @@
+"""Warm-up units: the router's new-session rule for warming replicas, the runtime's prompt log and its answer."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from axon_router.knobs import Knobs
+from axon_router.pod_view import PodView
+from axon_router.targets import new_session_replicas
+from brunoise.v1 import runtime_pb2, slicing_pb2
+from runtime.warm import PromptLog, hot_prompts_response
+from sharder.assignment import SliceAssignment
+from sharder.keyspace import Slice
+
+K = Knobs()
+S = Slice(0, 2**64)
+
+
+def _views(**outstanding: int) -> dict[str, PodView]:
+    views = {}
+    for pid, n in outstanding.items():
+        v = PodView(pid, f"http://{pid}")
+        v.apply_report(0, 0.0, n, 0, 0, 0.0)
+        views[pid] = v
+    return views
+
+
+def test_a_warming_replica_gets_no_new_session_while_a_warm_one_is_under_the_cap() -> None:
+    sa = SliceAssignment(S, ("a", "b"), warming=("b",))
+    assert list(new_session_replicas(sa, _views(a=1, b=0), [1, 2], 1, 0.1, K)) == ["a"]
+
+
+def test_a_warming_replica_takes_new_sessions_when_the_warm_ones_are_over_the_cap() -> None:
+    sa = SliceAssignment(S, ("a", "b"), warming=("b",))
+    # cap = ceil(1.25 x (8 + 0 + 1) / 2) = 6: a (8 outstanding) is over it
+    assert new_session_replicas(sa, _views(a=8, b=0), [1], 1, 0.1, K) == ("a", "b")
+
+
+def test_a_slice_whose_replicas_all_warm_stays_routable() -> None:
+    sa = SliceAssignment(S, ("b",), warming=("b",))
+    assert new_session_replicas(sa, _views(b=0), [1], 1, 0.1, K) == ("b",)
+
+
+def test_a_session_already_on_the_warming_replica_stays_there() -> None:
+    sa = SliceAssignment(S, ("a", "b"), warming=("b",))
+    views = _views(a=0, b=0)
+    views["b"].set_cache(64, frozenset({11, 12}))
+    assert list(new_session_replicas(sa, views, [11, 12, 13], 2, 0.1, K)) == ["a", "b"]  # holds 2 chunks: sticky
+    assert list(new_session_replicas(sa, views, [99, 12], 1, 0.1, K)) == ["a"]  # holds nothing of this one
+
+
+def test_no_warming_means_every_replica() -> None:
+    sa = SliceAssignment(S, ("a", "b"))
+    assert new_session_replicas(sa, _views(a=5, b=0), [1], 1, 0.1, K) is sa.replicas
+
+
+def test_prompt_log_keeps_the_latest_prompt_per_key_hottest_first_and_bounded() -> None:
+    log = PromptLog(max_keys=3, max_bytes=1000, entry_bytes=400)
+    log.record(10, "a" * 100, None)
+    log.record(20, None, (("system", "s" * 50), ("user", "u")))
+    log.record(10, "a" * 120, None)  # key 10: served twice, latest prompt kept
+    log.record(30, "c" * 500, None)  # over entry_bytes: not kept
+    assert len(log) == 2 and log.bytes == 120 + len("system") + 50 + len("user") + 1
+    hot = log.hottest(0, 100)
+    assert [(k, n) for k, n, _, _ in hot] == [(10, 2.0), (20, 1.0)]
+    assert hot[0][2] == "a" * 120
+    assert [k for k, *_ in log.hottest(15, 25)] == [20]  # only the range asked for
+    assert [k for k, *_ in log.hottest(0, 100, max_prompts=1)] == [10]
+    for k in (40, 50, 60):  # the oldest keys go once past max_keys
+        log.record(k, "x", None)
+    assert sorted(k for k, *_ in log.hottest(0, 100)) == [40, 50, 60]
+    big = PromptLog(max_keys=10, max_bytes=250, entry_bytes=200)
+    for k in range(5):
+        big.record(k, "y" * 100, None)
+    assert big.bytes <= 250 and sorted(k for k, *_ in big.hottest(0, 10)) == [3, 4]
+
+
+def test_hot_prompts_answer_carries_prompts_and_chat_messages() -> None:
+    log = PromptLog()
+    log.record(5, "plain prompt", None)
+    log.record(6, None, (("user", "hi"),))
+    log.record(6, None, (("user", "hi"), ("assistant", "yo"), ("user", "more")))
+    req = runtime_pb2.HotPromptsRequest(slice=slicing_pb2.Slice(lo=0, hi=0))  # hi 0 = the end of the keyspace
+    resp = hot_prompts_response("pod-x", log, req)
+    assert resp.pod_id == "pod-x"
+    first, second = resp.prompts
+    assert first.slice_key == 6 and first.weight == 2.0
+    assert [(m.role, m.content) for m in first.messages.messages] == [("user", "hi"), ("assistant", "yo"), ("user", "more")]
+    assert second.WhichOneof("input") == "prompt" and second.prompt == "plain prompt"
+
+
+def test_brunoise_slices_shows_the_warming_state(capsys: pytest.CaptureFixture[str]) -> None:
+    from brunoise.cli.admin import _print_slices
+    from brunoise.cli.client import slice_dict
+    from sharder import codec
+    from sharder.assignment import initial_assignment
+    from sharder.config import TargetConfig
+    from sharder.pods import Pod
+
+    a = initial_assignment(TargetConfig("t", min_replicas=2, initial_slices=2), [Pod("a", "x"), Pod("b", "y")])
+    a = dataclasses.replace(a, slices=(dataclasses.replace(a.slices[0], warming=("b",)), a.slices[1]))
+    msg = codec.assignment_to_proto(a)
+    _print_slices(msg)
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if "a,b" in line]
+    assert "warming" in rows[0] and "b*" in rows[0] and "stable" in rows[1]
+    assert slice_dict(msg.slices[0])["warming"] == ["b"] and slice_dict(msg.slices[1])["warming"] == []
