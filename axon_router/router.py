@@ -34,6 +34,7 @@ from axon_router.pod_view import PodView, Ticket
 from axon_router.pollers import Pollers
 from axon_router.quarantine import FAULT_CAUSES, KeyGuard
 from axon_router.quota import QuotaGate, QuotaTicket, used_tokens
+from axon_router.regions import RegionRouter
 from axon_router.routing_key import RouteRequest
 from axon_router.targets import ClerkLike, TargetState, TargetTable
 
@@ -72,8 +73,10 @@ class Router:
         policy: PickPolicy | None = None,
         quota: QuotaGate | None = None,
         guard: KeyGuard | None = None,
+        regions: RegionRouter | None = None,
     ) -> None:
         self.clerk = clerk
+        self.regions = regions
         self.quota = quota
         self.guard = guard
         self.knobs = knobs
@@ -191,7 +194,7 @@ class Router:
         m = self.metrics
         m.routing_key_source.labels(req.key_source).inc()
         m.routing_group_source.labels(req.group_source).inc()
-        ts = self.resolve(req)
+        ts = self.resolve(req) if self.regions is None else self.regions.resolve(self.table, req, time.monotonic())
         f.target = ts.name
         guard = self.guard
         suspected = False

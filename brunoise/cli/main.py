@@ -14,6 +14,7 @@ from brunoise.cli.output import print_error
 from brunoise.cli.quarantine import quarantine_app
 from brunoise.cli.quota import quota_app
 from brunoise.cli.targets import register as register_targets
+from brunoise.cli.tenant import tenant_app
 
 app = typer.Typer(
     name="brunoise",
@@ -47,6 +48,7 @@ app.add_typer(cluster_app, name="cluster")
 app.add_typer(credentials_app, name="credentials")
 app.add_typer(quota_app, name="quota")
 app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(tenant_app, name="tenant")
 
 
 def main(argv: list[str] | None = None) -> int:

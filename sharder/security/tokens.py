@@ -43,6 +43,8 @@ ASSIGNER_RPC_ROLES: Mapping[str, frozenset[Role]] = {
     "ReportKeyFault": frozenset({Role.READER, Role.ADMIN}),
     "ListQuarantines": frozenset({Role.READER, Role.ADMIN}),
     "ClearQuarantine": frozenset({Role.ADMIN}),
+    "SetPlacement": frozenset({Role.ADMIN}),
+    "ListPlacements": frozenset({Role.READER, Role.ADMIN}),
 }
 
 

@@ -105,6 +105,10 @@ def _request(rpc: str) -> Any:
         "ReportKeyFault": assigner_pb2.ReportKeyFaultRequest(target="t", slice_key=1, pod_id="p0", cause="network"),
         "ListQuarantines": assigner_pb2.ListQuarantinesRequest(),
         "ClearQuarantine": assigner_pb2.ClearQuarantineRequest(all=True),
+        "SetPlacement": assigner_pb2.SetPlacementRequest(
+            placement=assigner_pb2.TenantPlacement(tenant="acme", home_region="eu", pinned=True)
+        ),
+        "ListPlacements": assigner_pb2.ListPlacementsRequest(),
     }[rpc]
 
 
