@@ -106,6 +106,14 @@ class RegionRouter:
     # ------------------------------------------------------------------------------------------ the pick
     def resolve(self, table: TargetTable, req: RouteRequest, now: float) -> TargetState:
         """The target of ``req``: its model's regional target by placement and health (see the module)."""
+        if req.tenant and self.refreshed:
+            placed = self.placements.get(req.tenant)
+            if placed is not None and placed.pinned:
+                # residency holds on any target: only pods labelled with the home region are eligible (a client's
+                # x-brunoise-region naming another region then finds none: 503, never relaxed)
+                if req.labels.get("region", placed.home_region) != placed.home_region:
+                    raise self._residency(req, placed.home_region, "is not the region the request names")
+                req.labels["region"] = placed.home_region
         cands = table.by_model.get(req.model) if req.target is None else None
         if not cands:
             return table.resolve(req)
@@ -131,19 +139,8 @@ class RegionRouter:
         m = self.metrics
         if region is None:
             if p.pinned:
-                m.unavailable.labels("residency").inc()
-                who = (
-                    f"the request names region {p.preferred!r} (x-brunoise-region)"
-                    if p.why == "header"
-                    else f"tenant {req.tenant!r} is pinned to region {p.preferred!r} (residency)"
-                )
                 where = "has no target" if p.preferred not in regional else "has no healthy pod"
-                raise Unavailable(
-                    f"{who}; model {req.model!r} {where} in region {p.preferred!r}, and residency is never relaxed: "
-                    "the request is not sent to another region",
-                    code="residency_unavailable",
-                    retry_after_s=self.retry_after_s,
-                )
+                raise self._residency(req, p.preferred, f"{where} for model {req.model!r}", header=p.why == "header")
             # nowhere healthy: region-less targets of the model are the last resort, else the preferred region's
             # target answers (its request path gives the 503)
             rest = [ts for ts in cands if not target_region(ts)]
@@ -153,3 +150,18 @@ class RegionRouter:
         if self.own_region and region != self.own_region:
             m.cross_region.labels(self.own_region, region).inc()
         return regional[region]
+
+    def _residency(self, req: RouteRequest, region: str, why: str, header: bool = False) -> Unavailable:
+        """503 ``residency_unavailable``: the request may be served in ``region`` only, which ``why``."""
+        self.metrics.unavailable.labels("residency").inc()
+        who = (
+            f"the request names region {region!r} (x-brunoise-region)"
+            if header
+            else f"tenant {req.tenant!r} is pinned to region {region!r} (residency)"
+        )
+        return Unavailable(
+            f"{who}; region {region!r} {why}, and residency is never relaxed: the request is not sent to another "
+            "region",
+            code="residency_unavailable",
+            retry_after_s=self.retry_after_s,
+        )

@@ -67,15 +67,16 @@ def plan(
 ) -> RegionPlan:
     """The regions to try for one request, in a deterministic order.
 
-    ``header_region`` (the client's ``x-brunoise-region``) pins like a residency placement. Otherwise the
+    A pinned placement has its home region only. Else ``header_region`` (the client's ``x-brunoise-region``)
+    pins the request like a residency placement. Otherwise the
     preferred region is the placement's home, else ``own_region``; an unpinned request then tries the router's
     own region, then the others by name. With no preference at all, the own region first, then by name.
     """
     known = sorted(set(regions))
+    if placement is not None and placement.pinned:  # before the header: a client cannot move a pinned tenant
+        return RegionPlan((placement.home_region,), placement.home_region, True, "residency")
     if header_region:
         return RegionPlan((header_region,), header_region, True, "header")
-    if placement is not None and placement.pinned:
-        return RegionPlan((placement.home_region,), placement.home_region, True, "residency")
     if placement is not None:
         preferred, why = placement.home_region, "home"
     elif own_region:
