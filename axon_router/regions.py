@@ -6,8 +6,9 @@ keyspace and assignment. A request for a model with regional targets goes to the
 ``sharder.regions.plan`` with a usable pod (healthy, not draining, circuit not open): its tenant's home region,
 else this router's own, then this router's own, then the others by name. A pinned tenant (residency) or a request
 naming ``x-brunoise-region`` has one region only and gets 503 ``residency_unavailable`` when it has no usable pod
-(fail closed). A request naming its target (``x-brunoise-target``), or for a model without regional targets, is
-resolved as before (``TargetTable.resolve``).
+(fail closed). An unpinned request whose every attempt in its region failed before its first token (the router
+had not yet seen the region down) goes on in the next region (``elsewhere``). A request naming its target
+(``x-brunoise-target``), or for a model without regional targets, is resolved as before (``TargetTable.resolve``).
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ import logging
 from collections.abc import Mapping
 
 from axon_router.assigner_client import AssignerCalls
-from axon_router.errors import Unavailable
+from axon_router.errors import RouterError, Unavailable
 from axon_router.metrics import RouterMetrics
 from axon_router.routing_key import RouteRequest
 from axon_router.targets import TargetState, TargetTable
 from brunoise.v1 import assigner_pb2
-from sharder.regions import TenantPlacement, choose, plan
+from sharder.regions import RegionPlan, TenantPlacement, choose, plan
 
 log = logging.getLogger("axon_router.regions")
+
+#: Errors after which an unpinned request is tried in its next region: every attempt in its region failed.
+RETRY_ELSEWHERE = frozenset({"no_healthy_pod", "upstream_unavailable"})
 
 
 def target_region(ts: TargetState) -> str:
@@ -104,6 +108,23 @@ class RegionRouter:
                 self._failing = False
 
     # ------------------------------------------------------------------------------------------ the pick
+    def _plan(self, table: TargetTable, req: RouteRequest) -> tuple[list[TargetState], dict[str, TargetState], RegionPlan]:
+        """The model's targets, its regional ones by region, and the request's region plan."""
+        cands = (table.by_model.get(req.model) or []) if req.target is None else []
+        regional: dict[str, TargetState] = {}
+        for ts in cands:
+            r = target_region(ts)
+            if r and r not in regional:
+                regional[r] = ts
+        placement = self.placements.get(req.tenant) if req.tenant else None
+        return cands, regional, plan(placement, self.own_region, regional, req.labels.get("region"))
+
+    def _count(self, p: RegionPlan, region: str) -> None:
+        if not p.pinned and p.preferred and region != p.preferred:
+            self.metrics.region_failovers.labels(p.preferred, region).inc()
+        if self.own_region and region != self.own_region:
+            self.metrics.cross_region.labels(self.own_region, region).inc()
+
     def resolve(self, table: TargetTable, req: RouteRequest, now: float) -> TargetState:
         """The target of ``req``: its model's regional target by placement and health (see the module)."""
         if req.tenant and self.refreshed:
@@ -114,14 +135,9 @@ class RegionRouter:
                 if req.labels.get("region", placed.home_region) != placed.home_region:
                     raise self._residency(req, placed.home_region, "is not the region the request names")
                 req.labels["region"] = placed.home_region
-        cands = table.by_model.get(req.model) if req.target is None else None
-        if not cands:
+        if req.target is not None or not table.by_model.get(req.model):
             return table.resolve(req)
-        regional: dict[str, TargetState] = {}
-        for ts in cands:
-            r = target_region(ts)
-            if r and r not in regional:
-                regional[r] = ts
+        cands, regional, p = self._plan(table, req)
         if not regional:
             return table.resolve(req)
         if req.tenant and not self.refreshed:
@@ -133,10 +149,7 @@ class RegionRouter:
                 code="placements_unknown",
                 retry_after_s=self.retry_after_s,
             )
-        placement = self.placements.get(req.tenant) if req.tenant else None
-        p = plan(placement, self.own_region, regional, req.labels.get("region"))
         region = choose(p, {r: usable(ts, now) for r, ts in regional.items()})
-        m = self.metrics
         if region is None:
             if p.pinned:
                 where = "has no target" if p.preferred not in regional else "has no healthy pod"
@@ -145,11 +158,28 @@ class RegionRouter:
             # target answers (its request path gives the 503)
             rest = [ts for ts in cands if not target_region(ts)]
             return rest[0] if rest else regional.get(p.preferred) or regional[p.order[0]]
-        if not p.pinned and p.preferred and region != p.preferred:
-            m.region_failovers.labels(p.preferred, region).inc()
-        if self.own_region and region != self.own_region:
-            m.cross_region.labels(self.own_region, region).inc()
+        self._count(p, region)
         return regional[region]
+
+    def elsewhere(
+        self, table: TargetTable, req: RouteRequest, failed: TargetState, err: RouterError, now: float,
+        skip: set[str],
+    ) -> TargetState | None:  # fmt: skip
+        """After every attempt of an unpinned request in ``failed``'s region failed before its first token (the
+        router had not yet seen the region down): the next region's target with a usable pod, else None. The failed
+        region joins ``skip`` (regions this request has tried)."""
+        region = target_region(failed)
+        if err.code not in RETRY_ELSEWHERE or not region or req.target is not None:
+            return None
+        _, regional, p = self._plan(table, req)
+        if p.pinned:
+            return None
+        skip.add(region)
+        nxt = choose(p, {r: r not in skip and usable(ts, now) for r, ts in regional.items()})
+        if nxt is None:
+            return None
+        self._count(p, nxt)
+        return regional[nxt]
 
     def _residency(self, req: RouteRequest, region: str, why: str, header: bool = False) -> Unavailable:
         """503 ``residency_unavailable``: the request may be served in ``region`` only, which ``why``."""

@@ -188,13 +188,32 @@ class Router:
         ]
 
     async def open(self, f: Flight) -> Upstream:
-        """Pick a pod and get the first token (or the whole body) from it, failing over before the first token."""
+        """Pick a pod and get the first token (or the whole body) from it, failing over before the first token
+        (to another region for an unpinned request whose every attempt in its region failed)."""
+        req = f.req
+        self.metrics.routing_key_source.labels(req.key_source).inc()
+        self.metrics.routing_group_source.labels(req.group_source).inc()
+        regions = self.regions
+        if regions is None:
+            return await self._open_in(f, self.resolve(req))
+        ts = regions.resolve(self.table, req, time.monotonic())
+        tried_regions: set[str] = set()
+        while True:
+            try:
+                return await self._open_in(f, ts)
+            except Unavailable as e:
+                if f.attempts == 0:  # nothing was tried: the region's verdict stands (e.g. residency)
+                    raise
+                nxt = regions.elsewhere(self.table, req, ts, e, time.monotonic(), tried_regions)
+                if nxt is None:
+                    raise
+                ts = nxt
+
+    async def _open_in(self, f: Flight, ts: TargetState) -> Upstream:
+        """``open`` within target ``ts``."""
         req = f.req
         k = self.knobs
         m = self.metrics
-        m.routing_key_source.labels(req.key_source).inc()
-        m.routing_group_source.labels(req.group_source).inc()
-        ts = self.resolve(req) if self.regions is None else self.regions.resolve(self.table, req, time.monotonic())
         f.target = ts.name
         guard = self.guard
         suspected = False

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from axon_router.errors import Unavailable
+from axon_router.errors import Shed, Unavailable
 from axon_router.knobs import Knobs
 from axon_router.metrics import RouterMetrics
 from axon_router.pod_view import PodView
@@ -177,3 +177,20 @@ def test_models_without_regional_targets_and_named_targets_resolve_as_before() -
     eu, us = _target("chat-eu", "eu", ["e1"]), _target("chat-us", "us", ["u1"])
     table = _Table(eu, us)
     assert regions.resolve(table, _req("acme", target="chat-eu"), 0.0) is eu and table.resolved == 1
+
+
+def test_a_request_whose_attempts_all_failed_is_tried_in_the_next_region_unless_pinned() -> None:
+    eu, us, ap = _target("chat-eu", "eu", ["e1"]), _target("chat-us", "us", ["u1"]), _target("chat-ap", "ap", ["p1"])
+    table = _Table(eu, us, ap)
+    regions, m = _regions(own="us")
+    failed = Unavailable("2 attempt(s) failed", code="upstream_unavailable")
+    skip: set[str] = set()
+    # eu still looks healthy (its pods died a moment ago): the request goes on in the next region of its plan
+    assert regions.elsewhere(table, _req("acme"), eu, failed, 0.0, skip) is us and skip == {"eu"}
+    assert _metric(m, "region_failovers_total", from_region="eu", to_region="us") == 1
+    assert regions.elsewhere(table, _req("acme"), us, failed, 0.0, skip) is ap and skip == {"eu", "us"}
+    assert regions.elsewhere(table, _req("acme"), ap, failed, 0.0, skip) is None  # every region tried
+    assert regions.elsewhere(table, _req("bank"), eu, failed, 0.0, set()) is None  # pinned: never
+    shed = Shed("over the admission limit", code="overloaded")
+    assert regions.elsewhere(table, _req("acme"), eu, shed, 0.0, set()) is None  # only failed attempts move on
+    assert regions.elsewhere(table, _req("acme", target="chat-eu"), eu, failed, 0.0, set()) is None
