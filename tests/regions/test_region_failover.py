@@ -113,9 +113,15 @@ class RegionCluster:
 
         wait_for(ready, 60, f"the router to see {n} healthy pods")
 
-    def cli(self, *args: str) -> None:
-        """The real `brunoise` CLI against the assigner."""
-        assert brunoise_cli([*args, "--assigner", self.assigner_addr]) == 0, args
+    def cli(self, *args: str) -> int:
+        """The real `brunoise` CLI against the assigner; its exit code."""
+        return brunoise_cli([*args, "--assigner", self.assigner_addr])
+
+    def placements(self) -> dict[str, tuple[str, bool]]:
+        with grpc.insecure_channel(self.assigner_addr) as ch:
+            stub = assigner_pb2_grpc.AssignerStub(ch)  # type: ignore[no-untyped-call]
+            resp = stub.ListPlacements(assigner_pb2.ListPlacementsRequest(), timeout=5)
+        return {p.tenant: (p.home_region, p.pinned) for p in resp.placements}
 
     def pod_served(self, pids: tuple[str, ...]) -> float:
         """Requests the pods ``pids`` served and prompt tokens they processed, by their own vLLM counters."""
@@ -201,8 +207,10 @@ def cluster(tmp_path: pathlib.Path) -> Iterator[RegionCluster]:
 
 
 def test_region_loss_fails_unpinned_tenants_over_and_back_and_keeps_pinned_ones_home(cluster: RegionCluster) -> None:
-    cluster.cli("tenant", "set-region", FREE, "a")
-    cluster.cli("tenant", "set-region", BANK, "a", "--pinned")
+    assert cluster.cli("tenant", "set-region", FREE, "a") == 0
+    assert cluster.cli("tenant", "set-region", BANK, "a", "--pinned") == 0
+    assert cluster.cli("tenant", "set-region", "other", "a b") != 0  # not a region label: refused, nothing stored
+    assert cluster.placements() == {FREE: ("a", False), BANK: ("a", True)}
     # the router (in a) reads both placements; both tenants are served at home
     wait_for(lambda: all(send(cluster, t, "warm").pod in REGIONS["a"] for t in (FREE, BANK)), 30, "homes in a")
     steady = [send(cluster, t, f"s{i}") for i in range(8) for t in (FREE, BANK)]
