@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from axon_router.assigner_client import AssignerCalls
 from axon_router.errors import RouterError, Unavailable
@@ -125,8 +125,13 @@ class RegionRouter:
         if self.own_region and region != self.own_region:
             self.metrics.cross_region.labels(self.own_region, region).inc()
 
-    def resolve(self, table: TargetTable, req: RouteRequest, now: float) -> TargetState:
-        """The target of ``req``: its model's regional target by placement and health (see the module)."""
+    def resolve(
+        self, table: TargetTable, req: RouteRequest, now: float, held: Callable[[TargetState], bool] | None = None
+    ) -> TargetState:
+        """The target of ``req``: its model's regional target by placement and health (see the module).
+        ``held(ts)``: whether the request's key must stay in target ``ts`` (the key guard suspects it there), so an
+        unpinned request whose preferred region holds it does not fail over (a key of death would take a second
+        region's pods down)."""
         if req.tenant and self.refreshed:
             placed = self.placements.get(req.tenant)
             if placed is not None and placed.pinned:
@@ -149,6 +154,8 @@ class RegionRouter:
                 code="placements_unknown",
                 retry_after_s=self.retry_after_s,
             )
+        if not p.pinned and held is not None and p.preferred in regional and held(regional[p.preferred]):
+            return regional[p.preferred]
         region = choose(p, {r: usable(ts, now) for r, ts in regional.items()})
         if region is None:
             if p.pinned:

@@ -196,13 +196,17 @@ class Router:
         regions = self.regions
         if regions is None:
             return await self._open_in(f, self.resolve(req))
-        ts = regions.resolve(self.table, req, time.monotonic())
+        guard = self.guard
+        held = None if guard is None else (lambda t: guard.state(t.name, req.slice_key) != "clear")
+        ts = regions.resolve(self.table, req, time.monotonic(), held)
         tried_regions: set[str] = set()
         while True:
             try:
                 return await self._open_in(f, ts)
             except Unavailable as e:
-                if f.attempts == 0:  # nothing was tried: the region's verdict stands (e.g. residency)
+                # nothing was tried (the region's verdict stands, e.g. residency), or the key guard keeps the key in
+                # its subset (a key of death must not take a second region down)
+                if f.attempts == 0 or (held is not None and held(ts)):
                     raise
                 nxt = regions.elsewhere(self.table, req, ts, e, time.monotonic(), tried_regions)
                 if nxt is None:

@@ -194,3 +194,14 @@ def test_a_request_whose_attempts_all_failed_is_tried_in_the_next_region_unless_
     shed = Shed("over the admission limit", code="overloaded")
     assert regions.elsewhere(table, _req("acme"), eu, shed, 0.0, set()) is None  # only failed attempts move on
     assert regions.elsewhere(table, _req("acme", target="chat-eu"), eu, failed, 0.0, set()) is None
+
+
+def test_a_key_the_guard_holds_in_its_home_region_does_not_fail_over() -> None:
+    eu, us = _target("chat-eu", "eu", ["e1"]), _target("chat-us", "us", ["u1"])
+    regions, m = _regions(own="us")
+    eu.pool[0].healthy = False
+    held_in = {"chat-eu"}  # the key guard suspects the key in chat-eu (it coincided with a fault there)
+    assert regions.resolve(_Table(eu, us), _req("acme"), 0.0, lambda ts: ts.name in held_in) is eu
+    assert _metric(m, "region_failovers_total") == 0
+    held_in.clear()
+    assert regions.resolve(_Table(eu, us), _req("acme"), 0.0, lambda ts: ts.name in held_in) is us
