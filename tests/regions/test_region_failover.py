@@ -1,4 +1,4 @@
-"""Issue 13 acceptance, regions: two regions of two sim runtimes on loopback, an embedded assigner and one router.
+"""Issue 13 acceptance, regions: two regions of two sim runtimes on loopback, an embedded assigner and one router (in b).
 
 Every pod of region a is killed by PID: the unpinned tenant homed in a is served from region b within the
 router's health-check time; the pinned tenant homed in a gets 503s and none of its requests reaches region b.
@@ -44,7 +44,8 @@ def region_of(pod: str) -> str:
 
 
 class RegionCluster:
-    """The assigner, one target per region (eligibility region=<r>), its pods, and a router in region a."""
+    """The assigner, one target per region (eligibility region=<r>), its pods, and a router in region b (so its own
+    region is not the first by name: a tenant without a placement shows the router's preference)."""
 
     def __init__(self, log_dir: pathlib.Path) -> None:
         self.log_dir = log_dir
@@ -80,7 +81,7 @@ class RegionCluster:
                 self.start_pod(pid)
         r = ManagedProcess("router", python_module(
             "axon_router.main", "--assigner", self.assigner_addr, "--http-port", "0", "--grpc-port", "0",
-            "--region", "a", "--placement-refresh-s", "0.5", *ROUTER_ARGS,
+            "--region", "b", "--placement-refresh-s", "0.5", *ROUTER_ARGS,
         ), log_dir=self.log_dir)  # fmt: skip
         self.router = self.group.add(r.start())
         for p in [*self.pods.values(), r]:
@@ -211,10 +212,13 @@ def test_region_loss_fails_unpinned_tenants_over_and_back_and_keeps_pinned_ones_
     assert cluster.cli("tenant", "set-region", BANK, "a", "--pinned") == 0
     assert cluster.cli("tenant", "set-region", "other", "a b") != 0  # not a region label: refused, nothing stored
     assert cluster.placements() == {FREE: ("a", False), BANK: ("a", True)}
-    # the router (in a) reads both placements; both tenants are served at home
+    # the router (in b) reads both placements; both tenants are served at home, in a
     wait_for(lambda: all(send(cluster, t, "warm").pod in REGIONS["a"] for t in (FREE, BANK)), 30, "homes in a")
     steady = [send(cluster, t, f"s{i}") for i in range(8) for t in (FREE, BANK)]
     assert all(o.status == 200 and region_of(o.pod) == "a" for o in steady), steady
+    # a tenant with no placement goes to the router's own region (b), though a comes first by name
+    nomad = [send(cluster, "nomad", f"s{i}") for i in range(8)]
+    assert all(o.status == 200 and region_of(o.pod) == "b" for o in nomad), nomad
     a_pods, b_pods = REGIONS["a"], REGIONS["b"]
 
     with Clients(cluster, (FREE, BANK)) as clients:
@@ -264,9 +268,10 @@ def test_region_loss_fails_unpinned_tenants_over_and_back_and_keeps_pinned_ones_
     assert bank_in_b == 0, "a pinned request was served outside its region"
     metrics = scrape(cluster.http)
     failovers = metric_value(metrics, "brunoise_router_region_failovers_total", {"from_region": "a", "to_region": "b"})
-    cross = metric_value(metrics, "brunoise_router_cross_region_requests_total", {"from_region": "a", "to_region": "b"})
+    cross = metric_value(metrics, "brunoise_router_cross_region_requests_total", {"from_region": "b", "to_region": "a"})
     residency_503 = metric_value(metrics, "brunoise_router_unavailable_total", {"cause": "residency"})
-    assert failovers >= 40 and cross >= failovers and residency_503 >= len(alone)
+    home_in_a = sum(1 for o in [*steady, *outage, *clients.outcomes] if region_of(o.pod) == "a")
+    assert failovers >= 40 and cross >= home_in_a and residency_503 >= len(alone)
     figures = {
         "health_check_s": HEALTH_CHECK_S,
         "failover_s": round(failover_s, 3),
@@ -278,7 +283,7 @@ def test_region_loss_fails_unpinned_tenants_over_and_back_and_keeps_pinned_ones_
         "pinned_503_codes": sorted({o.code for o in [*bank_outage, *alone]}),
         "pinned_served_in_b": bank_in_b,
         "router_region_failovers_a_to_b": failovers,
-        "router_cross_region_a_to_b": cross,
+        "router_cross_region_b_to_a": cross,
         "router_residency_503": residency_503,
     }
     print("REGIONS " + json.dumps(figures))
