@@ -27,6 +27,7 @@ from axon_router.knobs import add_knob_args, knobs_from_args
 from axon_router.metrics import RouterMetrics
 from axon_router.quarantine import KeyGuard
 from axon_router.quota import QuotaGate
+from axon_router.regions import RegionRouter
 from axon_router.rollout import RolloutView
 from axon_router.router import Router
 from axon_router.tracing import setup_tracing
@@ -83,6 +84,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quarantine-pods", type=int, default=2, help="distinct pods whose faults quarantine a key")
     p.add_argument("--quarantine-window-s", type=float, default=120.0, help="how long a key stays suspected")
     p.add_argument("--quarantine-cooldown-s", type=float, default=300.0, help="how long a quarantine lasts")
+    p.add_argument(
+        "--region", default=os.environ.get("BRUNOISE_ROUTER_REGION", ""),
+        help="this router's region (default $BRUNOISE_ROUTER_REGION): tenants without a home region go to its "
+        "regional targets first; requests sent elsewhere count in brunoise_router_cross_region_requests_total",
+    )  # fmt: skip
+    p.add_argument(
+        "--placement-refresh-s", type=float, default=1.0,
+        help="how often tenant placements (brunoise tenant set-region) are read from the assigners",
+    )  # fmt: skip
     add_knob_args(p)
     return p.parse_args(argv)
 
@@ -120,7 +130,7 @@ async def serve(ns: argparse.Namespace) -> None:
     if ns.wait_ready_s > 0:
         with contextlib.suppress(Exception):
             await clerk.wait_ready(ns.wait_ready_s)
-    calls = AssignerCalls(ns.assigner)
+    calls = AssignerCalls(ns.assigner, auth)  # the router's own credentials, as the clerk's
     calls.start()
     quota = QuotaGate(calls, f"{socket.gethostname()}:{os.getpid()}") if ns.quotas else None
     guard = None
@@ -136,11 +146,13 @@ async def serve(ns: argparse.Namespace) -> None:
         with contextlib.suppress(Exception):
             await guard.refresh()  # a restarted router knows the quarantines before it serves
         await guard.start()
+    regions = RegionRouter(ns.region, metrics, calls, refresh_s=ns.placement_refresh_s, retry_after_s=knobs.retry_after_s)
+    await regions.start()
     rollout_calls = AssignerCalls(ns.assigner, auth=auth)
     rollout_calls.start()
     rollouts = RolloutView(rollout_calls, metrics.registry)
     await rollouts.start()  # a (re)started router knows the model-version rollouts before it serves
-    router = Router(clerk, knobs, metrics, quota=quota, guard=guard, rollouts=rollouts)
+    router = Router(clerk, knobs, metrics, quota=quota, guard=guard, rollouts=rollouts, regions=regions)
     await router.start()
     readiness = Readiness(router)
     http = OpenAIFrontend(router, api_keys, readiness)
@@ -186,6 +198,7 @@ async def serve(ns: argparse.Namespace) -> None:
         await guard.stop()
     await rollouts.stop()
     await rollout_calls.close()
+    await regions.stop()
     await calls.close()
     await clerk.stop()
     log.info("router stopped", extra={"stop_s": round(time.monotonic() - t, 3)})

@@ -106,6 +106,19 @@ class RouterMetrics:
             registry=r,
         )
         self.clerk_connected = Gauge(p + "clerk_connected", "1 when the clerk's watch is connected", registry=r)
+        self.cross_region = Counter(
+            p + "cross_region_requests",
+            "Requests sent to another region than this router's own (--region): from its region to the serving one",
+            ["from_region", "to_region"],
+            registry=r,
+        )
+        self.region_failovers = Counter(
+            p + "region_failovers",
+            "Requests of unpinned groups sent away from their preferred region (home, else the router's), which had "
+            "no healthy pod: from the preferred region to the serving one",
+            ["from_region", "to_region"],
+            registry=r,
+        )
         self.prefix_hit_chunks = Histogram(
             p + "expected_prefix_hit_ratio",
             "Expected prefix hit ratio of the picked pod",

@@ -34,6 +34,7 @@ from axon_router.pod_view import PodView, Ticket
 from axon_router.pollers import Pollers
 from axon_router.quarantine import FAULT_CAUSES, KeyGuard
 from axon_router.quota import QuotaGate, QuotaTicket, used_tokens
+from axon_router.regions import RegionRouter
 from axon_router.rollout import RolloutView
 from axon_router.routing_key import RouteRequest
 from axon_router.targets import ClerkLike, TargetState, TargetTable, new_session_replicas
@@ -74,8 +75,10 @@ class Router:
         quota: QuotaGate | None = None,
         guard: KeyGuard | None = None,
         rollouts: RolloutView | None = None,
+        regions: RegionRouter | None = None,
     ) -> None:
         self.clerk = clerk
+        self.regions = regions
         self.quota = quota
         self.guard = guard
         self.rollouts = rollouts
@@ -198,13 +201,36 @@ class Router:
         ]
 
     async def open(self, f: Flight) -> Upstream:
-        """Pick a pod and get the first token (or the whole body) from it, failing over before the first token."""
+        """Pick a pod and get the first token (or the whole body) from it, failing over before the first token
+        (to another region for an unpinned request whose every attempt in its region failed)."""
+        req = f.req
+        self.metrics.routing_key_source.labels(req.key_source).inc()
+        self.metrics.routing_group_source.labels(req.group_source).inc()
+        regions = self.regions
+        if regions is None:
+            return await self._open_in(f, self.resolve(req))
+        guard = self.guard
+        held = None if guard is None else (lambda t: guard.state(t.name, req.slice_key) != "clear")
+        ts = regions.resolve(self.table, req, time.monotonic(), held, fallback=self.resolve)
+        tried_regions: set[str] = set()
+        while True:
+            try:
+                return await self._open_in(f, ts)
+            except Unavailable as e:
+                # nothing was tried (the region's verdict stands, e.g. residency), or the key guard keeps the key in
+                # its subset (a key of death must not take a second region down)
+                if f.attempts == 0 or (held is not None and held(ts)):
+                    raise
+                nxt = regions.elsewhere(self.table, req, ts, e, time.monotonic(), tried_regions)
+                if nxt is None:
+                    raise
+                ts = nxt
+
+    async def _open_in(self, f: Flight, ts: TargetState) -> Upstream:
+        """``open`` within target ``ts``."""
         req = f.req
         k = self.knobs
         m = self.metrics
-        m.routing_key_source.labels(req.key_source).inc()
-        m.routing_group_source.labels(req.group_source).inc()
-        ts = self.resolve(req)
         f.target = ts.name
         guard = self.guard
         suspected = False

@@ -222,6 +222,13 @@ class AdminClient:
     def list_quotas(self) -> assigner_pb2.ListQuotasResponse:
         return self._call("ListQuotas", assigner_pb2.ListQuotasRequest(), assigner_pb2.ListQuotasResponse)
 
+    def set_placement(self, placement: assigner_pb2.TenantPlacement, remove: bool = False) -> assigner_pb2.TenantPlacement:
+        req = assigner_pb2.SetPlacementRequest(placement=placement, remove=remove)
+        return self._call("SetPlacement", req, assigner_pb2.TenantPlacement)
+
+    def list_placements(self) -> assigner_pb2.ListPlacementsResponse:
+        return self._call("ListPlacements", assigner_pb2.ListPlacementsRequest(), assigner_pb2.ListPlacementsResponse)
+
     def list_quarantines(self, target: str = "", suspected: bool = False) -> assigner_pb2.ListQuarantinesResponse:
         req = assigner_pb2.ListQuarantinesRequest(target=target, suspected=suspected)
         return self._call("ListQuarantines", req, assigner_pb2.ListQuarantinesResponse)

@@ -15,6 +15,7 @@ from brunoise.cli.quarantine import quarantine_app
 from brunoise.cli.quota import quota_app
 from brunoise.cli.rollout import rollout_app
 from brunoise.cli.targets import register as register_targets
+from brunoise.cli.tenant import tenant_app
 
 app = typer.Typer(
     name="brunoise",
@@ -49,6 +50,7 @@ app.add_typer(credentials_app, name="credentials")
 app.add_typer(quota_app, name="quota")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(tenant_app, name="tenant")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -360,6 +360,34 @@ class ReturnAllotmentResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class TenantPlacement(_message.Message):
+    __slots__ = ("tenant", "home_region", "pinned")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    HOME_REGION_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    home_region: str
+    pinned: bool
+    def __init__(self, tenant: _Optional[str] = ..., home_region: _Optional[str] = ..., pinned: _Optional[bool] = ...) -> None: ...
+
+class SetPlacementRequest(_message.Message):
+    __slots__ = ("placement", "remove")
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    placement: TenantPlacement
+    remove: bool
+    def __init__(self, placement: _Optional[_Union[TenantPlacement, _Mapping]] = ..., remove: _Optional[bool] = ...) -> None: ...
+
+class ListPlacementsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListPlacementsResponse(_message.Message):
+    __slots__ = ("placements",)
+    PLACEMENTS_FIELD_NUMBER: _ClassVar[int]
+    placements: _containers.RepeatedCompositeFieldContainer[TenantPlacement]
+    def __init__(self, placements: _Optional[_Iterable[_Union[TenantPlacement, _Mapping]]] = ...) -> None: ...
+
 class KeyFaultRecord(_message.Message):
     __slots__ = ("target", "slice_key", "pods", "first_unix_ms", "last_unix_ms", "quarantined_until_unix_ms", "cause", "state", "suspected_until_unix_ms")
     TARGET_FIELD_NUMBER: _ClassVar[int]

@@ -115,6 +115,16 @@ class AssignerStub:
                 request_serializer=brunoise_dot_v1_dot_assigner__pb2.ReturnAllotmentRequest.SerializeToString,
                 response_deserializer=brunoise_dot_v1_dot_assigner__pb2.ReturnAllotmentResponse.FromString,
                 _registered_method=True)
+        self.SetPlacement = channel.unary_unary(
+                '/brunoise.v1.Assigner/SetPlacement',
+                request_serializer=brunoise_dot_v1_dot_assigner__pb2.SetPlacementRequest.SerializeToString,
+                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.TenantPlacement.FromString,
+                _registered_method=True)
+        self.ListPlacements = channel.unary_unary(
+                '/brunoise.v1.Assigner/ListPlacements',
+                request_serializer=brunoise_dot_v1_dot_assigner__pb2.ListPlacementsRequest.SerializeToString,
+                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.ListPlacementsResponse.FromString,
+                _registered_method=True)
         self.ReportKeyFault = channel.unary_unary(
                 '/brunoise.v1.Assigner/ReportKeyFault',
                 request_serializer=brunoise_dot_v1_dot_assigner__pb2.ReportKeyFaultRequest.SerializeToString,
@@ -254,6 +264,21 @@ class AssignerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetPlacement(self, request, context):
+        """Regions: a tenant's home region and residency pin (store meta; routers read them all with ListPlacements).
+        admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPlacements(self, request, context):
+        """routers (reader) and admins
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReportKeyFault(self, request, context):
         """Key-of-death containment: routers report a key's request that coincided with a pod's crash, hang or timeout;
         faults on distinct pods quarantine the key (kept in the store, so every router and a restarted one see it).
@@ -380,6 +405,16 @@ def add_AssignerServicer_to_server(servicer, server):
                     servicer.ReturnAllotment,
                     request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ReturnAllotmentRequest.FromString,
                     response_serializer=brunoise_dot_v1_dot_assigner__pb2.ReturnAllotmentResponse.SerializeToString,
+            ),
+            'SetPlacement': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPlacement,
+                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.SetPlacementRequest.FromString,
+                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.TenantPlacement.SerializeToString,
+            ),
+            'ListPlacements': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPlacements,
+                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ListPlacementsRequest.FromString,
+                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.ListPlacementsResponse.SerializeToString,
             ),
             'ReportKeyFault': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportKeyFault,
@@ -844,6 +879,60 @@ class Assigner:
             '/brunoise.v1.Assigner/ReturnAllotment',
             brunoise_dot_v1_dot_assigner__pb2.ReturnAllotmentRequest.SerializeToString,
             brunoise_dot_v1_dot_assigner__pb2.ReturnAllotmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPlacement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brunoise.v1.Assigner/SetPlacement',
+            brunoise_dot_v1_dot_assigner__pb2.SetPlacementRequest.SerializeToString,
+            brunoise_dot_v1_dot_assigner__pb2.TenantPlacement.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPlacements(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brunoise.v1.Assigner/ListPlacements',
+            brunoise_dot_v1_dot_assigner__pb2.ListPlacementsRequest.SerializeToString,
+            brunoise_dot_v1_dot_assigner__pb2.ListPlacementsResponse.FromString,
             options,
             channel_credentials,
             insecure,

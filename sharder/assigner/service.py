@@ -28,6 +28,7 @@ from sharder.store.base import Store
 
 from .hub import Entry, WatchHub
 from .leader import DRAIN_PREFIX, Leader, Mutation, audit_prefix, pod_from_bytes
+from .placements import Placements, placement_from_proto, placement_to_proto
 from .quarantines import Quarantines, policy_from_proto, record_to_proto
 from .quotas import (
     QuotaLedgers,
@@ -99,6 +100,7 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
         self.quarantines = Quarantines(store)
         self.rollouts = rollout_driver.rollouts if rollout_driver is not None else Rollouts(store)
         self.rollout_driver = rollout_driver
+        self.placements = Placements(store)
 
     # helpers ------------------------------------------------------------------------------------
     async def _stored(self, target: str) -> slicing_pb2.Assignment:
@@ -486,6 +488,28 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
             await self.quotas.give_back(lim, ret)
         return assigner_pb2.ReturnAllotmentResponse()
 
+
+    # regions: tenant placements (any replica: one record per tenant, written whole) ---------------------------
+    @unary
+    async def SetPlacement(self, request: assigner_pb2.SetPlacementRequest, context: Ctx) -> assigner_pb2.TenantPlacement:
+        tenant = request.placement.tenant
+        if not tenant:
+            raise InvalidArgument("placement.tenant is required")
+        by = str(current_principal(context, self.credentials))
+        if request.remove:
+            await self.placements.delete(tenant)
+            log.info("placement removed", extra={"tenant": tenant, "by": by})
+            return assigner_pb2.TenantPlacement(tenant=tenant)
+        p = placement_from_proto(request.placement)  # PlacementError: INVALID_ARGUMENT naming the field
+        await self.placements.set(p)
+        log.info("placement set", extra={"placement": p.to_json().decode(), "by": by})
+        return placement_to_proto(p)
+
+    @unary
+    async def ListPlacements(
+        self, request: assigner_pb2.ListPlacementsRequest, context: Ctx
+    ) -> assigner_pb2.ListPlacementsResponse:
+        return assigner_pb2.ListPlacementsResponse(placements=[placement_to_proto(p) for p in await self.placements.list()])
 
     # key-of-death containment (any replica: every record change is a CAS in the store) -------------------
     @unary

@@ -46,6 +46,8 @@ ASSIGNER_RPC_ROLES: Mapping[str, frozenset[Role]] = {
     "StartRollout": frozenset({Role.ADMIN}),
     "ChangeRollout": frozenset({Role.ADMIN}),
     "ListRollouts": frozenset({Role.READER, Role.ADMIN}),
+    "SetPlacement": frozenset({Role.ADMIN}),
+    "ListPlacements": frozenset({Role.READER, Role.ADMIN}),
 }
 
 

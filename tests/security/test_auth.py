@@ -108,6 +108,10 @@ def _request(rpc: str) -> Any:
         "StartRollout": assigner_pb2.StartRolloutRequest(model="m", blue="t", green="t2"),
         "ChangeRollout": assigner_pb2.ChangeRolloutRequest(model="m", action=assigner_pb2.ChangeRolloutRequest.ROLLBACK),
         "ListRollouts": assigner_pb2.ListRolloutsRequest(),
+        "SetPlacement": assigner_pb2.SetPlacementRequest(
+            placement=assigner_pb2.TenantPlacement(tenant="acme", home_region="eu", pinned=True)
+        ),
+        "ListPlacements": assigner_pb2.ListPlacementsRequest(),
     }[rpc]
 
 
