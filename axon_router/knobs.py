@@ -91,6 +91,13 @@ class Knobs:
     """Bounded load across the fleet: a new session whose subset pods are all above ceil(fleet_cap x (every
     eligible pod's outstanding requests + 1) / pods) + 1 goes to the best pod outside the subset under that cap
     (the overflow tier; the held tier keeps it there for its later turns). 0: off (the subset only)."""
+    balance_slack_s: float = 0.05
+    """A new session (no pod holds its own cache) goes to the subset pod under the load cap with the least
+    recent load (``load_halflife_s``) among those whose estimated TTFT is within this of the best: sessions stick,
+    so where a new one lands is what keeps pods' load even over time; a shared prefix worth more than this
+    much prefill (a long document) still draws it to its holder. 0: the lowest estimated TTFT alone."""
+    load_halflife_s: float = 5.0
+    """Halflife of a pod's recent load: requests running + waiting in its reports, averaged over time."""
     sticky_weight: float = 1.0
     """How much the sticky rule values the prefill a session's cache saves: the session stays unless its pod's
     estimated TTFT exceeds the best by more than this times that prefill (>= 1: moving a session also

@@ -20,6 +20,7 @@ FALLBACK = "fallback"  # pods outside the subset, when no subset pod is usable a
 #: How the first pod of the subset tier was chosen.
 RULE_STICKY = "sticky"  # the pod holding the session's cache, kept (its TTFT is within the prefill it saves)
 RULE_COST = "cost"  # the lowest estimated TTFT, under the load cap
+RULE_BALANCE = "balance"  # a new session: the least recently loaded pod within balance_slack_s of the best TTFT
 RULE_ESCAPE = "cap_escape"  # over the load cap, holding a prefix worth more than cap_escape_s of prefill
 RULE_CAPPED = "capped"  # the lowest estimated TTFT was over the load cap; the best pod under it
 RULE_OVER_CAP = "over_cap"  # no admissible subset pod under the cap (the others are over their limits)
@@ -178,6 +179,15 @@ class CostPick:
         ranked = rank_by_cost(under, key, eps) + rank_by_cost(over, key, eps)
         best = rank_by_cost(ok, key, eps)[0]
         rule = RULE_COST if under and ranked[0] is best else RULE_CAPPED if under else RULE_OVER_CAP
+        if under and k.balance_slack_s > 0 and len(under) > 1:
+            # where a new session lands is where it stays: the least recently loaded pod among those about as
+            # fast as the best (its estimated TTFT within balance_slack_s)
+            head = ranked[0]
+            near = [s for s in ranked[: len(under)] if s.cost <= head.cost + k.balance_slack_s]
+            b = min(near, key=lambda s: (s.pod.load_avg, s.cost, tie_rank(key, s.pod.id)))
+            if b is not head:
+                ranked = [b, *(s for s in ranked if s is not b)]
+                rule = RULE_BALANCE
         if rule == RULE_CAPPED and k.cap_escape_s > 0:
             # the cap's escape: the pod holding the longest prefix, over the cap, still wins when the prefill it
             # saves over the best pod under the cap is worth more than cap_escape_s (a long shared document)

@@ -35,7 +35,9 @@ class PodView:
     """
 
     __slots__ = (
+        "_avg_at",
         "_epoch",
+        "_halflife_s",
         "_memory",
         "_memory_max",
         "_pending",
@@ -52,6 +54,7 @@ class PodView:
         "inflight_gauge",
         "inflight_tokens",
         "labels",
+        "load_avg",
         "prefill_reqs",
         "prefill_tokens",
         "rep_at",
@@ -73,6 +76,7 @@ class PodView:
         labels: Mapping[str, str] | None = None,
         *,
         memory_max: int = 8192,
+        load_halflife_s: float = 5.0,
     ) -> None:
         self.id = pod_id
         self.http_address = http_address.rstrip("/")
@@ -89,6 +93,10 @@ class PodView:
         self.rep_waiting = 0
         self.rep_tokens = 0
         self.rep_kv = 0.0
+        # the pod's recent load: requests running + waiting in its reports, averaged over time (halflife)
+        self.load_avg = 0.0
+        self._avg_at = -1.0
+        self._halflife_s = load_halflife_s
         # own accounting
         self.inflight = 0
         self.inflight_tokens = 0
@@ -171,6 +179,11 @@ class PodView:
         """Install the report answering the poll started at ``poll_epoch`` (taken at monotonic ``at``)."""
         if at < self.rep_at:
             return  # an older poll answered late
+        if self._avg_at >= 0 and self._halflife_s > 0:
+            # the last report's load held from its time until this one (piecewise constant, time-weighted)
+            w = 0.5 ** ((at - self._avg_at) / self._halflife_s)
+            self.load_avg = w * self.load_avg + (1.0 - w) * (self.rep_running + self.rep_waiting)
+        self._avg_at = at
         self.rep_at = at
         self.rep_running = running
         self.rep_waiting = waiting

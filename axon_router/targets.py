@@ -155,8 +155,9 @@ class TargetTable:
             v = self.pods.get(p.id)
             if v is None:
                 v = self.pods[p.id] = PodView(
-                    p.id, p.http_address, p.address, p.labels, memory_max=self.knobs.prefix_memory_max
-                )
+                    p.id, p.http_address, p.address, p.labels, memory_max=self.knobs.prefix_memory_max,
+                    load_halflife_s=self.knobs.load_halflife_s,
+                )  # fmt: skip
                 v.inflight_gauge = self.metrics.pod_inflight.labels(p.id)
                 self.metrics.pod_healthy.labels(p.id).set(1)
                 self.metrics.pod_breaker.labels(p.id).set(0)

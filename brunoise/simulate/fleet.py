@@ -256,7 +256,14 @@ class SimRouter:
         self.policy = CostPick(knobs)
         self.admission = Admission(knobs)
         self.views: dict[str, PodView] = {
-            p.id: PodView(p.id, p.pod.http_address, p.pod.address, memory_max=knobs.prefix_memory_max) for p in pods
+            p.id: PodView(
+                p.id,
+                p.pod.http_address,
+                p.pod.address,
+                memory_max=knobs.prefix_memory_max,
+                load_halflife_s=knobs.load_halflife_s,
+            )
+            for p in pods
         }
         self.view_list = [self.views[p.id] for p in pods]
         self.seen = [-1] * len(pods)
