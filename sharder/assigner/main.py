@@ -35,7 +35,7 @@ from .hub import WatchHub
 from .leader import Leader, load_policy
 from .metrics import AssignerMetrics, serve_metrics
 from .service import MAX_REPORT_BYTES, AssignerService, add_to_server
-from .settings import build_parser, parse_settings
+from .settings import assigner_parser, parse_assigner_settings
 from .state import PodLoadView
 
 log = logging.getLogger("brunoise.assigner")
@@ -46,8 +46,8 @@ SERVICE_NAME = assigner_pb2.DESCRIPTOR.services_by_name["Assigner"].full_name
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Flags, ``BRUNOISE_ASSIGNER_*`` variables and ``--config`` YAML, resolved by ``AssignerSettings``, then the
     checks that span several settings."""
-    p = build_parser("brunoise-assigner", "The brunoise assigner (sharder) service.")
-    settings, _ = parse_settings(p, argv)
+    p = assigner_parser("brunoise-assigner", "The brunoise assigner (sharder) service.")
+    settings = parse_assigner_settings(p, argv)
     args = argparse.Namespace(**settings.model_dump())
     if args.store == "etcd" and not args.etcd_endpoint:
         p.error("--store etcd needs at least one --etcd-endpoint")
