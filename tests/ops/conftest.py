@@ -7,8 +7,9 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.assigner.conftest import slicelets, start_assigner
+from tests.etcd_plugin import make_etcd_cluster
 
-__all__ = ["scrape", "slicelets", "start_assigner"]
+__all__ = ["make_etcd_cluster", "scrape", "slicelets", "start_assigner"]
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

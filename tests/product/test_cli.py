@@ -147,7 +147,7 @@ def test_move_pins_the_slice(cluster: LocalCluster, cli_json: JsonCli) -> None:
     assert any(o["id"] == "pin-test" and o["kind"] == "move" for o in out["overrides"])
 
     eventually(lambda: _slice_of(_slices(cli_json, target), key)["replicas"] == ["pod-3"])
-    cli_json("clear", target, "pin-test")
+    cli_json("clear", target, "pin-test", "--yes")
     assert all(o["id"] != "pin-test" for o in cli_json("slices", target)["overrides"])
 
 
@@ -165,7 +165,7 @@ def test_split_and_merge_change_the_slices(cluster: LocalCluster, cli_json: Json
     cli_json("merge", target, hex(lo), "end", "--id", "merge-test")
     eventually(lambda: any(s["lo"] == lo and s["hi"] == END for s in _slices(cli_json, target)))
 
-    cleared = cli_json("clear", target)
+    cleared = cli_json("clear", target, "--yes")
     assert cleared["overrides"] == []
 
 
@@ -197,7 +197,7 @@ def test_bad_input_is_one_line(cluster: LocalCluster, cli: Invoke, tmp_path: pat
         (["keymap", target, "--out", str(tmp_path / "k.txt")], 2),
         (["move", target, "k", " , "], 2),
         (["drain", "no-such-pod"], 4),
-        (["clear", target, "no-such-override"], 4),
+        (["clear", target, "no-such-override", "--yes"], 4),
     ]
     for args, code in cases:
         r = cli(*args)
