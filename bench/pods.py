@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 from bench.ablation import apply_target_config
-from bench.metrics import Counters, parse_metrics
+from bench.metrics import Counters, counters_of
 from brunoise.launch import LaunchError, ManagedProcess, ProcessGroup
 
 TARGET = "bench"
@@ -101,10 +101,10 @@ class Pod:
         try:
             async with session.get(f"{self.http}/metrics", timeout=aiohttp.ClientTimeout(total=3.0)) as resp:
                 if resp.status == 200:
-                    counters = parse_metrics(await resp.text())
+                    counters = counters_of(await resp.text())
                     if incarnation == self.incarnation:  # not a late answer from a pod restarted meanwhile
                         self.last = counters
-        except (aiohttp.ClientError, TimeoutError):
+        except (aiohttp.ClientError, TimeoutError, ValueError):  # ValueError: a truncated exposition
             pass
         return self.total()
 

@@ -259,21 +259,6 @@ class Cluster:
         self.group.stop_all()
 
 
-def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float:
-    """Sum of the samples of ``name`` (optionally with these labels) in a Prometheus exposition."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name):
-            continue
-        rest = line[len(name) :]
-        if rest and rest[0] not in "{ ":
-            continue
-        if labels and not all(f'{k}="{v}"' in rest for k, v in labels.items()):
-            continue
-        total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def scrape(url: str) -> str:
     with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
         return str(r.read().decode())

@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 import pytest
 
-from tests.router.conftest import MODEL, ROUTER_ARGS, Cluster, http_json, metric_value, post, scrape, wait_for
+from sharder.promtext import metric_value
+from tests.router.conftest import MODEL, ROUTER_ARGS, Cluster, http_json, post, scrape, wait_for
 
 pytestmark = pytest.mark.slow
 

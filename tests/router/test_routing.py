@@ -16,7 +16,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from brunoise.v1 import inference_pb2, router_pb2_grpc
 from sharder.keyspace import group_range
-from tests.router.conftest import MODEL, Cluster, http_json, metric_value, post, routed_key, scrape, wait_for
+from sharder.promtext import metric_value
+from tests.router.conftest import MODEL, Cluster, http_json, post, routed_key, scrape, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,8 @@ import grpc
 import pytest
 
 from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
-from tests.router.conftest import ROUTER_ARGS, TARGET, Cluster, metric_value, post, routed_key, scrape, wait_for
+from sharder.promtext import metric_value
+from tests.router.conftest import ROUTER_ARGS, TARGET, Cluster, post, routed_key, scrape, wait_for
 from tests.tenancy.support import chat, send_at_rate
 
 pytestmark = pytest.mark.slow

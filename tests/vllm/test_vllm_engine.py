@@ -12,8 +12,9 @@ from collections.abc import Callable
 import pytest
 
 from runtime.engines.base import EngineChunk, EngineError, EngineRequest, EngineUnavailable, SamplingParams
-from runtime.engines.vllm import VllmEngine, parse_metrics
+from runtime.engines.vllm import VllmEngine
 from sharder.prefix import prefix_hashes, render_chat
+from sharder.promtext import sum_by_name
 
 pytestmark = [pytest.mark.vllm, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(600)]
 
@@ -39,7 +40,7 @@ async def until(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
 
 
 async def counters(engine: VllmEngine) -> tuple[float, float]:
-    values, _ = parse_metrics(await engine.metrics_text())
+    values = sum_by_name(await engine.metrics_text())
     return values.get("vllm:prefix_cache_queries_total", 0.0), values.get("vllm:prefix_cache_hits_total", 0.0)
 
 
