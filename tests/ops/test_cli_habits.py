@@ -22,7 +22,8 @@ from brunoise.cli.client import resolve_assigner, split_endpoints
 from brunoise.cli.main import COMPLETE_VAR, app
 from brunoise.v1 import assigner_pb2
 from sharder.etcd_server import EtcdCluster
-from tests.assigner.conftest import Assigner, poll
+from tests.assigner.conftest import Assigner
+from tests.waiting import until
 
 DEAD = "127.0.0.1:1"  # nothing listens on port 1: a replica that cannot be reached
 
@@ -82,13 +83,15 @@ def test_clear_asks_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def _leader_of(reps: list[Assigner]) -> Assigner:
-    """The elected replica, once every replica names the same one."""
+    """The elected replica, once every replica names the same one and knows the target "chat"."""
 
     async def agreed() -> Assigner | None:
-        named = {(await r.stub.ListTargets(assigner_pb2.ListTargetsRequest(), timeout=2)).leader_id for r in reps}
-        return next((x for x in reps if named == {x.id}), None)
+        views = [await r.stub.ListTargets(assigner_pb2.ListTargetsRequest(), timeout=2) for r in reps]
+        if not all("chat" in {t.target for t in v.targets} for v in views):
+            return None
+        return next((x for x in reps if {v.leader_id for v in views} == {x.id}), None)
 
-    found: Assigner = await poll(agreed, 20, "every replica to name one leader", interval_s=0.05)
+    found: Assigner = await until(agreed, 20, "every replica to name one leader and know the target")
     return found
 
 

@@ -21,6 +21,7 @@ from runtime.engines.sim import (
     tokenize_text,
 )
 from sharder.prefix import prefix_hashes, render_chat
+from tests.waiting import until
 
 BLOCK_BYTES = 64
 
@@ -144,10 +145,7 @@ async def test_blocks_in_use_are_never_evicted_and_requests_queue_for_blocks() -
     try:
         prompts = [f"{i:03d}" + "p" * 797 for i in range(6)]
         tasks = [asyncio.create_task(run(e, p, max_tokens=20, rid=f"r{i}")) for i, p in enumerate(prompts)]
-        deadline = time.monotonic() + 5
-        while e.num_running == 0:  # polls the engine with a deadline (it has no event to wait on)
-            assert time.monotonic() < deadline, "no request started"
-            await asyncio.sleep(0.001)
+        await until(lambda: e.num_running > 0, 5, "a request to start", interval_s=0.001)  # no event to wait on
         load = e.load()
         assert load.running == 2 and load.waiting == 4
         assert load.kv_usage >= 26 / 32

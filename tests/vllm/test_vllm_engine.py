@@ -7,7 +7,6 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -15,6 +14,7 @@ from runtime.engines.base import EngineChunk, EngineError, EngineRequest, Engine
 from runtime.engines.vllm import VllmEngine
 from sharder.prefix import prefix_hashes, render_chat
 from sharder.promtext import sum_by_name
+from tests.waiting import until
 
 pytestmark = [pytest.mark.vllm, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(600)]
 
@@ -29,14 +29,6 @@ def unique_text(seed: int, n_words: int) -> str:
 
 async def collect(engine: VllmEngine, request: EngineRequest) -> list[EngineChunk]:
     return [c async for c in engine.generate(request)]
-
-
-async def until(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def counters(engine: VllmEngine) -> tuple[float, float]:
