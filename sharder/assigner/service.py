@@ -17,7 +17,8 @@ from sharder.assignment import Assignment, check_invariants, initial_assignment
 from sharder.errors import BrunoiseError, LoadReportError, OverrideError
 from sharder.keyspace import Slice, check_slice_key, slice_key
 from sharder.load import LoadReport
-from sharder.overrides import MergeOverride, MoveOverride, Override, SplitOverride, check_override, validate_override
+from sharder.override_admission import check_override
+from sharder.overrides import MergeOverride, MoveOverride, Override, SplitOverride, validate_override
 from sharder.pods import Pod, PodState
 from sharder.quota import AllotmentAsk
 from sharder.security.interceptor import current_principal
