@@ -28,7 +28,7 @@ from sharder.store.base import LeaderInfo, Store, StoreError, Versioned
 
 from .hub import WatchHub
 from .metrics import AssignerMetrics
-from .state import PodLoadView
+from .pod_loads import PodLoadView
 from .status import Aborted, AlreadyExists, NotFound, NotLeader, Unavailable
 
 log = logging.getLogger(__name__)

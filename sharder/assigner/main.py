@@ -34,9 +34,9 @@ from sharder.telemetry import setup_logging, setup_tracing, shutdown_tracing
 from .hub import WatchHub
 from .leader import Leader, load_policy
 from .metrics import AssignerMetrics, serve_metrics
+from .pod_loads import PodLoadView
 from .service import MAX_REPORT_BYTES, AssignerService, add_to_server
 from .settings import assigner_parser, parse_assigner_settings
-from .state import PodLoadView
 
 log = logging.getLogger("brunoise.assigner")
 
