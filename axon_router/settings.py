@@ -77,7 +77,7 @@ def _knob_fields() -> dict[str, Any]:
 
 
 #: Every setting of ``brunoise-router``: the process settings above plus the knob table of axon_router/knobs.py.
-RouterSettings: type[RouterServerSettings] = create_model(  # type: ignore[call-overload]
+RouterSettings: type[RouterServerSettings] = create_model(
     "RouterSettings", __base__=RouterServerSettings, __doc__=RouterServerSettings.__doc__, **_knob_fields()
 )
 
