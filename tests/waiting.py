@@ -8,56 +8,54 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+Pred = Callable[[], Any]
+Retry = tuple[type[BaseException], ...]
+
 #: exceptions a condition may raise while it is not met yet (a server still starting, a key not yet there)
-NOT_YET: tuple[type[BaseException], ...] = (Exception,)
+NOT_YET: Retry = (Exception,)
 
 
-def _timed_out(what: str, timeout_s: float, last: object) -> AssertionError:
-    return AssertionError(f"timed out after {timeout_s}s waiting for {what}; last: {last!r}")
+class _Poll:
+    """One wait: its deadline, what it waits for, and the last result or exception seen."""
+
+    def __init__(self, timeout_s: float, what: str) -> None:
+        self.timeout_s, self.what = timeout_s, what
+        self.deadline = time.monotonic() + timeout_s
+        self.last: object = None
+
+    def give_up_if_late(self) -> None:
+        if time.monotonic() >= self.deadline:
+            raise AssertionError(f"timed out after {self.timeout_s}s waiting for {self.what}; last: {self.last!r}")
 
 
-def wait_until(
-    pred: Callable[[], Any],
-    timeout_s: float = 10.0,
-    what: str = "condition",
-    interval_s: float = 0.05,
-    retry_on: tuple[type[BaseException], ...] = NOT_YET,
-) -> Any:
+def wait_until(pred: Pred, timeout_s: float = 10.0, what: str = "condition", interval_s: float = 0.05,
+               retry_on: Retry = NOT_YET) -> Any:  # fmt: skip
     """Call ``pred`` until it returns something truthy, and return that; an exception in ``retry_on`` counts as
     not yet. After ``timeout_s`` fail naming ``what`` and the last result or exception."""
-    deadline = time.monotonic() + timeout_s
-    last: object = None
+    poll = _Poll(timeout_s, what)
     while True:
         try:
-            last = pred()
-            if last:
-                return last
+            poll.last = pred()
+            if poll.last:
+                return poll.last
         except retry_on as e:
-            last = e
-        if time.monotonic() >= deadline:
-            raise _timed_out(what, timeout_s, last)
+            poll.last = e
+        poll.give_up_if_late()
         time.sleep(interval_s)
 
 
-async def until(
-    pred: Callable[[], Any],
-    timeout_s: float = 10.0,
-    what: str = "condition",
-    interval_s: float = 0.05,
-    retry_on: tuple[type[BaseException], ...] = NOT_YET,
-) -> Any:
+async def until(pred: Pred, timeout_s: float = 10.0, what: str = "condition", interval_s: float = 0.05,
+                retry_on: Retry = NOT_YET) -> Any:  # fmt: skip
     """``wait_until`` for a running event loop: ``pred`` may return an awaitable (awaited), and the waits between
     calls let the loop run."""
-    deadline = time.monotonic() + timeout_s
-    last: object = None
+    poll = _Poll(timeout_s, what)
     while True:
         try:
             got = pred()
-            last = await got if inspect.isawaitable(got) else got
-            if last:
-                return last
+            poll.last = await got if inspect.isawaitable(got) else got
+            if poll.last:
+                return poll.last
         except retry_on as e:
-            last = e
-        if time.monotonic() >= deadline:
-            raise _timed_out(what, timeout_s, last)
+            poll.last = e
+        poll.give_up_if_late()
         await asyncio.sleep(interval_s)
