@@ -156,6 +156,6 @@ def apply_target_config(cfg: Any, overrides: Mapping[str, str]) -> None:
 
 def check_target_config(overrides: Mapping[str, str]) -> None:
     """Raise ValueError now (before any process starts) if ``overrides`` cannot be applied."""
-    from brunoise.v1 import slicing_pb2
+    from brunoise_api.v1 import slicing_pb2
 
     apply_target_config(slicing_pb2.TargetConfig(), overrides)

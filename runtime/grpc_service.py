@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from brunoise.v1 import inference_pb2, runtime_pb2, runtime_pb2_grpc, slicing_pb2
+from brunoise_api.v1 import inference_pb2, runtime_pb2, runtime_pb2_grpc, slicing_pb2
 from runtime.engines.base import Engine, EngineChunk, EngineError, EngineRequest, SamplingParams
 from runtime.http_api import SLICE_KEY_HEADER, FinishHook
 from sharder.codec import engine_load_to_proto

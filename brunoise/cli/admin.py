@@ -46,7 +46,7 @@ from brunoise.cli.output import (
     print_json,
     print_json_line,
 )
-from brunoise.v1 import slicing_pb2
+from brunoise_api.v1 import slicing_pb2
 from sharder.keyspace import group_slice_key, join_parts, key_parts, session_bits
 
 P = ParamSpec("P")

@@ -15,7 +15,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 import grpc
 
 from brunoise.cli.output import KEYSPACE_END, CliError
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
 from sharder.security.client import ENV_TLS_CA, ENV_TOKEN, ClientAuth
 
 T = TypeVar("T")

@@ -17,7 +17,7 @@ from typing import Protocol
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from brunoise.v1 import slicing_pb2
+from brunoise_api.v1 import slicing_pb2
 from sharder import codec
 from sharder.assignment import Assignment, check_invariants, initial_assignment
 from sharder.config import TargetConfig

@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from brunoise.advertise import advertise_host, host_port, is_loopback
 from brunoise.launch import write_ready_file
-from brunoise.v1 import assigner_pb2, slicing_pb2
+from brunoise_api.v1 import assigner_pb2, slicing_pb2
 from sharder.config import TargetConfig
 from sharder.security.interceptor import AuthInterceptor, RequestCheck
 from sharder.security.tls import server_credentials

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from brunoise.v1 import assigner_pb2
+from brunoise_api.v1 import assigner_pb2
 from sharder.assignment import Assignment
 from sharder.clerk import Clerk
 from sharder.keyspace import slice_key

@@ -8,7 +8,7 @@ import pytest
 
 from bench import ablation
 from bench.compare import BenchConfig, build_config, parse_args
-from brunoise.v1 import slicing_pb2
+from brunoise_api.v1 import slicing_pb2
 
 
 def fake_knob_parser() -> argparse.ArgumentParser:

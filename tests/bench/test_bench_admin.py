@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from bench.pods import MODEL, TARGET, AssignerAdmin
-from brunoise.v1 import assigner_pb2
+from brunoise_api.v1 import assigner_pb2
 from tests.assigner.conftest import Assigner, pod_msg, start_assigner
 from tests.waiting import until
 

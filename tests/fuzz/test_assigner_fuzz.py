@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
 from sharder.assigner.status import MAX_DETAILS, bounded_details
 from sharder.assignment import check_invariants
 from sharder.codec import assignment_from_proto, config_to_proto

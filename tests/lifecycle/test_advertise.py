@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from brunoise.launch import ManagedProcess, ProcessGroup, python_module
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc
 from tests.router.conftest import _policy_args
 from tests.waiting import wait_until
 

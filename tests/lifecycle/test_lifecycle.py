@@ -15,7 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc
 from tests.chaos.load import Load
 from tests.router.conftest import REGIONS, ROUTER_ARGS, TARGET, Cluster, http_json
 from tests.waiting import wait_until

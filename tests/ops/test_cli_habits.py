@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from brunoise.cli import admin
 from brunoise.cli.client import resolve_assigner, split_endpoints
 from brunoise.cli.main import COMPLETE_VAR, app
-from brunoise.v1 import assigner_pb2
+from brunoise_api.v1 import assigner_pb2
 from sharder.etcd_server import EtcdCluster
 from tests.assigner.conftest import Assigner
 from tests.waiting import until

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from brunoise.cli.main import app
-from brunoise.v1 import assigner_pb2, slicing_pb2
+from brunoise_api.v1 import assigner_pb2, slicing_pb2
 from tests.assigner.conftest import Assigner, get, pod_msg
 from tests.waiting import until
 

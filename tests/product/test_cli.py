@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from brunoise.cli.client import AdminClient
 from brunoise.cli.cluster import LocalCluster
 from brunoise.cli.main import app
-from brunoise.v1 import slicing_pb2
+from brunoise_api.v1 import slicing_pb2
 from sharder.keyspace import slice_key
 from tests.waiting import wait_until
 

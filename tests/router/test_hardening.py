@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from axon_router.knobs import Knobs
-from brunoise.v1 import inference_pb2, router_pb2_grpc
+from brunoise_api.v1 import inference_pb2, router_pb2_grpc
 from tests.router.hardening_support import MODEL, TARGET, harness, raw_socket
 from tests.waiting import until
 

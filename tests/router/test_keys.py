@@ -11,7 +11,7 @@ import pytest
 from axon_router.knobs import Knobs, knob_docs
 from axon_router.routing_key import CHAT, COMPLETIONS, RouteRequest, parse_grpc, parse_openai, prefix_key
 from axon_router.settings import parse_router_settings, router_parser
-from brunoise.v1 import inference_pb2
+from brunoise_api.v1 import inference_pb2
 from sharder.keyspace import group_range, group_slice_key, slice_key
 from sharder.prefix import prefix_hashes, render_chat, stable_chat_prefix
 

@@ -14,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from brunoise.v1 import inference_pb2, router_pb2_grpc
+from brunoise_api.v1 import inference_pb2, router_pb2_grpc
 from sharder.keyspace import group_range
 from sharder.promtext import metric_value
 from tests.router.conftest import MODEL, Cluster, http_json, post, routed_key, scrape

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from brunoise.v1 import assigner_pb2, slicing_pb2
+from brunoise_api.v1 import assigner_pb2, slicing_pb2
 from sharder import codec
 from tests.assigner.conftest import Assigner, get, pod_msg, report
 from tests.waiting import until

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from brunoise.v1 import assigner_pb2
+from brunoise_api.v1 import assigner_pb2
 from sharder.clerk import Clerk
 from tests.assigner.conftest import Assigner, get, pod_msg, report
 from tests.waiting import until

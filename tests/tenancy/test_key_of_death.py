@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
 from sharder.promtext import metric_value
 from tests.router.conftest import ROUTER_ARGS, TARGET, Cluster, post, routed_key, scrape
 from tests.tenancy.support import chat, send_at_rate

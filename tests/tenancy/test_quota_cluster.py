@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc
 from tests.chaos.conftest import ChaosCluster
 from tests.router.conftest import ROUTER_ARGS, post
 from tests.tenancy.support import Sent, chat, send_at_rate

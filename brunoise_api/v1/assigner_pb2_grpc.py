@@ -3,8 +3,8 @@
 import grpc
 import warnings
 
-from brunoise.v1 import assigner_pb2 as brunoise_dot_v1_dot_assigner__pb2
-from brunoise.v1 import slicing_pb2 as brunoise_dot_v1_dot_slicing__pb2
+from brunoise_api.v1 import assigner_pb2 as brunoise__api_dot_v1_dot_assigner__pb2
+from brunoise_api.v1 import slicing_pb2 as brunoise__api_dot_v1_dot_slicing__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -19,7 +19,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in brunoise/v1/assigner_pb2_grpc.py depends on'
+        + ' but the generated code in brunoise_api/v1/assigner_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,98 +37,98 @@ class AssignerStub:
         """
         self.Watch = channel.unary_stream(
                 '/brunoise.v1.Assigner/Watch',
-                request_serializer=brunoise_dot_v1_dot_assigner__pb2.WatchRequest.SerializeToString,
-                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.WatchResponse.FromString,
+                request_serializer=brunoise__api_dot_v1_dot_assigner__pb2.WatchRequest.SerializeToString,
+                response_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.WatchResponse.FromString,
                 _registered_method=True)
         self.Report = channel.unary_unary(
                 '/brunoise.v1.Assigner/Report',
-                request_serializer=brunoise_dot_v1_dot_assigner__pb2.ReportRequest.SerializeToString,
-                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.ReportResponse.FromString,
+                request_serializer=brunoise__api_dot_v1_dot_assigner__pb2.ReportRequest.SerializeToString,
+                response_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.ReportResponse.FromString,
                 _registered_method=True)
         self.ListTargets = channel.unary_unary(
                 '/brunoise.v1.Assigner/ListTargets',
-                request_serializer=brunoise_dot_v1_dot_assigner__pb2.ListTargetsRequest.SerializeToString,
-                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.ListTargetsResponse.FromString,
+                request_serializer=brunoise__api_dot_v1_dot_assigner__pb2.ListTargetsRequest.SerializeToString,
+                response_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.ListTargetsResponse.FromString,
                 _registered_method=True)
         self.ConfigureTarget = channel.unary_unary(
                 '/brunoise.v1.Assigner/ConfigureTarget',
-                request_serializer=brunoise_dot_v1_dot_assigner__pb2.ConfigureTargetRequest.SerializeToString,
-                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.ConfigureTargetResponse.FromString,
+                request_serializer=brunoise__api_dot_v1_dot_assigner__pb2.ConfigureTargetRequest.SerializeToString,
+                response_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.ConfigureTargetResponse.FromString,
                 _registered_method=True)
         self.GetAssignment = channel.unary_unary(
                 '/brunoise.v1.Assigner/GetAssignment',
-                request_serializer=brunoise_dot_v1_dot_assigner__pb2.GetAssignmentRequest.SerializeToString,
-                response_deserializer=brunoise_dot_v1_dot_slicing__pb2.Assignment.FromString,
+                request_serializer=brunoise__api_dot_v1_dot_assigner__pb2.GetAssignmentRequest.SerializeToString,
+                response_deserializer=brunoise__api_dot_v1_dot_slicing__pb2.Assignment.FromString,
                 _registered_method=True)
         self.ExplainKey = channel.unary_unary(
                 '/brunoise.v1.Assigner/ExplainKey',
-                request_serializer=brunoise_dot_v1_dot_assigner__pb2.ExplainKeyRequest.SerializeToString,
-                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.ExplainKeyResponse.FromString,
+                request_serializer=brunoise__api_dot_v1_dot_assigner__pb2.ExplainKeyRequest.SerializeToString,
+                response_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.ExplainKeyResponse.FromString,
                 _registered_method=True)
         self.History = channel.unary_unary(
                 '/brunoise.v1.Assigner/History',
-                request_serializer=brunoise_dot_v1_dot_assigner__pb2.HistoryRequest.SerializeToString,
-                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.HistoryResponse.FromString,
+                request_serializer=brunoise__api_dot_v1_dot_assigner__pb2.HistoryRequest.SerializeToString,
+                response_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.HistoryResponse.FromString,
                 _registered_method=True)
         self.ListPods = channel.unary_unary(
                 '/brunoise.v1.Assigner/ListPods',
-                request_serializer=brunoise_dot_v1_dot_assigner__pb2.ListPodsRequest.SerializeToString,
-                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.ListPodsResponse.FromString,
+                request_serializer=brunoise__api_dot_v1_dot_assigner__pb2.ListPodsRequest.SerializeToString,
+                response_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.ListPodsResponse.FromString,
                 _registered_method=True)
         self.Drain = channel.unary_unary(
                 '/brunoise.v1.Assigner/Drain',
-                request_serializer=brunoise_dot_v1_dot_assigner__pb2.DrainRequest.SerializeToString,
-                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.DrainResponse.FromString,
+                request_serializer=brunoise__api_dot_v1_dot_assigner__pb2.DrainRequest.SerializeToString,
+                response_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.DrainResponse.FromString,
                 _registered_method=True)
         self.SetOverride = channel.unary_unary(
                 '/brunoise.v1.Assigner/SetOverride',
-                request_serializer=brunoise_dot_v1_dot_assigner__pb2.SetOverrideRequest.SerializeToString,
-                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.SetOverrideResponse.FromString,
+                request_serializer=brunoise__api_dot_v1_dot_assigner__pb2.SetOverrideRequest.SerializeToString,
+                response_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.SetOverrideResponse.FromString,
                 _registered_method=True)
         self.ClearOverrides = channel.unary_unary(
                 '/brunoise.v1.Assigner/ClearOverrides',
-                request_serializer=brunoise_dot_v1_dot_assigner__pb2.ClearOverridesRequest.SerializeToString,
-                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.ClearOverridesResponse.FromString,
+                request_serializer=brunoise__api_dot_v1_dot_assigner__pb2.ClearOverridesRequest.SerializeToString,
+                response_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.ClearOverridesResponse.FromString,
                 _registered_method=True)
         self.SetQuota = channel.unary_unary(
                 '/brunoise.v1.Assigner/SetQuota',
-                request_serializer=brunoise_dot_v1_dot_assigner__pb2.SetQuotaRequest.SerializeToString,
-                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.QuotaStatus.FromString,
+                request_serializer=brunoise__api_dot_v1_dot_assigner__pb2.SetQuotaRequest.SerializeToString,
+                response_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.QuotaStatus.FromString,
                 _registered_method=True)
         self.GetQuota = channel.unary_unary(
                 '/brunoise.v1.Assigner/GetQuota',
-                request_serializer=brunoise_dot_v1_dot_assigner__pb2.GetQuotaRequest.SerializeToString,
-                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.QuotaStatus.FromString,
+                request_serializer=brunoise__api_dot_v1_dot_assigner__pb2.GetQuotaRequest.SerializeToString,
+                response_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.QuotaStatus.FromString,
                 _registered_method=True)
         self.ListQuotas = channel.unary_unary(
                 '/brunoise.v1.Assigner/ListQuotas',
-                request_serializer=brunoise_dot_v1_dot_assigner__pb2.ListQuotasRequest.SerializeToString,
-                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.ListQuotasResponse.FromString,
+                request_serializer=brunoise__api_dot_v1_dot_assigner__pb2.ListQuotasRequest.SerializeToString,
+                response_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.ListQuotasResponse.FromString,
                 _registered_method=True)
         self.AcquireAllotment = channel.unary_unary(
                 '/brunoise.v1.Assigner/AcquireAllotment',
-                request_serializer=brunoise_dot_v1_dot_assigner__pb2.AcquireAllotmentRequest.SerializeToString,
-                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.AcquireAllotmentResponse.FromString,
+                request_serializer=brunoise__api_dot_v1_dot_assigner__pb2.AcquireAllotmentRequest.SerializeToString,
+                response_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.AcquireAllotmentResponse.FromString,
                 _registered_method=True)
         self.ReturnAllotment = channel.unary_unary(
                 '/brunoise.v1.Assigner/ReturnAllotment',
-                request_serializer=brunoise_dot_v1_dot_assigner__pb2.ReturnAllotmentRequest.SerializeToString,
-                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.ReturnAllotmentResponse.FromString,
+                request_serializer=brunoise__api_dot_v1_dot_assigner__pb2.ReturnAllotmentRequest.SerializeToString,
+                response_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.ReturnAllotmentResponse.FromString,
                 _registered_method=True)
         self.ReportKeyFault = channel.unary_unary(
                 '/brunoise.v1.Assigner/ReportKeyFault',
-                request_serializer=brunoise_dot_v1_dot_assigner__pb2.ReportKeyFaultRequest.SerializeToString,
-                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.KeyFaultRecord.FromString,
+                request_serializer=brunoise__api_dot_v1_dot_assigner__pb2.ReportKeyFaultRequest.SerializeToString,
+                response_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.KeyFaultRecord.FromString,
                 _registered_method=True)
         self.ListQuarantines = channel.unary_unary(
                 '/brunoise.v1.Assigner/ListQuarantines',
-                request_serializer=brunoise_dot_v1_dot_assigner__pb2.ListQuarantinesRequest.SerializeToString,
-                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.ListQuarantinesResponse.FromString,
+                request_serializer=brunoise__api_dot_v1_dot_assigner__pb2.ListQuarantinesRequest.SerializeToString,
+                response_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.ListQuarantinesResponse.FromString,
                 _registered_method=True)
         self.ClearQuarantine = channel.unary_unary(
                 '/brunoise.v1.Assigner/ClearQuarantine',
-                request_serializer=brunoise_dot_v1_dot_assigner__pb2.ClearQuarantineRequest.SerializeToString,
-                response_deserializer=brunoise_dot_v1_dot_assigner__pb2.ClearQuarantineResponse.FromString,
+                request_serializer=brunoise__api_dot_v1_dot_assigner__pb2.ClearQuarantineRequest.SerializeToString,
+                response_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.ClearQuarantineResponse.FromString,
                 _registered_method=True)
 
 
@@ -265,98 +265,98 @@ def add_AssignerServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Watch': grpc.unary_stream_rpc_method_handler(
                     servicer.Watch,
-                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.WatchRequest.FromString,
-                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.WatchResponse.SerializeToString,
+                    request_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.WatchRequest.FromString,
+                    response_serializer=brunoise__api_dot_v1_dot_assigner__pb2.WatchResponse.SerializeToString,
             ),
             'Report': grpc.unary_unary_rpc_method_handler(
                     servicer.Report,
-                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ReportRequest.FromString,
-                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.ReportResponse.SerializeToString,
+                    request_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.ReportRequest.FromString,
+                    response_serializer=brunoise__api_dot_v1_dot_assigner__pb2.ReportResponse.SerializeToString,
             ),
             'ListTargets': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTargets,
-                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ListTargetsRequest.FromString,
-                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.ListTargetsResponse.SerializeToString,
+                    request_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.ListTargetsRequest.FromString,
+                    response_serializer=brunoise__api_dot_v1_dot_assigner__pb2.ListTargetsResponse.SerializeToString,
             ),
             'ConfigureTarget': grpc.unary_unary_rpc_method_handler(
                     servicer.ConfigureTarget,
-                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ConfigureTargetRequest.FromString,
-                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.ConfigureTargetResponse.SerializeToString,
+                    request_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.ConfigureTargetRequest.FromString,
+                    response_serializer=brunoise__api_dot_v1_dot_assigner__pb2.ConfigureTargetResponse.SerializeToString,
             ),
             'GetAssignment': grpc.unary_unary_rpc_method_handler(
                     servicer.GetAssignment,
-                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.GetAssignmentRequest.FromString,
-                    response_serializer=brunoise_dot_v1_dot_slicing__pb2.Assignment.SerializeToString,
+                    request_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.GetAssignmentRequest.FromString,
+                    response_serializer=brunoise__api_dot_v1_dot_slicing__pb2.Assignment.SerializeToString,
             ),
             'ExplainKey': grpc.unary_unary_rpc_method_handler(
                     servicer.ExplainKey,
-                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ExplainKeyRequest.FromString,
-                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.ExplainKeyResponse.SerializeToString,
+                    request_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.ExplainKeyRequest.FromString,
+                    response_serializer=brunoise__api_dot_v1_dot_assigner__pb2.ExplainKeyResponse.SerializeToString,
             ),
             'History': grpc.unary_unary_rpc_method_handler(
                     servicer.History,
-                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.HistoryRequest.FromString,
-                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.HistoryResponse.SerializeToString,
+                    request_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.HistoryRequest.FromString,
+                    response_serializer=brunoise__api_dot_v1_dot_assigner__pb2.HistoryResponse.SerializeToString,
             ),
             'ListPods': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPods,
-                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ListPodsRequest.FromString,
-                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.ListPodsResponse.SerializeToString,
+                    request_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.ListPodsRequest.FromString,
+                    response_serializer=brunoise__api_dot_v1_dot_assigner__pb2.ListPodsResponse.SerializeToString,
             ),
             'Drain': grpc.unary_unary_rpc_method_handler(
                     servicer.Drain,
-                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.DrainRequest.FromString,
-                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.DrainResponse.SerializeToString,
+                    request_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.DrainRequest.FromString,
+                    response_serializer=brunoise__api_dot_v1_dot_assigner__pb2.DrainResponse.SerializeToString,
             ),
             'SetOverride': grpc.unary_unary_rpc_method_handler(
                     servicer.SetOverride,
-                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.SetOverrideRequest.FromString,
-                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.SetOverrideResponse.SerializeToString,
+                    request_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.SetOverrideRequest.FromString,
+                    response_serializer=brunoise__api_dot_v1_dot_assigner__pb2.SetOverrideResponse.SerializeToString,
             ),
             'ClearOverrides': grpc.unary_unary_rpc_method_handler(
                     servicer.ClearOverrides,
-                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ClearOverridesRequest.FromString,
-                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.ClearOverridesResponse.SerializeToString,
+                    request_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.ClearOverridesRequest.FromString,
+                    response_serializer=brunoise__api_dot_v1_dot_assigner__pb2.ClearOverridesResponse.SerializeToString,
             ),
             'SetQuota': grpc.unary_unary_rpc_method_handler(
                     servicer.SetQuota,
-                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.SetQuotaRequest.FromString,
-                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.QuotaStatus.SerializeToString,
+                    request_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.SetQuotaRequest.FromString,
+                    response_serializer=brunoise__api_dot_v1_dot_assigner__pb2.QuotaStatus.SerializeToString,
             ),
             'GetQuota': grpc.unary_unary_rpc_method_handler(
                     servicer.GetQuota,
-                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.GetQuotaRequest.FromString,
-                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.QuotaStatus.SerializeToString,
+                    request_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.GetQuotaRequest.FromString,
+                    response_serializer=brunoise__api_dot_v1_dot_assigner__pb2.QuotaStatus.SerializeToString,
             ),
             'ListQuotas': grpc.unary_unary_rpc_method_handler(
                     servicer.ListQuotas,
-                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ListQuotasRequest.FromString,
-                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.ListQuotasResponse.SerializeToString,
+                    request_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.ListQuotasRequest.FromString,
+                    response_serializer=brunoise__api_dot_v1_dot_assigner__pb2.ListQuotasResponse.SerializeToString,
             ),
             'AcquireAllotment': grpc.unary_unary_rpc_method_handler(
                     servicer.AcquireAllotment,
-                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.AcquireAllotmentRequest.FromString,
-                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.AcquireAllotmentResponse.SerializeToString,
+                    request_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.AcquireAllotmentRequest.FromString,
+                    response_serializer=brunoise__api_dot_v1_dot_assigner__pb2.AcquireAllotmentResponse.SerializeToString,
             ),
             'ReturnAllotment': grpc.unary_unary_rpc_method_handler(
                     servicer.ReturnAllotment,
-                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ReturnAllotmentRequest.FromString,
-                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.ReturnAllotmentResponse.SerializeToString,
+                    request_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.ReturnAllotmentRequest.FromString,
+                    response_serializer=brunoise__api_dot_v1_dot_assigner__pb2.ReturnAllotmentResponse.SerializeToString,
             ),
             'ReportKeyFault': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportKeyFault,
-                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ReportKeyFaultRequest.FromString,
-                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.KeyFaultRecord.SerializeToString,
+                    request_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.ReportKeyFaultRequest.FromString,
+                    response_serializer=brunoise__api_dot_v1_dot_assigner__pb2.KeyFaultRecord.SerializeToString,
             ),
             'ListQuarantines': grpc.unary_unary_rpc_method_handler(
                     servicer.ListQuarantines,
-                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ListQuarantinesRequest.FromString,
-                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.ListQuarantinesResponse.SerializeToString,
+                    request_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.ListQuarantinesRequest.FromString,
+                    response_serializer=brunoise__api_dot_v1_dot_assigner__pb2.ListQuarantinesResponse.SerializeToString,
             ),
             'ClearQuarantine': grpc.unary_unary_rpc_method_handler(
                     servicer.ClearQuarantine,
-                    request_deserializer=brunoise_dot_v1_dot_assigner__pb2.ClearQuarantineRequest.FromString,
-                    response_serializer=brunoise_dot_v1_dot_assigner__pb2.ClearQuarantineResponse.SerializeToString,
+                    request_deserializer=brunoise__api_dot_v1_dot_assigner__pb2.ClearQuarantineRequest.FromString,
+                    response_serializer=brunoise__api_dot_v1_dot_assigner__pb2.ClearQuarantineResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -384,8 +384,8 @@ class Assigner:
             request,
             target,
             '/brunoise.v1.Assigner/Watch',
-            brunoise_dot_v1_dot_assigner__pb2.WatchRequest.SerializeToString,
-            brunoise_dot_v1_dot_assigner__pb2.WatchResponse.FromString,
+            brunoise__api_dot_v1_dot_assigner__pb2.WatchRequest.SerializeToString,
+            brunoise__api_dot_v1_dot_assigner__pb2.WatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -411,8 +411,8 @@ class Assigner:
             request,
             target,
             '/brunoise.v1.Assigner/Report',
-            brunoise_dot_v1_dot_assigner__pb2.ReportRequest.SerializeToString,
-            brunoise_dot_v1_dot_assigner__pb2.ReportResponse.FromString,
+            brunoise__api_dot_v1_dot_assigner__pb2.ReportRequest.SerializeToString,
+            brunoise__api_dot_v1_dot_assigner__pb2.ReportResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -438,8 +438,8 @@ class Assigner:
             request,
             target,
             '/brunoise.v1.Assigner/ListTargets',
-            brunoise_dot_v1_dot_assigner__pb2.ListTargetsRequest.SerializeToString,
-            brunoise_dot_v1_dot_assigner__pb2.ListTargetsResponse.FromString,
+            brunoise__api_dot_v1_dot_assigner__pb2.ListTargetsRequest.SerializeToString,
+            brunoise__api_dot_v1_dot_assigner__pb2.ListTargetsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -465,8 +465,8 @@ class Assigner:
             request,
             target,
             '/brunoise.v1.Assigner/ConfigureTarget',
-            brunoise_dot_v1_dot_assigner__pb2.ConfigureTargetRequest.SerializeToString,
-            brunoise_dot_v1_dot_assigner__pb2.ConfigureTargetResponse.FromString,
+            brunoise__api_dot_v1_dot_assigner__pb2.ConfigureTargetRequest.SerializeToString,
+            brunoise__api_dot_v1_dot_assigner__pb2.ConfigureTargetResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -492,8 +492,8 @@ class Assigner:
             request,
             target,
             '/brunoise.v1.Assigner/GetAssignment',
-            brunoise_dot_v1_dot_assigner__pb2.GetAssignmentRequest.SerializeToString,
-            brunoise_dot_v1_dot_slicing__pb2.Assignment.FromString,
+            brunoise__api_dot_v1_dot_assigner__pb2.GetAssignmentRequest.SerializeToString,
+            brunoise__api_dot_v1_dot_slicing__pb2.Assignment.FromString,
             options,
             channel_credentials,
             insecure,
@@ -519,8 +519,8 @@ class Assigner:
             request,
             target,
             '/brunoise.v1.Assigner/ExplainKey',
-            brunoise_dot_v1_dot_assigner__pb2.ExplainKeyRequest.SerializeToString,
-            brunoise_dot_v1_dot_assigner__pb2.ExplainKeyResponse.FromString,
+            brunoise__api_dot_v1_dot_assigner__pb2.ExplainKeyRequest.SerializeToString,
+            brunoise__api_dot_v1_dot_assigner__pb2.ExplainKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -546,8 +546,8 @@ class Assigner:
             request,
             target,
             '/brunoise.v1.Assigner/History',
-            brunoise_dot_v1_dot_assigner__pb2.HistoryRequest.SerializeToString,
-            brunoise_dot_v1_dot_assigner__pb2.HistoryResponse.FromString,
+            brunoise__api_dot_v1_dot_assigner__pb2.HistoryRequest.SerializeToString,
+            brunoise__api_dot_v1_dot_assigner__pb2.HistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -573,8 +573,8 @@ class Assigner:
             request,
             target,
             '/brunoise.v1.Assigner/ListPods',
-            brunoise_dot_v1_dot_assigner__pb2.ListPodsRequest.SerializeToString,
-            brunoise_dot_v1_dot_assigner__pb2.ListPodsResponse.FromString,
+            brunoise__api_dot_v1_dot_assigner__pb2.ListPodsRequest.SerializeToString,
+            brunoise__api_dot_v1_dot_assigner__pb2.ListPodsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -600,8 +600,8 @@ class Assigner:
             request,
             target,
             '/brunoise.v1.Assigner/Drain',
-            brunoise_dot_v1_dot_assigner__pb2.DrainRequest.SerializeToString,
-            brunoise_dot_v1_dot_assigner__pb2.DrainResponse.FromString,
+            brunoise__api_dot_v1_dot_assigner__pb2.DrainRequest.SerializeToString,
+            brunoise__api_dot_v1_dot_assigner__pb2.DrainResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -627,8 +627,8 @@ class Assigner:
             request,
             target,
             '/brunoise.v1.Assigner/SetOverride',
-            brunoise_dot_v1_dot_assigner__pb2.SetOverrideRequest.SerializeToString,
-            brunoise_dot_v1_dot_assigner__pb2.SetOverrideResponse.FromString,
+            brunoise__api_dot_v1_dot_assigner__pb2.SetOverrideRequest.SerializeToString,
+            brunoise__api_dot_v1_dot_assigner__pb2.SetOverrideResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -654,8 +654,8 @@ class Assigner:
             request,
             target,
             '/brunoise.v1.Assigner/ClearOverrides',
-            brunoise_dot_v1_dot_assigner__pb2.ClearOverridesRequest.SerializeToString,
-            brunoise_dot_v1_dot_assigner__pb2.ClearOverridesResponse.FromString,
+            brunoise__api_dot_v1_dot_assigner__pb2.ClearOverridesRequest.SerializeToString,
+            brunoise__api_dot_v1_dot_assigner__pb2.ClearOverridesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -681,8 +681,8 @@ class Assigner:
             request,
             target,
             '/brunoise.v1.Assigner/SetQuota',
-            brunoise_dot_v1_dot_assigner__pb2.SetQuotaRequest.SerializeToString,
-            brunoise_dot_v1_dot_assigner__pb2.QuotaStatus.FromString,
+            brunoise__api_dot_v1_dot_assigner__pb2.SetQuotaRequest.SerializeToString,
+            brunoise__api_dot_v1_dot_assigner__pb2.QuotaStatus.FromString,
             options,
             channel_credentials,
             insecure,
@@ -708,8 +708,8 @@ class Assigner:
             request,
             target,
             '/brunoise.v1.Assigner/GetQuota',
-            brunoise_dot_v1_dot_assigner__pb2.GetQuotaRequest.SerializeToString,
-            brunoise_dot_v1_dot_assigner__pb2.QuotaStatus.FromString,
+            brunoise__api_dot_v1_dot_assigner__pb2.GetQuotaRequest.SerializeToString,
+            brunoise__api_dot_v1_dot_assigner__pb2.QuotaStatus.FromString,
             options,
             channel_credentials,
             insecure,
@@ -735,8 +735,8 @@ class Assigner:
             request,
             target,
             '/brunoise.v1.Assigner/ListQuotas',
-            brunoise_dot_v1_dot_assigner__pb2.ListQuotasRequest.SerializeToString,
-            brunoise_dot_v1_dot_assigner__pb2.ListQuotasResponse.FromString,
+            brunoise__api_dot_v1_dot_assigner__pb2.ListQuotasRequest.SerializeToString,
+            brunoise__api_dot_v1_dot_assigner__pb2.ListQuotasResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -762,8 +762,8 @@ class Assigner:
             request,
             target,
             '/brunoise.v1.Assigner/AcquireAllotment',
-            brunoise_dot_v1_dot_assigner__pb2.AcquireAllotmentRequest.SerializeToString,
-            brunoise_dot_v1_dot_assigner__pb2.AcquireAllotmentResponse.FromString,
+            brunoise__api_dot_v1_dot_assigner__pb2.AcquireAllotmentRequest.SerializeToString,
+            brunoise__api_dot_v1_dot_assigner__pb2.AcquireAllotmentResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -789,8 +789,8 @@ class Assigner:
             request,
             target,
             '/brunoise.v1.Assigner/ReturnAllotment',
-            brunoise_dot_v1_dot_assigner__pb2.ReturnAllotmentRequest.SerializeToString,
-            brunoise_dot_v1_dot_assigner__pb2.ReturnAllotmentResponse.FromString,
+            brunoise__api_dot_v1_dot_assigner__pb2.ReturnAllotmentRequest.SerializeToString,
+            brunoise__api_dot_v1_dot_assigner__pb2.ReturnAllotmentResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -816,8 +816,8 @@ class Assigner:
             request,
             target,
             '/brunoise.v1.Assigner/ReportKeyFault',
-            brunoise_dot_v1_dot_assigner__pb2.ReportKeyFaultRequest.SerializeToString,
-            brunoise_dot_v1_dot_assigner__pb2.KeyFaultRecord.FromString,
+            brunoise__api_dot_v1_dot_assigner__pb2.ReportKeyFaultRequest.SerializeToString,
+            brunoise__api_dot_v1_dot_assigner__pb2.KeyFaultRecord.FromString,
             options,
             channel_credentials,
             insecure,
@@ -843,8 +843,8 @@ class Assigner:
             request,
             target,
             '/brunoise.v1.Assigner/ListQuarantines',
-            brunoise_dot_v1_dot_assigner__pb2.ListQuarantinesRequest.SerializeToString,
-            brunoise_dot_v1_dot_assigner__pb2.ListQuarantinesResponse.FromString,
+            brunoise__api_dot_v1_dot_assigner__pb2.ListQuarantinesRequest.SerializeToString,
+            brunoise__api_dot_v1_dot_assigner__pb2.ListQuarantinesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -870,8 +870,8 @@ class Assigner:
             request,
             target,
             '/brunoise.v1.Assigner/ClearQuarantine',
-            brunoise_dot_v1_dot_assigner__pb2.ClearQuarantineRequest.SerializeToString,
-            brunoise_dot_v1_dot_assigner__pb2.ClearQuarantineResponse.FromString,
+            brunoise__api_dot_v1_dot_assigner__pb2.ClearQuarantineRequest.SerializeToString,
+            brunoise__api_dot_v1_dot_assigner__pb2.ClearQuarantineResponse.FromString,
             options,
             channel_credentials,
             insecure,
