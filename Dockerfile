@@ -12,6 +12,7 @@ WORKDIR /src
 # Only what `pip install .` needs (see .dockerignore): metadata first, then the packages.
 COPY pyproject.toml README.md ./
 COPY brunoise ./brunoise
+COPY brunoise_api ./brunoise_api
 COPY sharder ./sharder
 COPY runtime ./runtime
 COPY axon_router ./axon_router

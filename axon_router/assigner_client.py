@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from brunoise.v1 import assigner_pb2_grpc
+from brunoise_api.v1 import assigner_pb2_grpc
 from sharder.security.client import ClientAuth
 
 

@@ -1,8 +1,8 @@
-"""Every router knob, named, with its default and its meaning; CLI flags are generated from this table."""
+"""Every router knob, named, with its default and its meaning; the router's settings (flags, variables, YAML) are
+generated from this table (axon_router/settings.py)."""
 
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import inspect
@@ -10,18 +10,12 @@ import itertools
 import textwrap
 from typing import Any
 
+from sharder.server_settings import parse_bool
+
+__all__ = ["KEY_LAYOUTS", "Knobs", "knob_docs", "parse_bool"]
+
 #: Values of the ``key_layout`` knob.
 KEY_LAYOUTS = ("grouped", "flat")
-
-
-def parse_bool(text: str) -> bool:
-    """A boolean flag value: true/false, yes/no, on/off, 1/0 (argparse's ``type=bool`` takes any text as true)."""
-    v = text.strip().lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 @dataclasses.dataclass(slots=True)
@@ -226,25 +220,3 @@ def knob_docs() -> dict[str, str]:
         ):
             docs[field.target.id] = " ".join(doc.value.value.split())
     return docs
-
-
-def add_knob_args(parser: argparse.ArgumentParser) -> None:
-    """Add one ``--knob-name`` option per knob (default: the dataclass default; help: its docstring)."""
-    group = parser.add_argument_group("knobs")
-    defaults = Knobs()
-    docs = knob_docs()
-    for f in dataclasses.fields(Knobs):
-        default = getattr(defaults, f.name)
-        typ = type(default)
-        group.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest="knob_" + f.name,
-            type=parse_bool if typ is bool else typ,
-            default=default,
-            metavar=typ.__name__.upper(),
-            help=f"{docs.get(f.name, '')} (default {default})".lstrip().replace("%", "%%"),
-        )
-
-
-def knobs_from_args(ns: argparse.Namespace) -> Knobs:
-    return Knobs(**{n: getattr(ns, "knob_" + n) for n in Knobs.field_names()}).validate()

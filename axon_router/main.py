@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import gc
@@ -23,83 +22,30 @@ from axon_router.frontends.grpc import SERVICE_NAME as GRPC_SERVICE
 from axon_router.frontends.grpc import build_server
 from axon_router.frontends.openai_http import OpenAIFrontend
 from axon_router.frontends.readiness import Readiness
-from axon_router.knobs import add_knob_args, knobs_from_args
 from axon_router.metrics import RouterMetrics
 from axon_router.quarantine import KeyGuard
 from axon_router.quota import QuotaGate
 from axon_router.regions import RegionRouter
 from axon_router.rollout import RolloutView
 from axon_router.router import Router
+from axon_router.settings import RouterServerSettings, knobs_of, parse_router_settings
 from axon_router.tracing import setup_tracing
 from brunoise.advertise import advertise_host, host_port, is_loopback
 from brunoise.launch import write_ready_file
 from sharder.quarantine import QuarantinePolicy
-from sharder.security.client import ClientAuth, add_client_auth_args
+from sharder.security.client import ClientAuth
 from sharder.telemetry import setup_logging, shutdown_tracing
 
 log = logging.getLogger("axon_router")
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="brunoise-router", description=__doc__)
-    p.add_argument("--assigner", action="append", default=[], required=True, help="assigner gRPC address (repeatable)")
-    p.add_argument("--host", default="127.0.0.1", help="bind host (0.0.0.0: every interface)")
-    p.add_argument(
-        "--advertise-host", default=None,
-        help="host named in the ready file (default: --host when concrete, else this host's primary address)",
-    )  # fmt: skip
-    p.add_argument(
-        "--drain-timeout-s", type=float, default=30.0,
-        help="on SIGTERM: readiness fails, new connections are refused, open requests and streams get this long",
-    )  # fmt: skip
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--grpc-port", type=int, default=50061)
-    p.add_argument("--ready-file", default=None, help='write {"http": URL, "grpc": ADDR} here once serving')
-    p.add_argument(
-        "--wait-ready-s", type=float, default=0.0, help="wait up to this long for the first assignment before serving"
-    )
-    p.add_argument("--log-level", default=None, help="log level (default: $BRUNOISE_LOG_LEVEL, else INFO)")
-    p.add_argument("--otel-console", action="store_true", help="export spans to stdout")
-    p.add_argument(
-        "--api-keys-file",
-        default=None,
-        help="JSON/YAML mapping sha256 hex of each API key -> {name, tenant}; clients then send "
-        "'Authorization: Bearer KEY' (gRPC: authorization metadata); a key's tenant is its requests' routing group",
-    )
-    p.add_argument(
-        "--insecure", action="store_true", help="serve a non-loopback --host without API keys (refused otherwise)"
-    )
-    add_client_auth_args(p)
-    p.add_argument(
-        "--quotas",
-        action="store_true",
-        help="enforce tenant quotas: draw leased allotments from the assigners (brunoise quota set); a tenant "
-        "over its quota, or whose allotment is spent while the store is unreachable, gets 429 quota_exceeded",
-    )
-    p.add_argument(
-        "--key-quarantine",
-        action="store_true",
-        help="contain keys of death: a key whose requests coincide with pod crashes/hangs/timeouts stays inside its "
-        "subset, and on --quarantine-pods distinct pods is refused (key_quarantined) for --quarantine-cooldown-s",
-    )
-    p.add_argument("--quarantine-pods", type=int, default=2, help="distinct pods whose faults quarantine a key")
-    p.add_argument("--quarantine-window-s", type=float, default=120.0, help="how long a key stays suspected")
-    p.add_argument("--quarantine-cooldown-s", type=float, default=300.0, help="how long a quarantine lasts")
-    p.add_argument(
-        "--region", default=os.environ.get("BRUNOISE_ROUTER_REGION", ""),
-        help="this router's region (default $BRUNOISE_ROUTER_REGION): tenants without a home region go to its "
-        "regional targets first; requests sent elsewhere count in brunoise_router_cross_region_requests_total",
-    )  # fmt: skip
-    p.add_argument(
-        "--placement-refresh-s", type=float, default=1.0,
-        help="how often tenant placements (brunoise tenant set-region) are read from the assigners",
-    )  # fmt: skip
-    add_knob_args(p)
-    return p.parse_args(argv)
+
+def parse_args(argv: Sequence[str] | None = None) -> RouterServerSettings:
+    """Flags, ``BRUNOISE_ROUTER_*`` variables and ``--config`` YAML, resolved by ``RouterSettings``."""
+    settings, _ = parse_router_settings(argv)
+    return settings
 
 
-
-
-def load_api_keys(ns: argparse.Namespace) -> ApiKeys | None:
+def load_api_keys(ns: RouterServerSettings) -> ApiKeys | None:
     """The API keys to require (None: open); exits when a non-loopback router would serve without keys."""
     keys = None
     if ns.api_keys_file:
@@ -115,10 +61,10 @@ def load_api_keys(ns: argparse.Namespace) -> ApiKeys | None:
     return keys
 
 
-async def serve(ns: argparse.Namespace) -> None:
+async def serve(ns: RouterServerSettings) -> None:
     from sharder.clerk import Clerk  # the clerk is the router's only view of the assignment
 
-    knobs = knobs_from_args(ns)
+    knobs = knobs_of(ns)
     api_keys = load_api_keys(ns)  # before anything binds
     try:
         auth = ClientAuth.from_args(ns)  # the reader token and CA the clerk presents to the assigners
@@ -207,7 +153,7 @@ async def serve(ns: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     ns = parse_args(argv)
     setup_logging(ns.log_level)
-    setup_tracing(console=ns.otel_console, sample_ratio=ns.knob_trace_sample_ratio)
+    setup_tracing(console=ns.otel_console, sample_ratio=knobs_of(ns).trace_sample_ratio)
     try:  # optional: a faster event loop when installed
         uvloop: Any = importlib.import_module("uvloop")
     except ImportError:

@@ -13,7 +13,7 @@ from axon_router.forward import Forwarder
 from axon_router.knobs import Knobs
 from axon_router.metrics import RouterMetrics
 from axon_router.pod_view import PodView
-from brunoise.v1 import runtime_pb2, runtime_pb2_grpc
+from brunoise_api.v1 import runtime_pb2, runtime_pb2_grpc
 
 log = logging.getLogger("axon_router")
 

@@ -19,7 +19,7 @@ import grpc
 
 from axon_router.assigner_client import AssignerCalls
 from axon_router.metrics import RouterMetrics
-from brunoise.v1 import assigner_pb2
+from brunoise_api.v1 import assigner_pb2
 from sharder.quarantine import KeyRecord, QuarantinePolicy, note_fault
 
 log = logging.getLogger("axon_router.quarantine")

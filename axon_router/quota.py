@@ -23,7 +23,7 @@ import grpc
 
 from axon_router.assigner_client import AssignerCalls
 from axon_router.errors import Shed
-from brunoise.v1 import assigner_pb2
+from brunoise_api.v1 import assigner_pb2
 
 log = logging.getLogger("axon_router.quota")
 

@@ -23,7 +23,7 @@ from axon_router.errors import RouterError, Unavailable
 from axon_router.metrics import RouterMetrics
 from axon_router.routing_key import RouteRequest
 from axon_router.targets import TargetState, TargetTable
-from brunoise.v1 import assigner_pb2
+from brunoise_api.v1 import assigner_pb2
 from sharder.regions import RegionPlan, TenantPlacement, choose, plan
 
 log = logging.getLogger("axon_router.regions")

@@ -21,7 +21,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Gauge
 
 from axon_router.assigner_client import AssignerCalls
-from brunoise.v1 import assigner_pb2
+from brunoise_api.v1 import assigner_pb2
 from sharder.assigner.rollouts import rollout_from_proto
 from sharder.errors import BrunoiseError
 from sharder.rollout import Rollout, version_for

@@ -60,10 +60,10 @@ def parse_pairs(items: Iterable[str], what: str) -> dict[str, str]:
 
 
 def _knob_parser() -> argparse.ArgumentParser:
-    from axon_router.knobs import add_knob_args
+    from axon_router.settings import router_parser
 
-    p = argparse.ArgumentParser(prog="brunoise-router", add_help=False, exit_on_error=False)
-    add_knob_args(p)
+    p = router_parser()
+    p.exit_on_error = False
     return p
 
 
@@ -84,23 +84,25 @@ _TRUE = ("true", "1", "yes", "on")
 def router_knob_argv(knobs: Mapping[str, str]) -> list[str]:
     """The brunoise-router flags that set ``knobs`` (knob name -> value as text), checked against its own parser.
 
-    The flag of each knob comes from ``axon_router.knobs.add_knob_args`` (the router's flags are generated from
-    its knob table), and each value is parsed by that same parser to make sure the router gets what was meant:
+    The flag of each knob comes from ``axon_router.settings.router_parser`` (the router's flags are generated
+    from its knob table), and each value is parsed by that same parser to make sure the router gets what was meant:
     a boolean knob declared as ``type=bool`` turns any non-empty text into True, so False is spelt as the empty
     string there; a ``BooleanOptionalAction`` knob gets ``--name`` / ``--no-name``.
     """
     if not knobs:
         return []
     p = _knob_parser()
-    by_dest = {a.dest: a for a in p._actions}
+    from axon_router.knobs import Knobs, parse_bool
+
+    by_dest = {a.dest: a for a in p._actions if a.dest not in ("help", "config")}
     argv: list[str] = []
     for name, text in knobs.items():
-        action = by_dest.get("knob_" + name)
+        action = by_dest.get(name)
         if action is None:
-            known = sorted(d[5:] for d in by_dest if d.startswith("knob_"))
+            known = sorted(Knobs.field_names())
             raise ValueError(f"brunoise-router has no knob {name!r} in this checkout; knobs: {', '.join(known)}")
         flag = action.option_strings[0]
-        if isinstance(action.default, bool):
+        if isinstance(action.default, bool) or action.type is parse_bool:
             want = _bool(text, f"knob {name}")
             if isinstance(action, argparse.BooleanOptionalAction):
                 positive = next(s for s in action.option_strings if not s.startswith("--no-"))
@@ -157,6 +159,6 @@ def apply_target_config(cfg: Any, overrides: Mapping[str, str]) -> None:
 
 def check_target_config(overrides: Mapping[str, str]) -> None:
     """Raise ValueError now (before any process starts) if ``overrides`` cannot be applied."""
-    from brunoise.v1 import slicing_pb2
+    from brunoise_api.v1 import slicing_pb2
 
     apply_target_config(slicing_pb2.TargetConfig(), overrides)

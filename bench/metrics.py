@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from sharder.promtext import sum_by_name
 
 _M_QUERIES = "vllm:prefix_cache_queries_total"
 _M_HITS = "vllm:prefix_cache_hits_total"
@@ -49,17 +50,9 @@ class Counters:
         return self.hits / self.queries if self.queries > 0 else 0.0
 
 
-def parse_metrics(text: str) -> Counters:
-    """Sum the counters we need over all label sets of a Prometheus text exposition."""
-    sums: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name_part, _, value = line.rpartition(" ")
-        name = name_part.split("{", 1)[0].strip()
-        if name in (_M_QUERIES, _M_HITS, _M_PROMPT, _M_SUCCESS, _W_QUERIES, _W_HITS, _W_REQUESTS):
-            with contextlib.suppress(ValueError):
-                sums[name] = sums.get(name, 0.0) + float(value)
+def counters_of(text: str) -> Counters:
+    """The counters we need, summed over all label sets of a pod's Prometheus text exposition."""
+    sums = sum_by_name(text)
     wq = sums.get(_W_QUERIES, 0.0)
     return Counters(
         sums.get(_M_QUERIES, 0.0) - wq,

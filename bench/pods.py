@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 from bench.ablation import apply_target_config
-from bench.metrics import Counters, parse_metrics
+from bench.metrics import Counters, counters_of
 from brunoise.launch import LaunchError, ManagedProcess, ProcessGroup
 
 TARGET = "bench"
@@ -101,10 +101,10 @@ class Pod:
         try:
             async with session.get(f"{self.http}/metrics", timeout=aiohttp.ClientTimeout(total=3.0)) as resp:
                 if resp.status == 200:
-                    counters = parse_metrics(await resp.text())
+                    counters = counters_of(await resp.text())
                     if incarnation == self.incarnation:  # not a late answer from a pod restarted meanwhile
                         self.last = counters
-        except (aiohttp.ClientError, TimeoutError):
+        except (aiohttp.ClientError, TimeoutError, ValueError):  # ValueError: a truncated exposition
             pass
         return self.total()
 
@@ -135,35 +135,30 @@ class Pod:
 
 
 class AssignerAdmin:
-    """The few assigner admin RPCs the benchmark uses (Drain, ListPods, History, GetAssignment)."""
+    """The bench's view of the assigner (drain, slices held, the target, its history) over the CLI's
+    ``AdminClient`` (one admin client for both), its blocking calls run off the event loop."""
 
     def __init__(self, address: str) -> None:
-        import grpc
+        from brunoise.cli.client import AdminClient
+        from sharder.security.client import ClientAuth
 
-        from brunoise.v1 import assigner_pb2_grpc
-
-        self._channel = grpc.aio.insecure_channel(address)
-        self.stub = assigner_pb2_grpc.AssignerStub(self._channel)  # type: ignore[no-untyped-call]
+        self.client = AdminClient(address, timeout_s=10.0, auth=ClientAuth())  # the bench's assigner is open
 
     async def close(self) -> None:
-        await self._channel.close(None)
+        self.client.close()
 
     async def drain(self, pod_id: str, undrain: bool = False) -> None:
-        from brunoise.v1 import assigner_pb2
-
-        await self.stub.Drain(assigner_pb2.DrainRequest(pod_id=pod_id, undrain=undrain), timeout=5.0)
+        await asyncio.to_thread(self.client.drain, pod_id, undrain)
 
     async def slices_held(self) -> dict[str, int]:
-        from brunoise.v1 import assigner_pb2
-
-        resp = await self.stub.ListPods(assigner_pb2.ListPodsRequest(target=TARGET), timeout=5.0)
+        resp = await asyncio.to_thread(self.client.list_pods, TARGET)
         return {p.pod.id: p.slices_held for p in resp.pods}
 
     async def configure_target(self, overrides: Mapping[str, str] | None = None, timeout_s: float = 20.0) -> None:
         """Create the bench target with the policy's default settings (``sharder.config.TargetConfig``, encoded by
         the codec, so a field added there arrives with its default), then ``overrides`` (field -> value as text,
         e.g. an ablation's ``calm=false``); retried until there is a leader."""
-        from brunoise.v1 import assigner_pb2
+        from brunoise.cli.output import CliError
         from sharder.codec import config_to_proto
         from sharder.config import TargetConfig
 
@@ -172,39 +167,30 @@ class AssignerAdmin:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                await self.stub.ConfigureTarget(assigner_pb2.ConfigureTargetRequest(config=cfg), timeout=5.0)
+                await asyncio.to_thread(self.client.configure_target, cfg)
                 return
-            except Exception:
+            except CliError:
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.1)
 
     async def target_config(self) -> dict[str, Any]:
         """The scalar fields of the target's config as the assigner holds it (what the overrides became)."""
-        from brunoise.v1 import assigner_pb2
-
-        a = await self.stub.GetAssignment(assigner_pb2.GetAssignmentRequest(target=TARGET), timeout=5.0)
+        a = await asyncio.to_thread(self.client.get_assignment, TARGET)
         return {f.name: getattr(a.config, f.name) for f in a.config.DESCRIPTOR.fields if f.message_type is None}
 
     async def assigned_pods(self) -> set[str]:
-        from brunoise.v1 import assigner_pb2
-
-        a = await self.stub.GetAssignment(assigner_pb2.GetAssignmentRequest(target=TARGET), timeout=5.0)
+        a = await asyncio.to_thread(self.client.get_assignment, TARGET)
         return {r for s in a.slices for r in s.replicas}
 
     async def history(self) -> list[dict[str, Any]]:
-        from brunoise.v1 import assigner_pb2
+        from brunoise.cli.client import scalars
 
-        resp = await self.stub.History(assigner_pb2.HistoryRequest(target=TARGET, limit=0), timeout=10.0)
+        resp = await asyncio.to_thread(self.client.history, TARGET)
+        keep = ("moves", "splits", "merges", "replications", "dereplications", "fills", "churn", "imbalance",
+                "dropped_pods")  # fmt: skip
         out = []
         for e in resp.entries:
-            s = e.stats
-            out.append(
-                {
-                    "generation": e.generation, "unix_ms": e.created_unix_ms, "slices": e.slices, "moves": s.moves,
-                    "splits": s.splits, "merges": s.merges, "replications": s.replications,
-                    "dereplications": s.dereplications, "fills": s.fills, "churn": s.churn,
-                    "imbalance": s.imbalance, "dropped_pods": s.dropped_pods,
-                }
-            )  # fmt: skip
+            stats = {k: v for k, v in scalars(e.stats).items() if k in keep}
+            out.append({"generation": e.generation, "unix_ms": e.created_unix_ms, "slices": e.slices, **stats})
         return out

@@ -27,7 +27,7 @@ from pathlib import Path
 import grpc
 
 from brunoise.launch import ManagedProcess, python_module
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
 from sharder.codec import apply_diff_message as apply_diff
 
 ROOT = str(Path(__file__).resolve().parents[1])

@@ -1,1 +1,1 @@
-"""brunoise: generated contracts (brunoise.v1) and the admin CLI (brunoise.cli)."""
+"""brunoise: the admin CLI (brunoise.cli) and what it launches with; the generated contracts are brunoise_api.v1."""

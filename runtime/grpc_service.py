@@ -14,10 +14,11 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from brunoise.v1 import inference_pb2, runtime_pb2, runtime_pb2_grpc, slicing_pb2
+from brunoise_api.v1 import inference_pb2, runtime_pb2, runtime_pb2_grpc, slicing_pb2
 from runtime.engines.base import Engine, EngineChunk, EngineError, EngineRequest, SamplingParams
 from runtime.http_api import SLICE_KEY_HEADER, FinishHook
 from runtime.warm import PromptLog, WarmMetrics, hot_prompts_response
+from sharder.codec import engine_load_to_proto
 from sharder.keyspace import slice_key as app_slice_key
 from sharder.security.interceptor import bearer_token
 from sharder.security.tokens import Credentials, Role
@@ -143,15 +144,7 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
         resp = runtime_pb2.GetLoadResponse(
             pod_id=self.pod_id,
             ready=self.engine.ready,
-            engine=slicing_pb2.EngineLoad(
-                running=e.running,
-                waiting=e.waiting,
-                kv_usage=e.kv_usage,
-                tokens_in_flight=e.tokens_in_flight,
-                prefix_hit_rate=e.prefix_hit_rate,
-                capacity=e.capacity,
-                load=e.load,
-            ),
+            engine=engine_load_to_proto(e),
             unix_ms=int(time.time() * 1000),
         )
         if request.include_cache:

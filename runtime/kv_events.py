@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 
 BlockHash = bytes | int
 #: Media whose blocks count as held by the engine (vLLM's KV memory; "CPU"/"STORAGE" are offload tiers).
-PRIMARY_MEDIA: frozenset[str | None] = frozenset({None, "GPU"})
+MEDIUM_GPU = "GPU"
+PRIMARY_MEDIA: frozenset[str | None] = frozenset({None, MEDIUM_GPU})
 END_SEQ = -1
 
 
@@ -228,9 +229,29 @@ def _encode_event(e: KvEvent) -> dict[str, Any]:
     return {"type": "AllBlocksCleared"}
 
 
-def encode_batch(ts: float, events: Iterable[KvEvent], data_parallel_rank: int | None = None) -> bytes:
-    """The payload vLLM 0.32 would publish for ``events`` (for tests and tools)."""
-    body: list[Any] = [ts, [_encode_event(e) for e in events]]
+def _encode_event_array(e: KvEvent) -> list[Any]:
+    """msgspec's ``array_like=True, tag=True, omit_defaults=True`` form: the tag, the fields in order, trailing
+    defaults (None) left off."""
+    names: tuple[str, ...]
+    if isinstance(e, BlockStored):
+        tag, names = "BlockStored", _STORED_FIELDS
+    elif isinstance(e, BlockRemoved):
+        tag, names = "BlockRemoved", _REMOVED_FIELDS
+    else:
+        return ["AllBlocksCleared"]
+    values = [getattr(e, n) for n in names]
+    while values and values[-1] is None:
+        values.pop()
+    return [tag, *(list(v) if isinstance(v, tuple) else v for v in values)]
+
+
+def encode_batch(
+    ts: float, events: Iterable[KvEvent], data_parallel_rank: int | None = None, *, array_like: bool = False
+) -> bytes:
+    """The payload vLLM would publish for ``events``: events as tagged maps (vLLM 0.32), or with ``array_like`` as
+    tagged arrays (msgspec's array-like structs, what the simulated engine publishes); both decode here."""
+    encode = _encode_event_array if array_like else _encode_event
+    body: list[Any] = [ts, [encode(e) for e in events]]
     if data_parallel_rank is not None:
         body.append(data_parallel_rank)
     packed: bytes = msgpack.packb(body, use_bin_type=True)

@@ -199,7 +199,7 @@ class RuntimePod:
 
     async def _drain_rpc(self, *, undrain: bool) -> bool:
         """Ask the assigners to (un)drain this pod (its pod token may drain only itself); True when one did."""
-        from brunoise.v1 import assigner_pb2, assigner_pb2_grpc
+        from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc
 
         sl = self.slicelet
         req = assigner_pb2.DrainRequest(pod_id=self.pod_id, undrain=undrain)

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from brunoise.v1 import inference_pb2, runtime_pb2, runtime_pb2_grpc, slicing_pb2
+from brunoise_api.v1 import inference_pb2, runtime_pb2, runtime_pb2_grpc, slicing_pb2
 from runtime.engines.base import Engine, EngineChunk, EngineError, EngineProxy, EngineRequest, SamplingParams
 from sharder.keyspace import Slice
 

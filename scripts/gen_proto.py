@@ -1,4 +1,4 @@
-"""Regenerate the Python stubs for proto/brunoise/v1 into brunoise/v1 (the one codegen command)."""
+"""Regenerate the Python stubs for proto/brunoise_api/v1 into brunoise_api/v1 (the one codegen command)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from grpc_tools import protoc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
-OUT_PACKAGE = ROOT / "brunoise" / "v1"
+OUT_PACKAGE = ROOT / "brunoise_api" / "v1"
 
 
 def generate(out_root: pathlib.Path) -> list[pathlib.Path]:
@@ -32,7 +32,7 @@ def generate(out_root: pathlib.Path) -> list[pathlib.Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    return sorted((out_root / "brunoise" / "v1").glob("*_pb2*.py*"))
+    return sorted((out_root / "brunoise_api" / "v1").glob("*_pb2*.py*"))
 
 
 def main() -> int:
@@ -57,7 +57,7 @@ def main() -> int:
         init = OUT_PACKAGE / "__init__.py"
         if not init.exists():
             init.write_text('"""Generated protobuf and gRPC stubs for brunoise.v1 (do not edit)."""\n')
-        shutil.rmtree(pathlib.Path(tmp) / "brunoise", ignore_errors=True)
+        shutil.rmtree(pathlib.Path(tmp) / "brunoise_api", ignore_errors=True)
     print(f"wrote {len(fresh)} files to {OUT_PACKAGE.relative_to(ROOT)}")
     return 0
 

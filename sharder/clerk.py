@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
 from sharder import codec
 from sharder.assignment import Assignment, SliceAssignment
 from sharder.codec import apply_diff_message as apply_diff

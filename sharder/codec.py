@@ -7,7 +7,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from brunoise.v1 import slicing_pb2 as pb
+from brunoise_api.v1 import slicing_pb2 as pb
 from sharder.assignment import Assignment, AssignmentDiff, RoundStats, SliceAssignment, check_invariants
 from sharder.config import TargetConfig
 from sharder.errors import BrunoiseError, ConfigError, InvalidSliceError, InvariantError, LoadReportError, OverrideError

@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
 from sharder import codec
 from sharder.assigner.status import LEADER_METADATA_KEY
 from sharder.keyspace import Slice

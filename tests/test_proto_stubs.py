@@ -16,7 +16,7 @@ def test_generated_stubs_are_fresh() -> None:
 
 def test_import_name_does_not_collide() -> None:
     # `proto` is taken by proto-plus; ours lives under the distribution's own name.
-    from brunoise.v1 import assigner_pb2, slicing_pb2
+    from brunoise_api.v1 import assigner_pb2, slicing_pb2
 
     assert assigner_pb2.DESCRIPTOR.package == "brunoise.v1"
     assert slicing_pb2.Slice.DESCRIPTOR.full_name == "brunoise.v1.Slice"
@@ -28,12 +28,12 @@ def test_stale_stub_is_detected(tmp_path: Path) -> None:
 
     work = tmp_path / "repo"
     shutil.copytree(ROOT / "proto", work / "proto")
-    shutil.copytree(ROOT / "brunoise" / "v1", work / "brunoise" / "v1")
+    shutil.copytree(ROOT / "brunoise_api" / "v1", work / "brunoise_api" / "v1")
     (work / "scripts").mkdir()
     shutil.copy(ROOT / "scripts" / "gen_proto.py", work / "scripts" / "gen_proto.py")
     ok = subprocess.run([sys.executable, str(work / "scripts" / "gen_proto.py"), "--check"], capture_output=True, timeout=120)
     assert ok.returncode == 0
-    proto = work / "proto" / "brunoise" / "v1" / "router.proto"
+    proto = work / "proto" / "brunoise_api" / "v1" / "router.proto"
     proto.write_text(proto.read_text() + "\nmessage Extra { string x = 1; }\n")
     stale = subprocess.run(
         [sys.executable, str(work / "scripts" / "gen_proto.py"), "--check"], capture_output=True, text=True, timeout=120

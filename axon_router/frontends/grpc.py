@@ -21,7 +21,7 @@ from axon_router.forward import data_of
 from axon_router.frontends.guard import authenticate, require_assignment
 from axon_router.router import Router
 from axon_router.routing_key import parse_grpc
-from brunoise.v1 import inference_pb2, router_pb2
+from brunoise_api.v1 import inference_pb2, router_pb2
 from sharder.prefix import InvalidText
 
 SERVICE_NAME = "brunoise.v1.Router"

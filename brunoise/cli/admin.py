@@ -6,6 +6,7 @@ import functools
 import json
 import pathlib
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -45,18 +46,20 @@ from brunoise.cli.output import (
     print_json,
     print_json_line,
 )
-from brunoise.v1 import slicing_pb2
+from brunoise_api.v1 import slicing_pb2
 from sharder.keyspace import group_slice_key, join_parts, key_parts, session_bits
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 AssignerOpt = Annotated[
-    str | None,
+    list[str] | None,
     typer.Option(
         "--assigner",
         "-a",
-        help="Assigner gRPC address (default: $BRUNOISE_ASSIGNER, else the running `cluster up`, else 127.0.0.1:50051).",
+        help="Assigner gRPC address; repeat it (or separate by commas) to name several replicas, tried in order, "
+        "writes following the leader (default: $BRUNOISE_ASSIGNER, else the running `cluster up`, else "
+        "127.0.0.1:50051).",
         show_default=False,
     ),
 ]
@@ -65,6 +68,23 @@ TargetArg = Annotated[str, typer.Argument(help="Target name (see `brunoise targe
 SliceKeyFlag = Annotated[
     bool, typer.Option("--slice-key", "-k", help="KEY is a SliceKey (decimal or 0x-hex), not an app key to hash.")
 ]
+
+
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (needed without a terminal).")]
+
+
+def stdin_is_a_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Go on when ``yes``, else ask on the terminal; without one (a script, CI) refuse rather than guess."""
+    if yes:
+        return
+    if not stdin_is_a_terminal():
+        raise CliError(f"{question.rstrip('?')}: refusing without a terminal to confirm on; pass --yes", 2)
+    if not typer.confirm(question, default=False, err=True):
+        raise CliError("not confirmed; nothing changed", 1)
 
 
 def cli_errors(fn: Callable[P, R]) -> Callable[P, R]:
@@ -88,7 +108,7 @@ def cli_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def _client(assigner: str | None) -> AdminClient:
+def _client(assigner: list[str] | None) -> AdminClient:
     return AdminClient(resolve_assigner(assigner))
 
 
@@ -539,8 +559,11 @@ def clear(
     ids: Annotated[list[str] | None, typer.Argument(help="Override ids to clear (none: all).")] = None,
     assigner: AssignerOpt = None,
     output: OutputOpt = OutputFormat.table,
+    yes: YesOpt = False,
 ) -> None:
-    """Clear manual overrides (all of them, or the ids given); the policy takes over again."""
+    """Clear manual overrides (all of them, or the ids given); the policy takes over again. Asks first unless --yes."""
+    what = f"overrides {', '.join(ids)}" if ids else "ALL manual overrides"
+    confirm(f"Clear {what} on target {target}?", yes)
     with _client(assigner) as c:
         a = c.clear_overrides(_require(target, "TARGET"), list(ids or [])).assignment
     if output == OutputFormat.json:

@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar, cast
 
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # keep gRPC's C-core logging off the one-line errors
@@ -15,7 +15,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 import grpc
 
 from brunoise.cli.output import KEYSPACE_END, CliError
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
 from sharder.security.client import ENV_TLS_CA, ENV_TOKEN, ClientAuth
 
 T = TypeVar("T")
@@ -75,17 +75,31 @@ def read_cluster_file() -> dict[str, Any] | None:
     return data
 
 
-def resolve_assigner(option: str | None) -> str:
-    """--assigner, else $BRUNOISE_ASSIGNER, else the running ``cluster up``'s assigner, else 127.0.0.1:50051."""
-    if option:
-        return option
-    env = os.environ.get(ENV_ASSIGNER)
+def split_endpoints(values: Sequence[str] | str | None) -> list[str]:
+    """Assigner addresses from repeated ``-a`` values and/or comma-separated lists, in order, without repeats."""
+    items = [values] if isinstance(values, str) else list(values or ())
+    out: list[str] = []
+    for item in items:
+        for part in item.split(","):
+            part = part.strip()
+            if part and part not in out:
+                out.append(part)
+    return out
+
+
+def resolve_assigner(option: Sequence[str] | str | None) -> list[str]:
+    """The assigner replicas to try, in order: every --assigner/-a (repeatable or comma-separated), else
+    $BRUNOISE_ASSIGNER (comma-separated), else the running ``cluster up``'s assigner, else 127.0.0.1:50051."""
+    given = split_endpoints(option)
+    if given:
+        return given
+    env = split_endpoints(os.environ.get(ENV_ASSIGNER))
     if env:
         return env
     rec = read_cluster_file()
     if rec and isinstance(rec.get("assigner"), str):
-        return str(rec["assigner"])
-    return DEFAULT_ASSIGNER
+        return [str(rec["assigner"])]
+    return [DEFAULT_ASSIGNER]
 
 
 def resolve_auth(token: str | None = None, ca: str | None = None) -> ClientAuth:
@@ -143,13 +157,16 @@ def _leader_hint(exc: grpc.RpcError) -> str:
 
 # ----------------------------------------------------------------------------- client
 class AdminClient:
-    """Blocking calls to one assigner's admin RPCs; every failure raises CliError."""
+    """Blocking calls to the assigner's admin RPCs; every failure raises CliError. Given several replicas, a call
+    that cannot reach one (UNAVAILABLE) tries the next in order, and a write a follower refuses goes to the leader
+    it names."""
 
-    def __init__(self, address: str, timeout_s: float = 10.0, auth: ClientAuth | None = None) -> None:
-        self.address = address
+    def __init__(self, address: str | Sequence[str], timeout_s: float = 10.0, auth: ClientAuth | None = None) -> None:
+        self.endpoints = split_endpoints(address) or [DEFAULT_ASSIGNER]
+        self.address = self.endpoints[0]
         self.timeout_s = timeout_s
         self.auth = auth if auth is not None else resolve_auth()
-        self._channel = self.auth.channel(address, [("grpc.enable_retries", 0)])
+        self._channel = self.auth.channel(self.address, [("grpc.enable_retries", 0)])
         self._stub = assigner_pb2_grpc.AssignerStub(self._channel)  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
@@ -162,19 +179,25 @@ class AdminClient:
         self.close()
 
     def _call(self, name: str, request: Any, resp_type: type[T]) -> T:
-        """Call RPC ``name``; a write sent to a follower is retried once on the leader it names."""
-        for attempt in (0, 1):
+        """Call RPC ``name``: an unreachable replica hands over to the next one given (the call never reached it);
+        a write sent to a follower is retried once on the leader it names."""
+        untried = [a for a in self.endpoints if a != self.address]
+        followed = False
+        while True:
             try:
                 return cast(
                     T, getattr(self._stub, name)(request, timeout=self.timeout_s, metadata=self.auth.metadata)
                 )
             except grpc.RpcError as exc:
                 leader = _leader_hint(exc)
-                if attempt == 0 and leader and leader != self.address:
+                if not followed and leader and leader != self.address:
+                    followed = True
                     self._connect(leader)
                     continue
+                if untried and exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    self._connect(untried.pop(0))
+                    continue
                 raise rpc_error(exc, self.address, self.timeout_s) from None
-        raise AssertionError("unreachable")
 
     def _connect(self, address: str) -> None:
         self._channel.close()
@@ -248,18 +271,28 @@ class AdminClient:
         return self._call("ListRollouts", assigner_pb2.ListRolloutsRequest(model=model), assigner_pb2.ListRolloutsResponse)
 
     def watch(self, target: str, from_generation: int = 0) -> Iterator[assigner_pb2.WatchResponse]:
-        """Full assignments as they change (no deadline: ends when the caller stops iterating)."""
-        stream = self._stub.Watch(
-            assigner_pb2.WatchRequest(target=target, from_generation=from_generation, diffs=False),
-            metadata=self.auth.metadata,
-        )
-        try:
-            yield from stream
-        except grpc.RpcError as exc:
-            raise rpc_error(exc, self.address, self.timeout_s) from None
-        finally:
-            with contextlib.suppress(Exception):
-                stream.cancel()
+        """Full assignments as they change (no deadline: ends when the caller stops iterating); a replica that
+        cannot be reached before the first update hands over to the next one given."""
+        untried = [a for a in self.endpoints if a != self.address]
+        while True:
+            stream = self._stub.Watch(
+                assigner_pb2.WatchRequest(target=target, from_generation=from_generation, diffs=False),
+                metadata=self.auth.metadata,
+            )
+            started = False
+            try:
+                for update in stream:
+                    started = True
+                    yield update
+                return
+            except grpc.RpcError as exc:
+                if not started and untried and exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    self._connect(untried.pop(0))
+                    continue
+                raise rpc_error(exc, self.address, self.timeout_s) from None
+            finally:
+                with contextlib.suppress(Exception):
+                    stream.cancel()
 
 
 # ----------------------------------------------------------------------------- protobuf -> JSON-friendly dicts

@@ -27,7 +27,7 @@ from brunoise.cli.credentials import init_credentials
 from brunoise.cli.demo import DemoResult, run_demo
 from brunoise.cli.output import CliError, console, err_console, fmt_pct, make_table, print_error
 from brunoise.launch import LaunchError, ManagedProcess, ProcessGroup, python_module
-from brunoise.v1 import slicing_pb2
+from brunoise_api.v1 import slicing_pb2
 from sharder.security.client import ENV_TOKEN, ENV_TOKEN_FILE, ClientAuth
 from sharder.security.tokens import new_token
 

@@ -6,11 +6,12 @@ import asyncio
 import dataclasses
 import json
 import random
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 import aiohttp
+
+from sharder.promtext import sum_by_name
 
 SYSTEM_PROMPTS: tuple[str, ...] = (
     "You are Brunoise Support, the help desk assistant of a company that sells kitchen knives. "
@@ -36,7 +37,6 @@ USER_TURNS: tuple[str, ...] = (
 TOPICS = ("order 1042 arrived with a chipped blade", "a function that leaks file handles",
           "Paris to Vienna in two days", "a gift for a chef", "an async crawler", "Lisbon to Seville")
 
-_METRIC_RE = re.compile(r"^(vllm:prefix_cache_(?:hits|queries)_total)(?:\{[^}]*\})?\s+([0-9.eE+-]+)")
 
 
 @dataclasses.dataclass
@@ -70,16 +70,8 @@ class DemoResult:
 
 def parse_prefix_metrics(text: str) -> tuple[float, float]:
     """(hits, queries) summed over every series of vllm:prefix_cache_{hits,queries}_total in a Prometheus text."""
-    hits = queries = 0.0
-    for line in text.splitlines():
-        m = _METRIC_RE.match(line)
-        if not m:
-            continue
-        if m.group(1).endswith("hits_total"):
-            hits += float(m.group(2))
-        else:
-            queries += float(m.group(2))
-    return hits, queries
+    sums = sum_by_name(text)
+    return sums.get("vllm:prefix_cache_hits_total", 0.0), sums.get("vllm:prefix_cache_queries_total", 0.0)
 
 
 async def scrape_prefix(session: aiohttp.ClientSession, pods_http: Mapping[str, str]) -> dict[str, tuple[float, float]]:
@@ -91,7 +83,7 @@ async def scrape_prefix(session: aiohttp.ClientSession, pods_http: Mapping[str, 
                 if r.status != 200:
                     return None
                 return parse_prefix_metrics(await r.text())
-        except (aiohttp.ClientError, TimeoutError):
+        except (aiohttp.ClientError, TimeoutError, ValueError):  # ValueError: a truncated exposition
             return None
 
     names = list(pods_http)

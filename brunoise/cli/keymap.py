@@ -12,7 +12,7 @@ from rich.text import Text
 from brunoise.cli.client import hi_of
 from brunoise.cli.output import KEYSPACE_END, CliError
 from brunoise.plotting import pyplot
-from brunoise.v1 import slicing_pb2
+from brunoise_api.v1 import slicing_pb2
 
 #: tab20-like palette, shared by the image and the terminal so the legend reads the same in both.
 PALETTE: tuple[str, ...] = (

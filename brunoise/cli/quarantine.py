@@ -8,7 +8,7 @@ import typer
 
 from brunoise.cli.admin import AssignerOpt, OutputOpt, _client, cli_errors
 from brunoise.cli.output import CliError, OutputFormat, console, fmt_key, fmt_time_ms, make_table, parse_key, print_json
-from brunoise.v1 import assigner_pb2
+from brunoise_api.v1 import assigner_pb2
 
 quarantine_app = typer.Typer(
     help="Keys whose requests coincided with engine crashes/hangs (routers started with --key-quarantine).",

@@ -8,7 +8,7 @@ import typer
 
 from brunoise.cli.admin import AssignerOpt, OutputOpt, _client, _require, cli_errors
 from brunoise.cli.output import OutputFormat, console, fmt_float, make_table, print_json
-from brunoise.v1 import assigner_pb2
+from brunoise_api.v1 import assigner_pb2
 
 quota_app = typer.Typer(help="Tenant quotas: limits live in the store; routers started with --quotas enforce them.",
                         no_args_is_help=True)  # fmt: skip

@@ -8,7 +8,7 @@ import typer
 
 from brunoise.cli.admin import AssignerOpt, OutputOpt, _client, _require, cli_errors
 from brunoise.cli.output import OutputFormat, console, fmt_float, make_table, print_json
-from brunoise.v1 import assigner_pb2
+from brunoise_api.v1 import assigner_pb2
 
 rollout_app = typer.Typer(
     help="Model-version rollouts: keys move from the blue target to green by keyspace range, in steps; the leader "

@@ -8,7 +8,7 @@ import typer
 
 from brunoise.cli.admin import AssignerOpt, OutputOpt, _client, _require, cli_errors
 from brunoise.cli.output import OutputFormat, console, make_table, print_json
-from brunoise.v1 import assigner_pb2
+from brunoise_api.v1 import assigner_pb2
 
 tenant_app = typer.Typer(
     help="Tenant placement: a home region (routers send the tenant's traffic to that region's targets first) and "

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import collections
 import heapq
-import math
 from collections.abc import Callable
 
 from runtime.engines.sim import BLOCK_TOKENS, KVCache, SimConfig, SimEngine, virtual_request
 from sharder.load import EngineLoad
+from sharder.sketch import RateEwma
 
 #: (request, first-token time) and (request, finish time) callbacks.
 OnEvent = Callable[[object, float], None]
@@ -139,8 +139,7 @@ class FluidEngine(PodEngine):
         self.prefill_free = 0.0
         self._heap: list[tuple[float, int, bool, object]] = []
         self._seq = 0
-        self._load_rate = 0.0
-        self._load_t = 0.0
+        self._load = RateEwma(cfg.load_half_life_s)  # processed tokens per virtual second
 
     def make(self, rid: str, tokens: int, hashes: tuple[int, ...], max_tokens: int, t: float, key: int) -> object:
         return virtual_request(rid, tokens, hashes, max_tokens, t, key)
@@ -226,13 +225,10 @@ class FluidEngine(PodEngine):
         return out
 
     def _add_load(self, tokens: int, t: float) -> None:
-        hl = self.cfg.load_half_life_s
-        self._load_rate = self._load_rate * math.exp(-math.log(2) * max(0.0, t - self._load_t) / hl)
-        self._load_rate += tokens * math.log(2) / hl
-        self._load_t = t
+        self._load.add(tokens)
+        self._load.rate(t)
 
     def load(self, t: float) -> EngineLoad:
-        hl = self.cfg.load_half_life_s
         return EngineLoad(
             running=self.running,
             waiting=len(self.waiting),
@@ -240,7 +236,7 @@ class FluidEngine(PodEngine):
             tokens_in_flight=self.tokens_in_flight,
             prefix_hit_rate=self.prefix_hits / self.prefix_queries if self.prefix_queries else 0.0,
             capacity=self.cfg.capacity,
-            load=self._load_rate * math.exp(-math.log(2) * max(0.0, t - self._load_t) / hl),
+            load=self._load.rate(t),
         )
 
 

@@ -39,9 +39,12 @@ from typing import Any
 import xxhash
 
 from runtime.engines.base import CacheView, Engine, EngineChunk, EngineError, EngineRequest, EngineUnavailable
+from runtime.kv_events import MEDIUM_GPU as GPU
+from runtime.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KvEvent, encode_batch
 from runtime.metrics import EngineMetrics
 from sharder.load import EngineLoad
 from sharder.prefix import CHUNK_BYTES, ROOT_SEED, render_chat
+from sharder.sketch import RateEwma
 
 log = logging.getLogger(__name__)
 
@@ -92,55 +95,6 @@ _VOCAB: tuple[str, ...] = (
 )
 # fmt: on
 _VOCAB_IDS: tuple[int, ...] = tuple(int.from_bytes(w.encode(), "big") for w in _VOCAB)
-
-
-# --- KV events (vLLM's vllm/distributed/kv_events.py shapes) ---------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class BlockStored:
-    """Blocks that became cached (a chain: each hash's parent is the previous one, the first's is ``parent_block_hash``)."""
-
-    block_hashes: list[int]
-    parent_block_hash: int | None
-    token_ids: list[int]
-    block_size: int
-    lora_id: int | None = None
-    medium: str | None = "GPU"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class BlockRemoved:
-    """Cached blocks that were evicted."""
-
-    block_hashes: list[int]
-    medium: str | None = "GPU"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class AllBlocksCleared:
-    """The whole prefix cache was reset."""
-
-
-KVEvent = BlockStored | BlockRemoved | AllBlocksCleared
-
-
-def encode_kv_event_batch(ts: float, events: Iterable[KVEvent]) -> bytes:
-    """vLLM's msgpack wire format of a ``KVEventBatch``: msgspec array-like structs, events tagged by class name."""
-    import msgpack
-
-    out: list[list[Any]] = []
-    for e in events:
-        if isinstance(e, BlockStored):
-            out.append(
-                ["BlockStored", e.block_hashes, e.parent_block_hash, e.token_ids, e.block_size, e.lora_id, e.medium]
-            )
-        elif isinstance(e, BlockRemoved):
-            out.append(["BlockRemoved", e.block_hashes, e.medium])
-        else:
-            out.append(["AllBlocksCleared"])
-    packed: bytes = msgpack.packb([ts, out])
-    return packed
 
 
 # --- configuration ---------------------------------------------------------------------------------------------------
@@ -367,7 +321,7 @@ class KVCache:
         self.cached: dict[int, int] = {}  # block hash -> block id
         # Free blocks, eviction order first (an OrderedDict: O(1) pop-front, append and removal from the middle).
         self.free: collections.OrderedDict[int, None] = collections.OrderedDict.fromkeys(range(num_blocks))
-        self.events: list[KVEvent] = []  # drained by the engine after each step
+        self.events: list[KvEvent] = []  # drained by the engine after each step
         self.epoch = 0
 
     @property
@@ -426,7 +380,7 @@ class KVCache:
             self.ref[b] = 1
             req.blocks.append(b)
         if removed:
-            self.events.append(BlockRemoved(removed))
+            self.events.append(BlockRemoved(tuple(removed), medium=GPU))
         return True
 
     def cache_full_blocks(self, req: _Req) -> None:
@@ -448,12 +402,12 @@ class KVCache:
                 token_ids.extend(req.tokens[i * BLOCK_TOKENS : (i + 1) * BLOCK_TOKENS])
             elif stored:
                 # keep each event one contiguous chain, as vLLM does
-                self.events.append(BlockStored(stored, parent, token_ids, BLOCK_TOKENS))
+                self.events.append(BlockStored(tuple(stored), parent, tuple(token_ids), BLOCK_TOKENS, medium=GPU))
                 stored, token_ids = [], []
             if not stored:
                 parent = h
         if stored:
-            self.events.append(BlockStored(stored, parent, token_ids, BLOCK_TOKENS))
+            self.events.append(BlockStored(tuple(stored), parent, tuple(token_ids), BLOCK_TOKENS, medium=GPU))
         req.num_cached_blocks = n_full
 
     def free_request(self, req: _Req) -> None:
@@ -489,7 +443,7 @@ class SimEngine(Engine):
         self.max_model_len = self.config.max_model_len
         self.metrics = EngineMetrics(self.model)
         self.kv = KVCache(self.config.kv_blocks)
-        self.kv_events: collections.deque[KVEvent] = collections.deque(maxlen=self.config.kv_events_kept)
+        self.kv_events: collections.deque[KvEvent] = collections.deque(maxlen=self.config.kv_events_kept)
         self._waiting: collections.deque[_Req] = collections.deque()
         self._running: list[_Req] = []
         self._wake = asyncio.Event()
@@ -512,8 +466,7 @@ class SimEngine(Engine):
         self._hit_window: collections.deque[tuple[int, int]] = collections.deque(maxlen=self.config.hit_rate_window)
         self._win_queries = 0
         self._win_hits = 0
-        self._load_rate = 0.0  # EWMA of processed tokens per simulated second
-        self._load_t = 0.0
+        self._load = RateEwma(self.config.load_half_life_s)  # processed tokens per simulated second
         self._zmq_sock: Any = None
         self._zmq_ctx: Any = None
         self._kv_seq = 0
@@ -602,7 +555,7 @@ class SimEngine(Engine):
             tokens_in_flight=in_flight,
             prefix_hit_rate=min(1.0, max(0.0, hit_rate)),
             capacity=self.config.capacity,
-            load=self._decayed_load(t),
+            load=self._load.rate(t),
         )
 
     def cache_view(self) -> CacheView:
@@ -907,7 +860,8 @@ class SimEngine(Engine):
         self.generation_tokens += sampled
         self.metrics.prompt_tokens(prompt_tokens)
         self.metrics.generation_tokens(sampled)
-        self._add_load(processed, t)
+        self._load.add(processed)
+        self._load.rate(t)  # this step's tokens over the time since the last reading
 
     def _sample(self, req: _Req, t: float) -> bool:
         """Sample ``req``'s next token (all its known tokens are computed) and emit it; True when it finished."""
@@ -961,16 +915,6 @@ class SimEngine(Engine):
         self.finished_requests += 1
         self.metrics.finished(reason, max(0.0, t - req.arrival))
 
-    def _add_load(self, tokens: int, t: float) -> None:
-        rate = self._decayed_load(t)
-        # each step's tokens are a rate impulse spread over one half-life (EWMA of tokens/s)
-        self._load_rate = rate + tokens * math.log(2) / self.config.load_half_life_s
-        self._load_t = t
-
-    def _decayed_load(self, t: float) -> float:
-        dt = max(0.0, t - self._load_t)
-        return self._load_rate * math.exp(-math.log(2) * dt / self.config.load_half_life_s)
-
     def _flush_kv_events(self) -> None:
         events = self.kv.events
         if not events:
@@ -978,7 +922,7 @@ class SimEngine(Engine):
         self.kv.events = []
         self.kv_events.extend(events)
         if self._zmq_sock is not None:
-            payload = encode_kv_event_batch(time.time(), events)
+            payload = encode_batch(time.time(), events, array_like=True)
             seq = self._kv_seq
             self._kv_seq += 1
             import zmq

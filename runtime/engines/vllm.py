@@ -38,7 +38,6 @@ import logging
 import math
 import os
 import pathlib
-import re
 import socket
 import subprocess
 import sys
@@ -54,6 +53,7 @@ from runtime.engines.base import CacheView, Engine, EngineChunk, EngineError, En
 from runtime.kv_events import BlockView, KvEventSubscriber
 from runtime.metrics import EngineLifecycleMetrics
 from runtime.proxy import Routing
+from sharder import promtext
 from sharder.load import EngineLoad
 from sharder.prefix import CHUNK_BYTES, prefix_hashes, render_chat
 
@@ -157,33 +157,6 @@ class VllmConfig:
         if self.block_size is not None and self.block_size <= 0:
             raise ValueError(f"block_size must be > 0, got {self.block_size}")
         return self
-
-
-# --- Prometheus text --------------------------------------------------------------------------------------------------
-
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?\s+([-+0-9.eEinfaINFA]+)(?:\s+\d+)?\s*$")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
-def parse_metrics(text: str) -> tuple[dict[str, float], dict[str, dict[str, str]]]:
-    """Prometheus text -> (sum of every sample per metric name, the labels of each ``*_info`` metric)."""
-    values: dict[str, float] = {}
-    infos: dict[str, dict[str, str]] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE.match(line)
-        if m is None:
-            continue
-        name, labels, raw = m.groups()
-        try:
-            v = float(raw)
-        except ValueError:
-            continue
-        values[name] = values.get(name, 0.0) + v
-        if name.endswith("_info") and labels:
-            infos[name] = dict(_LABEL.findall(labels))
-    return values, infos
 
 
 @dataclasses.dataclass(slots=True)
@@ -776,7 +749,12 @@ class VllmEngine(Engine):
         return text
 
     def _ingest_metrics(self, text: str) -> None:
-        values, infos = parse_metrics(text)
+        try:
+            parsed = promtext.samples(text)
+        except ValueError:  # not the exposition format: keep the last good reading
+            self.stats.scrape_errors += 1
+            return
+        values, infos = promtext.sum_by_name(parsed), promtext.info_labels(parsed)
         self._scraped = values
         self._scraped_text = text
         self.stats.scrapes += 1

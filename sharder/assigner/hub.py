@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 from collections.abc import Iterable
 
-from brunoise.v1 import assigner_pb2, slicing_pb2
+from brunoise_api.v1 import assigner_pb2, slicing_pb2
 from sharder.codec import diff_message
 
 

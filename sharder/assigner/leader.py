@@ -17,7 +17,7 @@ from typing import Protocol
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from brunoise.v1 import slicing_pb2
+from brunoise_api.v1 import slicing_pb2
 from sharder import codec
 from sharder.assignment import Assignment, check_invariants, initial_assignment
 from sharder.config import TargetConfig
@@ -29,7 +29,7 @@ from sharder.store.base import LeaderInfo, Store, StoreError, Versioned
 
 from .hub import WatchHub
 from .metrics import AssignerMetrics
-from .state import PodLoadView
+from .pod_loads import PodLoadView
 from .status import Aborted, AlreadyExists, NotFound, NotLeader, Unavailable
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from brunoise.advertise import advertise_host, host_port, is_loopback
 from brunoise.launch import write_ready_file
-from brunoise.v1 import assigner_pb2, slicing_pb2
+from brunoise_api.v1 import assigner_pb2, slicing_pb2
 from sharder.config import TargetConfig
 from sharder.security.interceptor import AuthInterceptor, RequestCheck
 from sharder.security.tls import server_credentials
@@ -34,10 +34,10 @@ from sharder.telemetry import setup_logging, setup_tracing, shutdown_tracing
 from .hub import WatchHub
 from .leader import Leader, load_policy
 from .metrics import AssignerMetrics, serve_metrics
+from .pod_loads import PodLoadView
 from .rollouts import RolloutDriver, Rollouts
 from .service import MAX_REPORT_BYTES, AssignerService, add_to_server
-from .settings import build_parser, parse_settings
-from .state import PodLoadView
+from .settings import assigner_parser, parse_assigner_settings
 
 log = logging.getLogger("brunoise.assigner")
 
@@ -47,8 +47,8 @@ SERVICE_NAME = assigner_pb2.DESCRIPTOR.services_by_name["Assigner"].full_name
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Flags, ``BRUNOISE_ASSIGNER_*`` variables and ``--config`` YAML, resolved by ``AssignerSettings``, then the
     checks that span several settings."""
-    p = build_parser("brunoise-assigner", "The brunoise assigner (sharder) service.")
-    settings, _ = parse_settings(p, argv)
+    p = assigner_parser("brunoise-assigner", "The brunoise assigner (sharder) service.")
+    settings = parse_assigner_settings(p, argv)
     args = argparse.Namespace(**settings.model_dump())
     if args.store == "etcd" and not args.etcd_endpoint:
         p.error("--store etcd needs at least one --etcd-endpoint")

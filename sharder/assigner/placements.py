@@ -6,7 +6,7 @@ assigner replica serves these calls, and routers read them all with ``ListPlacem
 
 from __future__ import annotations
 
-from brunoise.v1 import assigner_pb2
+from brunoise_api.v1 import assigner_pb2
 from sharder.regions import TenantPlacement
 from sharder.store.base import Store
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from brunoise.v1 import assigner_pb2
+from brunoise_api.v1 import assigner_pb2
 from sharder.quarantine import KeyRecord, QuarantinePolicy, meta_key, note_fault
 from sharder.store.base import Store, StoreError
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from brunoise.v1 import assigner_pb2
+from brunoise_api.v1 import assigner_pb2
 from sharder.quota import Allotment, AllotmentAsk, Ledger, QuotaLimits, Returned, grant, settle, status
 from sharder.store.base import Store, StoreError
 

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from brunoise.v1 import assigner_pb2
+from brunoise_api.v1 import assigner_pb2
 from sharder import rollout as ro
 from sharder.assignment import Assignment
 from sharder.load import TTFT_BUCKETS_MS, RequestOutcomes
@@ -30,7 +30,7 @@ from sharder.rollout import GreenWindow, Rollout, RolloutSLO
 from sharder.store.base import Store, StoreError
 
 from .leader import Leader
-from .state import PodLoadView
+from .pod_loads import PodLoadView
 
 log = logging.getLogger(__name__)
 

@@ -11,14 +11,15 @@ from typing import Any
 
 import grpc
 
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
 from sharder import codec
 from sharder import rollout as ro
 from sharder.assignment import Assignment, check_invariants, initial_assignment
 from sharder.errors import BrunoiseError, LoadReportError, OverrideError
 from sharder.keyspace import Slice, check_slice_key, slice_key
 from sharder.load import LoadReport
-from sharder.overrides import MergeOverride, MoveOverride, Override, SplitOverride, check_override, validate_override
+from sharder.override_admission import check_override
+from sharder.overrides import MergeOverride, MoveOverride, Override, SplitOverride, validate_override
 from sharder.pods import Pod, PodState
 from sharder.policy.warm import warming_of
 from sharder.quota import AllotmentAsk

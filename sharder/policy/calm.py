@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sharder.policy.memory import PolicyMemory
-from sharder.policy.state import Rec, RoundState
+from sharder.policy.round_state import Rec, RoundState
 
 EPS = 1e-12
 COLD_FRACTION = 0.05  # a slice serving at most this x mean pod load (or merge_threshold, if higher) is cold

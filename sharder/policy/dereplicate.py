@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sharder.policy.state import RoundState
+from sharder.policy.round_state import RoundState
 
 
 def dereplicate(state: RoundState) -> None:

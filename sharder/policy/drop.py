@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sharder.pods import Pod, PodState, eligible
-from sharder.policy.state import RoundState
+from sharder.policy.round_state import RoundState
 
 
 def drop_pods(state: RoundState, previous_pods: tuple[Pod, ...]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sharder.policy.state import LoadHeap, RoundState
+from sharder.policy.round_state import LoadHeap, RoundState
 
 
 def fill(state: RoundState) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-from sharder.policy.state import Rec, RoundState
+from sharder.policy.round_state import Rec, RoundState
 
 FORGET_BELOW = 1e-9  # a pod's smoothed served load under this is dropped
 

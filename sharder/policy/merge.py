@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sharder.policy.state import Rec, RoundState
+from sharder.policy.round_state import Rec, RoundState
 
 CALM_MERGE_MARGIN = 0.5
 

@@ -8,7 +8,7 @@ import bisect
 import heapq
 
 from sharder.policy.calm import cache_value, cold_limit, worth_moving
-from sharder.policy.state import LoadHeap, Rec, RoundState
+from sharder.policy.round_state import LoadHeap, Rec, RoundState
 
 EPS = 1e-12
 MAX_RECEIVER_TRIES = 8

@@ -6,7 +6,7 @@ import bisect
 
 from sharder.keyspace import KEYSPACE_END
 from sharder.overrides import MergeOverride, MoveOverride, Override, SplitOverride
-from sharder.policy.state import Rec, RoundState, scaled
+from sharder.policy.round_state import Rec, RoundState, scaled
 
 
 def split_rec_proportional(rec: Rec, at: int) -> tuple[Rec, Rec]:

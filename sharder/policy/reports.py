@@ -9,7 +9,7 @@ from sharder.config import TargetConfig
 from sharder.errors import LoadReportError, UnknownPodError
 from sharder.load import LoadReport
 from sharder.pods import Pod
-from sharder.policy.state import Rec
+from sharder.policy.round_state import Rec
 
 
 def check_reports(reports: Sequence[LoadReport], pods: Mapping[str, Pod], config: TargetConfig) -> list[LoadReport]:

@@ -10,7 +10,6 @@ from sharder.errors import ConfigError, InvariantError
 from sharder.keyspace import Slice
 from sharder.load import LoadReport
 from sharder.pods import Pod, serves
-from sharder.policy.band import keep_band
 from sharder.policy.calm import gate, imbalance
 from sharder.policy.dereplicate import dereplicate
 from sharder.policy.drop import drop_pods
@@ -20,8 +19,9 @@ from sharder.policy.merge import merge_cold
 from sharder.policy.move import balance_counts, rebalance
 from sharder.policy.pin import apply_overrides
 from sharder.policy.reports import attribute, check_reports
+from sharder.policy.round_state import Rec, RoundState
+from sharder.policy.slice_counts import keep_band
 from sharder.policy.split import split_hot
-from sharder.policy.state import Rec, RoundState
 from sharder.policy.warm import mark_warming
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from sharder.policy.pin import portion, split_rec_proportional
-from sharder.policy.state import LoadHeap, Rec, RoundState
+from sharder.policy.round_state import LoadHeap, Rec, RoundState
 
 MAX_SPLIT_DEPTH = 8  # one slice becomes at most 2**8 slices per round
 

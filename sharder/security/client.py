@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import pathlib
@@ -10,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
+from pydantic import BaseModel, Field
 
 ENV_TOKEN = "BRUNOISE_TOKEN"
 ENV_TOKEN_FILE = "BRUNOISE_TOKEN_FILE"
@@ -38,8 +38,8 @@ class ClientAuth:
         return cls(token=token, ca_pem=ca)
 
     @classmethod
-    def from_args(cls, ns: argparse.Namespace, env: Mapping[str, str] | None = None) -> ClientAuth:
-        """``--token-file`` / ``--tls-ca`` (see ``add_client_auth_args``), each falling back to the environment
+    def from_args(cls, ns: object, env: Mapping[str, str] | None = None) -> ClientAuth:
+        """``--token-file`` / ``--tls-ca`` (``ClientAuthSettings`` fields of ``ns``), each falling back to the environment
         ($BRUNOISE_TOKEN or $BRUNOISE_TOKEN_FILE, $BRUNOISE_TLS_CA) when not given."""
         e = os.environ if env is None else env
         token_file: str | None = getattr(ns, "token_file", None)
@@ -64,11 +64,15 @@ class ClientAuth:
         return grpc.insecure_channel(address, options=list(options))
 
 
-def add_client_auth_args(parser: argparse.ArgumentParser) -> None:
-    """The flags of a process that calls the assigner: its bearer token (a file, never argv) and the CA."""
-    g = parser.add_argument_group("assigner credentials")
-    g.add_argument("--token-file", default=None, metavar="PATH",
-                   help=f"bearer token presented to the assigner (default: ${ENV_TOKEN} or ${ENV_TOKEN_FILE})")
-    g.add_argument("--tls-ca", default=None, metavar="PEM",
-                   help=f"CA certificate the assigner's TLS certificate is checked with (default: ${ENV_TLS_CA}; "
-                   "neither: plaintext)")
+class ClientAuthSettings(BaseModel):
+    """The settings of a process that calls the assigner (a mixin of its settings model): its bearer token (a file,
+    never argv) and the CA; ``ClientAuth.from_args`` reads them."""
+
+    token_file: str | None = Field(
+        None, description=f"bearer token presented to the assigner (default: ${ENV_TOKEN} or ${ENV_TOKEN_FILE})",
+        json_schema_extra={"group": "assigner credentials", "metavar": "PATH"},
+    )  # fmt: skip
+    tls_ca: str | None = Field(
+        None, description=f"CA certificate the assigner's TLS certificate is checked with (default: ${ENV_TLS_CA}; "
+        "neither: plaintext)", json_schema_extra={"group": "assigner credentials", "metavar": "PEM"},
+    )  # fmt: skip

@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 import os
 import random
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +16,7 @@ import pytest
 _ROOT = str(Path(__file__).resolve().parents[2])
 
 from brunoise.launch import ManagedProcess, python_module  # noqa: E402
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2  # noqa: E402
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2  # noqa: E402
 from sharder.load import EngineLoad  # noqa: E402
 from sharder.pods import Pod  # noqa: E402
 from tests.etcd_plugin import make_etcd_cluster  # noqa: E402, F401
@@ -92,24 +91,6 @@ async def start_assigner(tmp_path: Path) -> AsyncIterator[Callable[..., Assigner
             await a.channel.close(None)
         for a in started:
             print(f"--- log of {a.id}:\n{a.proc.log_tail(15)}")
-
-
-async def poll(fn: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
-    """Call ``fn`` until it returns something truthy (awaiting it if needed); fail with ``what`` on timeout."""
-    deadline = time.monotonic() + timeout_s
-    last_exc: BaseException | None = None
-    while True:
-        try:
-            got: Any = fn()
-            if asyncio.iscoroutine(got) or isinstance(got, Awaitable):
-                got = await got
-            if got:
-                return got
-        except grpc.aio.AioRpcError as exc:
-            last_exc = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last error: {last_exc})")
-        await asyncio.sleep(interval_s)
 
 
 def pod_msg(pid: str, port: int, target: str = "t", **labels: str) -> slicing_pb2.Pod:

@@ -13,12 +13,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from brunoise.v1 import assigner_pb2
+from brunoise_api.v1 import assigner_pb2
 from sharder.assignment import Assignment
 from sharder.clerk import Clerk
 from sharder.etcd_server import EtcdCluster
 from sharder.slicelet import Slicelet
-from tests.assigner.conftest import Assigner, Traffic, make_slicelet, poll
+from tests.assigner.conftest import Assigner, Traffic, make_slicelet
+from tests.waiting import until
 
 pytestmark = [pytest.mark.etcd, pytest.mark.slow]
 
@@ -58,7 +59,7 @@ async def find_leader(reps: list[Assigner]) -> Assigner:
             return next((r for r in reps if r.id in named), None)
         return None
 
-    found: Assigner = await poll(agreed, 15, "the replicas to agree on a leader")
+    found: Assigner = await until(agreed, 15, "the replicas to agree on a leader")
     return found
 
 
@@ -104,7 +105,7 @@ async def setup(
     traffic = Traffic(cs[0], slicelets)
     traffic.start()
     want = {f"p{i}" for i in range(pods)}
-    await poll(lambda: holders(cs[0]) == want, 40, "slices on every pod", interval_s=0.1)
+    await until(lambda: holders(cs[0]) == want, 40, "slices on every pod", interval_s=0.1)
     return reps, cs, recs, traffic
 
 
@@ -147,16 +148,16 @@ async def test_leader_failover(
                         return str(resp.leader_id)
             return None
 
-        elected = await poll(new_leader, 10, "a follower to become leader", interval_s=0.02)
+        elected = await until(new_leader, 10, "a follower to become leader", interval_s=0.02)
         failover_s = time.monotonic() - t0
         print(f"\nFAILOVER: {elected} became leader {failover_s:.2f}s after kill -9 of {leader_id} (lease TTL 1.5s)")
         assert failover_s < 5.0
         # the new leader takes reports and commits: drain a pod, every clerk sees a newer generation
-        await poll(lambda: all(s.leader_id == elected and s.last_error is None for s in slicelets), 10, "reports to the new leader")
+        await until(lambda: all(s.leader_id == elected and s.last_error is None for s in slicelets), 10, "reports to the new leader")
         new = next(r for r in survivors if r.id == elected)
         await new.stub.Drain(assigner_pb2.DrainRequest(pod_id="p2"))
-        await poll(lambda: all(c.generation("t") > gen_before for c in cs), 10, "a newer generation at every clerk")
-        await poll(lambda: "p2" not in holders(cs[0]), 15, "the drained pod to lose its slices", interval_s=0.1)
+        await until(lambda: all(c.generation("t") > gen_before for c in cs), 10, "a newer generation at every clerk")
+        await until(lambda: "p2" not in holders(cs[0]), 15, "the drained pod to lose its slices", interval_s=0.1)
         for r in recs:
             r.assert_monotonic()
         assert traffic.misses == 0 and traffic.lookups > lookups_before
@@ -177,11 +178,11 @@ async def test_etcd_member_loss_and_outage(
         assert victim is not None
         cluster.kill_member(victim)
         sent = [s.reports_sent for s in slicelets]
-        await poll(lambda: all(s.reports_sent > n + 2 for s, n in zip(slicelets, sent, strict=True)), 15, "reports to continue")
+        await until(lambda: all(s.reports_sent > n + 2 for s, n in zip(slicelets, sent, strict=True)), 15, "reports to continue")
         assert await all_status(reps, health_pb2.HealthCheckResponse.SERVING)
         gen = cs[0].generation("t")
-        await poll(lambda: drain(reps, "p1"), 15, "a drain to commit")
-        await poll(lambda: cs[0].generation("t") > gen, 15, "a new generation with one member down")
+        await until(lambda: drain(reps, "p1"), 15, "a drain to commit")
+        await until(lambda: cs[0].generation("t") > gen, 15, "a new generation with one member down")
         cluster.start_member(victim)
 
         # 2) every member down: clerks keep routing on their last assignment, health goes NOT_SERVING
@@ -190,12 +191,12 @@ async def test_etcd_member_loss_and_outage(
         misses = traffic.misses
         cluster.stop_all()
         t0 = time.monotonic()
-        await poll(
+        await until(
             lambda: all_status(reps, health_pb2.HealthCheckResponse.NOT_SERVING), 10, "NOT_SERVING while etcd is down"
         )
         print(f"\nNOT_SERVING {time.monotonic() - t0:.2f}s after every etcd member stopped")
         lookups = traffic.lookups
-        await poll(lambda: traffic.lookups > lookups + 500, 10, "lookups to continue")
+        await until(lambda: traffic.lookups > lookups + 500, 10, "lookups to continue")
         assert traffic.misses == misses
         assert cs[0].generation("t") >= last.generation
         assert cs[0].lookup("t", 42) is not None
@@ -203,12 +204,12 @@ async def test_etcd_member_loss_and_outage(
         # 3) etcd returns: SERVING again, and the leader commits again
         cluster.start_all()
         t1 = time.monotonic()
-        await poll(lambda: all_status(reps, health_pb2.HealthCheckResponse.SERVING), 20, "SERVING after etcd returns")
+        await until(lambda: all_status(reps, health_pb2.HealthCheckResponse.SERVING), 20, "SERVING after etcd returns")
         print(f"SERVING again {time.monotonic() - t1:.2f}s after etcd restarted")
 
         gen = cs[0].generation("t")
-        await poll(lambda: drain(reps, "p1", undrain=True), 30, "a leader to accept writes again", interval_s=0.2)
-        await poll(lambda: cs[0].generation("t") > gen, 20, "a new generation after the outage", interval_s=0.1)
+        await until(lambda: drain(reps, "p1", undrain=True), 30, "a leader to accept writes again", interval_s=0.2)
+        await until(lambda: cs[0].generation("t") > gen, 20, "a new generation after the outage", interval_s=0.1)
         for r in recs:
             r.assert_monotonic()
         assert traffic.misses == misses
@@ -235,12 +236,12 @@ async def test_dead_and_drained_pods_on_etcd(
         # a pod that stops heartbeating loses its slices after its lease TTL
         await slicelets[2].stop()
         t0 = time.monotonic()
-        await poll(lambda: "p2" not in holders(cs[0]), 15, "p2 to lose its slices", interval_s=0.05)
+        await until(lambda: "p2" not in holders(cs[0]), 15, "p2 to lose its slices", interval_s=0.05)
         print(f"\nLEASE: p2 lost its slices {time.monotonic() - t0:.2f}s after its last heartbeat (TTL 1.5s)")
         # a drained pod loses them make-before-break
         start = len(recs[0].seen)
-        await poll(lambda: drain(reps, "p0"), 15, "the drain to be accepted")
-        await poll(lambda: "p0" not in holders(cs[0]) and not any("p0" in sa.leaving for sa in cs[0].assignment("t").slices),  # type: ignore[union-attr]
+        await until(lambda: drain(reps, "p0"), 15, "the drain to be accepted")
+        await until(lambda: "p0" not in holders(cs[0]) and not any("p0" in sa.leaving for sa in cs[0].assignment("t").slices),  # type: ignore[union-attr]
                    15, "p0 to be drained", interval_s=0.1)
         seen = recs[0].seen[start - 1 :]
         for prev, cur in itertools.pairwise(seen):

@@ -13,11 +13,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from brunoise.v1 import assigner_pb2, slicing_pb2
+from brunoise_api.v1 import assigner_pb2, slicing_pb2
 from sharder import codec
 from sharder.codec import apply_diff_message as apply_diff
 from sharder.keyspace import slice_key
-from tests.assigner.conftest import Assigner, get, holders, pod_msg, poll, report, report_load
+from tests.assigner.conftest import Assigner, get, holders, pod_msg, report, report_load
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +36,7 @@ async def three_pods(a: Assigner, n: int = 3) -> slicing_pb2.Assignment:
         got = await get(a.stub)
         return got if holders(got) == names and all(s.replicas for s in got.slices) else None
 
-    placed: slicing_pb2.Assignment = await poll(all_placed, 20, "slices on every pod", interval_s=0.1)
+    placed: slicing_pb2.Assignment = await until(all_placed, 20, "slices on every pod", interval_s=0.1)
     return placed
 
 
@@ -89,7 +90,7 @@ async def test_watch_full_then_updates(start_assigner: Callable[..., Assigner]) 
     assert [(s.slice.lo, list(s.replicas), list(s.leaving)) for s in rebuilt.slices] == [
         (s.slice.lo, list(s.replicas), list(s.leaving)) for s in hist.slices
     ]
-    seen_u = await poll(lambda: _read_until(every, "u"), 10, "target u on the all-targets watch")
+    seen_u = await until(lambda: _read_until(every, "u"), 10, "target u on the all-targets watch")
     assert seen_u
     for call in (full, diffs, every, later):
         call.cancel()
@@ -140,7 +141,7 @@ async def test_drain_is_make_before_break(start_assigner: Callable[..., Assigner
         seen.append(msg.assignment)
         return "p0" not in holders(msg.assignment)
 
-    await poll(p0_empty, 15, "p0 to hold no slice")
+    await until(p0_empty, 15, "p0 to hold no slice")
     # make-before-break: whenever p0 left a slice's replicas it stayed as `leaving` for a generation while a
     # replacement was already a replica; no slice ever lost all its serving pods
     for prev, cur in itertools.pairwise(seen):
@@ -170,7 +171,7 @@ async def test_overrides_respected_until_cleared(start_assigner: Callable[..., A
         ex = await a.stub.ExplainKey(assigner_pb2.ExplainKeyRequest(target="t", slice_key=key))
         return ex if set(ex.slice.replicas) == {"p2", "p0"} else None  # two: the target's min_replicas
 
-    ex = await poll(pinned, 10, "the pinned slice on p2 and p0 only")
+    ex = await until(pinned, 10, "the pinned slice on p2 and p0 only")
     assert "pin1" in ex.why and [o.id for o in ex.overrides] == ["pin1"]
     # still pinned after more rounds and more pods
     await report(a.stub, pod_msg("p3", 9003))

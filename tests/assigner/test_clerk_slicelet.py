@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from brunoise.v1 import assigner_pb2
+from brunoise_api.v1 import assigner_pb2
 from sharder.assignment import Assignment
 from sharder.clerk import Clerk
 from sharder.keyspace import slice_key
 from sharder.slicelet import Slicelet
-from tests.assigner.conftest import Assigner, Traffic, get, holders, make_slicelet, poll
+from tests.assigner.conftest import Assigner, Traffic, get, holders, make_slicelet
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +44,7 @@ async def test_clerk_and_slicelets(start_assigner: Callable[..., Assigner], slic
         assert clerk.lookup("nope", 1) is None
         traffic.start()
         # load reported by the slicelets spreads the slices over every pod
-        await poll(lambda: len(holders_of(clerk)) == 3, 30, "slices on all three pods", interval_s=0.1)
+        await until(lambda: len(holders_of(clerk)) == 3, 30, "slices on all three pods", interval_s=0.1)
 
         # every slicelet's view matches the clerk's (same generation)
         def consistent() -> bool:
@@ -53,7 +54,7 @@ async def test_clerk_and_slicelets(start_assigner: Callable[..., Assigner], slic
                 for s in slicelets
             )
 
-        await poll(consistent, 10, "slicelets agree with the clerk")
+        await until(consistent, 10, "slicelets agree with the clerk")
         asg = clerk.assignment("t")
         assert asg is not None
         key = slice_key("session-1")
@@ -88,16 +89,16 @@ async def test_clerk_keeps_routing_while_assigner_down(
     try:
         before = await clerk.wait_ready(10)
         a.kill9()
-        await poll(lambda: not clerk.connected, 5, "clerk to notice the assigner is gone")
+        await until(lambda: not clerk.connected, 5, "clerk to notice the assigner is gone")
         for i in range(100):
             sa = clerk.lookup("t", slice_key(f"k{i}"))
             assert sa is not None and sa.replicas == before.lookup(slice_key(f"k{i}")).replicas
-        await poll(lambda: clerk.staleness_s("t") > 0.2, 5, "staleness to grow")
+        await until(lambda: clerk.staleness_s("t") > 0.2, 5, "staleness to grow")
         # the assigner comes back on the same port with its snapshot: generations continue upwards
         b = start_assigner(extra=("--snapshot", snap, "--port", port), ident="assigner-restarted")
-        await poll(lambda: clerk.connected, 10, "clerk to reconnect")
+        await until(lambda: clerk.connected, 10, "clerk to reconnect")
         gen_before = before.generation
-        stored = await poll(lambda: get(b.stub), 10, "the restarted assigner to serve t")
+        stored = await until(lambda: get(b.stub), 10, "the restarted assigner to serve t")
         assert stored.generation >= gen_before
         assert clerk.generation("t") >= gen_before
         assert clerk.staleness_s("t") == 0.0
@@ -120,9 +121,9 @@ async def test_pod_without_heartbeat_loses_slices(
     try:
         await clerk.wait_ready(10)
         traffic.start()
-        await poll(lambda: holders_of(clerk) == {"p0", "p1"}, 30, "both pods hold slices", interval_s=0.1)
+        await until(lambda: holders_of(clerk) == {"p0", "p1"}, 30, "both pods hold slices", interval_s=0.1)
         await slicelets[1].stop()
-        await poll(lambda: holders_of(clerk) == {"p0"}, 10, "p1 to lose its slices after its lease", interval_s=0.1)
+        await until(lambda: holders_of(clerk) == {"p0"}, 10, "p1 to lose its slices after its lease", interval_s=0.1)
         asg = clerk.assignment("t")
         assert asg is not None and asg.pod("p1") is None
         assert traffic.misses == 0

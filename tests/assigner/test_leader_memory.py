@@ -6,7 +6,7 @@ import dataclasses
 
 from sharder.assigner.hub import WatchHub
 from sharder.assigner.leader import Leader
-from sharder.assigner.state import PodLoadView
+from sharder.assigner.pod_loads import PodLoadView
 from sharder.assignment import initial_assignment
 from sharder.config import TargetConfig
 from sharder.load import EngineLoad, LoadReport, SliceLoad

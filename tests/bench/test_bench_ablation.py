@@ -8,16 +8,16 @@ import pytest
 
 from bench import ablation
 from bench.compare import BenchConfig, build_config, parse_args
-from brunoise.v1 import slicing_pb2
+from brunoise_api.v1 import slicing_pb2
 
 
 def fake_knob_parser() -> argparse.ArgumentParser:
-    """What add_knob_args generates, with the boolean spellings the router may use."""
+    """What the router's settings parser generates for knobs, with the boolean spellings the router may use."""
     p = argparse.ArgumentParser(add_help=False, exit_on_error=False)
-    p.add_argument("--key-layout", dest="knob_key_layout", type=str, default="grouped")
-    p.add_argument("--load-cap", dest="knob_load_cap", type=float, default=1.25)
-    p.add_argument("--sticky", dest="knob_sticky", type=bool, default=True)  # bool("false") is True
-    p.add_argument("--flag-opt", dest="knob_flag_opt", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--key-layout", dest="key_layout", type=str, default="grouped")
+    p.add_argument("--load-cap", dest="load_cap", type=float, default=1.25)
+    p.add_argument("--sticky", dest="sticky", type=bool, default=True)  # bool("false") is True
+    p.add_argument("--flag-opt", dest="flag_opt", action=argparse.BooleanOptionalAction, default=True)
     return p
 
 
@@ -39,12 +39,12 @@ def test_router_flags_parse_back_to_the_meant_values(monkeypatch: pytest.MonkeyP
         {"key_layout": "flat", "load_cap": "0", "sticky": "false", "flag_opt": "false"}
     )
     ns = fake_knob_parser().parse_args(argv)
-    assert ns.knob_key_layout == "flat"
-    assert ns.knob_load_cap == 0.0
-    assert ns.knob_sticky is False  # spelt so that type=bool really gives False
-    assert ns.knob_flag_opt is False and "--no-flag-opt" in argv
+    assert ns.key_layout == "flat"
+    assert ns.load_cap == 0.0
+    assert ns.sticky is False  # spelt so that type=bool really gives False
+    assert ns.flag_opt is False and "--no-flag-opt" in argv
     ns = fake_knob_parser().parse_args(ablation.router_knob_argv({"sticky": "true", "flag_opt": "yes"}))
-    assert ns.knob_sticky is True and ns.knob_flag_opt is True
+    assert ns.sticky is True and ns.flag_opt is True
     with pytest.raises(ValueError, match="no knob 'nope'"):
         ablation.router_knob_argv({"nope": "1"})
     with pytest.raises(ValueError, match="load-cap"):

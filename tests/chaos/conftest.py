@@ -18,14 +18,15 @@ import pytest
 from axon_router.auth import hash_key
 from brunoise.cli.credentials import init_credentials
 from brunoise.launch import ManagedProcess, python_module
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
 from sharder.etcd_server import EtcdCluster
 from sharder.security.client import ClientAuth
 from sharder.security.tokens import new_token
 from tests.chaos.load import Figures, Load
 from tests.chaos.watch import Watcher
 from tests.etcd_plugin import etcd_cluster, etcd_prefix, make_etcd_cluster  # noqa: F401 - fixtures
-from tests.router.conftest import REGIONS, ROUTER_ARGS, TARGET, TARGET_CONFIG, Cluster, http_json, wait_for
+from tests.router.conftest import REGIONS, ROUTER_ARGS, TARGET, TARGET_CONFIG, Cluster, http_json
+from tests.waiting import wait_until
 
 #: Leader lease of the chaos assigners: failover takes about this long.
 LEASE_S = 1.5
@@ -176,7 +177,7 @@ class ChaosCluster(Cluster):
                 return ids.index(leader) + 1  # truthy even for index 0
             return None
 
-        found: int = wait_for(agreed, timeout_s, "the assigners to agree on a leader")
+        found: int = wait_until(agreed, timeout_s, "the assigners to agree on a leader")
         return found - 1
 
     @property
@@ -213,7 +214,7 @@ class ChaosCluster(Cluster):
 
         if not retry:
             return once()
-        got: int = wait_for(once, 15, "a leader to commit a generation", interval_s=0.1)
+        got: int = wait_until(once, 15, "a leader to commit a generation", interval_s=0.1)
         return got
 
     def live_pod_ids(self) -> set[str]:

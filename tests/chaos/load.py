@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 
 from tests.router.conftest import MODEL
+from tests.waiting import until
 
 #: Statuses a client retries at another router (the request was not served): shed, and gateway-style failures.
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -115,11 +116,10 @@ class Load:
 
     async def wait_ok(self, n: int, timeout_s: float) -> None:
         """Wait until ``n`` requests have succeeded in all (raise AssertionError naming the figures otherwise)."""
-        deadline = time.monotonic() + timeout_s
-        while self.ok < n:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"load not flowing: {self.ok} ok of {self.sent} sent; lost: {self.lost_reasons[-3:]}")
-            await asyncio.sleep(0.02)
+        try:
+            await until(lambda: self.ok >= n, timeout_s, f"{n} requests ok", 0.02)
+        except AssertionError:
+            raise AssertionError(f"load not flowing: {self.ok} ok of {self.sent} sent; lost: {self.lost_reasons[-3:]}") from None
 
     async def run_for(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

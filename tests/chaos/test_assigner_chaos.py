@@ -10,7 +10,7 @@ import pytest
 
 from sharder.etcd_server import EtcdCluster
 from tests.chaos.conftest import LEASE_S, ChaosCluster, Scenario
-from tests.router.conftest import wait_for
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.etcd]
 
@@ -27,7 +27,7 @@ def _new_leader(cl: ChaosCluster, old: int, timeout_s: float) -> int:
         i = cl.leader_index(timeout_s=1.0)
         return i + 1 if i != old else None
 
-    got: int = wait_for(other, timeout_s, f"a leader other than assigner{old}", interval_s=0.05)
+    got: int = wait_until(other, timeout_s, f"a leader other than assigner{old}", interval_s=0.05)
     return got - 1
 
 

@@ -13,7 +13,8 @@ from collections.abc import Callable
 import pytest
 
 from tests.chaos.conftest import ChaosCluster, Scenario
-from tests.router.conftest import MODEL, http_json, wait_for
+from tests.router.conftest import MODEL, http_json
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +79,7 @@ async def test_clients_that_never_read(
         for s in socks:
             _abort(s)
     t0 = time.monotonic()
-    await asyncio.to_thread(wait_for, lambda: _router_inflight(cl) == 0 and _pods_running(cl) == 0, 20,
+    await asyncio.to_thread(wait_until, lambda: _router_inflight(cl) == 0 and _pods_running(cl) == 0, 20,
                             "routers and pods to drop the vanished clients' streams")  # fmt: skip
     release_s = time.monotonic() - t0
     await sc.finish(max_gap_s=MAX_GAP_S, failover_s=release_s, mute_streams=READERS, router_inflight_held=held,

@@ -12,7 +12,8 @@ import aiohttp
 import pytest
 
 from tests.chaos.conftest import POD_LEASE_S, ChaosCluster, Scenario
-from tests.router.conftest import MODEL, wait_for
+from tests.router.conftest import MODEL
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +27,7 @@ VICTIM = "pod1"
 async def _until(pred: Callable[[], bool], timeout_s: float, what: str) -> float:
     """Seconds until ``pred()`` (run in a thread: it does blocking HTTP) holds."""
     t0 = time.monotonic()
-    await asyncio.to_thread(wait_for, pred, timeout_s, what)
+    await asyncio.to_thread(wait_until, pred, timeout_s, what)
     return time.monotonic() - t0
 
 

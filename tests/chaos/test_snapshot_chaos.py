@@ -14,7 +14,8 @@ import grpc
 import pytest
 
 from tests.chaos.conftest import ChaosCluster, Scenario
-from tests.router.conftest import TARGET, wait_for
+from tests.router.conftest import TARGET
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +72,7 @@ async def test_embedded_assigner_kill9_during_snapshot_writes(
             writes.clear()
             await asyncio.to_thread(cl.restart_assigner, 0)
             down.append(round(time.monotonic() - t0, 3))
-            await asyncio.to_thread(wait_for, lambda: pods <= cl.live_pod_ids(), 10, "every pod to register again")
+            await asyncio.to_thread(wait_until, lambda: pods <= cl.live_pod_ids(), 10, "every pod to register again")
             writes.set()
             served = await asyncio.to_thread(cl.stored_generation)
             assert served >= seen, f"restarted at generation {served}, below the {seen} a clerk saw"
@@ -130,7 +131,7 @@ async def test_embedded_assigner_loses_its_snapshot(
     snap.unlink()
     await asyncio.to_thread(cl.restart_assigner, 0)
     pods = set(cl.runtimes)
-    await asyncio.to_thread(wait_for, lambda: pods <= cl.live_pod_ids(), 10, "every pod to register again")
+    await asyncio.to_thread(wait_until, lambda: pods <= cl.live_pod_ids(), 10, "every pod to register again")
     await sc.load.run_for(1.0)
     await sc.load.stop()
     fig = sc.load.figures(sc.name, generation_before=held, generation_after=await asyncio.to_thread(cl.stored_generation))

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from sharder.assignment import Assignment, check_invariants
 from sharder.clerk import Clerk
 from sharder.errors import InvariantError
+from sharder.promtext import metric_value
 from sharder.security.client import ClientAuth
-from tests.router.conftest import TARGET, metric_value
+from tests.router.conftest import TARGET
 
 GENERATION_METRIC = "brunoise_router_assignment_generation"
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import assignments, configs, finite, overrides, pods, reports_for, slices, stats
 
-from brunoise.v1 import slicing_pb2 as pb
+from brunoise_api.v1 import slicing_pb2 as pb
 from sharder import codec
 from sharder.assignment import Assignment, diff
 from sharder.config import TargetConfig

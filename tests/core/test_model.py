@@ -31,7 +31,8 @@ from sharder.errors import (
 )
 from sharder.keyspace import KEYSPACE_END, Slice, split_evenly
 from sharder.load import EngineLoad, LoadReport, SliceLoad
-from sharder.overrides import MergeOverride, MoveOverride, Override, SplitOverride, check_override
+from sharder.override_admission import check_override
+from sharder.overrides import MergeOverride, MoveOverride, Override, SplitOverride
 from sharder.pods import Pod, PodState, eligible
 
 

@@ -16,7 +16,8 @@ from sharder.config import TargetConfig
 from sharder.errors import ConfigError, InvariantError, LoadReportError, OverrideError, UnknownPodError
 from sharder.keyspace import KEYSPACE_END, Slice
 from sharder.load import EngineLoad, LoadReport, SliceLoad
-from sharder.overrides import MergeOverride, MoveOverride, Override, SplitOverride, check_override
+from sharder.override_admission import check_override
+from sharder.overrides import MergeOverride, MoveOverride, Override, SplitOverride
 from sharder.pods import Pod, PodState, serves
 from sharder.policy import reshard
 from sharder.policy.split import median_point

@@ -17,14 +17,14 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
 from sharder.assigner.status import MAX_DETAILS, bounded_details
 from sharder.assignment import check_invariants
 from sharder.codec import assignment_from_proto, config_to_proto
 from sharder.config import TargetConfig
-from tests.assigner.conftest import poll
 from tests.fuzz.test_fuzz_router_grpc import _mostly, _text
 from tests.security.test_auth import Secured, _call, pod_p0, secured  # noqa: F401  (secured: the fixture)
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow
 
@@ -154,8 +154,8 @@ def fuzzed(secured: Secured) -> Iterator[tuple[Secured, grpc.Channel]]:  # noqa:
         for pid in _PODS:
             pod = slicing_pb2.Pod(id=pid, address=f"127.0.0.1:{9000 + int(pid[1])}", target="t", labels={"model": "m"})
             req = assigner_pb2.ReportRequest(pod=pod)
-            await poll(lambda: _call(secured, pid, "Report", req), 15, f"the leader to register {pid}")  # noqa: B023
-        await poll(lambda: _assignment_of(secured), 15, "an assignment of t")
+            await until(lambda: _call(secured, pid, "Report", req), 15, f"the leader to register {pid}")  # noqa: B023
+        await until(lambda: _assignment_of(secured), 15, "an assignment of t")
 
     asyncio.run(register())
     with secured.auth(None).channel(secured.addr) as ch:

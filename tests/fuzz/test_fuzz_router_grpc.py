@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from brunoise.v1 import inference_pb2, router_pb2_grpc
+from brunoise_api.v1 import inference_pb2, router_pb2_grpc
 from tests.router.conftest import MODEL, Cluster
 
 pytestmark = pytest.mark.slow

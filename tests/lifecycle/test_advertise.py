@@ -11,8 +11,9 @@ import grpc
 import pytest
 
 from brunoise.launch import ManagedProcess, ProcessGroup, python_module
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc
-from tests.router.conftest import _policy_args, wait_for
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc
+from tests.router.conftest import _policy_args
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -46,5 +47,5 @@ def test_assigner_runtime_and_router_advertise_the_given_host(tmp_path: pathlib.
                 pods = stub.ListPods(assigner_pb2.ListPodsRequest(), timeout=5).pods
             return next((p.pod for p in pods if p.pod.id == "adv-pod"), None)
 
-        pod = wait_for(registered, 30, "the runtime's registration")
+        pod = wait_until(registered, 30, "the runtime's registration")
         assert pod.address == rts["grpc"] and pod.http_address == rts["http"]

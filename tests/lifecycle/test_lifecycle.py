@@ -15,9 +15,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc
 from tests.chaos.load import Load
-from tests.router.conftest import REGIONS, ROUTER_ARGS, TARGET, Cluster, http_json, wait_for
+from tests.router.conftest import REGIONS, ROUTER_ARGS, TARGET, Cluster, http_json
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -59,19 +60,19 @@ def test_ready_and_grpc_health_fail_with_no_healthy_pod_and_come_back(cluster: C
     http, gaddr = router.addresses["http"], router.addresses["grpc"]
     assert ready_status(http)[0] == 200
     # gRPC health follows readiness within one sync period
-    wait_for(lambda: grpc_health(gaddr) == health_pb2.HealthCheckResponse.SERVING, 5, "gRPC SERVING")
+    wait_until(lambda: grpc_health(gaddr) == health_pb2.HealthCheckResponse.SERVING, 5, "gRPC SERVING")
     for pid in cluster.runtimes:
         cluster.stop_pod(pid)  # SIGSTOP: the pods stop answering their readiness probes
     try:
-        _, body = wait_for(lambda: (s := ready_status(http))[0] == 503 and s, 20, "/ready to fail")
+        _, body = wait_until(lambda: (s := ready_status(http))[0] == 503 and s, 20, "/ready to fail")
         assert body["ready"] is False and body["healthy_pods"] == 0 and "no healthy pod" in str(body["reason"])
-        wait_for(lambda: grpc_health(gaddr) == health_pb2.HealthCheckResponse.NOT_SERVING, 5, "gRPC NOT_SERVING")
+        wait_until(lambda: grpc_health(gaddr) == health_pb2.HealthCheckResponse.NOT_SERVING, 5, "gRPC NOT_SERVING")
         assert http_json(http + "/health")["status"] == "ok"  # liveness: the process itself is fine
     finally:
         for pid in cluster.runtimes:
             cluster.cont_pod(pid)
-    wait_for(lambda: ready_status(http)[0] == 200, 20, "/ready to come back")
-    wait_for(lambda: grpc_health(gaddr) == health_pb2.HealthCheckResponse.SERVING, 5, "gRPC SERVING again")
+    wait_until(lambda: ready_status(http)[0] == 200, 20, "/ready to come back")
+    wait_until(lambda: grpc_health(gaddr) == health_pb2.HealthCheckResponse.SERVING, 5, "gRPC SERVING again")
 
 
 def every_runtime_holds_slices(cluster: Cluster) -> bool:
@@ -94,7 +95,7 @@ def test_drain_wait_shows_progress_until_the_pod_holds_nothing(cluster: Cluster)
     finally:
         subprocess.run([cli, "drain", "pod2", "--undo", "--assigner", cluster.assigner_addr], capture_output=True,
                        timeout=30, check=True)  # fmt: skip
-    wait_for(lambda: every_runtime_holds_slices(cluster), 30, "pod2 to hold slices again")
+    wait_until(lambda: every_runtime_holds_slices(cluster), 30, "pod2 to hold slices again")
 
 
 def _exit_code_after_sigterm(proc: object, timeout_s: float) -> int | None:
@@ -123,7 +124,7 @@ async def test_rolling_sigterm_restart_of_every_runtime_then_every_router_loses_
                 await asyncio.to_thread(cluster.wait_router, r)
             await load.wait_ok(load.ok + 10, 30)
         # each runtime drained itself on SIGTERM; restarted under the same id it undrained itself and serves again
-        await asyncio.to_thread(wait_for, lambda: every_runtime_holds_slices(cluster), 30, "slices back on every pod")
+        await asyncio.to_thread(wait_until, lambda: every_runtime_holds_slices(cluster), 30, "slices back on every pod")
         for _ in range(len(cluster.routers)):
             old_r = cluster.routers[0]
             router_codes.append(await asyncio.to_thread(_exit_code_after_sigterm, old_r, 30.0))

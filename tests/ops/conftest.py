@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import urllib.request
 
-from prometheus_client.parser import text_string_to_metric_families
-
+from sharder.promtext import samples
 from tests.assigner.conftest import slicelets, start_assigner
+from tests.etcd_plugin import make_etcd_cluster
 
-__all__ = ["scrape", "slicelets", "start_assigner"]
+__all__ = ["make_etcd_cluster", "scrape", "slicelets", "start_assigner"]
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample at ``url`` as {(sample name, sorted labels): value} (prometheus_client's parser)."""
+    """Every sample at ``url`` as {(sample name, sorted labels): value} (the project's one parser, sharder.promtext)."""
     with urllib.request.urlopen(url, timeout=5) as r:
         text = r.read().decode()
-    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for s in samples(text)}

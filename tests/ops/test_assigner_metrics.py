@@ -11,8 +11,9 @@ import pytest
 
 from sharder.clerk import Clerk
 from sharder.slicelet import Slicelet
-from tests.assigner.conftest import Assigner, get, make_slicelet, poll
+from tests.assigner.conftest import Assigner, get, make_slicelet
 from tests.ops.conftest import scrape
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,7 @@ async def test_assigner_serves_round_placement_and_store_metrics(
             gen = m.get(("brunoise_assigner_generation", (("target", "t"),)))
             return len(want) == 3 and per_pod == want and gen == asg.generation
 
-        await poll(placed_on_all, 30, "slices_per_pod and generation agree with GetAssignment", interval_s=0.2)
+        await until(placed_on_all, 30, "slices_per_pod and generation agree with GetAssignment", interval_s=0.2)
         m = await asyncio.to_thread(scrape, url)
         assert m[("brunoise_assigner_leader", ())] == 1.0
         assert m[("brunoise_assigner_store_up", ())] == 1.0
@@ -65,7 +66,7 @@ async def test_assigner_serves_round_placement_and_store_metrics(
         assert m[("brunoise_assigner_store_latency_seconds_count", (("op", "ping"),))] >= 1.0
         assert m[("brunoise_assigner_store_latency_seconds_count", (("op", "compare_and_swap"),))] >= 1.0
         # the clerk's stream was written generations committed after it subscribed: their lag is measured
-        lagged = await poll(
+        lagged = await until(
             lambda: asyncio.to_thread(
                 lambda: scrape(url).get(("brunoise_assigner_watch_lag_seconds_count", ()), 0.0) >= 1.0
             ), 30, "a watch lag observation", interval_s=0.2,

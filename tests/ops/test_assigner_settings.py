@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sharder.assigner.main import parse_args
-from sharder.assigner.settings import AssignerSettings, build_parser
+from sharder.assigner.settings import AssignerSettings, assigner_parser
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +62,7 @@ def test_bad_values_and_unknown_keys_are_refused_by_name(
 
 
 def test_help_describes_every_visible_knob() -> None:
-    text = " ".join(build_parser("brunoise-assigner", "").format_help().split())
+    text = " ".join(assigner_parser("brunoise-assigner", "").format_help().split())
     for name, info in AssignerSettings.model_fields.items():
         if name == "policy":
             continue

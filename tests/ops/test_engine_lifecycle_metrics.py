@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.engines.vllm import VllmConfig, VllmEngine
+from sharder.promtext import sum_by_name
+from tests.waiting import until
 
 VLLM_METRICS = "# HELP vllm:num_requests_running r\n# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{model_name=\"fake\"} 2.0\n"
-
-
-def samples(text: str) -> dict[str, float]:
-    return {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples}
 
 
 async def test_attached_vllm_death_is_counted_and_exported() -> None:
@@ -43,16 +37,13 @@ async def test_attached_vllm_death_is_counted_and_exported() -> None:
     )
     try:
         await engine.start()
-        before = samples(await engine.metrics_text())
+        before = sum_by_name(await engine.metrics_text())
         assert before["vllm:num_requests_running"] == 2.0  # vLLM's own exposition passes through
         assert before["brunoise_runtime_engine_deaths_total"] == 0.0
         assert before["brunoise_runtime_engine_restarts_total"] == 0.0
         healthy["ok"] = False
-        deadline = time.monotonic() + 10
-        while engine.stats.deaths == 0:
-            assert time.monotonic() < deadline, "the monitor never noticed the failing health checks"
-            await asyncio.sleep(0.02)
-        after = samples(await engine.metrics_text())
+        await until(lambda: engine.stats.deaths > 0, 10, "the monitor to notice the failing health checks", 0.02)
+        after = sum_by_name(await engine.metrics_text())
         assert after["brunoise_runtime_engine_deaths_total"] == 1.0
         assert after["brunoise_runtime_engine_restarts_total"] == 0.0  # attach mode never restarts a server
     finally:

@@ -12,7 +12,8 @@ import pytest
 
 from tests.ops.conftest import scrape
 from tests.ops.otlp_receiver import OtlpReceiver, ReceivedSpan
-from tests.router.conftest import MODEL, TARGET, Cluster, post, wait_for
+from tests.router.conftest import MODEL, TARGET, Cluster, post
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +58,7 @@ def test_one_trace_spans_router_runtime_and_sim_engine(
                 return mine
             return None
 
-        spans = wait_for(whole_trace, 30, "the router's, the runtime's and the sim engine's spans of one trace")
+        spans = wait_until(whole_trace, 30, "the router's, the runtime's and the sim engine's spans of one trace")
         (router_span,) = [s for s in spans if s.service == "brunoise-router"]
         (runtime_span,) = [s for s in spans if s.name == "runtime.generate"]
         (engine_span,) = [s for s in spans if s.name == "engine.sim.generate"]
@@ -69,7 +70,7 @@ def test_one_trace_spans_router_runtime_and_sim_engine(
         assert engine_span.attributes["gen_ai.usage.output_tokens"] >= 1
         assert router_span.attributes["brunoise.pod"] in cl.runtimes
 
-        rounds = wait_for(
+        rounds = wait_until(
             lambda: [s for s in receiver.spans() if s.service == "brunoise-assigner" and s.name == "assigner.round"],
             30, "the assigner's round spans",
         )

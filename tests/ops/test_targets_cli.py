@@ -14,8 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from brunoise.cli.main import app
-from brunoise.v1 import assigner_pb2, slicing_pb2
-from tests.assigner.conftest import Assigner, get, pod_msg, poll
+from brunoise_api.v1 import assigner_pb2, slicing_pb2
+from tests.assigner.conftest import Assigner, get, pod_msg
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +76,7 @@ async def test_apply_sets_the_churn_budget_that_next_rounds_obey(
             asg = await get(a.stub)
             return {p for s in asg.slices for p in s.replicas} == set(PODS)
 
-        await poll(spread, 30, "slices on all four pods", interval_s=0.1)
+        await until(spread, 30, "slices on all four pods", interval_s=0.1)
 
         spec.write_text(spec.read_text().replace("churn_budget: 0.5", "churn_budget: 0.07"))
         dry = await cli("apply", "-f", str(spec), "--dry-run", *addr)
@@ -97,7 +98,7 @@ async def test_apply_sets_the_churn_budget_that_next_rounds_obey(
             moving = [e for e in after if e.stats.churn > 0]
             return after if len(moving) >= 4 else None
 
-        after = await poll(moved_enough, 60, "load moving off p0 over several rounds", interval_s=0.2)
+        after = await until(moved_enough, 60, "load moving off p0 over several rounds", interval_s=0.2)
         churns = [e.stats.churn for e in after]
         assert max(churns) <= 0.07 + 1e-9, churns  # never more than the applied budget in one round
         assert sum(1 for c in churns if c > 0) >= 4  # the work was spread over rounds, as a budget forces

@@ -21,11 +21,11 @@ from typer.testing import CliRunner
 from brunoise.cli.client import AdminClient
 from brunoise.cli.cluster import LocalCluster
 from brunoise.cli.main import app
-from brunoise.v1 import slicing_pb2
+from brunoise_api.v1 import slicing_pb2
 from sharder.keyspace import slice_key
+from tests.waiting import wait_until
 
 from .conftest import RUNTIMES, Invoke
-from .helpers import eventually
 
 END = 2**64
 JsonCli = Callable[..., Any]
@@ -146,8 +146,8 @@ def test_move_pins_the_slice(cluster: LocalCluster, cli_json: JsonCli) -> None:
     assert out["slice_key"] == key
     assert any(o["id"] == "pin-test" and o["kind"] == "move" for o in out["overrides"])
 
-    eventually(lambda: _slice_of(_slices(cli_json, target), key)["replicas"] == ["pod-3"])
-    cli_json("clear", target, "pin-test")
+    wait_until(lambda: _slice_of(_slices(cli_json, target), key)["replicas"] == ["pod-3"], 20)
+    cli_json("clear", target, "pin-test", "--yes")
     assert all(o["id"] != "pin-test" for o in cli_json("slices", target)["overrides"])
 
 
@@ -157,25 +157,25 @@ def test_split_and_merge_change_the_slices(cluster: LocalCluster, cli_json: Json
     at = (s0["lo"] + s0["hi"]) // 2 + 12345
     out = cli_json("split", target, hex(at), "--id", "split-test")
     assert any(o["id"] == "split-test" for o in out["overrides"])
-    eventually(lambda: any(s["lo"] == at for s in _slices(cli_json, target)))
+    wait_until(lambda: any(s["lo"] == at for s in _slices(cli_json, target)), 20)
 
     slices = _slices(cli_json, target)
     lo, hi = slices[-2]["lo"], slices[-1]["hi"]
     assert hi == END
     cli_json("merge", target, hex(lo), "end", "--id", "merge-test")
-    eventually(lambda: any(s["lo"] == lo and s["hi"] == END for s in _slices(cli_json, target)))
+    wait_until(lambda: any(s["lo"] == lo and s["hi"] == END for s in _slices(cli_json, target)), 20)
 
-    cleared = cli_json("clear", target)
+    cleared = cli_json("clear", target, "--yes")
     assert cleared["overrides"] == []
 
 
 def test_drain_and_undo(cluster: LocalCluster, cli_json: JsonCli) -> None:
     out = cli_json("drain", "pod-2")
     assert out["pod"]["id"] == "pod-2" and out["pod"]["state"] == "draining"
-    eventually(lambda: {p["id"]: p["state"] for p in cli_json("pods")["pods"]}["pod-2"] == "draining")
+    wait_until(lambda: {p["id"]: p["state"] for p in cli_json("pods")["pods"]}["pod-2"] == "draining", 20)
     back = cli_json("drain", "pod-2", "--undo")
     assert back["pod"]["state"] == "active"
-    eventually(lambda: {p["id"]: p["state"] for p in cli_json("pods")["pods"]}["pod-2"] == "active")
+    wait_until(lambda: {p["id"]: p["state"] for p in cli_json("pods")["pods"]}["pod-2"] == "active", 20)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -197,7 +197,7 @@ def test_bad_input_is_one_line(cluster: LocalCluster, cli: Invoke, tmp_path: pat
         (["keymap", target, "--out", str(tmp_path / "k.txt")], 2),
         (["move", target, "k", " , "], 2),
         (["drain", "no-such-pod"], 4),
-        (["clear", target, "no-such-override"], 4),
+        (["clear", target, "no-such-override", "--yes"], 4),
     ]
     for args, code in cases:
         r = cli(*args)
@@ -308,4 +308,4 @@ def test_cluster_up_persists_the_assigner_store(cluster: LocalCluster, tmp_path:
     snapshot = cluster.log_dir / "assigner-snapshot.json"
     assigner = next(p for p in cluster.group.procs if p.name == "assigner")
     assert str(snapshot) in assigner.argv
-    eventually(lambda: _stored_generation(snapshot, tmp_path / "copy.json", cluster.opts.target) >= gen, 10)
+    wait_until(lambda: _stored_generation(snapshot, tmp_path / "copy.json", cluster.opts.target) >= gen, 10)

@@ -12,8 +12,7 @@ import sys
 import pytest
 
 from brunoise.cli.demo import DemoResult, parse_prefix_metrics
-
-from .helpers import eventually
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +81,7 @@ def test_cluster_up_stays_up_until_sigterm_and_records_itself(tmp_path: pathlib.
     )
     record = tmp_path / "state" / "cluster.json"
     try:
-        eventually(record.exists, timeout_s=60)
+        wait_until(record.exists, timeout_s=60)
         r = _run_cli(["pods", "-o", "json"], tmp_path, timeout_s=60)  # found through the cluster file
         assert r.returncode == 0, r.stderr
         assert '"pod-1"' in r.stdout

@@ -22,8 +22,10 @@ import pytest
 
 from brunoise.cli.main import main as brunoise_cli
 from brunoise.launch import ManagedProcess, ProcessGroup, python_module
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
-from tests.router.conftest import MODEL, ROUTER_ARGS, http_json, metric_value, post, scrape, wait_for
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from sharder.promtext import metric_value
+from tests.router.conftest import MODEL, ROUTER_ARGS, http_json, post, scrape
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +76,7 @@ class RegionCluster:
             for r in REGIONS:
                 cfg = slicing_pb2.TargetConfig(target=target_of(r), model=MODEL, min_replicas=1, max_replicas=2,
                                                initial_slices=8, eligibility={"region": r})  # fmt: skip
-                wait_for(lambda c=cfg: stub.ConfigureTarget(assigner_pb2.ConfigureTargetRequest(config=c), timeout=5),
+                wait_until(lambda c=cfg: stub.ConfigureTarget(assigner_pb2.ConfigureTargetRequest(config=c), timeout=5),
                          30, f"ConfigureTarget {cfg.target}")  # fmt: skip
         for pods in REGIONS.values():
             for pid in pods:
@@ -112,7 +114,7 @@ class RegionCluster:
             models = [m["id"] for m in http_json(self.http + "/v1/models")["data"]]
             return MODEL in models and len(self.healthy_pods()) >= n
 
-        wait_for(ready, 60, f"the router to see {n} healthy pods")
+        wait_until(ready, 60, f"the router to see {n} healthy pods")
 
     def cli(self, *args: str) -> int:
         """The real `brunoise` CLI against the assigner; its exit code."""
@@ -213,7 +215,7 @@ def test_region_loss_fails_unpinned_tenants_over_and_back_and_keeps_pinned_ones_
     assert cluster.cli("tenant", "set-region", "other", "a b") != 0  # not a region label: refused, nothing stored
     assert cluster.placements() == {FREE: ("a", False), BANK: ("a", True)}
     # the router (in b) reads both placements; both tenants are served at home, in a
-    wait_for(lambda: all(send(cluster, t, "warm").pod in REGIONS["a"] for t in (FREE, BANK)), 30, "homes in a")
+    wait_until(lambda: all(send(cluster, t, "warm").pod in REGIONS["a"] for t in (FREE, BANK)), 30, "homes in a")
     steady = [send(cluster, t, f"s{i}") for i in range(8) for t in (FREE, BANK)]
     assert all(o.status == 200 and region_of(o.pod) == "a" for o in steady), steady
     # a tenant with no placement goes to the router's own region (b), though a comes first by name
@@ -222,19 +224,19 @@ def test_region_loss_fails_unpinned_tenants_over_and_back_and_keeps_pinned_ones_
     a_pods, b_pods = REGIONS["a"], REGIONS["b"]
 
     with Clients(cluster, (FREE, BANK)) as clients:
-        wait_for(lambda: len(clients.of(BANK)) >= 4, 30, "client traffic")
+        wait_until(lambda: len(clients.of(BANK)) >= 4, 30, "client traffic")
         t_kill = time.monotonic()
         for pid in a_pods:
             cluster.kill(pid)
         t_dead = time.monotonic()  # requests sent from now on cannot reach a
-        wait_for(lambda: any(region_of(o.pod) == "b" for o in clients.of(FREE, t_kill)), 30, "failover to b")
+        wait_until(lambda: any(region_of(o.pod) == "b" for o in clients.of(FREE, t_kill)), 30, "failover to b")
         failover_s = min(o.t for o in clients.of(FREE, t_kill) if o.pod and region_of(o.pod) == "b") - t_kill
         # from then on the unpinned tenant is served in b, every request
         t_over = t_kill + failover_s
-        wait_for(lambda: len(clients.of(FREE, t_over)) >= 40, 60, "unpinned traffic after the failover")
+        wait_until(lambda: len(clients.of(FREE, t_over)) >= 40, 60, "unpinned traffic after the failover")
         after = clients.of(FREE, t_over)
         assert all(o.status == 200 and region_of(o.pod) == "b" for o in after), [o for o in after if o.status != 200]
-        wait_for(lambda: any(o.code == "residency_unavailable" for o in clients.of(BANK, t_kill)), 30, "pinned 503")
+        wait_until(lambda: any(o.code == "residency_unavailable" for o in clients.of(BANK, t_kill)), 30, "pinned 503")
     lost = [o for o in clients.of(FREE, t_kill) if o.t < t_over and o.status != 200]
     # a request whose attempts in a failed before the router saw a down is tried in b: none is lost
     assert not lost, lost
@@ -255,11 +257,11 @@ def test_region_loss_fails_unpinned_tenants_over_and_back_and_keeps_pinned_ones_
         for pid in a_pods:
             cluster.pods[pid].wait_ready(60)
         t_ready = time.monotonic()
-        wait_for(lambda: any(o.pod in a_pods for o in clients.of(FREE, t_restart)), 60, "unpinned back in a")
+        wait_until(lambda: any(o.pod in a_pods for o in clients.of(FREE, t_restart)), 60, "unpinned back in a")
         back = min(o.t for o in clients.of(FREE, t_restart) if o.pod in a_pods)
-        wait_for(lambda: any(o.status == 200 for o in clients.of(BANK, t_ready)), 60, "pinned served again")
+        wait_until(lambda: any(o.status == 200 for o in clients.of(BANK, t_ready)), 60, "pinned served again")
         t_back = back
-        wait_for(lambda: len(clients.of(FREE, t_back + 2.0)) >= 20, 60, "unpinned traffic after the return")
+        wait_until(lambda: len(clients.of(FREE, t_back + 2.0)) >= 20, 60, "unpinned traffic after the return")
         settled = clients.of(FREE, t_back + 2.0)
         assert all(o.status == 200 and region_of(o.pod) == "a" for o in settled), settled
 

@@ -16,9 +16,9 @@ from axon_router.regions import RegionRouter, target_region
 from axon_router.routing_key import RouteRequest
 from axon_router.targets import TargetState
 from sharder.assigner.placements import Placements
+from sharder.promtext import metric_value
 from sharder.regions import PlacementError, TenantPlacement, choose, plan
 from sharder.store.embedded import EmbeddedStore
-from tests.router.conftest import metric_value
 
 MODEL = "m"
 

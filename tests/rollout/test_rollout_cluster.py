@@ -26,8 +26,10 @@ import grpc
 import pytest
 
 from brunoise.launch import ManagedProcess, ProcessGroup, python_module
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
-from tests.router.conftest import ROUTER_ARGS, http_json, metric_value, post, scrape, wait_for
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from sharder.promtext import metric_value
+from tests.router.conftest import ROUTER_ARGS, http_json, post, scrape
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +85,7 @@ def _configure(stub: Any, target: str) -> None:
         target=target, model=MODEL, min_replicas=2, max_replicas=2, initial_slices=4, split_threshold=1e9,
         merge_threshold=0.0, dereplicate_threshold=0.0, min_slices_per_pod=0, max_slices_per_pod=1000,
     )  # fmt: skip
-    wait_for(lambda: stub.ConfigureTarget(assigner_pb2.ConfigureTargetRequest(config=cfg), timeout=5), 30, target)
+    wait_until(lambda: stub.ConfigureTarget(assigner_pb2.ConfigureTargetRequest(config=cfg), timeout=5), 30, target)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +126,7 @@ def rc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolloutCluster]:
             models = [m["id"] for m in http_json(cl.http + "/v1/models")["data"]]
             return models == [MODEL] and sum(1 for p in pods if p["healthy"]) == len(PODS)
 
-        wait_for(ready, 60, "the router to list the model and see all 4 pods")
+        wait_until(ready, 60, "the router to list the model and see all 4 pods")
         yield cl
     finally:
         group.stop_all()
@@ -218,7 +220,7 @@ def test_canary_steps_then_promote_under_load_lose_nothing_and_switch_each_sessi
     rc: RolloutCluster,
 ) -> None:
     with Load(rc.http, "canary") as load:
-        wait_for(lambda: len(load.snapshot()) >= 2 * SESSIONS, 30, "load on blue before the rollout")
+        wait_until(lambda: len(load.snapshot()) >= 2 * SESSIONS, 30, "load on blue before the rollout")
         started = rc.cli("start", MODEL, "--blue", BLUE, "--green", GREEN, "--steps", "0.25,0.5,1.0",
                          "--interval-s", "1.5", "--max-error-rate", "0.05", "--min-requests", "20")  # fmt: skip
         r0 = started["rollouts"][0]
@@ -230,28 +232,28 @@ def test_canary_steps_then_promote_under_load_lose_nothing_and_switch_each_sessi
             seen_fractions.add(f)
             return f >= fraction
 
-        wait_for(lambda: at(0.25), 30, "the first step at the router", interval_s=0.05)
+        wait_until(lambda: at(0.25), 30, "the first step at the router", interval_s=0.05)
         paused = rc.cli("pause", MODEL)["rollouts"][0]
         assert paused["state"] == "paused", paused
         held = paused["fraction"]
         hold_until = time.monotonic() + 2.5  # longer than the step interval: a paused rollout must not step
-        wait_for(lambda: time.monotonic() >= hold_until and at(0.0), 10, "the pause to last", interval_s=0.1)
+        wait_until(lambda: time.monotonic() >= hold_until and at(0.0), 10, "the pause to last", interval_s=0.1)
         assert rc.status()["fraction"] == held and rc.router_fraction() == held, "a paused rollout held its share"
         assert rc.cli("resume", MODEL)["rollouts"][0]["state"] == "running"
 
         def all_green() -> bool:
             return at(1.0) and rc.status()["fraction"] == 1.0
 
-        wait_for(all_green, 60, "the rollout to step to 1.0", interval_s=0.1)
+        wait_until(all_green, 60, "the rollout to step to 1.0", interval_s=0.1)
         gen_full = rc.status()["generation"]
-        wait_for(lambda: rc.router_generation() >= gen_full, 10, "the router to route by the last step")
+        wait_until(lambda: rc.router_generation() >= gen_full, 10, "the router to route by the last step")
         n_before = len(load.snapshot())
-        wait_for(lambda: len(load.snapshot()) >= n_before + 2 * SESSIONS, 30, "load on green at 1.0")
+        wait_until(lambda: len(load.snapshot()) >= n_before + 2 * SESSIONS, 30, "load on green at 1.0")
         promoted = rc.cli("promote", MODEL)["rollouts"][0]
         assert promoted["state"] == "promoted" and promoted["generation"] == gen_full + 1, promoted
-        wait_for(lambda: rc.router_generation() >= promoted["generation"], 10, "the router to see the promotion")
+        wait_until(lambda: rc.router_generation() >= promoted["generation"], 10, "the router to see the promotion")
         n_promoted = len(load.snapshot())
-        wait_for(lambda: len(load.snapshot()) >= n_promoted + 2 * SESSIONS, 30, "load after the promotion")
+        wait_until(lambda: len(load.snapshot()) >= n_promoted + 2 * SESSIONS, 30, "load after the promotion")
     answers = load.snapshot()
     failed = [a for a in answers if a.status != 200]
     seqs = versions_by_session(answers)
@@ -273,14 +275,14 @@ def test_canary_steps_then_promote_under_load_lose_nothing_and_switch_each_sessi
 def test_rollback_command_restores_blue_for_every_key_within_one_generation(rc: RolloutCluster) -> None:
     st = rc.cli("start", MODEL, "--blue", BLUE, "--green", GREEN, "--steps", "1.0", "--interval-s", "0")
     assert st["rollouts"][0]["state"] == "running"
-    wait_for(lambda: rc.status()["fraction"] == 1.0, 30, "blue-green to switch to green")
+    wait_until(lambda: rc.status()["fraction"] == 1.0, 30, "blue-green to switch to green")
     before = rc.status()["generation"]
-    wait_for(lambda: rc.router_generation() >= before, 10, "the router on green")
+    wait_until(lambda: rc.router_generation() >= before, 10, "the router on green")
     assert all(_send(rc.http, f"bg-{s}", 0, s % 2 == 0).target == GREEN for s in range(SESSIONS))
     t0 = time.monotonic()
     back = rc.cli("rollback", MODEL, "--reason", "test: bad model")["rollouts"][0]
     assert back["state"] == "rolled_back" and back["generation"] == before + 1 and back["fraction"] == 0.0
-    wait_for(lambda: rc.router_generation() >= back["generation"], 10, "the router to see the rollback")
+    wait_until(lambda: rc.router_generation() >= back["generation"], 10, "the router to see the rollback")
     lag = time.monotonic() - t0
     lag_record = time.time() - back["changed_unix_ms"] / 1000  # from the record's write (an upper bound: polled)
     answers = [_send(rc.http, f"bg-{s}", 1, s % 2 == 0) for s in range(SESSIONS)]
@@ -292,16 +294,16 @@ def test_rollback_command_restores_blue_for_every_key_within_one_generation(rc: 
 def test_automatic_rollback_fires_on_an_injected_error_rate(rc: RolloutCluster) -> None:
     rc.cli("start", MODEL, "--blue", BLUE, "--green", GREEN, "--steps", "1.0", "--interval-s", "0",
            "--max-error-rate", "0.1", "--min-requests", "20", "--window-s", "10")  # fmt: skip
-    wait_for(lambda: rc.status()["fraction"] == 1.0, 30, "green to take every key")
+    wait_until(lambda: rc.status()["fraction"] == 1.0, 30, "green to take every key")
     gen_green = rc.status()["generation"]
-    wait_for(lambda: rc.router_generation() >= gen_green, 10, "the router on green")
+    wait_until(lambda: rc.router_generation() >= gen_green, 10, "the router on green")
     t0_wall = time.time()
     with Load(rc.http, "slo", poison_every=3) as load:  # a third of the requests fail on green
-        st = wait_for(lambda: (s := rc.status())["state"] == "rolled_back" and s, 60, "the automatic rollback")
+        st = wait_until(lambda: (s := rc.status())["state"] == "rolled_back" and s, 60, "the automatic rollback")
         fired = st["changed_unix_ms"] / 1000 - t0_wall  # by the record's own time, not our polling's
-        wait_for(lambda: rc.router_generation() >= st["generation"], 10, "the router to see the rollback")
+        wait_until(lambda: rc.router_generation() >= st["generation"], 10, "the router to see the rollback")
         n = len(load.snapshot())
-        wait_for(lambda: len(load.snapshot()) >= n + 2 * SESSIONS, 30, "load after the rollback")
+        wait_until(lambda: len(load.snapshot()) >= n + 2 * SESSIONS, 30, "load after the rollback")
         t_seen = time.monotonic()
     answers = load.snapshot()
     green_errors = [a for a in answers if a.status != 200 and a.at < t_seen - 0.5]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from axon_router.rollout import RolloutView
-from brunoise.v1 import assigner_pb2
+from brunoise_api.v1 import assigner_pb2
 from sharder import rollout as ro
 from sharder.assigner.rollouts import rollout_to_proto
 from sharder.keyspace import KEYSPACE_END

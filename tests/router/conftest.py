@@ -6,7 +6,6 @@ import json
 import os
 import pathlib
 import signal
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,7 +18,8 @@ import pytest
 from axon_router.knobs import Knobs
 from axon_router.routing_key import CHAT, parse_openai
 from brunoise.launch import ManagedProcess, ProcessGroup, python_module
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from tests.waiting import wait_until
 
 MODEL = "sim-model"
 TARGET = "chat"
@@ -64,21 +64,6 @@ def post(
             return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
     except urllib.error.HTTPError as e:
         return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
-
-
-def wait_for(pred: Any, timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
-    """Poll ``pred`` until it returns a truthy value or ``timeout_s`` passes (then fail naming ``what``)."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = pred()
-        except Exception as e:
-            last = e
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last: {last!r}")
 
 
 def routed_key(body: Any, headers: dict[str, str], path: str = CHAT) -> int:
@@ -171,7 +156,7 @@ class Cluster:
         cfg = slicing_pb2.TargetConfig(**{**TARGET_CONFIG, "max_replicas": max_replicas})
         with self.assigner_channel(self.assigner_addr) as ch:
             stub = assigner_pb2_grpc.AssignerStub(ch)  # type: ignore[no-untyped-call]
-            wait_for(
+            wait_until(
                 lambda: stub.ConfigureTarget(assigner_pb2.ConfigureTargetRequest(config=cfg), timeout=5),
                 30,
                 "ConfigureTarget",
@@ -187,7 +172,7 @@ class Cluster:
                 a = stub.GetAssignment(assigner_pb2.GetAssignmentRequest(target=TARGET), timeout=5)
                 return a if set(self.runtimes) <= {p.id for p in a.pods} else None
 
-            a = wait_for(registered, 60, "every runtime registered")
+            a = wait_until(registered, 60, "every runtime registered")
             pods = sorted(self.runtimes)
             for i, sl in enumerate(a.slices):
                 ov = slicing_pb2.Override(
@@ -200,7 +185,7 @@ class Cluster:
                 held = {p for s in a.slices for p in s.replicas}
                 return set(self.runtimes) <= held and all(s.replicas for s in a.slices)
 
-            wait_for(spread, 60, "slices on every pod")
+            wait_until(spread, 60, "slices on every pod")
 
     def add_router(self, args: Sequence[str], wait: bool = True) -> ManagedProcess:
         name = f"router{len(self.routers)}"
@@ -226,7 +211,7 @@ class Cluster:
             states = http_json(r.addresses["http"] + "/debug/pods", headers=self.api_headers)["pods"]
             return MODEL in models and sum(1 for p in states if p["healthy"]) >= pods
 
-        wait_for(ready, 60, f"{r.name} to see the target and {pods} healthy pods")
+        wait_until(ready, 60, f"{r.name} to see the target and {pods} healthy pods")
 
     def http(self, i: int = 0) -> str:
         return self.routers[i].addresses["http"]
@@ -257,21 +242,6 @@ class Cluster:
             if p.alive():
                 os.kill(p.pid, signal.SIGCONT)
         self.group.stop_all()
-
-
-def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float:
-    """Sum of the samples of ``name`` (optionally with these labels) in a Prometheus exposition."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name):
-            continue
-        rest = line[len(name) :]
-        if rest and rest[0] not in "{ ":
-            continue
-        if labels and not all(f'{k}="{v}"' in rest for k, v in labels.items()):
-            continue
-        total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def scrape(url: str) -> str:

@@ -191,16 +191,6 @@ async def harness(knobs: Knobs, **kw: Any) -> AsyncIterator[RouterHarness]:
         await h.stop()
 
 
-async def poll(pred: Any, timeout_s: float, what: str) -> None:
-    """Await until ``pred()`` is true, or fail naming ``what`` after ``timeout_s``."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout_s
-    while not pred():
-        if loop.time() > end:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def raw_socket(host: str, port: int) -> socket.socket:
     s = socket.create_connection((host, port), timeout=10)
     return s

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
-from tests.router.conftest import MODEL, ROUTER_ARGS, Cluster, http_json, metric_value, post, scrape, wait_for
+from sharder.promtext import metric_value
+from tests.router.conftest import MODEL, ROUTER_ARGS, Cluster, http_json, post, scrape
+from tests.waiting import until, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +53,7 @@ def test_unhealthy_pod_stops_receiving_traffic_and_gets_it_back(cluster: Cluster
     cluster.stop_pod(victim)
     try:
         t0 = time.monotonic()
-        wait_for(lambda: not cluster.pod_state(victim)["healthy"], 5, f"{victim} marked unhealthy")
+        wait_until(lambda: not cluster.pod_state(victim)["healthy"], 5, f"{victim} marked unhealthy")
         detect_s = time.monotonic() - t0
         print(f"unhealthy detected after {detect_s:.2f}s (interval {HEALTH_INTERVAL_S}s + timeout {HEALTH_TIMEOUT_S}s)")
         assert detect_s <= HEALTH_INTERVAL_S + HEALTH_TIMEOUT_S + 0.5
@@ -61,7 +62,7 @@ def test_unhealthy_pod_stops_receiving_traffic_and_gets_it_back(cluster: Cluster
             assert status == 200 and pod != victim and pick == "fallback", (status, pod, pick)
     finally:
         cluster.cont_pod(victim)
-    wait_for(lambda: cluster.pod_state(victim)["healthy"], 5, f"{victim} healthy again")
+    wait_until(lambda: cluster.pod_state(victim)["healthy"], 5, f"{victim} healthy again")
     assert all(served_by(cluster, k)[1] == victim for k in keys)
 
 
@@ -76,7 +77,7 @@ def test_residency_is_never_relaxed(cluster: Cluster) -> None:
     assert status == 503
     cluster.stop_pod(us)
     try:
-        wait_for(lambda: not cluster.pod_state(us)["healthy"], 5, f"{us} marked unhealthy")
+        wait_until(lambda: not cluster.pod_state(us)["healthy"], 5, f"{us} marked unhealthy")
         for k in keys[:4]:
             status, h, body = post(
                 cluster.http(0) + "/v1/completions",
@@ -89,21 +90,7 @@ def test_residency_is_never_relaxed(cluster: Cluster) -> None:
         assert served_by(cluster, keys[0])[0] == 200
     finally:
         cluster.cont_pod(us)
-    wait_for(lambda: cluster.pod_state(us)["healthy"], 5, f"{us} healthy again")
-
-
-async def async_wait_for(pred: Callable[[], object], timeout_s: float, what: str) -> None:
-    """Poll ``pred`` with a deadline while letting this event loop run (closing client streams needs it)."""
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            if pred():
-                return
-        except AssertionError as e:
-            last = e
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last: {last!r}")
+    wait_until(lambda: cluster.pod_state(us)["healthy"], 5, f"{us} healthy again")
 
 
 def idle(url: str) -> bool:
@@ -168,7 +155,7 @@ async def test_spill_over_then_batch_shed_first(cluster: Cluster) -> None:
                 assert status == 200 and h["x-brunoise-pick"] == "spill" and h["x-brunoise-pod"] != "pod0", h
             assert metric_value(scrape(url), "brunoise_router_picks_total", {"reason": "spill"}) == spill0 + 1
             # 2. one stream on every pod: batch (limit 1) is shed, interactive (limit 2) still admitted
-            await async_wait_for(lambda: idle(url), 10, "pods idle (the closed streams ended)")
+            await until(lambda: idle(url), 10, "pods idle (the closed streams ended)")
             async with long_streams(s, url, [keys[p][0] for p in pods]) as got:
                 assert got == pods
                 status, h, body = post(
@@ -186,7 +173,7 @@ async def test_spill_over_then_batch_shed_first(cluster: Cluster) -> None:
                 assert status == 200
                 # the short request is done, but a load report taken while it ran may still count it:
                 # wait until every pod reads exactly its one open stream before saturating further
-                await async_wait_for(lambda: one_each(url), 10, "every pod at one outstanding stream")
+                await until(lambda: one_each(url), 10, "every pod at one outstanding stream")
                 # 3. two streams on every pod: interactive is shed too
                 async with long_streams(s, url, [keys[p][1] for p in pods]) as got2:
                     assert sorted(got2) == pods

@@ -13,8 +13,9 @@ import grpc
 import pytest
 
 from axon_router.knobs import Knobs
-from brunoise.v1 import inference_pb2, router_pb2_grpc
-from tests.router.hardening_support import MODEL, TARGET, harness, poll, raw_socket
+from brunoise_api.v1 import inference_pb2, router_pb2_grpc
+from tests.router.hardening_support import MODEL, TARGET, harness, raw_socket
+from tests.waiting import until
 
 FAST = Knobs(health_interval_s=0.2, retry_backoff_s=0.001, first_token_timeout_s=5.0)
 
@@ -52,7 +53,7 @@ async def test_grpc_cancel_before_first_token_releases_the_request_id() -> None:
         await asyncio.wait_for(h.pod.received.wait(), 5)
         assert "rid-1" in h.router.inflight_ids
         call.cancel()
-        await poll(lambda: not h.router.inflight_ids, 5, "the cancelled request's id to be released")
+        await until(lambda: not h.router.inflight_ids, 5, "the cancelled request's id to be released")
         h.pod.release.set()
         again = stub.Generate(inference_pb2.GenerateRequest(model=MODEL, prompt="hello", request_id="rid-1"))
         chunks = [c async for c in again]
@@ -259,7 +260,7 @@ async def test_http_client_gone_before_first_token_releases_the_request_id() -> 
         await asyncio.wait_for(h.pod.received.wait(), 5)
         assert "rid-9" in h.router.inflight_ids
         writer.close()  # the client goes away while the pod has not answered
-        await poll(lambda: not h.router.inflight_ids, 5, "the abandoned request's id to be released")
+        await until(lambda: not h.router.inflight_ids, 5, "the abandoned request's id to be released")
         text = h.router.metrics.render().decode()
         labels = f'code="499",frontend="http",model="{MODEL}",target="{TARGET}"'
         assert f"brunoise_router_requests_total{{{labels}}} 1.0" in text

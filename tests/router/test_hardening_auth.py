@@ -14,7 +14,7 @@ import pytest
 from axon_router.auth import ApiKey, ApiKeys, bearer, hash_key
 from axon_router.errors import Unauthorized
 from axon_router.knobs import Knobs
-from brunoise.v1 import inference_pb2, router_pb2_grpc
+from brunoise_api.v1 import inference_pb2, router_pb2_grpc
 from tests.router.hardening_support import MODEL, harness
 
 KEYS = ApiKeys.parse(

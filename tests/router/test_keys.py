@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import random
 
 import pytest
 
-from axon_router.knobs import Knobs, add_knob_args, knob_docs, knobs_from_args
+from axon_router.knobs import Knobs, knob_docs
 from axon_router.routing_key import CHAT, COMPLETIONS, RouteRequest, parse_grpc, parse_openai, prefix_key
-from brunoise.v1 import inference_pb2
+from axon_router.settings import parse_router_settings, router_parser
+from brunoise_api.v1 import inference_pb2
 from sharder.keyspace import group_range, group_slice_key, slice_key
 from sharder.prefix import prefix_hashes, render_chat, stable_chat_prefix
 
@@ -124,17 +124,17 @@ def test_grpc_tenant_field_then_metadata() -> None:
     assert parse_grpc(req, None, FLAT, 0.0).slice_key == slice_key("s1")
 
 
-def test_layout_and_pick_knobs_parse_and_validate() -> None:
-    p = argparse.ArgumentParser()
-    add_knob_args(p)
-    k = knobs_from_args(p.parse_args(["--key-layout", "flat", "--sticky", "false", "--load-cap", "0"]))
+def test_layout_and_pick_knobs_parse_and_validate(capsys: pytest.CaptureFixture[str]) -> None:
+    a = ["--assigner", "127.0.0.1:1"]
+    _, k = parse_router_settings([*a, "--key-layout", "flat", "--sticky", "false", "--load-cap", "0"])
     assert (k.key_layout, k.sticky, k.load_cap) == ("flat", False, 0.0)
-    assert knobs_from_args(p.parse_args([])).sticky is True
+    assert parse_router_settings(a)[1].sticky is True
     for bad in (["--key-layout", "nested"], ["--load-cap", "0.5"], ["--group-prefix-chunks", "0"]):
-        with pytest.raises(ValueError, match=bad[0][2:].replace("-", "_")):
-            knobs_from_args(p.parse_args(bad))
+        with pytest.raises(SystemExit):
+            parse_router_settings([*a, *bad])
+        assert bad[0][2:].replace("-", "_") in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        p.parse_args(["--sticky", "maybe"])
+        parse_router_settings([*a, "--sticky", "maybe"])
 
 
 def test_a_short_completion_keeps_its_session_key_as_it_grows() -> None:
@@ -156,6 +156,5 @@ def test_every_knob_flag_carries_its_docstring() -> None:
     docs = knob_docs()
     assert set(docs) == set(Knobs.field_names())
     assert docs["load_cap"].startswith("Bounded-load cap") and "\n" not in docs["key_layout"]
-    p = argparse.ArgumentParser()
-    add_knob_args(p)
-    assert "(default 1.25)" in p.format_help() and "Bounded-load cap" in p.format_help()
+    text = router_parser().format_help()
+    assert "(default 1.25)" in text and "Bounded-load cap" in text

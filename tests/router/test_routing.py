@@ -14,9 +14,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from brunoise.v1 import inference_pb2, router_pb2_grpc
+from brunoise_api.v1 import inference_pb2, router_pb2_grpc
 from sharder.keyspace import group_range
-from tests.router.conftest import MODEL, Cluster, http_json, metric_value, post, routed_key, scrape, wait_for
+from sharder.promtext import metric_value
+from tests.router.conftest import MODEL, Cluster, http_json, post, routed_key, scrape
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -99,7 +101,7 @@ def test_requests_without_key_group_by_prefix(cluster: Cluster) -> None:
         # both routers must see the finished request as finished (its load report may lag), so that
         # the next pick is decided by the prefix, not by a stale in-flight count
         for r in range(2):
-            wait_for(
+            wait_until(
                 lambda r=r: all(p["outstanding"] == 0 for p in http_json(cluster.http(r) + "/debug/pods")["pods"]),
                 10,
                 f"router {r} sees every pod idle",
@@ -122,7 +124,7 @@ def test_fresh_ids_over_a_shared_document_stay_together(cluster: Cluster) -> Non
         assert status == 200 and headers["x-brunoise-pick"] == "in_subset"
         pods[headers["x-brunoise-pod"]] += 1
         for r in range(2):  # as above: the next pick sees the finished request as finished
-            wait_for(
+            wait_until(
                 lambda r=r: all(p["outstanding"] == 0 for p in http_json(cluster.http(r) + "/debug/pods")["pods"]),
                 10,
                 f"router {r} sees every pod idle",
@@ -290,7 +292,7 @@ async def test_idempotency_key_never_runs_twice_concurrently(cluster: Cluster) -
                     pass
             assert ei.value.code() == grpc.StatusCode.ALREADY_EXISTS
     # once the router has seen the first one end (the client went away), the id may be used again
-    wait_for(
+    wait_until(
         lambda: (
             post(
                 cluster.http(0) + "/v1/completions",

@@ -12,7 +12,6 @@ import asyncio
 import json
 import pathlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
@@ -21,6 +20,7 @@ from aiohttp import web
 from brunoise.launch import ManagedProcess, ProcessGroup, python_module
 from tests.router.conftest import _policy_args
 from tests.runtime.procs import runtime_env
+from tests.waiting import until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -92,19 +92,6 @@ class FakeVllm:
         return resp
 
 
-async def _wait(pred: Any, timeout_s: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    last: Any = None
-    while asyncio.get_running_loop().time() < deadline:
-        try:
-            if await pred():
-                return
-        except Exception as e:
-            last = e
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}: {last!r}")
-
-
 @pytest.fixture
 async def chain(tmp_path: pathlib.Path) -> AsyncIterator[tuple[str, FakeVllm]]:
     fake = FakeVllm()
@@ -136,7 +123,7 @@ async def chain(tmp_path: pathlib.Path) -> AsyncIterator[tuple[str, FakeVllm]]:
                 async with s.get(url + "/ready") as r:
                     return r.status == 200
 
-            await _wait(ready, 30, "the router to be ready")
+            await until(ready, 30, "the router to be ready")
         yield url, fake
     finally:
         await asyncio.to_thread(group.stop_all)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -14,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from runtime.engines.base import EngineChunk
 from runtime.engines.sim import SimConfig, SimEngine
 from runtime.pod import RuntimePod
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -30,14 +30,6 @@ class GatedSim(SimEngine):
         await super().start()
 
 
-async def wait_for(cond: object, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
-
-
 async def grpc_health(address: str) -> int:
     async with grpc.aio.insecure_channel(address) as ch:
         resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
@@ -50,7 +42,7 @@ async def gated_pod() -> AsyncIterator[tuple[RuntimePod, GatedSim, asyncio.Task[
     pod = RuntimePod(engine, pod_id="gated")
     task = asyncio.create_task(pod.start())
     try:
-        await wait_for(lambda: bool(pod.addresses) or task.done())
+        await until(lambda: bool(pod.addresses) or task.done())
         yield pod, engine, task
     finally:
         engine.gate.set()
@@ -92,7 +84,7 @@ async def test_client_disconnect_aborts_the_request() -> None:
                 assert line.startswith(b"data: ")
                 assert engine.num_running == 1
             # the response is closed before the end: the engine drops the request and frees its blocks
-            await wait_for(lambda: engine.num_running == 0 and engine.kv.num_used == 0)
+            await until(lambda: engine.num_running == 0 and engine.kv.num_used == 0)
         assert 'vllm:request_success_total{finished_reason="abort",model_name="sim-llama-3.1-8b"} 1.0' in (
             await engine.metrics_text()
         )

@@ -16,8 +16,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from brunoise.launch import ManagedProcess
-from brunoise.v1 import inference_pb2, runtime_pb2, runtime_pb2_grpc
+from brunoise_api.v1 import inference_pb2, runtime_pb2, runtime_pb2_grpc
 from sharder.prefix import prefix_hashes, render_chat
+from sharder.promtext import metric_value
 from tests.runtime.procs import start_runtime
 
 MODEL = "sim-llama-3.1-8b"
@@ -43,12 +44,7 @@ async def post(
 
 async def metric(session: aiohttp.ClientSession, base: str, name: str) -> float:
     async with session.get(f"{base}/metrics") as r:
-        text = await r.text()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+        return metric_value(await r.text(), name)
 
 
 # --- HTTP ------------------------------------------------------------------------------------------------------------

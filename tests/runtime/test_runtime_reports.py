@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 
 from brunoise.launch import ManagedProcess, python_module
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc
 from sharder.keyspace import slice_key
 from tests.runtime.procs import runtime_env, start_runtime
+from tests.waiting import until
 
 
 def _post(url: str, body: dict[str, object], headers: dict[str, str]) -> int:
@@ -48,16 +49,16 @@ async def test_runtime_load_reaches_the_assigner(tmp_path: Path) -> None:
                 pods = await stub.ListPods(assigner_pb2.ListPodsRequest(target="chat"))
                 return next((p for p in pods.pods if p.pod.id == "pod-a"), None)
 
-            deadline = time.monotonic() + 20
-            while (st := await pod_status()) is None or st.slices_held == 0:
-                assert time.monotonic() < deadline, f"pod never registered with slices: {st}"
-                await asyncio.sleep(0.05)
+            async def status_where(ok: Callable[[assigner_pb2.PodStatus], bool]) -> assigner_pb2.PodStatus | None:
+                st = await pod_status()
+                return st if st is not None and ok(st) else None
+
+            st = await until(lambda: status_where(lambda s: s.slices_held > 0), 20, "the pod to register with slices")
             # the pod learns its slices from the answer to its next report (the target came from configuration,
             # so the first answers named none); requests recorded before that would count as misrouted
             seen = st.last_report_unix_ms
-            while (st := await pod_status()) is None or st.last_report_unix_ms <= seen:
-                assert time.monotonic() < deadline, f"no report after the pod got its slices: {st}"
-                await asyncio.sleep(0.05)
+            st = await until(lambda: status_where(lambda s: s.last_report_unix_ms > seen), 20,
+                             "a report after the pod got its slices")  # fmt: skip
             assert st.pod.http_address == http
             assert st.engine.load == 0.0 and st.slice_load == 0.0  # idle pod: nothing served yet
 
@@ -72,14 +73,8 @@ async def test_runtime_load_reaches_the_assigner(tmp_path: Path) -> None:
                 )
                 assert status == 200
 
-            deadline = time.monotonic() + 20
-            while True:
-                st = await pod_status()
-                assert st is not None
-                if st.engine.load > 0 and st.slice_load > 0:
-                    break
-                assert time.monotonic() < deadline, f"load never showed up in the assigner's view: {st}"
-                await asyncio.sleep(0.05)
+            st = await until(lambda: status_where(lambda s: s.engine.load > 0 and s.slice_load > 0), 20,
+                             "the load to show up in the assigner's view")  # fmt: skip
             assert st.last_report_unix_ms > 0
             assert 0.0 <= st.engine.kv_usage <= 1.0
             assert st.engine.prefix_hit_rate > 0  # the same session prompts repeated: the pod's cache hit

@@ -11,16 +11,14 @@ import pytest
 from runtime.engines.base import EngineChunk, EngineError, EngineRequest, EngineUnavailable, SamplingParams
 from runtime.engines.sim import (
     BLOCK_TOKENS,
-    AllBlocksCleared,
-    BlockRemoved,
-    BlockStored,
     SimConfig,
     SimEngine,
     detokenize,
-    encode_kv_event_batch,
     tokenize_text,
 )
+from runtime.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, decode_batch, encode_batch
 from sharder.prefix import prefix_hashes, render_chat
+from tests.waiting import until
 
 BLOCK_BYTES = 64
 
@@ -94,7 +92,7 @@ async def test_block_hashes_are_sharder_prefix_hashes(engine: SimEngine) -> None
     assert view.chunk_bytes == 64 and view.blocks_total == engine.config.kv_blocks
     # the KV events tell the same story (a chain rooted at None)
     stored = [e for e in engine.kv_events if isinstance(e, BlockStored)]
-    assert stored[0].parent_block_hash is None and stored[0].block_hashes[: len(expected)] == expected
+    assert stored[0].parent_block_hash is None and list(stored[0].block_hashes[: len(expected)]) == expected
 
 
 async def test_lru_eviction_of_free_blocks() -> None:
@@ -144,10 +142,7 @@ async def test_blocks_in_use_are_never_evicted_and_requests_queue_for_blocks() -
     try:
         prompts = [f"{i:03d}" + "p" * 797 for i in range(6)]
         tasks = [asyncio.create_task(run(e, p, max_tokens=20, rid=f"r{i}")) for i, p in enumerate(prompts)]
-        deadline = time.monotonic() + 5
-        while e.num_running == 0:  # polls the engine with a deadline (it has no event to wait on)
-            assert time.monotonic() < deadline, "no request started"
-            await asyncio.sleep(0.001)
+        await until(lambda: e.num_running > 0, 5, "a request to start", interval_s=0.001)  # no event to wait on
         load = e.load()
         assert load.running == 2 and load.waiting == 4
         assert load.kv_usage >= 26 / 32
@@ -288,9 +283,12 @@ async def test_reset_and_kv_event_wire_format() -> None:
         assert e.cache_view().prefix_hashes == frozenset() and e.cache_view().epoch == 1
         events = list(e.kv_events)
         assert isinstance(events[0], BlockStored) and isinstance(events[-1], AllBlocksCleared)
-        ts, decoded = msgpack.unpackb(encode_kv_event_batch(1.5, events))
+        payload = encode_batch(1.5, events, array_like=True)
+        ts, decoded = msgpack.unpackb(payload)
         assert ts == 1.5 and decoded[0][0] == "BlockStored" and decoded[-1] == ["AllBlocksCleared"]
         assert decoded[0][1] == prefix_hashes(text_blocks("k", 3))
+        assert decoded[0][5:] == [None, "GPU"]  # lora_id, medium; later defaults left off as msgspec does
+        assert decode_batch(payload).events == tuple(events)  # what the sim publishes is what kv_events reads
     finally:
         await e.stop()
 

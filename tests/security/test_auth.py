@@ -15,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from brunoise.launch import ManagedProcess, python_module
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
 from sharder.assigner.main import parse_args
 from sharder.clerk import Clerk
 from sharder.load import EngineLoad
@@ -24,7 +24,8 @@ from sharder.security.client import ClientAuth
 from sharder.security.tls import generate_tls
 from sharder.security.tokens import ASSIGNER_RPC_ROLES, Role, credentials_doc, new_token
 from sharder.slicelet import Slicelet
-from tests.assigner.conftest import Assigner, poll
+from tests.assigner.conftest import Assigner
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow
 
@@ -205,7 +206,7 @@ async def test_a_report_never_creates_a_target(secured: Secured) -> None:
         return [t.target for t in resp.targets]
 
     # the configured target exists once the election grace is over or its first pod reported
-    assert await poll(listed, 10, "the configured target") == ["t"]
+    assert await until(listed, 10, "the configured target") == ["t"]
     pods = await _call(secured, "ops", "ListPods", assigner_pb2.ListPodsRequest())
     assert "p1" not in {p.pod.id for p in pods.pods}, "nothing was stored for the refused report"
 
@@ -229,7 +230,7 @@ async def test_tls_round_trip_with_clerk_slicelet_admin_and_audit(secured: Secur
     await clerk.start()
     try:
         await sl.wait_registered(10)
-        await poll(lambda: (a := clerk.assignment("t")) is not None and a.pod("p1") is not None, 10, "p1 via clerk")
+        await until(lambda: (a := clerk.assignment("t")) is not None and a.pod("p1") is not None, 10, "p1 via clerk")
         drained = await _call(secured, "ops", "Drain", assigner_pb2.DrainRequest(pod_id="p1"))
         assert drained.pod.state == slicing_pb2.POD_STATE_DRAINING
         hist = await _call(secured, "router", "History", assigner_pb2.HistoryRequest(target="t"))
@@ -266,12 +267,12 @@ async def test_an_open_assigner_creates_targets_from_reports_only_when_told(
             return e if e.code() != grpc.StatusCode.FAILED_PRECONDITION else None  # no leader yet: again
         return None
 
-    err = await poll(refused, 10, "the leader to answer the report")
+    err = await until(refused, 10, "the leader to answer the report")
     assert err.code() == grpc.StatusCode.NOT_FOUND and "junk" in (err.details() or "")
     assert not (await a.stub.ListTargets(assigner_pb2.ListTargetsRequest(), timeout=5)).targets
     b = start_assigner(targets_from_reports=True)
-    await poll(lambda: b.stub.Report(assigner_pb2.ReportRequest(pod=junk), timeout=5), 10, "a leader to take the report")
-    await poll(lambda: _targets(b), 10, "the reported target to be created")
+    await until(lambda: b.stub.Report(assigner_pb2.ReportRequest(pod=junk), timeout=5), 10, "a leader to take the report")
+    await until(lambda: _targets(b), 10, "the reported target to be created")
     assert await _targets(b) == ["junk"]
 
 

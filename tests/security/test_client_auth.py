@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 
-from sharder.security.client import ENV_TLS_CA, ENV_TOKEN, ENV_TOKEN_FILE, ClientAuth, add_client_auth_args
+from pydantic_settings import SettingsConfigDict
+
+from sharder.security.client import ENV_TLS_CA, ENV_TOKEN, ENV_TOKEN_FILE, ClientAuth, ClientAuthSettings
+from sharder.server_settings import ServerSettings, build_parser, parse_settings
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    add_client_auth_args(p)
-    return p.parse_args(argv)
+class _Caller(ServerSettings, ClientAuthSettings):
+    model_config = SettingsConfigDict(env_prefix="BRUNOISE_TEST_CALLER_", extra="forbid")
+
+
+def _parse(argv: list[str]) -> _Caller:
+    return parse_settings(_Caller, build_parser(_Caller, "caller", None), argv)
 
 
 def test_flags_win_over_the_environment(tmp_path: pathlib.Path) -> None:

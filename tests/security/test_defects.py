@@ -8,9 +8,10 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from brunoise.v1 import assigner_pb2, slicing_pb2
+from brunoise_api.v1 import assigner_pb2, slicing_pb2
 from sharder import codec
-from tests.assigner.conftest import Assigner, get, pod_msg, poll, report
+from tests.assigner.conftest import Assigner, get, pod_msg, report
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow
 
@@ -56,9 +57,9 @@ async def test_round_never_commits_an_assignment_failing_the_invariants(
     generation is kept and served."""
     a = start_assigner(extra=("--policy", "tests.security.bad_policy:reshard"))
     await report(a.stub, pod_msg("p0", 9000))
-    first = await poll(lambda: get(a.stub), 10, "the target's first generation")
+    first = await until(lambda: get(a.stub), 10, "the target's first generation")
     # several rounds pass (the round interval is 0.3 s): wait for the assigner to log a refused commit
-    await poll(lambda: "refusing to commit" in a.proc.log_tail(200), 10, "a refused commit in the log")
+    await until(lambda: "refusing to commit" in a.proc.log_tail(200), 10, "a refused commit in the log")
     now = await get(a.stub)
     assert now.generation == first.generation
     codec.assignment_from_proto(now)

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from brunoise.v1 import assigner_pb2
+from brunoise_api.v1 import assigner_pb2
 from sharder.clerk import Clerk
-from tests.assigner.conftest import Assigner, get, pod_msg, poll, report
+from tests.assigner.conftest import Assigner, get, pod_msg, report
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +39,7 @@ async def test_clerk_follows_an_assigner_restarted_without_its_store(
         await report(b.stub, pod_msg("new-pod", 9001))
         fresh = await get(b.stub)
         assert fresh.generation > held.generation, "a fresh store still goes forward (epoch in the high bits)"
-        got = await poll(
+        got = await until(
             lambda: (c := clerk.assignment("t")) is not None and c.pod("new-pod") is not None, 10, "the new pod"
         )
         assert got and clerk.generation("t") == fresh.generation
@@ -57,23 +58,23 @@ async def test_clerk_resyncs_when_the_assigner_goes_backwards(
     shutil.copy(snap, tmp_path / "old.json")
     # a newer generation: a second pod's registration changes the assignment
     await report(a.stub, pod_msg("p1", 9001))
-    newer = await poll(
+    newer = await until(
         lambda: _gen_above(a, old.generation), 10, "a generation above the copied snapshot's"
     )
     clerk = Clerk([a.addr], target="t", backoff_max_s=0.2, resync_after_s=1.0)
     await clerk.start()
     try:
-        await poll(lambda: clerk.generation("t") == newer.generation, 10, "the clerk at the newer generation")
+        await until(lambda: clerk.generation("t") == newer.generation, 10, "the clerk at the newer generation")
         a.kill9()
         shutil.copy(tmp_path / "old.json", snap)  # the backup that is restored is older than what routers hold
         b = start_assigner(extra=("--snapshot", str(snap), "--port", _port(a)))
         restored = await get(b.stub)
         assert restored.generation < newer.generation
         # while the clerk ignores the older generation its view is not confirmed: staleness grows
-        await poll(lambda: clerk.staleness_s("t") > 0.2, 5, "staleness above zero while behind")
-        await poll(lambda: clerk.generation("t") < newer.generation, 10, "the clerk resyncing to the restored store")
+        await until(lambda: clerk.staleness_s("t") > 0.2, 5, "staleness above zero while behind")
+        await until(lambda: clerk.generation("t") < newer.generation, 10, "the clerk resyncing to the restored store")
         assert clerk.resyncs >= 1
-        await poll(lambda: clerk.staleness_s("t") == 0.0, 5, "staleness back to zero after the resync")
+        await until(lambda: clerk.staleness_s("t") == 0.0, 5, "staleness back to zero after the resync")
     finally:
         await clerk.stop()
 
@@ -103,7 +104,7 @@ async def test_clerk_staleness_counts_while_it_rejects_invalid_generations() -> 
     bad.slices[0].load = math.inf
     clerk._accept(bad)
     assert clerk.generation("t") == 5, "the invalid generation is not installed"
-    await poll(lambda: clerk.staleness_s("t") > 0.05, 5, "staleness above zero while generations are rejected")
+    await until(lambda: clerk.staleness_s("t") > 0.05, 5, "staleness above zero while generations are rejected")
     fixed = type(good).FromString(good.SerializeToString())
     fixed.generation = 7
     clerk._accept(fixed)
@@ -119,14 +120,14 @@ async def test_a_configured_target_lost_with_the_store_comes_back_with_its_pods(
     answered 503 until the next rounds (the chaos scenario lost requests). Within the election grace the
     target now comes from its first pod's report, with that pod; after the grace a round creates it anyway."""
     a = start_assigner(targets_from_reports=False, extra=("--target", "t=m"))
-    await poll(lambda: report(a.stub, pod_msg("p0", 9000)), 10, "a leader to take p0's report")
+    await until(lambda: report(a.stub, pod_msg("p0", 9000)), 10, "a leader to take p0's report")
     hist = await a.stub.History(assigner_pb2.HistoryRequest(target="t", full=True), timeout=5)
     first = min(hist.entries, key=lambda e: e.generation).assignment
     assert [p.id for p in first.pods] == ["p0"], first.pods
     assert all(list(s.replicas) == ["p0"] for s in first.slices)
     # a configured target nobody reports for is still created once the grace (lease + round) is over
     b = start_assigner(targets_from_reports=False, extra=("--target", "idle=m"))
-    await poll(lambda: _listed(b, "idle"), 10, "the configured target to be created after the grace")
+    await until(lambda: _listed(b, "idle"), 10, "the configured target to be created after the grace")
 
 
 async def _listed(a: Assigner, target: str) -> bool:

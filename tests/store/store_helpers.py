@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
-
-import pytest
 
 from sharder.store.base import Store
 
@@ -24,17 +20,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-async def eventually(pred: Callable[[], Awaitable[bool]], timeout_s: float, what: str = "condition") -> float:
-    """Poll ``pred`` until it is true; return the seconds it took, fail after ``timeout_s``."""
-    t0 = time.monotonic()
-    while True:
-        if await pred():
-            return time.monotonic() - t0
-        if time.monotonic() - t0 > timeout_s:
-            pytest.fail(f"{what} not reached within {timeout_s}s")
-        await asyncio.sleep(0.02)
 
 
 class Backend:

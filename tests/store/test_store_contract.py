@@ -8,7 +8,8 @@ import time
 import pytest
 
 from sharder.store.base import LeaderInfo, Store, Versioned
-from tests.store.store_helpers import HISTORY_LIMIT, Backend, eventually
+from tests.store.store_helpers import HISTORY_LIMIT, Backend
+from tests.waiting import until
 
 
 def v(target: str, gen: int) -> Versioned:
@@ -85,7 +86,7 @@ async def test_watch_delivers_every_generation_in_order(backend: Backend) -> Non
     await write_gens(s, "t", 1, 1)
     got: list[Versioned] = []
     task = asyncio.create_task(collect(s.watch("t"), 12, got))
-    await eventually(lambda: _true(len(got) >= 1), 10, "current generation delivered first")
+    await until(lambda: _true(len(got) >= 1), 10, "current generation delivered first")
     assert got == [v("t", 1)]
     writer = await backend.another()
     await write_gens(writer, "t", 2, 12)  # within the watch buffer: none skipped
@@ -110,7 +111,7 @@ async def test_watch_starts_after_from_generation(backend: Backend) -> None:
     task = asyncio.create_task(collect(s.watch("t", from_generation=3), 2, got))
     await write_gens(s, "t", 4, 4)
     # 4 arrives either as the current generation or as a change, depending on when the watch got going
-    await eventually(lambda: _true(len(got) == 1), 10, "generation 4")
+    await until(lambda: _true(len(got) == 1), 10, "generation 4")
     await write_gens(s, "t", 5, 5)
     await asyncio.wait_for(task, 10)
     assert [x.generation for x in got] == [4, 5]
@@ -122,7 +123,7 @@ async def test_watch_every_target(backend: Backend) -> None:
     await write_gens(s, "b", 1, 1)
     got: list[Versioned] = []
     task = asyncio.create_task(collect(s.watch(None), 6, got))
-    await eventually(lambda: _true(len(got) >= 2), 10, "current generations delivered")
+    await until(lambda: _true(len(got) >= 2), 10, "current generations delivered")
     assert {(x.target, x.generation) for x in got} == {("a", 2), ("b", 1)}
     await write_gens(s, "b", 2, 3)
     await write_gens(s, "c", 1, 1)
@@ -157,7 +158,7 @@ async def test_watch_ends_when_store_closes(backend: Backend) -> None:
     await write_gens(s, "t", 1, 1)
     got: list[Versioned] = []
     task = asyncio.create_task(collect(s.watch("t"), 99, got))
-    await eventually(lambda: _true(len(got) == 1), 10, "first generation")
+    await until(lambda: _true(len(got) == 1), 10, "first generation")
     await s.close()
     await asyncio.wait_for(task, 10)
 
@@ -175,7 +176,9 @@ async def test_pod_lease_expires_without_refresh(backend: Backend) -> None:
     async def short_gone() -> bool:
         return "short" not in await s.list_pods()
 
-    took = await eventually(short_gone, 8, "pod lease expiry")
+    t0 = time.monotonic()
+    await until(short_gone, 8, "pod lease expiry", interval_s=0.02)
+    took = time.monotonic() - t0
     assert await s.list_pods() == {"long": b"l"}
     print(f"{backend.kind}: 1 s pod lease gone {took:.2f}s after the check started")
 
@@ -280,7 +283,7 @@ async def test_leader_crash_fails_over_within_ttl(backend: Backend) -> None:
     async def b_wins() -> bool:
         return await b.campaign(B, ttl_s=ttl)
 
-    await eventually(b_wins, ttl + 4, "the other candidate wins")
+    await until(b_wins, ttl + 4, "the other candidate wins")
     failover_s = time.monotonic() - t0
     assert b.is_leader()
     assert not a.is_leader()

@@ -11,7 +11,7 @@ import pytest
 from sharder.etcd_server import EtcdCluster
 from sharder.store.base import LeaderInfo, StoreUnavailable, Versioned
 from sharder.store.etcd import EtcdStore
-from tests.store.store_helpers import eventually
+from tests.waiting import until
 
 pytestmark = pytest.mark.etcd
 
@@ -50,7 +50,7 @@ async def test_kill_one_member_operations_continue(cluster: EtcdCluster, store: 
                 return
 
     watcher = asyncio.create_task(watch())
-    await eventually(lambda: _true(len(got) == 1), 10, "watch started")
+    await until(lambda: _true(len(got) == 1), 10, "watch started")
     # kill the raft leader: the hardest member to lose
     leader = cluster.leader_index()
     assert leader is not None
@@ -92,7 +92,7 @@ async def test_stop_all_members_unavailable_then_recovers(cluster: EtcdCluster, 
                 return
 
     watcher = asyncio.create_task(watch())
-    await eventually(lambda: _true(len(got) == 1), 10, "watch started")
+    await until(lambda: _true(len(got) == 1), 10, "watch started")
 
     cluster.stop_all()
     t_stop = time.monotonic()
@@ -100,7 +100,7 @@ async def test_stop_all_members_unavailable_then_recovers(cluster: EtcdCluster, 
     async def not_leader() -> bool:
         return not store.is_leader()
 
-    await eventually(not_leader, 2 + 1, "leadership dropped while the store is down")
+    await until(not_leader, 2 + 1, "leadership dropped while the store is down")
     lost_s = time.monotonic() - t_stop
     t0 = time.monotonic()
     assert not await store.ping()
@@ -118,7 +118,7 @@ async def test_stop_all_members_unavailable_then_recovers(cluster: EtcdCluster, 
 
     cluster.start_all()
     t0 = time.monotonic()
-    await eventually(store.ping, 15, "ping after restart")
+    await until(store.ping, 15, "ping after restart")
     recover_s = time.monotonic() - t0
     assert await store.get("t") == v(3), "data intact after a full restart"
     assert await store.get_meta("drain/p1") == b"1"
@@ -134,7 +134,7 @@ async def test_stop_all_members_unavailable_then_recovers(cluster: EtcdCluster, 
         async def someone_leads() -> bool:
             return await other.campaign(LeaderInfo("b", "127.0.0.1:8"), ttl_s=2)
 
-        await eventually(someone_leads, 10, "a new leader after the restart")
+        await until(someone_leads, 10, "a new leader after the restart")
     finally:
         await other.close()
     print(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import pathlib
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -14,6 +12,7 @@ from sharder.etcd_server import EtcdNotFound, find_etcd_binary, free_ports
 from sharder.security.tls import TlsFiles, generate_tls
 from sharder.store.base import LeaderInfo, Versioned
 from sharder.store.etcd import EtcdStore
+from tests.waiting import until
 
 pytestmark = pytest.mark.etcd
 
@@ -40,15 +39,6 @@ def tls_etcd(tmp_path: pathlib.Path) -> Iterator[tuple[str, TlsFiles]]:
         proc.stop()
 
 
-async def _pings(store: EtcdStore, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await store.ping():
-            return True
-        await asyncio.sleep(0.1)
-    return False
-
-
 async def test_etcd_store_over_tls(tls_etcd: tuple[str, TlsFiles]) -> None:
     endpoint, tls = tls_etcd
     s = EtcdStore([endpoint], prefix="/tls", ca_cert=str(tls.ca))
@@ -56,7 +46,7 @@ async def test_etcd_store_over_tls(tls_etcd: tuple[str, TlsFiles]) -> None:
     await s.start()
     await plain.start()
     try:
-        assert await _pings(s, 20), "the TLS client reaches the TLS member"
+        await until(s.ping, 20, "the TLS client to reach the TLS member", interval_s=0.1)
         assert await s.campaign(LeaderInfo("a", "127.0.0.1:1"), ttl_s=10)
         assert await s.compare_and_swap("t", 0, Versioned("t", 1, b"over-tls"))
         got = await s.get("t")

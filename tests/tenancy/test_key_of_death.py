@@ -18,9 +18,11 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
-from tests.router.conftest import ROUTER_ARGS, TARGET, Cluster, metric_value, post, routed_key, scrape, wait_for
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from sharder.promtext import metric_value
+from tests.router.conftest import ROUTER_ARGS, TARGET, Cluster, post, routed_key, scrape
 from tests.tenancy.support import chat, send_at_rate
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +40,7 @@ class PairCluster(Cluster):
                 a = stub.GetAssignment(assigner_pb2.GetAssignmentRequest(target=TARGET), timeout=5)
                 return a if set(self.runtimes) <= {p.id for p in a.pods} else None
 
-            a = wait_for(registered, 60, "every runtime registered")
+            a = wait_until(registered, 60, "every runtime registered")
             pods = sorted(self.runtimes)
             for i, sl in enumerate(a.slices):
                 pair = [pods[i % 3], pods[(i + 1) % 3]]
@@ -49,7 +51,7 @@ class PairCluster(Cluster):
                 a = stub.GetAssignment(assigner_pb2.GetAssignmentRequest(target=TARGET), timeout=5)
                 return all(len(s.replicas) == 2 for s in a.slices)
 
-            wait_for(paired, 60, "two replicas on every slice")
+            wait_until(paired, 60, "two replicas on every slice")
 
 
 @pytest.fixture(scope="module")
@@ -76,20 +78,20 @@ def test_poison_key_touches_at_most_max_replicas_pods_and_is_quarantined(pcluste
         s = cl.subset(key)
         return s if len(s) == 2 and cl.subset(key, 1) == s else None
 
-    subset: set[str] = wait_for(paired, 30, "both routers to see the key's two replicas")
+    subset: set[str] = wait_until(paired, 30, "both routers to see the key's two replicas")
     bystander = next(iter(set(cl.runtimes) - subset))
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as bg:
         others = bg.submit(
             send_at_rate, [cl.http(0), cl.http(1)], lambda i: chat("good", f"fine {i}", session=f"g{i}"), 8, 6.0
         )
-        wait_for(lambda: others.running(), 5, "the other tenant's load to start")
+        wait_until(lambda: others.running(), 5, "the other tenant's load to start")
         status, _, raw = post(cl.http(0) + "/v1/chat/completions", poison_body, poison_headers)
         assert status == 503, (status, raw[:300])
         err = json.loads(raw)["error"]
         assert err["code"] == "key_quarantined", err
         # the other router refuses it too, from the shared record (it polls the assigner), never trying a pod
-        wait_for(
+        wait_until(
             lambda: post(cl.http(1) + "/v1/chat/completions", poison_body, poison_headers)[0] == 503,
             10,
             "router1 to refuse the quarantined key",
@@ -128,6 +130,6 @@ def test_poison_key_touches_at_most_max_replicas_pods_and_is_quarantined(pcluste
     cleared = subprocess.run([*cli, "quarantine", "clear", TARGET, f"{key:016x}", "-a", cl.assigner_addr, "-o", "json"],
                              capture_output=True, text=True, timeout=60, check=True, env=env)  # fmt: skip
     assert json.loads(cleared.stdout) == {"cleared": 1}
-    wait_for(
+    wait_until(
         lambda: metric_value(scrape(cl.http(1)), "brunoise_router_quarantined_keys") == 0, 10, "routers to drop it"
     )

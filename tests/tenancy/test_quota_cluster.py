@@ -17,10 +17,11 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc
 from tests.chaos.conftest import ChaosCluster
-from tests.router.conftest import ROUTER_ARGS, post, wait_for
+from tests.router.conftest import ROUTER_ARGS, post
 from tests.tenancy.support import Sent, chat, send_at_rate
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -111,7 +112,7 @@ def test_store_down_fails_closed_after_the_allotments_and_resumes_when_it_return
     set_quota(cl, tenant, requests_per_s=RPS, allotment_s=ALLOTMENT_S, lease_ms=60_000)
     # each router draws an allotment: the first takes the full bucket, the second polls until it has refilled
     for url in cl.router_urls():
-        wait_for(lambda u=url: post(u + "/v1/chat/completions", *chat(tenant, "w"))[0] == 200, 10, "an admission")
+        wait_until(lambda u=url: post(u + "/v1/chat/completions", *chat(tenant, "w"))[0] == 200, 10, "an admission")
     held = get_quota(cl, tenant).allotments
     holding = sum(a.requests for a in held)
     assert holding > 0 and len(held) <= 2, "the routers hold at most one allotment each, with budget left"
@@ -134,7 +135,7 @@ def test_store_down_fails_closed_after_the_allotments_and_resumes_when_it_return
         check_denials(rs2, tenant)
         return bool(ok(rs2))
 
-    wait_for(admitted_again, 30, "admissions to resume once the store is back", interval_s=0.2)
+    wait_until(admitted_again, 30, "admissions to resume once the store is back", interval_s=0.2)
 
 
 def test_concurrent_limit_holds_across_both_routers(qcluster: ChaosCluster) -> None:
@@ -144,7 +145,7 @@ def test_concurrent_limit_holds_across_both_routers(qcluster: ChaosCluster) -> N
     set_quota(cl, tenant, concurrent=3, lease_ms=5_000)
     # each router takes its slots on its first request; let both hold some before the burst
     for url in cl.router_urls():
-        wait_for(lambda u=url: post(u + "/v1/chat/completions", *chat(tenant, "w"))[0] == 200, 10, "an admission")
+        wait_until(lambda u=url: post(u + "/v1/chat/completions", *chat(tenant, "w"))[0] == 200, 10, "an admission")
     # long requests (the sim decodes 200 tokens: ~1.2 s at its default speed), all sent within ~0.1 s
     rs = send_at_rate(cl.router_urls(), lambda i: chat(tenant, f"c{i}", max_tokens=200, session=f"s{i}"), 120, 0.1)
     check_denials(rs, tenant)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc
 from sharder.etcd_server import EtcdCluster
 from tests.chaos.conftest import ChaosCluster
 from tests.etcd_plugin import etcd_cluster, etcd_prefix  # noqa: F401 - fixtures

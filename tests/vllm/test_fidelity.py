@@ -22,7 +22,8 @@ import pytest
 from conftest import ROOT, START_TIMEOUT_S, VLLM_PYTHON
 
 from brunoise.launch import ManagedProcess, ProcessGroup, python_module
-from tests.router.conftest import _policy_args, wait_for
+from tests.router.conftest import _policy_args
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 
@@ -97,7 +98,7 @@ def stack(tiny_model: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) ->
                 models = {m["id"] for m in json.loads(r.read())["data"]}
             return {MODEL, EMBED_MODEL} <= models
 
-        wait_for(ready, 60, "the router to see both targets")
+        wait_until(ready, 60, "the router to see both targets")
         yield Stack(url, m.group(1))
     finally:
         group.stop_all()

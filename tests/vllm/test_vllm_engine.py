@@ -7,13 +7,14 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable
 
 import pytest
 
 from runtime.engines.base import EngineChunk, EngineError, EngineRequest, EngineUnavailable, SamplingParams
-from runtime.engines.vllm import VllmEngine, parse_metrics
+from runtime.engines.vllm import VllmEngine
 from sharder.prefix import prefix_hashes, render_chat
+from sharder.promtext import sum_by_name
+from tests.waiting import until
 
 pytestmark = [pytest.mark.vllm, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(600)]
 
@@ -30,16 +31,8 @@ async def collect(engine: VllmEngine, request: EngineRequest) -> list[EngineChun
     return [c async for c in engine.generate(request)]
 
 
-async def until(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def counters(engine: VllmEngine) -> tuple[float, float]:
-    values, _ = parse_metrics(await engine.metrics_text())
+    values = sum_by_name(await engine.metrics_text())
     return values.get("vllm:prefix_cache_queries_total", 0.0), values.get("vllm:prefix_cache_hits_total", 0.0)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from collections.abc import Callable
 
 import msgpack
 import pytest
@@ -24,6 +23,7 @@ from runtime.kv_events import (
     decode_message,
     encode_batch,
 )
+from tests.waiting import until
 
 pytestmark = pytest.mark.vllm
 
@@ -34,14 +34,6 @@ def stored(
     hashes: list[bytes | int], parent: bytes | int | None, tokens: list[int], medium: str = "GPU"
 ) -> BlockStored:
     return BlockStored(tuple(hashes), parent, tuple(tokens), BS, None, medium)
-
-
-async def until(pred: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 def test_decodes_what_vllms_own_encoder_publishes() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from brunoise.v1 import runtime_pb2, runtime_pb2_grpc, slicing_pb2
+from brunoise_api.v1 import runtime_pb2, runtime_pb2_grpc, slicing_pb2
 from runtime.engines.sim import SimConfig, SimEngine
 from runtime.grpc_service import GrpcServer, RuntimeService
 from runtime.warm import PromptLog

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from brunoise.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
 from runtime.warm import WARM_PROMPTS
-from tests.router.conftest import MODEL, ROUTER_ARGS, TARGET, TARGET_CONFIG, Cluster, post, wait_for
+from tests.router.conftest import MODEL, ROUTER_ARGS, TARGET, TARGET_CONFIG, Cluster, post
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +37,7 @@ class WarmCluster(Cluster):
         )
         with self.assigner_channel(self.assigner_addr) as ch:
             stub = assigner_pb2_grpc.AssignerStub(ch)  # type: ignore[no-untyped-call]
-            wait_for(lambda: stub.ConfigureTarget(assigner_pb2.ConfigureTargetRequest(config=cfg), timeout=5), 30,
+            wait_until(lambda: stub.ConfigureTarget(assigner_pb2.ConfigureTargetRequest(config=cfg), timeout=5), 30,
                      "ConfigureTarget")  # fmt: skip
 
     def assignment(self) -> Any:
@@ -87,7 +88,7 @@ def _run(tmp_path: pathlib.Path, warm_deadline_s: float) -> dict[str, Any]:
         c.start_runtime("pod0", "eu").wait_ready(60)
         c.add_router(c.router_args, wait=False).wait_ready(60)
         c.wait_router(c.routers[0], pods=1)
-        wait_for(lambda: all(s.replicas for s in c.assignment().slices), 30, "pod0 holds the slice")
+        wait_until(lambda: all(s.replicas for s in c.assignment().slices), 30, "pod0 holds the slice")
         sessions = [f"old-{i}" for i in range(6)]
         for turn in range(2):
             for s in sessions:
@@ -95,15 +96,15 @@ def _run(tmp_path: pathlib.Path, warm_deadline_s: float) -> dict[str, Any]:
                                   _headers(s))  # fmt: skip
                 assert st == 200 and hdr["x-brunoise-pod"] == "pod0"
         c.start_runtime("pod1", "eu").wait_ready(60)
-        wait_for(lambda: "pod1" in {p.id for p in c.assignment().pods}, 30, "pod1 registered")
+        wait_until(lambda: "pod1" in {p.id for p in c.assignment().pods}, 30, "pod1 registered")
         t_pin = time.monotonic()
         c.pin(["pod0", "pod1"])
-        marked = wait_for(lambda: [s for s in c.assignment().slices if "pod1" in s.replicas], 30, "pod1 a replica")
+        marked = wait_until(lambda: [s for s in c.assignment().slices if "pod1" in s.replicas], 30, "pod1 a replica")
         out: dict[str, Any] = {"marked_at_once": list(marked[0].warming)}
         pod1 = c.pod_http("pod1")
         if warm_deadline_s > 0:
-            wait_for(lambda: _metric(pod1, "brunoise_runtime_warmup_completed_total") >= 1, 30, "pod1 warmed")
-            wait_for(lambda: not any(s.warming for s in c.assignment().slices), 30, "the warming mark cleared")
+            wait_until(lambda: _metric(pod1, "brunoise_runtime_warmup_completed_total") >= 1, 30, "pod1 warmed")
+            wait_until(lambda: not any(s.warming for s in c.assignment().slices), 30, "the warming mark cleared")
             out["cleared_after_s"] = time.monotonic() - t_pin
             out["warm_requests"] = _metric(pod1, "brunoise_runtime_warmup_requests_total")
             out["donor_served"] = _metric(c.pod_http("pod0"), "brunoise_runtime_warmup_prompts_served_total")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from brunoise.v1 import slicing_pb2
+from brunoise_api.v1 import slicing_pb2
 from sharder import codec
 from sharder.assignment import Assignment, SliceAssignment, check_invariants, initial_assignment
 from sharder.config import TargetConfig

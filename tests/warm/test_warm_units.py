@@ -9,7 +9,7 @@ import pytest
 from axon_router.knobs import Knobs
 from axon_router.pod_view import PodView
 from axon_router.targets import new_session_replicas
-from brunoise.v1 import runtime_pb2, slicing_pb2
+from brunoise_api.v1 import runtime_pb2, slicing_pb2
 from runtime.warm import PromptLog, hot_prompts_response
 from sharder.assignment import SliceAssignment
 from sharder.keyspace import Slice

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from brunoise.v1 import inference_pb2 as brunoise_dot_v1_dot_inference__pb2
+from brunoise_api.v1 import inference_pb2 as brunoise__api_dot_v1_dot_inference__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in brunoise/v1/router_pb2_grpc.py depends on'
+        + ' but the generated code in brunoise_api/v1/router_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,8 +36,8 @@ class RouterStub:
         """
         self.Generate = channel.unary_stream(
                 '/brunoise.v1.Router/Generate',
-                request_serializer=brunoise_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
-                response_deserializer=brunoise_dot_v1_dot_inference__pb2.GenerateChunk.FromString,
+                request_serializer=brunoise__api_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=brunoise__api_dot_v1_dot_inference__pb2.GenerateChunk.FromString,
                 _registered_method=True)
 
 
@@ -55,8 +55,8 @@ def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Generate': grpc.unary_stream_rpc_method_handler(
                     servicer.Generate,
-                    request_deserializer=brunoise_dot_v1_dot_inference__pb2.GenerateRequest.FromString,
-                    response_serializer=brunoise_dot_v1_dot_inference__pb2.GenerateChunk.SerializeToString,
+                    request_deserializer=brunoise__api_dot_v1_dot_inference__pb2.GenerateRequest.FromString,
+                    response_serializer=brunoise__api_dot_v1_dot_inference__pb2.GenerateChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -84,8 +84,8 @@ class Router:
             request,
             target,
             '/brunoise.v1.Router/Generate',
-            brunoise_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
-            brunoise_dot_v1_dot_inference__pb2.GenerateChunk.FromString,
+            brunoise__api_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
+            brunoise__api_dot_v1_dot_inference__pb2.GenerateChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,5 +1,5 @@
-from brunoise.v1 import inference_pb2 as _inference_pb2
-from brunoise.v1 import slicing_pb2 as _slicing_pb2
+from brunoise_api.v1 import inference_pb2 as _inference_pb2
+from brunoise_api.v1 import slicing_pb2 as _slicing_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message

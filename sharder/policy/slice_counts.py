@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from sharder.policy.merge import join, mergeable
+from sharder.policy.round_state import Rec, RoundState
 from sharder.policy.split import cut, median_point
-from sharder.policy.state import Rec, RoundState
 
 MAX_BAND_SPLITS_PER_POD = 64
 

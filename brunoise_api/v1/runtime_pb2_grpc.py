@@ -3,8 +3,8 @@
 import grpc
 import warnings
 
-from brunoise.v1 import inference_pb2 as brunoise_dot_v1_dot_inference__pb2
-from brunoise.v1 import runtime_pb2 as brunoise_dot_v1_dot_runtime__pb2
+from brunoise_api.v1 import inference_pb2 as brunoise__api_dot_v1_dot_inference__pb2
+from brunoise_api.v1 import runtime_pb2 as brunoise__api_dot_v1_dot_runtime__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -19,7 +19,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in brunoise/v1/runtime_pb2_grpc.py depends on'
+        + ' but the generated code in brunoise_api/v1/runtime_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,18 +37,18 @@ class RuntimeStub:
         """
         self.Generate = channel.unary_stream(
                 '/brunoise.v1.Runtime/Generate',
-                request_serializer=brunoise_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
-                response_deserializer=brunoise_dot_v1_dot_inference__pb2.GenerateChunk.FromString,
+                request_serializer=brunoise__api_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=brunoise__api_dot_v1_dot_inference__pb2.GenerateChunk.FromString,
                 _registered_method=True)
         self.GetLoad = channel.unary_unary(
                 '/brunoise.v1.Runtime/GetLoad',
-                request_serializer=brunoise_dot_v1_dot_runtime__pb2.GetLoadRequest.SerializeToString,
-                response_deserializer=brunoise_dot_v1_dot_runtime__pb2.GetLoadResponse.FromString,
+                request_serializer=brunoise__api_dot_v1_dot_runtime__pb2.GetLoadRequest.SerializeToString,
+                response_deserializer=brunoise__api_dot_v1_dot_runtime__pb2.GetLoadResponse.FromString,
                 _registered_method=True)
         self.HotPrompts = channel.unary_unary(
                 '/brunoise.v1.Runtime/HotPrompts',
-                request_serializer=brunoise_dot_v1_dot_runtime__pb2.HotPromptsRequest.SerializeToString,
-                response_deserializer=brunoise_dot_v1_dot_runtime__pb2.HotPromptsResponse.FromString,
+                request_serializer=brunoise__api_dot_v1_dot_runtime__pb2.HotPromptsRequest.SerializeToString,
+                response_deserializer=brunoise__api_dot_v1_dot_runtime__pb2.HotPromptsResponse.FromString,
                 _registered_method=True)
 
 
@@ -79,18 +79,18 @@ def add_RuntimeServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Generate': grpc.unary_stream_rpc_method_handler(
                     servicer.Generate,
-                    request_deserializer=brunoise_dot_v1_dot_inference__pb2.GenerateRequest.FromString,
-                    response_serializer=brunoise_dot_v1_dot_inference__pb2.GenerateChunk.SerializeToString,
+                    request_deserializer=brunoise__api_dot_v1_dot_inference__pb2.GenerateRequest.FromString,
+                    response_serializer=brunoise__api_dot_v1_dot_inference__pb2.GenerateChunk.SerializeToString,
             ),
             'GetLoad': grpc.unary_unary_rpc_method_handler(
                     servicer.GetLoad,
-                    request_deserializer=brunoise_dot_v1_dot_runtime__pb2.GetLoadRequest.FromString,
-                    response_serializer=brunoise_dot_v1_dot_runtime__pb2.GetLoadResponse.SerializeToString,
+                    request_deserializer=brunoise__api_dot_v1_dot_runtime__pb2.GetLoadRequest.FromString,
+                    response_serializer=brunoise__api_dot_v1_dot_runtime__pb2.GetLoadResponse.SerializeToString,
             ),
             'HotPrompts': grpc.unary_unary_rpc_method_handler(
                     servicer.HotPrompts,
-                    request_deserializer=brunoise_dot_v1_dot_runtime__pb2.HotPromptsRequest.FromString,
-                    response_serializer=brunoise_dot_v1_dot_runtime__pb2.HotPromptsResponse.SerializeToString,
+                    request_deserializer=brunoise__api_dot_v1_dot_runtime__pb2.HotPromptsRequest.FromString,
+                    response_serializer=brunoise__api_dot_v1_dot_runtime__pb2.HotPromptsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -118,8 +118,8 @@ class Runtime:
             request,
             target,
             '/brunoise.v1.Runtime/Generate',
-            brunoise_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
-            brunoise_dot_v1_dot_inference__pb2.GenerateChunk.FromString,
+            brunoise__api_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
+            brunoise__api_dot_v1_dot_inference__pb2.GenerateChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -145,8 +145,8 @@ class Runtime:
             request,
             target,
             '/brunoise.v1.Runtime/GetLoad',
-            brunoise_dot_v1_dot_runtime__pb2.GetLoadRequest.SerializeToString,
-            brunoise_dot_v1_dot_runtime__pb2.GetLoadResponse.FromString,
+            brunoise__api_dot_v1_dot_runtime__pb2.GetLoadRequest.SerializeToString,
+            brunoise__api_dot_v1_dot_runtime__pb2.GetLoadResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -172,8 +172,8 @@ class Runtime:
             request,
             target,
             '/brunoise.v1.Runtime/HotPrompts',
-            brunoise_dot_v1_dot_runtime__pb2.HotPromptsRequest.SerializeToString,
-            brunoise_dot_v1_dot_runtime__pb2.HotPromptsResponse.FromString,
+            brunoise__api_dot_v1_dot_runtime__pb2.HotPromptsRequest.SerializeToString,
+            brunoise__api_dot_v1_dot_runtime__pb2.HotPromptsResponse.FromString,
             options,
             channel_credentials,
             insecure,
