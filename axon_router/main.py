@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -55,6 +56,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--wait-ready-s", type=float, default=0.0, help="wait up to this long for the first assignment before serving"
     )
+    p.add_argument(
+        "--workers", type=int, default=1,
+        help="router processes sharing --http-port and --grpc-port (SO_REUSEPORT), each with its own clerk, "
+        "pod views and metrics; they pick alike for the same assignment generation and pod views",
+    )  # fmt: skip
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # a worker of --workers N
     p.add_argument("--log-level", default=None, help="log level (default: $BRUNOISE_LOG_LEVEL, else INFO)")
     p.add_argument("--otel-console", action="store_true", help="export spans to stdout")
     p.add_argument(
@@ -141,10 +148,10 @@ async def serve(ns: argparse.Namespace) -> None:
     http = OpenAIFrontend(router, api_keys, readiness)
     runner = http.runner(shutdown_timeout=ns.drain_timeout_s)
     await runner.setup()
-    site = web.TCPSite(runner, ns.host, ns.http_port, backlog=1024)
+    site = web.TCPSite(runner, ns.host, ns.http_port, backlog=1024, reuse_port=ns.reuse_port or None)
     await site.start()
     http_port = runner.addresses[0][1]
-    gserver, gport, hs = build_server(router, ns.host, ns.grpc_port, api_keys)
+    gserver, gport, hs = build_server(router, ns.host, ns.grpc_port, api_keys, reuse_port=ns.reuse_port)
     await gserver.start()
     readiness.start_health_sync(hs, (GRPC_SERVICE,))
     adv = advertise_host(ns.host, ns.advertise_host)
@@ -186,6 +193,14 @@ async def serve(ns: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     ns = parse_args(argv)
+    if ns.workers < 1:
+        raise SystemExit("brunoise-router: --workers must be at least 1")
+    if ns.workers > 1:
+        from axon_router.workers import supervise
+
+        load_api_keys(ns)  # refuse an open non-loopback router before anything starts
+        args = list(sys.argv[1:] if argv is None else argv)
+        raise SystemExit(supervise(args, ns.workers, ns.host, ns.http_port, ns.grpc_port, ns.ready_file))
     setup_logging(ns.log_level)
     setup_tracing(console=ns.otel_console, sample_ratio=ns.knob_trace_sample_ratio)
     try:  # optional: a faster event loop when installed
