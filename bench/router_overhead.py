@@ -82,8 +82,9 @@ async def run_conc(url: str, n: int, conc: int, body: bytes, headers: dict[str, 
 
 
 def start_router(g: ProcessGroup, name: str, assigner: str, workers: int, logs: pathlib.Path) -> ManagedProcess:
+    # one pod takes every request: admission must not shed at 64 in flight (the peers have no such limit)
     argv = python_module("axon_router.main", "--assigner", assigner, "--http-port", "0", "--grpc-port", "0",
-                         "--log-level", "warning", "--workers", str(workers))  # fmt: skip
+                         "--log-level", "warning", "--workers", str(workers), "--admit-max-outstanding", "4096")  # fmt: skip
     return g.add(ManagedProcess(name, argv, log_dir=logs).start())
 
 
