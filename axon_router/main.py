@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -104,10 +105,10 @@ async def serve(ns: RouterServerSettings) -> None:
     http = OpenAIFrontend(router, api_keys, readiness)
     runner = http.runner(shutdown_timeout=ns.drain_timeout_s)
     await runner.setup()
-    site = web.TCPSite(runner, ns.host, ns.http_port, backlog=1024)
+    site = web.TCPSite(runner, ns.host, ns.http_port, backlog=1024, reuse_port=ns.reuse_port or None)
     await site.start()
     http_port = runner.addresses[0][1]
-    gserver, gport, hs = build_server(router, ns.host, ns.grpc_port, api_keys)
+    gserver, gport, hs = build_server(router, ns.host, ns.grpc_port, api_keys, reuse_port=ns.reuse_port)
     await gserver.start()
     readiness.start_health_sync(hs, (GRPC_SERVICE,))
     adv = advertise_host(ns.host, ns.advertise_host)
@@ -152,6 +153,14 @@ async def serve(ns: RouterServerSettings) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     ns = parse_args(argv)
+    if ns.workers < 1:
+        raise SystemExit("brunoise-router: --workers must be at least 1")
+    if ns.workers > 1:
+        from axon_router.workers import supervise
+
+        load_api_keys(ns)  # refuse an open non-loopback router before anything starts
+        args = list(sys.argv[1:] if argv is None else argv)
+        raise SystemExit(supervise(args, ns.workers, ns.host, ns.http_port, ns.grpc_port, ns.ready_file))
     setup_logging(ns.log_level)
     setup_tracing(console=ns.otel_console, sample_ratio=knobs_of(ns).trace_sample_ratio)
     try:  # optional: a faster event loop when installed

@@ -36,6 +36,13 @@ class RouterServerSettings(ServerSettings, ClientAuthSettings):
     grpc_port: int = Field(50061, description="gRPC port (0: any free port)")
     ready_file: str | None = Field(None, description='write {"http": URL, "grpc": ADDR} here once serving')
     wait_ready_s: float = Field(0.0, ge=0, description="wait up to this long for the first assignment before serving")
+    workers: int = Field(
+        1, ge=1, description="router processes sharing --http-port and --grpc-port (SO_REUSEPORT), each with its own "
+        "clerk, pod views and metrics; they pick alike for the same assignment generation and pod views",
+    )  # fmt: skip
+    reuse_port: bool = Field(
+        False, description="internal: this process is one worker of --workers N (binds with SO_REUSEPORT)"
+    )
     log_level: str | None = Field(None, description="log level (default: $BRUNOISE_LOG_LEVEL, else INFO)")
     otel_console: bool = Field(False, description="export spans to stdout")
     api_keys_file: str | None = Field(

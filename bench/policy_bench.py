@@ -191,14 +191,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{'pods':>5} {'slices':>7} | {'round1 s':>8} {'median s':>8} {'max s':>7} | "
         f"{'imb r1':>6} {'imb end':>7} {'floor':>6} | {'churn avg':>9} {'churn end':>9} | {'slices end':>10}"
     )
+    verdicts: list[str] = []
     for size in args.sizes.split(","):
         p, s = (int(x) for x in size.lower().split("x"))
         r = run(p, s, args.rounds, args.seed, args.min_replicas, args.zipf, args.calm, args.replica_true_load)
+        goal = TARGETS_S.get((p, s))
+        if goal is not None:
+            m = r["median_s"]
+            verdicts.append(
+                f"{p} x {s}: median {m:.3f} s, target <= {goal:g} s: "
+                + ("met" if m <= goal else f"MISSED by {m - goal:.3f} s ({m / goal - 1:.0%})")
+            )
         print(
             f"{p:>5} {s:>7} | {r['first_s']:>8.3f} {r['median_s']:>8.3f} {r['max_s']:>7.3f} | "
             f"{r['imb_first']:>6.3f} {r['imb_last']:>7.3f} {r['floor']:>6.2f} | {r['churn_mean']:>9.4f} {r['churn_last']:>9.4f} | "
             f"{int(r['slices']):>10}"
         )
+    for v in verdicts:
+        print(v)
+
+
+#: Issue 15's targets for the median round (CPU seconds, one core).
+TARGETS_S = {(1000, 50000): 0.3, (5000, 250000): 5.0}
 
 
 if __name__ == "__main__":

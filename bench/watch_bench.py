@@ -25,21 +25,50 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import Message
 
 from brunoise.launch import ManagedProcess, python_module
 from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from sharder.clerk import CHANNEL_OPTIONS
 from sharder.codec import apply_diff_message as apply_diff
 
 ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def _envelope_class() -> type[Message]:
+    """A WatchResponse that declares only generation and created_unix_ms of either update: parsing it skips
+    the slices in C (kept as unknown bytes), so 100 watchers in this one process cost what 100 routers'
+    envelopes would, not 100 full parses (each router parses its own in its own process)."""
+    fdp = descriptor_pb2.FileDescriptorProto(name="bench_watch_envelope.proto", package="bench", syntax="proto3")
+    u64, i64, msg_t = (descriptor_pb2.FieldDescriptorProto.TYPE_UINT64, descriptor_pb2.FieldDescriptorProto.TYPE_INT64,
+                       descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE)  # fmt: skip
+    opt = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
+    full = fdp.message_type.add(name="Full")  # slicing.Assignment: generation = 2, created_unix_ms = 8
+    full.field.add(name="generation", number=2, type=u64, label=opt)
+    full.field.add(name="created_unix_ms", number=8, type=i64, label=opt)
+    diff = fdp.message_type.add(name="Diff")  # slicing.AssignmentDiff: to_generation = 3, created_unix_ms = 10
+    diff.field.add(name="to_generation", number=3, type=u64, label=opt)
+    diff.field.add(name="created_unix_ms", number=10, type=i64, label=opt)
+    env = fdp.message_type.add(name="Envelope")  # assigner.WatchResponse: assignment = 1, diff = 2
+    env.field.add(name="assignment", number=1, type=msg_t, type_name=".bench.Full", label=opt)
+    env.field.add(name="diff", number=2, type=msg_t, type_name=".bench.Diff", label=opt)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("bench.Envelope"))
+
+
+Envelope = _envelope_class()
 
 
 class Watcher:
     """One Watch stream; records (generation, latency_ms, bytes) for every message.
 
     The arrival time is taken on the raw bytes; a watcher then parses only the envelope (generation and
-    timestamp). ``validate`` watchers also rebuild the full assignment from diffs and check it, as a clerk
-    would: only a few do, so that one bench process does not pay 100 routers' worth of parsing and the
-    figures show the assigner's delivery, not this process's CPU."""
+    timestamp). ``validate`` watchers also keep every raw message and, after the case, rebuild the full
+    assignment from them as a clerk would and check it: only a few do, and only afterwards, so that one bench
+    process does not pay 100 routers' worth of parsing while it measures and the figures show the
+    assigner's delivery, not this process's CPU."""
 
     def __init__(self, addr: str, diffs: bool, validate: bool = False) -> None:
         self.addr = addr
@@ -47,10 +76,10 @@ class Watcher:
         self.validate = validate
         self.generation = 0
         self.samples: list[tuple[int, float, int]] = []
+        self.raw: list[bytes] = []
         self.changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._channel = grpc.aio.insecure_channel(addr)
-        self._base: slicing_pb2.Assignment | None = None
+        self._channel = grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)  # as a clerk connects
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -64,19 +93,29 @@ class Watcher:
         call = watch(assigner_pb2.WatchRequest(target="bench", diffs=self.diffs))
         async for raw in call:
             now_ms = time.time() * 1000
-            msg = assigner_pb2.WatchResponse.FromString(raw)
-            if msg.WhichOneof("update") == "diff":
-                gen, created = msg.diff.to_generation, msg.diff.created_unix_ms
-                if self.validate:
-                    assert self._base is not None
-                    self._base = apply_diff(self._base, msg.diff)
+            env = Envelope.FromString(raw)
+            if env.HasField("diff"):
+                gen, created = env.diff.to_generation, env.diff.created_unix_ms
             else:
-                gen, created = msg.assignment.generation, msg.assignment.created_unix_ms
-                if self.validate:
-                    self._base = msg.assignment
+                gen, created = env.assignment.generation, env.assignment.created_unix_ms
+            if self.validate:
+                self.raw.append(raw)
             self.generation = gen
             self.samples.append((gen, now_ms - created, len(raw)))
             self.changed.set()
+
+    def rebuilt(self) -> slicing_pb2.Assignment:
+        """The assignment a clerk would hold after every message this watcher got."""
+        base: slicing_pb2.Assignment | None = None
+        for raw in self.raw:
+            msg = assigner_pb2.WatchResponse.FromString(raw)
+            if msg.WhichOneof("update") == "diff":
+                assert base is not None, "a diff before any full assignment"
+                base = apply_diff(base, msg.diff)
+            else:
+                base = msg.assignment
+        assert base is not None, "no message"
+        return base
 
     async def wait_for(self, generation: int, timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -109,7 +148,7 @@ def start_assigner(name: str, store_args: Sequence[str], log_dir: Path) -> Manag
 
 
 async def run_case(
-    leader_addr: str, watch_addr: str, *, watchers: int, commits: int, diffs: bool, slices: int
+    leader_addr: str, watch_addr: str, *, watchers: int, commits: int, diffs: bool, slices: int, pods: int
 ) -> dict[str, float]:
     async with grpc.aio.insecure_channel(leader_addr) as ch:
         stub = assigner_pb2_grpc.AssignerStub(ch)  # type: ignore[no-untyped-call]
@@ -117,13 +156,17 @@ async def run_case(
             try:
                 await stub.ConfigureTarget(
                     assigner_pb2.ConfigureTargetRequest(
-                        config=slicing_pb2.TargetConfig(target="bench", initial_slices=slices, model="m")
+                        # no cold merging and a band wide enough: the assignment keeps all its slices
+                        config=slicing_pb2.TargetConfig(
+                            target="bench", initial_slices=slices, model="m", merge_threshold=0,
+                            max_slices_per_pod=max(1000, slices),
+                        )
                     )
                 )
                 break
             except grpc.aio.AioRpcError:
                 await asyncio.sleep(0.05)
-        for i in range(3):
+        for i in range(pods):
             pod = slicing_pb2.Pod(id=f"b{i}", address=f"127.0.0.1:{7000 + i}", target="bench", labels={"model": "m"})
             await stub.Report(assigner_pb2.ReportRequest(pod=pod, lease_ttl_ms=600_000))
         ws = [Watcher(watch_addr, diffs, validate=i < 2) for i in range(watchers)]
@@ -137,7 +180,7 @@ async def run_case(
         t0 = time.monotonic()
         for i in range(commits):
             if i % 2 == 0:
-                ov = slicing_pb2.Override(id="bench", move=slicing_pb2.MoveOverride(key=(i * 7919) << 40, pods=["b1"]))
+                ov = slicing_pb2.Override(id="bench", move=slicing_pb2.MoveOverride(key=(i * 7919) << 40, pods=["b1", "b2"]))
                 resp = await stub.SetOverride(assigner_pb2.SetOverrideRequest(target="bench", override=ov))
                 gen = resp.assignment.generation
             else:
@@ -148,11 +191,17 @@ async def run_case(
         elapsed = time.monotonic() - t0
         final = await stub.GetAssignment(assigner_pb2.GetAssignmentRequest(target="bench"))
         for w in ws[:2]:  # the validating watchers rebuilt exactly the stored assignment
-            assert w._base is not None and w._base.generation == final.generation
-            assert [(x.slice.lo, list(x.replicas)) for x in w._base.slices] == [
+            base = w.rebuilt()
+            assert base.generation == final.generation
+            assert [(x.slice.lo, list(x.replicas)) for x in base.slices] == [
                 (x.slice.lo, list(x.replicas)) for x in final.slices
             ], "a watcher's rebuilt assignment differs from the stored one"
         lat = sorted(ms for w in ws for g, ms, _ in w.samples if g in gens)
+        first: dict[int, float] = {}  # per generation, the earliest delivery: store write + publish, no fan-out
+        for w in ws:
+            for g, ms, _ in w.samples:
+                if g in gens:
+                    first[g] = min(first.get(g, ms), ms)
         sizes = [b for w in ws for g, _, b in w.samples if g in gens]
         for w in ws:
             await w.stop()
@@ -160,10 +209,13 @@ async def run_case(
     return {
         "n": len(lat),
         "p50": statistics.median(lat),
+        "first": statistics.median(first.values()),
         "p99": q[98],
         "max": lat[-1],
         "bytes": statistics.mean(sizes),
         "commits_s": commits / elapsed,
+        "slices": len(final.slices),
+        "stored": final.ByteSize(),
     }
 
 
@@ -196,7 +248,7 @@ async def bench(args: argparse.Namespace) -> list[tuple[str, dict[str, float]]]:
                     for where, addr in targets:
                         stats = await run_case(
                             leader.addresses["grpc"], addr, watchers=args.watchers, commits=args.commits,
-                            diffs=mode == "diffs", slices=slices,
+                            diffs=mode == "diffs", slices=slices, pods=args.pods,
                         )
                         rows.append((f"{backend:<8} {where:<8} {slices:>6} {mode:<5}", stats))
                         print_row(rows[-1])
@@ -211,13 +263,17 @@ async def bench(args: argparse.Namespace) -> list[tuple[str, dict[str, float]]]:
     return rows
 
 
-HEADER = f"{'backend':<8} {'watched':<8} {'slices':>6} {'mode':<5} {'deliveries':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'bytes/msg':>10} {'commits/s':>9}"
+HEADER = (
+    f"{'backend':<8} {'watched':<8} {'slices':>6} {'mode':<5} {'deliveries':>10} {'p50 ms':>8} {'p99 ms':>8} "
+    f"{'max ms':>8} {'first ms':>8} {'bytes/msg':>10} {'commits/s':>9} {'held':>6} {'stored B':>9}"
+)
 
 
 def print_row(row: tuple[str, dict[str, float]]) -> None:
     name, s = row
     print(
-        f"{name} {int(s['n']):>10} {s['p50']:>8.1f} {s['p99']:>8.1f} {s['max']:>8.1f} {s['bytes']:>10.0f} {s['commits_s']:>9.1f}",
+        f"{name} {int(s['n']):>10} {s['p50']:>8.1f} {s['p99']:>8.1f} {s['max']:>8.1f} {s['first']:>8.1f} {s['bytes']:>10.0f} "
+        f"{s['commits_s']:>9.1f} {int(s['slices']):>6} {int(s['stored']):>9}",
         flush=True,
     )
 
@@ -229,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--backends", type=lambda s: s.split(","), default=["embedded", "etcd"])
     p.add_argument("--modes", type=lambda s: s.split(","), default=["full", "diffs"])
     p.add_argument("--slices", type=lambda s: [int(x) for x in s.split(",")], default=[64, 1024])
+    p.add_argument("--pods", type=int, default=3, help="registered pods (each in the assignment)")
     p.add_argument("--no-follower", dest="follower", action="store_false", help="etcd: skip watchers on a follower")
     args = p.parse_args(argv)
     print(HEADER, flush=True)

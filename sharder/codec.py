@@ -462,27 +462,45 @@ __all__ = [
 
 
 # ------------------------------------------------------------------ diffs on the wire messages (Watch)
-def _slice_sig(s: pb.SliceAssignment) -> bytes:
-    return s.SerializeToString(deterministic=True)
+def _upserts(old: pb.Assignment, new: pb.Assignment) -> tuple[list[pb.SliceAssignment], list[int]]:
+    """The slices of ``new`` that are new or changed against ``old`` (by lo), and the los ``new`` no longer has.
+    Slices compare as messages (in C). When the boundaries did not change (the common case: no split or merge)
+    the two lists are walked in step, without building an index."""
+    olds, news = old.slices, new.slices
+    if len(olds) == len(news):
+        ups: list[pb.SliceAssignment] = []
+        for o, s in zip(olds, news, strict=True):
+            if o != s:
+                if o.slice != s.slice:  # a boundary moved: index by lo below
+                    break
+                ups.append(s)
+        else:
+            return ups, []
+    old_by_lo = {s.slice.lo: s for s in olds}
+    new_los = set()
+    ups = []
+    for s in news:
+        lo = s.slice.lo
+        new_los.add(lo)
+        was = old_by_lo.get(lo)
+        if was is None or was != s:
+            ups.append(s)
+    return ups, sorted(lo for lo in old_by_lo if lo not in new_los)
 
 
 def diff_message(old: pb.Assignment, new: pb.Assignment) -> pb.AssignmentDiff:
     """The AssignmentDiff message that turns ``old`` into ``new`` (slices keyed by lo), computed on the wire
     messages so the assigner encodes each generation once for every watcher (``sharder.assignment.diff`` is
     the same on the dataclasses)."""
-    old_by_lo = {s.slice.lo: _slice_sig(s) for s in old.slices}
-    new_los = set()
     d = pb.AssignmentDiff(
         target=new.target,
         from_generation=old.generation,
         to_generation=new.generation,
         created_unix_ms=new.created_unix_ms,
     )
-    for s in new.slices:
-        new_los.add(s.slice.lo)
-        if old_by_lo.get(s.slice.lo) != _slice_sig(s):
-            d.upserts.append(s)
-    d.removed_los.extend(sorted(lo for lo in old_by_lo if lo not in new_los))
+    ups, removed = _upserts(old, new)
+    d.upserts.extend(ups)
+    d.removed_los.extend(removed)
     d.pods.extend(new.pods)
     d.config.CopyFrom(new.config)
     d.overrides.extend(new.overrides)

@@ -173,11 +173,12 @@ class RouterService:
 
 
 def build_server(
-    router: Router, host: str, port: int, api_keys: ApiKeys | None = None
+    router: Router, host: str, port: int, api_keys: ApiKeys | None = None, *, reuse_port: bool = False
 ) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
     """The gRPC server with Router (API keys as ``authorization: Bearer KEY`` metadata when given), health
-    ("" and the Router service, mirroring ``/ready``) and reflection."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    ("" and the Router service, mirroring ``/ready``) and reflection. ``reuse_port``: share the port with the
+    other workers of ``--workers N`` (otherwise a second router on the port fails to bind, as it should)."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
     svc = RouterService(router, api_keys)
     generate = grpc.unary_stream_rpc_method_handler(
         svc.Generate, request_deserializer=None, response_serializer=inference_pb2.GenerateChunk.SerializeToString

@@ -143,4 +143,10 @@ def run_one(spec: FleetSpec, source: Source, progress: bool = False) -> dict[str
                 flush=True,
             )
 
-    return Fleet(spec, source, cb).run().summary
+    summary = Fleet(spec, source, cb).run().summary
+    if progress:
+        print(
+            f"  done: {summary.get('virtual_s', 0):.0f} s of virtual time, cpu {time.process_time() - cpu0:.0f} s",
+            file=sys.stderr, flush=True,
+        )  # fmt: skip
+    return summary

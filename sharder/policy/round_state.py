@@ -294,6 +294,17 @@ def true_shares(rec: Rec) -> dict[str, float] | None:
     reps = rec.replicas
     if not served:
         return None
+    if len(reps) == 2:  # the common case (two replicas, min_replicas' default), without the general loops
+        a, b = reps
+        va, vb = served.get(a), served.get(b)
+        if va is not None and vb is not None:
+            load = rec.load
+            told = 0 + va + vb  # the same additions, in the same order, as sum() below
+            if told > load:
+                scale = load / told if told > 0 else 0.0
+                return {a: va * scale, b: vb * scale}
+            each = max(0.0, load - told) / 2
+            return {a: va + each, b: vb + each}
     got = [served.get(p) for p in reps]
     missing = sum(1 for v in got if v is None)
     if missing == len(reps):

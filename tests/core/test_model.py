@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import assignments, keys
 
+from sharder import codec
 from sharder.assignment import (
     Assignment,
     SliceAssignment,
@@ -262,6 +263,11 @@ def test_diff_apply_round_trip(ap: tuple[Assignment, list[Pod]], data: st.DataOb
     d = diff(a, b)
     assert apply_diff(a, d) == b
     assert len(d.upserts) <= len(b.slices)
+    wa, wb = codec.assignment_to_proto(a), codec.assignment_to_proto(b)  # the wire diff Watch sends agrees
+    wd = codec.diff_message(wa, wb)
+    assert codec.apply_diff_message(wa, wd) == wb
+    assert [s.slice.lo for s in wd.upserts] == [s.slice.lo for s in d.upserts]
+    assert list(wd.removed_los) == list(d.removed_los)
     if a.same_placement(b) and all(x.load == y.load for x, y in zip(a.slices, b.slices, strict=True)):
         assert d.upserts == () and d.removed_los == ()
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
 import time
 
 import pytest
@@ -93,6 +95,29 @@ async def test_watch_delivers_every_generation_in_order(backend: Backend) -> Non
     await asyncio.wait_for(task, 10)
     assert [x.generation for x in got] == list(range(1, 13))
     assert got[-1] == v("t", 12)
+
+
+async def test_assignments_past_the_etcd_request_limit(backend: Backend) -> None:
+    """A fleet-size assignment (megabytes: etcd takes at most 1.5 MiB per request by default) is written, read,
+    watched and kept in history like a small one: incompressible and compressible alike."""
+    s = backend.store
+    rng = random.Random(15)
+    big = [
+        Versioned("t", g, rng.randbytes(3 << 20) if g % 2 else b"slice-%08d;" * (300_000 + g))
+        for g in range(1, HISTORY_LIMIT + 4)
+    ]
+    got: list[Versioned] = []
+    task = asyncio.create_task(collect(s.watch("t"), len(big), got))
+    assert await s.compare_and_swap("t", 0, big[0])
+    await until(lambda: _true(len(got) >= 1), 10, "the first big generation watched")
+    writer = await backend.another()
+    for prev, new in itertools.pairwise(big):
+        assert await writer.compare_and_swap("t", prev.generation, new), f"CAS of {len(new.data)} bytes"
+    await asyncio.wait_for(task, 30)
+    assert got == big
+    assert await s.get("t") == big[-1]
+    assert await s.history("t") == big[::-1][:HISTORY_LIMIT]
+    assert not await s.compare_and_swap("t", big[-2].generation, Versioned("t", 99, b"x")), "a stale CAS conflicts"
 
 
 async def _true(x: bool) -> bool:
