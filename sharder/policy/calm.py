@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from sharder.policy.memory import PolicyMemory
 from sharder.policy.round_state import Rec, RoundState
 
@@ -30,7 +32,10 @@ def gate(state: RoundState, memory: PolicyMemory) -> tuple[int, bool]:
         state.balance_to = cfg.imbalance_tolerance
         return 0, False
     imb = imbalance(state)
-    over = memory.over_rounds + 1 if imb > 1.0 + cfg.imbalance_tolerance + EPS else 0
+    # loads are smoothed over about 1 / load_smoothing rounds: before the memory holds that many, a reading is
+    # one round's noise, and a streak of them says nothing (a new leader, a fresh target)
+    warm = memory.rounds + 1 >= math.ceil(1.0 / cfg.load_smoothing - EPS)
+    over = memory.over_rounds + 1 if warm and imb > 1.0 + cfg.imbalance_tolerance + EPS else 0
     acting = over >= cfg.act_after_rounds or (memory.acting and imb > 1.0 + cfg.imbalance_target + EPS)
     state.acting = acting
     state.balance_to = cfg.imbalance_target

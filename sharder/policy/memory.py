@@ -18,14 +18,19 @@ class PolicyMemory:
     ``1 + imbalance_tolerance``; ``acting``: balancing is on (it stays on until the imbalance is at most
     ``1 + imbalance_target``); ``counting``: count balancing is under way (it goes on until the slice counts
     are back in their narrow band); ``slices``: the round's final slice records, in keyspace order, with their
-    smoothed ``load`` and per-pod ``served`` loads. Not part of the wire format: a new leader starts with an
-    empty memory, which only makes the first rounds more cautious."""
+    smoothed ``load`` and per-pod ``served`` loads; ``rounds``: how many rounds the smoothing has seen (capped),
+    so the gate does not judge imbalance on loads that are not yet smoothed. Not part of the wire format: a new
+    leader starts with an empty memory, so its first rounds only fix invariants while their smoothing warms up."""
 
     over_rounds: int = 0
     acting: bool = False
     counting: bool = False
     slices: tuple[Rec, ...] = ()
+    rounds: int = 0
 
+
+#: ``PolicyMemory.rounds`` stops counting here (it only needs to reach the smoothing's warm-up).
+ROUNDS_CAP = 1 << 16
 
 EMPTY = PolicyMemory()
 
@@ -81,11 +86,18 @@ def smooth(recs: list[Rec], memory: PolicyMemory, alpha: float) -> None:
                 del now[p]
 
 
-def remember(state: RoundState, over_rounds: int, acting: bool) -> PolicyMemory:
-    """The memory to carry into the next round: the round's final slices with their smoothed loads."""
+def remember(state: RoundState, over_rounds: int, acting: bool, rounds: int = 0) -> PolicyMemory:
+    """The memory to carry into the next round: the round's final slices with their smoothed loads; ``rounds``:
+    the rounds seen before this one."""
     if not state.config.calm:
         return EMPTY
-    return PolicyMemory(over_rounds=over_rounds, acting=acting, counting=state.counting, slices=tuple(state.recs))
+    return PolicyMemory(
+        over_rounds=over_rounds,
+        acting=acting,
+        counting=state.counting,
+        slices=tuple(state.recs),
+        rounds=min(rounds + 1, ROUNDS_CAP),
+    )
 
 
 __all__ = ["EMPTY", "PolicyMemory", "remember", "smooth"]

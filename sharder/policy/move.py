@@ -203,8 +203,9 @@ def balance_counts(state: RoundState) -> None:
     lowers the spread of loads, a zero-load move only that of counts). Zero-load slices cost no budget. At most ``count_move_cap(P)`` slices move per round. Pinned
     slices, slices already changed this round and slices with a pod leaving stay where they are.
 
-    Calm: it starts only when some pod holds half (at least two) fewer slices than its fair share, or half
-    (at least two) more than the ceiling, so the few slices that splits and merges shift do not trigger it; once started
+    Calm: on a target carrying load it starts only when some pod holds half (at least two) fewer slices than its
+    fair share, or half (at least two) more than the ceiling, so the few slices that splits and merges shift do
+    not trigger it (an idle target, with no cache to lose, keeps the narrow band); once started
     (``state.counting``, carried to the next round) it goes on until the counts are back in the narrow band
     above. It moves only cold slices (``calm.cold_limit``)
     that are not cooling down (a slice with no load at all may move while cooling)."""
@@ -222,7 +223,8 @@ def balance_counts(state: RoundState) -> None:
     if min(count[p] for p in eligible) >= low and max(count[p] for p in eligible) <= high:
         state.counting = False
         return
-    if cfg.calm and not state.counting:
+    if cfg.calm and not state.counting and state.total_load > EPS:
+        # an idle target (no load at all) has no cache to lose: it keeps the narrow band
         wide_low, wide_high = max(min(fair, 1), fair - max(2, fair // 2), floor), ceil + max(2, ceil // 2)
         if min(count[p] for p in eligible) >= wide_low and max(count[p] for p in eligible) <= wide_high:
             return

@@ -113,7 +113,7 @@ def reshard(
         overrides=assignment.overrides,
         stats=_stats(state),
         created_unix_ms=now_ms,
-        memory=remember(state, over_rounds, acting),
+        memory=remember(state, over_rounds, acting, mem.rounds),
     )
 
 

@@ -7,7 +7,7 @@ import dataclasses
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sharder.assignment import Assignment, SliceAssignment, check_invariants, initial_assignment
@@ -140,6 +140,7 @@ def _quiet_rounds(calm: bool, seed: int, rounds: int = 50) -> tuple[int, int, As
 
 @settings(max_examples=10)
 @given(st.integers(0, 2**32))
+@example(769)  # its first rounds, before the smoothing had any history, read 1.17 and balanced on noise
 def test_a_quiet_balanced_workload_makes_no_moves(seed: int) -> None:
     moves, changes, last = _quiet_rounds(True, seed)
     assert moves == 0 and changes == 0, (moves, changes)
