@@ -13,14 +13,13 @@ had not yet seen the region down) goes on in the next region (``elsewhere``). A 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 
 from axon_router.assigner_client import AssignerCalls
 from axon_router.errors import RouterError, Unavailable
 from axon_router.metrics import RouterMetrics
+from axon_router.refresh import Refreshed
 from axon_router.routing_key import RouteRequest
 from axon_router.targets import TargetState, TargetTable
 from brunoise_api.v1 import assigner_pb2
@@ -44,7 +43,7 @@ def usable(ts: TargetState, now: float) -> bool:
     return any(v.healthy and not v.draining and v.breaker.available(now) for v in ts.pool)
 
 
-class RegionRouter:
+class RegionRouter(Refreshed):
     """This router's region and every tenant's placement, refreshed from the assigners every ``refresh_s``."""
 
     def __init__(
@@ -63,8 +62,8 @@ class RegionRouter:
         self.retry_after_s = retry_after_s
         self.placements: dict[str, TenantPlacement] = {}
         self.refreshed = calls is None  # placements were read at least once (none to read without assigners)
-        self._failing = False
-        self._task: asyncio.Task[None] | None = None
+        self.interval_s = refresh_s
+        self.what = "placements"
 
     # ------------------------------------------------------------------------------------------ placements
     def set_placements(self, placements: Mapping[str, TenantPlacement]) -> None:
@@ -83,29 +82,6 @@ class RegionRouter:
                 if m.tenant and m.home_region
             }
         )
-
-    async def start(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.refresh()  # a (re)started router knows the placements before it serves
-        self._task = asyncio.create_task(self._loop(), name="region-placements")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.refresh_s)
-            try:
-                await self.refresh()
-            except Exception as e:  # keep routing on the last placements
-                if not self._failing:
-                    log.warning("placement refresh failed; routing on the last placements", extra={"error": str(e)})
-                self._failing = True
-            else:
-                self._failing = False
 
     # ------------------------------------------------------------------------------------------ the pick
     def _plan(self, table: TargetTable, req: RouteRequest) -> tuple[list[TargetState], dict[str, TargetState], RegionPlan]:

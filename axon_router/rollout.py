@@ -11,16 +11,15 @@ the last record it has (never on a guess).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
-import grpc
 from prometheus_client import CollectorRegistry, Gauge
 
 from axon_router.assigner_client import AssignerCalls
+from axon_router.refresh import Refreshed
 from brunoise_api.v1 import assigner_pb2
 from sharder.assigner.rollouts import rollout_from_proto
 from sharder.errors import BrunoiseError
@@ -31,7 +30,7 @@ log = logging.getLogger("axon_router.rollout")
 T = TypeVar("T")
 
 
-class RolloutView:
+class RolloutView(Refreshed):
     """The rollout records this router routes by, refreshed from the assigners every ``poll_s``."""
 
     def __init__(self, calls: AssignerCalls, registry: CollectorRegistry | None = None, poll_s: float = 0.25) -> None:
@@ -41,7 +40,8 @@ class RolloutView:
         self.polls = 0
         self.poll_failures = 0
         self.version_failovers = 0  # requests sent to the other version because theirs had no usable pod
-        self._task: asyncio.Task[None] | None = None
+        self.interval_s = poll_s
+        self.what = "rollouts"
         reg = registry if registry is not None else CollectorRegistry()
         self.generation_gauge = Gauge(
             "brunoise_router_rollout_generation", "Generation of the rollout record the router routes by", ["model"],
@@ -52,28 +52,9 @@ class RolloutView:
             registry=reg,
         )  # fmt: skip
 
-    async def start(self) -> None:
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            await self.refresh()  # a (re)started router knows the rollouts before it serves
-        self._task = asyncio.create_task(self._loop(), name="rollouts")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.poll_s)
-            try:
-                await self.refresh()
-            except grpc.aio.AioRpcError as e:
-                self.poll_failures += 1
-                log.debug("rollout poll failed: %s", e.code().name)
-            except Exception:  # keep routing on the last records
-                self.poll_failures += 1
-                log.exception("rollout poll failed")
+    def refresh_failed(self, error: Exception, first: bool) -> None:
+        self.poll_failures += 1
+        log.debug("rollout poll failed: %s", error)
 
     async def refresh(self) -> None:
         resp: assigner_pb2.ListRolloutsResponse = await self.calls.call(
