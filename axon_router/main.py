@@ -31,8 +31,8 @@ from axon_router.rollout import RolloutView
 from axon_router.router import Router
 from axon_router.settings import RouterServerSettings, knobs_of, parse_router_settings
 from axon_router.tracing import setup_tracing
-from brunoise.advertise import advertise_host, host_port, is_loopback
-from brunoise.launch import write_ready_file
+from sharder.advertise import advertise_host, host_port, is_loopback
+from sharder.launch import write_ready_file
 from sharder.quarantine import QuarantinePolicy
 from sharder.security.client import ClientAuth
 from sharder.telemetry import setup_logging, shutdown_tracing

@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
-from brunoise.launch import write_ready_file
+from sharder.launch import write_ready_file
 
 
 def reserve_port(host: str, port: int) -> socket.socket:

@@ -38,7 +38,7 @@ from bench.workload import (
     summary,
     workload_oracle,
 )
-from brunoise.launch import LaunchError, ManagedProcess, ProcessGroup
+from sharder.launch import LaunchError, ManagedProcess, ProcessGroup
 
 BRUNOISE = "brunoise"
 ALL_ROUTERS: tuple[str, ...] = (BRUNOISE, *peers.PEERS)

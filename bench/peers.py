@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import aiohttp
 
-from brunoise.launch import LaunchError, ManagedProcess
+from sharder.launch import LaunchError, ManagedProcess
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 #: The virtual environment scripts/setup_peers.sh installs the peers into (override with BRUNOISE_PEERS_VENV).

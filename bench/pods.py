@@ -16,7 +16,7 @@ import aiohttp
 
 from bench.ablation import apply_target_config
 from bench.metrics import Counters, counters_of
-from brunoise.launch import LaunchError, ManagedProcess, ProcessGroup
+from sharder.launch import LaunchError, ManagedProcess, ProcessGroup
 
 TARGET = "bench"
 MODEL = "sim"

@@ -24,7 +24,7 @@ import aiohttp
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from brunoise.launch import ManagedProcess, ProcessGroup, python_module
+from sharder.launch import ManagedProcess, ProcessGroup, python_module
 
 MODEL = "sim-bench"
 

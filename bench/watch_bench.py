@@ -28,10 +28,10 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 
-from brunoise.launch import ManagedProcess, python_module
 from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
 from sharder.clerk import CHANNEL_OPTIONS
 from sharder.codec import apply_diff_message as apply_diff
+from sharder.launch import ManagedProcess, python_module
 
 ROOT = str(Path(__file__).resolve().parents[1])
 

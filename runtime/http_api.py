@@ -19,10 +19,10 @@ from typing import Any
 import xxhash
 from aiohttp import web
 
-from brunoise.httpserver import GuardedAppRunner
 from runtime import proxy
 from runtime.engines.base import Engine, EngineChunk, EngineError, EngineRequest, SamplingParams
 from runtime.engines.sim import detokenize
+from sharder.httpserver import GuardedAppRunner
 from sharder.prefix import render_chat
 
 log = logging.getLogger(__name__)

@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from aiohttp import web
 
-from brunoise.advertise import advertise_host, host_port
-from brunoise.launch import write_ready_file
 from runtime.engines.base import Engine, EngineChunk
 from runtime.grpc_service import GrpcServer, RuntimeService
 from runtime.http_api import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, HttpApi
 from runtime.outcomes import CountedEngine
 from runtime.tracing import TracedEngine
 from runtime.warm import PromptLog, RecordingEngine, Warmer, WarmMetrics
+from sharder.advertise import advertise_host, host_port
 from sharder.assigner.status import LEADER_METADATA_KEY
+from sharder.launch import write_ready_file
 from sharder.pods import PodState
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ import urllib.request
 import uuid
 from types import TracebackType
 
-from brunoise.launch import LaunchError, ManagedProcess
+from sharder.launch import LaunchError, ManagedProcess
 
 
 class EtcdNotFound(LaunchError):

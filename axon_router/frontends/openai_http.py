@@ -30,7 +30,7 @@ from axon_router.frontends.readiness import Readiness
 from axon_router.metrics import CONTENT_TYPE
 from axon_router.router import Router, flight_log
 from axon_router.routing_key import CHAT, ROUTED_PATHS, parse_openai
-from brunoise.httpserver import GuardedAppRunner
+from sharder.httpserver import GuardedAppRunner
 from sharder.prefix import InvalidText
 
 log = logging.getLogger("axon_router.http")

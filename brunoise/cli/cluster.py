@@ -26,8 +26,8 @@ from brunoise.cli.client import ENV_ASSIGNER, AdminClient, cluster_file, read_cl
 from brunoise.cli.credentials import init_credentials
 from brunoise.cli.demo import DemoResult, run_demo
 from brunoise.cli.output import CliError, console, err_console, fmt_pct, make_table, print_error
-from brunoise.launch import LaunchError, ManagedProcess, ProcessGroup, python_module
 from brunoise_api.v1 import slicing_pb2
+from sharder.launch import LaunchError, ManagedProcess, ProcessGroup, python_module
 from sharder.security.client import ENV_TOKEN, ENV_TOKEN_FILE, ClientAuth
 from sharder.security.tokens import new_token
 

@@ -48,12 +48,12 @@ from typing import Any
 
 import aiohttp
 
-from brunoise.launch import ManagedProcess
 from runtime.engines.base import CacheView, Engine, EngineChunk, EngineError, EngineRequest, EngineUnavailable
 from runtime.kv_events import BlockView, KvEventSubscriber
 from runtime.metrics import EngineLifecycleMetrics
 from runtime.proxy import Routing
 from sharder import promtext
+from sharder.launch import ManagedProcess
 from sharder.load import EngineLoad
 from sharder.prefix import CHUNK_BYTES, prefix_hashes, render_chat
 

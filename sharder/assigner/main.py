@@ -20,10 +20,10 @@ from grpc_health.v1 import _async as health_aio  # the asyncio servicer (grpc_he
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from brunoise.advertise import advertise_host, host_port, is_loopback
-from brunoise.launch import write_ready_file
 from brunoise_api.v1 import assigner_pb2, slicing_pb2
+from sharder.advertise import advertise_host, host_port, is_loopback
 from sharder.config import TargetConfig
+from sharder.launch import write_ready_file
 from sharder.security.interceptor import AuthInterceptor, RequestCheck
 from sharder.security.tls import server_credentials
 from sharder.security.tokens import ASSIGNER_RPC_ROLES, Credentials, Principal, Role

@@ -15,8 +15,8 @@ import pytest
 
 _ROOT = str(Path(__file__).resolve().parents[2])
 
-from brunoise.launch import ManagedProcess, python_module  # noqa: E402
 from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2  # noqa: E402
+from sharder.launch import ManagedProcess, python_module  # noqa: E402
 from sharder.load import EngineLoad  # noqa: E402
 from sharder.pods import Pod  # noqa: E402
 from tests.etcd_plugin import make_etcd_cluster  # noqa: E402, F401

@@ -17,9 +17,9 @@ import pytest
 
 from axon_router.auth import hash_key
 from brunoise.cli.credentials import init_credentials
-from brunoise.launch import ManagedProcess, python_module
 from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
 from sharder.etcd_server import EtcdCluster
+from sharder.launch import ManagedProcess, python_module
 from sharder.security.client import ClientAuth
 from sharder.security.tokens import new_token
 from tests.chaos.load import Figures, Load

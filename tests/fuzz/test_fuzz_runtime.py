@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from brunoise.launch import ManagedProcess
 from brunoise_api.v1 import inference_pb2
+from sharder.launch import ManagedProcess
 from tests.fuzz.test_fuzz_router_grpc import _BAD, _corrupted, _requests
 from tests.fuzz.test_fuzz_router_http import _adversarial, _body
 from tests.router.conftest import MODEL, post

@@ -10,8 +10,8 @@ import urllib.request
 import grpc
 import pytest
 
-from brunoise.launch import ManagedProcess, ProcessGroup, python_module
 from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc
+from sharder.launch import ManagedProcess, ProcessGroup, python_module
 from tests.router.conftest import _policy_args
 from tests.waiting import wait_until
 

@@ -21,8 +21,8 @@ import grpc
 import pytest
 
 from brunoise.cli.main import main as brunoise_cli
-from brunoise.launch import ManagedProcess, ProcessGroup, python_module
 from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from sharder.launch import ManagedProcess, ProcessGroup, python_module
 from sharder.promtext import metric_value
 from tests.router.conftest import MODEL, ROUTER_ARGS, http_json, post, scrape
 from tests.waiting import wait_until

@@ -25,8 +25,8 @@ from typing import Any
 import grpc
 import pytest
 
-from brunoise.launch import ManagedProcess, ProcessGroup, python_module
 from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from sharder.launch import ManagedProcess, ProcessGroup, python_module
 from sharder.promtext import metric_value
 from tests.router.conftest import ROUTER_ARGS, http_json, post, scrape
 from tests.waiting import wait_until

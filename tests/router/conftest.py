@@ -17,8 +17,8 @@ import pytest
 
 from axon_router.knobs import Knobs
 from axon_router.routing_key import CHAT, parse_openai
-from brunoise.launch import ManagedProcess, ProcessGroup, python_module
 from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from sharder.launch import ManagedProcess, ProcessGroup, python_module
 from tests.waiting import wait_until
 
 MODEL = "sim-model"

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from brunoise.launch import ManagedProcess
+from sharder.launch import ManagedProcess
 from tests.runtime.procs import start_runtime
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from brunoise.launch import ManagedProcess, python_module
+from sharder.launch import ManagedProcess, python_module
 
 ROOT = str(Path(__file__).resolve().parents[2])
 

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from brunoise.launch import ManagedProcess, ProcessGroup, python_module
+from sharder.launch import ManagedProcess, ProcessGroup, python_module
 from tests.router.conftest import _policy_args
 from tests.runtime.procs import runtime_env
 from tests.waiting import until
@@ -184,7 +184,7 @@ def test_routing_fields_read_only_what_routing_needs() -> None:
 
 
 def test_advertise_host_defaults() -> None:
-    from brunoise.advertise import advertise_host, host_port
+    from sharder.advertise import advertise_host, host_port
 
     assert advertise_host("127.0.0.1") == "127.0.0.1"
     assert advertise_host("0.0.0.0", "10.1.2.3") == "10.1.2.3"

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from brunoise.launch import ManagedProcess
+from sharder.launch import ManagedProcess
 from tests.runtime.procs import start_runtime
 
 EXTRA: tuple[str, ...] = ("--header-timeout-s", "0.5", "--body-timeout-s", "0.5")

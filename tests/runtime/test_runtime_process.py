@@ -15,8 +15,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from brunoise.launch import ManagedProcess
 from brunoise_api.v1 import inference_pb2, runtime_pb2, runtime_pb2_grpc
+from sharder.launch import ManagedProcess
 from sharder.prefix import prefix_hashes, render_chat
 from sharder.promtext import metric_value
 from tests.runtime.procs import start_runtime

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import grpc
 
-from brunoise.launch import ManagedProcess, python_module
 from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc
 from sharder.keyspace import slice_key
+from sharder.launch import ManagedProcess, python_module
 from tests.runtime.procs import runtime_env, start_runtime
 from tests.waiting import until
 

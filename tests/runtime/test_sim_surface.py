@@ -8,7 +8,7 @@ import struct
 import aiohttp
 import pytest
 
-from brunoise.launch import ManagedProcess
+from sharder.launch import ManagedProcess
 
 MODEL = "sim-model"  # runtime.engines.sim.DEFAULT_MODEL
 

@@ -14,10 +14,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from brunoise.launch import ManagedProcess, python_module
 from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
 from sharder.assigner.main import parse_args
 from sharder.clerk import Clerk
+from sharder.launch import ManagedProcess, python_module
 from sharder.load import EngineLoad
 from sharder.pods import Pod
 from sharder.security.client import ClientAuth

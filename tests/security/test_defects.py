@@ -108,7 +108,7 @@ async def test_two_assigners_cannot_share_one_snapshot_file(
 ) -> None:
     """Finding 8: two assigners on one snapshot file both led (each its own in-process election). The
     second now fails to start, naming the lock; the first keeps serving."""
-    from brunoise.launch import LaunchError
+    from sharder.launch import LaunchError
 
     snap = str(tmp_path / "shared.json")
     first = start_assigner(extra=("--snapshot", snap))

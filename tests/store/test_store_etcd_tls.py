@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from brunoise.launch import ManagedProcess
 from sharder.etcd_server import EtcdNotFound, find_etcd_binary, free_ports
+from sharder.launch import ManagedProcess
 from sharder.security.tls import TlsFiles, generate_tls
 from sharder.store.base import LeaderInfo, Versioned
 from sharder.store.etcd import EtcdStore

@@ -21,7 +21,7 @@ import openai
 import pytest
 from conftest import ROOT, START_TIMEOUT_S, VLLM_PYTHON
 
-from brunoise.launch import ManagedProcess, ProcessGroup, python_module
+from sharder.launch import ManagedProcess, ProcessGroup, python_module
 from tests.router.conftest import _policy_args
 from tests.waiting import wait_until
 

@@ -18,9 +18,9 @@ import grpc
 import pytest
 from conftest import ROOT
 
-from brunoise.launch import ManagedProcess, python_module
 from brunoise_api.v1 import inference_pb2, runtime_pb2, runtime_pb2_grpc
 from runtime.engines.vllm import VllmEngine, config_from_args
+from sharder.launch import ManagedProcess, python_module
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
 

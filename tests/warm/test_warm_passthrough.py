@@ -10,8 +10,8 @@ import grpc
 import pytest
 from aiohttp import web
 
-from brunoise.launch import ManagedProcess, ProcessGroup, python_module
 from brunoise_api.v1 import runtime_pb2, runtime_pb2_grpc, slicing_pb2
+from sharder.launch import ManagedProcess, ProcessGroup, python_module
 from tests.runtime.procs import runtime_env
 from tests.runtime.test_passthrough import MODEL, POD_KEY, FakeVllm
 
