@@ -156,18 +156,25 @@ class CostPick:
         return Ranking(tuple(tiers), rule)
 
     def _held(self, req: PickInput, ranked: list[Scored], ok_out: list[Scored]) -> Scored | None:
-        """The outside pod holding the session's cache, when no subset pod does and keeping it there costs less
-        than the prefill it saves over the subset's first pod; None otherwise."""
+        """The outside pod holding the session's cache (or a shared prefix worth more than ``cap_escape_s`` of
+        prefill, a long document whose slice moved away) beyond what the subset's first pod holds, when sending
+        the request there costs less than the prefill it saves; None otherwise."""
+        k = self.k
         need = max(1, req.session_chunks)
-        holders = [s for s in ok_out if s.hit_chunks >= need and not s.pod.draining]
+        first = ranked[0]
+        rate = k.prefill_tokens_per_s
+        escape = k.cap_escape_s if k.cap_escape_s > 0 else math.inf
+        # the session's own cache, or (like the cap's escape) a shared prefix saving more than cap_escape_s
+        holders = [
+            s for s in ok_out
+            if not s.pod.draining and s.hit_chunks > first.hit_chunks
+            and (s.hit_chunks >= need or (first.miss_tokens - s.miss_tokens) / rate > escape)
+        ]  # fmt: skip
         if not holders:
             return None
         h = min(holders, key=lambda s: (-s.hit_chunks, tie_rank(req.slice_key, s.pod.id)))
-        first = ranked[0]
-        if h.hit_chunks <= first.hit_chunks:
-            return None
-        saved_s = self.k.sticky_weight * max(0, first.miss_tokens - h.miss_tokens) / self.k.prefill_tokens_per_s
-        return h if h.cost <= first.cost + saved_s + self.k.tie_epsilon_s else None
+        saved_s = k.sticky_weight * max(0, first.miss_tokens - h.miss_tokens) / rate
+        return h if h.cost <= first.cost + saved_s + k.tie_epsilon_s else None
 
     def _rank_subset(self, req: PickInput, ok: list[Scored], loads: Sequence[int]) -> tuple[list[Scored], str]:
         k = self.k

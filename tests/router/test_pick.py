@@ -266,3 +266,17 @@ def test_a_new_session_goes_to_the_less_recently_loaded_pod_when_both_are_about_
         vs["b"].apply_report(vs["b"].poll_started(), t, 0, 0, 0, 0.1)
     req = request(4, doc + " a question", session_chunks=len(prefix_hashes(doc)) + 1)
     assert CostPick(K).choose_replicas(req, Candidates(["a", "b"], []), vs, 10.0).ids()[0][0] == "a"
+
+
+def test_a_fresh_query_finds_its_long_document_outside_the_subset() -> None:
+    """Failure mode: a query with a fresh id over a long shared document went to its (cold) subset while the pod
+    holding the document sat outside it (the document's slice had moved), paying the whole document again."""
+    doc = DOC  # ~1700 tokens: about 0.09 s of prefill, more than a cap_escape_s of 0.05
+    req = request(9, doc + " a question with a fresh id", session_chunks=len(prefix_hashes(doc)) + 1)
+    for escape, want in ((0.05, HELD), (0.0, SUBSET), (0.5, SUBSET)):
+        vs = views("a", "o")
+        vs["o"].remember(prefix_hashes(doc), 0.0)
+        r = CostPick(dataclasses.replace(K, cap_escape_s=escape)).choose_replicas(
+            req, Candidates(["a"], ["o"]), vs, 0.0
+        )
+        assert r.tiers[0].name == want, (escape, r.ids(), r.rule)
