@@ -34,7 +34,6 @@ from sharder.keyspace import Slice
 from sharder.load import LoadReport, SliceLoad
 from sharder.pods import Pod, PodState
 from sharder.policy import reshard
-from sharder.policy.warm import clear_warming
 from sharder.prefix import CHUNK_BYTES
 from sharder.sketch import Ewma, SpaceSaving
 
@@ -664,10 +663,6 @@ class Fleet:
             slices = p.meter.aggregate(dt)
             reports.append(LoadReport(p.id, TARGET, p.engine.load(t), slices, len(self.rounds), int(t * 1000)))
         new = reshard(cur, [p.pod for p in self.pods], reports, now_ms=int(t * 1000))
-        # warm-up on reshard is not modelled here yet (no warm prefills): every mark clears at once, as if each
-        # warm-up finished instantly, so a draining pod leaves a round after its replacement as it did before
-        # drains waited for warm-up (sharder.policy.drop)
-        new = clear_warming(new, {}, {(sa.slice.lo, p) for sa in new.slices for p in sa.warming})
         committed = not new.same_placement(cur)
         self.rounds.append(RoundRecord(t, new.generation, new.stats, committed, len(new.slices)))
         if committed:
