@@ -71,9 +71,8 @@ def new_session_replicas(
     """The replicas of slice ``sa`` a request may start on. Warming replicas (they gained the slice and are still
     prefilling its hot prompts) take no new session while a warm replica is under the bounded-load cap; a warming
     replica that already holds this request's session (at least ``session_chunks`` leading chunks) keeps it, so
-    sticky sessions are unaffected. A slice whose replicas all warm (a move) sends new sessions to the pods leaving
-    it instead: they hold its cache and serve until the replacement is warm (a draining pod stays leaving that
-    long). A slice with no warm pod, or whose warm ones are all over the cap, is routed to every replica: warming
+    sticky sessions are unaffected. A slice whose replicas all warm (a move) sends new sessions to the pods still
+    leaving it instead (for the generation they stay): they hold its cache. A slice with no warm pod, or whose warm ones are all over the cap, is routed to every replica: warming
     never makes a slice unroutable."""
     warming = getattr(sa, "warming", ())
     if not warming:
