@@ -71,21 +71,24 @@ def new_session_replicas(
     """The replicas of slice ``sa`` a request may start on. Warming replicas (they gained the slice and are still
     prefilling its hot prompts) take no new session while a warm replica is under the bounded-load cap; a warming
     replica that already holds this request's session (at least ``session_chunks`` leading chunks) keeps it, so
-    sticky sessions are unaffected. A slice whose replicas all warm, or whose warm ones are all over the cap, is
-    routed to every replica: warming never makes a slice unroutable."""
+    sticky sessions are unaffected. A slice whose replicas all warm (a move) sends new sessions to the pods still
+    leaving it instead (for the generation they stay): they hold its cache. A slice with no warm pod, or whose warm ones are all over the cap, is routed to every replica: warming
+    never makes a slice unroutable."""
     warming = getattr(sa, "warming", ())
     if not warming:
         return sa.replicas  # type: ignore[no-any-return]
     warm = [p for p in sa.replicas if p not in warming and p in views]
     if not warm:
-        return sa.replicas  # type: ignore[no-any-return]
+        warm = [p for p in getattr(sa, "leaving", ()) if p in views]
+        if not warm:
+            return sa.replicas  # type: ignore[no-any-return]
     stale = knobs.report_stale_s
-    out = {p: views[p].outstanding(now, stale)[0] for p in sa.replicas if p in views}
+    out = {p: views[p].outstanding(now, stale)[0] for p in (*sa.replicas, *warm) if p in views}
     cap = load_cap(list(out.values()), knobs.load_cap)
     if not any(out[p] + 1 <= cap for p in warm):
         return sa.replicas  # type: ignore[no-any-return]
     need = max(1, session_chunks)
-    return [
+    return [p for p in warm if p not in sa.replicas] + [
         p
         for p in sa.replicas
         if p not in warming

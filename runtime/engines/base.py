@@ -44,6 +44,8 @@ class EngineRequest:
 
     Exactly one of ``prompt`` and ``messages`` is set. ``slice_key`` is the SliceKey the router
     routed on (for per-slice load); ``traceparent`` is passed through to the engine when it has one.
+    ``priority`` is vLLM's request priority (lower is served sooner under ``--scheduling-policy priority``; 0, the
+    default, is what every client request gets).
     """
 
     request_id: str
@@ -52,6 +54,7 @@ class EngineRequest:
     sampling: SamplingParams = dataclasses.field(default_factory=SamplingParams)
     slice_key: int | None = None
     traceparent: str | None = None
+    priority: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -82,6 +85,9 @@ class Engine(abc.ABC):
 
     model: str
     max_model_len: int
+    #: The engine honours ``EngineRequest.priority`` (vLLM under ``--scheduling-policy priority``, which refuses a
+    #: nonzero priority otherwise); the warmer sends its prefills at a later priority only then.
+    priority_scheduling: bool = False
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -147,6 +153,10 @@ class EngineProxy(Engine):
     @property
     def ready(self) -> bool:
         return self.inner.ready
+
+    @property
+    def priority_scheduling(self) -> bool:  # type: ignore[override]
+        return self.inner.priority_scheduling
 
     async def tokenize(self, text: str) -> list[int]:
         return await self.inner.tokenize(text)

@@ -12,6 +12,9 @@ would a real engine's:
 * Scheduler (one step): running requests first (a decode token each, or their next prefill chunk), preempting the
   newest running request when a block cannot be allocated; then waiting requests in FCFS order while the step's
   token budget, ``max_num_seqs`` and free blocks allow (a waiting request that does not fit blocks the queue).
+  A request's ``priority`` orders as vLLM's ``--scheduling-policy priority`` does (lower first, then arrival): the
+  waiting queue is kept in (priority, arrival) order and preemption takes the running request last in that order;
+  with every priority 0 (all client requests) that is exactly FCFS.
 * Step time = ``step_fixed_s`` + ``per_prefill_token_s`` x uncached prompt tokens computed this step
   + ``per_decode_seq_s`` x decoding requests + ``per_context_token_s`` x KV tokens those decodes attend to.
   Every simulated duration is divided by ``time_scale`` on the wall clock. Latencies (TTFT, ITL, e2e) are stamped
@@ -227,6 +230,7 @@ class _Req:
         "num_computed",
         "num_output",
         "num_prompt",
+        "priority",
         "rng",
         "slice_key",
         "stop",
@@ -237,7 +241,7 @@ class _Req:
 
     def __init__(
         self, rid: str, tokens: list[int], max_tokens: int, stop: tuple[str, ...], rng: random.Random, eos_p: float,
-        arrival: float, slice_key: int | None,
+        arrival: float, slice_key: int | None, priority: int = 0,
     ) -> None:  # fmt: skip
         self.id = rid
         self.tokens = tokens
@@ -248,6 +252,7 @@ class _Req:
         self.eos_p = eos_p
         self.arrival = arrival
         self.slice_key = slice_key
+        self.priority = priority
         self.num_computed = 0
         self.num_output = 0
         self.blocks: list[int] = []
@@ -436,6 +441,8 @@ class KVCache:
 
 class SimEngine(Engine):
     """The simulated engine; see the module docstring for the model."""
+
+    priority_scheduling = True
 
     def __init__(self, config: SimConfig | None = None) -> None:
         self.config = (config or SimConfig()).validate()
@@ -631,12 +638,12 @@ class SimEngine(Engine):
         eos_p = 0.0 if sp.ignore_eos else self.config.eos_probability
         return _Req(
             request.request_id, tokens, sp.max_tokens, tuple(s for s in sp.stop if s), random.Random(rng_seed), eos_p,
-            self.now(), request.slice_key,
+            self.now(), request.slice_key, request.priority,
         )  # fmt: skip
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineChunk]:
         req = self._prepare(request)
-        self._waiting.append(req)
+        self._enqueue(req)
         self._wake.set()
         try:
             while True:
@@ -649,6 +656,25 @@ class SimEngine(Engine):
         finally:
             if not req.finished:
                 self._abort(req)
+
+    def _enqueue(self, req: _Req) -> None:
+        """Queue a new request: behind every waiting request of its priority or a lower (sooner) one."""
+        waiting = self._waiting
+        if not waiting or waiting[-1].priority <= req.priority:
+            waiting.append(req)  # the common case (every priority 0): FCFS
+            return
+        i = len(waiting)
+        while i > 0 and waiting[i - 1].priority > req.priority:
+            i -= 1
+        waiting.insert(i, req)
+
+    def _requeue(self, req: _Req) -> None:
+        """Put a preempted request back: ahead of every waiting request of its priority or a later one."""
+        waiting = self._waiting
+        i = 0
+        while i < len(waiting) and waiting[i].priority < req.priority:
+            i += 1
+        waiting.insert(i, req)
 
     def _fault(self, request_id: str) -> None:
         """The test hook fired (``SimConfig.fault_marker``): crash the process or hang the step loop."""
@@ -679,7 +705,7 @@ class SimEngine(Engine):
 
     def submit_virtual(self, req: _Req) -> None:
         """Queue ``req`` (see ``virtual_request``); it is scheduled by the next ``step_virtual``."""
-        self._waiting.append(req)
+        self._enqueue(req)
 
     def step_virtual(self, start: float) -> tuple[float, list[_Req]] | None:
         """Run one scheduler step that starts at simulated ``start``: the same ``_schedule`` / ``_step_time`` /
@@ -769,11 +795,17 @@ class SimEngine(Engine):
                 continue
             fits = True
             while not kv.allocate(req, num_new):
-                # preempt the newest running request (vLLM's FCFS policy); it is recomputed when readmitted.
-                # Requests before index i are already scheduled and never chosen: the victim is at index >= i.
-                victim = self._running.pop()
+                # preempt the newest running request (vLLM's FCFS policy; under priorities the newest of the
+                # latest priority); it is recomputed when readmitted. Requests before index i are already
+                # scheduled and never chosen: the victim is at index >= i.
+                running = self._running
+                v = len(running) - 1
+                for j in range(v - 1, i - 1, -1):
+                    if running[j].priority > running[v].priority:
+                        v = j
+                victim = running.pop(v)
                 kv.free_request(victim)
-                self._waiting.appendleft(victim)
+                self._requeue(victim)
                 self.preemptions += 1
                 self.metrics.preempted()
                 preempted = True

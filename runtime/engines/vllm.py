@@ -33,6 +33,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -211,6 +212,11 @@ class VllmEngine(Engine):
             name = pathlib.Path(config.model_dir).name
         self.model = name or ""
         self.max_model_len = config.max_model_len or 0
+        args = " ".join(config.extra_args).replace("=", " ").split()
+        # vLLM refuses a nonzero request priority unless it schedules by priority
+        self.priority_scheduling = any(
+            a == "--scheduling-policy" and b == "priority" for a, b in itertools.pairwise(args)
+        )
         self.view = BlockView()
         self.stats = VllmStats()
         self.lifecycle = EngineLifecycleMetrics(lambda: self.model, lambda: dataclasses.asdict(self.stats))
@@ -528,6 +534,8 @@ class VllmEngine(Engine):
             body["seed"] = s.seed
         if s.ignore_eos:
             body["ignore_eos"] = True
+        if request.priority:
+            body["priority"] = request.priority
         if request.messages is not None:
             body["messages"] = [dict(m) for m in request.messages]
             return "/v1/chat/completions", body

@@ -134,10 +134,10 @@ async def probe_ready(http_addresses: list[str], timeout_s: float = 1.0) -> bool
 
 
 def green_warm(assignment: Assignment) -> bool:
-    """The warm-up hook: True when green's replicas have warmed the keys the next step hands them. Warm-up on
-    reshard (issue 13 item 1) is built on another branch; until it is merged here every ready replica counts as
-    warm. Plug it in here: False while any slice of ``assignment`` still has a replica in its warming state."""
-    return True
+    """The warm-up hook: False while any slice of green's ``assignment`` still has a replica warming (warm-up on
+    reshard: it gained the slice and has not yet prefilled its donors' hot prompts, nor reached the deadline), so a
+    step never hands keys to green while its caches are still being filled."""
+    return not any(sa.warming for sa in assignment.slices)
 
 
 class RolloutDriver:

@@ -133,7 +133,8 @@ def test_added_replica_prefills_the_donors_prompts_before_new_sessions(tmp_path:
     assert got["marked_at_once"] == ["pod1"]  # the new replica is warming in the generation that adds it
     assert got["cleared_after_s"] < 20.0  # cleared by pod1's warm report, not by the deadline
     # the donor's hottest sessions' latest turns, within the warmer's budget
-    assert got["warm_requests"] == got["donor_served"] == min(6, WARM_PROMPTS)
+    # (each prompt prefilled in pieces of at most WARM_PIECE_BYTES: one request or more per prompt)
+    assert got["donor_served"] == min(6, WARM_PROMPTS) <= got["warm_requests"]
     prompt, cached = got["old_session_on_pod1"]
     assert cached >= 0.8 * prompt  # the session's history is already on pod1
     assert "first_new_on_pod1" in got, "no new session went to pod1 once it was warm"

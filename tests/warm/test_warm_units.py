@@ -43,6 +43,18 @@ def test_a_slice_whose_replicas_all_warm_stays_routable() -> None:
     assert new_session_replicas(sa, _views(b=0), [1], 1, 0.1, K) == ("b",)
 
 
+def test_a_move_still_warming_sends_new_sessions_to_the_pod_leaving_the_slice() -> None:
+    sa = SliceAssignment(S, ("b",), leaving=("a",), warming=("b",))
+    views = _views(a=1, b=0)
+    assert list(new_session_replicas(sa, views, [1, 2], 1, 0.1, K)) == ["a"]  # a holds the cache, b fills
+    views["b"].set_cache(64, frozenset({11, 12}))
+    assert list(new_session_replicas(sa, views, [11, 12, 13], 2, 0.1, K)) == ["a", "b"]  # sticky on b
+    # the leaving pod over the cap: every replica (never only the leaving pod when it is overloaded)
+    assert new_session_replicas(sa, _views(a=8, b=0), [1], 1, 0.1, K) == ("b",)
+    # once b is warm the mark is gone and the leaving pod gets nothing new
+    assert new_session_replicas(SliceAssignment(S, ("b",), leaving=("a",)), views, [1], 1, 0.1, K) == ("b",)
+
+
 def test_a_session_already_on_the_warming_replica_stays_there() -> None:
     sa = SliceAssignment(S, ("a", "b"), warming=("b",))
     views = _views(a=0, b=0)
