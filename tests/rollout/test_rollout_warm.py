@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from sharder.assigner.state import PodLoadView
-
 from sharder import rollout as ro
+from sharder.assigner.pod_loads import PodLoadView
 from sharder.assigner.rollouts import RolloutDriver, Rollouts, green_warm
 from sharder.assignment import Assignment, initial_assignment
 from sharder.config import TargetConfig

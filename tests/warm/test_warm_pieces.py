@@ -8,7 +8,6 @@ import itertools
 from collections.abc import AsyncIterator
 
 from brunoise_api.v1 import inference_pb2, runtime_pb2
-
 from runtime.engines.base import EngineChunk, EngineProxy, EngineRequest, SamplingParams
 from runtime.engines.sim import BLOCK_TOKENS, BYTES_PER_TOKEN, SimConfig, SimEngine
 from runtime.warm import WARM_PIECE_BYTES, WARM_PRIORITY, Warmer, WarmMetrics, warm_pieces
