@@ -29,6 +29,10 @@ ABLATIONS: dict[str, Ablation] = {
         Ablation("no_sticky", "no stickiness escape in the pick", {"sticky": "false"}),
         Ablation("no_calm", "the assigner acts on every round's noise (no hysteresis/cooldown)", {}, {"calm": "false"}),
         Ablation("no_replica_true", "equal replica shares of a slice", {}, {"replica_true_load": "false"}),
+        Ablation("no_held", "stickiness stops at the subset (no held tier)", {"sticky_outside": "false"}),
+        Ablation("no_overflow", "no fleet-wide cap: new sessions never leave their subset", {"fleet_cap": "0"}),
+        Ablation("no_balance", "new sessions by estimated TTFT alone (not by recent load)", {"balance_slack_s": "0"}),
+        Ablation("short_hash", "the hit estimate hashes 256 prompt chunks (16 KB), as before", {"max_prefix_chunks": "256"}),
         Ablation(
             "no_warmup", "no warm-up on reshard: a new replica warms on live traffic", {}, {"warm_deadline_s": "0"}
         ),
