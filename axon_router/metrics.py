@@ -36,7 +36,7 @@ class RouterMetrics:
             p + "latency_seconds", "Total request latency in the router", buckets=_LAT_BUCKETS, registry=r
         )
         self.picks = Counter(
-            p + "picks", "Pod picks by reason: in_subset, held (the session's pod outside its moved subset), spill, fallback, retry", ["reason"], registry=r
+            p + "picks", "Pod picks by reason: in_subset, held (the session's pod outside its moved subset), overflow (outside the subset, over the fleet cap), spill, fallback, retry", ["reason"], registry=r
         )
         self.sheds = Counter(p + "shed", "Requests shed (429) by priority", ["priority"], registry=r)
         self.fair_sheds = Counter(
@@ -141,6 +141,7 @@ class RouterMetrics:
         # hot-path children, bound once
         self.picks_in_subset = self.picks.labels("in_subset")
         self.picks_held = self.picks.labels("held")
+        self.picks_overflow = self.picks.labels("overflow")
         self.picks_spill = self.picks.labels("spill")
         self.picks_fallback = self.picks.labels("fallback")
         self.picks_retry = self.picks.labels("retry")

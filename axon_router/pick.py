@@ -109,6 +109,8 @@ class CostPick:
     Held tier, first (``sticky_outside``): when no subset pod holds the session's cache but an admissible,
     non-draining outside pod does (its slice moved away since the session began), that pod alone, if its cost
     is at most the best subset cost plus the prefill it saves (the sticky rule).
+    Overflow tier, before the subset (``fleet_cap``): a new session whose subset pods are all above the fleet-wide
+    bounded-load cap (every candidate's outstanding requests, +1 of slack) goes to the outside pods under it.
     Spill tier (some subset pod is usable but none admissible) or fallback tier (none usable): the admissible
     outside pods by cost. Costs within ``tie_epsilon_s`` tie and the tie goes to the lowest stable hash of
     (SliceKey, pod), so the order, overflow included, is the same on every router replica with the same views.

@@ -13,7 +13,7 @@ from collections.abc import Set as AbstractSet
 from typing import Any
 
 from axon_router import tracing
-from axon_router.admission import Admission, DemandMeter, Outcome, Priority, contended, share_ratio
+from axon_router.admission import Admission, Decision, DemandMeter, Outcome, Priority, contended, share_ratio
 from axon_router.cost import PickInput
 from axon_router.errors import (
     Conflict,
@@ -62,6 +62,14 @@ class Flight:
     quota: QuotaTicket | None = None
     attrs: dict[str, Any] = dataclasses.field(default_factory=dict)  # span attributes, set once at the end
 
+
+
+def count_pick(m: RouterMetrics, d: Decision) -> None:
+    """Count a first pick in ``brunoise_router_picks_total{reason}`` by its outcome (and the subset or held
+    pick's rule in ``brunoise_router_pick_rule_total``)."""
+    m.picks.labels(d.outcome.value).inc()
+    if d.outcome in (Outcome.IN_SUBSET, Outcome.HELD):
+        m.pick_rule.labels(d.rule).inc()
 
 class Router:
     """Shares nothing with other router replicas but the assignment (through the clerk)."""
@@ -320,7 +328,7 @@ class Router:
                     share <= 1.0 and contended(rates),
                 )
                 if (
-                    d.outcome in (Outcome.SPILL, Outcome.FALLBACK)
+                    d.outcome in (Outcome.SPILL, Outcome.FALLBACK, Outcome.OVERFLOW)
                     and not suspected
                     and await self._suspect(ts.name, req)
                 ):
@@ -350,15 +358,11 @@ class Router:
                     )
                 pick = d.pick
                 reason = d.outcome.value
-                if d.outcome in (Outcome.IN_SUBSET, Outcome.HELD):
-                    (m.picks_in_subset if d.outcome is Outcome.IN_SUBSET else m.picks_held).inc()
-                    m.pick_rule.labels(d.rule).inc()
+                count_pick(m, d)
+                if d.rule:
                     attrs["brunoise.pick_rule"] = d.rule
-                elif d.outcome is Outcome.SPILL:
-                    m.picks_spill.inc()
+                if d.outcome is Outcome.SPILL:
                     log.info("spill", extra={"target": ts.name, "pod": pick.pod.id, "slice_key": req.slice_key})
-                else:
-                    m.picks_fallback.inc()
             else:
                 first = self.policy.choose_replicas(pin, Candidates(subset, outside), ts.pods, now).first()
                 outside_subset = first is not None and first[0] not in (SUBSET, HELD)

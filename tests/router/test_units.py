@@ -333,3 +333,21 @@ def test_expired_deadline() -> None:
     assert ei.value.status == 408
     r = _parse(b'{"model":"m","prompt":"x"}', {"x-brunoise-timeout-ms": "1500"})
     assert r.deadline == pytest.approx(1.5)
+
+
+def test_every_pick_outcome_is_counted_under_its_own_reason() -> None:
+    """Failure mode: an overflow pick (outside the subset, over the fleet cap) was counted as a fallback."""
+    from prometheus_client import generate_latest
+
+    from axon_router.admission import Decision
+    from axon_router.metrics import RouterMetrics
+    from axon_router.router import count_pick
+    from sharder.promtext import metric_value
+
+    m = RouterMetrics(Knobs())
+    for o in (Outcome.IN_SUBSET, Outcome.HELD, Outcome.OVERFLOW, Outcome.SPILL, Outcome.FALLBACK):
+        count_pick(m, Decision(o, None, "held" if o is Outcome.HELD else "cost" if o is Outcome.IN_SUBSET else ""))
+    text = generate_latest(m.registry).decode()
+    for o in ("in_subset", "held", "overflow", "spill", "fallback"):
+        assert metric_value(text, "brunoise_router_picks_total", {"reason": o}) == 1.0, o
+    assert metric_value(text, "brunoise_router_pick_rule_total", {"rule": "held"}) == 1.0
