@@ -14,13 +14,13 @@ import bisect
 import dataclasses
 import functools
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from axon_router.admission import Admission, Outcome, Priority
 from axon_router.cost import PickInput
 from axon_router.knobs import Knobs
-from axon_router.pick import CostPick
+from axon_router.pick import Candidates, CostPick
 from axon_router.pod_view import PodView, Ticket
 from axon_router.routing_key import SESSION_HEADERS, TENANT_HEADER, routing_key
 from brunoise.simulate.engines import FluidEngine, StepEngine, make_engine
@@ -534,46 +534,33 @@ class Fleet:
         subset = usable(sa.replicas)
         if not subset and sa.leaving:
             subset = usable(sa.leaving)
+        in_sub = set(sa.replicas) | set(sa.leaving)
+
+        def outside(ids: Iterable[str]) -> list[str]:
+            """The usable, live pods of ``ids`` outside the subset (the router's ``outside``)."""
+            by_id = self.by_id
+            return [
+                i for i in ids
+                if i not in in_sub and i not in tried and views[i].healthy and by_id[i].pod.state is not PodState.DEAD
+            ]  # fmt: skip
+
         if f.attempts == 0:
             # The router passes every other eligible pod as ``outside`` (held sessions, spill); scoring them all
             # on every request is what a large fleet cannot afford in virtual time, so past EXACT_PODS only the
             # pods that served this session are passed first (the ones that can hold its cache as the pick's
             # held tier needs it), and the whole pool only when no subset pod is admissible.
-            if len(self.pods) <= EXACT_PODS:
-                near = [
-                    p.id for p in self.pods
-                    if p.pod.state is not PodState.DEAD and p.id not in sa.replicas and p.id not in sa.leaving
-                    and views[p.id].healthy
-                ]  # fmt: skip
-            else:
-                near = [
-                    i for i in f.sess.pods
-                    if i not in sa.replicas and i not in sa.leaving and views[i].healthy
-                    and self.by_id[i].pod.state is not PodState.DEAD
-                ]  # fmt: skip
+            exact = len(self.pods) <= EXACT_PODS
+            near = outside(self.by_id if exact else f.sess.pods)
             d = r.admission.decide(r.policy, subset, near, views, f.pin, t, Priority.INTERACTIVE)
-            if d.pick is None:  # no admissible subset pod: the whole eligible pool (as the router does)
-                in_sub = set(sa.replicas) | set(sa.leaving)
-                outside = [
-                    p.id for p in self.pods
-                    if p.pod.state is not PodState.DEAD and p.id not in in_sub and p.id not in tried
-                    and views[p.id].healthy
-                ]  # fmt: skip
-                d = r.admission.decide(r.policy, subset, outside, views, f.pin, t, Priority.INTERACTIVE)
+            if d.pick is None and not exact:  # no admissible subset pod: the whole eligible pool (as the router does)
+                d = r.admission.decide(r.policy, subset, outside(self.by_id), views, f.pin, t, Priority.INTERACTIVE)
             if d.outcome is Outcome.SHED or d.pick is None:
                 self._end(f, t, "shed" if d.outcome is Outcome.SHED else "unavailable")
                 return
             self.results.outcome(d.outcome.value, d.rule)
             pick = d.pick
         else:
-            outside = [
-                p.id for p in self.pods
-                if p.pod.state is not PodState.DEAD and p.id not in sa.replicas and p.id not in sa.leaving
-                and p.id not in tried and views[p.id].healthy
-            ]  # fmt: skip
-            from axon_router.pick import Candidates
-
-            first = r.policy.choose_replicas(f.pin, Candidates(subset, outside), views, t).first()
+            first = r.policy.choose_replicas(f.pin, Candidates(subset, outside(self.by_id)), views, t).first()
             if first is None:
                 self._end(f, t, "unavailable")
                 return
