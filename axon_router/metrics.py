@@ -139,12 +139,10 @@ class RouterMetrics:
                 else:
                     self.knob.labels(name).set(float(value))
         # hot-path children, bound once
-        self.picks_in_subset = self.picks.labels("in_subset")
-        self.picks_held = self.picks.labels("held")
-        self.picks_overflow = self.picks.labels("overflow")
-        self.picks_spill = self.picks.labels("spill")
-        self.picks_fallback = self.picks.labels("fallback")
-        self.picks_retry = self.picks.labels("retry")
+        self.picks_by_reason = {
+            r: self.picks.labels(r) for r in ("in_subset", "held", "overflow", "spill", "fallback", "retry")
+        }
+        self.picks_retry = self.picks_by_reason["retry"]
         self._req_children: dict[tuple[str, str, str, str], Counter] = {}
         self._ttft_children: dict[tuple[str, str], Histogram] = {}
 

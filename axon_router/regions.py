@@ -44,7 +44,7 @@ def usable(ts: TargetState, now: float) -> bool:
 
 
 class RegionRouter(Refreshed):
-    """This router's region and every tenant's placement, refreshed from the assigners every ``refresh_s``."""
+    """This router's region and every tenant's placement, refreshed from the assigners every ``refresh_s`` (``interval_s``)."""
 
     def __init__(
         self,
@@ -58,7 +58,6 @@ class RegionRouter(Refreshed):
         self.own_region = own_region
         self.metrics = metrics
         self.calls = calls
-        self.refresh_s = refresh_s
         self.retry_after_s = retry_after_s
         self.placements: dict[str, TenantPlacement] = {}
         self.refreshed = calls is None  # placements were read at least once (none to read without assigners)

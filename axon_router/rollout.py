@@ -1,6 +1,6 @@
 """Router-side rollouts: the model-version records polled from the assigners, and each request's version target.
 
-Every ``poll_s`` the router asks any assigner replica for every rollout (``ListRollouts``, reader role) and keeps
+Every ``poll_s`` (``interval_s``) the router asks any assigner replica for every rollout (``ListRollouts``, reader role) and keeps
 the newest generation of each model's record (a reply older than what it holds is ignored). A request naming a model
 under a rollout goes to ``sharder.rollout.version_for(slice_key, record)``: green below ``fraction x 2^64``, blue
 above; a request naming its target explicitly (``x-brunoise-target``) is not redirected. Staleness: a change reaches
@@ -31,14 +31,12 @@ T = TypeVar("T")
 
 
 class RolloutView(Refreshed):
-    """The rollout records this router routes by, refreshed from the assigners every ``poll_s``."""
+    """The rollout records this router routes by, refreshed from the assigners every ``poll_s`` (``interval_s``); failed polls count in ``failures``."""
 
     def __init__(self, calls: AssignerCalls, registry: CollectorRegistry | None = None, poll_s: float = 0.25) -> None:
         self.calls = calls
-        self.poll_s = poll_s
         self.by_model: dict[str, Rollout] = {}
         self.polls = 0
-        self.poll_failures = 0
         self.version_failovers = 0  # requests sent to the other version because theirs had no usable pod
         self.interval_s = poll_s
         self.what = "rollouts"
@@ -53,7 +51,6 @@ class RolloutView(Refreshed):
         )  # fmt: skip
 
     def refresh_failed(self, error: Exception, first: bool) -> None:
-        self.poll_failures += 1
         log.debug("rollout poll failed: %s", error)
 
     async def refresh(self) -> None:

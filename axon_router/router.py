@@ -67,7 +67,7 @@ class Flight:
 def count_pick(m: RouterMetrics, d: Decision) -> None:
     """Count a first pick in ``brunoise_router_picks_total{reason}`` by its outcome (and the subset or held
     pick's rule in ``brunoise_router_pick_rule_total``)."""
-    m.picks.labels(d.outcome.value).inc()
+    m.picks_by_reason[d.outcome.value].inc()
     if d.outcome in (Outcome.IN_SUBSET, Outcome.HELD):
         m.pick_rule.labels(d.rule).inc()
 
