@@ -104,9 +104,17 @@ class StepEngine(PodEngine):
         self._start(t)
 
     def abort_all(self) -> list[object]:
+        """Also the requests of the interrupted step: it was applied when it started, so one that finished in it
+        left the engine's queues, but its finish was never reported (the stop broke its stream)."""
+        gone: list[object] = list(self.e.abort_virtual())
+        seen = {id(r) for r in gone}
+        for _, req in self._out:
+            if id(req) not in seen:
+                seen.add(id(req))
+                gone.append(req)
         self._step_end = None
         self._out = []
-        return list(self.e.abort_virtual())
+        return gone
 
     def load(self, t: float) -> EngineLoad:
         return self.e.load_at(t)

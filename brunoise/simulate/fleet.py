@@ -146,6 +146,11 @@ class ClientSession:
         self.index = 0
 
 
+#: Virtual seconds a run may go on past its source's last request time; what is still open then is an error
+#: (``unfinished``), so a lost request cannot keep the rounds ticking forever.
+OVERRUN_S = 3600.0
+
+
 class SliceMeter:
     """A pod's per-slice load as its slicelet aggregates it (``sharder.slicelet``): per held slice an EWMA of the
     work rate and a space-saving sketch of hot keys, aged like the EWMA. Same numbers, cheaper for idle slices:
@@ -442,8 +447,11 @@ class Fleet:
                     q.at(ev.t, functools.partial(self._restart, self.pods[ev.pod]))
         for t, i in spec.deaths:
             q.at(t, functools.partial(self._death, self.pods[i]))
-        q.run()
+        limit = self.source.duration_s + OVERRUN_S
+        q.run(stop=lambda: q.now > limit)
         end = q.now
+        for f in list(self.flights.values()):  # bounded: what is still open past the limit is counted, not awaited
+            self._end(f, end, "unfinished")
         self._phase_mark("end", end)
         self._bucket(end)
         self.results.finish(self, end)

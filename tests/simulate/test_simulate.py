@@ -189,3 +189,45 @@ def test_prefetched_sessions_come_from_a_second_process_in_the_same_order() -> N
     a = Fleet(spec(), inner).run().summary
     b = Fleet(spec(), Prefetched(small_source(), batch=4)).run().summary
     assert a == b
+
+
+@pytest.mark.parametrize("engine", ["step", "fluid"])
+def test_a_stop_mid_step_returns_the_requests_whose_finish_was_not_yet_reported(engine: str) -> None:
+    """A step is applied when it starts and reported at its end: a request that finished inside the step the stop
+    interrupts was never seen to finish, so the stop must hand it back (it once vanished, and the run never ended)."""
+    from brunoise.simulate.engines import make_engine
+    from runtime.engines.sim import SimConfig, virtual_request
+
+    seen: list[tuple[str, str]] = []
+    e = make_engine(engine, SimConfig(kv_blocks=256, max_model_len=2048), lambda r, t: seen.append(("first", r.id)),  # type: ignore[attr-defined]
+                    lambda r, t: seen.append(("finish", r.id)))  # type: ignore[attr-defined]  # fmt: skip
+    req = virtual_request("a", 64, tuple(range(4)), 1, 0.0, 0)
+    e.submit(req, 0.0)
+    due = e.next_time()
+    assert due is not None and due > 0.0
+    gone = e.abort_all()  # stopped before the step that finishes "a" is reported
+    assert [getattr(r, "id", None) for r in gone] == ["a"]
+    assert seen == []
+    assert e.next_time() is None
+
+
+def test_a_request_lost_by_an_engine_ends_the_run_as_unfinished(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run is bounded: a request whose finish never comes is counted as an error once the run is past its
+    source by ``OVERRUN_S``, instead of the rounds ticking on forever."""
+    import brunoise.simulate.fleet as fleet_mod
+
+    src = small_source(pods=3)
+    expected = sum(len(s.requests) for s in src.sessions())
+    keep = fleet_mod.Fleet._on_finish
+
+    def lose_one(self: Fleet, p: Any, ereq: Any, t: float) -> None:
+        if ereq.id == "r5":
+            p.set_inflight(t, -1)
+            return  # the engine finished it, the fleet never hears
+        keep(self, p, ereq, t)
+
+    monkeypatch.setattr(fleet_mod, "OVERRUN_S", 30.0)
+    monkeypatch.setattr(fleet_mod.Fleet, "_on_finish", lose_one)
+    res = Fleet(spec(), src).run().summary
+    assert res["errors"].get("unfinished", 0) >= 1
+    assert res["ok"] + res["error_count"] == res["requests"] <= expected
