@@ -37,7 +37,7 @@ from axon_router.quota import QuotaGate, QuotaTicket, used_tokens
 from axon_router.regions import RegionRouter
 from axon_router.rollout import RolloutView
 from axon_router.routing_key import RouteRequest
-from axon_router.targets import ClerkLike, TargetState, TargetTable, new_session_replicas
+from axon_router.targets import ClerkLike, TargetState, TargetTable, new_session_replicas, not_outside
 
 log = logging.getLogger("axon_router")
 
@@ -63,13 +63,13 @@ class Flight:
     attrs: dict[str, Any] = dataclasses.field(default_factory=dict)  # span attributes, set once at the end
 
 
-
 def count_pick(m: RouterMetrics, d: Decision) -> None:
     """Count a first pick in ``brunoise_router_picks_total{reason}`` by its outcome (and the subset or held
     pick's rule in ``brunoise_router_pick_rule_total``)."""
     m.picks_by_reason[d.outcome.value].inc()
     if d.outcome in (Outcome.IN_SUBSET, Outcome.HELD):
         m.pick_rule.labels(d.rule).inc()
+
 
 class Router:
     """Shares nothing with other router replicas but the assignment (through the clerk)."""
@@ -255,9 +255,9 @@ class Router:
                 f.reason = "quota"
                 raise
         sa = ts.assignment.lookup(req.slice_key)
-        # Make-before-break: leaving pods still hold the slice for this generation, but new traffic
-        # goes to the replicas (whose caches must warm); a leaving pod is used only when no replica can be.
-        subset_ids: Sequence[str] = sa.replicas + sa.leaving if sa.leaving else sa.replicas
+        # Make-before-break: leaving pods still hold the slice for this generation, but new sessions go to the
+        # replicas; a leaving pod is in the subset only when no replica can be used, and otherwise outside, where
+        # the held tier keeps the sessions whose cache it holds (targets.not_outside).
         if req.labels:
             elig, elig_ids = ts.eligible(req.labels)
             if not elig:
@@ -302,10 +302,11 @@ class Router:
                 subset = self._usable(ts, sa.replicas, elig_ids, tried, now)
             if not subset and sa.leaving:
                 subset = self._usable(ts, sa.leaving, elig_ids, tried, now)
+            inside = not_outside(sa, subset)
             outside = [
                 v.id
                 for v in elig
-                if v.id not in subset_ids and v.id not in tried and v.healthy and v.breaker.available(now)
+                if v.id not in inside and v.id not in tried and v.healthy and v.breaker.available(now)
             ]
             if suspected:
                 outside = []  # a suspected key never leaves its subset: no retry, spill or fallback beyond it

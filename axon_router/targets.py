@@ -96,6 +96,15 @@ def new_session_replicas(
     ]
 
 
+def not_outside(sa: Any, subset: Iterable[str]) -> frozenset[str]:
+    """The pods a request's outside tiers (held, overflow, spill, fallback) never list: its slice's replicas,
+    warming ones included, and the subset it was given. A pod leaving the slice (a move this generation) is
+    outside: it still holds the caches of the sessions it served, and the held tier keeps those there while
+    make-before-break sends only new sessions to the new replicas (a drain's pod is leaving too, but draining:
+    the held tier never picks it)."""
+    return frozenset(sa.replicas).union(subset)
+
+
 class TargetTable:
     """Target states by name and by model, rebuilt from the clerk when a generation changes, and one PodView
     per pod of any target (``on_new_pod`` / ``on_gone_pod`` start and stop its pollers)."""

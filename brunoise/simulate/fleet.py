@@ -23,6 +23,7 @@ from axon_router.knobs import Knobs
 from axon_router.pick import Candidates, CostPick
 from axon_router.pod_view import PodView, Ticket
 from axon_router.routing_key import SESSION_HEADERS, TENANT_HEADER, routing_key
+from axon_router.targets import not_outside
 from brunoise.simulate.engines import FluidEngine, StepEngine, make_engine
 from brunoise.simulate.events import EventQueue
 from brunoise.simulate.report import Results
@@ -542,7 +543,7 @@ class Fleet:
         subset = usable(sa.replicas)
         if not subset and sa.leaving:
             subset = usable(sa.leaving)
-        in_sub = set(sa.replicas) | set(sa.leaving)
+        in_sub = not_outside(sa, subset)
 
         def outside(ids: Iterable[str]) -> list[str]:
             """The usable, live pods of ``ids`` outside the subset (the router's ``outside``)."""

@@ -13,6 +13,9 @@ from axon_router.cost import Limits, PickInput
 from axon_router.knobs import Knobs
 from axon_router.pick import FALLBACK, HELD, OVERFLOW, SPILL, SUBSET, Candidates, CostPick, load_cap, rank_by_cost
 from axon_router.pod_view import PodView
+from axon_router.targets import new_session_replicas, not_outside
+from sharder.assignment import SliceAssignment
+from sharder.keyspace import KEYSPACE_END, Slice
 from sharder.prefix import prefix_hashes
 
 K = Knobs()
@@ -199,6 +202,28 @@ def test_a_session_whose_slice_moved_stays_on_the_pod_holding_its_cache() -> Non
             assert [t.name for t in r.tiers] == [HELD, SUBSET, SPILL]  # the subset stays next
         else:
             assert first[0] == SUBSET
+
+
+def test_a_session_stays_on_the_pod_its_slice_is_leaving_this_generation() -> None:
+    """Failure mode: the generation right after a move lists the old pod as ``leaving``; the router passed
+    leaving pods neither as the subset (a replica was usable) nor as outside, so the held tier could not see the
+    pod holding the session's cache, and every session of the slice with a turn in that generation hopped."""
+    text = DOC[:4000]
+    req = request(11, text, session_chunks=len(prefix_hashes(text)) - 2)
+    vs = views("new", "old", "other")
+    vs["old"].remember(req.prefix_hashes, 0.0)
+    sa = SliceAssignment(Slice(0, KEYSPACE_END), ("new",), leaving=("old",))
+    subset = list(new_session_replicas(sa, vs, req.prefix_hashes, req.session_chunks, 0.0, K))
+    assert subset == ["new"]
+    inside = not_outside(sa, subset)
+    assert "old" not in inside and "new" in inside
+    outside = [i for i in vs if i not in inside]
+    r = CostPick(K).choose_replicas(req, Candidates(subset, outside), vs, 0.0)
+    first = r.first()
+    assert first is not None and (first[0], first[1].pod.id, r.rule) == (HELD, "old", "held")
+    # a warming replica is never outside, even when new sessions skip it
+    warming = SliceAssignment(Slice(0, KEYSPACE_END), ("new", "warm"), warming=("warm",))
+    assert not_outside(warming, ["new"]) == {"new", "warm"}
 
 
 def test_a_new_session_never_goes_outside_for_a_shared_prefix_alone() -> None:
