@@ -40,8 +40,8 @@ case "${1:-}" in
     .venv/bin/python scripts/gen_proto.py --check
     echo "== ruff"
     .venv/bin/ruff check .
-    echo "== mypy --strict sharder/"
-    .venv/bin/mypy sharder
+    echo "== mypy --strict"
+    .venv/bin/mypy sharder axon_router runtime brunoise bench
     echo "== pytest"
     exec .venv/bin/pytest "$@"
     ;;

@@ -209,7 +209,12 @@ class CostPick:
             need = max(1, req.session_chunks)
             holders = [s for s in ok if s.hit_chunks >= need]
             if holders:
-                h = min(holders, key=lambda s: (-s.hit_chunks, tie_rank(key, s.pod.id)))
+                # equal holders (a warm-up copied the session's prompt): the one this router last sent it to
+                hashes = req.prefix_hashes
+                h = min(
+                    holders,
+                    key=lambda s: (-s.hit_chunks, -s.pod.sent_at(hashes, s.hit_chunks), tie_rank(key, s.pod.id)),
+                )
                 saved_s = k.sticky_weight * max(0, best.miss_tokens - h.miss_tokens) / k.prefill_tokens_per_s
                 if h is best or h.cost <= best.cost + saved_s + eps:
                     return [h, *(s for s in ranked if s is not h)], RULE_STICKY

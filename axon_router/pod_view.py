@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 
 from axon_router.failover import Breaker, HealthTracker
@@ -252,6 +253,11 @@ class PodView:
                 break
             n += 1
         return n
+
+    def sent_at(self, hashes: Sequence[int], n: int) -> float:
+        """When this router last sent the pod a prompt through ``hashes[n - 1]`` (-inf: not in its memory): of
+        two pods holding a session's cache alike (a warm-up copied it), the one that served the session."""
+        return self._memory.get(hashes[n - 1], -math.inf) if 0 < n <= len(hashes) else -math.inf
 
     def forget_memory(self) -> None:
         self._memory.clear()

@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -93,7 +94,7 @@ class Watcher:
         call = watch(assigner_pb2.WatchRequest(target="bench", diffs=self.diffs))
         async for raw in call:
             now_ms = time.time() * 1000
-            env = Envelope.FromString(raw)
+            env: Any = Envelope.FromString(raw)
             if env.HasField("diff"):
                 gen, created = env.diff.to_generation, env.diff.created_unix_ms
             else:

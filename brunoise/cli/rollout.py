@@ -96,7 +96,7 @@ def status(
         _print(list(c.list_rollouts(model).rollouts), output)
 
 
-def _change(model: str, action: int, reason: str, assigner: str | None, output: OutputFormat) -> None:
+def _change(model: str, action: int, reason: str, assigner: list[str] | None, output: OutputFormat) -> None:
     with _client(assigner) as c:
         _print([c.change_rollout(_require(model, "MODEL"), action, reason)], output)
 

@@ -11,6 +11,7 @@ routers ``assignment_lag_s`` after its round), and process lifecycles (restart =
 from __future__ import annotations
 
 import bisect
+import collections
 import dataclasses
 import functools
 import random
@@ -23,18 +24,20 @@ from axon_router.knobs import Knobs
 from axon_router.pick import Candidates, CostPick
 from axon_router.pod_view import PodView, Ticket
 from axon_router.routing_key import SESSION_HEADERS, TENANT_HEADER, routing_key
-from axon_router.targets import not_outside
+from axon_router.targets import new_session_replicas, not_outside
 from brunoise.simulate.engines import FluidEngine, StepEngine, make_engine
 from brunoise.simulate.events import EventQueue
 from brunoise.simulate.report import Results
 from brunoise.simulate.source import SimRequest, SimSession, Source
-from runtime.engines.sim import SimConfig
+from runtime.engines.sim import SimConfig, virtual_request
+from runtime.warm import LOG_KEYS, WARM_BYTES, WARM_PIECE_BYTES, WARM_PRIORITY, WARM_PROMPTS
 from sharder.assignment import Assignment, RoundStats, initial_assignment
 from sharder.config import TargetConfig
 from sharder.keyspace import Slice
 from sharder.load import LoadReport, SliceLoad
 from sharder.pods import Pod, PodState
 from sharder.policy import reshard
+from sharder.policy.warm import clear_warming, warming_of
 from sharder.prefix import CHUNK_BYTES
 from sharder.sketch import Ewma, SpaceSaving
 
@@ -216,7 +219,8 @@ class SimPod:
 
     __slots__ = (
         "base_hits", "base_queries", "bucket_ok", "capacity", "cfg", "engine", "id", "index", "infl_area",
-        "infl_t", "inflight", "meter", "ok", "pod", "sched", "up", "version",
+        "infl_t", "inflight", "meter", "ok", "pod", "prompts", "sched", "up", "version", "warm_hits", "warm_jobs", "warm_queries",
+        "warm_queue",
     )  # fmt: skip
 
     def __init__(self, index: int, cfg: SimConfig, meter: SliceMeter) -> None:
@@ -237,12 +241,41 @@ class SimPod:
         self.infl_area = 0.0
         self.infl_t = 0.0
         self.meter = meter
+        # the runtime's prompt log (``runtime.warm.PromptLog``): slice key -> [times served, hashes, tokens]
+        self.prompts: collections.OrderedDict[int, list[Any]] = collections.OrderedDict()
+        # warm-up in progress: the pieces left per mark (slice lo), and each submitted piece's mark
+        self.warm_queue: dict[int, tuple[Slice, collections.deque[tuple[int, tuple[int, ...]]]]] = {}
+        self.warm_jobs: dict[str, int] = {}
+        # the warm prefills' share of the engine's prefix-cache counters, taken out of the hit rate (as the
+        # runtime's brunoise_runtime_warmup_* counters let a reader of vLLM's counters do)
+        self.warm_queries = 0
+        self.warm_hits = 0
+
+    def log_prompt(self, key: int, hashes: tuple[int, ...], tokens: int) -> None:
+        e = self.prompts.pop(key, None)
+        self.prompts[key] = [1 if e is None else e[0] + 1, hashes, tokens]
+        if len(self.prompts) > LOG_KEYS:
+            self.prompts.popitem(last=False)
+
+    def hottest(self, s: Slice, budget_n: int, budget_tokens: int) -> list[tuple[int, tuple[int, ...], int]]:
+        """The most served prompts in ``s`` (ties: most recent first) within the budgets (``PromptLog.hottest``)."""
+        found = [(k, e, i) for i, (k, e) in enumerate(self.prompts.items()) if s.lo <= k < s.hi]
+        found.sort(key=lambda x: (-x[1][0], -x[2]))
+        out: list[tuple[int, tuple[int, ...], int]] = []
+        used = 0
+        for k, e, _ in found:
+            if len(out) >= budget_n or used + e[2] > budget_tokens:
+                break
+            used += e[2]
+            out.append((k, e[1], e[2]))
+        return out
 
     def queries_hits(self) -> tuple[int, int]:
         e = self.engine
+        q, h = self.base_queries - self.warm_queries, self.base_hits - self.warm_hits
         if e is None:
-            return self.base_queries, self.base_hits
-        return self.base_queries + e.prefix_queries, self.base_hits + e.prefix_hits
+            return q, h
+        return q + e.prefix_queries, h + e.prefix_hits
 
     def set_inflight(self, t: float, delta: int) -> None:
         self.infl_area += self.inflight * (t - self.infl_t)
@@ -358,6 +391,11 @@ class Fleet:
         self.finished = False
         self.rid = 0
         self.rr = 0
+        # warm-up on reshard, as the leader and the runtimes' warmers do it: when each mark was first seen, the
+        # slices each pod finished warming (its warm report), and the warm prefills' ids
+        self.warm_since: dict[tuple[int, str], float] = {}
+        self.warm_done: dict[str, list[Slice]] = {}
+        self.warm_n = 0
         # results
         self.results = Results(source, spec)
         self.oracle_held: set[int] = set()
@@ -540,7 +578,11 @@ class Fleet:
         def usable(ids: Sequence[str]) -> list[str]:
             return [i for i in ids if i not in tried and views[i].healthy]
 
-        subset = usable(sa.replicas)
+        # as the router: warming replicas take no new session while a warm one can (new_session_replicas)
+        starts = new_session_replicas(sa, views, f.pin.prefix_hashes, f.pin.session_chunks, t, k)
+        subset = usable(starts if f.attempts == 0 else sa.replicas)
+        if not subset and starts is not sa.replicas:
+            subset = usable(sa.replicas)
         if not subset and sa.leaving:
             subset = usable(sa.leaving)
         in_sub = not_outside(sa, subset)
@@ -593,6 +635,7 @@ class Fleet:
         req = f.req
         key = f.pin.slice_key
         ereq = pod.engine.make(self._rid_of(f), req.prompt_tokens, req.hashes, req.max_tokens, t, key)
+        pod.log_prompt(key, req.hashes, req.prompt_tokens)
         pod.set_inflight(t, +1)
         pod.engine.submit(ereq, t)
         pod.version += 1
@@ -613,6 +656,11 @@ class Fleet:
         v.remember(f.pin.prefix_hashes, f.pick_t)
 
     def _on_finish(self, p: SimPod, ereq: Any, t: float) -> None:
+        if ereq.id in p.warm_jobs:
+            p.warm_queries += ereq.num_prompt
+            p.warm_hits += ereq.cached_tokens or 0
+            self._warm_finished(p, ereq.id, t)
+            return
         f = self.flights.get(ereq.id)
         p.set_inflight(t, -1)
         if f is None or f.done:
@@ -666,13 +714,83 @@ class Fleet:
             slices = p.meter.aggregate(dt)
             reports.append(LoadReport(p.id, TARGET, p.engine.load(t), slices, len(self.rounds), int(t * 1000)))
         new = reshard(cur, [p.pod for p in self.pods], reports, now_ms=int(t * 1000))
+        new = self._clear_warm(new, t)
         committed = not new.same_placement(cur)
+        if committed and new.generation <= cur.generation:  # only marks cleared: still a new generation
+            new = dataclasses.replace(new, generation=cur.generation + 1)
         self.rounds.append(RoundRecord(t, new.generation, new.stats, committed, len(new.slices)))
         if committed:
             self.assignment = new
+            self._start_warm(new, t)
             self.q.at(t + self.spec.assignment_lag_s, functools.partial(self._publish, new))
         elif new.memory is not None:  # as the leader: nothing to commit, but the calm policy's memory goes on
             self.assignment = dataclasses.replace(cur, memory=new.memory)
+
+    def _clear_warm(self, a: Assignment, t: float) -> Assignment:
+        """The leader's ``_clear_warm``: marks the pod reported warm, or older than ``warm_deadline_s``, go."""
+        limit = a.config.warm_deadline_s
+        marks = {(sa.slice.lo, p) for sa in a.slices for p in sa.warming}
+        expired = {m for m in marks if t - self.warm_since.get(m, t) >= limit}
+        out = clear_warming(a, self.warm_done, expired)
+        kept = {(sa.slice.lo, p) for sa in out.slices for p in sa.warming}
+        for m in [m for m in self.warm_since if m not in kept]:
+            del self.warm_since[m]
+        return out
+
+    def _start_warm(self, a: Assignment, t: float) -> None:
+        """Each new mark's pod asks its donors (leaving pods first) for their hottest prompts in the slice and
+        prefills them (``runtime.warm.Warmer``, at most ``WARM_PROMPTS`` prompts of ``WARM_BYTES`` in all); it is
+        warm once they are done (at once when the donors had none)."""
+        for p in self.pods:
+            if not p.up or p.engine is None:
+                continue
+            for sa, donors in warming_of(a, p.id):
+                mark = (sa.slice.lo, p.id)
+                if mark in self.warm_since:
+                    continue
+                self.warm_since[mark] = t
+                budget_n, budget_t = WARM_PROMPTS, WARM_BYTES // 4
+                picked: dict[int, tuple[tuple[int, ...], int]] = {}
+                for d in donors:
+                    dp = self.by_id.get(d)
+                    if dp is None or not dp.up or budget_n <= 0 or budget_t <= 0:
+                        continue
+                    for key, hashes, tokens in dp.hottest(sa.slice, budget_n, budget_t):
+                        if key not in picked:
+                            picked[key] = (hashes, tokens)
+                            budget_n -= 1
+                            budget_t -= tokens
+                if not picked:
+                    self.warm_done.setdefault(p.id, []).append(sa.slice)
+                    continue
+                # ever longer prefixes of WARM_PIECE_BYTES more each, one after another, at WARM_PRIORITY
+                step = WARM_PIECE_BYTES // 4
+                pieces = [
+                    (n, hashes) for hashes, tokens in picked.values() for n in (*range(step, tokens, step), tokens)
+                ]
+                p.warm_queue[sa.slice.lo] = (sa.slice, collections.deque(pieces))
+                self._warm_next(p, sa.slice.lo, t)
+
+    def _warm_next(self, p: SimPod, lo: int, t: float) -> None:
+        """Submit the next piece of the warm-up of mark ``lo`` on ``p``; none left: the slice is warm."""
+        s, pieces = p.warm_queue[lo]
+        if not pieces or p.engine is None:
+            del p.warm_queue[lo]
+            self.warm_done.setdefault(p.id, []).append(s)
+            return
+        tokens, hashes = pieces.popleft()
+        self.warm_n += 1
+        rid = f"w{self.warm_n}"
+        p.warm_jobs[rid] = lo
+        req = virtual_request(rid, tokens, hashes, 1, t)
+        req.priority = WARM_PRIORITY
+        p.engine.submit(req, t)
+        self._kick(p)
+
+    def _warm_finished(self, p: SimPod, rid: str, t: float) -> None:
+        lo = p.warm_jobs.pop(rid)
+        if lo in p.warm_queue:
+            self._warm_next(p, lo, t)
 
     def _publish(self, a: Assignment, t: float) -> None:
         for r in self.routers:
@@ -699,7 +817,12 @@ class Fleet:
         gone: list[Any] = e.abort_all() if e is not None else []
         self._new_engine(p)  # the next incarnation starts with an empty cache
         p.up = False
+        p.warm_jobs.clear()
+        p.warm_queue.clear()  # its warm-ups end with it (the leader's deadline clears their marks)
+        p.prompts.clear()
         for ereq in gone:
+            if ereq.id.startswith("w"):
+                continue
             p.set_inflight(t, -1)
             f = self.flights.get(ereq.id)
             if f is None or f.done:

@@ -9,7 +9,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from axon_router.cost import Limits, PickInput
+from axon_router.cost import Limits, PickInput, tie_rank
 from axon_router.knobs import Knobs
 from axon_router.pick import FALLBACK, HELD, OVERFLOW, SPILL, SUBSET, Candidates, CostPick, load_cap, rank_by_cost
 from axon_router.pod_view import PodView
@@ -224,6 +224,29 @@ def test_a_session_stays_on_the_pod_its_slice_is_leaving_this_generation() -> No
     # a warming replica is never outside, even when new sessions skip it
     warming = SliceAssignment(Slice(0, KEYSPACE_END), ("new", "warm"), warming=("warm",))
     assert not_outside(warming, ["new"]) == {"new", "warm"}
+
+
+def test_a_session_stays_where_it_was_served_when_a_warm_up_copied_its_cache() -> None:
+    """Failure mode: a warm-up prefilled a session's prompt on the slice's new replica, both pods then held it
+    alike, and the stable tie-break sent the session to the new one (a hop, in the full bench 1.4 pods per
+    session): of equal holders, the pod this router last sent the session to keeps it."""
+    text = DOC[:3000]
+    hashes = prefix_hashes(text)
+    key = next(k for k in range(1000) if tie_rank(k, "copy") < tie_rank(k, "served"))  # the tie favours the copy
+    req = request(key, text + " next turn", session_chunks=len(hashes))
+    vs = views("served", "copy")
+    vs["served"].remember(hashes, 0.0)  # the router sent the session's turns here
+    vs["copy"].set_cache(64, hashes)  # the warm-up's KV events: the new replica holds the same prefix
+    r = CostPick(K).choose_replicas(req, Candidates(["served", "copy"], []), vs, 1.0)
+    first = r.first()
+    assert first is not None and (first[1].pod.id, r.rule) == ("served", "sticky")
+    assert first[1].hit_chunks == r.tiers[0].ranked[1].hit_chunks  # a tie on what they hold, broken by service
+    # a pod the router never sent the session to is still chosen by the stable rank among equal strangers
+    vs2 = views("served", "copy")
+    for v in vs2.values():
+        v.set_cache(64, hashes)
+    r2 = CostPick(K).choose_replicas(req, Candidates(["served", "copy"], []), vs2, 1.0)
+    assert r2.first() is not None and r2.first()[1].pod.id == "copy"  # type: ignore[index]
 
 
 def test_a_new_session_never_goes_outside_for_a_shared_prefix_alone() -> None:

@@ -231,3 +231,24 @@ def test_a_request_lost_by_an_engine_ends_the_run_as_unfinished(monkeypatch: pyt
     res = Fleet(spec(), src).run().summary
     assert res["errors"].get("unfinished", 0) >= 1
     assert res["ok"] + res["error_count"] == res["requests"] <= expected
+
+
+def test_warm_up_marks_are_warmed_from_the_donors_prompts_and_cleared() -> None:
+    """The simulator warms as the system does: a replica that gains a slice prefills its donors' hottest prompts
+    (at warm-up priority, kept out of the hit rate) and its mark clears once they are done; with
+    ``warm_deadline_s`` 0 nothing is marked or warmed."""
+    from sharder.config import TargetConfig
+
+    src = small_source(pods=3)
+    on = Fleet(spec(), src)
+    res_on = on.run().summary
+    warmed = sum(len(v) for v in on.warm_done.values())
+    assert warmed > 0  # the rolling restart and the balancing moved slices, and their new replicas warmed
+    assert on.warm_n > 0 and all(not p.warm_jobs for p in on.pods)
+    assert sum(p.warm_queries for p in on.pods) > 0  # the warm prefills' tokens, taken out of the hit rate
+    assert all(not sa.warming for sa in on.assignment.slices) or on.warm_since  # a mark left is still on the clock
+    off = Fleet(spec(config=TargetConfig("sim", warm_deadline_s=0.0)), small_source(pods=3))
+    res_off = off.run().summary
+    assert off.warm_n == 0 and not off.warm_done
+    assert all(not sa.warming for sa in off.assignment.slices)
+    assert res_on["requests"] == res_off["requests"]
