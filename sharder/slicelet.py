@@ -148,12 +148,20 @@ class Slicelet:
     async def wait_registered(self, timeout_s: float) -> None:
         await asyncio.wait_for(self._registered.wait(), timeout=timeout_s)
 
-    async def stop(self) -> None:
+    async def stop(self, *, leave: bool = True) -> None:
+        """Stop reporting and, when registered and ``leave``, end the registration (a last report with
+        ``leaving``), so the pod's next incarnation, at whatever address it gets, need not wait for this one's
+        lease to expire. ``leave`` False just goes quiet (the lease runs out, as when a pod dies)."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if leave and self._registered.is_set():
+            try:
+                await asyncio.wait_for(self.report_once(leaving=True), timeout=2 * self.rpc_timeout_s)
+            except (grpc.aio.AioRpcError, TimeoutError) as exc:  # the lease expires on its own
+                log.info("slicelet %s: leaving report failed: %r", self.pod.id, exc)
         for ch in self._channels.values():
             with contextlib.suppress(Exception):
                 await ch.close(None)
@@ -208,7 +216,9 @@ class Slicelet:
             ch = self._channels[addr] = self.auth.aio_channel(addr)
         return ch
 
-    def build_request(self) -> assigner_pb2.ReportRequest:
+    def build_request(self, *, leaving: bool = False) -> assigner_pb2.ReportRequest:
+        if leaving:  # the last word of a stopping pod: no load, its registration ends
+            return assigner_pb2.ReportRequest(pod=codec.pod_to_proto(self.pod), leaving=True)
         self._seq += 1
         report = LoadReport(
             pod_id=self.pod.id,
@@ -226,9 +236,10 @@ class Slicelet:
             lease_ttl_ms=int(self.lease_ttl_s * 1000),
         )
 
-    async def report_once(self) -> assigner_pb2.ReportResponse:
-        """Build and send one report, following leader hints and trying each address once; raises the last error."""
-        req = self.build_request()
+    async def report_once(self, *, leaving: bool = False) -> assigner_pb2.ReportResponse:
+        """Build and send one report, following leader hints and trying each address once; raises the last error.
+        ``leaving``: the pod is stopping, and its registration ends with this report."""
+        req = self.build_request(leaving=leaving)
         last: grpc.aio.AioRpcError | None = None
         unreachable: set[str] = set()
         tried = 0

@@ -27,14 +27,16 @@ class WatchResponse(_message.Message):
     def __init__(self, assignment: _Optional[_Union[_slicing_pb2.Assignment, _Mapping]] = ..., diff: _Optional[_Union[_slicing_pb2.AssignmentDiff, _Mapping]] = ...) -> None: ...
 
 class ReportRequest(_message.Message):
-    __slots__ = ("pod", "load", "lease_ttl_ms")
+    __slots__ = ("pod", "load", "lease_ttl_ms", "leaving")
     POD_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    LEAVING_FIELD_NUMBER: _ClassVar[int]
     pod: _slicing_pb2.Pod
     load: _slicing_pb2.LoadReport
     lease_ttl_ms: int
-    def __init__(self, pod: _Optional[_Union[_slicing_pb2.Pod, _Mapping]] = ..., load: _Optional[_Union[_slicing_pb2.LoadReport, _Mapping]] = ..., lease_ttl_ms: _Optional[int] = ...) -> None: ...
+    leaving: bool
+    def __init__(self, pod: _Optional[_Union[_slicing_pb2.Pod, _Mapping]] = ..., load: _Optional[_Union[_slicing_pb2.LoadReport, _Mapping]] = ..., lease_ttl_ms: _Optional[int] = ..., leaving: _Optional[bool] = ...) -> None: ...
 
 class ReportResponse(_message.Message):
     __slots__ = ("generation", "slices", "report_interval_ms", "leader_id", "state", "warming")

@@ -477,6 +477,26 @@ class Leader:
         state = PodState.DRAINING if pod.id in self._draining else PodState.ACTIVE
         return assignment, state
 
+    async def leave(self, pod: Pod) -> None:
+        """End ``pod``'s registration now (a graceful stop): its lease goes, the next round drops it, and its next
+        incarnation registers at once at whatever address it gets. Only the registered address may end it."""
+        self.require_leader()
+        rec = self.view.get(pod.id)
+        registered = rec.pod.address if rec is not None else None
+        if registered is None:
+            raw = (await self.store.list_pods()).get(pod.id)
+            registered = pod_from_bytes(raw, False).address if raw is not None else None
+        if registered is None:
+            return  # nothing to end (its lease expired already, or it never registered)
+        if registered != pod.address:
+            raise AlreadyExists(
+                f"pod id {pod.id!r} is registered with address {registered}, not {pod.address}; only the registered "
+                "incarnation may end its registration"
+            )
+        await self.store.delete_pod(pod.id)
+        self.view.forget(pod.id)
+        self.wake()
+
     @staticmethod
     def _warms(a: Assignment, pod_id: str) -> bool:
         return any(pod_id in sa.warming for sa in a.slices)

@@ -178,6 +178,13 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
             if not getattr(pod, field):
                 raise InvalidArgument(f"pod.{field} must be non-empty")
         pod = dataclasses.replace(pod, state=PodState.ACTIVE)
+        if request.leaving:
+            await self.leader.leave(pod)
+            return assigner_pb2.ReportResponse(
+                report_interval_ms=int(self.leader.report_interval_s * 1000),
+                leader_id=self.leader.me.candidate_id,
+                state=_STATE_TO_PB[PodState.DEAD],
+            )
         report: LoadReport | None = None
         if request.HasField("load"):
             try:
