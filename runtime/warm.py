@@ -34,6 +34,11 @@ ANSWER_BYTES = 4 << 20
 #: serving (and must fit its KV cache beside the live sessions).
 WARM_PROMPTS = 4
 WARM_BYTES = 16 << 10
+#: And at most this share of the pod's KV cache per slice (at vLLM's default 16 tokens a block, ~4 bytes a token): a
+#: warm prefill evicts what the cache held, and on a pod whose cache holds a few long documents, copying 16 KB of
+#: a slice's prompts evicted documents its live traffic was using (the bench's docs workload, 6 points of hit).
+WARM_KV_SHARE = 0.125
+KV_BLOCK_BYTES = 16 * 4
 #: No warm-up prefill while the engine's KV usage is above this.
 WARM_MAX_KV_USAGE = 0.8
 #: A warm prompt is prefilled in pieces, each a longer prefix of it adding at most this much text (~512 tokens at
@@ -189,6 +194,7 @@ class Warmer:
         max_prompts: int = WARM_PROMPTS,
         max_bytes: int = WARM_BYTES,
         max_kv_usage: float = WARM_MAX_KV_USAGE,
+        kv_share: float = WARM_KV_SHARE,
         piece_bytes: int = WARM_PIECE_BYTES,
         priority: int = 0,
     ) -> None:
@@ -199,6 +205,7 @@ class Warmer:
         self.timeout_s = timeout_s
         self.rpc_timeout_s = rpc_timeout_s
         self.max_prompts, self.max_bytes, self.max_kv_usage = max_prompts, max_bytes, max_kv_usage
+        self.kv_share = kv_share
         self.piece_bytes, self.priority = piece_bytes, priority
         self._queue: asyncio.Queue[tuple[Slice, tuple[str, ...], float]] = asyncio.Queue()
         self._known: set[Slice] = set()
@@ -251,11 +258,18 @@ class Warmer:
         self._known.discard(s)
         self.done(s)
 
+    def budget_bytes(self) -> int:
+        """Prompt bytes to warm per slice: ``max_bytes``, and at most ``kv_share`` of the KV cache (when known)."""
+        blocks = self.engine.cache_view().blocks_total
+        if blocks <= 0:
+            return self.max_bytes
+        return min(self.max_bytes, int(self.kv_share * blocks * KV_BLOCK_BYTES))
+
     async def _ask(self, s: Slice, donors: tuple[str, ...]) -> list[Any] | None:
         """Prompts from the donors in order until the budget is spent; None when no donor answered."""
         out: list[Any] = []
         seen: set[int] = set()
-        budget_n, budget_b = self.max_prompts, self.max_bytes
+        budget_n, budget_b = self.max_prompts, self.budget_bytes()
         answered = False
         for addr in donors:
             if budget_n <= 0 or budget_b <= 0:

@@ -30,7 +30,15 @@ from brunoise.simulate.events import EventQueue
 from brunoise.simulate.report import Results
 from brunoise.simulate.source import SimRequest, SimSession, Source
 from runtime.engines.sim import SimConfig, virtual_request
-from runtime.warm import LOG_KEYS, WARM_BYTES, WARM_PIECE_BYTES, WARM_PRIORITY, WARM_PROMPTS
+from runtime.warm import (
+    KV_BLOCK_BYTES,
+    LOG_KEYS,
+    WARM_BYTES,
+    WARM_KV_SHARE,
+    WARM_PIECE_BYTES,
+    WARM_PRIORITY,
+    WARM_PROMPTS,
+)
 from sharder.assignment import Assignment, RoundStats, initial_assignment
 from sharder.config import TargetConfig
 from sharder.keyspace import Slice
@@ -749,7 +757,8 @@ class Fleet:
                 if mark in self.warm_since:
                     continue
                 self.warm_since[mark] = t
-                budget_n, budget_t = WARM_PROMPTS, WARM_BYTES // 4
+                budget_n = WARM_PROMPTS
+                budget_t = min(WARM_BYTES, int(WARM_KV_SHARE * p.cfg.kv_blocks * KV_BLOCK_BYTES)) // 4
                 picked: dict[int, tuple[tuple[int, ...], int]] = {}
                 for d in donors:
                     dp = self.by_id.get(d)

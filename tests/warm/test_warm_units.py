@@ -119,3 +119,19 @@ def test_brunoise_slices_shows_the_warming_state(capsys: pytest.CaptureFixture[s
     rows = [line for line in out.splitlines() if "a,b" in line]
     assert "warming" in rows[0] and "b*" in rows[0] and "stable" in rows[1]
     assert slice_dict(msg.slices[0])["warming"] == ["b"] and slice_dict(msg.slices[1])["warming"] == []
+
+
+def test_a_warm_up_never_copies_more_than_its_share_of_the_kv_cache() -> None:
+    """Failure mode: on pods whose caches hold a few long documents, each warm-up copied up to 16 KB of a slice's
+    prompts and evicted documents the live traffic used (docs workload: 72.8 % hit with warm-up, 78.8 % without).
+    The budget per slice is ``WARM_KV_SHARE`` of the cache, and ``WARM_BYTES`` at most."""
+    from runtime.engines.sim import BLOCK_TOKENS, SimConfig, SimEngine
+    from runtime.warm import KV_BLOCK_BYTES, WARM_BYTES, WARM_KV_SHARE, WarmMetrics, Warmer
+
+    def budget(blocks: int) -> int:
+        engine = SimEngine(SimConfig(kv_blocks=blocks, max_model_len=blocks * BLOCK_TOKENS))
+        return Warmer(engine, done=lambda s: None, metrics=WarmMetrics()).budget_bytes()
+
+    small = budget(256)
+    assert small == int(WARM_KV_SHARE * 256 * KV_BLOCK_BYTES) < WARM_BYTES
+    assert budget(1 << 16) == WARM_BYTES  # a big cache: the fixed cap binds
