@@ -96,6 +96,10 @@ class Knobs:
     """How much the sticky rule values the prefill a session's cache saves: the session stays unless its pod's
     estimated TTFT exceeds the best by more than this times that prefill (>= 1: moving a session also
     duplicates its cache on a second pod, which costs other sessions their capacity)."""
+    sticky_slack_s: float = 0.05
+    """The sticky rule's floor: a session stays on its pod unless another is faster by more than this, even when
+    that other pod holds its cache as well (a warm-up copied it there), so sessions do not hop between equally
+    warm pods on small queue differences. 0: only the prefill saved counts."""
     sticky_outside: bool = True
     """Stickiness reaches past the subset: a session whose cache is held only by a pod outside its subset (its
     slice moved away, or it spilled) stays on that pod by the same rule, unless the pod is draining. A move

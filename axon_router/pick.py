@@ -216,7 +216,7 @@ class CostPick:
                     key=lambda s: (-s.hit_chunks, -s.pod.sent_at(hashes, s.hit_chunks), tie_rank(key, s.pod.id)),
                 )
                 saved_s = k.sticky_weight * max(0, best.miss_tokens - h.miss_tokens) / k.prefill_tokens_per_s
-                if h is best or h.cost <= best.cost + saved_s + eps:
+                if h is best or h.cost <= best.cost + max(saved_s, k.sticky_slack_s) + eps:
                     return [h, *(s for s in ranked if s is not h)], RULE_STICKY
         return ranked, rule
 

@@ -249,6 +249,27 @@ def test_a_session_stays_where_it_was_served_when_a_warm_up_copied_its_cache() -
     assert r2.first() is not None and r2.first()[1].pod.id == "copy"  # type: ignore[index]
 
 
+def test_a_session_keeps_its_pod_over_an_equally_warm_one_unless_that_is_faster_by_the_slack() -> None:
+    """Failure mode: with a warm-up's copy on a second replica, the session followed whichever of the two had the
+    shorter queue at each turn (1.2 pods per session in the full bench). It now stays unless the other is faster
+    by more than ``sticky_slack_s``."""
+    text = DOC[:3000]
+    hashes = prefix_hashes(text)
+    req = request(5, text + " next turn", session_chunks=len(hashes))
+    for ahead, want in ((600, "served"), (3000, "copy")):  # 30 ms of queue ahead on its pod, then 150 ms
+        vs = views("served", "copy")
+        vs["served"].remember(hashes, 0.0)
+        vs["copy"].set_cache(64, hashes)
+        vs["served"].begin(ahead + 64, prefill=ahead)
+        r = CostPick(K).choose_replicas(req, Candidates(["served", "copy"], []), vs, 1.0)
+        first = r.first()
+        assert first is not None and first[1].pod.id == want, (ahead, r.ids(), r.rule)
+        r0 = CostPick(dataclasses.replace(K, sticky_slack_s=0.0)).choose_replicas(
+            req, Candidates(["served", "copy"], []), vs, 1.0
+        )
+        assert r0.first() is not None and r0.first()[1].pod.id == "copy"  # type: ignore[index]
+
+
 def test_a_new_session_never_goes_outside_for_a_shared_prefix_alone() -> None:
     """The held tier is for a session's own cache: a pod outside the subset holding only the group's shared
     prompt does not draw a new session away from its subset."""

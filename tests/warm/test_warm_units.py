@@ -122,11 +122,10 @@ def test_brunoise_slices_shows_the_warming_state(capsys: pytest.CaptureFixture[s
 
 
 def test_a_warm_up_never_copies_more_than_its_share_of_the_kv_cache() -> None:
-    """Failure mode: on pods whose caches hold a few long documents, each warm-up copied up to 16 KB of a slice's
-    prompts and evicted documents the live traffic used (docs workload: 72.8 % hit with warm-up, 78.8 % without).
-    The budget per slice is ``WARM_KV_SHARE`` of the cache, and ``WARM_BYTES`` at most."""
+    """A warm prefill evicts what the cache held: on a pod whose cache holds a few long documents a 16 KB copy is
+    most of it. The budget per slice is ``WARM_KV_SHARE`` of the cache, and ``WARM_BYTES`` at most."""
     from runtime.engines.sim import BLOCK_TOKENS, SimConfig, SimEngine
-    from runtime.warm import KV_BLOCK_BYTES, WARM_BYTES, WARM_KV_SHARE, WarmMetrics, Warmer
+    from runtime.warm import KV_BLOCK_BYTES, WARM_BYTES, WARM_KV_SHARE, Warmer, WarmMetrics
 
     def budget(blocks: int) -> int:
         engine = SimEngine(SimConfig(kv_blocks=blocks, max_model_len=blocks * BLOCK_TOKENS))
