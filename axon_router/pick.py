@@ -136,8 +136,8 @@ class CostPick:
         rule = ""
         if ok_sub:
             ranked, rule = self._rank_subset(request, ok_sub, [s.outstanding for s in sub])
-            if self.k.sticky and self.k.sticky_outside and ok_out and rule != RULE_STICKY:
-                held = self._held(request, ranked, ok_out)
+            if self.k.sticky and self.k.sticky_outside and ok_out:
+                held = self._held(request, ranked, ok_out, rule == RULE_STICKY)
                 if held is not None:
                     tiers.append(Tier(HELD, (held,)))
                     rule = RULE_HELD
@@ -157,26 +157,37 @@ class CostPick:
             tiers.append(Tier(name, tuple(rank_by_cost(ok_out, request.slice_key, self.k.tie_epsilon_s))))
         return Ranking(tuple(tiers), rule)
 
-    def _held(self, req: PickInput, ranked: list[Scored], ok_out: list[Scored]) -> Scored | None:
+    def _held(self, req: PickInput, ranked: list[Scored], ok_out: list[Scored], sticky: bool) -> Scored | None:
         """The outside pod holding the session's cache (or a shared prefix worth more than ``cap_escape_s`` of
         prefill, a long document whose slice moved away) beyond what the subset's first pod holds, when sending
-        the request there costs less than the prefill it saves; None otherwise."""
+        the request there costs less than the prefill it saves; None otherwise. ``sticky``: the subset's first
+        pod holds the session too (a warm-up copied it there after a move); the pod outside that served the
+        session keeps it while it holds as much and is not slower by more than ``sticky_slack_s``."""
         k = self.k
         need = max(1, req.session_chunks)
         first = ranked[0]
         rate = k.prefill_tokens_per_s
-        escape = k.cap_escape_s if k.cap_escape_s > 0 else math.inf
-        # the session's own cache, or (like the cap's escape) a shared prefix saving more than cap_escape_s
-        holders = [
-            s for s in ok_out
-            if not s.pod.draining and s.hit_chunks > first.hit_chunks
-            and (s.hit_chunks >= need or (first.miss_tokens - s.miss_tokens) / rate > escape)
-        ]  # fmt: skip
+        if sticky:
+            hashes = req.prefix_hashes
+            last = first.pod.sent_at(hashes, first.hit_chunks)
+            holders = [
+                s for s in ok_out
+                if not s.pod.draining and s.hit_chunks >= first.hit_chunks
+                and s.pod.sent_at(hashes, s.hit_chunks) > last
+            ]  # fmt: skip
+        else:
+            escape = k.cap_escape_s if k.cap_escape_s > 0 else math.inf
+            # the session's own cache, or (like the cap's escape) a shared prefix saving more than cap_escape_s
+            holders = [
+                s for s in ok_out
+                if not s.pod.draining and s.hit_chunks > first.hit_chunks
+                and (s.hit_chunks >= need or (first.miss_tokens - s.miss_tokens) / rate > escape)
+            ]  # fmt: skip
         if not holders:
             return None
         h = min(holders, key=lambda s: (-s.hit_chunks, tie_rank(req.slice_key, s.pod.id)))
         saved_s = k.sticky_weight * max(0, first.miss_tokens - h.miss_tokens) / rate
-        return h if h.cost <= first.cost + saved_s + k.tie_epsilon_s else None
+        return h if h.cost <= first.cost + max(saved_s, k.sticky_slack_s) + k.tie_epsilon_s else None
 
     def _rank_subset(self, req: PickInput, ok: list[Scored], loads: Sequence[int]) -> tuple[list[Scored], str]:
         k = self.k
