@@ -150,6 +150,10 @@ class AssignerAdmin:
     async def drain(self, pod_id: str, undrain: bool = False) -> None:
         await asyncio.to_thread(self.client.drain, pod_id, undrain)
 
+    async def drain_progress(self, pod_id: str) -> tuple[int, int, int]:
+        """Slices held, requests running and waiting: what ``brunoise drain --wait`` waits on (all 0: drained)."""
+        return await asyncio.to_thread(self.client.drain_progress, pod_id, TARGET)
+
     async def slices_held(self) -> dict[str, int]:
         resp = await asyncio.to_thread(self.client.list_pods, TARGET)
         return {p.pod.id: p.slices_held for p in resp.pods}
