@@ -249,7 +249,7 @@ class RuntimePod:
             await self.warmer.stop()
         if self.slicelet is not None:
             try:
-                await self.slicelet.stop()
+                await self.slicelet.stop(leave=True)
             except Exception:
                 log.exception("slicelet stop failed")
         # fail what is still in flight fast (clients retry elsewhere), then close the surfaces

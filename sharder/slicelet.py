@@ -18,7 +18,7 @@ from sharder import codec
 from sharder.assigner.status import LEADER_METADATA_KEY
 from sharder.keyspace import Slice
 from sharder.load import EngineLoad, LoadReport, RequestOutcomes, SliceLoad
-from sharder.pods import Pod, PodState
+from sharder.pods import MIN_LEASE_TTL_MS, Pod, PodState
 from sharder.security.client import ClientAuth
 from sharder.sketch import Ewma, SpaceSaving
 
@@ -151,12 +151,21 @@ class Slicelet:
     async def wait_registered(self, timeout_s: float) -> None:
         await asyncio.wait_for(self._registered.wait(), timeout=timeout_s)
 
-    async def stop(self) -> None:
+    async def stop(self, *, leave: bool = False) -> None:
+        """Stop reporting. With ``leave`` (a pod shutting down), first send one last report asking for the shortest
+        lease: the registration lapses at once, so the next process of this pod id (a restart, on a new address)
+        registers without waiting out ``lease_ttl_s``, and slices it still held move at once."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if leave and self.registered:
+            self.on_warming = None  # the answer hands out no more work: this process is going away
+            try:
+                await self.report_once(lease_ttl_ms=MIN_LEASE_TTL_MS)
+            except (grpc.aio.AioRpcError, OSError) as exc:  # the lease lapses on its own
+                log.info("slicelet %s: could not leave the assigner: %s", self.pod.id, exc)
         for ch in self._channels.values():
             with contextlib.suppress(Exception):
                 await ch.close(None)
@@ -211,7 +220,7 @@ class Slicelet:
             ch = self._channels[addr] = self.auth.aio_channel(addr)
         return ch
 
-    def build_request(self) -> assigner_pb2.ReportRequest:
+    def build_request(self, lease_ttl_ms: int | None = None) -> assigner_pb2.ReportRequest:
         self._seq += 1
         report = LoadReport(
             pod_id=self.pod.id,
@@ -226,12 +235,12 @@ class Slicelet:
         return assigner_pb2.ReportRequest(
             pod=codec.pod_to_proto(self.pod),
             load=codec.load_report_to_proto(report),
-            lease_ttl_ms=int(self.lease_ttl_s * 1000),
+            lease_ttl_ms=int(self.lease_ttl_s * 1000) if lease_ttl_ms is None else lease_ttl_ms,
         )
 
-    async def report_once(self) -> assigner_pb2.ReportResponse:
+    async def report_once(self, lease_ttl_ms: int | None = None) -> assigner_pb2.ReportResponse:
         """Build and send one report, following leader hints and trying each address once; raises the last error."""
-        req = self.build_request()
+        req = self.build_request(lease_ttl_ms)
         last: grpc.aio.AioRpcError | None = None
         unreachable: set[str] = set()
         tried = 0
