@@ -310,11 +310,13 @@ class RouterRun:
         return first or 0.0
 
     async def _wait_registered(self, pod: Pod, timeout_s: float = 10.0) -> None:
+        """Wait until the pod's new incarnation is registered (its own address, not the stopped one's registration,
+        which would otherwise be undrained and given slices no process serves)."""
         assert self.admin is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with contextlib.suppress(Exception):
-                if pod.pod_id in await self.admin.slices_held():
+                if (await self.admin.registrations()).get(pod.pod_id) == pod.grpc:
                     return
             await asyncio.sleep(0.1)
 

@@ -28,6 +28,7 @@ async def test_bench_admin_configures_drains_and_reads_history(start_assigner: C
             await a.stub.Report(assigner_pb2.ReportRequest(pod=pod_msg(pid, 9300 + i, target=TARGET, model=MODEL)),
                                 timeout=5)  # fmt: skip
         assert await until(admin.assigned_pods, 10, "slices on the pods") <= {"b0", "b1"}
+        assert await admin.registrations() == {"b0": "127.0.0.1:9300", "b1": "127.0.0.1:9301"}
         await until(lambda: _holds(admin, "b1"), 10, "b1 to hold slices")  # before the drain
         await admin.drain("b1")
         await until(lambda: _none_on(admin, "b1"), 10, "b1 to hold nothing")
