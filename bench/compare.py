@@ -80,8 +80,9 @@ class BenchConfig:
     concurrency: int = 32
     round_interval_s: float = 0.5
     request_timeout_s: float = 60.0
-    #: How long the drain of a pod may take before it is stopped anyway.
-    drain_timeout_s: float = 3.0
+    #: How long the drain of a pod may take before it is stopped anyway (a safety net: a brunoise restart waits like
+    #: ``brunoise drain --wait``, which ends once the replacements are warm or past ``warm_deadline_s``).
+    drain_timeout_s: float = 20.0
     #: Drain the peers too before a restart, through their own admin APIs (remove the worker, wait until the pod
     #: is idle; add it back once it serves again). False: peers see the pod vanish and come back.
     peer_drain: bool = True
@@ -243,14 +244,15 @@ class RouterRun:
         if self.admin is not None:
             try:
                 await self.admin.drain(pod.pod_id)
+                # as an operator's `brunoise drain --wait`: until the pod holds no slice, not even one it is leaving
+                # (it stays leaving while a replacement warms from its prompts) and runs nothing
                 deadline = time.monotonic() + self.cfg.drain_timeout_s
-                while time.monotonic() < deadline:
-                    held = await self.admin.slices_held()
-                    if held.get(pod.pod_id, 0) == 0:
+                while (left := await self.admin.drain_progress(pod.pod_id)) != (0, 0, 0):
+                    if time.monotonic() >= deadline:
                         break
                     await asyncio.sleep(0.1)
                 rec["drained_s"] = round(time.monotonic() - t0, 3)
-                rec["slices_left"] = (await self.admin.slices_held()).get(pod.pod_id, 0)
+                rec["slices_left"] = left[0]
                 # requests already on the pod finish before it stops (new ones go elsewhere)
                 rec["busy_at_drain"] = await self._wait_idle(pod, session, time.monotonic() + self.cfg.drain_timeout_s)
                 rec["idle_s"] = round(time.monotonic() - t0, 3)
@@ -308,11 +310,13 @@ class RouterRun:
         return first or 0.0
 
     async def _wait_registered(self, pod: Pod, timeout_s: float = 10.0) -> None:
+        """Wait until the pod's new incarnation is registered (its own address, not the stopped one's registration,
+        which would otherwise be undrained and given slices no process serves)."""
         assert self.admin is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with contextlib.suppress(Exception):
-                if pod.pod_id in await self.admin.slices_held():
+                if (await self.admin.registrations()).get(pod.pod_id) == pod.grpc:
                     return
             await asyncio.sleep(0.1)
 

@@ -63,6 +63,7 @@ class Pod:
         self.proc: ManagedProcess | None = None
         self.http = ""
         self.http_port = 0
+        self.grpc = ""  # the current incarnation's gRPC address (its registration with the assigner names it)
         self.incarnation = 0
         self.base = Counters()  # totals of the incarnations before the current one
         self.last = Counters()  # the current incarnation's latest scrape
@@ -87,6 +88,7 @@ class Pod:
     def ready(self, timeout_s: float = 60.0) -> None:
         assert self.proc is not None
         addrs = self.proc.wait_ready(timeout_s)
+        self.grpc = addrs["grpc"]
         self.http = addrs["http"].rstrip("/")
         self.http_port = int(self.http.rsplit(":", 1)[1])
 
@@ -149,6 +151,15 @@ class AssignerAdmin:
 
     async def drain(self, pod_id: str, undrain: bool = False) -> None:
         await asyncio.to_thread(self.client.drain, pod_id, undrain)
+
+    async def drain_progress(self, pod_id: str) -> tuple[int, int, int]:
+        """Slices held, requests running and waiting: what ``brunoise drain --wait`` waits on (all 0: drained)."""
+        return await asyncio.to_thread(self.client.drain_progress, pod_id, TARGET)
+
+    async def registrations(self) -> dict[str, str]:
+        """Pod id -> the gRPC address it is registered with."""
+        resp = await asyncio.to_thread(self.client.list_pods, TARGET)
+        return {p.pod.id: p.pod.address for p in resp.pods}
 
     async def slices_held(self) -> dict[str, int]:
         resp = await asyncio.to_thread(self.client.list_pods, TARGET)

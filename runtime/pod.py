@@ -89,7 +89,7 @@ class RuntimePod:
         self.grpc: GrpcServer | None = None
         self._runner: web.AppRunner | None = None
         self._health_task: asyncio.Task[None] | None = None
-        self._undrained = False
+        self._restart_drain_checked = False
         self.addresses: dict[str, str] = {}
 
     @property
@@ -170,10 +170,14 @@ class RuntimePod:
             if self.grpc is not None:
                 await self.grpc.set_serving(self.ready)
             sl = self.slicelet
-            if sl is not None and sl.registered and sl.state is PodState.DRAINING and not self._undrained:
-                # a drain this pod id asked for when it last shut down; a pod that (re)starts is ready to serve
-                self._undrained = True
-                await self._drain_rpc(undrain=True)
+            if sl is not None and sl.registered and not self._restart_drain_checked:
+                # once, on registration: a drain the assigner already held then was asked for by this pod id's last
+                # process (its SIGTERM); a pod that (re)starts is ready to serve. A drain that comes later is an
+                # operator's (or this process's own shutdown) and stands until undone.
+                self._restart_drain_checked = True
+                draining_self = self.api is not None and self.api.draining
+                if sl.first_state is PodState.DRAINING and not draining_self:
+                    await self._drain_rpc(undrain=True)
 
     async def drain(self, timeout_s: float) -> bool:
         """Shut down gracefully: readiness fails (``/ready`` 503, gRPC health NOT_SERVING), the assigner is asked
@@ -245,7 +249,7 @@ class RuntimePod:
             await self.warmer.stop()
         if self.slicelet is not None:
             try:
-                await self.slicelet.stop()
+                await self.slicelet.stop(leave=True)
             except Exception:
                 log.exception("slicelet stop failed")
         # fail what is still in flight fast (clients retry elsewhere), then close the surfaces

@@ -9,6 +9,11 @@ from collections.abc import Mapping
 KNOWN_LABELS: frozenset[str] = frozenset({"model", "model_version", "region"})
 """Labels a TargetConfig's eligibility may name."""
 
+#: The lease a pod's report may ask for (``ReportRequest.lease_ttl_ms``); a pod that stops asks for the shortest,
+#: so its registration lapses at once and the next process of its id need not wait out the lease.
+MIN_LEASE_TTL_MS = 100
+MAX_LEASE_TTL_MS = 600_000
+
 
 class PodState(enum.Enum):
     """Lifecycle of a pod: active pods take slices, draining pods hand theirs over, dead pods are dropped."""

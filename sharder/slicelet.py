@@ -101,6 +101,9 @@ class Slicelet:
         self.misrouted = 0
         self.generation = 0
         self.state = PodState.ACTIVE
+        #: the state the assigner named in its first answer to this process (DRAINING: a drain asked for by an
+        #: earlier process of this pod id, e.g. on its SIGTERM); None until registered
+        self.first_state: PodState | None = None
         self.leader_id = ""
         self.last_error: str | None = None
         self.reports_sent = 0
@@ -158,6 +161,7 @@ class Slicelet:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if leave and self._registered.is_set():
+            self.on_warming = None  # the answer hands out no more work: this process is going away
             try:
                 await asyncio.wait_for(self.report_once(leaving=True), timeout=2 * self.rpc_timeout_s)
             except (grpc.aio.AioRpcError, TimeoutError) as exc:  # the lease expires on its own
@@ -286,6 +290,8 @@ class Slicelet:
         self.generation = resp.generation
         self.leader_id = resp.leader_id
         self.state = _STATE_FROM_PB.get(resp.state, PodState.ACTIVE)
+        if self.first_state is None:
+            self.first_state = self.state
         self._set_held([codec.slice_from_proto(s) for s in resp.slices])
         if resp.report_interval_ms:
             self._server_interval_s = resp.report_interval_ms / 1000

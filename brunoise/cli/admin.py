@@ -463,11 +463,7 @@ def _wait_drained(c: Any, pod_id: str, target: str, timeout_s: float, output: Ou
     deadline = time.monotonic() + timeout_s
     last: tuple[int, int, int] | None = None
     while True:
-        held = sum(1 for s in c.get_assignment(target).slices if pod_id in s.replicas or pod_id in s.leaving)
-        st = next((p for p in c.list_pods(target).pods if p.pod.id == pod_id), None)
-        running = int(st.engine.running) if st is not None else 0
-        waiting = int(st.engine.waiting) if st is not None else 0
-        now = (held, running, waiting)
+        now = held, running, waiting = c.drain_progress(pod_id, target)
         if now != last:
             if output == OutputFormat.json:
                 print(json.dumps({"pod": pod_id, "slices_held": held, "running": running, "waiting": waiting}), flush=True)

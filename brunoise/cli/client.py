@@ -230,6 +230,16 @@ class AdminClient:
     def drain(self, pod_id: str, undrain: bool = False) -> assigner_pb2.DrainResponse:
         return self._call("Drain", assigner_pb2.DrainRequest(pod_id=pod_id, undrain=undrain), assigner_pb2.DrainResponse)
 
+    def drain_progress(self, pod_id: str, target: str) -> tuple[int, int, int]:
+        """What a drain of ``pod_id`` still waits for: the slices of ``target`` it holds (replica or leaving) and the
+        requests it last reported running and waiting; ``(0, 0, 0)`` once drained (or gone). ``drain --wait``
+        polls this, and so does the bench before it stops a pod."""
+        held = sum(1 for s in self.get_assignment(target).slices if pod_id in s.replicas or pod_id in s.leaving)
+        st = next((p for p in self.list_pods(target).pods if p.pod.id == pod_id), None)
+        running = int(st.engine.running) if st is not None else 0
+        waiting = int(st.engine.waiting) if st is not None else 0
+        return held, running, waiting
+
     def set_override(self, target: str, override: slicing_pb2.Override) -> assigner_pb2.SetOverrideResponse:
         return self._call("SetOverride", assigner_pb2.SetOverrideRequest(target=target, override=override), assigner_pb2.SetOverrideResponse)
 

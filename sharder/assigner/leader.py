@@ -132,6 +132,9 @@ class Leader:
         self._msgs: dict[str, slicing_pb2.Assignment] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._draining: set[str] = set()
+        #: pod -> monotonic time this leader first saw it draining: a drain waits for its replacements' warm-up at
+        #: most ``warm_deadline_s`` from then, however often the policy renews the marks it waits on
+        self._drain_since: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.rounds = 0
@@ -210,7 +213,7 @@ class Leader:
                 current[target] = decode(v.data)
         self._current = current
         drains = await self.store.list_meta(DRAIN_PREFIX)
-        self._draining = {k[len(DRAIN_PREFIX) :] if k.startswith(DRAIN_PREFIX) else k for k in drains}
+        self._set_draining({k[len(DRAIN_PREFIX) :] if k.startswith(DRAIN_PREFIX) else k for k in drains})
         for a in current.values():
             self.hub.publish(codec.assignment_to_proto(a))
         self._elected = True
@@ -259,11 +262,16 @@ class Leader:
     def draining(self, pod_id: str) -> bool:
         return pod_id in self._draining
 
+    def _set_draining(self, pods: set[str]) -> None:
+        now = time.monotonic()
+        self._draining = pods
+        self._drain_since = {p: self._drain_since.get(p, now) for p in pods}
+
     async def live_pods(self) -> dict[str, Pod]:
         """Pods whose lease is alive, with their drain flag as state."""
         raw = await self.store.list_pods()
         drains = await self.store.list_meta(DRAIN_PREFIX)
-        self._draining = {k[len(DRAIN_PREFIX) :] if k.startswith(DRAIN_PREFIX) else k for k in drains}
+        self._set_draining({k[len(DRAIN_PREFIX) :] if k.startswith(DRAIN_PREFIX) else k for k in drains})
         pods: dict[str, Pod] = {}
         for pid, data in raw.items():
             try:
@@ -348,15 +356,20 @@ class Leader:
 
     def _clear_warm(self, target: str, a: Assignment, reports: Sequence[LoadReport]) -> Assignment:
         """``a`` without the warming marks its pods reported warm or that are past ``warm_deadline_s`` (this
-        leader's clock: a mark's age counts from when this leader first saw it)."""
+        leader's clock: a mark's age counts from when this leader first saw it), and without those of a slice a pod
+        drained for ``warm_deadline_s`` or longer is leaving: the policy keeps a draining pod ``leaving`` while a
+        replica warms from it, so this bounds every drain by the deadline, even where later rounds renew the marks
+        (a split's new half, a replica moved on)."""
         warm = {r.pod_id: r.warm for r in reports if r.warm}
         now = time.monotonic()
         limit = a.config.warm_deadline_s
+        drained = {p for p, since in self._drain_since.items() if now - since >= limit}
         expired = {
             (lo, p)
             for sa in a.slices
             for p in sa.warming
             if now - self._warm_since.get((target, lo := sa.slice.lo, p), now) >= limit
+            or not drained.isdisjoint(sa.leaving)
         }
         return clear_warming(a, warm, expired)
 
@@ -509,10 +522,10 @@ class Leader:
             raise NotFound(f"no live pod {pod_id!r}; ListPods shows the registered pods")
         if undrain:
             await self.store.delete_meta(DRAIN_PREFIX + pod_id)
-            self._draining.discard(pod_id)
+            self._set_draining(self._draining - {pod_id})
         else:
             await self.store.put_meta(DRAIN_PREFIX + pod_id, b"1")
-            self._draining.add(pod_id)
+            self._set_draining(self._draining | {pod_id})
         self.wake()
         return dataclasses.replace(pod, state=PodState.ACTIVE if undrain else PodState.DRAINING)
 

@@ -20,7 +20,7 @@ from sharder.keyspace import Slice, check_slice_key, slice_key
 from sharder.load import LoadReport
 from sharder.override_admission import check_override
 from sharder.overrides import MergeOverride, MoveOverride, Override, SplitOverride, validate_override
-from sharder.pods import Pod, PodState
+from sharder.pods import MAX_LEASE_TTL_MS, MIN_LEASE_TTL_MS, Pod, PodState
 from sharder.policy.warm import warming_of
 from sharder.quota import AllotmentAsk
 from sharder.security.interceptor import current_principal
@@ -46,10 +46,8 @@ log = logging.getLogger(__name__)
 
 MAX_REPORT_SLICES = 4096
 MAX_REPORT_BYTES = 1 << 20
-MAX_LEASE_TTL_MS = 600_000
 #: Largest answer the assigner sends: a default gRPC client takes at most 4 MiB (less a margin for framing).
 MAX_RESPONSE_BYTES = (4 << 20) - (64 << 10)
-MIN_LEASE_TTL_MS = 100
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 

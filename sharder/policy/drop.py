@@ -10,7 +10,10 @@ def drop_pods(state: RoundState, previous_pods: tuple[Pod, ...]) -> None:
     """Remove replicas that are not eligible ACTIVE pods. Draining replicas move to ``leaving`` (they keep
     serving for one more generation while the fill phase adds replacements); dead, unknown or ineligible ones
     go at once. Pods that were already ``leaving`` leave now, unless the slice has no replica at all (then the
-    still-serving ones stay until a replacement exists). Replicas beyond ``max_replicas`` leave too."""
+    still-serving ones stay until a replacement exists), and a draining one stays while a replica of the slice
+    is still warming (warm-up on reshard: the replacement fills its cache from the draining pod's prompts, and a
+    drain stops the pod once it holds no slice; the leader clears a mark at ``warm_deadline_s`` at the latest).
+    Replicas beyond ``max_replicas`` leave too."""
     pods = state.pods
     ok = state.eligible_set
     gen = state.generation
@@ -41,10 +44,14 @@ def drop_pods(state: RoundState, previous_pods: tuple[Pod, ...]) -> None:
             new_leaving.extend(reps[mx:])
             rec.replicas = reps = reps[:mx]
             rec.since = gen
-        if old_leaving and not reps:
+        warming = rec.orig is not None and not set(rec.orig.warming).isdisjoint(reps)
+        if old_leaving and (not reps or warming):
             for p in old_leaving:
                 pod = pods.get(p)
-                if pod is not None and _serving(pod, state) and p not in new_leaving:
+                if (
+                    pod is not None and _serving(pod, state) and p not in new_leaving
+                    and (not reps or pod.state is PodState.DRAINING)
+                ):  # fmt: skip
                     new_leaving.append(p)
         rec.leaving = tuple(new_leaving)
 

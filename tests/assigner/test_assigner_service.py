@@ -17,7 +17,7 @@ from brunoise_api.v1 import assigner_pb2, slicing_pb2
 from sharder import codec
 from sharder.codec import apply_diff_message as apply_diff
 from sharder.keyspace import slice_key
-from tests.assigner.conftest import Assigner, get, holders, pod_msg, report, report_load
+from tests.assigner.conftest import ROUND_S, Assigner, get, holders, pod_msg, report, report_load
 from tests.waiting import until
 
 pytestmark = pytest.mark.slow
@@ -133,6 +133,21 @@ async def test_drain_is_make_before_break(start_assigner: Callable[..., Assigner
     seen: list[slicing_pb2.Assignment] = [(await asyncio.wait_for(watch.read(), 5)).assignment]
     had = {s.slice.lo for s in seen[0].slices if "p0" in s.replicas}
     assert had
+    warmed: dict[str, list[slicing_pb2.Slice]] = {}
+
+    async def heartbeats() -> None:
+        """The pods report as live pods do (p0 too: it serves the slices it is leaving), each saying warm what the
+        previous answer asked it to warm (as if prefilled meanwhile): a drain waits for its replacements' warm-up."""
+        while True:
+            for i in range(3):
+                pid = f"p{i}"
+                load = slicing_pb2.LoadReport(pod_id=pid, target="t", warm=warmed.get(pid, []))
+                req = assigner_pb2.ReportRequest(pod=pod_msg(pid, 9000 + i), load=load)
+                resp = await a.stub.Report(req, timeout=5)
+                warmed[pid] = [w.slice for w in resp.warming]
+            await asyncio.sleep(ROUND_S)
+
+    beats = asyncio.create_task(heartbeats())
     drained = await a.stub.Drain(assigner_pb2.DrainRequest(pod_id="p0"))
     assert drained.pod.state == slicing_pb2.POD_STATE_DRAINING
 
@@ -141,7 +156,14 @@ async def test_drain_is_make_before_break(start_assigner: Callable[..., Assigner
         seen.append(msg.assignment)
         return "p0" not in holders(msg.assignment)
 
-    await until(p0_empty, 15, "p0 to hold no slice")
+    try:
+        await until(p0_empty, 15, "p0 to hold no slice")
+    finally:
+        beats.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beats
+    # the replacements warmed from p0 (a donor) while it stayed leaving
+    assert any("p0" in s.leaving and s.warming for m in seen for s in m.slices)
     # make-before-break: whenever p0 left a slice's replicas it stayed as `leaving` for a generation while a
     # replacement was already a replica; no slice ever lost all its serving pods
     for prev, cur in itertools.pairwise(seen):

@@ -28,13 +28,21 @@ async def test_bench_admin_configures_drains_and_reads_history(start_assigner: C
             await a.stub.Report(assigner_pb2.ReportRequest(pod=pod_msg(pid, 9300 + i, target=TARGET, model=MODEL)),
                                 timeout=5)  # fmt: skip
         assert await until(admin.assigned_pods, 10, "slices on the pods") <= {"b0", "b1"}
+        assert await admin.registrations() == {"b0": "127.0.0.1:9300", "b1": "127.0.0.1:9301"}
+        await until(lambda: _holds(admin, "b1"), 10, "b1 to hold slices")  # before the drain
         await admin.drain("b1")
         await until(lambda: _none_on(admin, "b1"), 10, "b1 to hold nothing")
+        assert await admin.drain_progress("b1") == (0, 0, 0)  # what the bench's restart waits for
         history = await admin.history()
         assert history and history[-1]["generation"] >= 1
         assert {"moves", "splits", "churn", "imbalance"} <= set(history[-1])
     finally:
         await admin.close()
+
+
+async def _holds(admin: AssignerAdmin, pod: str) -> bool:
+    held, _, _ = await admin.drain_progress(pod)
+    return held > 0
 
 
 async def _none_on(admin: AssignerAdmin, pod: str) -> bool:

@@ -21,6 +21,7 @@ from sharder.overrides import MergeOverride, MoveOverride, Override, SplitOverri
 from sharder.pods import Pod, PodState, serves
 from sharder.policy import reshard
 from sharder.policy.split import median_point
+from sharder.policy.warm import clear_warming
 
 
 def _check_round(a: Assignment, b: Assignment, ps: list[Pod], now: int) -> None:
@@ -159,7 +160,13 @@ def test_dead_pod_is_replaced_and_draining_pod_leaves_after_replacement() -> Non
     assert not b.slices_of("p1")
     held_by_p1 = [sa for sa in a.slices if "p1" in sa.replicas]
     assert all("p1" in b.lookup(sa.slice.lo).leaving for sa in held_by_p1)
-    c = reshard(b, ps2, [])
+    # the replacements warm from p1's prompts: p1 stays leaving while they do (it stops once it holds nothing)
+    held = reshard(b, ps2, [])
+    assert all(sa.warming and "p1" in sa.leaving for sa in held.slices if "p1" in sa.leaving or sa.warming)
+    assert all("p1" in held.lookup(sa.slice.lo).leaving for sa in held_by_p1)
+    # once warm (or past the deadline: the leader clears the marks either way) it leaves
+    done = clear_warming(held, {}, {(sa.slice.lo, p) for sa in held.slices for p in sa.warming})
+    c = reshard(done, ps2, [])
     assert not c.slices_of("p1", include_leaving=True)
     assert [p.id for p in c.pods] == ["p1", "p2", "p3"]
 
@@ -176,8 +183,10 @@ def test_draining_pod_keeps_slices_without_replacement() -> None:
         assert all(sa.replicas == () and sa.leaving == ("p0",) for sa in x.slices)
     back = [*drained, Pod("p1", "b")]
     d = reshard(c, back, [])
-    assert all(sa.replicas == ("p1",) and sa.leaving == ("p0",) for sa in d.slices)
-    e = reshard(d, back, [])
+    assert all(sa.replicas == ("p1",) and sa.leaving == ("p0",) and sa.warming == ("p1",) for sa in d.slices)
+    # p1 warms from p0's prompts: p0 keeps serving until p1 reports warm
+    assert all(sa.leaving == ("p0",) for sa in reshard(d, back, []).slices)
+    e = reshard(clear_warming(d, {"p1": [Slice(0, KEYSPACE_END)]}), back, [])
     assert all(sa.leaving == () for sa in e.slices)
 
 

@@ -11,6 +11,7 @@ from sharder.assigner.leader import Leader
 from sharder.assigner.pod_loads import PodLoadView
 from sharder.assignment import Assignment, initial_assignment
 from sharder.config import TargetConfig
+from sharder.keyspace import Slice
 from sharder.load import LoadReport
 from sharder.pods import Pod, PodState
 from sharder.policy.round import reshard
@@ -73,3 +74,38 @@ def test_marks_past_the_deadline_are_cleared_and_count_as_timed_out() -> None:
     leader._note_warming(new)
     assert _counter(leader, "brunoise_assigner_warmups_timed_out_total") == len(marks)
     assert _counter(leader, "brunoise_assigner_warmups_completed_total") == 0
+
+
+def _renewed(a: Assignment) -> Assignment:
+    """``a`` with the last slice that p0 is leaving while its replicas warm split in two, as the policy's split phase
+    may do in any round: both halves carry the marks (the replicas still warm), and the upper half's are new marks
+    with a new clock."""
+    out = list(a.slices)
+    i = max((i for i, sa in enumerate(out) if "p0" in sa.leaving and sa.warming), default=None)
+    if i is not None:
+        sa = out[i]
+        mid = (sa.slice.lo + sa.slice.hi) // 2
+        out[i : i + 1] = [dataclasses.replace(sa, slice=Slice(sa.slice.lo, mid)),
+                          dataclasses.replace(sa, slice=Slice(mid, sa.slice.hi))]  # fmt: skip
+    return dataclasses.replace(a, slices=tuple(out))
+
+
+def test_a_drain_waits_for_warm_up_at_most_the_deadline_even_when_marks_are_renewed() -> None:
+    limit = 0.3
+    leader, live, marked = _setup(deadline_s=limit)
+    assert any("p0" in sa.leaving and sa.warming for sa in marked.slices)  # p0 stays while its replacements warm
+    leader._set_draining({"p0"})  # the drain, as Drain or the store's drain flags tell the leader
+    cur, t0, rounds = marked, time.monotonic(), 0
+    while any("p0" in sa.leaving for sa in cur.slices):  # a poll with a deadline: the leader's clock must pass it
+        assert time.monotonic() - t0 < limit + 3.0, (
+            f"p0 still leaving {len(cur.slices_of('p0', include_leaving=True))} slices after {rounds} rounds"
+        )
+        new = leader.policy_round("t")(_renewed(cur), live)
+        if new is not None:
+            cur = dataclasses.replace(new, generation=cur.generation + 1)
+            leader._current["t"] = cur
+            leader._note_warming(cur)
+        rounds += 1
+        time.sleep(0.1)  # a round interval (and at most ~33 halvings of a slice before the limit)
+    assert time.monotonic() - t0 >= limit  # it did wait (the marks were never reported warm)
+    assert not cur.slices_of("p0", include_leaving=True)
