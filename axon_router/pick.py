@@ -168,12 +168,11 @@ class CostPick:
         first = ranked[0]
         rate = k.prefill_tokens_per_s
         if sticky:
-            hashes = req.prefix_hashes
-            last = first.pod.sent_at(hashes, first.hit_chunks)
+            key = req.slice_key
+            last = first.pod.served_at(key)
             holders = [
                 s for s in ok_out
-                if not s.pod.draining and s.hit_chunks >= first.hit_chunks
-                and s.pod.sent_at(hashes, s.hit_chunks) > last
+                if not s.pod.draining and s.hit_chunks >= first.hit_chunks and s.pod.served_at(key) > last
             ]  # fmt: skip
         else:
             escape = k.cap_escape_s if k.cap_escape_s > 0 else math.inf
@@ -221,11 +220,7 @@ class CostPick:
             holders = [s for s in ok if s.hit_chunks >= need]
             if holders:
                 # equal holders (a warm-up copied the session's prompt): the one this router last sent it to
-                hashes = req.prefix_hashes
-                h = min(
-                    holders,
-                    key=lambda s: (-s.hit_chunks, -s.pod.sent_at(hashes, s.hit_chunks), tie_rank(key, s.pod.id)),
-                )
+                h = min(holders, key=lambda s: (-s.hit_chunks, -s.pod.served_at(key), tie_rank(key, s.pod.id)))
                 saved_s = k.sticky_weight * max(0, best.miss_tokens - h.miss_tokens) / k.prefill_tokens_per_s
                 if h is best or h.cost <= best.cost + max(saved_s, k.sticky_slack_s) + eps:
                     return [h, *(s for s in ranked if s is not h)], RULE_STICKY

@@ -41,6 +41,7 @@ class PodView:
         "_halflife_s",
         "_memory",
         "_memory_max",
+        "_served",
         "_pending",
         "address",
         "breaker",
@@ -114,6 +115,8 @@ class PodView:
         self.cache_chunk_bytes = CHUNK_BYTES
         self._memory: collections.OrderedDict[int, float] = collections.OrderedDict()
         self._memory_max = memory_max
+        # the SliceKeys (sessions) this router sent here, and when: which pod served a session
+        self._served: collections.OrderedDict[int, float] = collections.OrderedDict()
 
     # ---------------------------------------------------------------- own in-flight accounting
     def begin(self, tokens: int, prefill: int = 0) -> Ticket:
@@ -228,8 +231,14 @@ class PodView:
         return self.rep_kv if self.rep_at >= 0 and now - self.rep_at <= stale_s else 0.0
 
     # ---------------------------------------------------------------- prefix memory
-    def remember(self, hashes: Sequence[int], now: float) -> None:
-        """This router just sent a prompt with these chain hashes to the pod."""
+    def remember(self, hashes: Sequence[int], now: float, slice_key: int | None = None) -> None:
+        """This router just sent a prompt with these chain hashes to the pod (for session ``slice_key``)."""
+        if slice_key is not None:
+            served = self._served
+            served.pop(slice_key, None)
+            served[slice_key] = now
+            while len(served) > self._memory_max:
+                served.popitem(last=False)
         mem = self._memory
         for h in hashes:
             if h in mem:
@@ -254,13 +263,16 @@ class PodView:
             n += 1
         return n
 
-    def sent_at(self, hashes: Sequence[int], n: int) -> float:
-        """When this router last sent the pod a prompt through ``hashes[n - 1]`` (-inf: not in its memory): of
-        two pods holding a session's cache alike (a warm-up copied it), the one that served the session."""
-        return self._memory.get(hashes[n - 1], -math.inf) if 0 < n <= len(hashes) else -math.inf
+    def served_at(self, slice_key: int) -> float:
+        """When this router last sent the pod a request of session ``slice_key`` (-inf: not in its memory): of
+        two pods holding a session's cache alike (a warm-up copied it), the one that served the session. Not
+        the prompt's chunks: a new session's stable prefix may be its tenant's system prompt alone, which the
+        router sends to every pod of the tenant."""
+        return self._served.get(slice_key, -math.inf)
 
     def forget_memory(self) -> None:
         self._memory.clear()
+        self._served.clear()
 
     def __repr__(self) -> str:
         return f"PodView({self.id!r}, healthy={self.healthy}, inflight={self.inflight})"

@@ -430,7 +430,7 @@ class Router:
             f.upstream = up
             f.first_token_at = time.monotonic()
             pod.first_token(ticket)
-            pod.remember(req.prefix_hashes, now)
+            pod.remember(req.prefix_hashes, now, req.slice_key)
             attrs["brunoise.pod"] = pod.id
             attrs["brunoise.pick_reason"] = reason
             attrs["brunoise.attempts"] = f.attempts

@@ -661,7 +661,7 @@ class Fleet:
         assert f.router is not None and f.ticket is not None
         v = f.router.views[p.id]
         v.first_token(f.ticket)
-        v.remember(f.pin.prefix_hashes, f.pick_t)
+        v.remember(f.pin.prefix_hashes, f.pick_t, f.pin.slice_key)
 
     def _on_finish(self, p: SimPod, ereq: Any, t: float) -> None:
         if ereq.id in p.warm_jobs:

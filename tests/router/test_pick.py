@@ -235,7 +235,7 @@ def test_a_session_stays_where_it_was_served_when_a_warm_up_copied_its_cache() -
     key = next(k for k in range(1000) if tie_rank(k, "copy") < tie_rank(k, "served"))  # the tie favours the copy
     req = request(key, text + " next turn", session_chunks=len(hashes))
     vs = views("served", "copy")
-    vs["served"].remember(hashes, 0.0)  # the router sent the session's turns here
+    vs["served"].remember(hashes, 0.0, key)  # the router sent the session's turns here
     vs["copy"].set_cache(64, hashes)  # the warm-up's KV events: the new replica holds the same prefix
     r = CostPick(K).choose_replicas(req, Candidates(["served", "copy"], []), vs, 1.0)
     first = r.first()
@@ -258,7 +258,7 @@ def test_a_session_keeps_its_pod_over_an_equally_warm_one_unless_that_is_faster_
     req = request(5, text + " next turn", session_chunks=len(hashes))
     for ahead, want in ((600, "served"), (3000, "copy")):  # 30 ms of queue ahead on its pod, then 150 ms
         vs = views("served", "copy")
-        vs["served"].remember(hashes, 0.0)
+        vs["served"].remember(hashes, 0.0, req.slice_key)
         vs["copy"].set_cache(64, hashes)
         vs["served"].begin(ahead + 64, prefill=ahead)
         r = CostPick(K).choose_replicas(req, Candidates(["served", "copy"], []), vs, 1.0)
