@@ -136,6 +136,7 @@ class RouterRun:
         self.admin: AssignerAdmin | None = None
         self.base_url = ""
         self.restart_log: list[dict[str, Any]] = []
+        self.history_seen: dict[int, dict[str, Any]] = {}  # the assigner's generations, by number, read during the run
         self.snapshots: dict[str, list[Counters]] = {}
         self.inflight: list[InflightSample] = []
         self.start_unix_ms = 0
@@ -366,6 +367,16 @@ class RouterRun:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stop.wait(), max(0.0, delay))
 
+            async def keep_history(stop: asyncio.Event) -> None:
+                """The assigner keeps its last 100 generations only, and warm-up marks clearing are generations too:
+                read the history every 2 s during the run and keep every generation seen."""
+                while not stop.is_set() and self.admin is not None:
+                    with contextlib.suppress(Exception):
+                        for h in await self.admin.history():
+                            self.history_seen[h["generation"]] = h
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 2.0)
+
             async def restarts() -> None:
                 for ev in self.wl.restarts:
                     if ev.pod >= len(self.pods):
@@ -379,6 +390,7 @@ class RouterRun:
             stop = asyncio.Event()
             scraper = asyncio.create_task(keep_scraping(stop))
             sampler = asyncio.create_task(sample_inflight(stop))
+            historian = asyncio.create_task(keep_history(stop))
             snaps = [asyncio.create_task(snapshot(ph.name, ph.start)) for ph in self.wl.phases]
             tasks = [asyncio.create_task(run_session(s.requests)) for s in self.wl.sessions]
             tasks.append(asyncio.create_task(restarts()))
@@ -386,6 +398,7 @@ class RouterRun:
             wall = time.monotonic() - start
             stop.set()
             await scraper
+            await historian
             await sampler
             self.snapshots["end"] = list(await asyncio.gather(*(p.scrape(admin_session) for p in self.pods)))
         return results, wall
@@ -568,7 +581,9 @@ async def run_variant(
         effective: dict[str, Any] = {}
         if run.admin is not None:
             with contextlib.suppress(Exception):
-                history = await run.admin.history()
+                for h in await run.admin.history():
+                    run.history_seen[h["generation"]] = h
+            history = sorted(run.history_seen.values(), key=lambda h: h["generation"])
             with contextlib.suppress(Exception):
                 effective = await run.admin.target_config()
         out = run.summarize(results, wall, history)
