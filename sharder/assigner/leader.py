@@ -19,7 +19,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from brunoise_api.v1 import slicing_pb2
 from sharder import codec
-from sharder.assignment import Assignment, check_invariants, initial_assignment
+from sharder.assignment import Assignment, RoundStats, check_invariants, initial_assignment
 from sharder.config import TargetConfig
 from sharder.errors import InvariantError
 from sharder.load import LoadReport
@@ -136,6 +136,7 @@ class Leader:
         #: most ``warm_deadline_s`` from then, however often the policy renews the marks it waits on
         self._drain_since: dict[str, float] = {}
         self._wake = asyncio.Event()
+        self._wake_full = False
         self._tasks: list[asyncio.Task[None]] = []
         self.rounds = 0
         self.elected_at: float | None = None
@@ -173,8 +174,11 @@ class Leader:
             raise Unavailable("no leader is elected right now (is the store reachable?); retry shortly")
         raise NotLeader(info.candidate_id, info.address)
 
-    def wake(self) -> None:
-        """Run a round now instead of at the next interval."""
+    def wake(self, *, full: bool = True) -> None:
+        """Run a round now instead of at the next interval. ``full`` False: only clear the warming marks that are
+        done (a warm report); the policy itself keeps its ``round_interval_s`` cadence."""
+        if full:
+            self._wake_full = True
         self._wake.set()
 
     async def _campaign_loop(self) -> None:
@@ -229,13 +233,22 @@ class Leader:
         self.known_leader = None
 
     async def _round_loop(self) -> None:
+        next_full = time.monotonic() + self.round_interval_s
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.round_interval_s)
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_full - time.monotonic()))
             self._wake.clear()
+            full, self._wake_full = self._wake_full or time.monotonic() >= next_full, False
             if not self.is_leader:
                 continue
             try:
+                if not full:
+                    # a warm report: clear its marks now (new sessions wait on them), but a policy round run on
+                    # every report would act at report rate, not round rate (its calm streak and smoothing count
+                    # rounds), and each round's moves mark more replicas warming, whose reports woke more rounds
+                    await self.run_clear_round()
+                    continue
+                next_full = time.monotonic() + self.round_interval_s
                 await self.run_round()
             except asyncio.CancelledError:
                 raise
@@ -401,6 +414,27 @@ class Leader:
             out[p.id] = dataclasses.replace(p, state=PodState.DRAINING if p.id in self._draining else PodState.ACTIVE)
         return out
 
+    async def run_clear_round(self) -> None:
+        """Clear the warming marks that are done, in every target, without a policy round (leader only)."""
+        for target in sorted(self._current):
+            with contextlib.suppress(InvariantError):
+                after = await self.mutate(target, self.clear_round(target))
+                if after is not None:
+                    self._note_warming(after)
+
+    def clear_round(self, target: str) -> Mutation:
+        """The mutation of ``run_clear_round``: the current assignment without its done marks (no policy, so
+        no moves, and the calm memory untouched), or None when no mark is done."""
+
+        def fn(cur: Assignment | None, pods: dict[str, Pod]) -> Assignment | None:
+            if cur is None:
+                return None
+            reports = self.view.reports({p.id for p in self.pods_for(pods, target, cur)})
+            new = self._clear_warm(target, cur, reports)
+            return None if new is cur else dataclasses.replace(new, stats=RoundStats())
+
+        return fn
+
     async def run_round(self) -> None:
         """One policy round over every target (leader only); configured targets missing from the store are
         created first, once the election grace is over. Within it a missing target is one whose store was lost
@@ -485,8 +519,10 @@ class Leader:
         self.view.update(pod, report, ttl_s)
         assignment = await self.ensure_target(pod.target, pod.labels.get("model", ""))
         warm_news = report is not None and report.warm and self._warms(assignment, pod.id)
-        if first_time or assignment.pod(pod.id) is None or warm_news:
-            self.wake()  # a warm report clears marks at the next round: run it now, new sessions wait on it
+        if first_time or assignment.pod(pod.id) is None:
+            self.wake()
+        elif warm_news:
+            self.wake(full=False)  # a warm report clears its marks now: new sessions wait on them
         state = PodState.DRAINING if pod.id in self._draining else PodState.ACTIVE
         return assignment, state
 

@@ -109,3 +109,28 @@ def test_a_drain_waits_for_warm_up_at_most_the_deadline_even_when_marks_are_rene
         time.sleep(0.1)  # a round interval (and at most ~33 halvings of a slice before the limit)
     assert time.monotonic() - t0 >= limit  # it did wait (the marks were never reported warm)
     assert not cur.slices_of("p0", include_leaving=True)
+
+
+def test_a_warm_report_clears_its_mark_without_a_policy_round() -> None:
+    """Failure mode: every warm report woke a whole policy round; rounds then ran at report rate (the bench's docs
+    run: 728 generations in 40 s, 19 moves per round in the steady phase), each round's moves marked more
+    replicas warming, and their reports woke more rounds. A warm report now only clears marks."""
+    leader, live, marked = _setup(deadline_s=60.0)
+    marks = _marks(marked)
+    lo, pod = sorted(marks)[0]
+    sa = marked.lookup(lo)
+    leader.view.update(live[pod], LoadReport(pod, "t", warm=(sa.slice,)), ttl_s=60.0)
+    busy = dataclasses.replace(marked, stats=dataclasses.replace(marked.stats, moves=7))
+    new = leader.clear_round("t")(busy, live)
+    assert new is not None and _marks(new) == marks - {(lo, pod)}
+    assert new.stats.moves == 0  # a clearing commit is no round: it reports no moves of its own
+    assert [(x.slice, x.replicas, x.leaving) for x in new.slices] == [(x.slice, x.replicas, x.leaving) for x in busy.slices]
+    assert new.memory == busy.memory  # the calm policy's smoothing and streak are untouched
+    assert leader.clear_round("t")(new, live) is None  # nothing more is done: nothing to commit
+    # the register path wakes the loop for a clear only (a new pod still wakes a full round)
+    leader._wake.clear()
+    leader._wake_full = False
+    leader.wake(full=False)
+    assert leader._wake.is_set() and not leader._wake_full
+    leader.wake()
+    assert leader._wake_full
