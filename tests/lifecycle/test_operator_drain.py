@@ -8,8 +8,8 @@ import grpc
 import pytest
 
 from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
-from sharder.launch import ManagedProcess, python_module
-from tests.runtime.procs import runtime_env, start_runtime
+from sharder.launch import ManagedProcess
+from tests.runtime.procs import start_assigner, start_runtime
 from tests.waiting import until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -20,13 +20,7 @@ REPORTS_AFTER_DRAIN = 10
 
 
 async def test_a_drained_pod_stays_draining_and_holds_nothing_until_undrained(tmp_path: Path) -> None:
-    assigner = ManagedProcess(
-        "assigner",
-        python_module("sharder.assigner.main", "--store", "embedded", "--port", "0", "--round-interval", "0.3",
-                      "--target", "chat=m"),
-        env=runtime_env(),
-        log_dir=tmp_path,
-    ).start()  # fmt: skip
+    assigner = start_assigner(tmp_path)
     runtimes: list[ManagedProcess] = []
     try:
         addr = assigner.wait_ready(30)["grpc"]

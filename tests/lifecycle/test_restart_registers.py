@@ -10,8 +10,8 @@ import grpc
 import pytest
 
 from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc
-from sharder.launch import ManagedProcess, python_module
-from tests.runtime.procs import runtime_env, start_runtime
+from sharder.launch import ManagedProcess
+from tests.runtime.procs import start_assigner, start_runtime
 from tests.waiting import until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -21,13 +21,7 @@ LEASE_S = 60
 
 
 async def test_a_restarted_runtime_registers_at_once_on_its_new_address(tmp_path: Path) -> None:
-    assigner = ManagedProcess(
-        "assigner",
-        python_module("sharder.assigner.main", "--store", "embedded", "--port", "0", "--round-interval", "0.3",
-                      "--target", "chat=m"),
-        env=runtime_env(),
-        log_dir=tmp_path,
-    ).start()  # fmt: skip
+    assigner = start_assigner(tmp_path)
     procs: list[ManagedProcess] = []
 
     def start(name: str) -> ManagedProcess:

@@ -1,4 +1,5 @@
-"""Starting a real runtime process for tests (``python -m runtime.main``, stopped by PID)."""
+"""Starting real runtime and assigner processes for tests (``python -m runtime.main``, an embedded-store
+assigner), each stopped by PID."""
 
 from __future__ import annotations
 
@@ -27,3 +28,13 @@ def start_runtime(tmp: Path, *args: str, name: str = "runtime") -> ManagedProces
         proc.stop()
         raise
     return proc
+
+
+def start_assigner(tmp: Path, target: str = "chat=m", round_interval_s: float = 0.3) -> ManagedProcess:
+    """Start an assigner on the embedded store (any free port) for ``target`` ("name=model"); the caller waits
+    for it (``wait_ready``) and stops it."""
+    argv = python_module(
+        "sharder.assigner.main", "--store", "embedded", "--port", "0", "--round-interval", str(round_interval_s),
+        "--target", target,
+    )  # fmt: skip
+    return ManagedProcess("assigner", argv, env=runtime_env(), log_dir=tmp).start()

@@ -12,8 +12,8 @@ import grpc
 
 from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc
 from sharder.keyspace import slice_key
-from sharder.launch import ManagedProcess, python_module
-from tests.runtime.procs import runtime_env, start_runtime
+from sharder.launch import ManagedProcess
+from tests.runtime.procs import start_assigner, start_runtime
 from tests.waiting import until
 
 
@@ -26,13 +26,7 @@ def _post(url: str, body: dict[str, object], headers: dict[str, str]) -> int:
 
 
 async def test_runtime_load_reaches_the_assigner(tmp_path: Path) -> None:
-    assigner = ManagedProcess(
-        "assigner",
-        python_module("sharder.assigner.main", "--store", "embedded", "--port", "0", "--round-interval", "0.3",
-                      "--target", "chat=m"),
-        env=runtime_env(),
-        log_dir=tmp_path,
-    ).start()
+    assigner = start_assigner(tmp_path)
     runtime: ManagedProcess | None = None
     try:
         addr = assigner.wait_ready(30)["grpc"]
