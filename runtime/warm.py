@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -94,16 +94,35 @@ class PromptLog:
         self, lo: int, hi: int, max_prompts: int = ANSWER_PROMPTS, max_bytes: int = ANSWER_BYTES
     ) -> list[tuple[int, float, str | None, Messages | None]]:
         """The most served keys in [lo, hi) (ties: most recent first), within ``max_prompts`` and ``max_bytes``."""
-        found = [(k, e, i) for i, (k, e) in enumerate(self._entries.items()) if lo <= k < hi]
-        found.sort(key=lambda t: (-t[1].count, -t[2]))
-        out: list[tuple[int, float, str | None, Messages | None]] = []
-        used = 0
-        for k, e, _ in found:
-            if len(out) >= max_prompts or used + e.size > max_bytes:
-                break
-            used += e.size
-            out.append((k, e.count, e.prompt, e.messages))
-        return out
+        entries = self._entries
+        keys = hottest_keys(((k, e.count, e.size) for k, e in entries.items()), lo, hi, max_prompts, max_bytes)
+        return [(k, (e := entries[k]).count, e.prompt, e.messages) for k in keys]
+
+
+def hottest_keys(
+    entries: Iterable[tuple[int, float, int]], lo: int, hi: int, max_keys: int, max_size: int
+) -> list[int]:
+    """Of ``entries`` (key, times served, size; least recently served first), the most served keys in [lo, hi)
+    (ties: most recent first), as many as fit in ``max_keys`` and ``max_size``: what a donor hands a warmer
+    (``PromptLog.hottest``, and the fleet simulator's prompt log)."""
+    found = [(k, n, size, i) for i, (k, n, size) in enumerate(entries) if lo <= k < hi]
+    found.sort(key=lambda t: (-t[1], -t[3]))
+    out: list[int] = []
+    used = 0
+    for k, _, size, _ in found:
+        if len(out) >= max_keys or used + size > max_size:
+            break
+        used += size
+        out.append(k)
+    return out
+
+
+def warm_budget_bytes(blocks_total: int, max_bytes: int = WARM_BYTES, kv_share: float = WARM_KV_SHARE) -> int:
+    """Prompt bytes a warmer copies per slice: ``max_bytes``, and at most ``kv_share`` of a KV cache of
+    ``blocks_total`` blocks (0: unknown, ``max_bytes``)."""
+    if blocks_total <= 0:
+        return max_bytes
+    return min(max_bytes, int(kv_share * blocks_total * KV_BLOCK_BYTES))
 
 
 class WarmMetrics:
@@ -260,10 +279,7 @@ class Warmer:
 
     def budget_bytes(self) -> int:
         """Prompt bytes to warm per slice: ``max_bytes``, and at most ``kv_share`` of the KV cache (when known)."""
-        blocks = self.engine.cache_view().blocks_total
-        if blocks <= 0:
-            return self.max_bytes
-        return min(self.max_bytes, int(self.kv_share * blocks * KV_BLOCK_BYTES))
+        return warm_budget_bytes(self.engine.cache_view().blocks_total, self.max_bytes, self.kv_share)
 
     async def _ask(self, s: Slice, donors: tuple[str, ...]) -> list[Any] | None:
         """Prompts from the donors in order until the budget is spent; None when no donor answered."""

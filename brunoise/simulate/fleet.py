@@ -30,15 +30,7 @@ from brunoise.simulate.events import EventQueue
 from brunoise.simulate.report import Results
 from brunoise.simulate.source import SimRequest, SimSession, Source
 from runtime.engines.sim import SimConfig, virtual_request
-from runtime.warm import (
-    KV_BLOCK_BYTES,
-    LOG_KEYS,
-    WARM_BYTES,
-    WARM_KV_SHARE,
-    WARM_PIECE_BYTES,
-    WARM_PRIORITY,
-    WARM_PROMPTS,
-)
+from runtime.warm import LOG_KEYS, WARM_PIECE_BYTES, WARM_PRIORITY, WARM_PROMPTS, hottest_keys, warm_budget_bytes
 from sharder.assignment import Assignment, RoundStats, initial_assignment
 from sharder.config import TargetConfig
 from sharder.keyspace import Slice
@@ -267,16 +259,9 @@ class SimPod:
 
     def hottest(self, s: Slice, budget_n: int, budget_tokens: int) -> list[tuple[int, tuple[int, ...], int]]:
         """The most served prompts in ``s`` (ties: most recent first) within the budgets (``PromptLog.hottest``)."""
-        found = [(k, e, i) for i, (k, e) in enumerate(self.prompts.items()) if s.lo <= k < s.hi]
-        found.sort(key=lambda x: (-x[1][0], -x[2]))
-        out: list[tuple[int, tuple[int, ...], int]] = []
-        used = 0
-        for k, e, _ in found:
-            if len(out) >= budget_n or used + e[2] > budget_tokens:
-                break
-            used += e[2]
-            out.append((k, e[1], e[2]))
-        return out
+        log = self.prompts
+        keys = hottest_keys(((k, n, tokens) for k, (n, _, tokens) in log.items()), s.lo, s.hi, budget_n, budget_tokens)
+        return [(k, log[k][1], log[k][2]) for k in keys]
 
     def queries_hits(self) -> tuple[int, int]:
         e = self.engine
@@ -747,7 +732,7 @@ class Fleet:
 
     def _start_warm(self, a: Assignment, t: float) -> None:
         """Each new mark's pod asks its donors (leaving pods first) for their hottest prompts in the slice and
-        prefills them (``runtime.warm.Warmer``, at most ``WARM_PROMPTS`` prompts of ``WARM_BYTES`` in all); it is
+        prefills them (``runtime.warm.Warmer``: at most ``WARM_PROMPTS`` prompts, ``warm_budget_bytes`` in all); it is
         warm once they are done (at once when the donors had none)."""
         for p in self.pods:
             if not p.up or p.engine is None:
@@ -758,7 +743,7 @@ class Fleet:
                     continue
                 self.warm_since[mark] = t
                 budget_n = WARM_PROMPTS
-                budget_t = min(WARM_BYTES, int(WARM_KV_SHARE * p.cfg.kv_blocks * KV_BLOCK_BYTES)) // 4
+                budget_t = warm_budget_bytes(p.cfg.kv_blocks) // 4
                 picked: dict[int, tuple[tuple[int, ...], int]] = {}
                 for d in donors:
                     dp = self.by_id.get(d)
@@ -826,11 +811,12 @@ class Fleet:
         gone: list[Any] = e.abort_all() if e is not None else []
         self._new_engine(p)  # the next incarnation starts with an empty cache
         p.up = False
+        warm_ids = set(p.warm_jobs)
         p.warm_jobs.clear()
         p.warm_queue.clear()  # its warm-ups end with it (the leader's deadline clears their marks)
         p.prompts.clear()
         for ereq in gone:
-            if ereq.id.startswith("w"):
+            if ereq.id in warm_ids:
                 continue
             p.set_inflight(t, -1)
             f = self.flights.get(ereq.id)
