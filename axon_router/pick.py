@@ -185,8 +185,14 @@ class CostPick:
         if not holders:
             return None
         h = min(holders, key=lambda s: (-s.hit_chunks, tie_rank(req.slice_key, s.pod.id)))
-        saved_s = k.sticky_weight * max(0, first.miss_tokens - h.miss_tokens) / rate
-        return h if h.cost <= first.cost + max(saved_s, k.sticky_slack_s) + k.tie_epsilon_s else None
+        return h if self._keeps(h, first) else None
+
+    def _keeps(self, holder: Scored, other: Scored) -> bool:
+        """The sticky rule: ``holder`` keeps the session unless ``other``'s estimated TTFT is lower by more than
+        the prefill the holder saves over it (x ``sticky_weight``), or by ``sticky_slack_s`` where that is more."""
+        k = self.k
+        saved_s = k.sticky_weight * max(0, other.miss_tokens - holder.miss_tokens) / k.prefill_tokens_per_s
+        return holder.cost <= other.cost + max(saved_s, k.sticky_slack_s) + k.tie_epsilon_s
 
     def _rank_subset(self, req: PickInput, ok: list[Scored], loads: Sequence[int]) -> tuple[list[Scored], str]:
         k = self.k
@@ -221,8 +227,7 @@ class CostPick:
             if holders:
                 # equal holders (a warm-up copied the session's prompt): the one this router last sent it to
                 h = min(holders, key=lambda s: (-s.hit_chunks, -s.pod.served_at(key), tie_rank(key, s.pod.id)))
-                saved_s = k.sticky_weight * max(0, best.miss_tokens - h.miss_tokens) / k.prefill_tokens_per_s
-                if h is best or h.cost <= best.cost + max(saved_s, k.sticky_slack_s) + eps:
+                if h is best or self._keeps(h, best):
                     return [h, *(s for s in ranked if s is not h)], RULE_STICKY
         return ranked, rule
 
