@@ -9,8 +9,8 @@ from collections.abc import Mapping
 KNOWN_LABELS: frozenset[str] = frozenset({"model", "model_version", "region"})
 """Labels a TargetConfig's eligibility may name."""
 
-#: The lease a pod's report may ask for (``ReportRequest.lease_ttl_ms``); a pod that stops asks for the shortest,
-#: so its registration lapses at once and the next process of its id need not wait out the lease.
+#: The lease a pod's report may ask for (``ReportRequest.lease_ttl_ms``). A pod that stops ends its registration
+#: instead (``ReportRequest.leaving``).
 MIN_LEASE_TTL_MS = 100
 MAX_LEASE_TTL_MS = 600_000
 

@@ -505,11 +505,9 @@ class Leader:
         other = self.view.conflicting_address(pod)
         first_time = self.view.get(pod.id) is None
         if other is None and first_time:
-            raw = (await self.store.list_pods()).get(pod.id)
-            if raw is not None:
-                stored = pod_from_bytes(raw, False)
-                if stored.address != pod.address:
-                    other = stored.address
+            stored = await self._stored_address(pod.id)
+            if stored is not None and stored != pod.address:
+                other = stored
         if other is not None:
             raise AlreadyExists(
                 f"pod id {pod.id!r} is already registered with address {other} (this report: {pod.address}); "
@@ -531,10 +529,7 @@ class Leader:
         incarnation registers at once at whatever address it gets. Only the registered address may end it."""
         self.require_leader()
         rec = self.view.get(pod.id)
-        registered = rec.pod.address if rec is not None else None
-        if registered is None:
-            raw = (await self.store.list_pods()).get(pod.id)
-            registered = pod_from_bytes(raw, False).address if raw is not None else None
+        registered = rec.pod.address if rec is not None else await self._stored_address(pod.id)
         if registered is None:
             return  # nothing to end (its lease expired already, or it never registered)
         if registered != pod.address:
@@ -545,6 +540,12 @@ class Leader:
         await self.store.delete_pod(pod.id)
         self.view.forget(pod.id)
         self.wake()
+
+    async def _stored_address(self, pod_id: str) -> str | None:
+        """The address ``pod_id`` is registered with in the store (a registration this leader has not seen a
+        report for, e.g. right after an election), or None."""
+        raw = (await self.store.list_pods()).get(pod_id)
+        return pod_from_bytes(raw, False).address if raw is not None else None
 
     @staticmethod
     def _warms(a: Assignment, pod_id: str) -> bool:
