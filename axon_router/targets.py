@@ -72,8 +72,8 @@ def new_session_replicas(
     prefilling its hot prompts) take no new session while a warm replica is under the bounded-load cap; a warming
     replica that already holds this request's session (at least ``session_chunks`` leading chunks) keeps it, so
     sticky sessions are unaffected. A slice whose replicas all warm (a move) sends new sessions to the pods still
-    leaving it instead (for the generation they stay): they hold its cache. A slice with no warm pod, or whose warm ones are all over the cap, is routed to every replica: warming
-    never makes a slice unroutable."""
+    leaving it instead (for the generation they stay): they hold its cache. A slice with no warm pod, or whose
+    warm ones are all over the cap, is routed to every replica: warming never makes a slice unroutable."""
     warming = getattr(sa, "warming", ())
     if not warming:
         return sa.replicas  # type: ignore[no-any-return]

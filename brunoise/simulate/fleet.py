@@ -219,8 +219,8 @@ class SimPod:
 
     __slots__ = (
         "base_hits", "base_queries", "bucket_ok", "capacity", "cfg", "engine", "id", "index", "infl_area",
-        "infl_t", "inflight", "meter", "ok", "pod", "prompts", "sched", "up", "version", "warm_hits", "warm_jobs", "warm_queries",
-        "warm_queue",
+        "infl_t", "inflight", "meter", "ok", "pod", "prompts", "sched", "up", "version", "warm_hits", "warm_jobs",
+        "warm_queries", "warm_queue",
     )  # fmt: skip
 
     def __init__(self, index: int, cfg: SimConfig, meter: SliceMeter) -> None:
