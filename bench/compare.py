@@ -310,6 +310,15 @@ class RouterRun:
             await asyncio.sleep(0.05)
         return first or 0.0
 
+    async def read_history(self) -> list[dict[str, Any]]:
+        """Add the assigner's kept generations to those read before (it keeps the last 100); every one seen so
+        far, oldest first. A failed read adds nothing."""
+        if self.admin is not None:
+            with contextlib.suppress(Exception):
+                for h in await self.admin.history():
+                    self.history_seen[h["generation"]] = h
+        return sorted(self.history_seen.values(), key=lambda h: h["generation"])
+
     async def _wait_registered(self, pod: Pod, timeout_s: float = 10.0) -> None:
         """Wait until the pod's new incarnation is registered (its own address, not the stopped one's registration,
         which would otherwise be undrained and given slices no process serves)."""
@@ -370,10 +379,8 @@ class RouterRun:
             async def keep_history(stop: asyncio.Event) -> None:
                 """The assigner keeps its last 100 generations only, and warm-up marks clearing are generations too:
                 read the history every 2 s during the run and keep every generation seen."""
-                while not stop.is_set() and self.admin is not None:
-                    with contextlib.suppress(Exception):
-                        for h in await self.admin.history():
-                            self.history_seen[h["generation"]] = h
+                while not stop.is_set():
+                    await self.read_history()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 2.0)
 
@@ -580,10 +587,7 @@ async def run_variant(
         history: list[dict[str, Any]] = []
         effective: dict[str, Any] = {}
         if run.admin is not None:
-            with contextlib.suppress(Exception):
-                for h in await run.admin.history():
-                    run.history_seen[h["generation"]] = h
-            history = sorted(run.history_seen.values(), key=lambda h: h["generation"])
+            history = await run.read_history()
             with contextlib.suppress(Exception):
                 effective = await run.admin.target_config()
         out = run.summarize(results, wall, history)
