@@ -302,12 +302,15 @@ def test_automatic_rollback_fires_on_an_injected_error_rate(rc: RolloutCluster) 
         st = wait_until(lambda: (s := rc.status())["state"] == "rolled_back" and s, 60, "the automatic rollback")
         fired = st["changed_unix_ms"] / 1000 - t0_wall  # by the record's own time, not our polling's
         wait_until(lambda: rc.router_generation() >= st["generation"], 10, "the router to see the rollback")
+        # from here the router routes by the rollback: every request sent later must be served by blue (a window
+        # ending 0.5 s before the load below was counted took in requests sent before that, whenever those 32
+        # answers came back within 0.5 s, and green's open breakers had answered them 503)
+        t_seen = time.monotonic()
         n = len(load.snapshot())
         wait_until(lambda: len(load.snapshot()) >= n + 2 * SESSIONS, 30, "load after the rollback")
-        t_seen = time.monotonic()
     answers = load.snapshot()
-    green_errors = [a for a in answers if a.status != 200 and a.at < t_seen - 0.5]
-    after = [a for a in answers if a.at > t_seen - 0.5]
+    green_errors = [a for a in answers if a.status != 200 and a.at < t_seen]
+    after = [a for a in answers if a.at > t_seen]
     codes = collections.Counter(a.status for a in green_errors)
     print(f"ROLLOUT auto-rollback: fired {fired:.2f}s into a 1/3 error load ({len(green_errors)} failed requests "
           f"before it, by status {dict(codes)}); reason: {st['reason']}")  # fmt: skip
