@@ -40,11 +40,15 @@ class TargetConfig:
     Calm resharding (``calm``, default on; off = the old act-every-round behaviour, for ablation):
 
     * ``calm``: smooth loads over rounds (``load_smoothing``), balance only after the smoothed imbalance
-      (max/mean pod load) stayed above ``1 + imbalance_tolerance`` for ``act_after_rounds`` consecutive rounds
-      and then down to ``1 + imbalance_target`` (hysteresis); leave a slice alone for ``cooldown_rounds`` after
-      it moved, split or was (de)replicated, except to fix invariants (dead or draining pods, min_replicas,
-      overrides); price each move by the warm cache it throws away (``move_cost_weight``); merge and count-balance
-      only cold slices;
+      (max/mean pod load) stayed above ``1 + imbalance_tolerance`` for ``act_after_rounds`` consecutive rounds,
+      and then in one round, down to ``1 + imbalance_target`` (hysteresis): the round that moves load ends the
+      episode and the next one needs a new streak (the moved sessions' load reaches the reports only over the
+      following rounds, and acting on that lag moved slices round after round); a balancing round that could not
+      move anything stays on; leave a slice alone for ``cooldown_rounds`` after it moved, split or was
+      (de)replicated, except to fix invariants (dead or draining pods, min_replicas, overrides); price each move
+      by the warm cache it throws away (``move_cost_weight``); merge and count-balance only cold slices, and on a
+      target carrying load count-balance only for a pod far below its share (one that joined or came back) or in
+      a balancing round;
     * ``imbalance_target`` (0.10): once balancing, pods above (1 + target) x mean shed load; at most
       ``imbalance_tolerance``;
     * ``act_after_rounds`` (20, 10 s at the bench's 0.5 s rounds; was 6): consecutive rounds above the tolerance

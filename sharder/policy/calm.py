@@ -25,7 +25,8 @@ def gate(state: RoundState, memory: PolicyMemory) -> tuple[int, bool]:
 
     Without ``calm`` every round balances down to ``imbalance_tolerance``. With it, balancing starts once the
     smoothed imbalance has been above ``1 + imbalance_tolerance`` for ``act_after_rounds`` consecutive rounds
-    and goes on, round after round, until it is at most ``1 + imbalance_target``."""
+    and goes on until it is at most ``1 + imbalance_target`` or until a round moved load (``reshard`` then ends
+    the episode: the streak starts over)."""
     cfg = state.config
     if not cfg.calm:
         state.acting = True

@@ -207,7 +207,9 @@ def balance_counts(state: RoundState) -> None:
     fair share, or half (at least two) more than the ceiling, so the few slices that splits and merges shift do
     not trigger it (an idle target, with no cache to lose, keeps the narrow band); once started
     (``state.counting``, carried to the next round) it goes on until the counts are back in the narrow band
-    above. It moves only cold slices (``calm.cold_limit``)
+    above; when only the upper side is out of the wide band (no pod starves, the splits of hot slices piled
+    slices up on the pods serving them) it starts only in a round that balances load (``state.acting``). It moves
+    only cold slices (``calm.cold_limit``)
     that are not cooling down (a slice with no load at all may move while cooling)."""
     eligible = state.eligible
     e = len(eligible)
@@ -226,8 +228,13 @@ def balance_counts(state: RoundState) -> None:
     if cfg.calm and not state.counting and state.total_load > EPS:
         # an idle target (no load at all) has no cache to lose: it keeps the narrow band
         wide_low, wide_high = max(min(fair, 1), fair - max(2, fair // 2), floor), ceil + max(2, ceil // 2)
-        if min(count[p] for p in eligible) >= wide_low and max(count[p] for p in eligible) <= wide_high:
-            return
+        if min(count[p] for p in eligible) >= wide_low:
+            if max(count[p] for p in eligible) <= wide_high:
+                return
+            if not state.acting:
+                # no pod starves (a pod that joined or came back does): the slices that splits piled up on the
+                # pods serving hot slices move in a round that balances load, not round after round
+                return
     state.counting = cfg.calm
     _move_counts(state, fair, ceil)
     if min(count[p] for p in eligible) >= low and max(count[p] for p in eligible) <= high:

@@ -100,9 +100,15 @@ def reshard(
     split_hot(state)
     merge_cold(state)
     rebalance(state)
+    load_moves = state.stats.moves
     dereplicate(state)
     balance_counts(state)
     keep_band(state)
+    if cfg.calm and acting and load_moves > 0:
+        # one round of load moves per episode: the moved sessions' load shows in the reports only over the next
+        # rounds (running sessions finish where their cache is, the smoothing fades the donor's share), so acting
+        # on again would move more for an imbalance already being fixed; a new episode needs a new streak
+        over_rounds, acting = 0, False
 
     return Assignment(
         target=assignment.target,

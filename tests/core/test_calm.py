@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections import Counter
 
 import pytest
 from hypothesis import example, given, settings
@@ -172,9 +173,26 @@ def test_balancing_starts_after_act_after_rounds_rounds_above_the_tolerance(k: i
         assert b.same_placement(a)
         a = b
     b = reshard(a, ps, _reports(a, loads), now_ms=k)
-    assert b.memory is not None and b.memory.acting
     assert b.stats.moves > 0
     assert b.stats.imbalance < a.stats.imbalance or k == 1
+    # the round that moved load ends the episode: the next one needs a new streak
+    assert b.memory is not None and not b.memory.acting and b.memory.over_rounds == 0
+
+
+def test_an_episode_moves_load_in_one_round_then_waits_for_a_new_streak() -> None:
+    """The moved sessions' load reaches the reports only over the next rounds, so the rounds right after an
+    episode see the same skew: they move nothing until it has lasted act_after_rounds rounds again (without the
+    episode rule the policy went on moving, round after round, for load it had already moved)."""
+    a, ps, loads = _skewed()
+    a = dataclasses.replace(a, config=dataclasses.replace(a.config, act_after_rounds=3, churn_budget=0.1))
+    reports = _reports(a, loads)  # the reports lag: the same skew every round, as just after a move
+    moved_at = []
+    for i in range(1, 10):
+        b = reshard(a, ps, reports, now_ms=i)
+        if b.stats.moves:
+            moved_at.append(i)
+        a = b
+    assert moved_at == [3, 6, 9]
 
 
 def test_hysteresis_keeps_balancing_down_to_the_target() -> None:
@@ -189,7 +207,18 @@ def test_hysteresis_keeps_balancing_down_to_the_target() -> None:
     assert 1.05 < off.stats.imbalance <= 1.10
     assert off.stats.moves == 0 and off.memory is not None and not off.memory.acting
     assert on.stats.moves > 0 and on.stats.imbalance < off.stats.imbalance
-    assert on.memory is not None and on.memory.acting
+    assert on.memory is not None and not on.memory.acting  # it moved: the episode is over
+
+
+def test_balancing_that_could_not_move_stays_on() -> None:
+    """An episode ends with the round that moves load; a round that could not (every slice cooling down) keeps
+    it on, so it moves once the cooldown is over without waiting for a new streak."""
+    a, ps, loads = _skewed()
+    cfg = dataclasses.replace(a.config, cooldown_rounds=3)
+    a = dataclasses.replace(a, config=cfg, slices=tuple(dataclasses.replace(sa, since_generation=a.generation) for sa in a.slices))
+    b = reshard(a, ps, _reports(a, loads), memory=PolicyMemory(over_rounds=cfg.act_after_rounds, acting=True))
+    assert b.stats.moves == 0
+    assert b.memory is not None and b.memory.acting
 
 
 def test_a_slice_that_just_moved_is_left_alone_for_the_cooldown() -> None:
@@ -303,3 +332,39 @@ def test_calm_merges_stay_well_under_the_split_threshold(calm: bool) -> None:
     b = reshard(a, ps, _reports(a, loads), now_ms=1)
     pair_merged = b.lookup(s[0].lo).slice.hi == s[1].hi
     assert pair_merged is not calm
+
+
+def _piled(empty_pod: bool) -> tuple[Assignment, list[Pod], dict[int, float]]:
+    """p0 holds 40 slices (a hot range split into pieces), p1-p3 8 each (p3 none when ``empty_pod``: it joined or
+    came back); p0 serves a little more load than the others, inside the tolerance."""
+    ps = _pods(4)
+    cfg = TargetConfig("t", min_replicas=1, initial_slices=64, cooldown_rounds=0, load_smoothing=1.0, merge_threshold=0.0)
+    a = _aged(initial_assignment(cfg, ps))
+    owners = ["p0"] * 40 + ["p1"] * 8 + ["p2"] * 8 + ["p3"] * 8
+    if empty_pod:
+        owners = ["p0"] * 40 + ["p1"] * 12 + ["p2"] * 12
+    per_pod = Counter(owners)
+    slices = tuple(dataclasses.replace(sa, replicas=(o,)) for sa, o in zip(a.slices, owners, strict=True))
+    a = dataclasses.replace(a, slices=slices)
+    total = {"p0": 1.2, "p1": 0.9, "p2": 0.9, "p3": 0.9}  # max/mean 1.23: inside the 0.25 tolerance
+    loads = {sa.slice.lo: total[sa.replicas[0]] / per_pod[sa.replicas[0]] for sa in a.slices}
+    return a, ps, loads
+
+
+def test_slices_piled_up_by_splits_stay_put_while_the_load_is_balanced() -> None:
+    """Count balancing on a loaded target does not move the slices that splits piled up on one pod in a round
+    that balances no load: each such move is a hop for its sessions and buys nothing (the steady phase of the
+    bench moved cold slices round after round this way)."""
+    a, ps, loads = _piled(empty_pod=False)
+    acting = reshard(a, ps, _reports(a, loads), now_ms=1, memory=PolicyMemory(over_rounds=0, acting=True))
+    assert acting.stats.moves > 0  # the test has teeth: count balancing would move them
+    b = reshard(a, ps, _reports(a, loads), now_ms=1)
+    assert b.stats.moves == 0, b.stats
+    assert b.same_placement(a)
+
+
+def test_a_pod_with_no_slice_still_gets_cold_slices_on_a_loaded_target() -> None:
+    a, ps, loads = _piled(empty_pod=True)
+    b = reshard(a, ps, _reports(a, loads), now_ms=1)
+    assert b.stats.moves > 0
+    assert any("p3" in sa.replicas for sa in b.slices)
