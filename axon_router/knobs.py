@@ -85,6 +85,9 @@ class Knobs:
     """Bounded load across the fleet: a new session whose subset pods are all above ceil(fleet_cap x (every
     eligible pod's outstanding requests + 1) / pods) + 1 goes to the best pod outside the subset under that cap
     (the overflow tier; the held tier keeps it there for its later turns). 0: off (the subset only)."""
+    fleet_cap_slack: int = 1
+    """Requests of slack over the fleet-wide cap before a new session overflows: at low load (a mean under one
+    request) the cap alone is 1, and every second request would leave its subset's warm prompt."""
     balance_slack_s: float = 0.05
     """A new session (no pod holds its own cache) goes to the subset pod under the load cap with the least
     recent load (``load_halflife_s``) among those whose estimated TTFT is within this of the best: sessions stick,

@@ -142,11 +142,10 @@ class CostPick:
                     tiers.append(Tier(HELD, (held,)))
                     rule = RULE_HELD
             if self.k.fleet_cap > 0 and ok_out and rule not in (RULE_STICKY, RULE_ESCAPE, RULE_HELD):
-                # one request of slack over the bounded-load cap: at low load (a mean under one request) the
-                # cap alone is 1, and every second request would leave its subset's warm prompt
-                cap = load_cap([s.outstanding for s in sub] + [s.outstanding for s in out], self.k.fleet_cap) + 1
+                loads = [s.outstanding for s in sub] + [s.outstanding for s in out]
+                cap = load_cap(loads, self.k.fleet_cap) + self.k.fleet_cap_slack
                 if all(s.outstanding + 1 > cap for s in ranked):
-                    under = [s for s in ok_out if s.outstanding + 1 <= cap]
+                    under = [s for s in ok_out if s.outstanding + 1 <= cap and not self._worth_waiting(ranked[0], s)]
                     if under:
                         tiers.append(
                             Tier(OVERFLOW, tuple(rank_by_cost(under, request.slice_key, self.k.tie_epsilon_s)))
@@ -186,6 +185,14 @@ class CostPick:
             return None
         h = min(holders, key=lambda s: (-s.hit_chunks, tie_rank(req.slice_key, s.pod.id)))
         return h if self._keeps(h, first) else None
+
+    def _worth_waiting(self, holder: Scored, other: Scored) -> bool:
+        """``holder`` saves more than ``cap_escape_s`` of prefill over ``other`` (a long shared document): the
+        request does not overflow to ``other`` for balance."""
+        k = self.k
+        if k.cap_escape_s <= 0:
+            return False
+        return (other.miss_tokens - holder.miss_tokens) / k.prefill_tokens_per_s > k.cap_escape_s
 
     def _keeps(self, holder: Scored, other: Scored) -> bool:
         """The sticky rule: ``holder`` keeps the session unless ``other``'s estimated TTFT is lower by more than

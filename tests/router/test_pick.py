@@ -297,6 +297,19 @@ def test_a_new_session_overflows_its_subset_only_past_the_fleet_cap() -> None:
         assert first is not None and first[0] == want_tier, (fleet_cap, busy, r.ids())
         if want_tier == OVERFLOW:
             assert first[1].pod.id in ("o1", "o2") and r.tiers[1].name == SUBSET
+    # a long shared document its subset holds is not overflowed either: the prefill it saves there (~7,000
+    # tokens, 0.35 s) is worth more than cap_escape_s of waiting; overflowing it copied the document onto another
+    # pod, evicting others there
+    vs = views("a", "b", "o1", "o2")
+    doc = DOC * 4
+    for i in ("a", "b"):
+        vs[i].remember(prefix_hashes(doc), 0.0)
+        decoding(vs[i], 6)
+    doc_req = request(8, doc + " a new question", session_chunks=len(prefix_hashes(doc)) + 1)
+    for escape, want_tier in ((K.cap_escape_s, SUBSET), (0.0, OVERFLOW)):
+        pick = CostPick(dataclasses.replace(K, fleet_cap=1.25, cap_escape_s=escape))
+        r = pick.choose_replicas(doc_req, Candidates(["a", "b"], ["o1", "o2"]), vs, 0.0)
+        assert r.tiers[0].name == want_tier, (escape, r.ids())
     # a running session is not overflowed: its cache keeps it in the subset
     vs = views("a", "b", "o1", "o2")
     text = DOC[:3000]
