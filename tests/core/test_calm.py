@@ -199,7 +199,7 @@ def test_hysteresis_keeps_balancing_down_to_the_target() -> None:
     """Max/mean 1.08: inside the 10% tolerance but above the 5% target. Balancing that is on goes on; balancing
     that is off does not start."""
     ps = _pods(4)
-    cfg = TargetConfig("t", imbalance_tolerance=0.10, imbalance_target=0.05, act_after_rounds=3, initial_slices=256, cooldown_rounds=0, load_smoothing=1.0, merge_threshold=0.0)
+    cfg = TargetConfig("t", min_replicas=2, imbalance_tolerance=0.10, imbalance_target=0.05, act_after_rounds=3, initial_slices=256, cooldown_rounds=0, load_smoothing=1.0, merge_threshold=0.0)
     a = _aged(initial_assignment(cfg, ps))
     loads = {sa.slice.lo: (1.11 if "p0" in sa.replicas else 1.0) for sa in a.slices}  # p0: 1.08 x mean
     on = reshard(a, ps, _reports(a, loads), memory=PolicyMemory(over_rounds=0, acting=True))

@@ -191,7 +191,7 @@ def test_draining_pod_keeps_slices_without_replacement() -> None:
 
 
 def test_moves_balance_and_leave_a_round_later() -> None:
-    cfg = TargetConfig("t", initial_slices=64, churn_budget=0.5, calm=False)  # acts in the first round
+    cfg = TargetConfig("t", min_replicas=2, initial_slices=64, churn_budget=0.5, calm=False)  # acts in the first round
     ps = _eight(4)
     a = initial_assignment(cfg, ps)
     a = dataclasses.replace(a, pods=a.pods)
@@ -234,7 +234,7 @@ def test_hot_slice_splits_at_median_and_hot_key_replicates() -> None:
 
 
 def test_hot_key_is_isolated_when_the_rest_is_hot_too() -> None:
-    cfg = TargetConfig("t", initial_slices=2, max_replicas=2, calm=False)  # acts in the first round
+    cfg = TargetConfig("t", min_replicas=2, initial_slices=2, max_replicas=2, calm=False)  # acts in the first round
     ps = _eight(4)
     a = initial_assignment(cfg, ps)
     s = a.slices[0].slice
