@@ -36,6 +36,7 @@ ABLATIONS: dict[str, Ablation] = {
         Ablation(
             "no_warmup", "no warm-up on reshard: a new replica warms on live traffic", {}, {"warm_deadline_s": "0"}
         ),
+        Ablation("two_replicas", "two replicas per slice (the default before stop 4)", {}, {"min_replicas": "2"}),
     )
 }
 

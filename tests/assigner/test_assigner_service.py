@@ -183,6 +183,10 @@ async def test_drain_is_make_before_break(start_assigner: Callable[..., Assigner
 
 async def test_overrides_respected_until_cleared(start_assigner: Callable[..., Assigner]) -> None:
     a = start_assigner()
+    # two replicas, so a pin to two pods is the whole replica set (the default, three, would top it up)
+    await a.stub.ConfigureTarget(
+        assigner_pb2.ConfigureTargetRequest(config=slicing_pb2.TargetConfig(target="t", min_replicas=2, max_replicas=3))
+    )
     await three_pods(a)
     key = slice_key("pinned-session")
     ov = slicing_pb2.Override(id="pin1", move=slicing_pb2.MoveOverride(key=key, pods=["p2", "p0"]))

@@ -21,7 +21,7 @@ from sharder.store.embedded import EmbeddedStore
 
 def _setup(deadline_s: float) -> tuple[Leader, dict[str, Pod], Assignment]:
     pods = [Pod(f"p{i}", f"127.0.0.1:{1000 + i}", target="t") for i in range(3)]
-    cfg = TargetConfig("t", initial_slices=6, warm_deadline_s=deadline_s)
+    cfg = TargetConfig("t", min_replicas=2, initial_slices=6, warm_deadline_s=deadline_s)  # a third pod to gain slices
     a = dataclasses.replace(initial_assignment(cfg, pods), generation=10)
     leader = Leader(EmbeddedStore(), LeaderInfo("me", "127.0.0.1:1"), WatchHub(), PodLoadView(), policy=reshard)
     leader._current["t"] = a
