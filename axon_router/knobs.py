@@ -83,8 +83,9 @@ class Knobs:
     by more than the uncached prefill it would save (false: the lowest estimated TTFT always wins)."""
     fleet_cap: float = 1.25
     """Bounded load across the fleet: a new session whose subset pods are all above ceil(fleet_cap x (every
-    eligible pod's outstanding requests + 1) / pods) + 1 goes to the best pod outside the subset under that cap
-    (the overflow tier; the held tier keeps it there for its later turns). 0: off (the subset only)."""
+    eligible pod's outstanding requests + 1) / pods) + ``fleet_cap_slack`` goes to the best pod outside the subset
+    under that cap (the overflow tier; the held tier keeps it there for its later turns). 0: off (the subset
+    only)."""
     fleet_cap_slack: int = 1
     """Requests of slack over the fleet-wide cap before a new session overflows: at low load (a mean under one
     request) the cap alone is 1, and every second request would leave its subset's warm prompt."""

@@ -145,7 +145,8 @@ class CostPick:
                 loads = [s.outstanding for s in sub] + [s.outstanding for s in out]
                 cap = load_cap(loads, self.k.fleet_cap) + self.k.fleet_cap_slack
                 if all(s.outstanding + 1 > cap for s in ranked):
-                    under = [s for s in ok_out if s.outstanding + 1 <= cap and not self._worth_waiting(ranked[0], s)]
+                    # not away from a subset pod holding a long shared document (the cap's escape, again)
+                    under = [s for s in ok_out if s.outstanding + 1 <= cap and not self._escapes(ranked[0], s)]
                     if under:
                         tiers.append(
                             Tier(OVERFLOW, tuple(rank_by_cost(under, request.slice_key, self.k.tie_epsilon_s)))
@@ -162,10 +163,8 @@ class CostPick:
         the request there costs less than the prefill it saves; None otherwise. ``sticky``: the subset's first
         pod holds the session too (a warm-up copied it there after a move); the pod outside that served the
         session keeps it while it holds as much and is not slower by more than ``sticky_slack_s``."""
-        k = self.k
         need = max(1, req.session_chunks)
         first = ranked[0]
-        rate = k.prefill_tokens_per_s
         if sticky:
             key = req.slice_key
             last = first.pod.served_at(key)
@@ -174,21 +173,21 @@ class CostPick:
                 if not s.pod.draining and s.hit_chunks >= first.hit_chunks and s.pod.served_at(key) > last
             ]  # fmt: skip
         else:
-            escape = k.cap_escape_s if k.cap_escape_s > 0 else math.inf
             # the session's own cache, or (like the cap's escape) a shared prefix saving more than cap_escape_s
             holders = [
                 s for s in ok_out
                 if not s.pod.draining and s.hit_chunks > first.hit_chunks
-                and (s.hit_chunks >= need or (first.miss_tokens - s.miss_tokens) / rate > escape)
+                and (s.hit_chunks >= need or self._escapes(s, first))
             ]  # fmt: skip
         if not holders:
             return None
         h = min(holders, key=lambda s: (-s.hit_chunks, tie_rank(req.slice_key, s.pod.id)))
         return h if self._keeps(h, first) else None
 
-    def _worth_waiting(self, holder: Scored, other: Scored) -> bool:
-        """``holder`` saves more than ``cap_escape_s`` of prefill over ``other`` (a long shared document): the
-        request does not overflow to ``other`` for balance."""
+    def _escapes(self, holder: Scored, other: Scored) -> bool:
+        """The cap's escape: ``holder`` saves more than ``cap_escape_s`` of prefill over ``other`` (a long shared
+        document), so it wins over balance (the subset's load cap, the overflow tier, the held tier's reach past
+        the session's own cache). Never when ``cap_escape_s`` is 0."""
         k = self.k
         if k.cap_escape_s <= 0:
             return False
@@ -224,8 +223,7 @@ class CostPick:
             # the cap's escape: the pod holding the longest prefix, over the cap, still wins when the prefill it
             # saves over the best pod under the cap is worth more than cap_escape_s (a long shared document)
             h = max(over, key=lambda s: (s.hit_chunks, -tie_rank(key, s.pod.id)))
-            saved_s = max(0, ranked[0].miss_tokens - h.miss_tokens) / k.prefill_tokens_per_s
-            if saved_s > k.cap_escape_s and h.cost <= ranked[0].cost:
+            if self._escapes(h, ranked[0]) and h.cost <= ranked[0].cost:
                 ranked = [h, *(s for s in ranked if s is not h)]
                 rule = RULE_ESCAPE
         if k.sticky:

@@ -228,13 +228,12 @@ def balance_counts(state: RoundState) -> None:
     if cfg.calm and not state.counting and state.total_load > EPS:
         # an idle target (no load at all) has no cache to lose: it keeps the narrow band
         wide_low, wide_high = max(min(fair, 1), fair - max(2, fair // 2), floor), ceil + max(2, ceil // 2)
-        if min(count[p] for p in eligible) >= wide_low:
-            if max(count[p] for p in eligible) <= wide_high:
-                return
-            if not state.acting:
-                # no pod starves (a pod that joined or came back does): the slices that splits piled up on the
-                # pods serving hot slices move in a round that balances load, not round after round
-                return
+        # with no pod starving (a pod that joined or came back does), the slices that splits piled up on the pods
+        # serving hot slices move in a round that balances load, not round after round
+        if min(count[p] for p in eligible) >= wide_low and (
+            max(count[p] for p in eligible) <= wide_high or not state.acting
+        ):
+            return
     state.counting = cfg.calm
     _move_counts(state, fair, ceil)
     if min(count[p] for p in eligible) >= low and max(count[p] for p in eligible) <= high:
