@@ -72,7 +72,11 @@ class CostModel:
         k = self.k
         reqs, toks = pod.outstanding(now, k.report_stale_s)
         _, ahead = pod.prefill_ahead(now, k.report_stale_s)
-        hit = pod.matched_chunks(req.prefix_hashes, now, k.prefix_memory_s) if req.prefix_hashes else 0
+        hit = (
+            pod.matched_chunks(req.prefix_hashes, now, k.prefix_memory_s, k.prefix_memory_trust_s)
+            if req.prefix_hashes
+            else 0
+        )
         miss = req.prompt_tokens - int(hit * pod.cache_chunk_bytes / k.bytes_per_token)
         if miss < 1:
             miss = 1  # the last prompt token is always computed

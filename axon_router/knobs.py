@@ -33,6 +33,11 @@ class Knobs:
     """A load report older than this is ignored; only the router's own in-flight accounting counts."""
     prefix_memory_s: float = 60.0
     """How long the router remembers that it sent a prefix chunk to a pod (recent-routing memory)."""
+    prefix_memory_trust_s: float = 5.0
+    """A chunk the router sent to a pod more than this long before the pod's latest cache summary was asked for,
+    and missing from that summary, is not held (the pod evicted it, or restarted): the memory bridges the time
+    until the pod reports what it was sent (a few cache polls), it does not outrank the report. Only with a cache
+    summary."""
     prefix_memory_max: int = 8192
     """Prefix chunks remembered per pod (oldest forgotten first)."""
     max_prefix_chunks: int = 2048

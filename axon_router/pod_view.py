@@ -46,6 +46,7 @@ class PodView:
         "address",
         "breaker",
         "cache",
+        "cache_at",
         "cache_chunk_bytes",
         "draining",
         "health",
@@ -113,6 +114,7 @@ class PodView:
         # cache
         self.cache: frozenset[int] = frozenset()
         self.cache_chunk_bytes = CHUNK_BYTES
+        self.cache_at = -math.inf  # monotonic time the cache summary in ``cache`` was asked for
         self._memory: collections.OrderedDict[int, float] = collections.OrderedDict()
         self._memory_max = memory_max
         # the SliceKeys (sessions) this router sent here, and when: which pod served a session
@@ -200,9 +202,12 @@ class PodView:
             self.since_prefill_reqs -= slot[2]
             self.since_prefill_tokens -= slot[3]
 
-    def set_cache(self, chunk_bytes: int, hashes: Sequence[int] | frozenset[int]) -> None:
+    def set_cache(self, chunk_bytes: int, hashes: Sequence[int] | frozenset[int], at: float = -math.inf) -> None:
+        """Install the pod's cache summary, asked for at monotonic ``at`` (the prefix chunks it held then)."""
         self.cache_chunk_bytes = chunk_bytes or CHUNK_BYTES
         self.cache = hashes if isinstance(hashes, frozenset) else frozenset(hashes)
+        if at > self.cache_at:
+            self.cache_at = at
 
     # ---------------------------------------------------------------- estimates
     def outstanding(self, now: float, stale_s: float) -> tuple[int, int]:
@@ -247,11 +252,13 @@ class PodView:
         while len(mem) > self._memory_max:
             mem.popitem(last=False)
 
-    def matched_chunks(self, hashes: Sequence[int], now: float, memory_s: float) -> int:
-        """Leading chunks of ``hashes`` the pod is expected to hold (cache summary or recent routing)."""
+    def matched_chunks(self, hashes: Sequence[int], now: float, memory_s: float, trust_s: float = math.inf) -> int:
+        """Leading chunks of ``hashes`` the pod is expected to hold: in its cache summary, or sent to it within
+        ``memory_s`` and not more than ``trust_s`` before that summary was asked for (a chunk the pod had had
+        time to report and did not is evicted, or the pod restarted)."""
         cache = self.cache
         mem = self._memory
-        horizon = now - memory_s
+        horizon = max(now - memory_s, self.cache_at - trust_s)
         n = 0
         for h in hashes:
             if h in cache:

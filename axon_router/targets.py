@@ -92,7 +92,11 @@ def new_session_replicas(
         p
         for p in sa.replicas
         if p not in warming
-        or (p in views and hashes and views[p].matched_chunks(hashes, now, knobs.prefix_memory_s) >= need)
+        or (
+            p in views
+            and hashes
+            and views[p].matched_chunks(hashes, now, knobs.prefix_memory_s, knobs.prefix_memory_trust_s) >= need
+        )
     ]
 
 

@@ -320,9 +320,12 @@ class SimRouter:
                 e = v.poll_started()
                 ld = p.engine.load(t)
                 v.apply_report(e, t, ld.running, ld.waiting, ld.tokens_in_flight, ld.kv_usage)
-            if cache and seen_cache[i] != ver:
-                seen_cache[i] = ver
-                v.set_cache(CHUNK_BYTES, frozenset(p.engine.kv.cached))
+            if cache:
+                if seen_cache[i] != ver:
+                    seen_cache[i] = ver
+                    v.set_cache(CHUNK_BYTES, frozenset(p.engine.kv.cached), t)
+                else:
+                    v.cache_at = t  # the same summary, asked for again
 
     def health(self, pods: Sequence[SimPod], up_version: int) -> None:
         if up_version == self.up_version:

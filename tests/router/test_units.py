@@ -95,6 +95,25 @@ def test_prefix_memory_and_cache() -> None:
     assert p.matched_chunks(hs, 100.0, 60.0) == 2  # memory expired, cache summary still counts
 
 
+def test_a_later_cache_summary_outranks_the_memory_of_what_was_sent() -> None:
+    """Failure mode: a pod evicted a session's context (or restarted), and for a minute the router still believed
+    it held it, from its own memory of sending it there, over the pod's reports that it did not."""
+    hs = prefix_hashes("y" * 64 * 6)
+    p = pod("a")
+    p.remember(hs, 10.0)
+    p.set_cache(64, hs, at=10.5)  # reported held
+    assert p.matched_chunks(hs, 12.0, 60.0, 5.0) == 6
+    p.set_cache(64, hs[:2], at=14.0)  # the pod evicted the tail, but the summary is too soon to outrank the memory
+    assert p.matched_chunks(hs, 14.0, 60.0, 5.0) == 6
+    p.set_cache(64, hs[:2], at=16.0)  # five seconds on, the pod has had every chance to report the rest
+    assert p.matched_chunks(hs, 16.0, 60.0, 5.0) == 2
+    assert p.matched_chunks(hs, 16.0, 60.0) == 6  # without the trust bound, the memory outranks the report
+    p.set_cache(64, frozenset(), at=17.0)  # restarted, empty
+    assert p.matched_chunks(hs, 17.0, 60.0, 5.0) == 0
+    p.remember(hs[:3], 17.5)  # sent there again since: the memory bridges until the next summaries
+    assert p.matched_chunks(hs, 18.0, 60.0, 5.0) == 3
+
+
 def test_prefix_memory_is_bounded() -> None:
     p = PodView("a", "http://a", memory_max=10)
     p.remember(list(range(100)), 0.0)
