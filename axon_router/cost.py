@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import xxhash
@@ -73,7 +74,7 @@ class CostModel:
         reqs, toks = pod.outstanding(now, k.report_stale_s)
         _, ahead = pod.prefill_ahead(now, k.report_stale_s)
         hit = (
-            pod.matched_chunks(req.prefix_hashes, now, k.prefix_memory_s, k.prefix_memory_trust_s)
+            pod.matched_chunks(req.prefix_hashes, now, k.prefix_memory_s, k.prefix_memory_trust_s or math.inf)
             if req.prefix_hashes
             else 0
         )

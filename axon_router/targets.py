@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -95,7 +96,8 @@ def new_session_replicas(
         or (
             p in views
             and hashes
-            and views[p].matched_chunks(hashes, now, knobs.prefix_memory_s, knobs.prefix_memory_trust_s) >= need
+            and views[p].matched_chunks(hashes, now, knobs.prefix_memory_s, knobs.prefix_memory_trust_s or math.inf)
+            >= need
         )
     ]
 
