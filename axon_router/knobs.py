@@ -33,12 +33,11 @@ class Knobs:
     """A load report older than this is ignored; only the router's own in-flight accounting counts."""
     prefix_memory_s: float = 60.0
     """How long the router remembers that it sent a prefix chunk to a pod (recent-routing memory)."""
-    prefix_memory_trust_s: float = 0.0
+    prefix_memory_trust_s: float = 5.0
     """A chunk the router sent to a pod more than this long before the pod's latest cache summary was asked for,
-    and missing from that summary, is not held (the pod evicted it, or restarted): the memory then bridges only
-    the time until the pod reports what it was sent (a few cache polls) and does not outrank the report.
-    0: off, the memory outranks the summary for all of ``prefix_memory_s`` (the default: at 5 s, docs' p99
-    TTFT fell by a quarter but agentic lost 2 points of hit in two runs out of two; see bench/README.md)."""
+    and missing from that summary, is not held (the pod evicted it, or restarted): the memory bridges only the
+    time until the pod reports what it was sent (a few cache polls) and does not outrank the report. 0: off, the
+    memory outranks the summary for all of ``prefix_memory_s``."""
     prefix_memory_max: int = 8192
     """Prefix chunks remembered per pod (oldest forgotten first)."""
     max_prefix_chunks: int = 2048
