@@ -10,9 +10,11 @@ def drop_pods(state: RoundState, previous_pods: tuple[Pod, ...]) -> None:
     """Remove replicas that are not eligible ACTIVE pods. Draining replicas move to ``leaving`` (they keep
     serving for one more generation while the fill phase adds replacements); dead, unknown or ineligible ones
     go at once. Pods that were already ``leaving`` leave now, unless the slice has no replica at all (then the
-    still-serving ones stay until a replacement exists), and a draining one stays while a replica of the slice
-    is still warming (warm-up on reshard: the replacement fills its cache from the draining pod's prompts, and a
-    drain stops the pod once it holds no slice; the leader clears a mark at ``warm_deadline_s`` at the latest).
+    still-serving ones stay until a replacement exists), and a draining one stays while every replica of the
+    slice is still warming (warm-up on reshard: a replacement with no warm replica beside it fills its cache from
+    the draining pod's prompts, and a drain stops the pod once it holds no slice; the leader clears a mark at
+    ``warm_deadline_s`` at the latest). Beside a warm replica, the draining pod does not hold the drain up: the
+    replacement warms from the warm replica's prompts (and from the draining pod's while it still answers).
     Replicas beyond ``max_replicas`` leave too."""
     pods = state.pods
     ok = state.eligible_set
@@ -44,7 +46,8 @@ def drop_pods(state: RoundState, previous_pods: tuple[Pod, ...]) -> None:
             new_leaving.extend(reps[mx:])
             rec.replicas = reps = reps[:mx]
             rec.since = gen
-        warming = rec.orig is not None and not set(rec.orig.warming).isdisjoint(reps)
+        # no replica warm yet: every one still warms (a replica that warms beside a warm one needs no donor)
+        warming = rec.orig is not None and bool(reps) and set(reps) <= set(rec.orig.warming)
         if old_leaving and (not reps or warming):
             for p in old_leaving:
                 pod = pods.get(p)

@@ -19,9 +19,11 @@ from sharder.store.base import LeaderInfo
 from sharder.store.embedded import EmbeddedStore
 
 
-def _setup(deadline_s: float) -> tuple[Leader, dict[str, Pod], Assignment]:
+def _setup(deadline_s: float, replicas: int = 2) -> tuple[Leader, dict[str, Pod], Assignment]:
     pods = [Pod(f"p{i}", f"127.0.0.1:{1000 + i}", target="t") for i in range(3)]
-    cfg = TargetConfig("t", min_replicas=2, initial_slices=6, warm_deadline_s=deadline_s)  # a third pod to gain slices
+    cfg = TargetConfig(
+        "t", min_replicas=replicas, max_replicas=max(replicas, 2), initial_slices=6, warm_deadline_s=deadline_s
+    )  # with two replicas, a third pod to gain slices
     a = dataclasses.replace(initial_assignment(cfg, pods), generation=10)
     leader = Leader(EmbeddedStore(), LeaderInfo("me", "127.0.0.1:1"), WatchHub(), PodLoadView(), policy=reshard)
     leader._current["t"] = a
@@ -90,9 +92,21 @@ def _renewed(a: Assignment) -> Assignment:
     return dataclasses.replace(a, slices=tuple(out))
 
 
+def test_a_draining_pod_leaves_at_once_where_another_replica_is_warm() -> None:
+    """Failure mode (agentic's restart phase): every drain waited for its replacements to warm although each slice
+    kept a warm replica, so the bench's rolling restart ran on three pods of four for most of the phase, and the
+    long sessions crowded into their KV caches evicted each other."""
+    leader, live, marked = _setup(deadline_s=60.0)
+    assert _marks(marked) and any("p0" in sa.leaving for sa in marked.slices)  # make-before-break: one generation
+    assert all(set(sa.replicas) - set(sa.warming) for sa in marked.slices)  # each beside a warm replica
+    new = leader.policy_round("t")(marked, live)  # the next round, no replacement reported warm yet
+    assert new is not None and _marks(new) == _marks(marked)
+    assert not new.slices_of("p0", include_leaving=True)
+
+
 def test_a_drain_waits_for_warm_up_at_most_the_deadline_even_when_marks_are_renewed() -> None:
     limit = 0.3
-    leader, live, marked = _setup(deadline_s=limit)
+    leader, live, marked = _setup(deadline_s=limit, replicas=1)  # each slice's only replica warms
     assert any("p0" in sa.leaving and sa.warming for sa in marked.slices)  # p0 stays while its replacements warm
     leader._set_draining({"p0"})  # the drain, as Drain or the store's drain flags tell the leader
     cur, t0, rounds = marked, time.monotonic(), 0
