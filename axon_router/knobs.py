@@ -109,6 +109,16 @@ class Knobs:
     """The sticky rule's floor: a session stays on its pod unless another is faster by more than this, even when
     that other pod holds its cache as well (a warm-up copied it there), so sessions do not hop between equally
     warm pods on small queue differences. 0: only the prefill saved counts."""
+    kv_room: float = 0.9
+    """A pod whose resident sessions (those whose latest turn went there within ``resident_window_s``) need more
+    than this share of its KV cache is crowded: they evict each other's contexts every turn. It lets one session
+    go at a time, at that session's next turn: the smallest whose leaving alone ends the crowding (else the
+    largest), to the subset pod under the load cap with the lowest estimated TTFT where it fits within this
+    share. Shared prefixes count once; a pod whose KV cache size is unknown is never crowded. 0: off."""
+    resident_window_s: float = 30.0
+    """How long after its latest turn a session still counts as living on that pod (``kv_room``)."""
+    kv_block_tokens: int = 16
+    """Tokens per KV cache block (vLLM's block_size): converts a pod's reported KV blocks to tokens."""
     sticky_outside: bool = True
     """Stickiness reaches past the subset: a session whose cache is held only by a pod outside its subset (its
     slice moved away, or it spilled) stays on that pod by the same rule, unless the pod is draining. A move
@@ -205,6 +215,10 @@ class Knobs:
             raise ValueError(f"knob group_prefix_chunks must be >= 1, got {self.group_prefix_chunks}")
         if self.cap_escape_s < 0:
             raise ValueError(f"knob cap_escape_s must be >= 0, got {self.cap_escape_s}")
+        if self.kv_room > 1:
+            raise ValueError(f"knob kv_room must be in [0, 1] (a share of the KV cache; 0: off), got {self.kv_room}")
+        if self.kv_block_tokens < 1:
+            raise ValueError(f"knob kv_block_tokens must be >= 1, got {self.kv_block_tokens}")
         if 0 < self.load_cap < 1:
             raise ValueError(f"knob load_cap must be 0 (off) or >= 1, got {self.load_cap}")
         for name in ("stream_idle_timeout_s", "header_read_timeout_s", "body_read_timeout_s"):

@@ -25,6 +25,7 @@ RULE_ESCAPE = "cap_escape"  # over the load cap, holding a prefix worth more tha
 RULE_CAPPED = "capped"  # the lowest estimated TTFT was over the load cap; the best pod under it
 RULE_OVER_CAP = "over_cap"  # no admissible subset pod under the cap (the others are over their limits)
 RULE_HELD = "held"  # the session's cache is held outside the subset only, and that pod's TTFT is worth keeping
+RULE_ROOM = "kv_room"  # the pod holding the session's cache is crowded (kv_room); the best subset pod it fits on
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -103,12 +104,15 @@ class CostPick:
     Subset tier: the admissible subset pods (under ``candidates.limits``), ranked
       1. the pod holding the session's cache (the most leading chunks, at least ``session_chunks``), when
          ``sticky`` and its cost is at most the best cost plus the prefill time it saves over that best pod;
+         unless that pod is crowded (its resident sessions need more than ``kv_room`` of its KV cache): then the
+         pod under the load cap with the lowest cost where the session fits within ``kv_room``, if any;
       2. then the pods under the load cap (``load_cap`` x the subset's mean outstanding requests, the new one
          included) by cost: a new session never goes to a pod at or above the cap while another can take it;
       3. then the pods at or above the cap, by cost.
     Held tier, first (``sticky_outside``): when no subset pod holds the session's cache but an admissible,
     non-draining outside pod does (its slice moved away since the session began), that pod alone, if its cost
-    is at most the best subset cost plus the prefill it saves (the sticky rule).
+    is at most the best subset cost plus the prefill it saves (the sticky rule), and unless it is crowded while
+    the session fits on the subset's first pod.
     Overflow tier, before the subset (``fleet_cap``): a new session whose subset pods are all above the fleet-wide
     bounded-load cap (every candidate's outstanding requests, +1 of slack) goes to the outside pods under it.
     Spill tier (some subset pod is usable but none admissible) or fallback tier (none usable): the admissible
@@ -182,7 +186,35 @@ class CostPick:
         if not holders:
             return None
         h = min(holders, key=lambda s: (-s.hit_chunks, tie_rank(req.slice_key, s.pod.id)))
+        if self._releases(h, req.slice_key) and self._fits(first, req):
+            return None
         return h if self._keeps(h, first) else None
+
+    def _resident_tokens(self, s: Scored) -> float:
+        return s.pod.resident_chunks() * s.pod.cache_chunk_bytes / self.k.bytes_per_token
+
+    def _releases(self, s: Scored, slice_key: int) -> bool:
+        """``s``'s pod is crowded (the sessions living there need more than ``kv_room`` of its KV cache; never
+        when off or when its KV cache size is unknown) and session ``slice_key`` is the one to let go: the
+        smallest whose leaving alone ends the crowding, or the largest when none would. One session at a time,
+        the cheapest that helps: a small one leaving frees too little, and every move costs a prefill."""
+        k = self.k
+        pod = s.pod
+        kv_chunks = pod.kv_blocks * k.kv_block_tokens * k.bytes_per_token / pod.cache_chunk_bytes
+        excess = pod.resident_chunks() - k.kv_room * kv_chunks
+        if k.kv_room <= 0 or kv_chunks <= 0 or excess <= 0:
+            return False
+        sizes = pod.resident_sizes()
+        enough = [(n, key) for key, n in sizes if n >= excess]
+        chosen = min(enough) if enough else max((n, key) for key, n in sizes)
+        return chosen[1] == slice_key
+
+    def _fits(self, s: Scored, req: PickInput) -> bool:
+        """The request's session fits on ``s``'s pod beside the sessions living there, within ``kv_room``."""
+        k = self.k
+        kv = s.pod.kv_blocks * k.kv_block_tokens
+        need = self._resident_tokens(s) + req.prompt_tokens + req.max_tokens
+        return k.kv_room > 0 and kv > 0 and need <= k.kv_room * kv
 
     def _escapes(self, holder: Scored, other: Scored) -> bool:
         """The cap's escape: ``holder`` saves more than ``cap_escape_s`` of prefill over ``other`` (a long shared
@@ -232,6 +264,11 @@ class CostPick:
             if holders:
                 # equal holders (a warm-up copied the session's prompt): the one this router last sent it to
                 h = min(holders, key=lambda s: (-s.hit_chunks, -s.pod.served_at(key), tie_rank(key, s.pod.id)))
+                if self._releases(h, key):
+                    room = [s for s in under if s is not h and self._fits(s, req)]
+                    if room:
+                        r = rank_by_cost(room, key, eps)[0]
+                        return [r, *(s for s in ranked if s is not r)], RULE_ROOM
                 if h is best or self._keeps(h, best):
                     return [h, *(s for s in ranked if s is not h)], RULE_STICKY
         return ranked, rule

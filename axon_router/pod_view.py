@@ -42,6 +42,9 @@ class PodView:
         "_memory",
         "_memory_max",
         "_pending",
+        "_refs",
+        "_resident",
+        "_resident_window_s",
         "_served",
         "address",
         "breaker",
@@ -56,6 +59,7 @@ class PodView:
         "inflight",
         "inflight_gauge",
         "inflight_tokens",
+        "kv_blocks",
         "labels",
         "load_avg",
         "prefill_reqs",
@@ -80,6 +84,7 @@ class PodView:
         *,
         memory_max: int = 8192,
         load_halflife_s: float = 5.0,
+        resident_window_s: float = 30.0,
     ) -> None:
         self.id = pod_id
         self.http_address = http_address.rstrip("/")
@@ -115,10 +120,16 @@ class PodView:
         self.cache: frozenset[int] = frozenset()
         self.cache_chunk_bytes = CHUNK_BYTES
         self.cache_at = -math.inf  # monotonic time the cache summary in ``cache`` was asked for
+        self.kv_blocks = 0  # the pod's KV cache size in blocks, from its cache summary (0: not known)
         self._memory: collections.OrderedDict[int, float] = collections.OrderedDict()
         self._memory_max = memory_max
         # the SliceKeys (sessions) this router sent here, and when: which pod served a session
         self._served: collections.OrderedDict[int, float] = collections.OrderedDict()
+        # the sessions that live here (this router sent their latest turn here within resident_window_s): each
+        # one's latest prompt chunks, and how many of them hold each chunk (their union is what the pod must keep)
+        self._resident: collections.OrderedDict[int, tuple[float, frozenset[int]]] = collections.OrderedDict()
+        self._refs: dict[int, int] = {}
+        self._resident_window_s = resident_window_s
 
     # ---------------------------------------------------------------- own in-flight accounting
     def begin(self, tokens: int, prefill: int = 0) -> Ticket:
@@ -195,6 +206,7 @@ class PodView:
         self.rep_waiting = waiting
         self.rep_tokens = tokens_in_flight
         self.rep_kv = kv_usage
+        self._expire_resident(at)
         for e in [e for e in self._pending if e <= poll_epoch]:
             slot = self._pending.pop(e)
             self.since_reqs -= slot[0]
@@ -202,12 +214,17 @@ class PodView:
             self.since_prefill_reqs -= slot[2]
             self.since_prefill_tokens -= slot[3]
 
-    def set_cache(self, chunk_bytes: int, hashes: Sequence[int] | frozenset[int], at: float = -math.inf) -> None:
-        """Install the pod's cache summary, asked for at monotonic ``at`` (the prefix chunks it held then)."""
+    def set_cache(
+        self, chunk_bytes: int, hashes: Sequence[int] | frozenset[int], at: float = -math.inf, blocks_total: int = 0
+    ) -> None:
+        """Install the pod's cache summary, asked for at monotonic ``at`` (the prefix chunks it held then, and its
+        KV cache size in blocks, 0: not known)."""
         self.cache_chunk_bytes = chunk_bytes or CHUNK_BYTES
         self.cache = hashes if isinstance(hashes, frozenset) else frozenset(hashes)
         if at > self.cache_at:
             self.cache_at = at
+        if blocks_total > 0:
+            self.kv_blocks = blocks_total
 
     # ---------------------------------------------------------------- estimates
     def outstanding(self, now: float, stale_s: float) -> tuple[int, int]:
@@ -244,6 +261,13 @@ class PodView:
             served[slice_key] = now
             while len(served) > self._memory_max:
                 served.popitem(last=False)
+            self.release(slice_key)
+            chunks = frozenset(hashes)
+            self._resident[slice_key] = (now, chunks)
+            refs = self._refs
+            for h in chunks:
+                refs[h] = refs.get(h, 0) + 1
+            self._expire_resident(now)
         mem = self._memory
         for h in hashes:
             if h in mem:
@@ -277,9 +301,68 @@ class PodView:
         router sends to every pod of the tenant."""
         return self._served.get(slice_key, -math.inf)
 
+    # ---------------------------------------------------------------- resident sessions
+    def resident_chunks(self) -> int:
+        """Distinct prompt chunks of the sessions living here: what the pod's KV cache must hold to keep every
+        one of them warm (a tenant's shared system prompt or a shared document counts once)."""
+        return len(self._refs)
+
+    def resident_sizes(self) -> list[tuple[int, int]]:
+        """(SliceKey, prompt chunks of its latest turn) of each session living here."""
+        return [(key, len(chunks)) for key, (_, chunks) in self._resident.items()]
+
+    def release(self, slice_key: int) -> None:
+        """Session ``slice_key`` no longer lives here (its latest turn went to another pod)."""
+        gone = self._resident.pop(slice_key, None)
+        if gone is None:
+            return
+        refs = self._refs
+        for h in gone[1]:
+            n = refs[h] - 1
+            if n:
+                refs[h] = n
+            else:
+                del refs[h]
+
+    def _expire_resident(self, now: float) -> None:
+        horizon = now - self._resident_window_s
+        res = self._resident
+        while res:
+            key, (t, _) = next(iter(res.items()))
+            if t >= horizon:
+                break
+            self.release(key)
+
     def forget_memory(self) -> None:
         self._memory.clear()
         self._served.clear()
+        self._resident.clear()
+        self._refs.clear()
 
     def __repr__(self) -> str:
         return f"PodView({self.id!r}, healthy={self.healthy}, inflight={self.inflight})"
+
+
+class Residence:
+    """Which pod each session lives on (the one its latest turn went to), for a bounded number of sessions: a
+    session that moves stops counting toward its old pod's resident chunks at once, not a window later."""
+
+    def __init__(self, max_keys: int = 1 << 16) -> None:
+        self._on: collections.OrderedDict[int, str] = collections.OrderedDict()
+        self._max = max_keys
+
+    def served(
+        self, views: Mapping[str, PodView], pod: PodView, hashes: Sequence[int], now: float, slice_key: int | None
+    ) -> None:
+        """``pod`` just served a request of session ``slice_key`` with these prompt chain hashes (its first token
+        came back): remember the prefix there, and move the session's residency to it."""
+        pod.remember(hashes, now, slice_key)
+        if slice_key is None:
+            return
+        on = self._on
+        prev = on.pop(slice_key, None)
+        if prev is not None and prev != pod.id and (old := views.get(prev)) is not None:
+            old.release(slice_key)
+        on[slice_key] = pod.id
+        while len(on) > self._max:
+            on.popitem(last=False)

@@ -30,7 +30,7 @@ from axon_router.forward import Forwarder, Upstream
 from axon_router.knobs import Knobs
 from axon_router.metrics import RouterMetrics
 from axon_router.pick import HELD, SUBSET, Candidates, CostPick, PickPolicy
-from axon_router.pod_view import PodView, Ticket
+from axon_router.pod_view import PodView, Residence, Ticket
 from axon_router.pollers import Pollers
 from axon_router.quarantine import FAULT_CAUSES, KeyGuard
 from axon_router.quota import QuotaGate, QuotaTicket, used_tokens
@@ -97,6 +97,7 @@ class Router:
         self.forwarder = Forwarder(knobs)
         self.pollers = Pollers(knobs, self.metrics, self.forwarder)
         self.table = TargetTable(clerk, knobs, self.metrics, self.pollers.start, self.pollers.stop_soon)
+        self.residence = Residence()
         self.inflight_ids: set[str] = set()
         self.demand = DemandMeter()  # per-tenant request rate ("" none), for fair shedding
         self._refresh_task: asyncio.Task[None] | None = None
@@ -430,7 +431,7 @@ class Router:
             f.upstream = up
             f.first_token_at = time.monotonic()
             pod.first_token(ticket)
-            pod.remember(req.prefix_hashes, now, req.slice_key)
+            self.residence.served(self.table.pods, pod, req.prefix_hashes, now, req.slice_key)
             attrs["brunoise.pod"] = pod.id
             attrs["brunoise.pick_reason"] = reason
             attrs["brunoise.attempts"] = f.attempts

@@ -174,7 +174,7 @@ class TargetTable:
             if v is None:
                 v = self.pods[p.id] = PodView(
                     p.id, p.http_address, p.address, p.labels, memory_max=self.knobs.prefix_memory_max,
-                    load_halflife_s=self.knobs.load_halflife_s,
+                    load_halflife_s=self.knobs.load_halflife_s, resident_window_s=self.knobs.resident_window_s,
                 )  # fmt: skip
                 v.inflight_gauge = self.metrics.pod_inflight.labels(p.id)
                 self.metrics.pod_healthy.labels(p.id).set(1)

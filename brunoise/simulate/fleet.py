@@ -22,7 +22,7 @@ from axon_router.admission import Admission, Outcome, Priority
 from axon_router.cost import PickInput
 from axon_router.knobs import Knobs
 from axon_router.pick import Candidates, CostPick
-from axon_router.pod_view import PodView, Ticket
+from axon_router.pod_view import PodView, Residence, Ticket
 from axon_router.routing_key import SESSION_HEADERS, TENANT_HEADER, routing_key
 from axon_router.targets import new_session_replicas, not_outside
 from brunoise.simulate.engines import FluidEngine, StepEngine, make_engine
@@ -294,9 +294,11 @@ class SimRouter:
                 p.pod.address,
                 memory_max=knobs.prefix_memory_max,
                 load_halflife_s=knobs.load_halflife_s,
+                resident_window_s=knobs.resident_window_s,
             )
             for p in pods
         }
+        self.residence = Residence()
         self.view_list = [self.views[p.id] for p in pods]
         self.seen = [-1] * len(pods)
         self.seen_cache = [-1] * len(pods)
@@ -323,7 +325,7 @@ class SimRouter:
             if cache:
                 if seen_cache[i] != ver:
                     seen_cache[i] = ver
-                    v.set_cache(CHUNK_BYTES, frozenset(p.engine.kv.cached), t)
+                    v.set_cache(CHUNK_BYTES, frozenset(p.engine.kv.cached), t, p.engine.kv.num_blocks)
                 else:
                     v.cache_at = t  # the same summary, asked for again
 
@@ -649,7 +651,7 @@ class Fleet:
         assert f.router is not None and f.ticket is not None
         v = f.router.views[p.id]
         v.first_token(f.ticket)
-        v.remember(f.pin.prefix_hashes, f.pick_t, f.pin.slice_key)
+        f.router.residence.served(f.router.views, v, f.pin.prefix_hashes, f.pick_t, f.pin.slice_key)
 
     def _on_finish(self, p: SimPod, ereq: Any, t: float) -> None:
         if ereq.id in p.warm_jobs:

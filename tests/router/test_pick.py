@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from axon_router.cost import Limits, PickInput, tie_rank
 from axon_router.knobs import Knobs
 from axon_router.pick import FALLBACK, HELD, OVERFLOW, SPILL, SUBSET, Candidates, CostPick, load_cap, rank_by_cost
-from axon_router.pod_view import PodView
+from axon_router.pod_view import PodView, Residence
 from axon_router.targets import new_session_replicas, not_outside
 from sharder.assignment import SliceAssignment
 from sharder.keyspace import KEYSPACE_END, Slice
@@ -362,3 +362,72 @@ def test_a_fresh_query_finds_its_long_document_outside_the_subset() -> None:
             req, Candidates(["a"], ["o"]), vs, 0.0
         )
         assert r.tiers[0].name == want, (escape, r.ids(), r.rule)
+
+
+def _session(key: int, n: int) -> PickInput:
+    """Session ``key``'s turn with a ``n``-character prompt of its own (no prefix shared with another key)."""
+    text = f"session {key} " + random.Random(key).choice("abcdefgh") * n
+    return request(key, text, session_chunks=4)
+
+
+def test_a_crowded_pod_lets_a_session_go_where_it_fits() -> None:
+    """Failure mode (agentic, restart phase): three long sessions on one pod whose KV cache holds two evict each
+    other's contexts every turn while another subset pod has room; stickiness kept them there."""
+    for room, want_rule, want_pod in ((0.9, "kv_room", "b"), (0.0, "sticky", "a")):
+        vs = views("a", "b")
+        residence = Residence()
+        for v in vs.values():
+            v.set_cache(64, frozenset(), 0.0, blocks_total=1000)  # 16,000 tokens each
+        turns = [_session(k, 20_000) for k in (1, 2, 3)]  # ~5,000 tokens each, 15,000 on a
+        for t in turns:
+            residence.served(vs, vs["a"], t.prefix_hashes, 0.0, t.slice_key)
+        assert vs["a"].resident_chunks() == sum(len(t.prefix_hashes) for t in turns)
+        pick = CostPick(dataclasses.replace(K, kv_room=room))
+        r = pick.choose_replicas(turns[0], Candidates(["a", "b"], []), vs, 1.0)
+        first = r.first()
+        assert first is not None and (r.rule, first[1].pod.id) == (want_rule, want_pod)
+        if room:
+            # once it moved, a is no longer crowded and the next session stays on its cache
+            residence.served(vs, vs["b"], turns[0].prefix_hashes, 1.0, turns[0].slice_key)
+            assert vs["a"].resident_chunks() == sum(len(t.prefix_hashes) for t in turns[1:])
+            r2 = pick.choose_replicas(turns[1], Candidates(["a", "b"], []), vs, 1.0)
+            assert (r2.rule, r2.ids()[0][0]) == ("sticky", "a")
+
+
+def test_a_crowded_pod_lets_go_of_the_smallest_session_that_ends_the_crowding() -> None:
+    """Failure mode (a first version): every session on a crowded pod left at its next turn, small ones first,
+    each paying a prefill elsewhere; 50 hops in the agentic run against 8, for less than they saved."""
+    vs = views("a", "b")
+    residence = Residence()
+    for v in vs.values():
+        v.set_cache(64, frozenset(), 0.0, blocks_total=900)  # 14,400 tokens; kv_room 0.9: 12,960
+    small, mid, big = _session(1, 4_000), _session(2, 24_000), _session(3, 32_000)  # ~1,000, 6,000, 8,000 tokens
+    for t in (small, mid, big):
+        residence.served(vs, vs["a"], t.prefix_hashes, 0.0, t.slice_key)  # ~15,000 on a: ~2,000 too many
+    pick = CostPick(K)
+    rules = [pick.choose_replicas(t, Candidates(["a", "b"], []), vs, 1.0).rule for t in (small, mid, big)]
+    assert rules == ["sticky", "kv_room", "sticky"]  # the small one would not end it; of two that would, the cheaper
+
+
+def test_a_session_stays_on_a_crowded_pod_when_it_fits_nowhere_else() -> None:
+    vs = views("a", "b")
+    residence = Residence()
+    for v in vs.values():
+        v.set_cache(64, frozenset(), 0.0, blocks_total=1000)
+    turns = [_session(k, 20_000) for k in (1, 2, 3, 4, 5)]
+    for t, pod in zip(turns, "aaabb", strict=True):
+        residence.served(vs, vs[pod], t.prefix_hashes, 0.0, t.slice_key)  # b holds 10,000 tokens: no room for 5,000
+    r = CostPick(K).choose_replicas(turns[0], Candidates(["a", "b"], []), vs, 1.0)
+    assert (r.rule, r.ids()[0][0]) == ("sticky", "a")
+
+
+def test_shared_prefixes_count_once_and_idle_sessions_stop_counting() -> None:
+    v = PodView("a", "http://a", resident_window_s=10.0)
+    residence = Residence()
+    shared = DOC[:1984]  # 31 whole chunks
+    for k in range(5):
+        own = f" question {k} ".ljust(64, "?")  # one chunk of its own
+        residence.served({"a": v}, v, prefix_hashes(shared + own), float(k), k)
+    assert v.resident_chunks() == len(prefix_hashes(shared)) + 5
+    v.apply_report(v.poll_started(), 12.5, 0, 0, 0, 0.0)  # sessions 0-2 last served more than 10 s ago
+    assert v.resident_chunks() == len(prefix_hashes(shared)) + 2
