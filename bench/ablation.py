@@ -37,6 +37,11 @@ ABLATIONS: dict[str, Ablation] = {
             "no_warmup", "no warm-up on reshard: a new replica warms on live traffic", {}, {"warm_deadline_s": "0"}
         ),
         Ablation("two_replicas", "two replicas per slice (the default before stop 4)", {}, {"min_replicas": "2"}),
+        Ablation("no_kv_room", "a crowded pod keeps every session (stickiness alone)", {"kv_room": "0"}),
+        Ablation(
+            "no_memory_trust", "the router's memory of what it sent outranks cache summaries for its whole minute",
+            {"prefix_memory_trust_s": "0"},
+        ),
     )
 }
 
