@@ -409,6 +409,22 @@ def test_a_crowded_pod_lets_go_of_the_smallest_session_that_ends_the_crowding() 
     assert rules == ["sticky", "kv_room", "sticky"]  # the small one would not end it; of two that would, the cheaper
 
 
+def test_the_held_tier_does_not_hold_a_session_on_a_crowded_pod() -> None:
+    """The session's slice moved to b; a, outside the subset, holds its cache but is crowded: no held tier."""
+    for room, want in ((0.9, [SUBSET]), (0.0, [HELD, SUBSET])):
+        vs = views("a", "b")
+        residence = Residence()
+        for v in vs.values():
+            v.set_cache(64, frozenset(), 0.0, blocks_total=900)
+        turns = [_session(k, 24_000) for k in (1, 2, 3)]  # ~18,000 tokens on a, 12,960 allowed
+        for t in turns:
+            residence.served(vs, vs["a"], t.prefix_hashes, 0.0, t.slice_key)
+        on = CostPick(K)
+        released = next(t for t in turns if on._releases(on.cost.score(vs["a"], t, 1.0), t.slice_key))
+        r = CostPick(dataclasses.replace(K, kv_room=room)).choose_replicas(released, Candidates(["b"], ["a"]), vs, 1.0)
+        assert [t.name for t in r.tiers][: len(want)] == want, room
+
+
 def test_a_session_stays_on_a_crowded_pod_when_it_fits_nowhere_else() -> None:
     vs = views("a", "b")
     residence = Residence()
