@@ -195,19 +195,21 @@ class CostPick:
 
     def _releases(self, s: Scored, slice_key: int) -> bool:
         """``s``'s pod is crowded (the sessions living there need more than ``kv_room`` of its KV cache; never
-        when off or when its KV cache size is unknown) and session ``slice_key`` is the one to let go: the
-        smallest whose leaving alone ends the crowding, or the largest when none would. One session at a time,
-        the cheapest that helps: a small one leaving frees too little, and every move costs a prefill."""
+        when off or when its KV cache size is unknown) and session ``slice_key`` is the one to let go: of the
+        sessions at least half of whose prompt no other session there shares (what leaving frees must be worth
+        the prefill it costs: not a query over a shared document), the smallest whose leaving alone ends the
+        crowding, or the largest when none would. One session at a time, the cheapest that helps."""
         k = self.k
         pod = s.pod
         kv_chunks = pod.kv_blocks * k.kv_block_tokens * k.bytes_per_token / pod.cache_chunk_bytes
         excess = pod.resident_chunks() - k.kv_room * kv_chunks
         if k.kv_room <= 0 or kv_chunks <= 0 or excess <= 0:
             return False
-        sizes = pod.resident_sizes()
-        enough = [(n, key) for key, n in sizes if n >= excess]
-        chosen = min(enough) if enough else max((n, key) for key, n in sizes)
-        return chosen[1] == slice_key
+        own = [(u, key) for key, n, u in pod.resident_sizes() if 2 * u >= n]
+        if not own:
+            return False
+        enough = [c for c in own if c[0] >= excess]
+        return (min(enough) if enough else max(own))[1] == slice_key
 
     def _fits(self, s: Scored, req: PickInput) -> bool:
         """The request's session fits on ``s``'s pod beside the sessions living there, within ``kv_room``."""

@@ -307,9 +307,14 @@ class PodView:
         one of them warm (a tenant's shared system prompt or a shared document counts once)."""
         return len(self._refs)
 
-    def resident_sizes(self) -> list[tuple[int, int]]:
-        """(SliceKey, prompt chunks of its latest turn) of each session living here."""
-        return [(key, len(chunks)) for key, (_, chunks) in self._resident.items()]
+    def resident_sizes(self) -> list[tuple[int, int, int]]:
+        """(SliceKey, prompt chunks of its latest turn, of those the chunks no other session living here shares)
+        of each session living here: what it would take away if it left (a query over a shared document, little
+        of its prompt; a long agentic session, nearly all of it)."""
+        refs = self._refs
+        return [
+            (key, len(chunks), sum(1 for h in chunks if refs[h] == 1)) for key, (_, chunks) in self._resident.items()
+        ]
 
     def release(self, slice_key: int) -> None:
         """Session ``slice_key`` no longer lives here (its latest turn went to another pod)."""

@@ -425,6 +425,23 @@ def test_the_held_tier_does_not_hold_a_session_on_a_crowded_pod() -> None:
         assert [t.name for t in r.tiers][: len(want)] == want, room
 
 
+def test_queries_over_a_shared_document_are_not_let_go() -> None:
+    """Failure mode (docs, quick run: restart/steady 0.71 against 1.00 without kv_room): a crowded pod let queries
+    go whose prompt was nearly all a document other queries there share; leaving freed nothing and copied the
+    document to another pod."""
+    vs = views("a", "b")
+    residence = Residence()
+    vs["a"].set_cache(64, frozenset(), 0.0, blocks_total=90)  # 90 chunks of 16 tokens; kv_room 0.9: 81
+    vs["b"].set_cache(64, frozenset(), 0.0, blocks_total=1000)  # room for any of them
+    doc = DOC[:5120]  # 80 chunks
+    queries = [request(k, doc + f" question {k} ".ljust(64, "?"), session_chunks=80) for k in range(4)]
+    for q in queries:
+        residence.served(vs, vs["a"], q.prefix_hashes, 0.0, q.slice_key)  # 84 distinct chunks
+    residence.served(vs, vs["a"], _session(9, 640).prefix_hashes, 0.0, 9)  # + 10 of a small session: 13 too many
+    pick = CostPick(K)
+    assert all(pick.choose_replicas(q, Candidates(["a", "b"], []), vs, 1.0).rule == "sticky" for q in queries)
+
+
 def test_a_session_stays_on_a_crowded_pod_when_it_fits_nowhere_else() -> None:
     vs = views("a", "b")
     residence = Residence()
