@@ -125,8 +125,9 @@ class PodView:
         self._memory_max = memory_max
         # the SliceKeys (sessions) this router sent here, and when: which pod served a session
         self._served: collections.OrderedDict[int, float] = collections.OrderedDict()
-        # the sessions that live here (this router sent their latest turn here within resident_window_s): each
-        # one's latest prompt chunks, and how many of them hold each chunk (their union is what the pod must keep)
+        # the sessions that live here (this router sent their latest turn here within resident_window_s; at most
+        # memory_max of them): each one's latest prompt chunks, and how many of them hold each chunk (their union
+        # is what the pod must keep)
         self._resident: collections.OrderedDict[int, tuple[float, frozenset[int]]] = collections.OrderedDict()
         self._refs: dict[int, int] = {}
         self._resident_window_s = resident_window_s
@@ -268,6 +269,8 @@ class PodView:
             for h in chunks:
                 refs[h] = refs.get(h, 0) + 1
             self._expire_resident(now)
+            while len(self._resident) > self._memory_max:  # bounded like the rest of the router's memory
+                self.release(next(iter(self._resident)))
         mem = self._memory
         for h in hashes:
             if h in mem:

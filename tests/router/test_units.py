@@ -119,6 +119,9 @@ def test_prefix_memory_is_bounded() -> None:
     p.remember(list(range(100)), 0.0)
     assert p.matched_chunks([95, 96, 97, 98, 99], 0.0, 60.0) == 5
     assert p.matched_chunks([0], 0.0, 60.0) == 0
+    for key in range(20):  # and so are the sessions it counts as living there
+        p.remember([1000 + key], 1.0, slice_key=key)
+    assert [k for k, _, _ in p.resident_sizes()] == list(range(10, 20)) and p.resident_chunks() == 10
 
 
 # ------------------------------------------------------------------------------------------------ picker
