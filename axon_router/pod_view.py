@@ -262,12 +262,22 @@ class PodView:
             served[slice_key] = now
             while len(served) > self._memory_max:
                 served.popitem(last=False)
-            self.release(slice_key)
             chunks = frozenset(hashes)
-            self._resident[slice_key] = (now, chunks)
+            before = self._resident.pop(slice_key, None)
             refs = self._refs
-            for h in chunks:
+            if before is not None:  # a later turn: its prompt mostly extends the last one, so count the difference
+                for h in before[1] - chunks:
+                    n = refs[h] - 1
+                    if n:
+                        refs[h] = n
+                    else:
+                        del refs[h]
+                chunks_new: frozenset[int] = chunks - before[1]
+            else:
+                chunks_new = chunks
+            for h in chunks_new:
                 refs[h] = refs.get(h, 0) + 1
+            self._resident[slice_key] = (now, chunks)
             self._expire_resident(now)
             while len(self._resident) > self._memory_max:  # bounded like the rest of the router's memory
                 self.release(next(iter(self._resident)))
