@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 
 import xxhash
@@ -74,7 +73,7 @@ class CostModel:
         reqs, toks = pod.outstanding(now, k.report_stale_s)
         _, ahead = pod.prefill_ahead(now, k.report_stale_s)
         hit = (
-            pod.matched_chunks(req.prefix_hashes, now, k.prefix_memory_s, k.prefix_memory_trust_s or math.inf)
+            pod.matched_chunks(req.prefix_hashes, now, k.prefix_memory_s, k.prefix_memory_trust_s)
             if req.prefix_hashes
             else 0
         )

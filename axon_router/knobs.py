@@ -113,8 +113,9 @@ class Knobs:
     """A pod whose resident sessions (those whose latest turn went there within ``resident_window_s``) need more
     than this share of its KV cache is crowded: they evict each other's contexts every turn. It lets one session
     go at a time, at that session's next turn: of those at least half of whose prompt no other session there
-    shares, the smallest whose leaving alone ends the crowding (else the largest), to the subset pod under the load cap with the lowest estimated TTFT where it fits within this
-    share. Shared prefixes count once; a pod whose KV cache size is unknown is never crowded. 0: off."""
+    shares, the smallest whose leaving alone ends the crowding (else the largest), to the subset pod under the
+    load cap with the lowest estimated TTFT where it fits within this share. Shared prefixes count once; a pod
+    whose KV cache size is unknown is never crowded. 0: off."""
     resident_window_s: float = 30.0
     """How long after its latest turn a session still counts as living on that pod (``kv_room``)."""
     kv_block_tokens: int = 16

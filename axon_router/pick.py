@@ -190,8 +190,11 @@ class CostPick:
             return None
         return h if self._keeps(h, first) else None
 
-    def _resident_tokens(self, s: Scored) -> float:
-        return s.pod.resident_chunks() * s.pod.cache_chunk_bytes / self.k.bytes_per_token
+    def _room(self, pod: PodView) -> float:
+        """Prompt chunks the sessions living on ``pod`` may need before it is crowded: ``kv_room`` of its KV
+        cache (0 when off or when its size is unknown)."""
+        k = self.k
+        return k.kv_room * pod.kv_blocks * k.kv_block_tokens * k.bytes_per_token / pod.cache_chunk_bytes
 
     def _releases(self, s: Scored, slice_key: int) -> bool:
         """``s``'s pod is crowded (the sessions living there need more than ``kv_room`` of its KV cache; never
@@ -199,11 +202,10 @@ class CostPick:
         sessions at least half of whose prompt no other session there shares (what leaving frees must be worth
         the prefill it costs: not a query over a shared document), the smallest whose leaving alone ends the
         crowding, or the largest when none would. One session at a time, the cheapest that helps."""
-        k = self.k
         pod = s.pod
-        kv_chunks = pod.kv_blocks * k.kv_block_tokens * k.bytes_per_token / pod.cache_chunk_bytes
-        excess = pod.resident_chunks() - k.kv_room * kv_chunks
-        if k.kv_room <= 0 or kv_chunks <= 0 or excess <= 0:
+        room = self._room(pod)
+        excess = pod.resident_chunks() - room
+        if room <= 0 or excess <= 0:
             return False
         own = [(u, key) for key, n, u in pod.resident_sizes() if 2 * u >= n]
         if not own:
@@ -213,10 +215,10 @@ class CostPick:
 
     def _fits(self, s: Scored, req: PickInput) -> bool:
         """The request's session fits on ``s``'s pod beside the sessions living there, within ``kv_room``."""
-        k = self.k
-        kv = s.pod.kv_blocks * k.kv_block_tokens
-        need = self._resident_tokens(s) + req.prompt_tokens + req.max_tokens
-        return k.kv_room > 0 and kv > 0 and need <= k.kv_room * kv
+        pod = s.pod
+        room = self._room(pod)
+        need = (req.prompt_tokens + req.max_tokens) * self.k.bytes_per_token / pod.cache_chunk_bytes
+        return room > 0 and pod.resident_chunks() + need <= room
 
     def _escapes(self, holder: Scored, other: Scored) -> bool:
         """The cap's escape: ``holder`` saves more than ``cap_escape_s`` of prefill over ``other`` (a long shared

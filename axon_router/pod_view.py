@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from axon_router.failover import Breaker, HealthTracker
 from sharder.prefix import CHUNK_BYTES
@@ -262,25 +262,7 @@ class PodView:
             served[slice_key] = now
             while len(served) > self._memory_max:
                 served.popitem(last=False)
-            chunks = frozenset(hashes)
-            before = self._resident.pop(slice_key, None)
-            refs = self._refs
-            if before is not None:  # a later turn: its prompt mostly extends the last one, so count the difference
-                for h in before[1] - chunks:
-                    n = refs[h] - 1
-                    if n:
-                        refs[h] = n
-                    else:
-                        del refs[h]
-                chunks_new: frozenset[int] = chunks - before[1]
-            else:
-                chunks_new = chunks
-            for h in chunks_new:
-                refs[h] = refs.get(h, 0) + 1
-            self._resident[slice_key] = (now, chunks)
-            self._expire_resident(now)
-            while len(self._resident) > self._memory_max:  # bounded like the rest of the router's memory
-                self.release(next(iter(self._resident)))
+            self._reside(slice_key, frozenset(hashes), now)
         mem = self._memory
         for h in hashes:
             if h in mem:
@@ -289,13 +271,15 @@ class PodView:
         while len(mem) > self._memory_max:
             mem.popitem(last=False)
 
-    def matched_chunks(self, hashes: Sequence[int], now: float, memory_s: float, trust_s: float = math.inf) -> int:
+    def matched_chunks(self, hashes: Sequence[int], now: float, memory_s: float, trust_s: float = 0.0) -> int:
         """Leading chunks of ``hashes`` the pod is expected to hold: in its cache summary, or sent to it within
-        ``memory_s`` and not more than ``trust_s`` before that summary was asked for (a chunk the pod had had
-        time to report and did not is evicted, or the pod restarted)."""
+        ``memory_s`` and (``trust_s`` > 0) not more than ``trust_s`` before that summary was asked for (a chunk
+        the pod had had time to report and did not is evicted, or the pod restarted)."""
         cache = self.cache
         mem = self._memory
-        horizon = max(now - memory_s, self.cache_at - trust_s)
+        horizon = now - memory_s
+        if trust_s > 0 and self.cache_at - trust_s > horizon:
+            horizon = self.cache_at - trust_s
         n = 0
         for h in hashes:
             if h in cache:
@@ -332,10 +316,28 @@ class PodView:
     def release(self, slice_key: int) -> None:
         """Session ``slice_key`` no longer lives here (its latest turn went to another pod)."""
         gone = self._resident.pop(slice_key, None)
-        if gone is None:
-            return
+        if gone is not None:
+            self._unref(gone[1])
+
+    def _reside(self, slice_key: int, chunks: frozenset[int], now: float) -> None:
+        """Session ``slice_key``'s latest turn, with these prompt chunks, came here at ``now``."""
+        before = self._resident.pop(slice_key, None)
+        if before is not None:  # a later turn: its prompt mostly extends the last one, so count the difference
+            self._unref(before[1] - chunks)
+            chunks_new = chunks - before[1]
+        else:
+            chunks_new = chunks
         refs = self._refs
-        for h in gone[1]:
+        for h in chunks_new:
+            refs[h] = refs.get(h, 0) + 1
+        self._resident[slice_key] = (now, chunks)
+        self._expire_resident(now)
+        while len(self._resident) > self._memory_max:  # bounded like the rest of the router's memory
+            self.release(next(iter(self._resident)))
+
+    def _unref(self, chunks: Iterable[int]) -> None:
+        refs = self._refs
+        for h in chunks:
             n = refs[h] - 1
             if n:
                 refs[h] = n

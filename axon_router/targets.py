@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -96,8 +95,7 @@ def new_session_replicas(
         or (
             p in views
             and hashes
-            and views[p].matched_chunks(hashes, now, knobs.prefix_memory_s, knobs.prefix_memory_trust_s or math.inf)
-            >= need
+            and views[p].matched_chunks(hashes, now, knobs.prefix_memory_s, knobs.prefix_memory_trust_s) >= need
         )
     ]
 
