@@ -63,6 +63,23 @@ def test_a_session_already_on_the_warming_replica_stays_there() -> None:
     assert list(new_session_replicas(sa, views, [99, 12], 1, 0.1, K)) == ["a"]  # holds nothing of this one
 
 
+def test_a_warming_replica_holding_a_long_document_takes_a_fresh_query_over_it() -> None:
+    """Failure mode (docs restart phase): the only pod holding a document warmed the document's slice (it came
+    back, or the warm-up copied the document there), and a query with a fresh id, whose own chunks nobody holds,
+    was kept off it and prefilled the document again on a warm replica. A short shared prefix (a tenant's
+    system prompt, under ``cap_escape_s`` of prefill) does not draw the query there."""
+    sa = SliceAssignment(S, ("a", "b"), warming=("b",))
+    doc = list(range(100, 160))  # 60 chunks of 64 bytes: ~960 tokens, ~0.05 s of prefill at the default rate
+    query = [*doc, 7, 8]
+    views = _views(a=0, b=0)
+    views["b"].set_cache(64, frozenset(doc))
+    slow = dataclasses.replace(K, prefill_tokens_per_s=5000.0)  # ~0.19 s: more than cap_escape_s
+    assert list(new_session_replicas(sa, views, query, len(query), 0.1, slow)) == ["a", "b"]
+    assert list(new_session_replicas(sa, views, query, len(query), 0.1, K)) == ["a"]  # a short prefix: not
+    views["a"].set_cache(64, frozenset(doc))  # a warm replica holds it as well: no reason to load b
+    assert list(new_session_replicas(sa, views, query, len(query), 0.1, slow)) == ["a"]
+
+
 def test_no_warming_means_every_replica() -> None:
     sa = SliceAssignment(S, ("a", "b"))
     assert new_session_replicas(sa, _views(a=5, b=0), [1], 1, 0.1, K) is sa.replicas
