@@ -33,14 +33,20 @@ class Limits:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Scored:
-    """One candidate with its estimated TTFT (``cost``), queue depth, expected prefix hit and the prompt
-    tokens it would have to compute there (``miss_tokens``)."""
+    """One candidate with its estimated TTFT (``cost``), queue depth, expected prefix hit, the prompt tokens it
+    would have to compute there (``miss_tokens``) and what the pick ranks it by (``rank``: the TTFT plus
+    ``miss_weight`` x that prefill's time, the work it adds to the pod; the TTFT alone when not given)."""
 
     pod: PodView
     cost: float
     outstanding: int
     hit_chunks: int
     miss_tokens: int = 0
+    rank: float = -1.0
+
+    def __post_init__(self) -> None:
+        if self.rank < 0:
+            object.__setattr__(self, "rank", self.cost)
 
 
 def tie_rank(slice_key: int, pod_id: str) -> int:
@@ -86,4 +92,4 @@ class CostModel:
         kv = pod.kv_usage(now, k.report_stale_s)
         if kv > k.kv_usage_knee:
             cost += k.kv_usage_penalty_s * (kv - k.kv_usage_knee) / (1.0 - k.kv_usage_knee)
-        return Scored(pod, cost, reqs, hit, miss)
+        return Scored(pod, cost, reqs, hit, miss, cost + k.miss_weight * miss / k.prefill_tokens_per_s)

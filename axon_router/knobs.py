@@ -58,6 +58,11 @@ class Knobs:
     little, it does not queue a new request behind it)."""
     context_token_s: float = 4e-8
     """Added time of one engine step per context token of the running requests (attention reads)."""
+    miss_weight: float = 1.0
+    """The pick ranks pods by estimated TTFT plus this times the prefill the request would add there (its uncached
+    prompt tokens / ``prefill_tokens_per_s``): a prefill delays every request queued behind it and copies a prefix
+    a second pod already holds, so waiting briefly behind the holder of a long document (even behind that
+    document's own first prefill) beats computing it again elsewhere. 0: estimated TTFT alone."""
     kv_usage_knee: float = 0.8
     """KV cache usage above which a pod is penalized (it starts evicting prefixes and preempting)."""
     kv_usage_penalty_s: float = 0.05

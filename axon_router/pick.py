@@ -77,13 +77,14 @@ class PickPolicy(Protocol):
 
 
 def rank_by_cost(scored: Iterable[Scored], slice_key: int, eps: float) -> list[Scored]:
-    """Lowest cost first; costs within ``eps`` of the first of their run tie, ordered by ``tie_rank``."""
-    by_cost = sorted(scored, key=lambda s: s.cost)
+    """Lowest ``Scored.rank`` (estimated TTFT plus the work added) first; ranks within ``eps`` of the first of
+    their run tie, ordered by ``tie_rank``."""
+    by_cost = sorted(scored, key=lambda s: s.rank)
     out: list[Scored] = []
     i = 0
     while i < len(by_cost):
         j = i + 1
-        while j < len(by_cost) and by_cost[j].cost <= by_cost[i].cost + eps:
+        while j < len(by_cost) and by_cost[j].rank <= by_cost[i].rank + eps:
             j += 1
         out.extend(sorted(by_cost[i:j], key=lambda s: tie_rank(slice_key, s.pod.id)))
         i = j
@@ -250,8 +251,8 @@ class CostPick:
             # where a new session lands is where it stays: the least recently loaded pod among those about as
             # fast as the best (its estimated TTFT within balance_slack_s)
             head = ranked[0]
-            near = [s for s in ranked[: len(under)] if s.cost <= head.cost + k.balance_slack_s]
-            b = min(near, key=lambda s: (s.pod.load_avg, s.cost, tie_rank(key, s.pod.id)))
+            near = [s for s in ranked[: len(under)] if s.rank <= head.rank + k.balance_slack_s]
+            b = min(near, key=lambda s: (s.pod.load_avg, s.rank, tie_rank(key, s.pod.id)))
             if b is not head:
                 ranked = [b, *(s for s in ranked if s is not b)]
                 rule = RULE_BALANCE

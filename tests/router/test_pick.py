@@ -75,7 +75,8 @@ def test_a_session_sticks_until_the_wait_outweighs_the_prefill_it_saves() -> Non
         vs = views("a", "b")
         vs["a"].remember(req.prefix_hashes, 0.0)
         vs["a"].begin(ahead + 64, prefill=ahead)  # prefill queued ahead on the holder
-        pick = CostPick(dataclasses.replace(K, sticky=sticky))
+        # the sticky rule alone: ranked by estimated TTFT (miss_weight 0), not by the prefill it adds
+        pick = CostPick(dataclasses.replace(K, sticky=sticky, miss_weight=0.0))
         r = pick.choose_replicas(req, Candidates(["a", "b"], []), vs, 0.0)
         first = r.first()
         assert first is not None and first[1].pod.id == want, (ahead, sticky, r.ids(), r.rule)
@@ -133,6 +134,25 @@ def test_a_fresh_id_finds_the_longest_prefix_within_the_cap() -> None:
     req = request(99, doc + " one more?", session_chunks=10_000)
     r = pick.choose_replicas(req, Candidates(["a", "b", "c"], []), vs, 0.0)
     assert r.ids()[0][:2] == ["a", "c"] and r.ids()[0][-1] == "b" and r.rule == "capped"
+
+
+def test_a_fresh_query_waits_behind_its_documents_first_prefill() -> None:
+    """Failure mode (docs warm-up phase): a second query over a document arrived while the first still prefilled
+    it on pod a; waiting there cost about what prefilling it on idle pod c did, so c took it and the document
+    was computed, and held, twice. Ranked by TTFT plus the prefill a pod must add (``miss_weight``), a wins;
+    by TTFT alone (0) it does not."""
+    doc = (DOC + " ") * 2  # ~3,500 tokens: ~0.17 s of prefill at the default rate
+    req = request(5, doc + " a second question", session_chunks=10_000)
+    for weight, want in ((1.0, "a"), (0.0, "c")):
+        vs = views("a", "b", "c")
+        vs["a"].remember(req.prefix_hashes, 0.0)  # the first query's document, sent to a
+        vs["a"].begin(req.prompt_tokens, prefill=req.prompt_tokens)  # ... and still prefilling there
+        decoding(vs["b"], 1)
+        pick = CostPick(dataclasses.replace(K, miss_weight=weight))
+        r = pick.choose_replicas(req, Candidates(["a", "b", "c"], []), vs, 0.0)
+        first = r.first()
+        assert first is not None and first[1].pod.id == want, (weight, r.ids(), r.rule)
+        assert first[1].outstanding + 1 <= load_cap([1, 1, 0], K.load_cap)  # under the cap either way
 
 
 def test_limits_send_to_spill_or_fallback_tiers() -> None:
