@@ -42,6 +42,9 @@ ABLATIONS: dict[str, Ablation] = {
             "no_memory_trust", "the router's memory of what it sent outranks cache summaries for its whole minute",
             {"prefix_memory_trust_s": "0"},
         ),
+        Ablation(
+            "no_miss_weight", "pods ranked by estimated TTFT alone (not the prefill a request adds)", {"miss_weight": "0"}
+        ),
     )
 }
 
