@@ -35,18 +35,14 @@ class Limits:
 class Scored:
     """One candidate with its estimated TTFT (``cost``), queue depth, expected prefix hit, the prompt tokens it
     would have to compute there (``miss_tokens``) and what the pick ranks it by (``rank``: the TTFT plus
-    ``miss_weight`` x that prefill's time, the work it adds to the pod; the TTFT alone when not given)."""
+    ``miss_weight`` x that prefill's time, the work it adds to the pod)."""
 
     pod: PodView
     cost: float
     outstanding: int
     hit_chunks: int
-    miss_tokens: int = 0
-    rank: float = -1.0
-
-    def __post_init__(self) -> None:
-        if self.rank < 0:
-            object.__setattr__(self, "rank", self.cost)
+    miss_tokens: int
+    rank: float
 
 
 def tie_rank(slice_key: int, pod_id: str) -> int:
@@ -68,7 +64,12 @@ class CostModel:
     already decoding only lengthen each engine step a little. So a pod holding a session's prefix keeps it
     unless real prefill work is queued there, and a burst of misses spreads (each dispatched miss is prefill
     ahead for the next). Running requests and context are the pod's last report plus the router's own
-    dispatches since (``PodView.outstanding``: never zero between reports). ``axon_router.pick`` ranks by it.
+    dispatches since (``PodView.outstanding``: never zero between reports). ``axon_router.pick`` ranks by
+
+    rank    = cost + miss_weight x (prompt tokens the pod does not hold) / prefill_tokens_per_s
+
+    the TTFT plus the work the request adds there, which delays whatever queues behind it and copies a prefix
+    another pod may hold.
     """
 
     def __init__(self, knobs: Knobs) -> None:
