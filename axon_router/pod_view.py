@@ -133,9 +133,14 @@ class PodView:
         self._resident_window_s = resident_window_s
 
     # ---------------------------------------------------------------- own in-flight accounting
-    def begin(self, tokens: int, prefill: int = 0) -> Ticket:
-        """Account one request dispatched now, of about ``tokens`` tokens (prompt + max new), of which about
-        ``prefill`` prompt tokens are not cached on the pod (prefill work until its first token)."""
+    def begin(self, tokens: int, prefill: int = 0, hashes: Sequence[int] = (), now: float = 0.0) -> Ticket:
+        """Account one request dispatched at ``now``, of about ``tokens`` tokens (prompt + max new), of which about
+        ``prefill`` prompt tokens are not cached on the pod (prefill work until its first token), and remember
+        its prompt's chain ``hashes`` as the pod's from now on: it prefills them next, so a request over the same
+        prefix picked during that prefill waits behind it here instead of computing it again on another pod
+        (remembered only at the first token, a second query over a long document went elsewhere)."""
+        if hashes:
+            self.remember(hashes, now)
         e = self._epoch
         slot = self._pending.get(e)
         if slot is None:

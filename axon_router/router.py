@@ -385,7 +385,7 @@ class Router:
             f.attempts += 1
             f.reason = reason
             probe = pod.breaker.acquire(now)
-            ticket = pod.begin(req.prompt_tokens + req.max_tokens, pick.miss_tokens)
+            ticket = pod.begin(req.prompt_tokens + req.max_tokens, pick.miss_tokens, req.prefix_hashes, now)
             g = pod.inflight_gauge
             if g is not None:
                 g.inc()  # type: ignore[attr-defined]

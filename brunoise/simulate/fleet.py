@@ -628,7 +628,7 @@ class Fleet:
                 return
             self._attempt(f, t)
             return
-        f.ticket = view.begin(f.req.est_tokens + f.req.max_tokens, pick.miss_tokens)
+        f.ticket = view.begin(f.req.est_tokens + f.req.max_tokens, pick.miss_tokens, f.pin.prefix_hashes, t)
         f.pod = pod
         req = f.req
         key = f.pin.slice_key
