@@ -258,9 +258,11 @@ class CostPick:
                 rule = RULE_BALANCE
         if rule == RULE_CAPPED and k.cap_escape_s > 0:
             # the cap's escape: the pod holding the longest prefix, over the cap, still wins when the prefill it
-            # saves over the best pod under the cap is worth more than cap_escape_s (a long shared document)
+            # saves over the best pod under the cap is worth more than cap_escape_s (a long shared document) and
+            # its estimated TTFT is no worse, within one engine step (behind the document's own prefill there it
+            # is as fast, bar the decode cost of the request it runs)
             h = max(over, key=lambda s: (s.hit_chunks, -tie_rank(key, s.pod.id)))
-            if self._escapes(h, ranked[0]) and h.cost <= ranked[0].cost:
+            if self._escapes(h, ranked[0]) and h.cost <= ranked[0].cost + k.step_s:
                 ranked = [h, *(s for s in ranked if s is not h)]
                 rule = RULE_ESCAPE
         if k.sticky:

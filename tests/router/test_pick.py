@@ -137,22 +137,41 @@ def test_a_fresh_id_finds_the_longest_prefix_within_the_cap() -> None:
 
 
 def test_a_fresh_query_waits_behind_its_documents_first_prefill() -> None:
-    """Failure mode (docs warm-up phase): a second query over a document arrived while the first still prefilled
-    it on pod a; waiting there cost about what prefilling it on idle pod c did, so c took it and the document
-    was computed, and held, twice. Ranked by TTFT plus the prefill a pod must add (``miss_weight``), a wins;
-    by TTFT alone (0) it does not."""
+    """Failure modes (docs warm-up phase): a second query over a document arrived while the first still
+    prefilled it on pod a; (1) the router remembered a prompt's prefix only at its first token, so a did not
+    count as holding the document at all; (2) once it did, waiting there cost about what prefilling it on idle
+    pod c did, so c took it and the document was computed, and held, twice. Dispatch remembers the prefix
+    (``PodView.begin``), and ranked by TTFT plus the prefill a pod must add (``miss_weight``) a wins; by TTFT
+    alone (0) it does not."""
     doc = (DOC + " ") * 2  # ~3,500 tokens: ~0.17 s of prefill at the default rate
     req = request(5, doc + " a second question", session_chunks=10_000)
     for weight, want in ((1.0, "a"), (0.0, "c")):
         vs = views("a", "b", "c")
-        vs["a"].remember(req.prefix_hashes, 0.0)  # the first query's document, sent to a
-        vs["a"].begin(req.prompt_tokens, prefill=req.prompt_tokens)  # ... and still prefilling there
+        # the first query, over the same document, dispatched to a and still prefilling there
+        vs["a"].begin(req.prompt_tokens, req.prompt_tokens, req.prefix_hashes, 0.0)
         decoding(vs["b"], 1)
         pick = CostPick(dataclasses.replace(K, miss_weight=weight))
         r = pick.choose_replicas(req, Candidates(["a", "b", "c"], []), vs, 0.0)
         first = r.first()
         assert first is not None and first[1].pod.id == want, (weight, r.ids(), r.rule)
         assert first[1].outstanding + 1 <= load_cap([1, 1, 0], K.load_cap)  # under the cap either way
+
+
+def test_a_fresh_query_over_the_cap_still_waits_behind_its_documents_first_prefill() -> None:
+    """The same at the lowest load: nothing else runs, so the cap is one request and a, prefilling the document,
+    is over it. The cap's escape weighs the document, but a's estimated TTFT exceeded idle c's by the decode
+    cost of the one request it runs (a fraction of a millisecond), and c computed the document again. Within
+    one engine step (``step_s``) the holder is as fast."""
+    doc = (DOC + " ") * 2
+    req = request(5, doc + " a second question", session_chunks=10_000)
+    vs = views("a", "b", "c")
+    vs["a"].begin(req.prompt_tokens, req.prompt_tokens, req.prefix_hashes, 0.0)
+    assert load_cap([1, 0, 0], K.load_cap) < 1 + 1  # a is over the cap
+    pick = CostPick(K)
+    a, c = (pick.cost.score(vs[i], req, 0.0) for i in "ac")
+    assert c.cost < a.cost <= c.cost + K.step_s  # c's estimate is lower, by less than a step
+    r = pick.choose_replicas(req, Candidates(["a", "b", "c"], []), vs, 0.0)
+    assert r.ids()[0][0] == "a" and r.rule == "cap_escape", (r.ids(), r.rule)
 
 
 def test_limits_send_to_spill_or_fallback_tiers() -> None:
