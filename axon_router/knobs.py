@@ -101,9 +101,10 @@ class Knobs:
     request) the cap alone is 1, and every second request would leave its subset's warm prompt."""
     balance_slack_s: float = 0.05
     """A new session (no pod holds its own cache) goes to the subset pod under the load cap with the least
-    recent load (``load_halflife_s``) among those whose estimated TTFT is within this of the best: sessions stick,
-    so where a new one lands is what keeps pods' load even over time; a shared prefix worth more than this
-    much prefill (a long document) still draws it to its holder. 0: the lowest estimated TTFT alone."""
+    recent load (``load_halflife_s``) among those whose rank (estimated TTFT plus ``miss_weight`` x the prefill
+    the request adds) is within this of the best: sessions stick, so where a new one lands is what keeps pods'
+    load even over time; a shared prefix worth more than this much prefill (a long document) still draws it to
+    its holder. 0: the lowest rank alone."""
     load_halflife_s: float = 5.0
     """Halflife of a pod's recent load: requests running + waiting in its reports, averaged over time."""
     sticky_weight: float = 1.0

@@ -79,14 +79,14 @@ class PickPolicy(Protocol):
 def rank_by_cost(scored: Iterable[Scored], slice_key: int, eps: float) -> list[Scored]:
     """Lowest ``Scored.rank`` (estimated TTFT plus the work added) first; ranks within ``eps`` of the first of
     their run tie, ordered by ``tie_rank``."""
-    by_cost = sorted(scored, key=lambda s: s.rank)
+    by_rank = sorted(scored, key=lambda s: s.rank)
     out: list[Scored] = []
     i = 0
-    while i < len(by_cost):
+    while i < len(by_rank):
         j = i + 1
-        while j < len(by_cost) and by_cost[j].rank <= by_cost[i].rank + eps:
+        while j < len(by_rank) and by_rank[j].rank <= by_rank[i].rank + eps:
             j += 1
-        out.extend(sorted(by_cost[i:j], key=lambda s: tie_rank(slice_key, s.pod.id)))
+        out.extend(sorted(by_rank[i:j], key=lambda s: tie_rank(slice_key, s.pod.id)))
         i = j
     return out
 
@@ -100,7 +100,9 @@ def load_cap(outstanding: Sequence[int], c: float) -> float:
 
 
 class CostPick:
-    """Rank by estimated TTFT (``CostModel``) with a bounded-load cap and sticky sessions.
+    """Rank by ``Scored.rank`` (``CostModel``: estimated TTFT plus the prefill a request adds, x ``miss_weight``)
+    with a bounded-load cap and sticky sessions; "cost" below is that rank, except in the sticky rule and the
+    admission limits, which compare the estimated TTFT.
 
     Subset tier: the admissible subset pods (under ``candidates.limits``), ranked
       1. the pod holding the session's cache (the most leading chunks, at least ``session_chunks``), when
@@ -249,7 +251,7 @@ class CostPick:
         rule = RULE_COST if under and ranked[0] is best else RULE_CAPPED if under else RULE_OVER_CAP
         if under and k.balance_slack_s > 0 and len(under) > 1:
             # where a new session lands is where it stays: the least recently loaded pod among those about as
-            # fast as the best (its estimated TTFT within balance_slack_s)
+            # fast as the best (its rank within balance_slack_s)
             head = ranked[0]
             near = [s for s in ranked[: len(under)] if s.rank <= head.rank + k.balance_slack_s]
             b = min(near, key=lambda s: (s.pod.load_avg, s.rank, tie_rank(key, s.pod.id)))

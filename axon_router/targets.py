@@ -72,8 +72,8 @@ def new_session_replicas(
     prefilling its hot prompts) take no new session while a warm replica is under the bounded-load cap; a warming
     replica that already holds this request's session (at least ``session_chunks`` leading chunks) keeps it, so
     sticky sessions are unaffected, and so does one holding a long shared prefix no warm replica holds (a
-    document; the cap's escape, ``cap_escape_s``). A slice whose replicas all warm (a move) sends new sessions to the pods still
-    leaving it instead (for the generation they stay): they hold its cache. A slice with no warm pod, or whose
+    document; the cap's escape, ``cap_escape_s``). A slice whose replicas all warm (a move) sends new sessions to
+    the pods still leaving it instead (for the generation they stay): they hold its cache. A slice with no warm pod, or whose
     warm ones are all over the cap, is routed to every replica: warming never makes a slice unroutable."""
     warming = getattr(sa, "warming", ())
     if not warming:
@@ -89,24 +89,31 @@ def new_session_replicas(
     if not any(out[p] + 1 <= cap for p in warm):
         return sa.replicas  # type: ignore[no-any-return]
     need = max(1, session_chunks)
-    held = {
-        p: views[p].matched_chunks(hashes, now, knobs.prefix_memory_s, knobs.prefix_memory_trust_s) if hashes else 0
-        for p in (*sa.replicas, *warm)
-        if p in views
-    }
-    best_warm = max((held[p] for p in warm), default=0)
+
+    def held(p: str) -> int:
+        v = views.get(p)
+        if v is None or not hashes:
+            return 0
+        return v.matched_chunks(hashes, now, knobs.prefix_memory_s, knobs.prefix_memory_trust_s)
+
+    best_warm: int | None = None  # the warm pods' longest match, looked up only for the escape
 
     def takes(p: str) -> bool:
         """A warming replica holding the session's own cache, or (the cap's escape, ``cap_escape_s``) a prefix
         longer than every warm pod's by more than that much prefill: a long shared document that a query with a
         fresh id asks about, served there before the slice came back or copied there by the warm-up itself."""
-        n = held.get(p, 0)
+        nonlocal best_warm
+        n = held(p)
         if n <= 0:
             return False
         if n >= need:
             return True
+        if knobs.cap_escape_s <= 0:
+            return False
+        if best_warm is None:
+            best_warm = max((held(w) for w in warm), default=0)
         extra = (n - best_warm) * views[p].cache_chunk_bytes / knobs.bytes_per_token
-        return knobs.cap_escape_s > 0 and extra / knobs.prefill_tokens_per_s > knobs.cap_escape_s
+        return extra / knobs.prefill_tokens_per_s > knobs.cap_escape_s
 
     return [p for p in warm if p not in sa.replicas] + [p for p in sa.replicas if p not in warming or takes(p)]
 
