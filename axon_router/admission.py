@@ -58,28 +58,35 @@ class _Weights(Protocol):
 
 
 class DemandMeter:
-    """Each tenant's recent request rate (arrivals, shed ones included), an exponentially decaying count with
-    half-life ``half_life_s``; time is passed in. Demand, not admitted work, is what fair shares compare: a tenant
-    being shed has little in flight, and measured by that, the tenant within its share would look above it."""
+    """Each tenant's recent request rate (arrivals, shed ones included, per second), an exponentially decaying count
+    with half-life ``half_life_s`` over the window it has had to fill; time is passed in. Demand, not admitted work,
+    is what fair shares compare: a tenant being shed has little in flight, and measured by that, the tenant within
+    its share would look above it. The window starts at a tenant's first request (at least ``min_window_s``): a
+    bare decayed count ramps up over a half-life, so a flood just begun looked within its share, and the tenant
+    sending steadily before it above, until the count caught up."""
 
-    def __init__(self, half_life_s: float = 2.0, forget_below: float = 0.05) -> None:
+    def __init__(self, half_life_s: float = 2.0, forget_below: float = 0.05, min_window_s: float = 1.0) -> None:
         self.decay_per_s = math.log(2) / half_life_s
         self.forget_below = forget_below
-        self._rate: dict[str, tuple[float, float]] = {}  # tenant -> (decayed count, at)
+        self.min_window_s = min_window_s
+        self._rate: dict[str, tuple[float, float, float]] = {}  # tenant -> (decayed count, at, first seen)
 
     def observe(self, tenant: str, now: float) -> None:
-        c, at = self._rate.get(tenant, (0.0, now))
-        self._rate[tenant] = (c * math.exp(-self.decay_per_s * max(0.0, now - at)) + 1.0, now)
+        c, at, first = self._rate.get(tenant, (0.0, now, now))
+        self._rate[tenant] = (c * math.exp(-self.decay_per_s * max(0.0, now - at)) + 1.0, now, first)
 
     def rates(self, now: float) -> dict[str, float]:
-        """Decayed counts at ``now`` (proportional to request rates); tenants gone quiet are forgotten."""
+        """Requests per second at ``now``: the decayed count over the decayed length of the time since the tenant's
+        first request; tenants gone quiet (decayed count under ``forget_below``) are forgotten."""
         out: dict[str, float] = {}
-        for t, (c, at) in list(self._rate.items()):
-            v = c * math.exp(-self.decay_per_s * max(0.0, now - at))
+        lam = self.decay_per_s
+        for t, (c, at, first) in list(self._rate.items()):
+            v = c * math.exp(-lam * max(0.0, now - at))
             if v < self.forget_below:
                 del self._rate[t]
             else:
-                out[t] = v
+                window = -math.expm1(-lam * max(0.0, now - first)) / lam
+                out[t] = v / max(self.min_window_s, window)
         return out
 
 
