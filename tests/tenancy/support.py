@@ -80,8 +80,9 @@ def send_at_rate(
         return [f.result() for f in futs]
 
 
-def ttft_once(base_url: str, tenant: str, text: str, max_tokens: int, session: str) -> tuple[int, float]:
-    """Stream one chat request; (status, seconds to the first SSE data event), or (status, total time) on error."""
+def ttft_once(base_url: str, tenant: str, text: str, max_tokens: int, session: str) -> tuple[int, float, str]:
+    """Stream one chat request; (status, seconds to the first SSE data event, ""), or (status, total time, the
+    error's code) on error."""
     u = urllib.parse.urlsplit(base_url)
     body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens,
                        "stream": True}).encode()  # fmt: skip
@@ -92,15 +93,16 @@ def ttft_once(base_url: str, tenant: str, text: str, max_tokens: int, session: s
                      "x-tenant-id": tenant, "x-session-id": session})  # fmt: skip
         resp = conn.getresponse()
         if resp.status != 200:
-            resp.read()
-            return resp.status, time.monotonic() - t0
+            body = resp.read()
+            code = Sent(t0, 0, resp.status, {}, body, 0.0).error_code()
+            return resp.status, time.monotonic() - t0, code or ""
         while True:
             line = resp.readline()
             if not line or line.startswith(b"data:"):
                 break
         first = time.monotonic() - t0
         resp.read()
-        return 200, first
+        return 200, first, ""
     finally:
         conn.close()
 

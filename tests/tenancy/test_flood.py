@@ -40,11 +40,12 @@ def fcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         assert not [p.name for p in cl.group.procs if p.alive()], "a child outlived close()"
 
 
-def _run(cl: Cluster, tenants: dict[str, float], duration_s: float) -> dict[str, list[tuple[int, float]]]:
-    """Open-loop load per tenant (requests/s), alternating routers; (status, TTFT) per request and tenant."""
+def _run(cl: Cluster, tenants: dict[str, float], duration_s: float) -> dict[str, list[tuple[int, float, str]]]:
+    """Open-loop load per tenant (requests/s), alternating routers; (status, TTFT, error code) per request and
+    tenant, in the order sent."""
     urls = [cl.http(0), cl.http(1)]
     sched = sorted((i / rps, t, i) for t, rps in tenants.items() for i in range(int(rps * duration_s)))
-    out: dict[str, list[concurrent.futures.Future[tuple[int, float]]]] = {t: [] for t in tenants}
+    out: dict[str, list[concurrent.futures.Future[tuple[int, float, str]]]] = {t: [] for t in tenants}
     t0 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(max_workers=96) as pool:
         for at, t, i in sched:
@@ -59,19 +60,20 @@ def test_a_tenant_within_its_share_keeps_its_ttft_while_another_floods(fcluster:
     cl = fcluster
     _run(cl, {"warm": 4.0}, 1.0)
     alone = _run(cl, {"good": GOOD_RPS}, DURATION_S)["good"]
-    assert all(s == 200 for s, _ in alone)
-    base = p99([x for _, x in alone])
+    assert all(s == 200 for s, _, _ in alone)
+    base = p99([x for _, x, _ in alone])
     loaded = _run(cl, {"good": GOOD_RPS, "flood": FLOOD_RPS}, DURATION_S)
     good, flood = loaded["good"], loaded["flood"]
-    good_fail = [s for s, _ in good if s != 200]
-    under = p99([x for s, x in good if s == 200])
-    flood_ok = sum(1 for s, _ in flood if s == 200)
-    flood_shed = sum(1 for s, _ in flood if s == 429)
-    med = sorted(x for s, x in good if s == 200)[len(good) // 2] if good else 0.0
+    # (request, sent at s into the run, router, status, error code) of each failed request of the good tenant
+    good_fail = [(i, i / GOOD_RPS, i % 2, s, code) for i, (s, _, code) in enumerate(good) if s != 200]
+    under = p99([x for s, x, _ in good if s == 200])
+    flood_ok = sum(1 for s, _, _ in flood if s == 200)
+    flood_shed = sum(1 for s, _, _ in flood if s == 429)
+    med = sorted(x for s, x, _ in good if s == 200)[len(good) // 2] if good else 0.0
     print(f"FLOOD good_p99_unloaded_ms={base * 1000:.1f} good_p99_flood_ms={under * 1000:.1f} "
-          f"good_p50_unloaded_ms={sorted(x for _, x in alone)[len(alone) // 2] * 1000:.1f} good_p50_flood_ms={med * 1000:.1f} "
+          f"good_p50_unloaded_ms={sorted(x for _, x, _ in alone)[len(alone) // 2] * 1000:.1f} good_p50_flood_ms={med * 1000:.1f} "
           f"ratio={under / base:.2f} good_sent={len(good)} good_failed={len(good_fail)} "
           f"flood_sent={len(flood)} flood_admitted={flood_ok} flood_shed={flood_shed}")  # fmt: skip
-    assert not good_fail, f"the well-behaved tenant lost requests: {good_fail}"
+    assert not good_fail, f"the well-behaved tenant lost requests (index, sent at s, router, status, code): {good_fail}"
     assert flood_shed > 0, "the fleet was saturated: the flood must have been shed"
     assert under <= 1.5 * base, f"p99 TTFT {under:.3f}s vs {base:.3f}s unloaded"
