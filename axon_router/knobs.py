@@ -125,7 +125,8 @@ class Knobs:
     resident_window_s: float = 30.0
     """How long after its latest turn a session still counts as living on that pod (``kv_room``)."""
     kv_block_tokens: int = 16
-    """Tokens per KV cache block (vLLM's block_size): converts a pod's reported KV blocks to tokens."""
+    """Tokens per KV cache block (vLLM's block_size) of a pod that does not report its own with its cache summary
+    (``CacheSummary.block_tokens``): converts the pod's reported KV blocks to tokens."""
     sticky_outside: bool = True
     """Stickiness reaches past the subset: a session whose cache is held only by a pod outside its subset (its
     slice moved away, or it spilled) stays on that pod by the same rule, unless the pod is draining. A move

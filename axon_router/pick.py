@@ -195,9 +195,10 @@ class CostPick:
 
     def _room(self, pod: PodView) -> float:
         """Prompt chunks the sessions living on ``pod`` may need before it is crowded: ``kv_room`` of its KV
-        cache (0 when off or when its size is unknown)."""
+        cache (0 when off or when its size is unknown), in the block size it reports (else ``kv_block_tokens``)."""
         k = self.k
-        return k.kv_room * pod.kv_blocks * k.kv_block_tokens * k.bytes_per_token / pod.cache_chunk_bytes
+        block = pod.kv_block_tokens or k.kv_block_tokens
+        return k.kv_room * pod.kv_blocks * block * k.bytes_per_token / pod.cache_chunk_bytes
 
     def _releases(self, s: Scored, slice_key: int) -> bool:
         """``s``'s pod is crowded (the sessions living there need more than ``kv_room`` of its KV cache; never

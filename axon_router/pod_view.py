@@ -59,6 +59,7 @@ class PodView:
         "inflight",
         "inflight_gauge",
         "inflight_tokens",
+        "kv_block_tokens",
         "kv_blocks",
         "labels",
         "load_avg",
@@ -121,6 +122,7 @@ class PodView:
         self.cache_chunk_bytes = CHUNK_BYTES
         self.cache_at = -math.inf  # monotonic time the cache summary in ``cache`` was asked for
         self.kv_blocks = 0  # the pod's KV cache size in blocks, from its cache summary (0: not known)
+        self.kv_block_tokens = 0  # tokens a block holds (vLLM's block_size), from the same (0: knob kv_block_tokens)
         self._memory: collections.OrderedDict[int, float] = collections.OrderedDict()
         self._memory_max = memory_max
         # the SliceKeys (sessions) this router sent here, and when: which pod served a session
@@ -221,16 +223,23 @@ class PodView:
             self.since_prefill_tokens -= slot[3]
 
     def set_cache(
-        self, chunk_bytes: int, hashes: Sequence[int] | frozenset[int], at: float = -math.inf, blocks_total: int = 0
+        self,
+        chunk_bytes: int,
+        hashes: Sequence[int] | frozenset[int],
+        at: float = -math.inf,
+        blocks_total: int = 0,
+        block_tokens: int = 0,
     ) -> None:
-        """Install the pod's cache summary, asked for at monotonic ``at`` (the prefix chunks it held then, and its
-        KV cache size in blocks, 0: not known)."""
+        """Install the pod's cache summary, asked for at monotonic ``at`` (the prefix chunks it held then, its KV
+        cache size in blocks and the tokens a block holds, each 0: not known)."""
         self.cache_chunk_bytes = chunk_bytes or CHUNK_BYTES
         self.cache = hashes if isinstance(hashes, frozenset) else frozenset(hashes)
         if at > self.cache_at:
             self.cache_at = at
         if blocks_total > 0:
             self.kv_blocks = blocks_total
+        if block_tokens > 0:
+            self.kv_block_tokens = block_tokens
 
     # ---------------------------------------------------------------- estimates
     def outstanding(self, now: float, stale_s: float) -> tuple[int, int]:

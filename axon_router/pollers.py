@@ -94,9 +94,8 @@ class Pollers:
                 e = resp.engine
                 v.apply_report(epoch, now, e.running, e.waiting, e.tokens_in_flight, e.kv_usage)
                 if want_cache and resp.HasField("cache"):
-                    v.set_cache(
-                        resp.cache.chunk_bytes, frozenset(resp.cache.prefix_hashes), now, resp.cache.blocks_total
-                    )
+                    c = resp.cache
+                    v.set_cache(c.chunk_bytes, frozenset(c.prefix_hashes), now, c.blocks_total, c.block_tokens)
                     last_cache = now
                 self.metrics.load_polls.labels("ok").inc()
             except Exception:

@@ -156,6 +156,7 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
                     blocks_total=v.blocks_total,
                     blocks_used=v.blocks_used,
                     epoch=v.epoch,
+                    block_tokens=v.block_tokens,
                 )
             )
         return resp

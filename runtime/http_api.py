@@ -239,6 +239,7 @@ class HttpApi:
                 "blocks_total": view.blocks_total,
                 "blocks_used": view.blocks_used,
                 "epoch": view.epoch,
+                "block_tokens": view.block_tokens,
             }
         return web.json_response(body)
 

@@ -38,7 +38,9 @@ WARM_BYTES = 16 << 10
 #: warm prefill evicts what the cache held, and on a pod whose cache holds a few long documents, 16 KB of a slice's
 #: prompts is most of it (the simulator's docs workload: hit/oracle 0.835 with 16 KB, 0.856 with this share).
 WARM_KV_SHARE = 0.125
-KV_BLOCK_BYTES = 16 * 4
+TEXT_BYTES_PER_TOKEN = 4  # prompt text per token, roughly (English, BPE tokenizers)
+KV_BLOCK_TOKENS = 16  # vLLM's default block_size on CUDA: an engine that does not say its own
+KV_BLOCK_BYTES = KV_BLOCK_TOKENS * TEXT_BYTES_PER_TOKEN
 #: No warm-up prefill while the engine's KV usage is above this.
 WARM_MAX_KV_USAGE = 0.8
 #: A warm prompt is prefilled in pieces, each a longer prefix of it adding at most this much text (~512 tokens at
@@ -117,12 +119,16 @@ def hottest_keys(
     return out
 
 
-def warm_budget_bytes(blocks_total: int, max_bytes: int = WARM_BYTES, kv_share: float = WARM_KV_SHARE) -> int:
+def warm_budget_bytes(
+    blocks_total: int, max_bytes: int = WARM_BYTES, kv_share: float = WARM_KV_SHARE, block_tokens: int = 0
+) -> int:
     """Prompt bytes a warmer copies per slice: ``max_bytes``, and at most ``kv_share`` of a KV cache of
-    ``blocks_total`` blocks (0: unknown, ``max_bytes``)."""
+    ``blocks_total`` blocks (0: unknown, ``max_bytes``) of ``block_tokens`` tokens each (0: unknown,
+    ``KV_BLOCK_TOKENS``)."""
     if blocks_total <= 0:
         return max_bytes
-    return min(max_bytes, int(kv_share * blocks_total * KV_BLOCK_BYTES))
+    block_bytes = (block_tokens or KV_BLOCK_TOKENS) * TEXT_BYTES_PER_TOKEN
+    return min(max_bytes, int(kv_share * blocks_total * block_bytes))
 
 
 class WarmMetrics:
@@ -279,7 +285,8 @@ class Warmer:
 
     def budget_bytes(self) -> int:
         """Prompt bytes to warm per slice: ``max_bytes``, and at most ``kv_share`` of the KV cache (when known)."""
-        return warm_budget_bytes(self.engine.cache_view().blocks_total, self.max_bytes, self.kv_share)
+        view = self.engine.cache_view()
+        return warm_budget_bytes(view.blocks_total, self.max_bytes, self.kv_share, view.block_tokens)
 
     async def _ask(self, s: Slice, donors: tuple[str, ...]) -> list[Any] | None:
         """Prompts from the donors in order until the budget is spent; None when no donor answered."""

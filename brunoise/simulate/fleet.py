@@ -29,7 +29,7 @@ from brunoise.simulate.engines import FluidEngine, StepEngine, make_engine
 from brunoise.simulate.events import EventQueue
 from brunoise.simulate.report import Results
 from brunoise.simulate.source import SimRequest, SimSession, Source
-from runtime.engines.sim import SimConfig, virtual_request
+from runtime.engines.sim import BLOCK_TOKENS, SimConfig, virtual_request
 from runtime.warm import LOG_KEYS, WARM_PIECE_BYTES, WARM_PRIORITY, WARM_PROMPTS, hottest_keys, warm_budget_bytes
 from sharder.assignment import Assignment, RoundStats, initial_assignment
 from sharder.config import TargetConfig
@@ -325,7 +325,7 @@ class SimRouter:
             if cache:
                 if seen_cache[i] != ver:
                     seen_cache[i] = ver
-                    v.set_cache(CHUNK_BYTES, frozenset(p.engine.kv.cached), t, p.engine.kv.num_blocks)
+                    v.set_cache(CHUNK_BYTES, frozenset(p.engine.kv.cached), t, p.engine.kv.num_blocks, BLOCK_TOKENS)
                 else:
                     v.cache_at = t  # the same summary, asked for again
 

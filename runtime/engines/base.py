@@ -78,6 +78,7 @@ class CacheView:
     blocks_total: int
     blocks_used: int
     epoch: int = 0
+    block_tokens: int = 0  # tokens per KV cache block (vLLM's block_size); 0: not known
 
 
 class Engine(abc.ABC):

@@ -570,6 +570,7 @@ class SimEngine(Engine):
             chunk_bytes=CHUNK_BYTES,
             prefix_hashes=frozenset(self.kv.cached),
             blocks_total=self.kv.num_blocks,
+            block_tokens=BLOCK_TOKENS,
             blocks_used=self.kv.num_used,
             epoch=self.kv.epoch,
         )

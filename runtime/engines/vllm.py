@@ -241,11 +241,12 @@ class VllmEngine(Engine):
         self._load_rate = 0.0
         self._load_t = time.monotonic()
         self.blocks_total = 0
+        self.block_tokens = 0  # vLLM's block_size, from vllm:cache_config_info (0: not scraped yet)
         # cache view
         self._prompts: collections.OrderedDict[int, _Prompt] = collections.OrderedDict()
         self._chunk_tokens: collections.OrderedDict[tuple[bool, int], int] = collections.OrderedDict()
         self._cache_view: CacheView | None = None
-        self._cache_view_key: tuple[int, int, int] = (-1, -1, -1)
+        self._cache_view_key: tuple[int, ...] = ()
         self._prompts_version = 0
 
     # -- lifecycle --------------------------------------------------------------------------------------------------
@@ -769,6 +770,8 @@ class VllmEngine(Engine):
         info = infos.get("vllm:cache_config_info", {})
         with contextlib.suppress(ValueError, TypeError):
             self.blocks_total = int(info.get("num_gpu_blocks", "0") or 0)
+        with contextlib.suppress(ValueError, TypeError):
+            self.block_tokens = int(info.get("block_size", "0") or 0)
         now = time.monotonic()
         q, h = self.prefix_cache_counters()
         w = self._hit_window
@@ -811,7 +814,7 @@ class VllmEngine(Engine):
         return min(held, ((len(token_ids) - 1) // bs) * bs)
 
     def cache_view(self) -> CacheView:
-        key = (self.view.version, self.view.epoch, self._prompts_version)
+        key = (self.view.version, self.view.epoch, self._prompts_version, self.blocks_total, self.block_tokens)
         if self._cache_view is None or key != self._cache_view_key:
             held: set[int] = set()
             for p in self._prompts.values():
@@ -828,6 +831,7 @@ class VllmEngine(Engine):
                 blocks_total=self.blocks_total,
                 blocks_used=self.view.blocks,
                 epoch=self.view.epoch,
+                block_tokens=self.block_tokens or max(0, self.view.block_size),
             )
             self._cache_view_key = key
         return self._cache_view

@@ -44,3 +44,13 @@ def test_the_vllm_adapter_counts_a_malformed_scrape_and_keeps_its_last_reading()
     engine._ingest_metrics('vllm:prefix_cache_hits_total{model_name="m" 3\n')
     assert engine.stats.scrape_errors == 1 and engine.stats.scrapes == 1
     assert engine.prefix_cache_counters()[1] == 42.0  # (queries, hits) of the last good scrape
+
+
+def test_the_vllm_adapters_cache_summary_carries_vllms_block_size() -> None:
+    """The router counts a pod's KV cache in the pod's own block size (the adapter starts vLLM with 32)."""
+    engine = VllmEngine(VllmConfig(base_url="http://127.0.0.1:1", kv_events=False))
+    engine._ingest_metrics(TEXT)
+    view = engine.cache_view()
+    assert (view.blocks_total, view.block_tokens) == (2048, 16)
+    engine._ingest_metrics(TEXT.replace('block_size="16"', 'block_size="32"'))
+    assert engine.cache_view().block_tokens == 32, "a later scrape's block size reaches the summary"

@@ -448,6 +448,24 @@ def test_a_crowded_pod_lets_go_of_the_smallest_session_that_ends_the_crowding() 
     assert rules == ["sticky", "kv_room", "sticky"]  # the small one would not end it; of two that would, the cheaper
 
 
+def test_a_pods_kv_cache_is_counted_in_the_block_size_it_reports() -> None:
+    """The crowded pod above, reporting half as many blocks of 32 tokens (vLLM's block_size need not be the
+    knob's 16; the vLLM adapter starts vLLM with 32): the same 14,400 tokens, the same decisions. Counted in
+    16-token blocks it would hold 7,200."""
+    small, mid, big = _session(1, 4_000), _session(2, 24_000), _session(3, 32_000)
+    pick = CostPick(K)
+    # 7,200 tokens (6,480 allowed) against ~15,000: no one session's leaving ends it, so the largest goes
+    for block_tokens, want in ((32, ["sticky", "kv_room", "sticky"]), (0, ["sticky", "sticky", "kv_room"])):
+        vs = views("a", "b")
+        residence = Residence()
+        vs["a"].set_cache(64, frozenset(), 0.0, blocks_total=450, block_tokens=block_tokens)
+        vs["b"].set_cache(64, frozenset(), 0.0, blocks_total=2000)  # room for any of them
+        for t in (small, mid, big):
+            residence.served(vs, vs["a"], t.prefix_hashes, 0.0, t.slice_key)
+        rules = [pick.choose_replicas(t, Candidates(["a", "b"], []), vs, 1.0).rule for t in (small, mid, big)]
+        assert rules == want, block_tokens
+
+
 def test_the_held_tier_does_not_hold_a_session_on_a_crowded_pod() -> None:
     """The session's slice moved to b; a, outside the subset, holds its cache but is crowded: no held tier."""
     for room, want in ((0.9, [SUBSET]), (0.0, [HELD, SUBSET])):

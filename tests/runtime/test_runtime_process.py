@@ -280,7 +280,7 @@ async def test_grpc_generate_getload_health_reflection(runtime_proc: ManagedProc
         assert load.pod_id == "pod-test" and load.ready and load.unix_ms > 0
         assert load.engine.capacity == 1.0 and load.cache.chunk_bytes == 64
         assert set(prefix_hashes(prompt)) <= set(load.cache.prefix_hashes)
-        assert load.cache.blocks_total > 0
+        assert load.cache.blocks_total > 0 and load.cache.block_tokens == 16  # the simulated engine's block size
         bare = await stub.GetLoad(runtime_pb2.GetLoadRequest(), timeout=5)
         assert len(bare.cache.prefix_hashes) == 0
 

@@ -89,7 +89,7 @@ async def test_block_hashes_are_sharder_prefix_hashes(engine: SimEngine) -> None
     view = engine.cache_view()
     expected = prefix_hashes(render_chat(messages))
     assert expected and set(expected) <= view.prefix_hashes
-    assert view.chunk_bytes == 64 and view.blocks_total == engine.config.kv_blocks
+    assert view.chunk_bytes == 64 and view.blocks_total == engine.config.kv_blocks and view.block_tokens == 16
     # the KV events tell the same story (a chain rooted at None)
     stored = [e for e in engine.kv_events if isinstance(e, BlockStored)]
     assert stored[0].parent_block_hash is None and list(stored[0].block_hashes[: len(expected)]) == expected

@@ -195,6 +195,7 @@ async def test_cache_view_reports_the_prompt_chunks_the_engine_holds(engine: Vll
     n = held.index(False) if False in held else len(held)
     assert n >= 1 and not any(held[n:]), held
     assert view.chunk_bytes == 64 and view.blocks_used >= full // 32 and view.blocks_total > 0
+    assert view.block_tokens == 32, "the block size vLLM runs with (the adapter starts it with 32)"
     text = await engine.metrics_text()
     assert "vllm:prefix_cache_hits" in text and "vllm:num_requests_running" in text
 

@@ -151,3 +151,12 @@ def test_a_warm_up_never_copies_more_than_its_share_of_the_kv_cache() -> None:
     small = budget(256)
     assert small == int(WARM_KV_SHARE * 256 * KV_BLOCK_BYTES) < WARM_BYTES
     assert budget(1 << 16) == WARM_BYTES  # a big cache: the fixed cap binds
+
+
+def test_the_warm_budget_counts_the_engines_own_block_size() -> None:
+    """vLLM's block_size need not be 16 (the vLLM adapter starts it with 32): 256 blocks of 32 tokens hold twice
+    what 256 blocks of 16 do, and the share of the cache a warm-up may copy is twice as many bytes."""
+    from runtime.warm import WARM_BYTES, warm_budget_bytes
+
+    assert warm_budget_bytes(256, block_tokens=32) == 2 * warm_budget_bytes(256, block_tokens=16) < WARM_BYTES
+    assert warm_budget_bytes(256) == warm_budget_bytes(256, block_tokens=16), "not known: 16"
