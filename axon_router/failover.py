@@ -125,3 +125,9 @@ class RetryableError(Exception):
         self.cause = cause
         self.pod_fault = pod_fault
         self.status = status
+
+    @property
+    def computed_nothing(self) -> bool:
+        """The pod could not be reached or answered an error status: it prefilled none of the prompt (after a
+        timeout, a reset or an empty stream it may have)."""
+        return self.cause == "connect" or self.cause.startswith("http_")

@@ -21,6 +21,10 @@ class Ticket:
     """Prompt tokens the pod is expected to compute for it (its uncached part), until its first token."""
     done: bool = False
     first: bool = False
+    remembered: tuple[tuple[int, float | None], ...] = ()
+    """The chain hashes ``begin`` remembered as the pod's, each with the time memory had for it before (None: none),
+    and the time it set: what ``fail`` takes back."""
+    at: float = 0.0
 
 
 class PodView:
@@ -141,7 +145,10 @@ class PodView:
         its prompt's chain ``hashes`` as the pod's from now on: it prefills them next, so a request over the same
         prefix picked during that prefill waits behind it here instead of computing it again on another pod
         (remembered only at the first token, a second query over a long document went elsewhere)."""
+        before: tuple[tuple[int, float | None], ...] = ()
         if hashes:
+            mem = self._memory
+            before = tuple((h, mem.get(h)) for h in hashes)
             self.remember(hashes, now)
         e = self._epoch
         slot = self._pending.get(e)
@@ -159,7 +166,7 @@ class PodView:
         self.inflight_tokens += tokens
         self.prefill_reqs += 1
         self.prefill_tokens += prefill
-        return Ticket(e, tokens, prefill)
+        return Ticket(e, tokens, prefill, remembered=before, at=now)
 
     def first_token(self, t: Ticket) -> None:
         """The request of ``t`` produced its first token (its prefill is done); idempotent."""
@@ -174,6 +181,23 @@ class PodView:
             slot[3] -= t.prefill
             self.since_prefill_reqs -= 1
             self.since_prefill_tokens -= t.prefill
+
+    def fail(self, t: Ticket) -> None:
+        """The request of ``t`` failed before its first token (the pod could not be reached, or answered an error):
+        ``end`` it and take back the prefix ``begin`` remembered for it, unless a later dispatch remembered the
+        same chunks since (the pod computed nothing of it, and a pod that looked warm for it drew the prefix's
+        next requests to a miss)."""
+        if not t.first:
+            mem = self._memory
+            for h, was in t.remembered:
+                if mem.get(h) != t.at:
+                    continue
+                if was is None:
+                    del mem[h]
+                else:
+                    mem[h] = was
+            t.remembered = ()
+        self.end(t)
 
     def end(self, t: Ticket) -> None:
         """The request of ``t`` finished (any outcome); idempotent."""
@@ -366,12 +390,6 @@ class PodView:
             if t >= horizon:
                 break
             self.release(key)
-
-    def forget_memory(self) -> None:
-        self._memory.clear()
-        self._served.clear()
-        self._resident.clear()
-        self._refs.clear()
 
     def __repr__(self) -> str:
         return f"PodView({self.id!r}, healthy={self.healthy}, inflight={self.inflight})"

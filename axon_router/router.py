@@ -392,7 +392,7 @@ class Router:
             try:
                 up = await self.forwarder.open(pod.http_address, req.path, req.body, headers, req.stream, left)
             except RetryableError as e:
-                self._end_ticket(pod, ticket)
+                self._end_ticket(pod, ticket, failed=e.computed_nothing)
                 if e.pod_fault:
                     self._pod_failed(pod)
                 elif probe:
@@ -418,7 +418,7 @@ class Router:
                     await asyncio.sleep(pause)
                 continue
             except UpstreamError:
-                self._end_ticket(pod, ticket)
+                self._end_ticket(pod, ticket, failed=True)
                 self._pod_ok(pod)
                 raise
             except BaseException:
@@ -461,9 +461,13 @@ class Router:
             retry_after_s=max(1.0, left),
         )
 
-    def _end_ticket(self, pod: PodView, ticket: Ticket) -> None:
+    def _end_ticket(self, pod: PodView, ticket: Ticket, failed: bool = False) -> None:
+        """End ``ticket`` on ``pod``; ``failed``: before its first token, with nothing computed (``PodView.fail``)."""
         if not ticket.done:
-            pod.end(ticket)
+            if failed:
+                pod.fail(ticket)
+            else:
+                pod.end(ticket)
             g = pod.inflight_gauge
             if g is not None:
                 g.dec()  # type: ignore[attr-defined]

@@ -95,6 +95,29 @@ def test_prefix_memory_and_cache() -> None:
     assert p.matched_chunks(hs, 100.0, 60.0) == 2  # memory expired, cache summary still counts
 
 
+def test_a_failed_dispatch_takes_back_the_prefix_it_remembered() -> None:
+    """Failure mode: ``begin`` remembers a prompt as the pod's at dispatch; when the pod then refused it (an error
+    status, or no connection), the router still believed the pod held it for ``prefix_memory_s``, and sent the
+    prefix's next requests there to a miss. What was remembered before the dispatch stays."""
+    hs = prefix_hashes("z" * 64 * 6)
+    p = pod("a")
+    p.remember(hs[:2], 1.0)  # an earlier request sent the first two chunks here
+    t = p.begin(100, 64, hs, 5.0)
+    assert p.matched_chunks(hs, 5.1, 60.0) == 6
+    p.fail(t)
+    assert p.matched_chunks(hs, 5.2, 60.0) == 2, "the earlier request's chunks stay"
+    assert p.matched_chunks(hs, 61.5, 60.0) == 0, "at their own time, not the failed dispatch's"
+    assert (p.inflight, p.prefill_reqs) == (0, 0)
+    t1, t2 = p.begin(100, 64, hs, 7.0), p.begin(100, 64, hs, 8.0)
+    p.fail(t1)
+    assert p.matched_chunks(hs, 8.1, 60.0) == 6, "a later dispatch of the same prompt keeps it remembered"
+    p.end(t2)
+    t3 = p.begin(100, 64, hs, 9.0)
+    p.first_token(t3)
+    p.fail(t3)
+    assert p.matched_chunks(hs, 9.1, 60.0) == 6, "past its first token the pod has computed it"
+
+
 def test_a_later_cache_summary_outranks_the_memory_of_what_was_sent() -> None:
     """Failure mode: a pod evicted a session's context (or restarted), and for a minute the router still believed
     it held it, from its own memory of sending it there, over the pod's reports that it did not."""
