@@ -69,12 +69,15 @@ def new_session_replicas(
     sa: Any, views: Mapping[str, PodView], hashes: Sequence[int], session_chunks: int, now: float, knobs: Knobs
 ) -> Sequence[str]:
     """The replicas of slice ``sa`` a request may start on. Warming replicas (they gained the slice and are still
-    prefilling its hot prompts) take no new session while a warm replica is under the bounded-load cap; a warming
-    replica that already holds this request's session (at least ``session_chunks`` leading chunks) keeps it, so
-    sticky sessions are unaffected, and so does one holding a long shared prefix no warm replica holds (a
-    document; the cap's escape, ``cap_escape_s``). A slice whose replicas all warm (a move) sends new sessions to
-    the pods still leaving it instead (for the generation they stay): they hold its cache. A slice with no warm pod, or whose
-    warm ones are all over the cap, is routed to every replica: warming never makes a slice unroutable."""
+    prefilling its hot prompts) take no new session that a warm replica under the bounded-load cap holds more of
+    (the group's system prompt, a document: the warm-up is copying it, and the session would miss it there); a
+    warming replica that already holds this request's session (at least ``session_chunks`` leading chunks) keeps
+    it, so sticky sessions are unaffected, and one holding as much of the prompt as every warm replica takes it
+    (nobody warm has anything to offer it: keeping it off the warming replica gained no hit and left that pod's
+    capacity idle while it warmed; a fresh query over a document no pod holds, in docs' restart phase). A slice
+    whose replicas all warm (a move) sends new sessions to the pods still leaving it instead (for the generation
+    they stay): they hold its cache. A slice with no warm pod, or whose warm ones are all over the cap, is routed
+    to every replica: warming never makes a slice unroutable."""
     warming = getattr(sa, "warming", ())
     if not warming:
         return sa.replicas  # type: ignore[no-any-return]
@@ -96,24 +99,19 @@ def new_session_replicas(
             return 0
         return v.matched_chunks(hashes, now, knobs.prefix_memory_s, knobs.prefix_memory_trust_s)
 
-    best_warm: int | None = None  # the warm pods' longest match, looked up only for the escape
+    best_warm: int | None = None  # the warm pods' longest match, looked up once, when a warming replica asks
 
     def takes(p: str) -> bool:
-        """A warming replica holding the session's own cache, or (the cap's escape, ``cap_escape_s``) a prefix
-        longer than every warm pod's by more than that much prefill: a long shared document that a query with a
-        fresh id asks about, served there before the slice came back or copied there by the warm-up itself."""
+        """A warming replica holding the session's own cache, or at least as much of the prompt as every warm pod
+        (nothing, for a prompt no warm pod has seen; a long shared document served there before the slice came
+        back or copied there by the warm-up itself)."""
         nonlocal best_warm
         n = held(p)
-        if n <= 0:
-            return False
         if n >= need:
             return True
-        if knobs.cap_escape_s <= 0:
-            return False
         if best_warm is None:
             best_warm = max((held(w) for w in warm), default=0)
-        extra = (n - best_warm) * views[p].cache_chunk_bytes / knobs.bytes_per_token
-        return extra / knobs.prefill_tokens_per_s > knobs.cap_escape_s
+        return n >= best_warm
 
     return [p for p in warm if p not in sa.replicas] + [p for p in sa.replicas if p not in warming or takes(p)]
 
