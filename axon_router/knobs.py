@@ -87,7 +87,12 @@ class Knobs:
     cap_escape_s: float = 0.1
     """A new request may go over the load cap to the subset pod holding the longest prefix of its prompt when
     that saves more than this much prefill time over the best pod under the cap (a long shared document is
-    worth a little imbalance; a tenant's short system prompt is not). 0: never (the cap is strict)."""
+    worth a little imbalance; a tenant's short system prompt is not), and its rank (estimated TTFT plus the
+    prefill the request adds there) is no worse than that pod's. 0: never (the cap is strict)."""
+    cap_escape_requests: int = 1
+    """How far over the load cap the cap's escape reaches: the holder of the longest prefix takes the request only
+    while its outstanding requests + 1 stay within the cap + this many. Bounds the imbalance one popular document
+    makes: past it the document's next request goes to a pod under the cap, which then holds it too."""
     sticky: bool = True
     """A session stays on the subset pod holding its cache unless that pod's estimated TTFT exceeds the best
     by more than the uncached prefill it would save (false: the lowest estimated TTFT always wins)."""
@@ -223,6 +228,8 @@ class Knobs:
             raise ValueError(f"knob group_prefix_chunks must be >= 1, got {self.group_prefix_chunks}")
         if self.cap_escape_s < 0:
             raise ValueError(f"knob cap_escape_s must be >= 0, got {self.cap_escape_s}")
+        if self.cap_escape_requests < 0:
+            raise ValueError(f"knob cap_escape_requests must be >= 0, got {self.cap_escape_requests}")
         if self.kv_room > 1:
             raise ValueError(f"knob kv_room must be in [0, 1] (a share of the KV cache; 0: off), got {self.kv_room}")
         if self.kv_block_tokens < 1:

@@ -21,7 +21,7 @@ FALLBACK = "fallback"  # pods outside the subset, when no subset pod is usable a
 RULE_STICKY = "sticky"  # the pod holding the session's cache, kept (its TTFT is within the prefill it saves)
 RULE_COST = "cost"  # the lowest estimated TTFT, under the load cap
 RULE_BALANCE = "balance"  # a new session: the least recently loaded pod within balance_slack_s of the best TTFT
-RULE_ESCAPE = "cap_escape"  # over the load cap, holding a prefix worth more than cap_escape_s of prefill
+RULE_ESCAPE = "cap_escape"  # over the load cap (by < cap_escape_requests), holding a prefix worth > cap_escape_s
 RULE_CAPPED = "capped"  # the lowest estimated TTFT was over the load cap; the best pod under it
 RULE_OVER_CAP = "over_cap"  # no admissible subset pod under the cap (the others are over their limits)
 RULE_HELD = "held"  # the session's cache is held outside the subset only, and that pod's TTFT is worth keeping
@@ -259,13 +259,18 @@ class CostPick:
             if b is not head:
                 ranked = [b, *(s for s in ranked if s is not b)]
                 rule = RULE_BALANCE
-        if rule == RULE_CAPPED and k.cap_escape_s > 0:
-            # the cap's escape: the pod holding the longest prefix, over the cap, still wins when the prefill it
-            # saves over the best pod under the cap is worth more than cap_escape_s (a long shared document) and
-            # its estimated TTFT is no worse, within one engine step (behind the document's own prefill there it
-            # is as fast, bar the decode cost of the request it runs)
+        if rule in (RULE_CAPPED, RULE_BALANCE) and over and k.cap_escape_s > 0:
+            # the cap's escape: the pod holding the longest prefix, over the cap by less than cap_escape_requests,
+            # still wins when the prefill it saves over the pod the cap (and the balance rule) chose is worth more
+            # than cap_escape_s (a long shared document) and its rank is no worse, within one engine step: waiting
+            # behind its queue costs no more than the prefill the other pod would add
             h = max(over, key=lambda s: (s.hit_chunks, -tie_rank(key, s.pod.id)))
-            if self._escapes(h, ranked[0]) and h.cost <= ranked[0].cost + k.step_s:
+            first = ranked[0]
+            if (
+                h.outstanding + 1 <= cap + k.cap_escape_requests
+                and self._escapes(h, first)
+                and h.rank <= first.rank + k.step_s
+            ):
                 ranked = [h, *(s for s in ranked if s is not h)]
                 rule = RULE_ESCAPE
         if k.sticky:

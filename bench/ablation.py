@@ -31,19 +31,27 @@ ABLATIONS: dict[str, Ablation] = {
         Ablation("no_replica_true", "equal replica shares of a slice", {}, {"replica_true_load": "false"}),
         Ablation("no_held", "stickiness stops at the subset (no held tier)", {"sticky_outside": "false"}),
         Ablation("no_overflow", "no fleet-wide cap: new sessions never leave their subset", {"fleet_cap": "0"}),
+        Ablation(
+            "no_cap_escape", "a strict load cap: no escape to the holder of a long document", {"cap_escape_s": "0"}
+        ),
         Ablation("no_balance", "new sessions by estimated TTFT alone (not by recent load)", {"balance_slack_s": "0"}),
-        Ablation("short_hash", "the hit estimate hashes 256 prompt chunks (16 KB), as before", {"max_prefix_chunks": "256"}),
+        Ablation(
+            "short_hash", "the hit estimate hashes 256 prompt chunks (16 KB), as before", {"max_prefix_chunks": "256"}
+        ),
         Ablation(
             "no_warmup", "no warm-up on reshard: a new replica warms on live traffic", {}, {"warm_deadline_s": "0"}
         ),
         Ablation("two_replicas", "two replicas per slice (the default before stop 4)", {}, {"min_replicas": "2"}),
         Ablation("no_kv_room", "a crowded pod keeps every session (stickiness alone)", {"kv_room": "0"}),
         Ablation(
-            "no_memory_trust", "the router's memory of what it sent outranks cache summaries for its whole minute",
+            "no_memory_trust",
+            "the router's memory of what it sent outranks cache summaries for its whole minute",
             {"prefix_memory_trust_s": "0"},
         ),
         Ablation(
-            "no_miss_weight", "pods ranked by estimated TTFT alone (not the prefill a request adds)", {"miss_weight": "0"}
+            "no_miss_weight",
+            "pods ranked by estimated TTFT alone (not the prefill a request adds)",
+            {"miss_weight": "0"},
         ),
     )
 }

@@ -217,6 +217,35 @@ def test_a_long_shared_document_escapes_the_cap_a_short_prompt_does_not() -> Non
         assert r.rule == ("cap_escape" if expect_holder else "capped")
 
 
+def test_the_caps_escape_reaches_past_the_balance_rule_by_at_most_cap_escape_requests() -> None:
+    """Failure mode (docs, stop 8): the holder of a long document was over the cap at the lowest load (the cap is
+    one request there) and the balance rule sent the query to an idle pod that had to prefill the whole document
+    again; the cap's escape ran only after a ``capped`` pick, never after ``balance``. Now it runs after either,
+    while the holder stays within ``cap_escape_requests`` of the cap and its rank is no worse."""
+    doc = (DOC + " ") * 2  # ~3,500 tokens, ~0.17 s of prefill at the default rate
+    req = request(7, doc + " a new question", session_chunks=10_000)
+    rules = set()
+    for busy_recently in ("b", "c"):  # one of the two orders makes the balance rule move the head
+        for reach, holder_load, want in ((1, 1, "a"), (1, 2, "a"), (0, 1, None), (1, 3, None)):
+            vs = views("a", "b", "c")
+            vs["a"].remember(prefix_hashes(doc), 0.0)
+            for t, busy in ((0.0, 4), (10.0, 0)):  # one idle pod loaded more recently than the other
+                for i, v in vs.items():
+                    v.apply_report(v.poll_started(), t, busy if i == busy_recently else 0, 0, 0, 0.1)
+            decoding(vs["a"], holder_load)  # a is over the cap: ceil(1.25 x (load + 1) / 3) < load + 1
+            pick = CostPick(dataclasses.replace(K, cap_escape_requests=reach))
+            r = pick.choose_replicas(req, Candidates(["a", "b", "c"], []), vs, 10.0)
+            first = r.first()
+            assert first is not None
+            got = first[1].pod.id
+            if want is None:
+                assert got != "a" and r.rule in ("balance", "capped"), (reach, holder_load, r.rule)
+                rules.add(r.rule)
+            else:
+                assert got == "a" and r.rule == "cap_escape", (reach, holder_load, busy_recently, r.rule)
+    assert "balance" in rules  # the case the escape used to miss was exercised
+
+
 def test_a_session_whose_slice_moved_stays_on_the_pod_holding_its_cache() -> None:
     """Failure mode: a balancing move sent every running session of the slice to the new replica, each paying
     its whole prefill again, although the old pod (now outside the subset) still held its cache."""
