@@ -10,6 +10,7 @@ import itertools
 import textwrap
 from typing import Any
 
+from sharder.prefix import KV_BLOCK_TOKENS, TEXT_BYTES_PER_TOKEN
 from sharder.server_settings import parse_bool
 
 __all__ = ["KEY_LAYOUTS", "Knobs", "knob_docs", "parse_bool"]
@@ -44,7 +45,7 @@ class Knobs:
     """Prompt chunks hashed per request for the hit estimate (bounds the per-request hashing cost)."""
 
     # --- cost model: estimated TTFT ------------------------------------------------------------
-    bytes_per_token: float = 4.0
+    bytes_per_token: float = float(TEXT_BYTES_PER_TOKEN)
     """Prompt bytes per token when estimating token counts without a tokenizer."""
     prefill_tokens_per_s: float = 20000.0
     """Prefill throughput assumed per pod (tokens/s): converts prompt tokens to compute to seconds."""
@@ -129,7 +130,7 @@ class Knobs:
     whose KV cache size is unknown is never crowded. 0: off."""
     resident_window_s: float = 30.0
     """How long after its latest turn a session still counts as living on that pod (``kv_room``)."""
-    kv_block_tokens: int = 16
+    kv_block_tokens: int = KV_BLOCK_TOKENS
     """Tokens per KV cache block (vLLM's block_size) of a pod that does not report its own with its cache summary
     (``CacheSummary.block_tokens``): converts the pod's reported KV blocks to tokens."""
     sticky_outside: bool = True

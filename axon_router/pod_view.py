@@ -25,6 +25,7 @@ class Ticket:
     """The chain hashes ``begin`` remembered as the pod's, each with the time memory had for it before (None: none),
     and the time it set: what ``fail`` takes back."""
     at: float = 0.0
+    """When ``begin`` remembered the prompt (the time it set in memory for each of ``remembered``'s hashes)."""
 
 
 class PodView:

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from brunoise_api.v1 import inference_pb2, runtime_pb2, runtime_pb2_grpc, slicing_pb2
 from runtime.engines.base import Engine, EngineChunk, EngineError, EngineProxy, EngineRequest, SamplingParams
 from sharder.keyspace import Slice
+from sharder.prefix import KV_BLOCK_TOKENS, TEXT_BYTES_PER_TOKEN
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,7 @@ WARM_BYTES = 16 << 10
 #: warm prefill evicts what the cache held, and on a pod whose cache holds a few long documents, 16 KB of a slice's
 #: prompts is most of it (the simulator's docs workload: hit/oracle 0.835 with 16 KB, 0.856 with this share).
 WARM_KV_SHARE = 0.125
-TEXT_BYTES_PER_TOKEN = 4  # prompt text per token, roughly (English, BPE tokenizers)
-KV_BLOCK_TOKENS = 16  # vLLM's default block_size on CUDA: an engine that does not say its own
-KV_BLOCK_BYTES = KV_BLOCK_TOKENS * TEXT_BYTES_PER_TOKEN
+KV_BLOCK_BYTES = KV_BLOCK_TOKENS * TEXT_BYTES_PER_TOKEN  # prompt text per KV block of an engine that says no size
 #: No warm-up prefill while the engine's KV usage is above this.
 WARM_MAX_KV_USAGE = 0.8
 #: A warm prompt is prefilled in pieces, each a longer prefix of it adding at most this much text (~512 tokens at

@@ -6,8 +6,16 @@ from collections.abc import Iterable, Mapping
 
 import xxhash
 
-#: Bytes of UTF-8 prompt text per hashed chunk. The simulated engine uses 4 bytes per token and
-#: 16-token KV blocks, so one chunk is exactly one of its KV blocks.
+#: Bytes of prompt text per token: the estimate used wherever a token count is needed from text before the
+#: engine tokenizes it (roughly English under BPE tokenizers); the simulated engine's tokenizer is exactly this.
+TEXT_BYTES_PER_TOKEN = 4
+
+#: Tokens per KV-cache block: vLLM's default block_size (on CUDA), the block size assumed of a pod that reports
+#: none, and the simulated engine's block size.
+KV_BLOCK_TOKENS = 16
+
+#: Bytes of UTF-8 prompt text per hashed chunk. The simulated engine uses ``TEXT_BYTES_PER_TOKEN`` bytes per token
+#: and ``KV_BLOCK_TOKENS``-token KV blocks, so one chunk is exactly one of its KV blocks.
 CHUNK_BYTES = 64
 
 #: Seed of the first chunk's hash (the chain's root).

@@ -38,7 +38,7 @@ from sharder.load import LoadReport, SliceLoad
 from sharder.pods import Pod, PodState
 from sharder.policy import reshard
 from sharder.policy.warm import clear_warming, warming_of
-from sharder.prefix import CHUNK_BYTES
+from sharder.prefix import CHUNK_BYTES, TEXT_BYTES_PER_TOKEN
 from sharder.sketch import Ewma, SpaceSaving
 
 TARGET = "sim"
@@ -748,7 +748,7 @@ class Fleet:
                     continue
                 self.warm_since[mark] = t
                 budget_n = WARM_PROMPTS
-                budget_t = warm_budget_bytes(p.cfg.kv_blocks) // 4
+                budget_t = warm_budget_bytes(p.cfg.kv_blocks, block_tokens=BLOCK_TOKENS) // TEXT_BYTES_PER_TOKEN
                 picked: dict[int, tuple[tuple[int, ...], int]] = {}
                 for d in donors:
                     dp = self.by_id.get(d)
@@ -763,7 +763,7 @@ class Fleet:
                     self.warm_done.setdefault(p.id, []).append(sa.slice)
                     continue
                 # ever longer prefixes of WARM_PIECE_BYTES more each, one after another, at WARM_PRIORITY
-                step = WARM_PIECE_BYTES // 4
+                step = WARM_PIECE_BYTES // TEXT_BYTES_PER_TOKEN
                 pieces = [
                     (n, hashes) for hashes, tokens in picked.values() for n in (*range(step, tokens, step), tokens)
                 ]

@@ -14,9 +14,8 @@ import pathlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from sharder.prefix import CHUNK_BYTES, prefix_hashes, render_chat, stable_chat_prefix
+from sharder.prefix import CHUNK_BYTES, TEXT_BYTES_PER_TOKEN, prefix_hashes, render_chat, stable_chat_prefix
 
-BYTES_PER_TOKEN = 4  # the simulated engine's tokenizer
 PHASE_DEFAULT = "steady"
 
 
@@ -80,7 +79,7 @@ def from_messages(
     text = render_chat(messages)
     n = len(text.encode("utf-8"))
     return SimRequest(
-        session, turn, t, phase, group, tenant, math.ceil(n / BYTES_PER_TOKEN), int(len(text) / BYTES_PER_TOKEN) + 1,
+        session, turn, t, phase, group, tenant, math.ceil(n / TEXT_BYTES_PER_TOKEN), int(len(text) / TEXT_BYTES_PER_TOKEN) + 1,
         tuple(prefix_hashes(text)), max_tokens, len(stable_chat_prefix(messages).encode("utf-8")),
         "" if session else text,
     )  # fmt: skip
@@ -205,12 +204,12 @@ class TraceSource(Source):
             text = str(rec["prompt"])
             n = len(text.encode("utf-8"))
             return SimRequest(
-                session, 0, t, phase, -1, tenant, math.ceil(n / BYTES_PER_TOKEN), int(len(text) / BYTES_PER_TOKEN) + 1,
+                session, 0, t, phase, -1, tenant, math.ceil(n / TEXT_BYTES_PER_TOKEN), int(len(text) / TEXT_BYTES_PER_TOKEN) + 1,
                 tuple(prefix_hashes(text)), max_tokens, None, "" if session else text,
             )  # fmt: skip
         hashes = tuple(int(h) for h in rec["block_hashes"])
-        tokens = int(rec.get("prompt_tokens") or len(hashes) * CHUNK_BYTES // BYTES_PER_TOKEN + 1)
-        if tokens < len(hashes) * CHUNK_BYTES // BYTES_PER_TOKEN:
+        tokens = int(rec.get("prompt_tokens") or len(hashes) * CHUNK_BYTES // TEXT_BYTES_PER_TOKEN + 1)
+        if tokens < len(hashes) * CHUNK_BYTES // TEXT_BYTES_PER_TOKEN:
             raise ValueError("prompt_tokens is shorter than its block_hashes")
         return SimRequest(
             session, 0, t, phase, -1, tenant, tokens, tokens, hashes, max_tokens, None,

@@ -46,14 +46,14 @@ from runtime.kv_events import MEDIUM_GPU as GPU
 from runtime.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KvEvent, encode_batch
 from runtime.metrics import EngineMetrics
 from sharder.load import EngineLoad
-from sharder.prefix import CHUNK_BYTES, ROOT_SEED, render_chat
+from sharder.prefix import CHUNK_BYTES, KV_BLOCK_TOKENS, ROOT_SEED, TEXT_BYTES_PER_TOKEN, render_chat
 from sharder.sketch import RateEwma
 
 log = logging.getLogger(__name__)
 
-BYTES_PER_TOKEN = 4
-BLOCK_TOKENS = CHUNK_BYTES // BYTES_PER_TOKEN  # 16, vLLM's default block_size on CUDA
-_BLOCK_BYTES = BLOCK_TOKENS * BYTES_PER_TOKEN
+#: The engine's block size (vLLM's default block_size on CUDA): a block of it is exactly one ``CHUNK_BYTES`` chunk
+#: at the tokenizer's ``TEXT_BYTES_PER_TOKEN`` bytes a token.
+BLOCK_TOKENS = KV_BLOCK_TOKENS
 
 # --- Defaults: Llama-3.1-8B-Instruct (bf16) served by vLLM V1 on one H100 SXM 80 GB ---------------------------------
 #
@@ -179,10 +179,10 @@ class SimConfig:
 def tokenize_text(text: str | bytes) -> list[int]:
     """Token ids of ``text``: each 4 UTF-8 bytes read big-endian; a trailing partial token is padded with NULs."""
     data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
-    rem = len(data) % BYTES_PER_TOKEN
+    rem = len(data) % TEXT_BYTES_PER_TOKEN
     if rem:
-        data += b"\0" * (BYTES_PER_TOKEN - rem)
-    return list(struct.unpack(f">{len(data) // BYTES_PER_TOKEN}I", data))
+        data += b"\0" * (TEXT_BYTES_PER_TOKEN - rem)
+    return list(struct.unpack(f">{len(data) // TEXT_BYTES_PER_TOKEN}I", data))
 
 
 def token_bytes(tokens: Iterable[int]) -> bytes:

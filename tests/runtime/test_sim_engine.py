@@ -17,7 +17,7 @@ from runtime.engines.sim import (
     tokenize_text,
 )
 from runtime.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, decode_batch, encode_batch
-from sharder.prefix import prefix_hashes, render_chat
+from sharder.prefix import CHUNK_BYTES, prefix_hashes, render_chat
 from tests.waiting import until
 
 BLOCK_BYTES = 64
@@ -54,7 +54,7 @@ def test_tokenizer_is_four_bytes_per_token() -> None:
     assert tokenize_text("abcd") == [int.from_bytes(b"abcd", "big")]
     assert tokenize_text("abcde") == [int.from_bytes(b"abcd", "big"), int.from_bytes(b"e\0\0\0", "big")]
     assert detokenize(tokenize_text("héllo wörld")) == "héllo wörld"
-    assert len(tokenize_text("x" * 64)) == BLOCK_TOKENS
+    assert len(tokenize_text("x" * CHUNK_BYTES)) == BLOCK_TOKENS  # a KV block is one sharder.prefix chunk
 
 
 async def test_repeated_prefix_hits_and_counters(engine: SimEngine) -> None:

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 
 from brunoise_api.v1 import inference_pb2, runtime_pb2
 from runtime.engines.base import EngineChunk, EngineProxy, EngineRequest, SamplingParams
-from runtime.engines.sim import BLOCK_TOKENS, BYTES_PER_TOKEN, SimConfig, SimEngine
+from runtime.engines.sim import BLOCK_TOKENS, SimConfig, SimEngine
 from runtime.warm import WARM_PIECE_BYTES, WARM_PRIORITY, Warmer, WarmMetrics, warm_pieces
 from sharder.load import EngineLoad
-from sharder.prefix import render_chat
+from sharder.prefix import TEXT_BYTES_PER_TOKEN, render_chat
 
 HISTORY = "".join(f"turn {i}: the user asked about warm-up and the assistant answered at length. " for i in range(300))
 
@@ -83,17 +83,17 @@ async def test_a_long_warm_prompt_is_prefilled_in_short_steps_and_ends_fully_cac
             inference_pb2.ChatMessage(role="user", content=HISTORY[:9000]),
         ]))  # fmt: skip
         assert await warmer._prefill([hp, chat]) == 2
-        piece_tokens = WARM_PIECE_BYTES // BYTES_PER_TOKEN
+        piece_tokens = WARM_PIECE_BYTES // TEXT_BYTES_PER_TOKEN
         # no warm request computed more than one piece (plus the partial block the previous piece ended on)
         assert len(counting.computed) > 8
         assert max(counting.computed) <= piece_tokens + 2 * BLOCK_TOKENS
-        assert sum(counting.computed) >= (16000 + 9000) // BYTES_PER_TOKEN  # yet every token was computed
+        assert sum(counting.computed) >= (16000 + 9000) // TEXT_BYTES_PER_TOKEN  # yet every token was computed
         assert set(counting.priorities) == {WARM_PRIORITY}
         # the whole prompt is cached now: its next turn computes only the new text
         probe = EngineRequest("probe", prompt=HISTORY[:16000] + " and one more", sampling=SamplingParams(max_tokens=1))
         async for c in engine.generate(probe):
             last = c
-        assert last.cached_tokens >= 16000 // BYTES_PER_TOKEN - BLOCK_TOKENS
+        assert last.cached_tokens >= 16000 // TEXT_BYTES_PER_TOKEN - BLOCK_TOKENS
     finally:
         await engine.stop()
 
