@@ -7,10 +7,7 @@ import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
 
-from sharder.prefix import CHUNK_BYTES, matched_chunks, prefix_hashes, render_chat
-
-#: The simulated engine counts 4 bytes of UTF-8 prompt text per token (so one 64-byte chunk = one 16-token block).
-BYTES_PER_TOKEN = 4
+from sharder.prefix import CHUNK_BYTES, TEXT_BYTES_PER_TOKEN, matched_chunks, prefix_hashes, render_chat
 
 PHASE_WARMUP = "warmup"
 PHASE_STEADY = "steady"
@@ -314,7 +311,7 @@ def _chat_session(
             content = synth_text(rng, _uniform_int(rng, cfg.user_message_bytes))
         history.append({"role": "user", "content": content})
         reply = synth_text(rng, _uniform_int(rng, cfg.reply_bytes))
-        max_tokens = max(1, math.ceil(len(reply) / BYTES_PER_TOKEN))
+        max_tokens = max(1, math.ceil(len(reply) / TEXT_BYTES_PER_TOKEN))
         messages = tuple(dict(m) for m in history)
         if cfg.max_prompt_tokens and prompt_tokens(render_chat(messages)) > cfg.max_prompt_tokens:
             break
@@ -332,7 +329,7 @@ def _docs_query(cfg: WorkloadConfig, phases: Sequence[Phase], q_idx: int, start:
     question = synth_text(rng, _uniform_int(rng, cfg.user_message_bytes))
     reply = synth_text(rng, _uniform_int(rng, cfg.reply_bytes))
     messages = ({"role": "user", "content": f"{text}\n\nQuestion: {question}"},)
-    max_tokens = max(1, math.ceil(len(reply) / BYTES_PER_TOKEN))
+    max_tokens = max(1, math.ceil(len(reply) / TEXT_BYTES_PER_TOKEN))
     req = Request(-1, round(start, 6), sid, doc, 0, phase_at(phases, start), messages, max_tokens)
     return Session(sid, doc, start, (req,))
 
@@ -377,7 +374,7 @@ class OracleResult:
         return h / q if q else 0.0
 
 
-def prompt_tokens(text: str, bytes_per_token: int = BYTES_PER_TOKEN) -> int:
+def prompt_tokens(text: str, bytes_per_token: int = TEXT_BYTES_PER_TOKEN) -> int:
     """Tokens the simulated engine counts for ``text``: one per ``bytes_per_token`` UTF-8 bytes, rounded up."""
     return math.ceil(len(text.encode("utf-8")) / bytes_per_token)
 
@@ -386,7 +383,7 @@ def oracle(
     prompts: Iterable[tuple[str, str]] | Iterable[str],
     *,
     chunk_bytes: int = CHUNK_BYTES,
-    bytes_per_token: int = BYTES_PER_TOKEN,
+    bytes_per_token: int = TEXT_BYTES_PER_TOKEN,
 ) -> OracleResult:
     """Replay prompts in order against one infinite block cache; ``prompts`` are texts or (phase, text) pairs.
 
