@@ -89,7 +89,8 @@ class Knobs:
     """A new request may go over the load cap to the subset pod holding the longest prefix of its prompt when
     that saves more than this much prefill time over the best pod under the cap (a long shared document is
     worth a little imbalance; a tenant's short system prompt is not), and its rank (estimated TTFT plus the
-    prefill the request adds there) is no worse than that pod's. 0: never (the cap is strict)."""
+    prefill the request adds there) is no worse than that pod's, within one engine step (``step_s``); after a
+    ``capped`` or a ``balance`` pick. 0: never (the cap is strict)."""
     cap_escape_requests: int = 1
     """How far over the load cap the cap's escape reaches: the holder of the longest prefix takes the request only
     while its outstanding requests + 1 stay within the cap + this many. Bounds the imbalance one popular document

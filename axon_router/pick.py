@@ -21,7 +21,7 @@ FALLBACK = "fallback"  # pods outside the subset, when no subset pod is usable a
 RULE_STICKY = "sticky"  # the pod holding the session's cache, kept (its TTFT is within the prefill it saves)
 RULE_COST = "cost"  # the lowest estimated TTFT, under the load cap
 RULE_BALANCE = "balance"  # a new session: the least recently loaded pod within balance_slack_s of the best TTFT
-RULE_ESCAPE = "cap_escape"  # over the load cap (by < cap_escape_requests), holding a prefix worth > cap_escape_s
+RULE_ESCAPE = "cap_escape"  # over the load cap (by <= cap_escape_requests), holding a prefix worth > cap_escape_s
 RULE_CAPPED = "capped"  # the lowest estimated TTFT was over the load cap; the best pod under it
 RULE_OVER_CAP = "over_cap"  # no admissible subset pod under the cap (the others are over their limits)
 RULE_HELD = "held"  # the session's cache is held outside the subset only, and that pod's TTFT is worth keeping
@@ -260,7 +260,7 @@ class CostPick:
                 ranked = [b, *(s for s in ranked if s is not b)]
                 rule = RULE_BALANCE
         if rule in (RULE_CAPPED, RULE_BALANCE) and over and k.cap_escape_s > 0:
-            # the cap's escape: the pod holding the longest prefix, over the cap by less than cap_escape_requests,
+            # the cap's escape: the pod holding the longest prefix, over the cap by at most cap_escape_requests,
             # still wins when the prefill it saves over the pod the cap (and the balance rule) chose is worth more
             # than cap_escape_s (a long shared document) and its rank is no worse, within one engine step: waiting
             # behind its queue costs no more than the prefill the other pod would add
