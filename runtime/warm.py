@@ -39,7 +39,6 @@ WARM_BYTES = 16 << 10
 #: warm prefill evicts what the cache held, and on a pod whose cache holds a few long documents, 16 KB of a slice's
 #: prompts is most of it (the simulator's docs workload: hit/oracle 0.835 with 16 KB, 0.856 with this share).
 WARM_KV_SHARE = 0.125
-KV_BLOCK_BYTES = KV_BLOCK_TOKENS * TEXT_BYTES_PER_TOKEN  # prompt text per KV block of an engine that says no size
 #: No warm-up prefill while the engine's KV usage is above this.
 WARM_MAX_KV_USAGE = 0.8
 #: A warm prompt is prefilled in pieces, each a longer prefix of it adding at most this much text (~512 tokens at

@@ -158,14 +158,15 @@ def test_a_warm_up_never_copies_more_than_its_share_of_the_kv_cache() -> None:
     """A warm prefill evicts what the cache held: on a pod whose cache holds a few long documents a 16 KB copy is
     most of it. The budget per slice is ``WARM_KV_SHARE`` of the cache, and ``WARM_BYTES`` at most."""
     from runtime.engines.sim import BLOCK_TOKENS, SimConfig, SimEngine
-    from runtime.warm import KV_BLOCK_BYTES, WARM_BYTES, WARM_KV_SHARE, Warmer, WarmMetrics
+    from runtime.warm import WARM_BYTES, WARM_KV_SHARE, Warmer, WarmMetrics
+    from sharder.prefix import TEXT_BYTES_PER_TOKEN
 
     def budget(blocks: int) -> int:
         engine = SimEngine(SimConfig(kv_blocks=blocks, max_model_len=blocks * BLOCK_TOKENS))
         return Warmer(engine, done=lambda s: None, metrics=WarmMetrics()).budget_bytes()
 
     small = budget(256)
-    assert small == int(WARM_KV_SHARE * 256 * KV_BLOCK_BYTES) < WARM_BYTES
+    assert small == int(WARM_KV_SHARE * 256 * BLOCK_TOKENS * TEXT_BYTES_PER_TOKEN) < WARM_BYTES
     assert budget(1 << 16) == WARM_BYTES  # a big cache: the fixed cap binds
 
 
