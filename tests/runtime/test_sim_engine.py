@@ -20,12 +20,10 @@ from runtime.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, decod
 from sharder.prefix import CHUNK_BYTES, prefix_hashes, render_chat
 from tests.waiting import until
 
-BLOCK_BYTES = 64
-
 
 def text_blocks(tag: str, n_blocks: int) -> str:
-    """``n_blocks`` x 64 bytes of ASCII text, distinct per tag (so 16 x n_blocks tokens, all blocks full)."""
-    unit = (tag * 64)[:BLOCK_BYTES]
+    """``n_blocks`` chunks (64 bytes) of ASCII text, distinct per tag (so 16 x n_blocks tokens, all blocks full)."""
+    unit = (tag * CHUNK_BYTES)[:CHUNK_BYTES]
     return "".join(f"{i:04d}" + unit[4:] for i in range(n_blocks))
 
 
