@@ -30,7 +30,16 @@ from brunoise.simulate.events import EventQueue
 from brunoise.simulate.report import Results
 from brunoise.simulate.source import SimRequest, SimSession, Source
 from runtime.engines.sim import BLOCK_TOKENS, SimConfig, virtual_request
-from runtime.warm import LOG_KEYS, WARM_PIECE_BYTES, WARM_PRIORITY, WARM_PROMPTS, hottest_keys, warm_budget_bytes
+from runtime.warm import (
+    LOG_KEYS,
+    WARM_IDLE_POLL_S,
+    WARM_MAX_KV_USAGE,
+    WARM_PIECE_BYTES,
+    WARM_PRIORITY,
+    WARM_PROMPTS,
+    hottest_keys,
+    warm_budget_bytes,
+)
 from sharder.assignment import Assignment, RoundStats, initial_assignment
 from sharder.config import TargetConfig
 from sharder.keyspace import Slice
@@ -220,7 +229,7 @@ class SimPod:
     __slots__ = (
         "base_hits", "base_queries", "bucket_ok", "capacity", "cfg", "engine", "id", "index", "infl_area",
         "infl_t", "inflight", "meter", "ok", "pod", "prompts", "sched", "up", "version", "warm_hits", "warm_jobs",
-        "warm_queries", "warm_queue",
+        "warm_poll", "warm_queries", "warm_queue",
     )  # fmt: skip
 
     def __init__(self, index: int, cfg: SimConfig, meter: SliceMeter) -> None:
@@ -243,9 +252,12 @@ class SimPod:
         self.meter = meter
         # the runtime's prompt log (``runtime.warm.PromptLog``): slice key -> [times served, hashes, tokens]
         self.prompts: collections.OrderedDict[int, list[Any]] = collections.OrderedDict()
-        # warm-up in progress: the pieces left per mark (slice lo), and each submitted piece's mark
-        self.warm_queue: dict[int, tuple[Slice, collections.deque[tuple[int, tuple[int, ...]]]]] = {}
+        # warm-up in progress, as the runtime's one ``Warmer`` does it: the marks (slice lo) in the order they came,
+        # each with its deadline and the pieces left; the one piece in the engine (its id -> its mark); whether a
+        # look for an idle engine is queued
+        self.warm_queue: dict[int, tuple[Slice, float, collections.deque[tuple[int, tuple[int, ...]]]]] = {}
         self.warm_jobs: dict[str, int] = {}
+        self.warm_poll = False
         # the warm prefills' share of the engine's prefix-cache counters, taken out of the hit rate (as the
         # runtime's brunoise_runtime_warmup_* counters let a reader of vLLM's counters do)
         self.warm_queries = 0
@@ -737,8 +749,9 @@ class Fleet:
 
     def _start_warm(self, a: Assignment, t: float) -> None:
         """Each new mark's pod asks its donors (leaving pods first) for their hottest prompts in the slice and
-        prefills them (``runtime.warm.Warmer``: at most ``WARM_PROMPTS`` prompts, ``warm_budget_bytes`` in all); it is
-        warm once they are done (at once when the donors had none)."""
+        queues them for its warmer (``runtime.warm.Warmer``: at most ``WARM_PROMPTS`` prompts, ``warm_budget_bytes``
+        in all); it is warm once they are done (at once when the donors had none)."""
+        deadline = a.config.warm_deadline_s
         for p in self.pods:
             if not p.up or p.engine is None:
                 continue
@@ -767,29 +780,49 @@ class Fleet:
                 pieces = [
                     (n, hashes) for hashes, tokens in picked.values() for n in (*range(step, tokens, step), tokens)
                 ]
-                p.warm_queue[sa.slice.lo] = (sa.slice, collections.deque(pieces))
-                self._warm_next(p, sa.slice.lo, t)
+                p.warm_queue[sa.slice.lo] = (sa.slice, t + deadline, collections.deque(pieces))
+            self._warm_pump(p, t)
 
-    def _warm_next(self, p: SimPod, lo: int, t: float) -> None:
-        """Submit the next piece of the warm-up of mark ``lo`` on ``p``; none left: the slice is warm."""
-        s, pieces = p.warm_queue[lo]
-        if not pieces or p.engine is None:
-            del p.warm_queue[lo]
-            self.warm_done.setdefault(p.id, []).append(s)
+    def _warm_pump(self, p: SimPod, t: float) -> None:
+        """The runtime's ``Warmer`` on ``p``: one piece in the engine at a time, marks in the order they came; a piece
+        is sent only while no live request waits (else it looks again in ``WARM_IDLE_POLL_S``); a mark is warm when
+        its pieces are done, when its deadline (``warm_deadline_s``, the runtime's warm timeout) has passed, or
+        when the engine's KV usage is above ``WARM_MAX_KV_USAGE``."""
+        e = p.engine
+        if p.warm_jobs or e is None or not p.up:
             return
-        tokens, hashes = pieces.popleft()
-        self.warm_n += 1
-        rid = f"w{self.warm_n}"
-        p.warm_jobs[rid] = lo
-        req = virtual_request(rid, tokens, hashes, 1, t)
-        req.priority = WARM_PRIORITY
-        p.engine.submit(req, t)
-        self._kick(p)
+        while p.warm_queue:
+            lo = next(iter(p.warm_queue))
+            s, deadline, pieces = p.warm_queue[lo]
+            load = e.load(t)
+            if not pieces or t >= deadline or load.kv_usage > WARM_MAX_KV_USAGE:
+                del p.warm_queue[lo]
+                self.warm_done.setdefault(p.id, []).append(s)
+                continue
+            if load.waiting > 0:
+                if not p.warm_poll:
+                    p.warm_poll = True
+                    self.q.at(t + WARM_IDLE_POLL_S, functools.partial(self._warm_look, p, e))
+                return
+            tokens, hashes = pieces.popleft()
+            self.warm_n += 1
+            rid = f"w{self.warm_n}"
+            p.warm_jobs[rid] = lo
+            req = virtual_request(rid, tokens, hashes, 1, t)
+            req.priority = WARM_PRIORITY
+            e.submit(req, t)
+            self._kick(p)
+            return
+
+    def _warm_look(self, p: SimPod, e: StepEngine | FluidEngine, t: float) -> None:
+        if p.engine is not e:
+            return  # a look of a previous incarnation
+        p.warm_poll = False
+        self._warm_pump(p, t)
 
     def _warm_finished(self, p: SimPod, rid: str, t: float) -> None:
-        lo = p.warm_jobs.pop(rid)
-        if lo in p.warm_queue:
-            self._warm_next(p, lo, t)
+        p.warm_jobs.pop(rid)
+        self._warm_pump(p, t)
 
     def _publish(self, a: Assignment, t: float) -> None:
         for r in self.routers:
@@ -819,6 +852,7 @@ class Fleet:
         warm_ids = set(p.warm_jobs)
         p.warm_jobs.clear()
         p.warm_queue.clear()  # its warm-ups end with it (the leader's deadline clears their marks)
+        p.warm_poll = False
         p.prompts.clear()
         for ereq in gone:
             if ereq.id in warm_ids:

@@ -252,3 +252,36 @@ def test_warm_up_marks_are_warmed_from_the_donors_prompts_and_cleared() -> None:
     assert off.warm_n == 0 and not off.warm_done
     assert all(not sa.warming for sa in off.assignment.slices)
     assert res_on["requests"] == res_off["requests"]
+
+
+def test_a_pod_warms_one_piece_at_a_time_and_never_ahead_of_a_waiting_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the runtime's one ``Warmer`` a pod: a pod that gains many slices at once (the rolling restart gives a
+    restarted pod back its share) has at most one warm-up piece in its engine at a time, and sends none while a
+    live request waits there (before, every mark had a piece in flight: a restarted pod prefilled 16 at once and
+    a live request behind them waited 0.5 s)."""
+    import brunoise.simulate.engines as engines_mod
+    import brunoise.simulate.fleet as fleet_mod
+
+    peak: dict[int, int] = {}
+    waiting_at_send: list[int] = []
+    submit = engines_mod.StepEngine.submit
+
+    def counting_submit(self: Any, req: Any, t: float) -> None:
+        if str(req.id).startswith("w"):
+            waiting_at_send.append(self.load(t).waiting)
+        submit(self, req, t)
+
+    event = fleet_mod.Fleet._engine_event
+
+    def watching_event(self: Any, p: Any, e: Any, t: float) -> None:
+        peak[p.index] = max(peak.get(p.index, 0), len(p.warm_jobs))
+        event(self, p, e, t)
+
+    monkeypatch.setattr(engines_mod.StepEngine, "submit", counting_submit)
+    monkeypatch.setattr(fleet_mod.Fleet, "_engine_event", watching_event)
+    src = bench_source("chat_tenant", quick=False, seed=0, pods=4, overrides={})
+    fleet = Fleet(spec(pods=4, engine="step"), src)
+    fleet.run()
+    assert len(waiting_at_send) > 20  # the restarts and the balancing warmed many slices
+    assert max(peak.values()) == 1
+    assert set(waiting_at_send) == {0}
