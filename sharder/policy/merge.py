@@ -49,21 +49,23 @@ def merge_cold(state: RoundState) -> None:
     loads are smoothed over rounds (a slice must have been cold for several rounds), a merge also stays under
     ``CALM_MERGE_MARGIN`` x the split threshold, and slices cooling down from a split or move do not merge."""
     cfg = state.config
-    cooling = state.cooling
     mean = state.mean_ref()
     if cfg.merge_threshold <= 0 or mean <= 0 or len(state.recs) < 2:
         return
     limit = cfg.merge_threshold * mean
     if cfg.calm:  # a merged slice stays at most half the split threshold, whatever the thresholds
         limit = min(limit, CALM_MERGE_MARGIN * cfg.split_threshold * mean)
+    cool_since = state.cool_since
     out: list[Rec] = []
     cur = state.recs[0]
     for nxt in state.recs[1:]:
+        ra, rb = cur.replicas, nxt.replicas
         if (
             cur.load + nxt.load < limit
-            and not cooling(cur)
-            and not cooling(nxt)
-            and (cur.replicas == nxt.replicas or set(cur.replicas) == set(nxt.replicas))
+            and cur.since < cool_since  # not cooling
+            and nxt.since < cool_since
+            # the same replica set; most neighbours differ in their first replica already (no sets built)
+            and (ra == rb or ((not ra or ra[0] in rb) and set(ra) == set(rb)))
             and mergeable(state, cur, nxt)
         ):
             cur = join(state, cur, nxt)

@@ -44,25 +44,27 @@ def attribute(recs: list[Rec], reports: list[LoadReport]) -> None:
         return
     n = len(recs)
     los = [r.lo for r in recs]
-    by_lo = {r.lo: i for i, r in enumerate(recs)}
+    by_lo = {lo: i for i, lo in enumerate(los)}
     sums = [0.0] * n
     covered = bytearray(n)
     reporters = set()
     for rep in reports:
-        reporters.add(rep.pod_id)
+        pod = rep.pod_id
+        reporters.add(pod)
         for sl in rep.slices:
             s = sl.slice
             lo, hi = s.lo, s.hi
             i = by_lo.get(lo)
-            if i is not None and recs[i].hi == hi:
-                sums[i] += sl.load
+            if i is not None and (rec := recs[i]).hi == hi:
+                load = sl.load
+                sums[i] += load
                 covered[i] = 1
-                served = recs[i].served
+                served = rec.served
                 if served is None:
-                    recs[i].served = served = {}
-                served[rep.pod_id] = served.get(rep.pod_id, 0.0) + sl.load
+                    rec.served = served = {}
+                served[pod] = served.get(pod, 0.0) + load
                 if sl.top_keys:
-                    recs[i].add_keys(sl.top_keys)
+                    rec.add_keys(sl.top_keys)
                 continue
             width = hi - lo
             j = bisect.bisect_right(los, lo) - 1
@@ -76,9 +78,9 @@ def attribute(recs: list[Rec], reports: list[LoadReport]) -> None:
                 j += 1
             for k, w in sl.top_keys:
                 recs[bisect.bisect_right(los, k) - 1].add_keys(((k, w),))
-    for i, rec in enumerate(recs):
-        if covered[i]:
-            rec.load = sums[i]
+    for rec, hit, total in zip(recs, covered, sums, strict=True):
+        if hit:
+            rec.load = total
         elif any(p in reporters for p in rec.replicas) or any(p in reporters for p in rec.leaving):
             rec.load = 0.0
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import enum
 import heapq
 from collections.abc import Iterable
+from typing import cast
 
 from sharder.assignment import SliceAssignment
 from sharder.config import TargetConfig
@@ -13,10 +15,17 @@ from sharder.pods import Pod
 TopKeys = tuple[tuple[int, float], ...]
 
 
+class _Deferred(enum.Enum):
+    """``Rec._share`` before its first read: the replica-true shares, worked out from ``served`` when asked."""
+
+    FROM_SERVED = 0
+
+
 class Rec:
     """One slice being worked on (mutable; turned back into a SliceAssignment at the end of the round)."""
 
     __slots__ = (
+        "_share",
         "hi",
         "keysrc",
         "leaving",
@@ -28,7 +37,6 @@ class Rec:
         "pinned",
         "replicas",
         "served",
-        "share",
         "since",
         "slice",
     )
@@ -57,7 +65,21 @@ class Rec:
         self.nosplit = False  # inside a MergeOverride range
         self.moved = False  # its replica set changed by a budgeted action this round
         self.served: dict[str, float] | None = None  # load each pod reported for exactly this range (smoothed)
-        self.share: dict[str, float] | None = None  # replica-true load of each replica (None: equal shares)
+        self._share: dict[str, float] | _Deferred | None = None
+
+    @property
+    def share(self) -> dict[str, float] | None:
+        """Replica-true load of each replica (None: equal shares). ``RoundState.recompute`` defers the dict to the
+        first read, as most slices never need theirs in a round: nothing changes ``served``, ``load`` or
+        ``replicas`` of a slice after that but RoundState's replica changes, which read the share first."""
+        s = self._share
+        if s is _Deferred.FROM_SERVED:
+            s = self._share = true_shares(self)
+        return s
+
+    @share.setter
+    def share(self, value: dict[str, float] | None) -> None:
+        self._share = value
 
     def add_keys(self, keys: TopKeys) -> None:
         if keys:
@@ -175,22 +197,43 @@ class RoundState:
         count = dict.fromkeys(self.eligible, 0)
         total = 0.0
         true_load = self.config.replica_true_load
+        deferred = _Deferred.FROM_SERVED  # an enum member read costs more than a local one
         for rec in self.recs:
             total += rec.load
             reps = rec.replicas
-            if reps:
-                if len(reps) > 1 and true_load and rec.served:
-                    share = rec.share = true_shares(rec)
-                    if share is not None:
-                        for p in reps:
-                            load[p] += share[p]
-                            count[p] += 1
-                        continue
-                rec.share = None
-                even = rec.load / len(reps)
-                for p in reps:
-                    load[p] += even
-                    count[p] += 1
+            if not reps:
+                continue
+            if true_load and len(reps) > 1 and (served := rec.served):
+                reported = list(map(served.get, reps))
+                if None not in reported:
+                    # replica_loads' common case (every replica reported), inline: the call and its list cost more
+                    # than the arithmetic, which is the same
+                    got = cast(list[float], reported)
+                    told = sum(got)
+                    rl = rec.load
+                    if told > rl:
+                        scale = rl / told if told > 0 else 0.0
+                        for p, v in zip(reps, got, strict=False):  # equal lengths; strict=True costs here
+                            load[p] += v * scale
+                    else:
+                        each = max(0.0, rl - told) / len(reps)
+                        for p, v in zip(reps, got, strict=False):
+                            load[p] += v + each
+                    rec._share = deferred  # true_shares(rec), built if a phase asks for it
+                    continue
+                shares = replica_loads(rec)
+                if shares is not None:
+                    for p, v in zip(reps, shares, strict=False):
+                        load[p] += v
+                    rec._share = deferred
+                    continue
+            rec.share = None
+            even = rec.load / len(reps)
+            for p in reps:
+                load[p] += even
+        for rec in self.recs:
+            for p in rec.replicas:
+                count[p] += 1
         self.load = load
         self.count = count
         self.total_load = total
@@ -290,34 +333,36 @@ def true_shares(rec: Rec) -> dict[str, float] | None:
     """Each replica's part of ``rec.load`` from what it reported serving (``rec.served``); None when no replica
     reported on exactly this range. Replicas without a report split the unexplained rest evenly; reports that
     add up to more than the slice's load are scaled down to it."""
+    shares = replica_loads(rec)
+    return None if shares is None else dict(zip(rec.replicas, shares, strict=True))
+
+
+def replica_loads(rec: Rec) -> list[float] | None:
+    """``true_shares`` as a list in replica order (a replica's part depends only on the pod, so a pod listed twice
+    gets the same part twice)."""
     served = rec.served
-    reps = rec.replicas
     if not served:
         return None
-    if len(reps) == 2:  # the common case (two replicas, min_replicas' default), without the general loops
-        a, b = reps
-        va, vb = served.get(a), served.get(b)
-        if va is not None and vb is not None:
-            load = rec.load
-            told = 0 + va + vb  # the same additions, in the same order, as sum() below
-            if told > load:
-                scale = load / told if told > 0 else 0.0
-                return {a: va * scale, b: vb * scale}
-            each = max(0.0, load - told) / 2
-            return {a: va + each, b: vb + each}
-    got = [served.get(p) for p in reps]
-    missing = sum(1 for v in got if v is None)
+    reps = rec.replicas
+    load = rec.load
+    reported = list(map(served.get, reps))
+    if None not in reported:  # the common case: every replica reported
+        got = cast(list[float], reported)
+        told = sum(got)
+        if told > load:
+            scale = load / told if told > 0 else 0.0
+            return [v * scale for v in got]
+        each = max(0.0, load - told) / len(reps)
+        return [v + each for v in got]
+    missing = reported.count(None)
     if missing == len(reps):
         return None
-    told = sum(v for v in got if v is not None)
-    rest = max(0.0, rec.load - told)
-    if told > rec.load:
-        scale = rec.load / told if told > 0 else 0.0
-        return {p: (v * scale if v is not None else 0.0) for p, v in zip(reps, got, strict=True)}
-    each = rest / (missing or len(reps))
-    if missing:
-        return {p: (v if v is not None else each) for p, v in zip(reps, got, strict=True)}
-    return {p: v + each for p, v in zip(reps, got, strict=True) if v is not None}
+    told = sum(v for v in reported if v is not None)
+    if told > load:
+        scale = load / told if told > 0 else 0.0
+        return [v * scale if v is not None else 0.0 for v in reported]
+    each = max(0.0, load - told) / missing
+    return [v if v is not None else each for v in reported]
 
 
 def scaled(d: dict[str, float] | None, f: float) -> dict[str, float] | None:
@@ -325,4 +370,4 @@ def scaled(d: dict[str, float] | None, f: float) -> dict[str, float] | None:
     return None if d is None else {k: v * f for k, v in d.items()}
 
 
-__all__ = ["LoadHeap", "Rec", "RoundState", "Stats", "TopKeys", "scaled", "true_shares"]
+__all__ = ["LoadHeap", "Rec", "RoundState", "Stats", "TopKeys", "replica_loads", "scaled", "true_shares"]

@@ -37,13 +37,15 @@ def mark_warming(
     (``TargetConfig.warm_deadline_s`` 0: no warm-up)."""
     if not enabled:
         return tuple(dataclasses.replace(sa, warming=()) if sa.warming else sa for sa in slices)
-    unchanged = {id(sa) for sa in old.slices}
-    los = [sa.slice.lo for sa in old.slices]
+    unchanged = set(map(id, old.slices))
+    los: list[int] | None = None
     out: list[SliceAssignment] = []
     for sa in slices:
         if id(sa) in unchanged:  # the round left this slice exactly as it was: its marks stand
             out.append(sa)
             continue
+        if los is None:  # most rounds change few slices or none
+            los = [o.slice.lo for o in old.slices]
         warm, _ = _holders(old, los, sa.slice)
         alive = {p for p in warm if (pod := pods.get(p)) is not None and pod.state is not PodState.DEAD}
         warming = tuple(p for p in sa.replicas if p not in warm) if alive else ()
