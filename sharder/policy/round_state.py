@@ -203,29 +203,12 @@ class RoundState:
             reps = rec.replicas
             if not reps:
                 continue
-            if true_load and len(reps) > 1 and (served := rec.served):
-                reported = list(map(served.get, reps))
-                if None not in reported:
-                    # replica_loads' common case (every replica reported), inline: the call and its list cost more
-                    # than the arithmetic, which is the same
-                    got = cast(list[float], reported)
-                    told = sum(got)
-                    rl = rec.load
-                    if told > rl:
-                        scale = rl / told if told > 0 else 0.0
-                        for p, v in zip(reps, got, strict=False):  # equal lengths; strict=True costs here
-                            load[p] += v * scale
-                    else:
-                        each = max(0.0, rl - told) / len(reps)
-                        for p, v in zip(reps, got, strict=False):
-                            load[p] += v + each
-                    rec._share = deferred  # true_shares(rec), built if a phase asks for it
-                    continue
+            if true_load and len(reps) > 1 and rec.served:
                 shares = replica_loads(rec)
                 if shares is not None:
-                    for p, v in zip(reps, shares, strict=False):
+                    for p, v in zip(reps, shares, strict=False):  # equal lengths; strict=True costs here
                         load[p] += v
-                    rec._share = deferred
+                    rec._share = deferred  # true_shares(rec), built if a phase asks for it
                     continue
             rec.share = None
             even = rec.load / len(reps)
