@@ -402,9 +402,11 @@ class Fleet:
         self.rid = 0
         self.rr = 0
         # warm-up on reshard, as the leader and the runtimes' warmers do it: when each mark was first seen, the
-        # slices each pod finished warming (its warm report), and the warm prefills' ids
+        # slices each pod finished warming and still reports (pruned as the slicelet prunes them), and the warm
+        # prefills' ids
         self.warm_since: dict[tuple[int, str], float] = {}
         self.warm_done: dict[str, list[Slice]] = {}
+        self.warm_reports = 0  # marks the pods finished warming (reported warm)
         self.warm_n = 0
         # results
         self.results = Results(source, spec)
@@ -745,6 +747,15 @@ class Fleet:
         kept = {(sa.slice.lo, p) for sa in out.slices for p in sa.warming}
         for m in [m for m in self.warm_since if m not in kept]:
             del self.warm_since[m]
+        # as the slicelet (``Slicelet._on_warming``): a pod reports a warmed range only while a mark inside it
+        # remains, so a range warmed once does not clear a later mark on it (the pod lost the slice, or restarted)
+        marked: dict[str, list[Slice]] = {}
+        for sa in out.slices:
+            for p in sa.warming:
+                marked.setdefault(p, []).append(sa.slice)
+        for pid, done in self.warm_done.items():
+            mine = marked.get(pid, ())
+            done[:] = [d for d in done if any(d.lo <= s.lo and s.hi <= d.hi for s in mine)]
         return out
 
     def _start_warm(self, a: Assignment, t: float) -> None:
@@ -774,6 +785,7 @@ class Fleet:
                             budget_t -= tokens
                 if not picked:
                     self.warm_done.setdefault(p.id, []).append(sa.slice)
+                    self.warm_reports += 1
                     continue
                 # ever longer prefixes of WARM_PIECE_BYTES more each, one after another, at WARM_PRIORITY
                 step = WARM_PIECE_BYTES // TEXT_BYTES_PER_TOKEN
@@ -798,6 +810,7 @@ class Fleet:
             if not pieces or t >= deadline or load.kv_usage > WARM_MAX_KV_USAGE:
                 del p.warm_queue[lo]
                 self.warm_done.setdefault(p.id, []).append(s)
+                self.warm_reports += 1
                 continue
             if load.waiting > 0:
                 if not p.warm_poll:
@@ -854,6 +867,7 @@ class Fleet:
         p.warm_queue.clear()  # its warm-ups end with it (the leader's deadline clears their marks)
         p.warm_poll = False
         p.prompts.clear()
+        self.warm_done.pop(p.id, None)  # the slicelet's record of warmed ranges ends with the process
         for ereq in gone:
             if ereq.id in warm_ids:
                 continue
