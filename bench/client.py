@@ -30,12 +30,14 @@ class Result:
     """What the client saw for one request."""
 
     index: int
-    phase: str
+    phase: str  # planned; the run sets the phase it was sent in (``sent_s``)
     status: int = 0
     error: str = ""
     ttft_s: float | None = None
     e2e_s: float | None = None
     late_s: float = 0.0
+    #: Seconds from the run's start to the send (the planned time plus ``late_s``); ``phase`` is the phase then.
+    sent_s: float = 0.0
     pod: str = ""
     prompt_tokens: int = 0
     cached_tokens: int = 0

@@ -35,6 +35,8 @@ from bench.workload import (
     Workload,
     WorkloadConfig,
     generate,
+    phase_at,
+    sent_oracle,
     summary,
     workload_oracle,
 )
@@ -116,6 +118,28 @@ class BenchConfig:
 
 
 # ------------------------------------------------------------------------------------------------ one router's run
+
+
+def pods_per_session(wl: Workload, results: Sequence[Result], *, skip_restart: bool = True) -> float | None:
+    """Mean number of distinct pods that served one session's turns (from the pod-id response header; None when
+    the router does not pass that header through). With ``skip_restart`` the turns sent in the rolling-restart
+    phase are left out: every router must move a session whose pod restarts, so they say nothing about the
+    router's own hopping (the whole-run figure is kept in the JSON as ``pods_per_session_all``). A turn's phase is
+    the one it was sent in (``Result.phase``), not the one it was planned in: a session behind its schedule sends
+    turns planned before the restarts while pods restart."""
+    by_index = {r.index: r for r in results}
+    spans: list[int] = []
+    for s in wl.sessions:
+        pods = {
+            res.pod
+            for q in s.requests
+            if (res := by_index.get(q.index)) is not None
+            and res.pod
+            and not (skip_restart and res.phase == PHASE_RESTART)
+        }
+        if pods:
+            spans.append(len(pods))
+    return sum(spans) / len(spans) if spans else None
 
 
 class RouterRun:
@@ -354,6 +378,10 @@ class RouterRun:
                         late = time.monotonic() - (start + r.t)
                         res = await send(session, self.base_url, r, cfg.request_timeout_s)
                         res.late_s = late
+                        # the phase it was sent in, not the one it was planned in: the phases' hit rates, the
+                        # restart phase's exclusions and the pods' phase snapshots all go by the clock
+                        res.sent_s = r.t + late
+                        res.phase = phase_at(self.wl.phases, res.sent_s)
                         results.append(res)
 
             async def snapshot(name: str, t: float) -> None:
@@ -412,23 +440,6 @@ class RouterRun:
 
     # -- metrics ----------------------------------------------------------------------------------------------
 
-    def _pods_per_session(self, results: Sequence[Result], *, skip_restart: bool = True) -> float | None:
-        """Mean number of distinct pods that served one session's turns (from the pod-id response header;
-        None when the router does not pass that header through). With ``skip_restart`` the rolling-restart phase's
-        turns are left out: every router must move a session whose pod restarts, so they say nothing about the
-        router's own hopping (the whole-run figure is kept in the JSON as ``pods_per_session_all``)."""
-        by_index = {r.index: r for r in results}
-        spans: list[int] = []
-        for s in self.wl.sessions:
-            pods = {
-                by_index[q.index].pod
-                for q in s.requests
-                if q.index in by_index and by_index[q.index].pod and not (skip_restart and q.phase == PHASE_RESTART)
-            }
-            if pods:
-                spans.append(len(pods))
-        return sum(spans) / len(spans) if spans else None
-
     def summarize(self, results: list[Result], wall: float, history: list[dict[str, Any]]) -> dict[str, Any]:
         ok = [r for r in results if not r.error]
         errors: dict[str, int] = {}
@@ -480,8 +491,10 @@ class RouterRun:
         q_client = sum(r.prompt_tokens for r in ok)
         steady = per_phase.get(PHASE_STEADY, {}).get("hit_rate") or 0.0
         restart = per_phase.get(PHASE_RESTART, {}).get("hit_rate")
-        o_steady = self.oracle.phase_hit_rate(PHASE_STEADY)
-        o_restart = self.oracle.phase_hit_rate(PHASE_RESTART)
+        # the phases' oracles over what was sent in each phase, in the order it was sent (as the pods' counters)
+        sent = sent_oracle(self.wl, ((r.sent_s, r.index, r.phase) for r in results))
+        o_steady = sent.phase_hit_rate(PHASE_STEADY)
+        o_restart = sent.phase_hit_rate(PHASE_RESTART)
         # each phase's hit rate as a fraction of what one infinite cache gets on the same requests, so the
         # restart phase's longer histories do not flatter it against the steady phase
         restart_rel = (
@@ -513,8 +526,8 @@ class RouterRun:
             "throughput_rps": len(ok) / wall if wall > 0 else 0.0,
             "throughput_prompt_tok_s": total.prompt_tokens / wall if wall > 0 else 0.0,
             "output_tok_s": sum(r.completion_tokens for r in ok) / wall if wall > 0 else 0.0,
-            "pods_per_session": self._pods_per_session(results),
-            "pods_per_session_all": self._pods_per_session(results, skip_restart=False),
+            "pods_per_session": pods_per_session(self.wl, results),
+            "pods_per_session_all": pods_per_session(self.wl, results, skip_restart=False),
             "pod_requests": req_loads,
             "pod_prompt_tokens": tok_loads,
             "load_max_over_mean_requests": (max(req_loads) / mean_req) if mean_req else None,

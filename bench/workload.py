@@ -414,6 +414,15 @@ def workload_oracle(wl: Workload) -> OracleResult:
     return oracle((r.phase, r.prompt) for r in wl.requests)
 
 
+def sent_oracle(wl: Workload, sent: Iterable[tuple[float, int, str]]) -> OracleResult:
+    """The oracle over the requests one run sent, in the order it sent them, each in the phase it was sent in:
+    ``sent`` holds (send time, request index, phase). A closed-loop session that falls behind its schedule sends
+    its turns in a later phase than planned (agentic's turns run up to 15 s late), so a phase's oracle must hold
+    the requests the pods served in it."""
+    by_index = {r.index: r for r in wl.requests}
+    return oracle((phase, by_index[i].prompt) for _, i, phase in sorted(sent))
+
+
 def summary(wl: Workload) -> dict[str, object]:
     """Counts for the report: requests and sessions per phase and per group (tenant or document), prompt tokens."""
     per_phase: dict[str, int] = {}
