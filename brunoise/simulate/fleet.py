@@ -415,6 +415,7 @@ class Fleet:
         self.bucket_s = spec.bucket_s or max(dur / 60.0, 0.5)
         self.results.bucket_s = self.bucket_s
         self.restart_log: list[dict[str, float | str]] = []
+        self.restart_plan: collections.deque[tuple[float, SimPod]] = collections.deque()  # restarts not begun yet
 
     def _registered(self, spec: FleetSpec) -> Assignment:
         """The assignment when traffic starts. ``staggered`` (as bench/compare.py's pools): the target is created
@@ -493,9 +494,10 @@ class Fleet:
         for ph in self.source.phases:
             q.at(ph.start, functools.partial(self._phase_mark, ph.name))
         if spec.restarts:
-            for ev in self.source.restarts:
-                if ev.pod < len(self.pods):
-                    q.at(ev.t, functools.partial(self._restart, self.pods[ev.pod]))
+            plan = sorted((ev.t, ev.pod) for ev in self.source.restarts if ev.pod < len(self.pods))
+            self.restart_plan = collections.deque((t, self.pods[i]) for t, i in plan)
+            if self.restart_plan:
+                q.at(self.restart_plan[0][0], self._next_restart)
         for t, i in spec.deaths:
             q.at(t, functools.partial(self._death, self.pods[i]))
         limit = self.source.duration_s + OVERRUN_S
@@ -893,10 +895,25 @@ class Fleet:
         self.restart_log.append({"pod": p.id, "t": t, "event": "death"})
         self.q.at(t + self.spec.lease_ttl_s, functools.partial(self._mark_dead, p))
 
-    def _restart(self, p: SimPod, t0: float) -> None:
+    def _next_restart(self, t: float) -> None:
+        """The next planned restart, as the bench runs them: one at a time, each at its planned time or once the
+        previous pod is back, whichever is later (a long drain delays the rest; two pods are never out at once)."""
+        if not self.restart_plan:
+            return
+        _, p = self.restart_plan.popleft()
+        self._restart(p, t, then=self._restart_done)
+
+    def _restart_done(self, t: float) -> None:
+        if self.restart_plan:
+            self.q.at(max(t, self.restart_plan[0][0]), self._next_restart)
+
+    def _restart(self, p: SimPod, t0: float, then: Callable[[float], None] | None = None) -> None:
         """Drain through the assigner, wait until it holds no slice and then runs nothing (each at most
-        ``drain_timeout_s``), stop, start again after ``restart_down_s`` with an empty cache, undrain."""
+        ``drain_timeout_s``), stop, start again after ``restart_down_s`` with an empty cache, undrain; then
+        ``then``, at the time the pod is back."""
         if not p.up:
+            if then is not None:
+                then(t0)
             return
         self._set_state(p, PodState.DRAINING)
         rec: dict[str, float | str] = {"pod": p.id, "t": t0, "event": "restart"}
@@ -924,6 +941,8 @@ class Fleet:
                     p.version += 1
                     self._set_state(p, PodState.ACTIVE)
                     rec["down_s"] = round(t3 - t0, 3)
+                    if then is not None:
+                        then(t3)
 
                 self.q.at(t2 + self.spec.restart_down_s, start)
 

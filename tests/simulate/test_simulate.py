@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -315,3 +316,18 @@ def test_a_range_warmed_once_does_not_clear_a_later_mark_on_it(monkeypatch: pyte
     runs[-1].run()
     assert sum(new_marks) > 100  # the rolling restart and the balancing marked many replicas warming
     assert sum(cleared_at_once) <= 0.02 * sum(new_marks)
+
+
+def test_restarts_run_one_at_a_time_as_the_bench_runs_them() -> None:
+    """The bench restarts its pods one after another (``restart_pod`` is awaited before the next is due), so a
+    long drain delays the next restart. The simulator started each at its planned time, and with the small
+    source's 0.75 s between restarts and 1.5 s down each, two or three pods were out at once."""
+    src = small_source(pods=3)
+    fleet = Fleet(spec(), src)
+    fleet.run()
+    log = [r for r in fleet.restart_log if r.get("event") == "restart"]
+    assert len(log) == 3
+    planned = sorted(ev.t for ev in src.restarts)
+    for k, (a, b) in enumerate(itertools.pairwise(log)):
+        back = float(a["t"]) + float(a["down_s"])
+        assert float(b["t"]) == pytest.approx(max(back, planned[k + 1]))
