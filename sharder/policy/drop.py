@@ -13,8 +13,10 @@ def drop_pods(state: RoundState, previous_pods: tuple[Pod, ...]) -> None:
     still-serving ones stay until a replacement exists), and a draining one stays while every replica of the
     slice is still warming (warm-up on reshard: a replacement with no warm replica beside it fills its cache from
     the draining pod's prompts, and a drain stops the pod once it holds no slice; the leader clears a mark at
-    ``warm_deadline_s`` at the latest). Beside a warm replica, the draining pod does not hold the drain up: the
-    replacement warms from the warm replica's prompts (and from the draining pod's while it still answers).
+    ``warm_deadline_s`` at the latest), or while some replica still warms and the draining pod served load from
+    the slice (``Rec.served``): the warm replicas beside the replacement are warm for the slice, not for the
+    sessions and documents the draining pod alone holds, which the replacement copies from it (leaving donors
+    first) while the draining pod keeps serving them. A draining pod that served nothing there leaves at once.
     Replicas beyond ``max_replicas`` leave too."""
     pods = state.pods
     ok = state.eligible_set
@@ -46,14 +48,18 @@ def drop_pods(state: RoundState, previous_pods: tuple[Pod, ...]) -> None:
             new_leaving.extend(reps[mx:])
             rec.replicas = reps = reps[:mx]
             rec.since = gen
-        # no replica warm yet: every one still warms (a replica that warms beside a warm one needs no donor)
-        warming = rec.orig is not None and bool(reps) and set(reps) <= set(rec.orig.warming)
-        if old_leaving and (not reps or warming):
+        # a draining pod stays while every replica still warms (nothing else is warm), or while some replica warms
+        # and the pod served load here (its cache, which the replacement copies, holds this slice's sessions)
+        marks = rec.orig.warming if rec.orig is not None else ()
+        copying = bool(reps) and bool(marks) and not set(marks).isdisjoint(reps)
+        if old_leaving and (not reps or copying):
+            all_warming = set(reps) <= set(marks)
+            served = rec.served or {}
             for p in old_leaving:
                 pod = pods.get(p)
                 if (
                     pod is not None and _serving(pod, state) and p not in new_leaving
-                    and (not reps or pod.state is PodState.DRAINING)
+                    and (not reps or (pod.state is PodState.DRAINING and (all_warming or served.get(p, 0.0) > 0.0)))
                 ):  # fmt: skip
                     new_leaving.append(p)
         rec.leaving = tuple(new_leaving)

@@ -12,7 +12,7 @@ from sharder.assigner.pod_loads import PodLoadView
 from sharder.assignment import Assignment, initial_assignment
 from sharder.config import TargetConfig
 from sharder.keyspace import Slice
-from sharder.load import LoadReport
+from sharder.load import LoadReport, SliceLoad
 from sharder.pods import Pod, PodState
 from sharder.policy.round import reshard
 from sharder.store.base import LeaderInfo
@@ -92,16 +92,44 @@ def _renewed(a: Assignment) -> Assignment:
     return dataclasses.replace(a, slices=tuple(out))
 
 
-def test_a_draining_pod_leaves_at_once_where_another_replica_is_warm() -> None:
-    """Failure mode (agentic's restart phase): every drain waited for its replacements to warm although each slice
-    kept a warm replica, so the bench's rolling restart ran on three pods of four for most of the phase, and the
-    long sessions crowded into their KV caches evicted each other."""
+def test_a_draining_pod_leaves_at_once_where_another_replica_is_warm_and_it_served_nothing() -> None:
+    """Failure mode (agentic's restart phase, stop 5): every drain waited for its replacements to warm although each
+    slice kept a warm replica, so the bench's rolling restart ran on three pods of four for most of the phase, and
+    the long sessions crowded into their KV caches evicted each other. A slice the draining pod served nothing
+    from has nothing of its to copy."""
     leader, live, marked = _setup(deadline_s=60.0)
     assert _marks(marked) and any("p0" in sa.leaving for sa in marked.slices)  # make-before-break: one generation
     assert all(set(sa.replicas) - set(sa.warming) for sa in marked.slices)  # each beside a warm replica
     new = leader.policy_round("t")(marked, live)  # the next round, no replacement reported warm yet
     assert new is not None and _marks(new) == _marks(marked)
     assert not new.slices_of("p0", include_leaving=True)
+
+
+def test_a_draining_pod_that_served_a_slice_stays_while_its_replacement_warms_beside_a_warm_replica() -> None:
+    """Failure mode (the simulator's docs restart phase, stop 10): the warm replicas beside a replacement are warm
+    for the slice but do not hold the documents and sessions the draining pod alone served; the draining pod left
+    in the next round, stopped before its replacement had copied them, and each restart lost 3-6 of its documents
+    (no pod held them when next asked for). It stays on the slices it served from until the replacement reports
+    warm (or the deadline), and leaves the others at once."""
+    leader, live, marked = _setup(deadline_s=60.0)
+    held = [sa for sa in marked.slices if "p0" in sa.leaving and sa.warming]
+    assert len(held) >= 2
+    served, idle = held[0], held[1]
+    report = LoadReport("p0", "t", slices=(SliceLoad(served.slice, 5.0, requests=3),))
+    leader.view.update(live["p0"], report, ttl_s=60.0)
+    new = leader.policy_round("t")(marked, live)
+    assert new is not None
+    assert "p0" in new.lookup(served.slice.lo).leaving  # still serving its sessions, and their donor
+    assert "p0" not in new.lookup(idle.slice.lo).leaving
+    (warming,) = new.lookup(served.slice.lo).warming
+    leader.view.update(live[warming], LoadReport(warming, "t", warm=(served.slice,)), ttl_s=60.0)
+    cur = new
+    for _ in range(2):  # the round that clears the mark, and the next one, which sees the replica warm
+        nxt = leader.policy_round("t")(cur, live)
+        assert nxt is not None
+        cur = dataclasses.replace(nxt, generation=cur.generation + 1)
+    over = [sa for sa in cur.slices if sa.slice.lo < served.slice.hi and served.slice.lo < sa.slice.hi]
+    assert over and all(not sa.warming and "p0" not in sa.leaving for sa in over)
 
 
 def test_a_drain_waits_for_warm_up_at_most_the_deadline_even_when_marks_are_renewed() -> None:
