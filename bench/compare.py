@@ -543,6 +543,12 @@ class RouterRun:
                 per_phase.get(PHASE_RESTART, {}).get("ttft_p99_ms"), per_phase.get(PHASE_STEADY, {}).get("ttft_p99_ms")
             ),
             "restarts": self.restart_log,
+            # every request as the client saw it, in send order: [index, phase sent in, sent_s, ttft_ms, pod,
+            # prompt tokens, cached tokens, error] (to find where a tail comes from: which pod, when, what it hit)
+            "request_log": [
+                [r.index, r.phase, round(r.sent_s, 3), ms(r.ttft_s), r.pod, r.prompt_tokens, r.cached_tokens, r.error]
+                for r in sorted(results, key=lambda r: r.sent_s)
+            ],
             # the per-phase figures, flat
             "phase_figures": {
                 "steady_hit": per_phase.get(PHASE_STEADY, {}).get("hit_rate"),
