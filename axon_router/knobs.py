@@ -136,9 +136,15 @@ class Knobs:
     (``CacheSummary.block_tokens``): converts the pod's reported KV blocks to tokens."""
     sticky_outside: bool = True
     """Stickiness reaches past the subset: a session whose cache is held only by a pod outside its subset (its
-    slice moved away, or it spilled) stays on that pod by the same rule, unless the pod is draining. A move
-    then sends new sessions to the new replica and lets running ones finish where their cache is, instead of
-    making every one of them pay its whole prefill again (false: stickiness only inside the subset)."""
+    slice moved away, or it spilled) stays on that pod by the same rule (a draining pod: for ``drain_keep_s``).
+    A move then sends new sessions to the new replica and lets running ones finish where their cache is,
+    instead of making every one of them pay its whole prefill again (false: stickiness only inside the
+    subset)."""
+    drain_keep_s: float = 5.0
+    """For how long after a router sees a pod draining the held tier still sends it the sessions whose cache it
+    holds (HAProxy's ``drain``: sticky sessions only, no new ones), while the assigner's warm-up copies them to
+    their new replicas (``warm_deadline_s``, 5 s by default); then they go there, and the pod empties so the
+    drain ends. 0: a draining pod takes no request (the drain moves every session at once)."""
 
     # --- admission, spill-over, shedding ---------------------------------------------------------
     admit_max_outstanding: int = 64

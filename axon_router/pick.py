@@ -112,8 +112,9 @@ class CostPick:
       2. then the pods under the load cap (``load_cap`` x the subset's mean outstanding requests, the new one
          included) by cost: a new session never goes to a pod at or above the cap while another can take it;
       3. then the pods at or above the cap, by cost.
-    Held tier, first (``sticky_outside``): when no subset pod holds the session's cache but an admissible,
-    non-draining outside pod does (its slice moved away since the session began), that pod alone, if its cost
+    Held tier, first (``sticky_outside``): when no subset pod holds the session's cache but an admissible outside
+    pod does (its slice moved away since the session began; a draining pod for ``drain_keep_s``), that pod alone,
+    if its cost
     is at most the best subset cost plus the prefill it saves (the sticky rule), and unless it is crowded while
     the session fits on the subset's first pod.
     Overflow tier, before the subset (``fleet_cap``): a new session whose subset pods are all above the fleet-wide
@@ -144,7 +145,7 @@ class CostPick:
         if ok_sub:
             ranked, rule = self._rank_subset(request, ok_sub, [s.outstanding for s in sub])
             if self.k.sticky and self.k.sticky_outside and ok_out:
-                held = self._held(request, ranked, ok_out, rule == RULE_STICKY)
+                held = self._held(request, ranked, ok_out, rule == RULE_STICKY, now)
                 if held is not None:
                     tiers.append(Tier(HELD, (held,)))
                     rule = RULE_HELD
@@ -164,26 +165,37 @@ class CostPick:
             tiers.append(Tier(name, tuple(rank_by_cost(ok_out, request.slice_key, self.k.tie_epsilon_s))))
         return Ranking(tuple(tiers), rule)
 
-    def _held(self, req: PickInput, ranked: list[Scored], ok_out: list[Scored], sticky: bool) -> Scored | None:
+    def _held(
+        self, req: PickInput, ranked: list[Scored], ok_out: list[Scored], sticky: bool, now: float
+    ) -> Scored | None:
         """The outside pod holding the session's cache (or a shared prefix worth more than ``cap_escape_s`` of
         prefill, a long document whose slice moved away) beyond what the subset's first pod holds, when sending
         the request there costs less than the prefill it saves; None otherwise. ``sticky``: the subset's first
         pod holds the session too (a warm-up copied it there after a move); the pod outside that served the
-        session keeps it while it holds as much and is not slower by more than ``sticky_slack_s``."""
+        session keeps it while it holds as much and is not slower by more than ``sticky_slack_s``. A draining
+        pod qualifies for ``drain_keep_s`` after the router saw it draining, as HAProxy's ``drain`` state does
+        (sticky sessions only, no new ones): it keeps the sessions whose cache it holds while the warm-up copies
+        them to their new replicas, instead of each one prefilling its whole history again on a replica the
+        moment the drain begins."""
         need = max(1, req.session_chunks)
         first = ranked[0]
+        keep_s = self.k.drain_keep_s
+
+        def kept(s: Scored) -> bool:
+            return s.pod.drain_kept(now, keep_s)
+
         if sticky:
             key = req.slice_key
             last = first.pod.served_at(key)
             holders = [
                 s for s in ok_out
-                if not s.pod.draining and s.hit_chunks >= first.hit_chunks and s.pod.served_at(key) > last
+                if kept(s) and s.hit_chunks >= first.hit_chunks and s.pod.served_at(key) > last
             ]  # fmt: skip
         else:
             # the session's own cache, or (like the cap's escape) a shared prefix saving more than cap_escape_s
             holders = [
                 s for s in ok_out
-                if not s.pod.draining and s.hit_chunks > first.hit_chunks
+                if kept(s) and s.hit_chunks > first.hit_chunks
                 and (s.hit_chunks >= need or self._escapes(s, first))
             ]  # fmt: skip
         if not holders:

@@ -57,6 +57,7 @@ class PodView:
         "cache_at",
         "cache_chunk_bytes",
         "draining",
+        "draining_since",
         "health",
         "healthy",
         "http_address",
@@ -97,6 +98,7 @@ class PodView:
         self.address = address
         self.labels: dict[str, str] = dict(labels or {})
         self.draining = False
+        self.draining_since: float | None = None  # monotonic time this router first saw it draining
         self.healthy = True  # optimistic until the first check says otherwise
         self.health = HealthTracker()
         self.breaker = Breaker()
@@ -140,6 +142,21 @@ class PodView:
         self._resident_window_s = resident_window_s
 
     # ---------------------------------------------------------------- own in-flight accounting
+    def set_draining(self, draining: bool, now: float) -> None:
+        """The pod's state in the latest generation: draining since ``now`` if it was not already."""
+        if draining and not self.draining:
+            self.draining_since = now
+        elif not draining:
+            self.draining_since = None
+        self.draining = draining
+
+    def drain_kept(self, now: float, keep_s: float) -> bool:
+        """Not draining, or draining for at most ``keep_s`` (``Knobs.drain_keep_s``): it may keep its sessions."""
+        if not self.draining:
+            return True
+        since = self.draining_since
+        return since is not None and now - since <= keep_s
+
     def begin(self, tokens: int, prefill: int = 0, hashes: Sequence[int] = (), now: float = 0.0) -> Ticket:
         """Account one request dispatched at ``now``, of about ``tokens`` tokens (prompt + max new), of which about
         ``prefill`` prompt tokens are not cached on the pod (prefill work until its first token), and remember

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -120,8 +121,8 @@ def not_outside(sa: Any, subset: Iterable[str]) -> frozenset[str]:
     """The pods a request's outside tiers (held, overflow, spill, fallback) never list: its slice's replicas,
     warming ones included, and the subset it was given. A pod leaving the slice (a move this generation) is
     outside: it still holds the caches of the sessions it served, and the held tier keeps those there while
-    make-before-break sends only new sessions to the new replicas (a drain's pod is leaving too, but draining:
-    the held tier never picks it)."""
+    make-before-break sends only new sessions to the new replicas (a drain's pod is leaving too, and the held
+    tier keeps its sessions there for ``drain_keep_s``)."""
     return frozenset(sa.replicas).union(subset)
 
 
@@ -164,7 +165,7 @@ class TargetTable:
             if a is None:
                 continue
             changed = True
-            self._sync_pods(a.pods)
+            self._sync_pods(a.pods, time.monotonic())
             self.targets[t] = TargetState(t, a, self.pods)
             m.generation.labels(t).set(a.generation)
         if not changed:
@@ -182,7 +183,7 @@ class TargetTable:
             self.on_gone_pod(pid)
         return True
 
-    def _sync_pods(self, pods: Iterable[Any]) -> None:
+    def _sync_pods(self, pods: Iterable[Any], now: float) -> None:
         for p in pods:
             v = self.pods.get(p.id)
             if v is None:
@@ -199,7 +200,7 @@ class TargetTable:
                 v.address = p.address
                 if p.http_address and p.http_address.rstrip("/") != v.http_address:
                     v.http_address = p.http_address.rstrip("/")
-            v.draining = p.state.value == "draining"
+            v.set_draining(p.state.value == "draining", now)
 
     def models(self) -> list[str]:
         return sorted({m for ts in self.targets.values() for m in ts.listed})

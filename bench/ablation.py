@@ -53,6 +53,11 @@ ABLATIONS: dict[str, Ablation] = {
             "pods ranked by estimated TTFT alone (not the prefill a request adds)",
             {"miss_weight": "0"},
         ),
+        Ablation(
+            "no_drain_keep",
+            "a draining pod takes no request: its sessions move the moment the drain begins",
+            {"drain_keep_s": "0"},
+        ),
     )
 }
 

@@ -840,9 +840,12 @@ class Fleet:
         self._warm_pump(p, t)
 
     def _publish(self, a: Assignment, t: float) -> None:
+        draining = {p.id for p in a.pods if p.state is PodState.DRAINING}
         for r in self.routers:
             if r.assignment is None or r.assignment.generation < a.generation:
                 r.assignment = a
+                for pid, v in r.views.items():  # as the router's TargetTable, from the generation's pod list
+                    v.set_draining(pid in draining, t)
 
     # -- failures ---------------------------------------------------------------------------------------------
 

@@ -248,28 +248,41 @@ def test_the_caps_escape_reaches_past_the_balance_rule_by_at_most_cap_escape_req
 
 def test_a_session_whose_slice_moved_stays_on_the_pod_holding_its_cache() -> None:
     """Failure mode: a balancing move sent every running session of the slice to the new replica, each paying
-    its whole prefill again, although the old pod (now outside the subset) still held its cache."""
+    its whole prefill again, although the old pod (now outside the subset) still held its cache. The same held
+    for a drain until stop 10: the moment it began, every session of the draining pod went to a replica that
+    never held it (chat_tenant's restart-phase p99 TTFT: 1.5x the steady phase's, from those prefills)."""
     text = DOC[:4000]
     req = request(11, text, session_chunks=len(prefix_hashes(text)) - 2)
-    for sticky_outside, draining, ahead, want in (
-        (True, False, 0, "old"),  # held: the cache is worth more than the idle new replica
-        (False, False, 0, "new"),  # off: stickiness ends at the subset
-        (True, True, 0, "new"),  # a draining pod takes no new request, held or not
-        (True, False, 6000, "new"),  # the old pod's queue costs more than the prefill it saves
+    keep = K.drain_keep_s
+    for sticky_outside, draining_since, ahead, want in (
+        (True, None, 0, "old"),  # held: the cache is worth more than the idle new replica
+        (False, None, 0, "new"),  # off: stickiness ends at the subset
+        (True, -keep, 0, "old"),  # a draining pod keeps its sessions for drain_keep_s (HAProxy's drain)
+        (True, -keep - 0.1, 0, "new"),  # and then lets them go, so it empties and the drain ends
+        (True, None, 6000, "new"),  # the old pod's queue costs more than the prefill it saves
     ):
         vs = views("new", "old")
         vs["old"].remember(req.prefix_hashes, 0.0)
-        vs["old"].draining = draining
+        if draining_since is not None:
+            vs["old"].set_draining(True, draining_since)
         vs["old"].begin(ahead + 64, prefill=ahead)
         pick = CostPick(dataclasses.replace(K, sticky_outside=sticky_outside))
         r = pick.choose_replicas(req, Candidates(["new"], ["old"]), vs, 0.0)
         first = r.first()
-        assert first is not None and first[1].pod.id == want, (sticky_outside, draining, ahead, r.ids(), r.rule)
+        assert first is not None and first[1].pod.id == want, (sticky_outside, draining_since, ahead, r.ids(), r.rule)
         if want == "old":
             assert first[0] == HELD and r.rule == "held"
             assert [t.name for t in r.tiers] == [HELD, SUBSET, SPILL]  # the subset stays next
         else:
             assert first[0] == SUBSET
+    # a draining pod takes no new session: one it holds nothing of goes to the subset
+    other = request(12, DOC[4000:8000], session_chunks=8)
+    vs = views("new", "old")
+    vs["old"].remember(req.prefix_hashes, 0.0)
+    vs["old"].set_draining(True, 0.0)
+    r = CostPick(K).choose_replicas(other, Candidates(["new"], ["old"]), vs, 0.0)
+    first = r.first()
+    assert first is not None and first[0] == SUBSET and first[1].pod.id == "new"
 
 
 def test_a_session_stays_on_the_pod_its_slice_is_leaving_this_generation() -> None:

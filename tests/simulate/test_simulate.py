@@ -331,3 +331,25 @@ def test_restarts_run_one_at_a_time_as_the_bench_runs_them() -> None:
     for k, (a, b) in enumerate(itertools.pairwise(log)):
         back = float(a["t"]) + float(a["down_s"])
         assert float(b["t"]) == pytest.approx(max(back, planned[k + 1]))
+
+
+def test_the_routers_see_a_draining_pod_as_draining(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the router's ``TargetTable`` does from each generation's pod list, a simulated router marks the views of
+    draining pods draining (the pick treats them apart). The simulator never did, so its pick kept sessions on
+    a draining pod where the router's did not, and the sim's restart phase looked better than the bench's."""
+    import brunoise.simulate.fleet as fleet_mod
+
+    seen: list[tuple[set[str], set[str]]] = []
+    publish = fleet_mod.Fleet._publish
+
+    def watching(self: Any, a: Any, t: float) -> None:
+        publish(self, a, t)
+        for r in self.routers:
+            if r.assignment is a:
+                want = {p.id for p in a.pods if p.state.value == "draining"}
+                seen.append((want, {i for i, v in r.views.items() if v.draining}))
+
+    monkeypatch.setattr(fleet_mod.Fleet, "_publish", watching)
+    Fleet(spec(), small_source(pods=3)).run()
+    assert any(want for want, _ in seen)  # the rolling restart drained pods
+    assert all(want == got for want, got in seen)
