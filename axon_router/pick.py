@@ -114,9 +114,8 @@ class CostPick:
       3. then the pods at or above the cap, by cost.
     Held tier, first (``sticky_outside``): when no subset pod holds the session's cache but an admissible outside
     pod does (its slice moved away since the session began; a draining pod for ``drain_keep_s``), that pod alone,
-    if its cost
-    is at most the best subset cost plus the prefill it saves (the sticky rule), and unless it is crowded while
-    the session fits on the subset's first pod.
+    if its cost is at most the best subset cost plus the prefill it saves (the sticky rule), and unless it is
+    crowded while the session fits on the subset's first pod.
     Overflow tier, before the subset (``fleet_cap``): a new session whose subset pods are all above the fleet-wide
     bounded-load cap (every candidate's outstanding requests, +1 of slack) goes to the outside pods under it.
     Spill tier (some subset pod is usable but none admissible) or fallback tier (none usable): the admissible

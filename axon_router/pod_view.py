@@ -141,7 +141,7 @@ class PodView:
         self._refs: dict[int, int] = {}
         self._resident_window_s = resident_window_s
 
-    # ---------------------------------------------------------------- own in-flight accounting
+    # ---------------------------------------------------------------- state in the assignment
     def set_draining(self, draining: bool, now: float) -> None:
         """The pod's state in the latest generation: draining since ``now`` if it was not already."""
         if draining and not self.draining:
@@ -157,6 +157,7 @@ class PodView:
         since = self.draining_since
         return since is not None and now - since <= keep_s
 
+    # ---------------------------------------------------------------- own in-flight accounting
     def begin(self, tokens: int, prefill: int = 0, hashes: Sequence[int] = (), now: float = 0.0) -> Ticket:
         """Account one request dispatched at ``now``, of about ``tokens`` tokens (prompt + max new), of which about
         ``prefill`` prompt tokens are not cached on the pod (prefill work until its first token), and remember
