@@ -71,6 +71,10 @@ class Slice:
     def __contains__(self, key: object) -> bool:
         return isinstance(key, int) and self.lo <= key < self.hi
 
+    def covers(self, other: Slice) -> bool:
+        """True when ``other`` lies inside this slice."""
+        return self.lo <= other.lo and other.hi <= self.hi
+
     @property
     def width(self) -> int:
         """Number of SliceKeys in the slice (``hi - lo``)."""

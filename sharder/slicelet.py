@@ -19,6 +19,7 @@ from sharder.assigner.status import LEADER_METADATA_KEY
 from sharder.keyspace import Slice
 from sharder.load import EngineLoad, LoadReport, RequestOutcomes, SliceLoad
 from sharder.pods import Pod, PodState
+from sharder.policy.warm import still_reported
 from sharder.security.client import ClientAuth
 from sharder.sketch import Ewma, SpaceSaving
 
@@ -301,13 +302,9 @@ class Slicelet:
         self._registered.set()
 
     def _on_warming(self, tasks: dict[Slice, list[str]]) -> None:
-        def covered(s: Slice, by: Slice) -> bool:
-            return by.lo <= s.lo and s.hi <= by.hi
-
-        # a warmed range is reported while some mark inside it remains (a split slice's halves included)
-        self._warm_done = {d for d in self._warm_done if any(covered(s, d) for s in tasks)}
+        self._warm_done = set(still_reported(self._warm_done, tasks.keys()))
         self.warming = tasks
-        todo = {s: d for s, d in tasks.items() if not any(covered(s, w) for w in self._warm_done)}
+        todo = {s: d for s, d in tasks.items() if not any(w.covers(s) for w in self._warm_done)}
         if self.on_warming is not None:
             try:
                 self.on_warming(todo)

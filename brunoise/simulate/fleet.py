@@ -46,7 +46,7 @@ from sharder.keyspace import Slice
 from sharder.load import LoadReport, SliceLoad
 from sharder.pods import Pod, PodState
 from sharder.policy import reshard
-from sharder.policy.warm import clear_warming, warming_of
+from sharder.policy.warm import clear_warming, still_reported, warming_of
 from sharder.prefix import CHUNK_BYTES, TEXT_BYTES_PER_TOKEN
 from sharder.sketch import Ewma, SpaceSaving
 
@@ -756,9 +756,13 @@ class Fleet:
             for p in sa.warming:
                 marked.setdefault(p, []).append(sa.slice)
         for pid, done in self.warm_done.items():
-            mine = marked.get(pid, ())
-            done[:] = [d for d in done if any(d.lo <= s.lo and s.hi <= d.hi for s in mine)]
+            done[:] = still_reported(done, marked.get(pid, ()))
         return out
+
+    def _report_warm(self, p: SimPod, s: Slice) -> None:
+        """``p`` finished warming ``s`` (its slicelet's ``mark_warm``): reported warm until the mark is cleared."""
+        self.warm_done.setdefault(p.id, []).append(s)
+        self.warm_reports += 1
 
     def _start_warm(self, a: Assignment, t: float) -> None:
         """Each new mark's pod asks its donors (leaving pods first) for their hottest prompts in the slice and
@@ -786,8 +790,7 @@ class Fleet:
                             budget_n -= 1
                             budget_t -= tokens
                 if not picked:
-                    self.warm_done.setdefault(p.id, []).append(sa.slice)
-                    self.warm_reports += 1
+                    self._report_warm(p, sa.slice)
                     continue
                 # ever longer prefixes of WARM_PIECE_BYTES more each, one after another, at WARM_PRIORITY
                 step = WARM_PIECE_BYTES // TEXT_BYTES_PER_TOKEN
@@ -811,8 +814,7 @@ class Fleet:
             load = e.load(t)
             if not pieces or t >= deadline or load.kv_usage > WARM_MAX_KV_USAGE:
                 del p.warm_queue[lo]
-                self.warm_done.setdefault(p.id, []).append(s)
-                self.warm_reports += 1
+                self._report_warm(p, s)
                 continue
             if load.waiting > 0:
                 if not p.warm_poll:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from sharder.assignment import Assignment, SliceAssignment
 from sharder.keyspace import Slice
@@ -67,15 +67,20 @@ def clear_warming(
             continue
         s = sa.slice
         keep = tuple(
-            p
-            for p in sa.warming
-            if (s.lo, p) not in expired and not any(w.lo <= s.lo and s.hi <= w.hi for w in warm.get(p, ()))
+            p for p in sa.warming if (s.lo, p) not in expired and not any(w.covers(s) for w in warm.get(p, ()))
         )
         if keep != sa.warming:
             changed = True
             sa = dataclasses.replace(sa, warming=keep)
         out.append(sa)
     return dataclasses.replace(assignment, slices=tuple(out)) if changed else assignment
+
+
+def still_reported(done: Iterable[Slice], marks: Collection[Slice]) -> list[Slice]:
+    """Of the ranges a pod finished warming, those it still reports warm: each while a mark of its own inside it
+    remains (a split slice's halves included), so a range warmed once does not clear a later mark on it (the
+    slicelet's ``_on_warming``, and the fleet simulator's pods)."""
+    return [d for d in done if any(d.covers(s) for s in marks)]
 
 
 def warming_of(assignment: Assignment, pod_id: str) -> list[tuple[SliceAssignment, tuple[str, ...]]]:
@@ -89,4 +94,4 @@ def warming_of(assignment: Assignment, pod_id: str) -> list[tuple[SliceAssignmen
     return out
 
 
-__all__ = ["clear_warming", "mark_warming", "warming_of"]
+__all__ = ["clear_warming", "mark_warming", "still_reported", "warming_of"]
