@@ -9,6 +9,7 @@ from bench.compare import pods_per_session
 from bench.workload import (
     PHASE_RESTART,
     PHASE_STEADY,
+    Session,
     Workload,
     WorkloadConfig,
     generate,
@@ -21,9 +22,12 @@ CFG = WorkloadConfig(seed=3, warmup_s=1.0, steady_s=4.0, hot_s=2.0, restart_s=3.
 
 
 def _workload() -> Workload:
-    wl = generate(CFG)
-    assert any(len(s.requests) >= 3 and s.requests[-1].phase == PHASE_STEADY for s in wl.sessions)
-    return wl
+    return generate(CFG)
+
+
+def _steady_session(wl: Workload) -> Session:
+    """A session of three turns or more whose last turn is planned in the steady phase."""
+    return next(s for s in wl.sessions if len(s.requests) >= 3 and s.requests[-1].phase == PHASE_STEADY)
 
 
 def _on_schedule(wl: Workload) -> list[Result]:
@@ -37,7 +41,7 @@ def _on_schedule(wl: Workload) -> list[Result]:
 
 def test_a_turn_sent_late_into_the_restart_phase_counts_there_in_the_oracle() -> None:
     wl = _workload()
-    late = next(s for s in wl.sessions if len(s.requests) >= 3 and s.requests[-1].phase == PHASE_STEADY).requests[-1]
+    late = _steady_session(wl).requests[-1]
     sent = [(r.sent_s, r.index, r.phase) for r in _on_schedule(wl)]
     planned = sent_oracle(wl, sent)
     assert planned == workload_oracle(wl)  # on schedule: the planned oracle
@@ -56,7 +60,7 @@ def test_pods_per_session_leaves_out_a_hop_sent_while_pods_restart_though_planne
     """A closed-loop session behind its schedule sends a turn planned in the steady phase while the pods restart,
     and its pod is restarting, so it lands on another pod: that hop is the restart's, not the router's."""
     wl = _workload()
-    sess = next(s for s in wl.sessions if len(s.requests) >= 3 and s.requests[-1].phase == PHASE_STEADY)
+    sess = _steady_session(wl)
     last = sess.requests[-1]
     results = _on_schedule(wl)
     i = next(k for k, r in enumerate(results) if r.index == last.index)
