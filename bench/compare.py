@@ -24,7 +24,7 @@ import aiohttp
 
 from bench import ablation, peers, presets, report
 from bench.client import Result, send
-from bench.metrics import Counters, InflightSample, inflight_stats, moves_per_round, ms, pct
+from bench.metrics import Counters, InflightSample, inflight_stats, moves_per_round, ms, pct, sticky_inflight_best
 from bench.pods import MODEL, AssignerAdmin, Pod, PodSizing, child_env, entry_point
 from bench.workload import (
     PHASE_HOT,
@@ -488,6 +488,11 @@ class RouterRun:
             if PHASE_HOT in per_phase:
                 per_phase[PHASE_HOT]["inflight_settled"] = hot_inflight
         run_inflight = inflight_stats(self.inflight, 0.0, wall + 1.0)
+        # each session's requests in flight, send to end, as the client saw them: what a sticky placement packs
+        busy: dict[str, list[tuple[float, float]]] = {}
+        for r in ok:
+            if r.e2e_s is not None:
+                busy.setdefault(self.wl.requests[r.index].session_id, []).append((r.sent_s, r.sent_s + r.e2e_s))
         q_client = sum(r.prompt_tokens for r in ok)
         steady = per_phase.get(PHASE_STEADY, {}).get("hit_rate") or 0.0
         restart = per_phase.get(PHASE_RESTART, {}).get("hit_rate")
@@ -544,9 +549,20 @@ class RouterRun:
             ),
             "restarts": self.restart_log,
             # every request as the client saw it, in send order: [index, phase sent in, sent_s, ttft_ms, pod,
-            # prompt tokens, cached tokens, error] (to find where a tail comes from: which pod, when, what it hit)
+            # prompt tokens, cached tokens, error, e2e_ms] (to find where a tail comes from: which pod, when, what
+            # it hit)
             "request_log": [
-                [r.index, r.phase, round(r.sent_s, 3), ms(r.ttft_s), r.pod, r.prompt_tokens, r.cached_tokens, r.error]
+                [
+                    r.index,
+                    r.phase,
+                    round(r.sent_s, 3),
+                    ms(r.ttft_s),
+                    r.pod,
+                    r.prompt_tokens,
+                    r.cached_tokens,
+                    r.error,
+                    ms(r.e2e_s),
+                ]
                 for r in sorted(results, key=lambda r: r.sent_s)
             ],
             # the per-phase figures, flat
@@ -556,6 +572,17 @@ class RouterRun:
                 "restart_hit": restart,
                 "restart_vs_steady": restart_rel,
                 "hot_inflight_max_over_mean": hot_inflight["max_over_mean"] if hot_inflight else None,
+                # the best a router keeping sessions on one pod could do there, with hindsight (bench.metrics)
+                "hot_inflight_sticky_best": (
+                    sticky_inflight_best(
+                        busy.values(),
+                        len(self.pods),
+                        spans[PHASE_HOT][0] + self.cfg.hot_settle_rounds * self.cfg.round_interval_s,
+                        spans[PHASE_HOT][1],
+                    )
+                    if PHASE_HOT in spans
+                    else None
+                ),
                 "hot_inflight_from_s": (
                     spans[PHASE_HOT][0] + self.cfg.hot_settle_rounds * self.cfg.round_interval_s
                     if PHASE_HOT in spans

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sharder.promtext import sum_by_name
@@ -107,6 +107,23 @@ def inflight_stats(samples: Sequence[InflightSample], start: float, end: float) 
         "per_pod_mean": [round(m, 3) for m in means],
         "max_over_mean": (max(means) / mean) if mean > 0 else None,
     }
+
+
+def sticky_inflight_best(
+    sessions: Iterable[Sequence[tuple[float, float]]], pods: int, start: float, end: float
+) -> float | None:
+    """The in-flight max/mean over [start, end) that a router keeping each session on one pod could reach, with
+    hindsight: each session's in-flight time in the window (its requests' send-to-end intervals, clipped to it)
+    packed onto ``pods`` pods longest first (greedy LPT, whose busiest pod is within 4/3 of the best placement's).
+    It takes the requests' durations as they were and ignores that sessions must move when a pod restarts; None
+    without load. A few long sessions on a few pods put it well above 1: no sticky router can do better."""
+    weights = [w for spans in sessions if (w := sum(max(0.0, min(b, end) - max(a, start)) for a, b in spans)) > 0]
+    if not weights or pods < 1:
+        return None
+    loads = [0.0] * pods
+    for w in sorted(weights, reverse=True):
+        loads[loads.index(min(loads))] += w
+    return max(loads) / (sum(loads) / pods)
 
 
 def moves_per_round(history: Sequence[Mapping[str, Any]], lo_ms: float, hi_ms: float, interval_s: float) -> float:

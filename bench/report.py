@@ -205,11 +205,11 @@ def verdict(g: Mapping[str, Any]) -> list[Check]:
     hot = get(b, "phase_figures.hot_inflight_max_over_mean")
     if hot is not None:
         hot_ok = float(hot) <= INFLIGHT_MAX_OVER_MEAN
-        inflight = Check(
-            inflight.name,
-            inflight.ok if hot_ok else False,
-            f"{inflight.detail}, hot phase after 3 rounds {float(hot):.2f}",
-        )
+        detail = f"{inflight.detail}, hot phase after 3 rounds {float(hot):.2f}"
+        best = get(b, "phase_figures.hot_inflight_sticky_best")
+        if best is not None:
+            detail += f" (a sticky placement's best there: {float(best):.2f})"
+        inflight = Check(inflight.name, inflight.ok if hot_ok else False, detail)
     checks.append(inflight)
     checks.append(_at_most(f"pods/session <= {PODS_PER_SESSION}", b.get("pods_per_session"), PODS_PER_SESSION))
     checks.append(

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from bench import report
-from bench.metrics import inflight_stats, moves_per_round
+from bench.metrics import inflight_stats, moves_per_round, sticky_inflight_best
 
 
 def row(router: str, **kw: Any) -> dict[str, Any]:
@@ -52,6 +52,11 @@ def test_all_bars_met_is_pass() -> None:
     assert report.overall(cs) == "PASS"
     # the TTFT bar is the best cache-aware peer (sglang 92), not consistent hashing's 80
     assert "92 ms" in cs[1].detail and "sglang_cache_aware" in cs[1].detail
+    # the in-flight line names the hot phase's figure and, where measured, a sticky placement's best there
+    assert "hot phase after 3 rounds 1.12" in cs[2].detail
+    g = copy.deepcopy(PASSING)
+    g["routers"][0]["phase_figures"]["hot_inflight_sticky_best"] = 1.31
+    assert "sticky placement's best there: 1.31" in report.verdict(g)[2].detail
 
 
 @pytest.mark.parametrize(
@@ -141,3 +146,17 @@ def test_moves_per_round_counts_rounds_by_time() -> None:
     # [1000, 3000) holds 3 moves over 2 s = 4 rounds of 0.5 s
     assert moves_per_round(history, 1000, 3000, 0.5) == pytest.approx(0.75)
     assert moves_per_round(history, 5000, 6000, 0.5) == 0.0
+
+
+def test_sticky_inflight_best_packs_sessions_longest_first() -> None:
+    # sessions with 4, 3 and 3.5 s in flight inside [0, 10) (the last one's second request is clipped to 0.5 s)
+    # on 2 pods: {4} and {3.5, 3}, the best placement
+    sessions = [[(0.0, 2.0), (5.0, 7.0)], [(1.0, 4.0)], [(6.0, 9.0), (9.5, 12.0)]]
+    got = sticky_inflight_best(sessions, 2, 0.0, 10.0)
+    assert got == pytest.approx(6.5 / ((4.0 + 3.0 + 3.5) / 2))
+    # one session alone: all of it on one pod of four, whatever the placement
+    assert sticky_inflight_best([[(0.0, 1.0)]], 4, 0.0, 10.0) == pytest.approx(4.0)
+    # many equal sessions spread evenly
+    assert sticky_inflight_best([[(0.0, 1.0)]] * 8, 4, 0.0, 10.0) == pytest.approx(1.0)
+    # nothing in the window
+    assert sticky_inflight_best([[(20.0, 21.0)]], 4, 0.0, 10.0) is None
