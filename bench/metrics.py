@@ -116,7 +116,8 @@ def sticky_inflight_best(
     hindsight: each session's in-flight time in the window (its requests' send-to-end intervals, clipped to it)
     packed onto ``pods`` pods longest first (greedy LPT, whose busiest pod is within 4/3 of the best placement's).
     It takes the requests' durations as they were and ignores that sessions must move when a pod restarts; None
-    without load. A few long sessions on a few pods put it well above 1: no sticky router can do better."""
+    without load. Near 1, the imbalance a router shows is its own placement's; a few long sessions on a few pods
+    put it well above 1, and the best placement is then at least 3/4 of it."""
     weights = [w for spans in sessions if (w := sum(max(0.0, min(b, end) - max(a, start)) for a, b in spans)) > 0]
     if not weights or pods < 1:
         return None
