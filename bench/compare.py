@@ -481,18 +481,21 @@ class RouterRun:
                     history, self.start_unix_ms + 1000 * lo, self.start_unix_ms + 1000 * hi, self.cfg.round_interval_s
                 )
         hot_inflight: dict[str, object] | None = None
+        settled: float | None = None
+        hot_best: float | None = None
         if PHASE_HOT in spans:
             lo, hi = spans[PHASE_HOT]
             settled = lo + self.cfg.hot_settle_rounds * self.cfg.round_interval_s
             hot_inflight = inflight_stats(self.inflight, settled, hi)
             if PHASE_HOT in per_phase:
                 per_phase[PHASE_HOT]["inflight_settled"] = hot_inflight
+            # each session's requests in flight, send to end, as the client saw them: what a sticky placement packs
+            busy: dict[str, list[tuple[float, float]]] = {}
+            for r in ok:
+                if r.e2e_s is not None:
+                    busy.setdefault(self.wl.requests[r.index].session_id, []).append((r.sent_s, r.sent_s + r.e2e_s))
+            hot_best = sticky_inflight_best(busy.values(), len(self.pods), settled, hi)
         run_inflight = inflight_stats(self.inflight, 0.0, wall + 1.0)
-        # each session's requests in flight, send to end, as the client saw them: what a sticky placement packs
-        busy: dict[str, list[tuple[float, float]]] = {}
-        for r in ok:
-            if r.e2e_s is not None:
-                busy.setdefault(self.wl.requests[r.index].session_id, []).append((r.sent_s, r.sent_s + r.e2e_s))
         q_client = sum(r.prompt_tokens for r in ok)
         steady = per_phase.get(PHASE_STEADY, {}).get("hit_rate") or 0.0
         restart = per_phase.get(PHASE_RESTART, {}).get("hit_rate")
@@ -573,21 +576,8 @@ class RouterRun:
                 "restart_vs_steady": restart_rel,
                 "hot_inflight_max_over_mean": hot_inflight["max_over_mean"] if hot_inflight else None,
                 # the best a router keeping sessions on one pod could do there, with hindsight (bench.metrics)
-                "hot_inflight_sticky_best": (
-                    sticky_inflight_best(
-                        busy.values(),
-                        len(self.pods),
-                        spans[PHASE_HOT][0] + self.cfg.hot_settle_rounds * self.cfg.round_interval_s,
-                        spans[PHASE_HOT][1],
-                    )
-                    if PHASE_HOT in spans
-                    else None
-                ),
-                "hot_inflight_from_s": (
-                    spans[PHASE_HOT][0] + self.cfg.hot_settle_rounds * self.cfg.round_interval_s
-                    if PHASE_HOT in spans
-                    else None
-                ),
+                "hot_inflight_sticky_best": hot_best,
+                "hot_inflight_from_s": settled,
             },
         }
         if self.name == BRUNOISE:
