@@ -50,6 +50,7 @@ def build_engine(args: RuntimeSettings) -> Engine:
         seed=args.seed,
         startup_s=args.startup_s,
         kv_events_endpoint=args.kv_events_endpoint,
+        kv_transfer_gb_per_s=args.kv_transfer_gb_per_s,
         fault_marker=args.fault_marker,
         fault_mode=args.fault_mode,
     )

@@ -103,6 +103,10 @@ class RuntimeSettings(ServerSettings, ClientAuthSettings):
     seed: int = Field(_SIM.seed, description="mixed into every request's random seed", json_schema_extra=_SIM_GROUP)
     startup_s: float = Field(_SIM.startup_s, description="simulated start-up time before ready",
                              json_schema_extra=_SIM_GROUP)  # fmt: skip
+    kv_transfer_gb_per_s: float = Field(
+        _SIM.kv_transfer_gb_per_s, ge=0, description="a KV connector (vLLM's NixlConnector) reading peers' KV at this "
+        "many GB/s; warm-ups then read a donor's KV instead of prefilling it (0: none)", json_schema_extra=_SIM_GROUP,
+    )  # fmt: skip
     kv_events_endpoint: str | None = Field(None, description="ZMQ endpoint for KV events (vLLM wire format)",
                                            json_schema_extra=_SIM_GROUP)  # fmt: skip
     fault_marker: str | None = Field(

@@ -45,7 +45,11 @@ class EngineRequest:
     Exactly one of ``prompt`` and ``messages`` is set. ``slice_key`` is the SliceKey the router
     routed on (for per-slice load); ``traceparent`` is passed through to the engine when it has one.
     ``priority`` is vLLM's request priority (lower is served sooner under ``--scheduling-policy priority``; 0, the
-    default, is what every client request gets).
+    default, is what every client request gets). ``kv_transfer_params`` is vLLM's field of that name for a KV
+    connector (NixlConnector's protocol): ``{"do_remote_decode": true}`` asks the engine to prefill and hold the
+    prompt's KV blocks for a peer to read (the final chunk's ``kv_transfer_params`` say where), and a producer's
+    answer sent back as is asks the engine to read those blocks instead of computing them. Only the warmer sends it,
+    and only to an engine with ``kv_transfer``.
     """
 
     request_id: str
@@ -55,18 +59,21 @@ class EngineRequest:
     slice_key: int | None = None
     traceparent: str | None = None
     priority: int = 0
+    kv_transfer_params: Mapping[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class EngineChunk:
     """A piece of output. The first chunk arrives after prefill (its arrival is the time to first token);
-    the last one carries ``finish_reason`` and the token counts."""
+    the last one carries ``finish_reason``, the token counts and, for a request that asked a KV connector to hold
+    its blocks, the ``kv_transfer_params`` a peer reads them with."""
 
     text: str
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    kv_transfer_params: Mapping[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -89,6 +96,9 @@ class Engine(abc.ABC):
     #: The engine honours ``EngineRequest.priority`` (vLLM under ``--scheduling-policy priority``, which refuses a
     #: nonzero priority otherwise); the warmer sends its prefills at a later priority only then.
     priority_scheduling: bool = False
+    #: The engine has a KV connector that moves prompt KV between engines (vLLM with ``--kv-transfer-config`` naming
+    #: NixlConnector, role ``kv_both``): the warmer then copies a donor's KV instead of prefilling its prompts.
+    kv_transfer: bool = False
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -158,6 +168,10 @@ class EngineProxy(Engine):
     @property
     def priority_scheduling(self) -> bool:  # type: ignore[override]
         return self.inner.priority_scheduling
+
+    @property
+    def kv_transfer(self) -> bool:  # type: ignore[override]
+        return self.inner.kv_transfer
 
     async def tokenize(self, text: str) -> list[int]:
         return await self.inner.tokenize(text)

@@ -21,6 +21,15 @@ would a real engine's:
   with the scaled wall clock (wall seconds x ``time_scale``), so they match what a client measures x ``time_scale``.
   When the host cannot keep up (large batches at a large ``time_scale``) simulated time runs slower; ``lag_resyncs``
   counts it and the first occurrence is logged.
+* KV transfer (``kv_transfer_gb_per_s`` > 0: vLLM with NixlConnector, role ``kv_both``), in its request protocol:
+  a request with ``kv_transfer_params`` ``{"do_remote_decode": true}`` is cut to one output token and its final
+  chunk carries the params a peer reads its blocks with (``remote_block_ids``, ``remote_engine_id``, ...); a
+  request carrying those params (``do_remote_prefill``) allocates its blocks, waits off the batch (vLLM's
+  WAITING_FOR_REMOTE_KVS) for the bytes to cross at ``kv_transfer_gb_per_s`` (``kv_bytes_per_token`` a token),
+  registers them in the prefix cache and computes only its last token. What is modelled: the read's time and the
+  blocks it fills; the producer does not pin its blocks (the read takes no data from it), and read tokens count as
+  prefix-cache hits (vLLM counts them in ``vllm:external_prefix_cache_*``). Without a connector the params are
+  ignored, as vLLM ignores them.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import os
 import random
 import struct
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -142,15 +152,21 @@ class SimConfig:
     #: the share of such prompts a client sends is the pod's injected error rate, e.g. for a rollout's SLO).
     fault_marker: str | None = None
     fault_mode: str = "crash"
+    #: KV transfer between engines (vLLM's NixlConnector), GB/s one read moves; 0: no KV connector.
+    kv_transfer_gb_per_s: float = 0.0
+    #: KV bytes of one token (the model's: 2 x layers x KV heads x head dim x dtype bytes), what a read moves.
+    kv_bytes_per_token: int = KV_BYTES_PER_TOKEN
 
     def validate(self) -> SimConfig:
         """Raise ValueError naming the knob to change unless the configuration is usable; return self."""
-        ints = ("max_model_len", "kv_blocks", "max_num_seqs", "max_num_batched_tokens", "hit_rate_window")
+        ints = ("max_model_len", "kv_blocks", "max_num_seqs", "max_num_batched_tokens", "hit_rate_window",
+                "kv_bytes_per_token")  # fmt: skip
         for name in ints:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        for name in ("step_fixed_s", "per_prefill_token_s", "per_decode_seq_s", "per_context_token_s", "startup_s"):
+        for name in ("step_fixed_s", "per_prefill_token_s", "per_decode_seq_s", "per_context_token_s", "startup_s",
+                     "kv_transfer_gb_per_s"):  # fmt: skip
             v = getattr(self, name)
             if not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -220,6 +236,7 @@ class _Req:
         "cached_tokens",
         "emitted",
         "eos_p",
+        "export",
         "finished",
         "first_token_t",
         "hashes",
@@ -231,6 +248,8 @@ class _Req:
         "num_output",
         "num_prompt",
         "priority",
+        "ready_t",
+        "remote_tokens",
         "rng",
         "slice_key",
         "stop",
@@ -268,6 +287,9 @@ class _Req:
         # output handed to the consumer: a buffer and a future to wake it (lighter than an asyncio.Queue)
         self.buf: collections.deque[EngineChunk | BaseException] = collections.deque()
         self.waiter: asyncio.Future[None] | None = None
+        self.export = False  # do_remote_decode: hold the prompt's KV for a peer (the final chunk says where)
+        self.remote_tokens = 0  # do_remote_prefill: prompt tokens a peer holds to read; then the tokens being read
+        self.ready_t = 0.0  # simulated time the read ends
 
     def push(self, item: EngineChunk | BaseException) -> None:
         self.buf.append(item)
@@ -453,6 +475,9 @@ class SimEngine(Engine):
         self.kv_events: collections.deque[KvEvent] = collections.deque(maxlen=self.config.kv_events_kept)
         self._waiting: collections.deque[_Req] = collections.deque()
         self._running: list[_Req] = []
+        self._loading: list[_Req] = []  # reading their prompt's KV from a peer (off the batch)
+        self.kv_transfer = self.config.kv_transfer_gb_per_s > 0
+        self.engine_id = uuid.uuid4().hex  # NixlConnector's engine id: a peer's read names it
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._ready = False
@@ -512,12 +537,13 @@ class SimEngine(Engine):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         gone = EngineUnavailable("the engine stopped; retry on another pod")
-        for req in [*self._running, *self._waiting]:
+        for req in [*self._running, *self._waiting, *self._loading]:
             if not req.finished:
                 req.finished = True
                 req.push(gone)
         self._running.clear()
         self._waiting.clear()
+        self._loading.clear()
         if self._zmq_sock is not None:
             self._zmq_sock.close(linger=0)
             self._zmq_ctx.term()
@@ -542,7 +568,8 @@ class SimEngine(Engine):
 
     @property
     def num_waiting(self) -> int:
-        return len(self._waiting)
+        """Requests not yet running: queued, and reading their KV from a peer (as vLLM counts them)."""
+        return len(self._waiting) + len(self._loading)
 
     def load(self) -> EngineLoad:
         return self.load_at(self.now())
@@ -554,10 +581,12 @@ class SimEngine(Engine):
             in_flight += len(r.tokens)
         for r in self._waiting:
             in_flight += len(r.tokens)
+        for r in self._loading:
+            in_flight += len(r.tokens)
         hit_rate = self._win_hits / self._win_queries if self._win_queries else 0.0
         return EngineLoad(
             running=len(self._running),
-            waiting=len(self._waiting),
+            waiting=self.num_waiting,
             kv_usage=self.kv.usage(),
             tokens_in_flight=in_flight,
             prefix_hit_rate=min(1.0, max(0.0, hit_rate)),
@@ -576,7 +605,7 @@ class SimEngine(Engine):
         )
 
     async def metrics_text(self) -> str:
-        self.metrics.set_state(running=len(self._running), waiting=len(self._waiting), kv_usage=self.kv.usage())
+        self.metrics.set_state(running=len(self._running), waiting=self.num_waiting, kv_usage=self.kv.usage())
         return self.metrics.text()
 
     def reset_prefix_cache(self) -> bool:
@@ -637,10 +666,48 @@ class SimEngine(Engine):
             seed_material = f"id:{request.request_id}".encode()
         rng_seed = int.from_bytes(hashlib.blake2b(seed_material, digest_size=8).digest(), "big") ^ self.config.seed
         eos_p = 0.0 if sp.ignore_eos else self.config.eos_probability
-        return _Req(
+        req = _Req(
             request.request_id, tokens, sp.max_tokens, tuple(s for s in sp.stop if s), random.Random(rng_seed), eos_p,
             self.now(), request.slice_key, request.priority,
         )  # fmt: skip
+        if self.kv_transfer and request.kv_transfer_params is not None:
+            self._kv_transfer(req, request.kv_transfer_params)
+        return req
+
+    def _kv_transfer(self, req: _Req, params: Mapping[str, Any]) -> None:
+        """Apply vLLM's ``kv_transfer_params`` to ``req`` (NixlConnector's protocol; see the module docstring)."""
+        if params.get("do_remote_decode"):
+            req.export = True
+            req.max_tokens = 1  # the connector cuts a producer's request to its prefill
+            return
+        if not params.get("do_remote_prefill"):
+            return
+        ids = params.get("remote_block_ids")
+        engine = params.get("remote_engine_id")
+        if not isinstance(ids, list) or not isinstance(engine, str) or not engine:
+            raise EngineError(
+                "kv_transfer_params with do_remote_prefill need remote_block_ids (a list) and remote_engine_id",
+                param="kv_transfer_params",
+            )
+        group = ids[0] if ids and isinstance(ids[0], list) else ids  # one KV cache group (HMA sends a list each)
+        if not all(isinstance(b, int) and not isinstance(b, bool) for b in group):
+            raise EngineError("remote_block_ids must hold block ids (ints)", param="kv_transfer_params")
+        if engine != self.engine_id:  # a read from itself moves nothing
+            req.remote_tokens = len(group) * BLOCK_TOKENS
+
+    def _export_params(self, req: _Req, block_ids: Sequence[int]) -> dict[str, Any]:
+        """What a producer's final chunk carries: the params a peer reads ``req``'s full blocks with."""
+        return {
+            "do_remote_prefill": True,
+            "do_remote_decode": False,
+            "remote_block_ids": list(block_ids[: req.num_prompt // BLOCK_TOKENS]),
+            "remote_engine_id": self.engine_id,
+            "remote_request_id": req.id,
+            "remote_host": "127.0.0.1",
+            "remote_port": 0,
+            "tp_size": 1,
+            "remote_num_tokens": req.num_prompt,
+        }
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineChunk]:
         req = self._prepare(request)
@@ -697,6 +764,9 @@ class SimEngine(Engine):
         if req in self._waiting:
             self._waiting.remove(req)
             self.kv.free_request(req)
+        elif req in self._loading:
+            self._loading.remove(req)
+            self.kv.free_request(req)
         elif req in self._running:
             self._running.remove(req)
             self.kv.free_request(req)
@@ -721,12 +791,13 @@ class SimEngine(Engine):
 
     def abort_virtual(self) -> list[_Req]:
         """Drop every queued and running request (the pod died); returns them."""
-        gone = [*self._running, *self._waiting]
+        gone = [*self._running, *self._waiting, *self._loading]
         for req in gone:
             self.kv.free_request(req)
             req.finished = True
         self._running.clear()
         self._waiting.clear()
+        self._loading.clear()
         return gone
 
     # -- the step loop --------------------------------------------------------------------------------------------------
@@ -737,9 +808,8 @@ class SimEngine(Engine):
             while True:
                 if self.hung:
                     await asyncio.Event().wait()  # the fault hook hung the engine: never step again
-                if not self._running and not self._waiting:
-                    self._wake.clear()
-                    await self._wake.wait()
+                if not self._running and not self._waiting and not self._loading:
+                    await self._idle()
                     self._clock = self.now()
                     continue
                 # The step clock advances by simulated step durations and the loop sleeps to each step's end on the
@@ -759,9 +829,9 @@ class SimEngine(Engine):
                     self._clock = now
                 scheduled = self._schedule()
                 if not scheduled:
-                    # nothing fits (cannot happen with a validated config, but never spin)
-                    self._wake.clear()
-                    await self._wake.wait()
+                    # nothing fits until a KV read lands (or never: cannot happen with a validated config; never spin)
+                    await self._idle()
+                    self._clock = max(self._clock, self.now())
                     continue
                 self._clock += self._step_time(scheduled)
                 delay = self._t0 + self._clock / scale - time.monotonic()
@@ -781,9 +851,76 @@ class SimEngine(Engine):
                     req.push(err)
             raise
 
+    async def _idle(self) -> None:
+        """Wait for a new request, or until the first KV read in flight lands."""
+        self._wake.clear()
+        if not self._loading:
+            await self._wake.wait()
+            return
+        t = min(r.ready_t for r in self._loading)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                self._wake.wait(), max(0.0, self._t0 + t / self.config.time_scale - time.monotonic())
+            )
+
+    def _land(self, t: float) -> None:
+        """KV reads done by simulated ``t``: their blocks hold the peer's KV (registered in the prefix cache), and
+        the request runs on to compute its last prompt token."""
+        if not self._loading:
+            return
+        still: list[_Req] = []
+        for req in self._loading:
+            if req.ready_t > t:
+                still.append(req)
+                continue
+            req.num_computed += req.remote_tokens
+            req.remote_tokens = 0
+            self.kv.cache_full_blocks(req)
+            self._running.append(req)
+        self._loading = still
+
+    def _admit_read(self, req: _Req, computed: list[int]) -> bool | None:
+        """Admit ``req`` (do_remote_prefill) to read what the peer holds beyond its local hit ``computed``: its
+        blocks allocated, it waits off the batch for the read (True); None when the blocks do not fit (it stays
+        queued); False when there is nothing to read (the peer holds no more than the local hit): an ordinary
+        request."""
+        n_local = len(computed) * BLOCK_TOKENS
+        readable = min(req.remote_tokens, (len(req.tokens) - 1) // BLOCK_TOKENS * BLOCK_TOKENS)
+        n_read = readable - n_local
+        if n_read <= 0:
+            req.remote_tokens = 0
+            return False
+        if not self.kv.allocate(req, n_read, computed):
+            return None
+        self._waiting.popleft()
+        self._count_prefix(req, n_local + n_read)
+        req.remote_tokens = n_read
+        cfg = self.config
+        req.ready_t = self._clock + n_read * cfg.kv_bytes_per_token / (cfg.kv_transfer_gb_per_s * 1e9)
+        self._loading.append(req)
+        return True
+
+    def _count_prefix(self, req: _Req, n_hit: int) -> None:
+        """Prefix-cache stats of an admitted request, as vLLM counts them: every query of its tokens, hits in
+        cached tokens."""
+        n_q = len(req.tokens)
+        self.prefix_queries += n_q
+        self.prefix_hits += n_hit
+        self.metrics.prefix_cache(n_q, n_hit)
+        if len(self._hit_window) == self._hit_window.maxlen:
+            oq, oh = self._hit_window[0]
+            self._win_queries -= oq
+            self._win_hits -= oh
+        self._hit_window.append((n_q, n_hit))
+        self._win_queries += n_q
+        self._win_hits += n_hit
+        if req.cached_tokens is None:
+            req.cached_tokens = n_hit
+
     def _schedule(self) -> list[_Scheduled]:
         cfg = self.config
         kv = self.kv
+        self._land(self._clock)
         budget = cfg.max_num_batched_tokens
         out: list[_Scheduled] = []
         preempted = False
@@ -824,26 +961,19 @@ class SimEngine(Engine):
         while self._waiting and budget > 0 and len(self._running) < cfg.max_num_seqs:
             req = self._waiting[0]
             computed = kv.computed_blocks(req)
+            if req.remote_tokens:
+                reading = self._admit_read(req, computed)
+                if reading is None:
+                    break  # FCFS, as below
+                if reading:
+                    continue  # off the batch until its read lands
             n_hit = len(computed) * BLOCK_TOKENS
             num_new = min(len(req.tokens) - n_hit, budget)
             if not kv.allocate(req, num_new, computed):
                 break  # FCFS: the head waits for blocks, and so does everyone behind it
             self._waiting.popleft()
             self._running.append(req)
-            # prefix cache stats, as vLLM counts them: every query of a request's tokens, hits in cached tokens
-            n_q = len(req.tokens)
-            self.prefix_queries += n_q
-            self.prefix_hits += n_hit
-            self.metrics.prefix_cache(n_q, n_hit)
-            if len(self._hit_window) == self._hit_window.maxlen:
-                oq, oh = self._hit_window[0]
-                self._win_queries -= oq
-                self._win_hits -= oh
-            self._hit_window.append((n_q, n_hit))
-            self._win_queries += n_q
-            self._win_hits += n_hit
-            if req.cached_tokens is None:
-                req.cached_tokens = n_hit
+            self._count_prefix(req, n_hit)
             out.append(_Scheduled(req, num_new, False))
             budget -= num_new
         return out
@@ -934,11 +1064,12 @@ class SimEngine(Engine):
             req.push(EngineChunk(text=piece))
             return False
         req.finished = True
+        params = self._export_params(req, req.blocks) if req.export else None
         self.kv.free_request(req)
         req.push(
             EngineChunk(
                 text=piece, finish_reason=finish, prompt_tokens=req.num_prompt, completion_tokens=req.num_output,
-                cached_tokens=req.cached_tokens or 0,
+                cached_tokens=req.cached_tokens or 0, kv_transfer_params=params,
             )
         )  # fmt: skip
         self._record_finish(req, finish, t)
