@@ -1,5 +1,6 @@
 """Warm-up on reshard, pod side: the log of prompts served per SliceKey, the HotPrompts answer, and the warmer that
-prefills a donor's hottest prompts (prompt-only, one output token) before the pod reports a new slice warm."""
+prefills a donor's hottest prompts (prompt-only, one output token), or reads their KV from the donor's engine where
+both engines have a KV connector, before the pod reports a new slice warm."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 import uuid
@@ -19,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from brunoise_api.v1 import inference_pb2, runtime_pb2, runtime_pb2_grpc, slicing_pb2
 from runtime.engines.base import Engine, EngineChunk, EngineError, EngineProxy, EngineRequest, SamplingParams
 from sharder.keyspace import Slice
-from sharder.prefix import KV_BLOCK_TOKENS, TEXT_BYTES_PER_TOKEN
+from sharder.prefix import KV_BLOCK_TOKENS, TEXT_BYTES_PER_TOKEN, matched_chunks, prefix_hashes, render_chat
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,12 @@ WARM_BYTES = 16 << 10
 #: warm prefill evicts what the cache held, and on a pod whose cache holds a few long documents, 16 KB of a slice's
 #: prompts is most of it (the simulator's docs workload: hit/oracle 0.835 with 16 KB, 0.856 with this share).
 WARM_KV_SHARE = 0.125
+#: Where both engines move KV (``Engine.kv_transfer``), a warm-up reads a donor's KV instead of computing it: no
+#: compute on the warming engine, so it may copy more (a long session whole), but each read still evicts what the
+#: cache held, so the share of the cache per slice stays bounded.
+WARM_READ_PROMPTS = 8
+WARM_READ_BYTES = 1 << 20
+WARM_READ_KV_SHARE = 0.5
 #: No warm-up prefill while the engine's KV usage is above this.
 WARM_MAX_KV_USAGE = 0.8
 #: A warm prompt is prefilled in pieces, each a longer prefix of it adding at most this much text (~512 tokens at
@@ -146,6 +154,10 @@ class WarmMetrics:
         self.queries = Counter(p + "prefix_cache_queries", "Prompt tokens of warm-up prefills", registry=r)
         self.hits = Counter(p + "prefix_cache_hits", "Prompt tokens of warm-up prefills already cached", registry=r)
         self.served = Counter(p + "prompts_served", "Prompts this pod handed to warming peers", registry=r)
+        self.held = Counter(p + "kv_held", "Prompts whose KV this pod's engine held for a warming peer to read",
+                            registry=r)  # fmt: skip
+        self.read = Counter(p + "kv_read", "Donor prompts whose KV this pod's engine read instead of computing",
+                            registry=r)  # fmt: skip
 
     def text(self) -> str:
         return generate_latest(self.registry).decode()
@@ -193,6 +205,63 @@ def hot_prompts_response(pod_id: str, log_: PromptLog, request: runtime_pb2.HotP
             )
         resp.prompts.append(hp)
     return resp
+
+
+#: What a producer's request asks a KV connector for: prefill, and hold the blocks for a peer (vLLM's protocol).
+HOLD_PARAMS: Mapping[str, Any] = {"do_remote_decode": True, "do_remote_prefill": False}
+
+
+#: A donor holds a prompt's KV for a reader only when its cache still holds at least this share of the prompt's
+#: blocks: the hold is then (almost) all prefix-cache hits; else it would prefill the rest on a pod that is serving
+#: (often one being drained), which is the asker's prefill to do, within its budget.
+HOLD_MIN_CACHED = 0.75
+
+
+async def hold_kv(engine: Engine, resp: Any, metrics: WarmMetrics | None = None, priority: int = 0) -> int:
+    """Have ``engine`` hold the KV of the prompts of the HotPrompts answer ``resp`` that its cache still holds (at
+    least ``HOLD_MIN_CACHED`` of their blocks) for the asker to read (one producer request each, cut to one output
+    token) and write where into each such prompt's ``kv_transfer_params``; returns how many it holds. A prompt it
+    does not hold, or the engine refuses, goes without (the asker prefills it). Their tokens count as warm-up
+    traffic."""
+    view = engine.cache_view()
+
+    async def one(hp: Any) -> bool:
+        msgs, prompt = _input_of(hp)
+        if not prompt and not msgs:
+            return False
+        text = prompt if prompt is not None else render_chat([{"role": r, "content": c} for r, c in msgs or ()])
+        hashes = prefix_hashes(text, view.chunk_bytes)
+        if not hashes or matched_chunks(hashes, view.prefix_hashes) < HOLD_MIN_CACHED * len(hashes):
+            return False
+        req = EngineRequest(
+            request_id=f"hold-{uuid.uuid4().hex}", prompt=prompt,
+            messages=None if msgs is None else [{"role": r, "content": c} for r, c in msgs],
+            sampling=SamplingParams(max_tokens=1), priority=priority, kv_transfer_params=HOLD_PARAMS,
+        )  # fmt: skip
+        last: EngineChunk | None = None
+        try:
+            async for c in engine.generate(req):
+                last = c
+        except EngineError as exc:
+            log.info("holding KV for a warming peer refused: %s", exc.message)
+            return False
+        if last is None or not last.kv_transfer_params:
+            return False
+        if metrics is not None:
+            metrics.queries.inc(last.prompt_tokens)
+            metrics.hits.inc(last.cached_tokens)
+            metrics.held.inc()
+        hp.kv_transfer_params = json.dumps(dict(last.kv_transfer_params))
+        return True
+
+    return sum(await asyncio.gather(*(one(hp) for hp in resp.prompts)))
+
+
+def _input_of(hp: Any) -> tuple[Messages | None, str | None]:
+    """A HotPrompt's chat messages or prompt text (the other None)."""
+    if hp.WhichOneof("input") == "messages":
+        return tuple((x.role, x.content) for x in hp.messages.messages), None
+    return None, hp.prompt or None
 
 
 class Warmer:
@@ -265,11 +334,15 @@ class Warmer:
         try:
             async with asyncio.timeout_at(asyncio.get_running_loop().time() + max(0.0, deadline - t0)):
                 prompts = await self._ask(s, donors)
+                t_ask = time.monotonic() - t0
                 if prompts is None:
                     m.failed.inc()
                 else:
                     n = await self._prefill(prompts)
                     m.completed.inc()
+                    log.debug("warmed %s: %d of %d donor prompts (%d held for a read), donors %.3f s, all %.3f s",
+                              s, n, len(prompts), sum(1 for hp in prompts if hp.kv_transfer_params), t_ask,
+                              time.monotonic() - t0)  # fmt: skip
         except TimeoutError:
             m.timed_out.inc()
             log.info("warm-up of %s timed out (%.1f s after its mark)", s, self.timeout_s)
@@ -281,22 +354,27 @@ class Warmer:
         self._known.discard(s)
         self.done(s)
 
-    def budget_bytes(self) -> int:
-        """Prompt bytes to warm per slice: ``max_bytes``, and at most ``kv_share`` of the KV cache (when known)."""
+    def budget_bytes(self, read: bool = False) -> int:
+        """Prompt bytes to prefill per slice: ``max_bytes``, and at most ``kv_share`` of the KV cache (when known);
+        with ``read`` (the engine reads KV from peers), the ``WARM_READ_*`` budget for what is read."""
         view = self.engine.cache_view()
+        if read:
+            return warm_budget_bytes(view.blocks_total, WARM_READ_BYTES, WARM_READ_KV_SHARE, view.block_tokens)
         return warm_budget_bytes(view.blocks_total, self.max_bytes, self.kv_share, view.block_tokens)
 
     async def _ask(self, s: Slice, donors: tuple[str, ...]) -> list[Any] | None:
         """Prompts from the donors in order until the budget is spent; None when no donor answered."""
         out: list[Any] = []
         seen: set[int] = set()
-        budget_n, budget_b = self.max_prompts, self.budget_bytes()
+        read = self.engine.kv_transfer
+        budget_n, budget_b = (WARM_READ_PROMPTS if read else self.max_prompts), self.budget_bytes(read)
         answered = False
         for addr in donors:
             if budget_n <= 0 or budget_b <= 0:
                 break
             req = runtime_pb2.HotPromptsRequest(
-                slice=slicing_pb2.Slice(lo=s.lo, hi=s.hi % 2**64), max_prompts=budget_n, max_bytes=budget_b
+                slice=slicing_pb2.Slice(lo=s.lo, hi=s.hi % 2**64), max_prompts=budget_n, max_bytes=budget_b,
+                kv_transfer=read,
             )
             async with grpc.aio.insecure_channel(addr) as ch:  # runtimes serve plaintext gRPC on their network
                 stub = runtime_pb2_grpc.RuntimeStub(ch)  # type: ignore[no-untyped-call]
@@ -318,15 +396,20 @@ class Warmer:
     async def _prefill(self, prompts: Sequence[Any]) -> int:
         m = self.metrics
         n = 0
+        prefill_left = self.budget_bytes()  # what a donor could not hold is prefilled, within the prefill budget
         for hp in prompts:
-            which = hp.WhichOneof("input")
-            msgs: Messages | None = (
-                tuple((x.role, x.content) for x in hp.messages.messages) if which == "messages" else None
-            )
-            prompt = hp.prompt if which == "prompt" else None
+            msgs, prompt = _input_of(hp)
             if not prompt and not msgs:
                 continue
-            for piece_prompt, piece_msgs in warm_pieces(prompt, msgs, self.piece_bytes):
+            params = _read_params(hp.kv_transfer_params) if self.engine.kv_transfer else None
+            if params is None:
+                size = len(prompt or "") + sum(len(r) + len(c) for r, c in msgs or ())
+                if size > prefill_left:
+                    continue
+                prefill_left -= size
+            # a read computes nothing here, so the whole prompt goes at once; else prefill pieces
+            pieces = [(prompt, msgs)] if params is not None else warm_pieces(prompt, msgs, self.piece_bytes)
+            for piece_prompt, piece_msgs in pieces:
                 await self._idle()
                 if self.engine.load().kv_usage > self.max_kv_usage:
                     return n  # the pod is busy: warming now would evict what its live sessions use
@@ -336,6 +419,7 @@ class Warmer:
                     messages=None if piece_msgs is None else [{"role": r, "content": c} for r, c in piece_msgs],
                     sampling=SamplingParams(max_tokens=1),
                     priority=self.priority,
+                    kv_transfer_params=params,
                 )
                 m.requests.inc()
                 last: EngineChunk | None = None
@@ -348,6 +432,8 @@ class Warmer:
                 if last is not None:
                     m.queries.inc(last.prompt_tokens)
                     m.hits.inc(last.cached_tokens)
+                    if params is not None:
+                        m.read.inc()
             n += 1
         return n
 
@@ -360,6 +446,19 @@ class Warmer:
 
 
 Piece = tuple[str | None, Messages | None]
+
+
+def _read_params(text: str) -> dict[str, Any] | None:
+    """A donor's ``kv_transfer_params`` (JSON) as the object the engine reads with; None when absent or not an
+    object (the prompt is then prefilled)."""
+    if not text:
+        return None
+    try:
+        params = json.loads(text)
+    except ValueError:
+        log.info("warm-up: a donor's kv_transfer_params are not JSON; prefilling instead")
+        return None
+    return params if isinstance(params, dict) else None
 
 
 def warm_pieces(prompt: str | None, messages: Messages | None, piece_bytes: int) -> list[Piece]:
@@ -390,4 +489,6 @@ def warm_pieces(prompt: str | None, messages: Messages | None, piece_bytes: int)
     return out
 
 
-__all__ = ["PromptLog", "RecordingEngine", "WarmMetrics", "Warmer", "hot_prompts_response", "warm_pieces"]
+__all__ = [
+    "PromptLog", "RecordingEngine", "WarmMetrics", "Warmer", "hold_kv", "hot_prompts_response", "warm_pieces",
+]  # fmt: skip

@@ -9,26 +9,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class HotPromptsRequest(_message.Message):
-    __slots__ = ("slice", "max_prompts", "max_bytes")
+    __slots__ = ("slice", "max_prompts", "max_bytes", "kv_transfer")
     SLICE_FIELD_NUMBER: _ClassVar[int]
     MAX_PROMPTS_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KV_TRANSFER_FIELD_NUMBER: _ClassVar[int]
     slice: _slicing_pb2.Slice
     max_prompts: int
     max_bytes: int
-    def __init__(self, slice: _Optional[_Union[_slicing_pb2.Slice, _Mapping]] = ..., max_prompts: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+    kv_transfer: bool
+    def __init__(self, slice: _Optional[_Union[_slicing_pb2.Slice, _Mapping]] = ..., max_prompts: _Optional[int] = ..., max_bytes: _Optional[int] = ..., kv_transfer: _Optional[bool] = ...) -> None: ...
 
 class HotPrompt(_message.Message):
-    __slots__ = ("prompt", "messages", "slice_key", "weight")
+    __slots__ = ("prompt", "messages", "slice_key", "weight", "kv_transfer_params")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     SLICE_KEY_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    KV_TRANSFER_PARAMS_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     messages: _inference_pb2.ChatMessages
     slice_key: int
     weight: float
-    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Union[_inference_pb2.ChatMessages, _Mapping]] = ..., slice_key: _Optional[int] = ..., weight: _Optional[float] = ...) -> None: ...
+    kv_transfer_params: str
+    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Union[_inference_pb2.ChatMessages, _Mapping]] = ..., slice_key: _Optional[int] = ..., weight: _Optional[float] = ..., kv_transfer_params: _Optional[str] = ...) -> None: ...
 
 class HotPromptsResponse(_message.Message):
     __slots__ = ("pod_id", "prompts")

@@ -1,0 +1,111 @@
+"""Warm-up by KV read, in process over real gRPC: where both engines have a KV connector, the donor's engine holds
+its hottest prompts' KV (vLLM's do_remote_decode) and the warmer's engine reads it instead of prefilling; where the
+donor's has none, the warmer prefills as before."""
+
+from __future__ import annotations
+
+import asyncio
+
+from runtime.engines.base import EngineRequest, SamplingParams
+from runtime.engines.sim import SimConfig, SimEngine
+from runtime.grpc_service import GrpcServer, RuntimeService
+from runtime.warm import WARM_PIECE_BYTES, PromptLog, RecordingEngine, Warmer, WarmMetrics, warm_pieces
+from sharder.keyspace import Slice
+
+SYSTEM = "You answer questions about the warm-up-by-read test in great detail. " * 40
+
+
+def sim(gbps: float) -> SimEngine:
+    return SimEngine(SimConfig(time_scale=100, max_model_len=8192, kv_blocks=2048, kv_transfer_gb_per_s=gbps))
+
+
+async def one(engine: SimEngine | RecordingEngine, prompt: str, key: int | None = None) -> int:
+    """Serve ``prompt`` (keyed: the donor's prompt log records it); its cached tokens."""
+    last = None
+    req = EngineRequest(f"r{key}", prompt=prompt, sampling=SamplingParams(max_tokens=1), slice_key=key)
+    async for c in engine.generate(req):
+        last = c
+    assert last is not None
+    return last.cached_tokens
+
+
+async def warm(donor_gbps: float, evict: bool = False) -> tuple[SimEngine, WarmMetrics, WarmMetrics, list[str]]:
+    """A donor that served three long sessions (``evict``: and lost them from its cache since), and a warmer (with a
+    connector) warming their slice from it."""
+    donor_engine = sim(donor_gbps)
+    await donor_engine.start()
+    donor_metrics = WarmMetrics()
+    log_ = PromptLog()
+    recording = RecordingEngine(donor_engine, log_, donor_metrics)
+    prompts = [SYSTEM + f"session {i}: " + f"tool output {i} " * 300 for i in range(3)]
+    for i, p in enumerate(prompts):
+        await one(recording, p, key=10 + i)
+    if evict:
+        assert donor_engine.reset_prefix_cache()
+    donor = GrpcServer(RuntimeService(recording, pod_id="donor", prompt_log=log_, warm_metrics=donor_metrics))
+    await donor.start()
+    local = sim(10.0)
+    await local.start()
+    done = asyncio.Event()
+    metrics = WarmMetrics()
+    warmer = Warmer(local, done=lambda s: done.set(), metrics=metrics, timeout_s=20.0)
+    try:
+        warmer.want({Slice(0, 100): [donor.address]})
+        await asyncio.wait_for(done.wait(), 30)
+    finally:
+        await warmer.stop()
+        await donor.stop(0.1)
+        await donor_engine.stop()
+    return local, metrics, donor_metrics, prompts
+
+
+async def test_the_warmer_reads_the_donors_kv_instead_of_prefilling() -> None:
+    local, metrics, donor_metrics, prompts = await warm(10.0)
+    try:
+        value = metrics.registry.get_sample_value
+        assert value("brunoise_runtime_warmup_kv_read_total") == 3
+        assert value("brunoise_runtime_warmup_requests_total") == 3  # one request each: no prefill pieces
+        # read, not computed: every full block of every prompt arrived cached
+        assert (
+            value("brunoise_runtime_warmup_prefix_cache_hits_total")
+            >= 0.99 * value("brunoise_runtime_warmup_prefix_cache_queries_total") - 3 * 16
+        )
+        assert donor_metrics.registry.get_sample_value("brunoise_runtime_warmup_kv_held_total") == 3
+        # the donor's holds are warm-up traffic (a reader takes them out of vLLM's counters)
+        assert donor_metrics.registry.get_sample_value("brunoise_runtime_warmup_prefix_cache_queries_total") > 0
+        # each session's next turn hits on the warmed pod
+        for p in prompts:
+            assert await one(local, p + " next turn") >= len(await local.tokenize(p)) - 16
+    finally:
+        await local.stop()
+
+
+async def test_a_donor_without_a_connector_gets_its_prompts_prefilled() -> None:
+    local, metrics, donor_metrics, prompts = await warm(0.0)
+    try:
+        value = metrics.registry.get_sample_value
+        assert value("brunoise_runtime_warmup_kv_read_total") == 0
+        pieces = len(warm_pieces(prompts[0], None, WARM_PIECE_BYTES))
+        assert donor_metrics.registry.get_sample_value("brunoise_runtime_warmup_kv_held_total") == 0
+        # prefilled in pieces, within the prefill budget: two of the three (the most recent first), and those hit
+        assert value("brunoise_runtime_warmup_requests_total") == 2 * pieces > 2
+        for p in prompts[1:]:
+            assert await one(local, p + " next turn") >= len(await local.tokenize(p)) - 16
+    finally:
+        await local.stop()
+
+
+async def test_a_donor_holds_only_what_its_cache_still_holds() -> None:
+    """A hold of an evicted prompt would prefill it on the donor (a serving pod, often one being drained): the
+    donor answers it without params, and the warmer prefills within its prefill budget instead."""
+    local, metrics, donor_metrics, prompts = await warm(10.0, evict=True)
+    try:
+        assert donor_metrics.registry.get_sample_value("brunoise_runtime_warmup_kv_held_total") == 0
+        assert donor_metrics.registry.get_sample_value("brunoise_runtime_warmup_prefix_cache_queries_total") == 0
+        value = metrics.registry.get_sample_value
+        assert value("brunoise_runtime_warmup_kv_read_total") == 0
+        assert value("brunoise_runtime_warmup_requests_total") == 2 * len(
+            warm_pieces(prompts[0], None, WARM_PIECE_BYTES)
+        )
+    finally:
+        await local.stop()
