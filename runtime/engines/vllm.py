@@ -140,6 +140,10 @@ class VllmConfig:
     remember_prompts: int = 1024
     max_chunks_per_prompt: int = 256
     chunk_bytes: int = CHUNK_BYTES
+    #: The server moves KV between engines (a KV connector, e.g. ``--kv-transfer-config
+    #: '{"kv_connector":"NixlConnector","kv_role":"kv_both"}'``): warm-ups then read a donor's KV. On by itself when
+    #: ``extra_args`` pass ``--kv-transfer-config``; set it for an attached server that has one.
+    kv_transfer: bool = False
     #: vLLM's API key (``--api-key``): sent as ``Authorization: Bearer`` on every call and given to a started child
     #: by environment. Default: ``$VLLM_API_KEY``. Clients' own Authorization headers never reach vLLM.
     api_key: str | None = dataclasses.field(default_factory=lambda: os.environ.get("VLLM_API_KEY") or None)
@@ -217,6 +221,7 @@ class VllmEngine(Engine):
         self.priority_scheduling = any(
             a == "--scheduling-policy" and b == "priority" for a, b in itertools.pairwise(args)
         )
+        self.kv_transfer = config.kv_transfer or "--kv-transfer-config" in args
         self.view = BlockView()
         self.stats = VllmStats()
         self.lifecycle = EngineLifecycleMetrics(lambda: self.model, lambda: dataclasses.asdict(self.stats))
@@ -537,6 +542,11 @@ class VllmEngine(Engine):
             body["ignore_eos"] = True
         if request.priority:
             body["priority"] = request.priority
+        if request.kv_transfer_params is not None and self.kv_transfer:
+            # vLLM answers a connector's kv_transfer_params only in a whole (non-streamed) response
+            body["kv_transfer_params"] = dict(request.kv_transfer_params)
+            body["stream"] = False
+            del body["stream_options"]
         if request.messages is not None:
             body["messages"] = [dict(m) for m in request.messages]
             return "/v1/chat/completions", body
@@ -606,6 +616,12 @@ class VllmEngine(Engine):
                 async with resp_cm as resp:
                     if resp.status != 200:
                         raise await _error_from_response(resp)
+                    if not body["stream"]:
+                        whole = chunk_of_response(await resp.json())
+                        self._note_generated(key, whole.completion_tokens, first_prompt=True)
+                        streamed = True
+                        yield whole
+                        return
                     async for chunk in self._chunks(resp, key):
                         streamed = True
                         yield chunk
@@ -959,6 +975,25 @@ def config_from_args(model: str | None, engine_args: Mapping[str, str]) -> VllmC
     if model is not None and "served_model_name" not in kwargs:
         kwargs["served_model_name"] = model
     return VllmConfig(**kwargs).validate()
+
+
+def chunk_of_response(obj: Mapping[str, Any]) -> EngineChunk:
+    """A whole (non-streamed) completion or chat completion response of vLLM as one final chunk, with the
+    ``kv_transfer_params`` a KV connector answered (None when it answered none)."""
+    choices = obj.get("choices") or [{}]
+    choice = choices[0] if isinstance(choices[0], dict) else {}
+    text = choice.get("text")
+    if text is None:
+        text = (choice.get("message") or {}).get("content") or ""
+    usage = obj.get("usage") or {}
+    details = usage.get("prompt_tokens_details") or {}
+    params = obj.get("kv_transfer_params")
+    return EngineChunk(
+        text=str(text), finish_reason=str(choice.get("finish_reason") or "stop"),
+        prompt_tokens=int(usage.get("prompt_tokens") or 0), completion_tokens=int(usage.get("completion_tokens") or 0),
+        cached_tokens=int(details.get("cached_tokens") or 0),
+        kv_transfer_params=params if isinstance(params, dict) else None,
+    )  # fmt: skip
 
 
 def from_cli(model: str | None, engine_args: Mapping[str, str]) -> VllmEngine:

@@ -58,6 +58,22 @@ async def test_streams_completions_and_chat(engine: VllmEngine) -> None:
     assert chat[-1].prompt_tokens == len(await engine.tokenize(render_chat(messages)))
 
 
+async def test_kv_transfer_params_go_in_a_whole_response(engine: VllmEngine) -> None:
+    """A warm-up's request carrying vLLM's ``kv_transfer_params`` goes non-streamed (vLLM answers a connector's
+    params only there) and comes back as one final chunk; this CPU server has no connector, so it answers none."""
+    assert not engine.kv_transfer  # no --kv-transfer-config on this server
+    engine.kv_transfer = True  # as an operator who set kv_transfer for an attached server would
+    try:
+        prompt = unique_text(40, 30)
+        req = EngineRequest("kv-hold", prompt=prompt, sampling=SamplingParams(max_tokens=3, ignore_eos=True),
+                            kv_transfer_params={"do_remote_decode": True, "do_remote_prefill": False})  # fmt: skip
+        (only,) = await collect(engine, req)
+        assert only.finish_reason == "length" and only.completion_tokens == 3 and only.text
+        assert only.prompt_tokens > 0 and only.kv_transfer_params is None
+    finally:
+        engine.kv_transfer = False
+
+
 async def test_maps_vllm_errors(engine: VllmEngine) -> None:
     with pytest.raises(EngineError) as ei:
         await collect(engine, EngineRequest("e1", prompt="hello", sampling=SamplingParams(max_tokens=100_000)))
