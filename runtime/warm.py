@@ -99,11 +99,14 @@ class PromptLog:
             self.bytes -= gone.size
 
     def hottest(
-        self, lo: int, hi: int, max_prompts: int = ANSWER_PROMPTS, max_bytes: int = ANSWER_BYTES
+        self, lo: int, hi: int, max_prompts: int = ANSWER_PROMPTS, max_bytes: int = ANSWER_BYTES,
+        recent_first: bool = False,
     ) -> list[tuple[int, float, str | None, Messages | None]]:
-        """The most served keys in [lo, hi) (ties: most recent first), within ``max_prompts`` and ``max_bytes``."""
+        """The most served keys in [lo, hi) (ties: most recent first; ``recent_first``: the most recently served
+        first), within ``max_prompts`` and ``max_bytes``."""
         entries = self._entries
-        keys = hottest_keys(((k, e.count, e.size) for k, e in entries.items()), lo, hi, max_prompts, max_bytes)
+        served = ((k, 0.0 if recent_first else e.count, e.size) for k, e in entries.items())
+        keys = hottest_keys(served, lo, hi, max_prompts, max_bytes)
         return [(k, (e := entries[k]).count, e.prompt, e.messages) for k in keys]
 
 
@@ -191,7 +194,8 @@ def hot_prompts_response(pod_id: str, log_: PromptLog, request: runtime_pb2.HotP
     hi = request.slice.hi or 2**64
     resp = runtime_pb2.HotPromptsResponse(pod_id=pod_id)
     hot = log_.hottest(
-        request.slice.lo, hi, request.max_prompts or ANSWER_PROMPTS, request.max_bytes or ANSWER_BYTES
+        request.slice.lo, hi, request.max_prompts or ANSWER_PROMPTS, request.max_bytes or ANSWER_BYTES,
+        request.recent_first,
     )
     for key, weight, prompt, messages in hot:
         hp = runtime_pb2.HotPrompt(slice_key=key, weight=weight)
@@ -374,7 +378,7 @@ class Warmer:
                 break
             req = runtime_pb2.HotPromptsRequest(
                 slice=slicing_pb2.Slice(lo=s.lo, hi=s.hi % 2**64), max_prompts=budget_n, max_bytes=budget_b,
-                kv_transfer=read,
+                kv_transfer=read, recent_first=read,
             )
             async with grpc.aio.insecure_channel(addr) as ch:  # runtimes serve plaintext gRPC on their network
                 stub = runtime_pb2_grpc.RuntimeStub(ch)  # type: ignore[no-untyped-call]

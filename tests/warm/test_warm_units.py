@@ -113,6 +113,12 @@ def test_prompt_log_keeps_the_latest_prompt_per_key_hottest_first_and_bounded() 
     assert hot[0][2] == "a" * 120
     assert [k for k, *_ in log.hottest(15, 25)] == [20]  # only the range asked for
     assert [k for k, *_ in log.hottest(0, 100, max_prompts=1)] == [10]
+    # a reader asks for the most recently served first (a long finished session was served most)
+    recent = PromptLog()
+    for k in (1, 1, 1, 2):
+        recent.record(k, f"session {k}", None)
+    assert [k for k, *_ in recent.hottest(0, 10)] == [1, 2]
+    assert [k for k, *_ in recent.hottest(0, 10, recent_first=True)] == [2, 1]
     for k in (40, 50, 60):  # the oldest keys go once past max_keys
         log.record(k, "x", None)
     assert sorted(k for k, *_ in log.hottest(0, 100)) == [40, 50, 60]
