@@ -144,7 +144,8 @@ class Knobs:
     """For how long after a router sees a pod draining the held tier still sends it the sessions whose cache it
     holds (HAProxy's ``drain``: sticky sessions only, no new ones), while the assigner's warm-up copies them to
     their new replicas (``warm_deadline_s``, 5 s by default); then they go there, and the pod empties so the
-    drain ends. 0: a draining pod takes no request (the drain moves every session at once)."""
+    drain ends. A session whose new replica holds it already (a warm-up copied it) goes there at once. 0: a
+    draining pod takes no request (the drain moves every session at once)."""
 
     # --- admission, spill-over, shedding ---------------------------------------------------------
     admit_max_outstanding: int = 64

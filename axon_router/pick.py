@@ -175,7 +175,7 @@ class CostPick:
         pod qualifies for ``drain_keep_s`` after the router saw it draining, as HAProxy's ``drain`` state does
         (sticky sessions only, no new ones): it keeps the sessions whose cache it holds while the warm-up copies
         them to their new replicas, instead of each one prefilling its whole history again on a replica the
-        moment the drain begins."""
+        moment the drain begins; one whose new replica holds it already goes there (not ``sticky``)."""
         need = max(1, req.session_chunks)
         first = ranked[0]
         keep_s = self.k.drain_keep_s
@@ -184,11 +184,13 @@ class CostPick:
             return s.pod.drain_kept(now, keep_s)
 
         if sticky:
+            # not a draining pod: once the new replica holds the session, the session moves at no cost, and the
+            # sooner the draining pod empties, the sooner the drain ends
             key = req.slice_key
             last = first.pod.served_at(key)
             holders = [
                 s for s in ok_out
-                if kept(s) and s.hit_chunks >= first.hit_chunks and s.pod.served_at(key) > last
+                if not s.pod.draining and s.hit_chunks >= first.hit_chunks and s.pod.served_at(key) > last
             ]  # fmt: skip
         else:
             # the session's own cache, or (like the cap's escape) a shared prefix saving more than cap_escape_s

@@ -275,6 +275,17 @@ def test_a_session_whose_slice_moved_stays_on_the_pod_holding_its_cache() -> Non
             assert [t.name for t in r.tiers] == [HELD, SUBSET, SPILL]  # the subset stays next
         else:
             assert first[0] == SUBSET
+    # a draining pod lets a session go once its new replica holds it (a warm-up copied it): the move costs
+    # nothing then, and the drain ends as soon as the pod empties (until stop 12 it kept such sessions for the
+    # whole drain_keep_s, and agentic's drains ran 5-7 s on three pods of four)
+    for draining in (False, True):
+        vs = views("new", "old")
+        vs["new"].set_cache(64, req.prefix_hashes)  # the warm-up's read: the new replica holds the session
+        vs["old"].remember(req.prefix_hashes, 0.0, req.slice_key)  # the router sent the session's turns here
+        vs["old"].set_draining(draining, 0.0)
+        r = CostPick(K).choose_replicas(req, Candidates(["new"], ["old"]), vs, 1.0)
+        first = r.first()
+        assert first is not None and first[1].pod.id == ("new" if draining else "old"), (draining, r.rule)
     # a draining pod takes no new session: one it holds nothing of goes to the subset
     other = request(12, DOC[4000:8000], session_chunks=8)
     vs = views("new", "old")
