@@ -18,6 +18,8 @@ class Ablation:
     what: str
     router_knobs: Mapping[str, str] = dataclasses.field(default_factory=dict)
     target_config: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: The pods keep the run's KV connector (False: none, so a warm-up prefills what it would have read).
+    kv_transfer: bool = True
 
 
 #: Every ablation ``--ablate`` knows, and how it maps onto the router's knobs and the target's config.
@@ -41,6 +43,7 @@ ABLATIONS: dict[str, Ablation] = {
         Ablation(
             "no_warmup", "no warm-up on reshard: a new replica warms on live traffic", {}, {"warm_deadline_s": "0"}
         ),
+        Ablation("no_kv_read", "warm-ups prefill a donor's prompts (the pods have no KV connector)", kv_transfer=False),
         Ablation("two_replicas", "two replicas per slice (the default before stop 4)", {}, {"min_replicas": "2"}),
         Ablation("no_kv_room", "a crowded pod keeps every session (stickiness alone)", {"kv_room": "0"}),
         Ablation(

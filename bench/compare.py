@@ -60,6 +60,10 @@ class WorkloadSpec:
     max_model_len: int
 
 
+#: The pods' KV connector bandwidth by default, GB/s (``BenchConfig.kv_transfer_gb_per_s``).
+KV_TRANSFER_GB_PER_S = 10.0
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Variant:
     """One row: a router, and for brunoise the router knobs and target-config overrides it runs with."""
@@ -69,6 +73,8 @@ class Variant:
     router_knobs: Mapping[str, str] = dataclasses.field(default_factory=dict)
     target_config: Mapping[str, str] = dataclasses.field(default_factory=dict)
     ablation: str = ""
+    #: The pods get the run's KV connector (False: none, so warm-ups prefill).
+    kv_transfer: bool = True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -92,6 +98,9 @@ class BenchConfig:
     inflight_interval_s: float = 0.1
     #: The hot phase's in-flight balance is measured from this many assigner rounds after the phase starts.
     hot_settle_rounds: int = 3
+    #: Every pod's KV connector, GB/s (0: none): 10 GB/s is a 100 Gb/s NIC at ~80 %, NIXL over RDMA. Only brunoise's
+    #: warm-ups use it (the peers do not move KV), so it changes no peer's figures.
+    kv_transfer_gb_per_s: float = KV_TRANSFER_GB_PER_S
     #: Router knobs and target-config overrides of every brunoise row (ablation rows add their own on top).
     router_knobs: Mapping[str, str] = dataclasses.field(default_factory=dict)
     target_config: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -112,6 +121,7 @@ class BenchConfig:
                     {**self.router_knobs, **a.router_knobs},
                     {**self.target_config, **a.target_config},
                     a.name,
+                    a.kv_transfer,
                 )
             )
         return rows
@@ -152,7 +162,8 @@ class RouterRun:
         self.name = variant.router
         self.oracle = workload_oracle(wl)
         self.cfg = cfg
-        self.sizing = PodSizing(spec.kv_blocks, spec.max_model_len, cfg.time_scale)
+        gbps = cfg.kv_transfer_gb_per_s if variant.kv_transfer else 0.0
+        self.sizing = PodSizing(spec.kv_blocks, spec.max_model_len, cfg.time_scale, gbps)
         self.wl = wl
         self.log_dir = log_dir
         self.group = ProcessGroup()
@@ -668,7 +679,7 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
         workloads=tuple(specs), routers=routers, pods=args.pods, time_scale=args.time_scale,
         concurrency=args.concurrency, round_interval_s=args.round_interval, log_dir=args.log_dir or "",
         peer_drain=args.peer_drain, inflight_interval_s=args.inflight_interval, router_knobs=knobs,
-        target_config=target, ablations=abl,
+        target_config=target, ablations=abl, kv_transfer_gb_per_s=args.kv_transfer_gb_per_s,
     )  # fmt: skip
 
 
@@ -694,6 +705,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-scale", type=float, default=1.0, help="sim time / wall time (>1 runs the engines faster)")
     p.add_argument("--kv-blocks", type=int, default=None, help="KV blocks (16 tokens) per pod (default: per workload)")
     p.add_argument("--max-model-len", type=int, default=None, help="the pods' max_model_len (default: per workload)")
+    p.add_argument(
+        "--kv-transfer-gb-per-s", type=float, default=KV_TRANSFER_GB_PER_S,
+        help="the pods' KV connector bandwidth, GB/s (0: none; only brunoise's warm-ups read KV)",
+    )  # fmt: skip
     p.add_argument("--concurrency", type=int, default=32, help="most requests in flight at once")
     p.add_argument("--round-interval", type=float, default=0.5, help="brunoise assigner round interval, seconds")
     p.add_argument("--inflight-interval", type=float, default=0.1, help="in-flight sampling interval, seconds")

@@ -49,6 +49,8 @@ class PodSizing:
     kv_blocks: int
     max_model_len: int
     time_scale: float = 1.0
+    #: The pods' KV connector bandwidth, GB/s (0: none; see ``runtime.engines.sim``).
+    kv_transfer_gb_per_s: float = 0.0
 
 
 class Pod:
@@ -74,6 +76,7 @@ class Pod:
             entry_point("brunoise-runtime"), "--engine", "sim", "--pod-id", self.pod_id, "--target", TARGET,
             "--model", MODEL, "--time-scale", str(c.time_scale), "--kv-blocks", str(c.kv_blocks),
             "--max-model-len", str(c.max_model_len), "--http-port", str(self.http_port),
+            "--kv-transfer-gb-per-s", str(c.kv_transfer_gb_per_s),
         ]  # fmt: skip
         if self.assigner:
             argv += ["--assigner", self.assigner]
