@@ -400,13 +400,14 @@ class Warmer:
     async def _prefill(self, prompts: Sequence[Any]) -> int:
         m = self.metrics
         n = 0
+        read = self.engine.kv_transfer  # the prompts came within the read budget
         prefill_left = self.budget_bytes()  # what a donor could not hold is prefilled, within the prefill budget
         for hp in prompts:
             msgs, prompt = _input_of(hp)
             if not prompt and not msgs:
                 continue
-            params = _read_params(hp.kv_transfer_params) if self.engine.kv_transfer else None
-            if params is None:
+            params = _read_params(hp.kv_transfer_params) if read else None
+            if read and params is None:
                 size = len(prompt or "") + sum(len(r) + len(c) for r, c in msgs or ())
                 if size > prefill_left:
                     continue
