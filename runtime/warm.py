@@ -276,7 +276,10 @@ class Warmer:
     ``max_bytes``, prefills them on ``engine`` (max_tokens=1, no slice key: not the slice's load), then calls
     ``done(slice)``; also when no donor answers, when the engine's KV usage is above ``max_kv_usage`` (warming
     must not evict live sessions) or when ``timeout_s`` since the mark has passed, so a mark never outlives its
-    use (the assigner's deadline is the backstop)."""
+    use (the assigner's deadline is the backstop). Where ``engine`` reads KV from peers (``Engine.kv_transfer``)
+    it asks for the most recently served prompts within the ``WARM_READ_*`` budget and has the donors hold their
+    KV (``hold_kv``): each held prompt is read whole instead of prefilled, the rest prefilled within
+    ``max_bytes``."""
 
     def __init__(
         self,
