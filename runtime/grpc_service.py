@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from brunoise_api.v1 import inference_pb2, runtime_pb2, runtime_pb2_grpc, slicing_pb2
 from runtime.engines.base import Engine, EngineChunk, EngineError, EngineRequest, SamplingParams
 from runtime.http_api import SLICE_KEY_HEADER, FinishHook
-from runtime.warm import WARM_PRIORITY, PromptLog, WarmMetrics, hold_kv, hot_prompts_response
+from runtime.warm import PromptLog, WarmMetrics, hold_kv, hot_prompts_response, warm_priority
 from sharder.codec import engine_load_to_proto
 from sharder.keyspace import slice_key as app_slice_key
 from sharder.security.interceptor import bearer_token
@@ -110,8 +110,7 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
         if self.warm_metrics is not None:
             self.warm_metrics.served.inc(len(resp.prompts))
         if request.kv_transfer and self.engine.kv_transfer and resp.prompts:
-            priority = WARM_PRIORITY if self.engine.priority_scheduling else 0
-            await hold_kv(self.engine, resp, self.warm_metrics, priority)
+            await hold_kv(self.engine, resp, self.warm_metrics, warm_priority(self.engine))
         return resp
 
     async def Generate(

@@ -18,7 +18,7 @@ from runtime.grpc_service import GrpcServer, RuntimeService
 from runtime.http_api import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, HttpApi
 from runtime.outcomes import CountedEngine
 from runtime.tracing import TracedEngine
-from runtime.warm import WARM_PRIORITY, PromptLog, RecordingEngine, Warmer, WarmMetrics
+from runtime.warm import PromptLog, RecordingEngine, Warmer, WarmMetrics, warm_priority
 from sharder.advertise import advertise_host, host_port
 from sharder.assigner.status import LEADER_METADATA_KEY
 from sharder.launch import write_ready_file
@@ -159,7 +159,7 @@ class RuntimePod:
         # no slice key, not recorded, not traced as a client request)
         self.warmer = Warmer(
             self.engine, metadata=sl.auth.metadata, done=sl.mark_warm, metrics=self.warm_metrics,
-            timeout_s=self.warm_timeout_s, priority=WARM_PRIORITY if self.engine.priority_scheduling else 0,
+            timeout_s=self.warm_timeout_s, priority=warm_priority(self.engine),
         )  # fmt: skip
         sl.on_warming = self.warmer.want
         await sl.start()

@@ -84,7 +84,7 @@ class PromptLog:
         return len(self._entries)
 
     def record(self, key: int, prompt: str | None, messages: Messages | None) -> None:
-        size = len(prompt) if prompt is not None else sum(len(r) + len(c) for r, c in messages or ())
+        size = text_bytes(prompt, messages)
         old = self._entries.pop(key, None)
         count = 1.0
         if old is not None:
@@ -233,13 +233,13 @@ async def hold_kv(engine: Engine, resp: Any, metrics: WarmMetrics | None = None,
         msgs, prompt = _input_of(hp)
         if not prompt and not msgs:
             return False
-        text = prompt if prompt is not None else render_chat([{"role": r, "content": c} for r, c in msgs or ()])
-        hashes = prefix_hashes(text, view.chunk_bytes)
+        chat = _chat(msgs)
+        text = prompt if chat is None else render_chat(chat)
+        hashes = prefix_hashes(text or "", view.chunk_bytes)
         if not hashes or matched_chunks(hashes, view.prefix_hashes) < HOLD_MIN_CACHED * len(hashes):
             return False
         req = EngineRequest(
-            request_id=f"hold-{uuid.uuid4().hex}", prompt=prompt,
-            messages=None if msgs is None else [{"role": r, "content": c} for r, c in msgs],
+            request_id=f"hold-{uuid.uuid4().hex}", prompt=prompt, messages=chat,
             sampling=SamplingParams(max_tokens=1), priority=priority, kv_transfer_params=HOLD_PARAMS,
         )  # fmt: skip
         last: EngineChunk | None = None
@@ -266,6 +266,23 @@ def _input_of(hp: Any) -> tuple[Messages | None, str | None]:
     if hp.WhichOneof("input") == "messages":
         return tuple((x.role, x.content) for x in hp.messages.messages), None
     return None, hp.prompt or None
+
+
+def _chat(msgs: Messages | None) -> list[dict[str, object]] | None:
+    """``msgs`` as the chat messages an ``EngineRequest`` carries (None stays None)."""
+    return None if msgs is None else [{"role": r, "content": c} for r, c in msgs]
+
+
+def text_bytes(prompt: str | None, messages: Messages | None) -> int:
+    """The bytes of text a prompt (or chat messages: roles and contents) holds: what the log and the warm-up
+    budgets count."""
+    return len(prompt) if prompt is not None else sum(len(r) + len(c) for r, c in messages or ())
+
+
+def warm_priority(engine: Engine) -> int:
+    """The priority of warm-up requests on ``engine``: after the clients' where it schedules by priority (vLLM
+    refuses a nonzero priority otherwise)."""
+    return WARM_PRIORITY if engine.priority_scheduling else 0
 
 
 class Warmer:
@@ -397,7 +414,8 @@ class Warmer:
                 seen.add(hp.slice_key)
                 out.append(hp)
                 budget_n -= 1
-                budget_b -= len(hp.prompt) + sum(len(x.role) + len(x.content) for x in hp.messages.messages)
+                msgs, prompt = _input_of(hp)
+                budget_b -= text_bytes(prompt, msgs)
         return out if answered else None
 
     async def _prefill(self, prompts: Sequence[Any]) -> int:
@@ -411,7 +429,7 @@ class Warmer:
                 continue
             params = _read_params(hp.kv_transfer_params) if read else None
             if read and params is None:
-                size = len(prompt or "") + sum(len(r) + len(c) for r, c in msgs or ())
+                size = text_bytes(prompt, msgs)
                 if size > prefill_left:
                     continue
                 prefill_left -= size
@@ -424,7 +442,7 @@ class Warmer:
                 req = EngineRequest(
                     request_id=f"warm-{uuid.uuid4().hex}",
                     prompt=piece_prompt,
-                    messages=None if piece_msgs is None else [{"role": r, "content": c} for r, c in piece_msgs],
+                    messages=_chat(piece_msgs),
                     sampling=SamplingParams(max_tokens=1),
                     priority=self.priority,
                     kv_transfer_params=params,

@@ -695,12 +695,13 @@ class SimEngine(Engine):
         if engine != self.engine_id:  # a read from itself moves nothing
             req.remote_tokens = len(group) * BLOCK_TOKENS
 
-    def _export_params(self, req: _Req, block_ids: Sequence[int]) -> dict[str, Any]:
-        """What a producer's final chunk carries: the params a peer reads ``req``'s full blocks with."""
+    def _export_params(self, req: _Req) -> dict[str, Any]:
+        """What a producer's final chunk carries: the params a peer reads ``req``'s full prompt blocks with (call
+        before its blocks are freed)."""
         return {
             "do_remote_prefill": True,
             "do_remote_decode": False,
-            "remote_block_ids": list(block_ids[: req.num_prompt // BLOCK_TOKENS]),
+            "remote_block_ids": req.blocks[: req.num_prompt // BLOCK_TOKENS],
             "remote_engine_id": self.engine_id,
             "remote_request_id": req.id,
             "remote_host": "127.0.0.1",
@@ -1064,7 +1065,7 @@ class SimEngine(Engine):
             req.push(EngineChunk(text=piece))
             return False
         req.finished = True
-        params = self._export_params(req, req.blocks) if req.export else None
+        params = self._export_params(req) if req.export else None
         self.kv.free_request(req)
         req.push(
             EngineChunk(

@@ -674,10 +674,7 @@ class VllmEngine(Engine):
                     elif piece_text:
                         yield EngineChunk(text=piece_text)
                 if usage:
-                    details = usage.get("prompt_tokens_details") or {}
-                    cached = int(details.get("cached_tokens") or 0)
-                    prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                    completion = int(usage.get("completion_tokens") or 0)
+                    prompt_tokens, completion, cached = usage_counts(usage)
                     fl = self._inflight.get(key)
                     if fl is not None:
                         fl.prompt_tokens = prompt_tokens
@@ -985,15 +982,22 @@ def chunk_of_response(obj: Mapping[str, Any]) -> EngineChunk:
     text = choice.get("text")
     if text is None:
         text = (choice.get("message") or {}).get("content") or ""
-    usage = obj.get("usage") or {}
-    details = usage.get("prompt_tokens_details") or {}
+    prompt_tokens, completion, cached = usage_counts(obj.get("usage") or {})
     params = obj.get("kv_transfer_params")
     return EngineChunk(
-        text=str(text), finish_reason=str(choice.get("finish_reason") or "stop"),
-        prompt_tokens=int(usage.get("prompt_tokens") or 0), completion_tokens=int(usage.get("completion_tokens") or 0),
-        cached_tokens=int(details.get("cached_tokens") or 0),
-        kv_transfer_params=params if isinstance(params, dict) else None,
+        text=str(text), finish_reason=str(choice.get("finish_reason") or "stop"), prompt_tokens=prompt_tokens,
+        completion_tokens=completion, cached_tokens=cached, kv_transfer_params=params if isinstance(params, dict) else None,
     )  # fmt: skip
+
+
+def usage_counts(usage: Mapping[str, Any]) -> tuple[int, int, int]:
+    """Prompt, completion and cached prompt tokens of a vLLM ``usage`` object (streamed or whole)."""
+    details = usage.get("prompt_tokens_details") or {}
+    return (
+        int(usage.get("prompt_tokens") or 0),
+        int(usage.get("completion_tokens") or 0),
+        int(details.get("cached_tokens") or 0),
+    )
 
 
 def from_cli(model: str | None, engine_args: Mapping[str, str]) -> VllmEngine:
