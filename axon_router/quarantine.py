@@ -2,9 +2,9 @@
 
 A request's attempt that fails with a pod fault (the pod crashed, hung, timed out or answered 500) is reported
 (``ReportKeyFault``); the assigners judge it in the store (``sharder.quarantine``), so every router shares one
-verdict, and a restarted router gets them back from its first poll (``ListQuarantines``). A *suspected* key is never
-retried, spilled or fallen back beyond its subset; a *quarantined* key is refused (``key_quarantined``) and never
-retried. With the assigners unreachable the router judges alone, with the same pure rule.
+verdict, and a restarted router gets them back from its first poll (``ListQuarantines``). A *suspected* key is not
+retried, spilled or fallen back beyond its subset while a pod of its subset can take it (``contained``); a
+*quarantined* key is refused (``key_quarantined``) and never retried. With the assigners unreachable the router judges alone, with the same pure rule.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 
 from axon_router.assigner_client import AssignerCalls
+from axon_router.cost import tie_rank
 from axon_router.metrics import RouterMetrics
 from brunoise_api.v1 import assigner_pb2
 from sharder.quarantine import KeyRecord, QuarantinePolicy, note_fault
@@ -26,6 +27,17 @@ log = logging.getLogger("axon_router.quarantine")
 
 #: Attempt failures that say the pod broke while serving the request (``RetryableError.cause``, or a broken stream).
 FAULT_CAUSES = frozenset({"network", "timeout", "empty_stream", "http_500", "stream_broken"})
+
+
+def contained(outside: Sequence[str], subset: Sequence[str], slice_key: int) -> list[str]:
+    """The pods beyond its subset a suspected key may be sent to: none while a pod of its subset can take it; when
+    none can (they are down, or were tried), the one outside pod that ranks first for the key on every router
+    (``tie_rank``). An innocent key whose request was on a pod that crashed is suspected too, and must not be
+    refused once the key of death has taken its subset down; a key of death still reaches one pod at a time and
+    is quarantined at ``QuarantinePolicy.pods`` faulted pods, wherever they are."""
+    if subset or not outside:
+        return []
+    return [min(outside, key=lambda p: tie_rank(slice_key, p))]
 
 
 def _wall_ms() -> int:

@@ -32,7 +32,7 @@ from axon_router.metrics import RouterMetrics
 from axon_router.pick import HELD, SUBSET, Candidates, CostPick, PickPolicy
 from axon_router.pod_view import PodView, Residence, Ticket
 from axon_router.pollers import Pollers
-from axon_router.quarantine import FAULT_CAUSES, KeyGuard
+from axon_router.quarantine import FAULT_CAUSES, KeyGuard, contained
 from axon_router.quota import QuotaGate, QuotaTicket, used_tokens
 from axon_router.regions import RegionRouter
 from axon_router.rollout import RolloutView
@@ -310,7 +310,7 @@ class Router:
                 if v.id not in inside and v.id not in tried and v.healthy and v.breaker.available(now)
             ]
             if suspected:
-                outside = []  # a suspected key never leaves its subset: no retry, spill or fallback beyond it
+                outside = contained(outside, subset, req.slice_key)  # no retry, spill or fallback beyond the subset
             if f.attempts == 0:
                 tenant = req.tenant or ""
                 if not counted:  # once per request (a suspected key decides again)

@@ -3,16 +3,20 @@
 Routers run with --key-quarantine; every slice has 2 replicas (max_replicas 2) on 3 pods. The poison key's first
 request crashes one subset pod, is retried inside its subset only, crashes the second and is then quarantined:
 it touched 2 pods (max_replicas), the third pod survives, and another tenant's requests sent meanwhile all succeed.
+A session of the poison's tenant that was streaming on a crashed pod is suspected with it, and is served by the
+third pod afterwards (not refused because its subset is down).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
 import json
 import os
 import pathlib
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 
 import grpc
@@ -58,7 +62,9 @@ class PairCluster(Cluster):
 def pcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PairCluster]:
     cl = PairCluster(
         pathlib.Path(tmp_path_factory.mktemp("kod-cluster")),
-        runtime_args=("--fault-marker", MARKER),
+        # leases outlive the test's steps: the crashed pods stay assigned (routers see them down), as they do
+        # for a real lease's TTL
+        runtime_args=("--fault-marker", MARKER, "--lease-ttl", "60"),
         router_args=(*ROUTER_ARGS, "--key-quarantine", "--quarantine-cooldown-s", "60"),
     )
     try:
@@ -80,6 +86,18 @@ def test_poison_key_touches_at_most_max_replicas_pods_and_is_quarantined(pcluste
 
     subset: set[str] = wait_until(paired, 30, "both routers to see the key's two replicas")
     bystander = next(iter(set(cl.runtimes) - subset))
+    # an innocent session on the poison's subset, streaming when the poison crashes its pod
+    sessions = (chat("evil", "a long answer please", 4000, session=f"innocent-{i}") for i in range(200))
+    inn_body, inn_headers = next((b, h) for b, h in sessions if cl.subset(routed_key(b, h)) == subset)
+    inn_key = routed_key(inn_body, inn_headers)
+    assert inn_key != key
+    req = urllib.request.Request(
+        cl.http(0) + "/v1/chat/completions",
+        data=json.dumps({**inn_body, "stream": True, "ignore_eos": True}).encode(),
+        headers={"content-type": "application/json", **inn_headers},
+    )
+    stream = urllib.request.urlopen(req, timeout=60)
+    assert stream.status == 200 and stream.readline().startswith(b"data: {"), "the innocent stream started"
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as bg:
         others = bg.submit(
@@ -97,6 +115,12 @@ def test_poison_key_touches_at_most_max_replicas_pods_and_is_quarantined(pcluste
             "router1 to refuse the quarantined key",
         )
         good = others.result()
+    with stream:
+        try:
+            rest = stream.read()  # the stream breaks with its pod (its tokens are never retried elsewhere)
+        except http.client.IncompleteRead as e:
+            rest = e.partial
+    assert b"data: [DONE]" not in rest, "the innocent stream outlived its crashed pod"
 
     crashed = {pid for pid, p in cl.runtimes.items() if not p.alive()}
     failed = [(r.status, r.body[:200]) for r in good if r.status != 200]
@@ -111,6 +135,17 @@ def test_poison_key_touches_at_most_max_replicas_pods_and_is_quarantined(pcluste
         q = stub.ListQuarantines(assigner_pb2.ListQuarantinesRequest(target=TARGET), timeout=5)
         rec = next(r for r in q.keys if r.slice_key == key)
         assert rec.state == "quarantined" and set(rec.pods) == subset
+
+        def innocent_suspected() -> bool:
+            q = stub.ListQuarantines(assigner_pb2.ListQuarantinesRequest(target=TARGET, suspected=True), timeout=5)
+            return any(r.slice_key == inn_key and r.state == "suspected" for r in q.keys)
+
+        wait_until(innocent_suspected, 10, "the innocent session's key suspected (its stream broke with the crash)")
+    # its subset is down: it goes to the one pod beyond it that every router ranks first for it, not a 503
+    for i in (0, 1):
+        assert cl.subset(inn_key, i) == subset, "the crashed pods' leases have not expired"
+        status, headers, raw = post(cl.http(i) + "/v1/chat/completions", {**inn_body, "max_tokens": 4}, inn_headers)
+        assert status == 200 and headers.get("x-brunoise-pod") == bystander, (status, raw[:300])
 
     # a router started now knows the quarantine before it serves (it lives with the assignment, in the store)
     r = cl.add_router(cl.router_args, wait=False)

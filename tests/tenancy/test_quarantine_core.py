@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from axon_router.quarantine import contained
 from sharder.quarantine import KeyRecord, QuarantineError, QuarantinePolicy, meta_key, note_fault
 
 POL = QuarantinePolicy(pods=2, window_ms=10_000, cooldown_ms=60_000)
@@ -39,3 +40,12 @@ def test_policy_and_meta_key() -> None:
     with pytest.raises(QuarantineError):
         QuarantinePolicy(cooldown_ms=5).validate()
     assert meta_key("chat", 255) == "quarantine/chat/00000000000000ff"
+
+
+def test_a_suspected_key_leaves_its_subset_only_when_none_of_it_can_take_it() -> None:
+    assert contained(["pod2", "pod3"], ["pod1"], 7) == [], "a subset pod can take it: nowhere beyond"
+    assert contained([], [], 7) == []
+    one = contained(["pod2", "pod3", "pod4"], [], 7)
+    assert len(one) == 1, "one pod at a time"
+    assert contained(["pod4", "pod3", "pod2"], [], 7) == one, "the same pod whatever the order (every router)"
+    assert {contained(["pod2", "pod3", "pod4"], [], k)[0] for k in range(64)} == {"pod2", "pod3", "pod4"}, "spread by key"
