@@ -36,6 +36,9 @@ from bench.workload import (
     WorkloadConfig,
     generate,
     phase_at,
+    pool_lru,
+    relative_restart,
+    restart_vs_steady,
     sent_oracle,
     summary,
     workload_oracle,
@@ -514,13 +517,7 @@ class RouterRun:
         sent = sent_oracle(self.wl, ((r.sent_s, r.index, r.phase) for r in results))
         o_steady = sent.phase_hit_rate(PHASE_STEADY)
         o_restart = sent.phase_hit_rate(PHASE_RESTART)
-        # each phase's hit rate as a fraction of what one infinite cache gets on the same requests, so the
-        # restart phase's longer histories do not flatter it against the steady phase
-        restart_rel = (
-            (restart / o_restart) / (steady / o_steady)
-            if restart is not None and steady and o_steady and o_restart
-            else None
-        )
+        restart_rel = restart_vs_steady(steady, restart, o_steady, o_restart)
         o_all = self.oracle.hit_rate
         hot = per_phase.get(PHASE_HOT, {}).get("hit_rate")
         out: dict[str, Any] = {
@@ -743,17 +740,25 @@ async def amain(cfg: BenchConfig, out: pathlib.Path, chart_path: pathlib.Path) -
     for spec in cfg.workloads:
         wl = generate(spec.workload)
         orc = workload_oracle(wl)
+        pool = pool_lru(wl, cfg.pods, spec.kv_blocks)
         group: dict[str, Any] = {
             "kv_blocks": spec.kv_blocks,
             "max_model_len": spec.max_model_len,
             "workload": {**dataclasses.asdict(spec.workload), **summary(wl)},
             "oracle": {"hit_rate": orc.hit_rate, "per_phase": {p: orc.phase_hit_rate(p) for p in orc.per_phase}},
+            "pool_lru": {
+                "hit_rate": pool.hit_rate,
+                "hit_over_oracle": pool.hit_rate / orc.hit_rate if orc.hit_rate else None,
+                "per_phase": {p: pool.phase_hit_rate(p) for p in pool.per_phase},
+                "restart_hit_rate_vs_steady": relative_restart(pool, orc),
+            },
             "routers": [],
         }
         rep["workloads"][spec.name] = group
         print(
             f"== {spec.name}: {len(wl.requests)} requests in {len(wl.sessions)} sessions over "
-            f"{spec.workload.duration_s:.0f}s, {spec.kv_blocks} KV blocks/pod, oracle hit rate {100 * orc.hit_rate:.1f}%",
+            f"{spec.workload.duration_s:.0f}s, {spec.kv_blocks} KV blocks/pod, oracle hit rate {100 * orc.hit_rate:.1f}%, "
+            f"one LRU cache of the pool's size {100 * pool.hit_rate:.1f}%",
             flush=True,
         )
         for variant in cfg.variants():

@@ -101,7 +101,8 @@ def _failed(r: Mapping[str, Any]) -> str:
 
 
 def table(rep: Mapping[str, Any]) -> str:
-    """Every workload's routers as one fixed-width table, each workload's oracle (infinite shared cache) last."""
+    """Every workload's routers as one fixed-width table, each workload's oracle (infinite shared cache) last, then
+    one LRU cache of the pool's size (``bench.workload.pool_lru``, a pod fewer while pods restart)."""
     groups: list[tuple[str, list[list[str]]]] = []
     failed: list[str] = []
     for name, g in rep["workloads"].items():
@@ -114,6 +115,10 @@ def table(rep: Mapping[str, Any]) -> str:
                 continue
             rows.append([fmt(get(r, path), kind) for _, path, kind in COLUMNS])
         rows.append(["oracle", fmt(g["oracle"]["hit_rate"], "pct"), "1.00"] + [""] * (len(COLUMNS) - 3))
+        pool = g.get("pool_lru")
+        if pool:
+            cells = {"router": "pool LRU", **{h: fmt(get(pool, path), kind) for h, path, kind in COLUMNS[1:]}}
+            rows.append([cells[h] if h in ("router", "hit", "hit/orc", "rst/stdy") else "" for h, _, _ in COLUMNS])
         title = f"{name}: {g['kv_blocks']} KV blocks/pod, {g['workload'].get('requests', '?')} requests"
         groups.append((title, rows))
     return "\n".join(_grid([h for h, _, _ in COLUMNS], groups) + failed)
@@ -183,6 +188,9 @@ def verdict(g: Mapping[str, Any]) -> list[Check]:
     name = f"hit >= best peer - {100 * HIT_MARGIN:.1f} pt and >= {100 * HIT_ORACLE_FRACTION:.0f}% of oracle"
     vs_oracle = hit >= HIT_ORACLE_FRACTION * oracle
     detail = f"{100 * hit:.1f}% vs oracle {100 * oracle:.1f}% ({hit / oracle if oracle else 0:.2f})"
+    pool = g.get("pool_lru")
+    if pool:
+        detail += f", one LRU cache of the pool {100 * float(pool['hit_rate']):.1f}%"
     if best is None:
         checks.append(Check(name, None if vs_oracle else False, detail + ", no peer ran"))
     else:
@@ -217,10 +225,12 @@ def verdict(g: Mapping[str, Any]) -> list[Check]:
     )
     rel = b.get("restart_hit_rate_vs_steady")
     name = f"restart hit >= {100 * RESTART_OVER_STEADY:.0f}% of steady"
+    pool_rel = get(g, "pool_lru.restart_hit_rate_vs_steady")
+    ref = f" (one LRU cache of the pool, a pod down: {float(pool_rel):.2f})" if pool_rel is not None else ""
     checks.append(
         Check(name, None, "not measured")
         if rel is None
-        else Check(name, float(rel) >= RESTART_OVER_STEADY, f"{rel:.2f}")
+        else Check(name, float(rel) >= RESTART_OVER_STEADY, f"{rel:.2f}{ref}")
     )
     return checks
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from sharder.prefix import CHUNK_BYTES, TEXT_BYTES_PER_TOKEN, matched_chunks, prefix_hashes, render_chat
 
@@ -384,14 +385,18 @@ def oracle(
     *,
     chunk_bytes: int = CHUNK_BYTES,
     bytes_per_token: int = TEXT_BYTES_PER_TOKEN,
+    capacity: Callable[[str], int] | None = None,
 ) -> OracleResult:
-    """Replay prompts in order against one infinite block cache; ``prompts`` are texts or (phase, text) pairs.
+    """Replay prompts in order against one block cache shared by every pod; ``prompts`` are texts or (phase, text)
+    pairs. The cache is infinite, or with ``capacity`` (chunks it holds in a phase) evicts the least recently used
+    chunk, a prompt's tail before its head, as vLLM's free-block queue does.
 
-    A request hits the leading full chunks whose chained hash an earlier request inserted, but (as vLLM and the
-    simulated engine do) never its last token: at most ``(tokens - 1) // block_tokens`` blocks. Hits are counted
-    in tokens (``chunk_bytes / bytes_per_token`` per chunk), queries as the prompt's tokens.
+    A request hits the leading full chunks whose chained hash an earlier request inserted (and, with a capacity,
+    that are still held), but (as vLLM and the simulated engine do) never its last token: at most
+    ``(tokens - 1) // block_tokens`` blocks. Hits are counted in tokens (``chunk_bytes / bytes_per_token`` per
+    chunk), queries as the prompt's tokens.
     """
-    held: set[int] = set()
+    held: dict[int, None] = {}  # insertion order = recency, least recent first
     per_phase: dict[str, list[int]] = {}
     q_all = h_all = 0
     tokens_per_chunk = chunk_bytes // bytes_per_token
@@ -399,8 +404,13 @@ def oracle(
         phase, text = (PHASE_STEADY, item) if isinstance(item, str) else item
         hashes = prefix_hashes(text, chunk_bytes)
         q = prompt_tokens(text, bytes_per_token)
-        h = min(matched_chunks(hashes, held), (q - 1) // tokens_per_chunk) * tokens_per_chunk
-        held.update(hashes)
+        h = min(matched_chunks(hashes, held.keys()), (q - 1) // tokens_per_chunk) * tokens_per_chunk
+        for c in reversed(hashes):  # the head ends most recent: the tail goes first
+            held.pop(c, None)
+            held[c] = None
+        if capacity is not None:
+            for c in list(itertools.islice(held, max(0, len(held) - capacity(phase)))):
+                del held[c]
         q_all += q
         h_all += h
         acc = per_phase.setdefault(phase, [0, 0])
@@ -412,6 +422,35 @@ def oracle(
 def workload_oracle(wl: Workload) -> OracleResult:
     """The oracle over a workload's requests in scheduled order."""
     return oracle((r.phase, r.prompt) for r in wl.requests)
+
+
+def restart_vs_steady(
+    steady: float | None, restart: float | None, o_steady: float | None, o_restart: float | None
+) -> float | None:
+    """The restart phase's hit rate over the steady phase's, each as a fraction of the oracle's on the same
+    requests (so the restart phase's longer histories do not flatter it); None when a figure is missing or 0."""
+    if restart is None or not steady or not o_steady or not o_restart:
+        return None
+    return (restart / o_restart) / (steady / o_steady)
+
+
+def relative_restart(hits: OracleResult, ref: OracleResult) -> float | None:
+    """``restart_vs_steady`` of one replay (``pool_lru``) against the oracle ``ref``."""
+    return restart_vs_steady(
+        hits.phase_hit_rate(PHASE_STEADY), hits.phase_hit_rate(PHASE_RESTART),
+        ref.phase_hit_rate(PHASE_STEADY), ref.phase_hit_rate(PHASE_RESTART),
+    )  # fmt: skip
+
+
+def pool_lru(wl: Workload, pods: int, kv_blocks: int) -> OracleResult:
+    """A reference, not a bound: one LRU cache of the pool's size (``pods`` x ``kv_blocks``, one pod fewer in the
+    restart phase, where one pod at a time is down) over the workload in scheduled order. What a router that
+    never duplicated a prefix, in front of engines that evict as vLLM does, could keep; the oracle minus this is
+    what the pool's capacity costs, this minus a router's hit rate what its placement costs."""
+    return oracle(
+        ((r.phase, r.prompt) for r in wl.requests),
+        capacity=lambda phase: (pods - 1 if phase == PHASE_RESTART else pods) * kv_blocks,
+    )
 
 
 def sent_oracle(wl: Workload, sent: Iterable[tuple[float, int, str]]) -> OracleResult:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping, Sequence
 
 import xxhash
 
@@ -85,7 +85,7 @@ def stable_chat_prefix(messages: Iterable[Mapping[str, object]]) -> str:
     return render_chat(head)[: -len("<|assistant|>\n")]
 
 
-def matched_chunks(hashes: list[int], held: set[int] | frozenset[int]) -> int:
+def matched_chunks(hashes: Sequence[int], held: Container[int]) -> int:
     """How many leading chunks of a request (its ``prefix_hashes``) a holder of ``held`` already has."""
     n = 0
     for h in hashes:

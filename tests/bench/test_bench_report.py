@@ -125,6 +125,18 @@ def test_tables_and_verdict_text() -> None:
     assert report.verdicts(rep)["chat"]["result"] == "PASS"
 
 
+def test_the_pool_lru_reference_is_a_table_row_and_in_the_verdict_not_a_bar() -> None:
+    g = copy.deepcopy(PASSING)
+    g["pool_lru"] = {"hit_rate": 0.83, "hit_over_oracle": 0.83 / 0.84, "restart_hit_rate_vs_steady": 0.91}
+    rep = {"workloads": {"chat": g}}
+    pool = [line.split() for line in report.table(rep).splitlines() if line.startswith("pool LRU")]
+    assert pool == [["pool", "LRU", "83.0%", "0.99", "0.91"]]
+    details = {c.name.split()[0]: c.detail for c in report.verdict(g)}
+    assert "one LRU cache of the pool 83.0%" in details["hit"]
+    assert "a pod down: 0.91" in details["restart"]
+    assert report.verdict(g) != report.verdict(PASSING) and report.overall(report.verdict(g)) == "PASS"
+
+
 def test_inflight_stats_time_average_and_window() -> None:
     samples = [
         (0.0, [4.0, 0.0]),
