@@ -192,10 +192,14 @@ class RuntimePod:
             with contextlib.suppress(Exception):
                 await self.grpc.set_serving(False)
         if self.slicelet is not None and await self._drain_rpc(undrain=False):
-            # wait for the slices to move (routers then send new sessions elsewhere), at most half the budget
+            # wait for the slices to move (routers then send new sessions elsewhere), at most half the budget, and
+            # not once the assigner says nothing can take them (the target's last pod)
             half = loop.time() + timeout_s / 2
-            while self.slicelet.slices and loop.time() < half:  # noqa: ASYNC110 - a poll with a deadline
+            sl = self.slicelet
+            while sl.slices and not sl.stranded and loop.time() < half:  # noqa: ASYNC110 - a poll with a deadline
                 await asyncio.sleep(0.05)
+            if sl.slices and sl.stranded:
+                log.info("pod %s: nothing can take its %d slice(s); not waiting for them", self.pod_id, len(sl.slices))
         left = max(0.0, deadline - loop.time())
         ok = await self.api.drained(left) if self.api is not None else True
         log.info("pod %s drained (in flight left: %d)", self.pod_id, self.api.inflight if self.api else 0)

@@ -102,6 +102,8 @@ class Slicelet:
         self.misrouted = 0
         self.generation = 0
         self.state = PodState.ACTIVE
+        #: the assigner's word that this pod drains with slices no other pod can take (``ReportResponse.stranded``)
+        self.stranded = False
         #: the state the assigner named in its first answer to this process (DRAINING: a drain asked for by an
         #: earlier process of this pod id, e.g. on its SIGTERM); None until registered
         self.first_state: PodState | None = None
@@ -291,6 +293,7 @@ class Slicelet:
         self.generation = resp.generation
         self.leader_id = resp.leader_id
         self.state = _STATE_FROM_PB.get(resp.state, PodState.ACTIVE)
+        self.stranded = resp.stranded
         if self.first_state is None:
             self.first_state = self.state
         self._set_held([codec.slice_from_proto(s) for s in resp.slices])

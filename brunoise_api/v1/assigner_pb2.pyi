@@ -39,20 +39,22 @@ class ReportRequest(_message.Message):
     def __init__(self, pod: _Optional[_Union[_slicing_pb2.Pod, _Mapping]] = ..., load: _Optional[_Union[_slicing_pb2.LoadReport, _Mapping]] = ..., lease_ttl_ms: _Optional[int] = ..., leaving: _Optional[bool] = ...) -> None: ...
 
 class ReportResponse(_message.Message):
-    __slots__ = ("generation", "slices", "report_interval_ms", "leader_id", "state", "warming")
+    __slots__ = ("generation", "slices", "report_interval_ms", "leader_id", "state", "warming", "stranded")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     SLICES_FIELD_NUMBER: _ClassVar[int]
     REPORT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     WARMING_FIELD_NUMBER: _ClassVar[int]
+    STRANDED_FIELD_NUMBER: _ClassVar[int]
     generation: int
     slices: _containers.RepeatedCompositeFieldContainer[_slicing_pb2.Slice]
     report_interval_ms: int
     leader_id: str
     state: _slicing_pb2.PodState
     warming: _containers.RepeatedCompositeFieldContainer[WarmTask]
-    def __init__(self, generation: _Optional[int] = ..., slices: _Optional[_Iterable[_Union[_slicing_pb2.Slice, _Mapping]]] = ..., report_interval_ms: _Optional[int] = ..., leader_id: _Optional[str] = ..., state: _Optional[_Union[_slicing_pb2.PodState, str]] = ..., warming: _Optional[_Iterable[_Union[WarmTask, _Mapping]]] = ...) -> None: ...
+    stranded: bool
+    def __init__(self, generation: _Optional[int] = ..., slices: _Optional[_Iterable[_Union[_slicing_pb2.Slice, _Mapping]]] = ..., report_interval_ms: _Optional[int] = ..., leader_id: _Optional[str] = ..., state: _Optional[_Union[_slicing_pb2.PodState, str]] = ..., warming: _Optional[_Iterable[_Union[WarmTask, _Mapping]]] = ..., stranded: _Optional[bool] = ...) -> None: ...
 
 class WarmTask(_message.Message):
     __slots__ = ("slice", "donors")

@@ -211,8 +211,12 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
             leader_id=self.leader.me.candidate_id,
             state=_STATE_TO_PB[state],
         )
-        for sa in assignment.slices_of(pod.id, include_leaving=True):
+        held = assignment.slices_of(pod.id, include_leaving=True)
+        for sa in held:
             resp.slices.append(codec.slice_to_proto(sa.slice))
+        # a draining pod is never a replica (drop_pods): one still holding a slice with no replica has nowhere
+        # to hand it to
+        resp.stranded = state is PodState.DRAINING and bool(held) and all(not sa.replicas for sa in held)
         for sa, donors in warming_of(assignment, pod.id):
             addresses = [p.address for d in donors if (p := assignment.pod(d)) is not None and p.address]
             resp.warming.append(assigner_pb2.WarmTask(slice=codec.slice_to_proto(sa.slice), donors=addresses))

@@ -10,9 +10,12 @@ import signal
 from pathlib import Path
 
 import aiohttp
+import grpc
 import pytest
 
-from tests.runtime.procs import start_runtime
+from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc
+from tests.runtime.procs import start_assigner, start_runtime
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -65,3 +68,32 @@ async def test_drain_lets_the_running_stream_finish(tmp_path: Path) -> None:
 async def test_without_drain_the_running_stream_is_cut(tmp_path: Path) -> None:
     finishes, _, _ = await stream_then_sigterm(tmp_path, 0.0)
     assert "length" not in finishes, finishes
+
+
+def test_the_last_pod_does_not_wait_for_slices_nothing_can_take(tmp_path: Path) -> None:
+    """A drain waits (up to half its budget) for the assigner to move the pod's slices; the only pod of a target
+    has nowhere to move them, so the assigner says so (``ReportResponse.stranded``) and the pod goes on to stop
+    well inside its 60 s budget, rather than being killed at the end of Kubernetes' grace period."""
+    assigner = start_assigner(tmp_path, round_interval_s=0.2)
+    runtime = None
+    try:
+        addr = assigner.wait_ready(30)["grpc"]
+        runtime = start_runtime(
+            tmp_path, "--pod-id", "only", "--target", "chat", "--model", "m", "--assigner", addr,
+            "--report-interval", "0.2", "--drain-timeout-s", "60",
+        )  # fmt: skip
+
+        def holds() -> bool:
+            with grpc.insecure_channel(addr) as ch:
+                pods = assigner_pb2_grpc.AssignerStub(ch).ListPods(assigner_pb2.ListPodsRequest(target="chat"))
+            return any(p.pod.id == "only" and p.slices_held > 0 for p in pods.pods)
+
+        wait_until(holds, 20, "the pod to hold the target's slices")
+        os.kill(runtime.pid, signal.SIGTERM)
+        code = runtime.stop(10.0)  # SIGKILL (-9) after 10 s, a third of the drain's half budget
+        assert code == 0, (code, runtime.log_tail())
+        assert "nothing can take" in runtime.log_path.read_text()
+    finally:
+        if runtime is not None:
+            runtime.stop()
+        assigner.stop()
