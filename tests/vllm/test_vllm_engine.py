@@ -91,6 +91,9 @@ async def test_load_moves_with_in_flight_requests(engine: VllmEngine) -> None:
     base = engine.load()
     assert base.running == 0 and base.waiting == 0 and base.tokens_in_flight == 0
     n = 3
+    # long enough that vLLM's gauges, scraped every 0.25 s, see them decode (64 tokens on the tiny model could end
+    # between two scrapes)
+    tokens = 1024
     started = asyncio.Event()
     seen_first = 0
 
@@ -99,7 +102,7 @@ async def test_load_moves_with_in_flight_requests(engine: VllmEngine) -> None:
         out: list[EngineChunk] = []
         async for c in engine.generate(
             EngineRequest(
-                f"l{i}", prompt=unique_text(10 + i, 30), sampling=SamplingParams(max_tokens=64, ignore_eos=True)
+                f"l{i}", prompt=unique_text(10 + i, 30), sampling=SamplingParams(max_tokens=tokens, ignore_eos=True)
             )
         ):
             out.append(c)
@@ -114,12 +117,12 @@ async def test_load_moves_with_in_flight_requests(engine: VllmEngine) -> None:
     await until(lambda: engine.in_flight == n, 10, "requests in flight")
     now = engine.load()
     assert now.running + now.waiting >= n, now  # immediately, before any scrape
-    assert now.tokens_in_flight >= n * 64, now
+    assert now.tokens_in_flight >= n * tokens, now
     await asyncio.wait_for(started.wait(), 60)
     # vLLM's own gauge catches up while they decode
     await until(lambda: engine.load().running >= 1, 30, "vllm:num_requests_running >= 1")
     results = await asyncio.gather(*tasks)
-    assert all(r[-1].completion_tokens == 64 for r in results)
+    assert all(r[-1].completion_tokens == tokens for r in results)
     after = engine.load()
     assert after.tokens_in_flight == 0 and engine.in_flight == 0
     assert after.load > base.load
