@@ -4,7 +4,8 @@ A request's attempt that fails with a pod fault (the pod crashed, hung, timed ou
 (``ReportKeyFault``); the assigners judge it in the store (``sharder.quarantine``), so every router shares one
 verdict, and a restarted router gets them back from its first poll (``ListQuarantines``). A *suspected* key is not
 retried, spilled or fallen back beyond its subset while a pod of its subset can take it (``contained``); a
-*quarantined* key is refused (``key_quarantined``) and never retried. With the assigners unreachable the router judges alone, with the same pure rule.
+*quarantined* key is refused (``key_quarantined``) and never retried. With the assigners unreachable the router
+judges alone, with the same pure rule.
 """
 
 from __future__ import annotations

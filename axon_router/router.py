@@ -310,7 +310,8 @@ class Router:
                 if v.id not in inside and v.id not in tried and v.healthy and v.breaker.available(now)
             ]
             if suspected:
-                outside = contained(outside, subset, req.slice_key)  # no retry, spill or fallback beyond the subset
+                # beyond its subset only when no subset pod can take it, and then to one pod (quarantine.contained)
+                outside = contained(outside, subset, req.slice_key)
             if f.attempts == 0:
                 tenant = req.tenant or ""
                 if not counted:  # once per request (a suspected key decides again)

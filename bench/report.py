@@ -117,8 +117,8 @@ def table(rep: Mapping[str, Any]) -> str:
         rows.append(["oracle", fmt(g["oracle"]["hit_rate"], "pct"), "1.00"] + [""] * (len(COLUMNS) - 3))
         pool = g.get("pool_lru")
         if pool:
-            cells = {"router": "pool LRU", **{h: fmt(get(pool, path), kind) for h, path, kind in COLUMNS[1:]}}
-            rows.append([cells[h] if h in ("router", "hit", "hit/orc", "rst/stdy") else "" for h, _, _ in COLUMNS])
+            shown = ("hit", "hit/orc", "rst/stdy")  # a replay has no latency, load or moves
+            rows.append(["pool LRU"] + [fmt(get(pool, path), kind) if h in shown else "" for h, path, kind in COLUMNS[1:]])
         title = f"{name}: {g['kv_blocks']} KV blocks/pod, {g['workload'].get('requests', '?')} requests"
         groups.append((title, rows))
     return "\n".join(_grid([h for h, _, _ in COLUMNS], groups) + failed)
