@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 
 from brunoise_api.v1 import inference_pb2, runtime_pb2, runtime_pb2_grpc, slicing_pb2
 from runtime.engines.base import Engine, EngineChunk, EngineError, EngineProxy, EngineRequest, SamplingParams
+from sharder.advertise import address_host, is_loopback
 from sharder.keyspace import Slice
 from sharder.prefix import KV_BLOCK_TOKENS, TEXT_BYTES_PER_TOKEN, matched_chunks, prefix_hashes, render_chat
 
@@ -161,6 +162,11 @@ class WarmMetrics:
                             registry=r)  # fmt: skip
         self.read = Counter(p + "kv_read", "Donor prompts whose KV this pod's engine read instead of computing",
                             registry=r)  # fmt: skip
+        self.read_refused = Counter(
+            p + "kv_read_refused",
+            "Donor prompts whose kv_transfer_params named a host other than the donor's own (prefilled instead)",
+            registry=r,
+        )
 
     def text(self) -> str:
         return generate_latest(self.registry).decode()
@@ -412,6 +418,14 @@ class Warmer:
                 if hp.slice_key in seen:
                     continue
                 seen.add(hp.slice_key)
+                if hp.kv_transfer_params and not await names_its_own_host(hp.kv_transfer_params, addr):
+                    self.metrics.read_refused.inc()
+                    log.warning(
+                        "warm-up of %s: donor %s named another host than its own for its KV (remote_host %r); "
+                        "prefilling instead (a vLLM donor needs VLLM_NIXL_SIDE_CHANNEL_HOST set to its pod address)",
+                        s, addr, (_read_params(hp.kv_transfer_params) or {}).get("remote_host"),
+                    )  # fmt: skip
+                    hp.kv_transfer_params = ""
                 out.append(hp)
                 budget_n -= 1
                 msgs, prompt = _input_of(hp)
@@ -472,6 +486,27 @@ class Warmer:
 
 
 Piece = tuple[str | None, Messages | None]
+
+
+async def names_its_own_host(params_text: str, donor_address: str) -> bool:
+    """A donor's ``kv_transfer_params`` (JSON) name its own host for the read (``remote_host``, where the engine's KV
+    connector connects: NixlConnector's side channel, ``VLLM_NIXL_SIDE_CHANNEL_HOST``): the host of the address the
+    assigner registered the donor with, by name or by what the two resolve to. A donor's answer is a report, and a
+    read connects wherever it says, so one naming another host, or none, is not read from. Loopback names match
+    each other (one host: vLLM's default side-channel host is ``localhost``)."""
+    params = _read_params(params_text)
+    named = params.get("remote_host") if params is not None else None
+    if not isinstance(named, str) or not named:
+        return False
+    donor = address_host(donor_address)
+    if named == donor or (is_loopback(named) and is_loopback(donor)):
+        return True
+    loop = asyncio.get_running_loop()
+    try:
+        a, b = await asyncio.gather(loop.getaddrinfo(named, None), loop.getaddrinfo(donor, None))
+    except OSError:
+        return False
+    return bool({x[4][0] for x in a} & {x[4][0] for x in b})
 
 
 def _read_params(text: str) -> dict[str, Any] | None:

@@ -39,6 +39,12 @@ def advertise_host(bind_host: str, advertise: str | None = None) -> str:
     return primary_address()
 
 
+def address_host(address: str) -> str:
+    """The host of a ``host:port`` address (an IPv6 literal unbracketed): the inverse of ``host_port``."""
+    host = address.rpartition(":")[0] if ":" in address else address
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
 def host_port(host: str, port: int) -> str:
     """``host:port`` with an IPv6 literal bracketed."""
     try:

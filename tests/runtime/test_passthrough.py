@@ -184,10 +184,12 @@ def test_routing_fields_read_only_what_routing_needs() -> None:
 
 
 def test_advertise_host_defaults() -> None:
-    from sharder.advertise import advertise_host, host_port
+    from sharder.advertise import address_host, advertise_host, host_port
 
     assert advertise_host("127.0.0.1") == "127.0.0.1"
     assert advertise_host("0.0.0.0", "10.1.2.3") == "10.1.2.3"
     wild = advertise_host("0.0.0.0")
     assert wild not in ("0.0.0.0", "") and host_port(wild, 80).endswith(":80")
     assert host_port("::1", 5) == "[::1]:5"
+    for host in ("::1", "10.1.2.3", "pod-0.svc"):
+        assert address_host(host_port(host, 50051)) == host

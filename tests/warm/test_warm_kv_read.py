@@ -5,11 +5,22 @@ donor's has none, the warmer prefills as before."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
+from collections.abc import AsyncIterator
 
-from runtime.engines.base import EngineRequest, SamplingParams
+from runtime.engines.base import Engine, EngineChunk, EngineProxy, EngineRequest, SamplingParams
 from runtime.engines.sim import SimConfig, SimEngine
 from runtime.grpc_service import GrpcServer, RuntimeService
-from runtime.warm import WARM_PIECE_BYTES, PromptLog, RecordingEngine, Warmer, WarmMetrics, warm_pieces
+from runtime.warm import (
+    WARM_PIECE_BYTES,
+    PromptLog,
+    RecordingEngine,
+    Warmer,
+    WarmMetrics,
+    names_its_own_host,
+    warm_pieces,
+)
 from sharder.keyspace import Slice
 
 SYSTEM = "You answer questions about the warm-up-by-read test in great detail. " * 40
@@ -29,14 +40,31 @@ async def one(engine: SimEngine | RecordingEngine, prompt: str, key: int | None 
     return last.cached_tokens
 
 
-async def warm(donor_gbps: float, evict: bool = False) -> tuple[SimEngine, WarmMetrics, WarmMetrics, list[str]]:
-    """A donor that served three long sessions (``evict``: and lost them from its cache since), and a warmer (with a
-    connector) warming their slice from it."""
+class NamesHost(EngineProxy):
+    """A donor's engine whose KV connector names ``host`` as where to read its blocks (``remote_host``)."""
+
+    def __init__(self, inner: Engine, host: str) -> None:
+        super().__init__(inner)
+        self.host = host
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineChunk]:
+        async for c in self.inner.generate(request):
+            if c.kv_transfer_params:
+                c = dataclasses.replace(c, kv_transfer_params={**c.kv_transfer_params, "remote_host": self.host})
+            yield c
+
+
+async def warm(
+    donor_gbps: float, evict: bool = False, names: str | None = None
+) -> tuple[SimEngine, WarmMetrics, WarmMetrics, list[str]]:
+    """A donor that served three long sessions (``evict``: and lost them from its cache since; ``names``: its
+    connector names that host for the read), and a warmer (with a connector) warming their slice from it."""
     donor_engine = sim(donor_gbps)
     await donor_engine.start()
     donor_metrics = WarmMetrics()
     log_ = PromptLog()
-    recording = RecordingEngine(donor_engine, log_, donor_metrics)
+    inner: Engine = donor_engine if names is None else NamesHost(donor_engine, names)
+    recording = RecordingEngine(inner, log_, donor_metrics)
     prompts = [SYSTEM + f"session {i}: " + f"tool output {i} " * 300 for i in range(3)]
     for i, p in enumerate(prompts):
         await one(recording, p, key=10 + i)
@@ -109,3 +137,46 @@ async def test_a_donor_holds_only_what_its_cache_still_holds() -> None:
         )
     finally:
         await local.stop()
+
+
+async def test_a_donor_naming_another_host_for_its_kv_is_not_read_from() -> None:
+    """Failure mode: the warmer sent its engine whatever ``kv_transfer_params`` a donor answered, and a KV connector
+    connects to the ``remote_host`` they name: a pod could point every warming peer's engine at any host. The read
+    is refused and the prompts are prefilled as from a donor without a connector; a loopback donor naming
+    ``localhost`` (vLLM's default side-channel host) is still read from."""
+    local, metrics, donor_metrics, prompts = await warm(10.0, names="10.9.8.7")
+    try:
+        value = metrics.registry.get_sample_value
+        assert donor_metrics.registry.get_sample_value("brunoise_runtime_warmup_kv_held_total") == 3
+        assert value("brunoise_runtime_warmup_kv_read_total") == 0
+        assert value("brunoise_runtime_warmup_kv_read_refused_total") == 3
+        assert value("brunoise_runtime_warmup_requests_total") == 2 * len(
+            warm_pieces(prompts[0], None, WARM_PIECE_BYTES)
+        )
+        for p in prompts[1:]:  # prefilled: the sessions still hit
+            assert await one(local, p + " next turn") >= len(await local.tokenize(p)) - 16
+    finally:
+        await local.stop()
+    local, metrics, _, _ = await warm(10.0, names="localhost")
+    try:
+        assert metrics.registry.get_sample_value("brunoise_runtime_warmup_kv_read_total") == 3
+        assert metrics.registry.get_sample_value("brunoise_runtime_warmup_kv_read_refused_total") == 0
+    finally:
+        await local.stop()
+
+
+async def test_which_hosts_a_donor_may_name() -> None:
+    def params(host: object) -> str:
+        return json.dumps({"do_remote_prefill": True, "remote_host": host, "remote_port": 5600})
+
+    assert await names_its_own_host(params("10.0.0.7"), "10.0.0.7:50051")
+    assert await names_its_own_host(params("::1"), "[::1]:50051")
+    assert await names_its_own_host(params("localhost"), "127.0.0.1:50051")  # one host, loopback either way
+    assert await names_its_own_host(params("127.0.0.1"), "[::1]:50051")
+    assert not await names_its_own_host(params("10.0.0.8"), "10.0.0.7:50051")
+    assert not await names_its_own_host(params("localhost"), "10.0.0.7:50051")  # vLLM's default on a real pod
+    assert not await names_its_own_host(params("127.0.0.1"), "10.0.0.7:50051")
+    assert not await names_its_own_host(params(None), "10.0.0.7:50051")
+    assert not await names_its_own_host(params(7), "10.0.0.7:50051")
+    assert not await names_its_own_host(json.dumps({"do_remote_prefill": True}), "127.0.0.1:50051")
+    assert not await names_its_own_host("not json", "127.0.0.1:50051")
