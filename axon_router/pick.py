@@ -26,6 +26,10 @@ RULE_CAPPED = "capped"  # the lowest estimated TTFT was over the load cap; the b
 RULE_OVER_CAP = "over_cap"  # no admissible subset pod under the cap (the others are over their limits)
 RULE_HELD = "held"  # the session's cache is held outside the subset only, and that pod's TTFT is worth keeping
 RULE_ROOM = "kv_room"  # the pod holding the session's cache is crowded (kv_room); the best subset pod it fits on
+#: Every rule (``x-brunoise-pick-rule``, ``brunoise_router_pick_rule_total{rule}``).
+PICK_RULES = (
+    RULE_STICKY, RULE_COST, RULE_BALANCE, RULE_ESCAPE, RULE_CAPPED, RULE_OVER_CAP, RULE_HELD, RULE_ROOM
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -305,6 +309,7 @@ class CostPick:
 __all__ = [
     "FALLBACK",
     "HELD",
+    "PICK_RULES",
     "SPILL",
     "SUBSET",
     "Candidates",

@@ -13,6 +13,8 @@ from bench.workload import Request
 
 POD_ID_HEADER = "x-brunoise-pod-id"  # set by the runtime (peers pass it through)
 ROUTER_POD_HEADER = "x-brunoise-pod"  # set by brunoise-router
+PICK_HEADER = "x-brunoise-pick"  # brunoise-router: how the pod was picked (in_subset, held, spill, ...)
+PICK_RULE_HEADER = "x-brunoise-pick-rule"  # brunoise-router: the rule of a subset or held pick (sticky, cost, ...)
 SESSION_HEADER = "x-session-id"
 TENANT_HEADER = "x-tenant-id"
 
@@ -39,6 +41,9 @@ class Result:
     #: Seconds from the run's start to the send (the planned time plus ``late_s``); ``phase`` is the phase then.
     sent_s: float = 0.0
     pod: str = ""
+    #: brunoise-router only (empty for the peers): the pick's outcome and rule, from its response headers.
+    pick: str = ""
+    rule: str = ""
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
@@ -60,6 +65,8 @@ async def send(session: aiohttp.ClientSession, base: str, req: Request, timeout_
         ) as resp:
             res.status = resp.status
             res.pod = resp.headers.get(POD_ID_HEADER) or resp.headers.get(ROUTER_POD_HEADER) or ""
+            res.pick = resp.headers.get(PICK_HEADER, "")
+            res.rule = resp.headers.get(PICK_RULE_HEADER, "")
             if resp.status != 200:
                 res.error = f"http_{resp.status}"
                 await resp.read()

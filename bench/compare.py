@@ -560,8 +560,8 @@ class RouterRun:
             ),
             "restarts": self.restart_log,
             # every request as the client saw it, in send order: [index, phase sent in, sent_s, ttft_ms, pod,
-            # prompt tokens, cached tokens, error, e2e_ms] (to find where a tail comes from: which pod, when, what
-            # it hit)
+            # prompt tokens, cached tokens, error, e2e_ms, pick, pick rule] (to find where a tail comes from: which
+            # pod, when, what it hit; and, for brunoise, why that pod: a session's hop by its rule)
             "request_log": [
                 [
                     r.index,
@@ -573,6 +573,8 @@ class RouterRun:
                     r.cached_tokens,
                     r.error,
                     ms(r.e2e_s),
+                    r.pick,
+                    r.rule,
                 ]
                 for r in sorted(results, key=lambda r: r.sent_s)
             ],

@@ -108,7 +108,12 @@ class RouterService:
             raise
         pod_id = f.pod.id if f.pod else ""
         context.set_trailing_metadata(
-            (("x-brunoise-pod", pod_id), ("x-brunoise-pick", f.reason), ("x-brunoise-attempts", str(f.attempts)))
+            (
+                ("x-brunoise-pod", pod_id),
+                ("x-brunoise-pick", f.reason),
+                ("x-brunoise-pick-rule", str(f.attrs.get("brunoise.pick_rule", ""))),
+                ("x-brunoise-attempts", str(f.attempts)),
+            )
         )
         rid = req.request_id or ""
         index = 0

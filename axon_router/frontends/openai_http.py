@@ -194,6 +194,7 @@ class OpenAIFrontend:
         headers = {
             "x-brunoise-pod": pod.id if pod else "",
             "x-brunoise-pick": f.reason,
+            "x-brunoise-pick-rule": str(f.attrs.get("brunoise.pick_rule", "")),
             "x-brunoise-attempts": str(f.attempts),
             "x-brunoise-target": f.target,
         }

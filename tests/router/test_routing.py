@@ -14,6 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from axon_router.pick import PICK_RULES
 from brunoise_api.v1 import inference_pb2, router_pb2_grpc
 from sharder.keyspace import group_range
 from sharder.promtext import metric_value
@@ -57,6 +58,9 @@ def test_session_turns_go_to_their_subset_and_sessions_spread(cluster: Cluster) 
             pod = headers["x-brunoise-pod"]
             assert pod in before | after, (sid, pod, before, after)
             assert headers["x-brunoise-pick"] == "in_subset"
+            # why that pod: a new session by cost or balance, never kept as sticky (no pod holds its cache yet)
+            rule = headers["x-brunoise-pick-rule"]
+            assert rule in PICK_RULES and (t > 0 or rule != "sticky"), (t, rule)
             pods.append(pod)
         first_pods.add(pods[0])
         sticky += sum(1 for p in pods[1:] if p == pods[0])
@@ -201,8 +205,12 @@ async def test_grpc_generate_health_reflection(cluster: Cluster) -> None:
             sampling=inference_pb2.SamplingParams(max_tokens=6),
             request_id="g-1",
         )
-        chunks = [c async for c in stub.Generate(req, timeout=10)]
+        call = stub.Generate(req, timeout=10)
+        chunks = [c async for c in call]
         assert chunks and chunks[-1].usage.completion_tokens == 6 and chunks[-1].finish_reason == "length"
+        trailers = dict(await call.trailing_metadata() or ())
+        assert trailers["x-brunoise-pod"] == chunks[0].pod_id and trailers["x-brunoise-pick"] == "in_subset"
+        assert trailers["x-brunoise-pick-rule"] in PICK_RULES, trailers
         assert "".join(c.text for c in chunks)
         assert all(c.pod_id == chunks[0].pod_id for c in chunks) and chunks[0].pod_id in cluster.subset("grpc-s1", 1)
         chat = inference_pb2.GenerateRequest(
