@@ -8,6 +8,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import logging
 import time
@@ -491,9 +492,10 @@ Piece = tuple[str | None, Messages | None]
 async def names_its_own_host(params_text: str, donor_address: str) -> bool:
     """A donor's ``kv_transfer_params`` (JSON) name its own host for the read (``remote_host``, where the engine's KV
     connector connects: NixlConnector's side channel, ``VLLM_NIXL_SIDE_CHANNEL_HOST``): the host of the address the
-    assigner registered the donor with, by name or by what the two resolve to. A donor's answer is a report, and a
-    read connects wherever it says, so one naming another host, or none, is not read from. Loopback names match
-    each other (one host: vLLM's default side-channel host is ``localhost``)."""
+    assigner registered the donor with, or an IP address that host resolves to. A donor's answer is a report, and a
+    read connects wherever it says, so one naming another host, or none, is not read from; a name it sends is never
+    looked up (it could resolve differently when the engine connects). Loopback names match each other (one host:
+    vLLM's default side-channel host is ``localhost``)."""
     params = _read_params(params_text)
     named = params.get("remote_host") if params is not None else None
     if not isinstance(named, str) or not named:
@@ -501,12 +503,15 @@ async def names_its_own_host(params_text: str, donor_address: str) -> bool:
     donor = address_host(donor_address)
     if named == donor or (is_loopback(named) and is_loopback(donor)):
         return True
-    loop = asyncio.get_running_loop()
     try:
-        a, b = await asyncio.gather(loop.getaddrinfo(named, None), loop.getaddrinfo(donor, None))
+        ip = ipaddress.ip_address(named)
+    except ValueError:
+        return False  # another name than the registered one
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(donor, None)
     except OSError:
         return False
-    return bool({x[4][0] for x in a} & {x[4][0] for x in b})
+    return any(ipaddress.ip_address(str(i[4][0]).split("%")[0]) == ip for i in infos)
 
 
 def _read_params(text: str) -> dict[str, Any] | None:

@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import socket
 from collections.abc import AsyncIterator
+
+import pytest
 
 from runtime.engines.base import Engine, EngineChunk, EngineProxy, EngineRequest, SamplingParams
 from runtime.engines.sim import SimConfig, SimEngine
@@ -165,7 +168,7 @@ async def test_a_donor_naming_another_host_for_its_kv_is_not_read_from() -> None
         await local.stop()
 
 
-async def test_which_hosts_a_donor_may_name() -> None:
+async def test_which_hosts_a_donor_may_name(monkeypatch: pytest.MonkeyPatch) -> None:
     def params(host: object) -> str:
         return json.dumps({"do_remote_prefill": True, "remote_host": host, "remote_port": 5600})
 
@@ -180,3 +183,22 @@ async def test_which_hosts_a_donor_may_name() -> None:
     assert not await names_its_own_host(params(7), "10.0.0.7:50051")
     assert not await names_its_own_host(json.dumps({"do_remote_prefill": True}), "127.0.0.1:50051")
     assert not await names_its_own_host("not json", "127.0.0.1:50051")
+    # a name other than the registered one is refused without a lookup (it could resolve otherwise later)
+    assert not await names_its_own_host(params("pod-0.example"), "10.0.0.7:50051")
+    # an address the registered name resolves to is the donor's own (the resolver answers for a cluster DNS name)
+    asked: list[str] = []
+
+    async def resolve(host: str, port: object, **_: object) -> list[tuple[object, ...]]:
+        asked.append(host)
+        if host != "pod-0.pods.ns.svc":
+            raise socket.gaierror(socket.EAI_NONAME, "unknown")
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("fd00::7", 0, 0, 0)),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.7", 0))]  # fmt: skip
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", resolve)
+    assert await names_its_own_host(params("10.0.0.7"), "pod-0.pods.ns.svc:50051")
+    assert await names_its_own_host(params("fd00::7"), "pod-0.pods.ns.svc:50051")
+    assert not await names_its_own_host(params("10.0.0.8"), "pod-0.pods.ns.svc:50051")
+    assert not await names_its_own_host(params("pod-1.pods.ns.svc"), "pod-0.pods.ns.svc:50051")
+    assert not await names_its_own_host(params("10.0.0.7"), "gone.pods.ns.svc:50051")  # does not resolve
+    assert set(asked) == {"pod-0.pods.ns.svc", "gone.pods.ns.svc"}  # never a name the donor sent
