@@ -62,6 +62,15 @@ class Flight:
     quota: QuotaTicket | None = None
     attrs: dict[str, Any] = dataclasses.field(default_factory=dict)  # span attributes, set once at the end
 
+    def pick_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Where and why the request went, for the client: HTTP response headers, gRPC trailing metadata."""
+        return (
+            ("x-brunoise-pod", self.pod.id if self.pod else ""),
+            ("x-brunoise-pick", self.reason),
+            ("x-brunoise-pick-rule", str(self.attrs.get("brunoise.pick_rule", ""))),
+            ("x-brunoise-attempts", str(self.attempts)),
+        )
+
 
 def count_pick(m: RouterMetrics, d: Decision) -> None:
     """Count a first pick in ``brunoise_router_picks_total{reason}`` by its outcome (and the subset or held

@@ -107,14 +107,7 @@ class RouterService:
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error in the router; see its log")
             raise
         pod_id = f.pod.id if f.pod else ""
-        context.set_trailing_metadata(
-            (
-                ("x-brunoise-pod", pod_id),
-                ("x-brunoise-pick", f.reason),
-                ("x-brunoise-pick-rule", str(f.attrs.get("brunoise.pick_rule", ""))),
-                ("x-brunoise-attempts", str(f.attempts)),
-            )
-        )
+        context.set_trailing_metadata(f.pick_metadata())
         rid = req.request_id or ""
         index = 0
         last: inference_pb2.GenerateChunk | None = None  # the finishing chunk waits for the usage chunk

@@ -190,14 +190,7 @@ class OpenAIFrontend:
         except BaseException as e:
             router.finish(f, "499" if isinstance(e, asyncio.CancelledError) else "500", e)
             raise
-        pod = f.pod
-        headers = {
-            "x-brunoise-pod": pod.id if pod else "",
-            "x-brunoise-pick": f.reason,
-            "x-brunoise-pick-rule": str(f.attrs.get("brunoise.pick_rule", "")),
-            "x-brunoise-attempts": str(f.attempts),
-            "x-brunoise-target": f.target,
-        }
+        headers = {**dict(f.pick_metadata()), "x-brunoise-target": f.target}
         if not req.stream:
             router.finish(f, "200")
             return web.Response(status=200, body=up.body, content_type="application/json", headers=headers)
