@@ -26,9 +26,11 @@ RULE_CAPPED = "capped"  # the lowest estimated TTFT was over the load cap; the b
 RULE_OVER_CAP = "over_cap"  # no admissible subset pod under the cap (the others are over their limits)
 RULE_HELD = "held"  # the session's cache is held outside the subset only, and that pod's TTFT is worth keeping
 RULE_ROOM = "kv_room"  # the pod holding the session's cache is crowded (kv_room); the best subset pod it fits on
+RULE_NO_ROOM = "no_room"  # the session's pod is slower, but no faster subset pod has KV room for it: kept there
 #: Every rule (``x-brunoise-pick-rule``, ``brunoise_router_pick_rule_total{rule}``).
 PICK_RULES = (
-    RULE_STICKY, RULE_COST, RULE_BALANCE, RULE_ESCAPE, RULE_CAPPED, RULE_OVER_CAP, RULE_HELD, RULE_ROOM
+    RULE_STICKY, RULE_COST, RULE_BALANCE, RULE_ESCAPE, RULE_CAPPED, RULE_OVER_CAP, RULE_HELD, RULE_ROOM,
+    RULE_NO_ROOM,
 )  # fmt: skip
 
 
@@ -112,7 +114,9 @@ class CostPick:
       1. the pod holding the session's cache (the most leading chunks, at least ``session_chunks``), when
          ``sticky`` and its cost is at most the best cost plus the prefill time it saves over that best pod;
          unless that pod is crowded (its resident sessions need more than ``kv_room`` of its KV cache): then the
-         pod under the load cap with the lowest cost where the session fits within ``kv_room``, if any;
+         pod under the load cap with the lowest cost where the session fits within ``kv_room``, if any; and when
+         the holder is too slow to keep the session, it moves only to a faster pod it fits on within ``kv_room``
+         (``move_needs_room``): with none, the holder keeps it;
       2. then the pods under the load cap (``load_cap`` x the subset's mean outstanding requests, the new one
          included) by cost: a new session never goes to a pod at or above the cap while another can take it;
       3. then the pods at or above the cap, by cost.
@@ -303,6 +307,13 @@ class CostPick:
                         return [r, *(s for s in ranked if s is not r)], RULE_ROOM
                 if h is best or self._keeps(h, best):
                     return [h, *(s for s in ranked if s is not h)], RULE_STICKY
+                if k.move_needs_room and ranked[0] is not h and self._room(h.pod) > 0:
+                    # the escape: only to a faster pod with room for the session, else it stays where its cache is
+                    to = next((s for s in ranked if not self._keeps(h, s) and self._fits(s, req)), None)
+                    if to is None:
+                        return [h, *(s for s in ranked if s is not h)], RULE_NO_ROOM
+                    if to is not ranked[0]:
+                        return [to, *(s for s in ranked if s is not to)], RULE_ROOM
         return ranked, rule
 
 

@@ -564,6 +564,39 @@ def test_a_session_stays_on_a_crowded_pod_when_it_fits_nowhere_else() -> None:
     assert (r.rule, r.ids()[0][0]) == ("sticky", "a")
 
 
+def test_a_slow_pod_keeps_its_session_when_no_faster_pod_has_room_for_it() -> None:
+    """Failure mode (agentic, stop 14: 26 of 47 session moves by the sticky rule's escape): a session left its
+    pod, slower by more than the prefill staying saves, for a pod whose KV cache its residents already filled;
+    its prefill there evicted their contexts, and they prefilled again."""
+    text = DOC[:4000]  # ~1,000 tokens: about 0.05 s of prefill saved on the holder
+    req = request(9, text, session_chunks=len(prefix_hashes(text)) - 2)
+    cases = (  # (move_needs_room, b crowded, c there) -> (rule, first pod)
+        ((True, True, False), ("no_room", "a")),
+        ((False, True, False), ("cost", "b")),
+        ((True, False, False), ("cost", "b")),
+        ((True, True, True), ("kv_room", "c")),
+    )
+    for (needs_room, crowded, with_c), want in cases:
+        ids = ["a", "b", "c"] if with_c else ["a", "b"]
+        vs = views(*ids)
+        residence = Residence()
+        for v in vs.values():
+            v.set_cache(64, frozenset(), 0.0, blocks_total=1000)  # 16,000 tokens; kv_room 0.9: 14,400
+        vs["a"].remember(req.prefix_hashes, 0.0)
+        residence.served(vs, vs["a"], req.prefix_hashes, 0.0, req.slice_key)
+        if crowded:
+            for k in (1, 2, 3):  # ~4,600 tokens each: no room for another ~1,100
+                residence.served(vs, vs["b"], _session(k, 18_400).prefix_hashes, 0.0, k)
+        vs["a"].begin(2600 + 64, prefill=2600)  # prefill queued on the holder: b is faster by more than it saves
+        if with_c:
+            vs["c"].begin(300 + 64, prefill=300)  # a little slower than b, still faster than a by more
+        pick = CostPick(dataclasses.replace(K, miss_weight=0.0, move_needs_room=needs_room))
+        r = pick.choose_replicas(req, Candidates(ids, []), vs, 1.0)
+        first = r.first()
+        assert first is not None and (r.rule, first[1].pod.id) == want, (needs_room, crowded, with_c, r.ids())
+        assert sorted(r.ids()[0]) == sorted(ids)  # every subset pod still ranked (failover)
+
+
 def test_shared_prefixes_count_once_and_idle_sessions_stop_counting() -> None:
     v = PodView("a", "http://a", resident_window_s=10.0)
     residence = Residence()
