@@ -25,7 +25,9 @@ RULE_ESCAPE = "cap_escape"  # over the load cap (by <= cap_escape_requests), hol
 RULE_CAPPED = "capped"  # the lowest estimated TTFT was over the load cap; the best pod under it
 RULE_OVER_CAP = "over_cap"  # no admissible subset pod under the cap (the others are over their limits)
 RULE_HELD = "held"  # the session's cache is held outside the subset only, and that pod's TTFT is worth keeping
-RULE_ROOM = "kv_room"  # the pod holding the session's cache is crowded (kv_room); the best subset pod it fits on
+#: the pod holding the session's cache is crowded (kv_room), or too slow to keep it while the fastest pod has no
+#: room for it (move_needs_room): the best subset pod it fits on
+RULE_ROOM = "kv_room"
 RULE_NO_ROOM = "no_room"  # the session's pod is slower, but no faster subset pod has KV room for it: kept there
 #: Every rule (``x-brunoise-pick-rule``, ``brunoise_router_pick_rule_total{rule}``).
 PICK_RULES = (
