@@ -118,7 +118,7 @@ class CostPick:
          unless that pod is crowded (its resident sessions need more than ``kv_room`` of its KV cache): then the
          pod under the load cap with the lowest cost where the session fits within ``kv_room``, if any; and when
          the holder is too slow to keep the session, it moves only to a faster pod it fits on within ``kv_room``
-         (``move_needs_room``): with none, the holder keeps it;
+         (``move_needs_room``, off by default): with none, the holder keeps it;
       2. then the pods under the load cap (``load_cap`` x the subset's mean outstanding requests, the new one
          included) by cost: a new session never goes to a pod at or above the cap while another can take it;
       3. then the pods at or above the cap, by cost.

@@ -47,11 +47,6 @@ ABLATIONS: dict[str, Ablation] = {
         Ablation("two_replicas", "two replicas per slice (the default before stop 4)", {}, {"min_replicas": "2"}),
         Ablation("no_kv_room", "a crowded pod keeps every session (stickiness alone)", {"kv_room": "0"}),
         Ablation(
-            "no_move_room",
-            "the sticky rule's escape moves a session to the fastest pod, crowded or not",
-            {"move_needs_room": "false"},
-        ),
-        Ablation(
             "no_memory_trust",
             "the router's memory of what it sent outranks cache summaries for its whole minute",
             {"prefix_memory_trust_s": "0"},
