@@ -107,6 +107,11 @@ def load_cap(outstanding: Sequence[int], c: float) -> float:
     return float(math.ceil(c * (sum(outstanding) + 1) / len(outstanding)))
 
 
+def _front(first: Scored, ranked: list[Scored]) -> list[Scored]:
+    """``ranked`` with ``first`` moved to the front (the rest in their order)."""
+    return [first, *(s for s in ranked if s is not first)]
+
+
 class CostPick:
     """Rank by ``Scored.rank`` (``CostModel``: estimated TTFT plus the prefill a request adds, x ``miss_weight``)
     with a bounded-load cap and sticky sessions; "cost" below is that rank, except in the sticky rule and the
@@ -280,7 +285,7 @@ class CostPick:
             near = [s for s in ranked[: len(under)] if s.rank <= head.rank + k.balance_slack_s]
             b = min(near, key=lambda s: (s.pod.load_avg, s.rank, tie_rank(key, s.pod.id)))
             if b is not head:
-                ranked = [b, *(s for s in ranked if s is not b)]
+                ranked = _front(b, ranked)
                 rule = RULE_BALANCE
         if rule in (RULE_CAPPED, RULE_BALANCE) and over and k.cap_escape_s > 0:
             # the cap's escape: the pod holding the longest prefix, over the cap by at most cap_escape_requests,
@@ -294,7 +299,7 @@ class CostPick:
                 and self._escapes(h, first)
                 and h.rank <= first.rank + k.step_s
             ):
-                ranked = [h, *(s for s in ranked if s is not h)]
+                ranked = _front(h, ranked)
                 rule = RULE_ESCAPE
         if k.sticky:
             need = max(1, req.session_chunks)
@@ -306,16 +311,16 @@ class CostPick:
                     room = [s for s in under if s is not h and self._fits(s, req)]
                     if room:
                         r = rank_by_cost(room, key, eps)[0]
-                        return [r, *(s for s in ranked if s is not r)], RULE_ROOM
+                        return _front(r, ranked), RULE_ROOM
                 if h is best or self._keeps(h, best):
-                    return [h, *(s for s in ranked if s is not h)], RULE_STICKY
+                    return _front(h, ranked), RULE_STICKY
                 if k.move_needs_room and ranked[0] is not h and self._room(h.pod) > 0:
                     # the escape: only to a faster pod with room for the session, else it stays where its cache is
                     to = next((s for s in ranked if not self._keeps(h, s) and self._fits(s, req)), None)
                     if to is None:
-                        return [h, *(s for s in ranked if s is not h)], RULE_NO_ROOM
+                        return _front(h, ranked), RULE_NO_ROOM
                     if to is not ranked[0]:
-                        return [to, *(s for s in ranked if s is not to)], RULE_ROOM
+                        return _front(to, ranked), RULE_ROOM
         return ranked, rule
 
 
