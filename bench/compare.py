@@ -109,6 +109,9 @@ class BenchConfig:
     target_config: Mapping[str, str] = dataclasses.field(default_factory=dict)
     ablations: tuple[str, ...] = ()
     log_dir: str = ""
+    #: Run every row this many times (each round of rows in the same order, so slow minutes of a shared machine fall
+    #: on every router alike); the table and the verdict take each figure's median (``report.median_rows``).
+    repeat: int = 1
 
     def variants(self) -> list[Variant]:
         """The rows of every workload: the routers, then one brunoise row per ablation."""
@@ -616,13 +619,13 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 async def run_variant(
-    variant: Variant, cfg: BenchConfig, spec: WorkloadSpec, wl: Workload, log_root: pathlib.Path
+    variant: Variant, cfg: BenchConfig, spec: WorkloadSpec, wl: Workload, log_root: pathlib.Path, run_no: int = 0
 ) -> dict[str, Any]:
     """Fresh pool + router, the replay, the numbers; processes are stopped whatever happens."""
     # a knob or field this checkout lacks fails the row before anything starts
     ablation.router_knob_argv(variant.router_knobs)
     ablation.check_target_config(variant.target_config)
-    log_dir = log_root / spec.name / variant.label
+    log_dir = log_root / spec.name / (variant.label if cfg.repeat == 1 else f"{variant.label}.run{run_no}")
     log_dir.mkdir(parents=True, exist_ok=True)
     run = RouterRun(variant, cfg, spec, wl, log_dir)
     t_setup = time.monotonic()
@@ -670,6 +673,8 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
         if kv * 16 < mml:
             raise SystemExit(f"{name}: --kv-blocks {kv} holds {kv * 16} tokens, fewer than max_model_len {mml}")
         specs.append(WorkloadSpec(name, wl, kv, mml))
+    if args.repeat < 1:
+        raise SystemExit(f"--repeat {args.repeat}: run each row at least once")
     routers = tuple(r.strip() for r in args.routers.split(",") if r.strip())
     unknown = [r for r in routers if r not in ALL_ROUTERS]
     if unknown:
@@ -678,7 +683,7 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
         workloads=tuple(specs), routers=routers, pods=args.pods, time_scale=args.time_scale,
         concurrency=args.concurrency, round_interval_s=args.round_interval, log_dir=args.log_dir or "",
         peer_drain=args.peer_drain, inflight_interval_s=args.inflight_interval, router_knobs=knobs,
-        target_config=target, ablations=abl, kv_transfer_gb_per_s=args.kv_transfer_gb_per_s,
+        target_config=target, ablations=abl, kv_transfer_gb_per_s=args.kv_transfer_gb_per_s, repeat=args.repeat,
     )  # fmt: skip
 
 
@@ -700,6 +705,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--pods", type=int, default=4, help="simulated runtimes in the pool")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--repeat", type=int, default=1,
+        help="run every row N times on the same traffic; the table and the verdict take each figure's median",
+    )  # fmt: skip
     p.add_argument("--quick", action="store_true", help="short phases (~12-14 s of traffic per router)")
     p.add_argument("--time-scale", type=float, default=1.0, help="sim time / wall time (>1 runs the engines faster)")
     p.add_argument("--kv-blocks", type=int, default=None, help="KV blocks (16 tokens) per pod (default: per workload)")
@@ -763,27 +772,36 @@ async def amain(cfg: BenchConfig, out: pathlib.Path, chart_path: pathlib.Path) -
             f"one LRU cache of the pool's size {100 * pool.hit_rate:.1f}%",
             flush=True,
         )
-        for variant in cfg.variants():
+        if cfg.repeat > 1:
+            group["repeat"] = cfg.repeat
+            group["runs"] = []
+        for run_no, variant in itertools.product(range(cfg.repeat), cfg.variants()):
             name = variant.label
+            tag = f"{spec.name}/{name}" + (f" run {run_no + 1}/{cfg.repeat}" if cfg.repeat > 1 else "")
             peer = peers.PEERS.get(variant.router)
             if peer is not None and peer.program in missing:
-                group["routers"].append({"router": name, "error": missing[peer.program]})
-                print(f"[{spec.name}/{name}] skipped: {missing[peer.program]}", flush=True)
-                continue
-            t0 = time.monotonic()
-            print(f"[{spec.name}/{name}] starting {cfg.pods} pods + router ...", flush=True)
-            try:
-                res = await run_variant(variant, cfg, spec, wl, log_root)
-            except Exception as exc:
-                res = {"router": name, "ablation": variant.ablation, "error": f"{type(exc).__name__}: {exc}"}
-                print(f"[{spec.name}/{name}] FAILED: {res['error'][:2000]}", flush=True)
+                res: dict[str, Any] = {"router": name, "error": missing[peer.program]}
+                print(f"[{tag}] skipped: {missing[peer.program]}", flush=True)
             else:
-                print(
-                    f"[{spec.name}/{name}] done in {time.monotonic() - t0:.0f}s: hit {100 * res['hit_rate']:.1f}%, "
-                    f"ttft p99 {res['ttft_p99_ms']} ms, errors {res['error_count']}",
-                    flush=True,
-                )
-            group["routers"].append(res)
+                t0 = time.monotonic()
+                print(f"[{tag}] starting {cfg.pods} pods + router ...", flush=True)
+                try:
+                    res = await run_variant(variant, cfg, spec, wl, log_root, run_no)
+                except Exception as exc:
+                    res = {"router": name, "ablation": variant.ablation, "error": f"{type(exc).__name__}: {exc}"}
+                    print(f"[{tag}] FAILED: {res['error'][:2000]}", flush=True)
+                else:
+                    print(
+                        f"[{tag}] done in {time.monotonic() - t0:.0f}s: hit {100 * res['hit_rate']:.1f}%, "
+                        f"ttft p99 {res['ttft_p99_ms']} ms, errors {res['error_count']}",
+                        flush=True,
+                    )
+            if cfg.repeat > 1:
+                res["run"] = run_no
+                group["runs"].append(res)
+                group["routers"] = report.median_rows(group["runs"])
+            else:
+                group["routers"].append(res)
             report.save(out, rep)  # keep partial results
     rep["verdict"] = report.verdicts(rep)
     report.save(out, rep)
@@ -807,7 +825,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rep = asyncio.run(amain(cfg, out, chart_path))
     print(f"\nresults: {out}  chart: {chart_path}\n")
     print(report.render(rep))
-    failed = [r for g in rep["workloads"].values() for r in g["routers"] if "error" in r]
+    failed = [r for g in rep["workloads"].values() for r in g.get("runs", g["routers"]) if "error" in r]
     return 0 if not failed else 1
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pathlib
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,6 +44,26 @@ ABLATION_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("errors", "error_count", "d"),
 )
 
+#: The figures a row of medians (``--repeat``) carries: every table column's, the verdict's and the chart's.
+MEDIAN_PATHS: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        [path for _, path, kind in COLUMNS + ABLATION_COLUMNS if kind != "s"]
+        + ["phase_figures.hot_inflight_max_over_mean", "phase_figures.hot_inflight_sticky_best"]
+        + [f"per_phase.{p}.hit_rate" for p in ("steady", "hot_tenant", "restart")]
+    )
+)
+#: Figures summed over the runs instead (one run's errors must show).
+SUMMED_PATHS = ("error_count",)
+#: The spread table's columns (each figure's lowest and highest over the runs).
+SPREAD_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("hit", "hit_rate", "pct"),
+    ("ttft99", "ttft_p99_ms", "ms"),
+    ("infl max/mean", "inflight_max_over_mean", "f2"),
+    ("hot infl", "phase_figures.hot_inflight_max_over_mean", "f2"),
+    ("pods/sess", "pods_per_session", "f2"),
+    ("rst/stdy", "restart_hit_rate_vs_steady", "f2"),
+)
+
 # The issue's bar (issue 9): what brunoise must reach on every workload.
 HIT_MARGIN = 0.005  # hit rate >= the best peer's minus half a point
 HIT_ORACLE_FRACTION = 0.95
@@ -59,6 +81,49 @@ def get(d: Mapping[str, Any], path: str) -> Any:
             return None
         cur = cur[part]
     return cur
+
+
+def _put(d: dict[str, Any], path: str, v: Any) -> None:
+    """``d["a"]["b"] = v`` for ``"a.b"``, making the inner dicts."""
+    *inner, last = path.split(".")
+    for part in inner:
+        d = d.setdefault(part, {})
+    d[last] = v
+
+
+def median_rows(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The runs of a repeated comparison (``--repeat``) as one row per router or ablation (by ``router``, in the
+    order first seen): each of ``MEDIAN_PATHS`` the median of the runs that measured it (``SUMMED_PATHS``: the sum),
+    ``runs`` how many ran and how many failed, ``spread`` each figure's [lowest, highest]. A row whose runs all
+    failed is an error row with the first error."""
+    by: dict[str, list[Mapping[str, Any]]] = {}
+    for r in runs:
+        by.setdefault(str(r["router"]), []).append(r)
+    out: list[dict[str, Any]] = []
+    for rs in by.values():
+        ok = [r for r in rs if "error" not in r]
+        failed = [str(r["error"]) for r in rs if "error" in r]
+        first = ok[0] if ok else rs[0]
+        row: dict[str, Any] = {k: first[k] for k in ("router", "router_kind", "ablation") if k in first}
+        row["runs"] = {"ran": len(rs), "failed": len(failed), "errors": failed}
+        if not ok:
+            row["error"] = f"{failed[0]} (all {len(rs)} runs failed)"
+            out.append(row)
+            continue
+        spread: dict[str, list[float]] = {}
+        for path in MEDIAN_PATHS:
+            vals = [float(v) for r in ok if (v := get(r, path)) is not None]
+            if not vals:
+                continue
+            if path in SUMMED_PATHS:
+                total = math.fsum(vals)
+                _put(row, path, int(total) if total.is_integer() else total)
+            else:
+                _put(row, path, statistics.median(vals))
+            spread[path] = [min(vals), max(vals)]
+        row["spread"] = spread
+        out.append(row)
+    return out
 
 
 def fmt(v: Any, kind: str) -> str:
@@ -120,6 +185,8 @@ def table(rep: Mapping[str, Any]) -> str:
             shown = ("hit", "hit/orc", "rst/stdy")  # a replay has no latency, load or moves
             rows.append(["pool LRU"] + [fmt(get(pool, path), kind) if h in shown else "" for h, path, kind in COLUMNS[1:]])
         title = f"{name}: {g['kv_blocks']} KV blocks/pod, {g['workload'].get('requests', '?')} requests"
+        if "runs" in g:
+            title += f", the median of {g.get('repeat', '?')} runs"
         groups.append((title, rows))
     return "\n".join(_grid([h for h, _, _ in COLUMNS], groups) + failed)
 
@@ -142,6 +209,26 @@ def ablation_table(rep: Mapping[str, Any]) -> str:
     if not groups:
         return ""
     return "\n".join(_grid([h for h, _, _ in ABLATION_COLUMNS], groups) + failed)
+
+
+def spread_table(rep: Mapping[str, Any]) -> str:
+    """Where runs were repeated: each row's runs and each figure's lowest-highest over them ("" otherwise)."""
+    groups: list[tuple[str, list[list[str]]]] = []
+    for name, g in rep["workloads"].items():
+        if "runs" not in g:
+            continue
+        rows: list[list[str]] = []
+        for r in g["routers"]:
+            n = r.get("runs") or {}
+            cells = [str(r["router"]), f"{n.get('ran', 0) - n.get('failed', 0)}/{n.get('ran', 0)}"]
+            for _, path, kind in SPREAD_COLUMNS:
+                lo_hi = (r.get("spread") or {}).get(path)
+                cells.append("-" if lo_hi is None else f"{fmt(lo_hi[0], kind)}-{fmt(lo_hi[1], kind)}")
+            rows.append(cells)
+        groups.append((f"{name}: lowest-highest of {g.get('repeat', '?')} runs", rows))
+    if not groups:
+        return ""
+    return "\n".join(_grid(["router", "ok runs", *(h for h, _, _ in SPREAD_COLUMNS)], groups))
 
 
 # ------------------------------------------------------------------------------------------------ verdict
@@ -248,13 +335,16 @@ def verdicts(rep: Mapping[str, Any]) -> dict[str, Any]:
     for name, g in rep["workloads"].items():
         checks = verdict(g)
         out[name] = {"result": overall(checks), "checks": [dataclasses.asdict(c) for c in checks]}
+        if "runs" in g:
+            out[name]["median_of_runs"] = g.get("repeat")
     return out
 
 
 def verdict_text(rep: Mapping[str, Any]) -> str:
     lines = ["verdict: brunoise against issue 9's bar"]
     for name, v in verdicts(rep).items():
-        lines.append(f"{name}: {v['result']}")
+        of = f" (the median of {v['median_of_runs']} runs)" if "median_of_runs" in v else ""
+        lines.append(f"{name}: {v['result']}{of}")
         width = max(len(c["name"]) for c in v["checks"])
         for c in v["checks"]:
             mark = {True: "PASS", False: "FAIL", None: "n/a "}[c["ok"]]
@@ -265,6 +355,9 @@ def verdict_text(rep: Mapping[str, Any]) -> str:
 def render(rep: Mapping[str, Any]) -> str:
     """Everything printed at the end of a run: the table, the ablation table if any, the verdict."""
     parts = [table(rep)]
+    spread = spread_table(rep)
+    if spread:
+        parts.append("the runs' spread (the table and the verdict are on the medians)\n" + spread)
     abl = ablation_table(rep)
     if abl:
         parts.append("ablations (brunoise with one mechanism off)\n" + abl)

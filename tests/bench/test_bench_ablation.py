@@ -107,3 +107,10 @@ def test_cli_builds_one_spec_per_workload() -> None:
         build_config(parse_args(["--router-knob", "no_such_knob=1"]))
     with pytest.raises(SystemExit):
         build_config(parse_args(["--workload", "agentic", "--kv-blocks", "64"]))
+
+
+def test_cli_repeat() -> None:
+    assert build_config(parse_args(["--quick"])).repeat == 1
+    assert build_config(parse_args(["--quick", "--repeat", "3"])).repeat == 3
+    with pytest.raises(SystemExit):
+        build_config(parse_args(["--repeat", "0"]))
