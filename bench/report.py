@@ -205,7 +205,7 @@ def ablation_table(rep: Mapping[str, Any]) -> str:
                 failed.append(f"{name}/{_failed(r)}")
                 continue
             rows.append([fmt(get(r, path), kind) for _, path, kind in ABLATION_COLUMNS])
-        groups.append((name, rows))
+        groups.append((name + (f", the median of {g.get('repeat', '?')} runs" if "runs" in g else ""), rows))
     if not groups:
         return ""
     return "\n".join(_grid([h for h, _, _ in ABLATION_COLUMNS], groups) + failed)

@@ -209,7 +209,11 @@ def test_repeated_runs_are_judged_on_each_figures_median() -> None:
     verdicts = report.verdicts({"workloads": {"chat": g}})
     assert verdicts["chat"]["median_of_runs"] == 3
     text = report.render({"workloads": {"chat": g}})
-    assert "the median of 3 runs" in text
+    assert "chat: 1024 KV blocks/pod, 10 requests, the median of 3 runs" in text
+    # an ablation row's figures are medians too, and its table says so
+    abl_runs = runs + [{**row("brunoise-no_calm", ablation="no_calm", hit_rate=h), "run": k} for k, h in enumerate((0.5, 0.7, 0.6))]
+    abl = report.ablation_table({"workloads": {"chat": {**g, "routers": report.median_rows(abl_runs)}}})
+    assert "-- chat, the median of 3 runs" in abl and "60.0%" in abl
     spread = [line.split() for line in report.spread_table({"workloads": {"chat": g}}).splitlines()]
     assert spread[0][:2] == ["router", "ok"]
     assert spread[2][:6] == ["brunoise", "3/3", "81.0%-81.0%", "90-130", "1.05-1.48", "1.12-1.30"]
