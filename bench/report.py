@@ -165,6 +165,11 @@ def _failed(r: Mapping[str, Any]) -> str:
     return f"{r['router']}: FAILED: " + " ".join(str(r["error"]).split())[:200]
 
 
+def _of_runs(g: Mapping[str, Any]) -> str:
+    """What a table's group title adds when its rows are medians of repeated runs ("" otherwise)."""
+    return f", the median of {g.get('repeat', '?')} runs" if "runs" in g else ""
+
+
 def table(rep: Mapping[str, Any]) -> str:
     """Every workload's routers as one fixed-width table, each workload's oracle (infinite shared cache) last, then
     one LRU cache of the pool's size (``bench.workload.pool_lru``, a pod fewer while pods restart)."""
@@ -184,9 +189,7 @@ def table(rep: Mapping[str, Any]) -> str:
         if pool:
             shown = ("hit", "hit/orc", "rst/stdy")  # a replay has no latency, load or moves
             rows.append(["pool LRU"] + [fmt(get(pool, path), kind) if h in shown else "" for h, path, kind in COLUMNS[1:]])
-        title = f"{name}: {g['kv_blocks']} KV blocks/pod, {g['workload'].get('requests', '?')} requests"
-        if "runs" in g:
-            title += f", the median of {g.get('repeat', '?')} runs"
+        title = f"{name}: {g['kv_blocks']} KV blocks/pod, {g['workload'].get('requests', '?')} requests{_of_runs(g)}"
         groups.append((title, rows))
     return "\n".join(_grid([h for h, _, _ in COLUMNS], groups) + failed)
 
@@ -205,7 +208,7 @@ def ablation_table(rep: Mapping[str, Any]) -> str:
                 failed.append(f"{name}/{_failed(r)}")
                 continue
             rows.append([fmt(get(r, path), kind) for _, path, kind in ABLATION_COLUMNS])
-        groups.append((name + (f", the median of {g.get('repeat', '?')} runs" if "runs" in g else ""), rows))
+        groups.append((name + _of_runs(g), rows))
     if not groups:
         return ""
     return "\n".join(_grid([h for h, _, _ in ABLATION_COLUMNS], groups) + failed)
