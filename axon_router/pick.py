@@ -132,7 +132,9 @@ class CostPick:
     if its cost is at most the best subset cost plus the prefill it saves (the sticky rule), and unless it is
     crowded while the session fits on the subset's first pod.
     Overflow tier, before the subset (``fleet_cap``): a new session whose subset pods are all above the fleet-wide
-    bounded-load cap (every candidate's outstanding requests, +1 of slack) goes to the outside pods under it.
+    bounded-load cap (every candidate's outstanding requests, +1 of slack) goes to the outside pods under it; with
+    ``fleet_gap`` (off by default), whose subset pods are all above ``fleet_cap`` x the fleet's mean, to the
+    outside pods with ``fleet_gap`` fewer requests than every one of them.
     Spill tier (some subset pod is usable but none admissible) or fallback tier (none usable): the admissible
     outside pods by cost. Costs within ``tie_epsilon_s`` tie and the tie goes to the lowest stable hash of
     (SliceKey, pod), so the order, overflow included, is the same on every router replica with the same views.
@@ -164,20 +166,33 @@ class CostPick:
                     tiers.append(Tier(HELD, (held,)))
                     rule = RULE_HELD
             if self.k.fleet_cap > 0 and ok_out and rule not in (RULE_STICKY, RULE_ESCAPE, RULE_HELD):
-                loads = [s.outstanding for s in sub] + [s.outstanding for s in out]
-                cap = load_cap(loads, self.k.fleet_cap) + self.k.fleet_cap_slack
-                if all(s.outstanding + 1 > cap for s in ranked):
-                    # not away from a subset pod holding a long shared document (the cap's escape, again)
-                    under = [s for s in ok_out if s.outstanding + 1 <= cap and not self._escapes(ranked[0], s)]
-                    if under:
-                        tiers.append(
-                            Tier(OVERFLOW, tuple(rank_by_cost(under, request.slice_key, self.k.tie_epsilon_s)))
-                        )
+                under = self._overflow(ranked, ok_out, [s.outstanding for s in sub] + [s.outstanding for s in out])
+                if under:
+                    tiers.append(Tier(OVERFLOW, tuple(rank_by_cost(under, request.slice_key, self.k.tie_epsilon_s))))
             tiers.append(Tier(SUBSET, tuple(ranked)))
         if ok_out:
             name = SPILL if candidates.subset else FALLBACK
             tiers.append(Tier(name, tuple(rank_by_cost(ok_out, request.slice_key, self.k.tie_epsilon_s))))
         return Ranking(tuple(tiers), rule)
+
+    def _overflow(self, ranked: list[Scored], ok_out: list[Scored], loads: Sequence[int]) -> list[Scored]:
+        """The outside pods a new session overflows to, never away from a subset pod holding a long shared document
+        (the cap's escape, again). ``fleet_gap`` 0: when every subset pod is above the bounded-load cap
+        (``load_cap`` of every candidate's outstanding requests, rounded up) + ``fleet_cap_slack``, the outside pods
+        under it. ``fleet_gap`` >= 1: when every subset pod's outstanding requests + 1 are above ``fleet_cap`` x the
+        fleet's mean (the new request included, not rounded), the outside pods with at least ``fleet_gap`` fewer
+        requests than every subset pod."""
+        k = self.k
+        least = min(s.outstanding for s in ranked)
+        if k.fleet_gap > 0:
+            if least + 1 <= k.fleet_cap * (sum(loads) + 1) / len(loads):
+                return []
+            room: float = least - k.fleet_gap + 1  # an outside pod takes it at outstanding + 1 <= room
+        else:
+            room = load_cap(loads, k.fleet_cap) + k.fleet_cap_slack
+            if least + 1 <= room:
+                return []
+        return [s for s in ok_out if s.outstanding + 1 <= room and not self._escapes(ranked[0], s)]
 
     def _held(
         self, req: PickInput, ranked: list[Scored], ok_out: list[Scored], sticky: bool, now: float

@@ -415,6 +415,48 @@ def test_a_new_session_overflows_its_subset_only_past_the_fleet_cap() -> None:
     assert r.ids()[0][0] == "a" and r.rule == "sticky"
 
 
+def test_fleet_gap_lets_a_hot_groups_new_session_overflow_to_a_pod_idler_than_its_whole_subset() -> None:
+    """Failure mode (stop 18's bench): a hot tenant's sessions kept its three subset pods at one or two requests
+    each while the fourth pod sat idle for the whole hot phase (hot-phase in-flight max/mean 1.40-1.44 in three of
+    three chat_tenant runs): the fleet cap, rounded up to whole requests with a request of slack, lets a subset
+    pod reach 21 requests beside an idle one at four pods before a new session leaves. ``fleet_gap`` (opt-in)
+    compares without rounding."""
+    shared = DOC[:2000]  # the group's short system prompt, held by its subset pods
+
+    def first_tier(subset_busy: int, outside_busy: tuple[int, ...], **kn: float) -> tuple[str, str]:
+        outside = [f"o{i}" for i in range(len(outside_busy))]
+        vs = views("a", "b", "c", *outside)
+        for i in ("a", "b", "c"):
+            vs[i].remember(prefix_hashes(shared), 0.0)
+            decoding(vs[i], subset_busy)
+        for o, n in zip(outside, outside_busy, strict=True):
+            decoding(vs[o], n)
+        pick = CostPick(dataclasses.replace(K, **kn))
+        req = request(11, shared + " a new session", session_chunks=len(prefix_hashes(shared)) + 1)
+        first = pick.choose_replicas(req, Candidates(["a", "b", "c"], outside), vs, 0.0).first()
+        assert first is not None
+        return first[0], first[1].pod.id
+
+    # the default (fleet_gap 0): the rounded cap keeps the session in its subset up to 20 requests a pod
+    assert K.fleet_gap == 0
+    assert first_tier(1, (0,))[0] == SUBSET
+    assert first_tier(20, (0,))[0] == SUBSET
+    assert first_tier(21, (0,)) == (OVERFLOW, "o0")
+    # fleet_gap 1: every subset pod busier than an idle pod outside is enough (the held tier then keeps it there)
+    assert first_tier(1, (0,), fleet_gap=1) == (OVERFLOW, "o0")
+    assert first_tier(2, (1,), fleet_gap=1) == (OVERFLOW, "o0")
+    # not when the outside pod is as busy as the least busy subset pod, nor with the overflow off
+    assert first_tier(1, (1,), fleet_gap=1)[0] == SUBSET
+    assert first_tier(0, (0,), fleet_gap=1)[0] == SUBSET
+    assert first_tier(1, (0,), fleet_gap=1, fleet_cap=0.0)[0] == SUBSET
+    assert first_tier(2, (0,), fleet_gap=3)[0] == SUBSET
+    assert first_tier(3, (0,), fleet_gap=3) == (OVERFLOW, "o0")
+    # nor when the subset is no busier than fleet_cap x the fleet's mean: beside an idle pod in a busy fleet, a
+    # group that is not hot keeps its sessions on the pods holding its prompt
+    assert first_tier(1, (3, 3, 3, 0), fleet_gap=1)[0] == SUBSET
+    assert first_tier(3, (3, 3, 3, 0), fleet_gap=1) == (OVERFLOW, "o3")
+
+
 def test_a_new_session_goes_to_the_less_recently_loaded_pod_when_both_are_about_as_fast() -> None:
     """Failure mode: every new session of a tenant went to the subset pod holding the tenant's short prompt
     (a few ms faster), and since sessions stick, that pod carried most of the tenant's load for minutes."""
