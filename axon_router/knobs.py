@@ -108,13 +108,14 @@ class Knobs:
     """Requests of slack over the fleet-wide cap before a new session overflows: at low load (a mean under one
     request) the cap alone is 1, and every second request would leave its subset's warm prompt."""
     fleet_gap: int = 0
-    """0 (default): the overflow tier as ``fleet_cap`` says. >= 1: a new session overflows when every subset pod's
+    """0 (default): the overflow tier as ``fleet_cap`` says. >= 1: a new session overflows when its subset's mean
     outstanding requests + 1 are above fleet_cap x the fleet's mean (every eligible pod's outstanding requests + 1,
     over the pods; not rounded, no slack), to the pods outside with at least this many fewer requests than every
     subset pod: at 1, a hot group's subset at one request a pod beside an idle pod is enough. Off by default: on
-    the bench (stop 18) it lowered a hot tenant's in-flight max/mean a little (chat_tenant's hot phase, median of
-    12 runs, 1.20 against 1.25 in 9; docs' 1.31 against 1.57 in 6) and cost 0.4 points of hit on the chats (each
-    overflowing session's first turn misses its tenant's prompt on the pod it overflows to)."""
+    the bench (stop 18, ``bench/README.md``) it lowered a hot tenant's in-flight max/mean (the hot phase, medians
+    of three runs beside three of the default: chat_tenant 1.17 against 1.29, chat 1.18 against 1.26) and cost
+    about a point of hit on the chats (85.4 against 86.5 %, 85.3 against 86.4 %): each overflowing session's first
+    turn misses its tenant's prompt on the pod it overflows to."""
     balance_slack_s: float = 0.05
     """A new session (no pod holds its own cache) goes to the subset pod under the load cap with the least
     recent load (``load_halflife_s``) among those whose rank (estimated TTFT plus ``miss_weight`` x the prefill

@@ -133,8 +133,8 @@ class CostPick:
     crowded while the session fits on the subset's first pod.
     Overflow tier, before the subset (``fleet_cap``): a new session whose subset pods are all above the fleet-wide
     bounded-load cap (every candidate's outstanding requests, +1 of slack) goes to the outside pods under it; with
-    ``fleet_gap`` (off by default), whose subset pods are all above ``fleet_cap`` x the fleet's mean, to the
-    outside pods with ``fleet_gap`` fewer requests than every one of them.
+    ``fleet_gap`` (off by default), whose subset's mean is above ``fleet_cap`` x the fleet's mean, to the outside
+    pods with ``fleet_gap`` fewer requests than every subset pod.
     Spill tier (some subset pod is usable but none admissible) or fallback tier (none usable): the admissible
     outside pods by cost. Costs within ``tie_epsilon_s`` tie and the tie goes to the lowest stable hash of
     (SliceKey, pod), so the order, overflow included, is the same on every router replica with the same views.
@@ -179,13 +179,14 @@ class CostPick:
         """The outside pods a new session overflows to, never away from a subset pod holding a long shared document
         (the cap's escape, again). ``fleet_gap`` 0: when every subset pod is above the bounded-load cap
         (``load_cap`` of every candidate's outstanding requests, rounded up) + ``fleet_cap_slack``, the outside pods
-        under it. ``fleet_gap`` >= 1: when every subset pod's outstanding requests + 1 are above ``fleet_cap`` x the
+        under it. ``fleet_gap`` >= 1: when the subset's mean outstanding requests + 1 are above ``fleet_cap`` x the
         fleet's mean (the new request included, not rounded), the outside pods with at least ``fleet_gap`` fewer
         requests than every subset pod."""
         k = self.k
         least = min(s.outstanding for s in ranked)
         if k.fleet_gap > 0:
-            if least + 1 <= k.fleet_cap * (sum(loads) + 1) / len(loads):
+            subset_mean = sum(s.outstanding for s in ranked) / len(ranked)
+            if subset_mean + 1 <= k.fleet_cap * (sum(loads) + 1) / len(loads):
                 return []
             room: float = least - k.fleet_gap + 1  # an outside pod takes it at outstanding + 1 <= room
         else:

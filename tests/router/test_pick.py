@@ -423,12 +423,13 @@ def test_fleet_gap_lets_a_hot_groups_new_session_overflow_to_a_pod_idler_than_it
     compares without rounding."""
     shared = DOC[:2000]  # the group's short system prompt, held by its subset pods
 
-    def first_tier(subset_busy: int, outside_busy: tuple[int, ...], **kn: float) -> tuple[str, str]:
+    def first_tier(subset_busy: int | tuple[int, int, int], outside_busy: tuple[int, ...], **kn: float) -> tuple[str, str]:
         outside = [f"o{i}" for i in range(len(outside_busy))]
         vs = views("a", "b", "c", *outside)
-        for i in ("a", "b", "c"):
+        busy = subset_busy if isinstance(subset_busy, tuple) else (subset_busy,) * 3
+        for i, n in zip(("a", "b", "c"), busy, strict=True):
             vs[i].remember(prefix_hashes(shared), 0.0)
-            decoding(vs[i], subset_busy)
+            decoding(vs[i], n)
         for o, n in zip(outside, outside_busy, strict=True):
             decoding(vs[o], n)
         pick = CostPick(dataclasses.replace(K, **kn))
@@ -455,6 +456,10 @@ def test_fleet_gap_lets_a_hot_groups_new_session_overflow_to_a_pod_idler_than_it
     # group that is not hot keeps its sessions on the pods holding its prompt
     assert first_tier(1, (3, 3, 3, 0), fleet_gap=1)[0] == SUBSET
     assert first_tier(3, (3, 3, 3, 0), fleet_gap=1) == (OVERFLOW, "o3")
+    # the subset's mean decides, not its least busy pod: a hot subset with one pod just freed still overflows to
+    # a pod idler than all of it (sessions stick: the freed pod's next seconds are its sessions' next turns)
+    assert first_tier((1, 3, 3), (0,), fleet_gap=1) == (OVERFLOW, "o0")
+    assert first_tier((1, 3, 3), (1,), fleet_gap=1)[0] == SUBSET
 
 
 def test_a_new_session_goes_to_the_less_recently_loaded_pod_when_both_are_about_as_fast() -> None:
