@@ -99,12 +99,14 @@ def rank_by_cost(scored: Iterable[Scored], slice_key: int, eps: float) -> list[S
     return out
 
 
-def load_cap(outstanding: Sequence[int], c: float) -> float:
+def load_cap(outstanding: Sequence[int], c: float, rounded: bool = True) -> float:
     """Bounded-load cap (consistent hashing with bounded loads): ceil(c x (total + 1) / n) requests, the new
-    one included; infinite when ``c`` is 0 (off). At least one pod is always under it when c >= 1."""
+    one included; infinite when ``c`` is 0 (off). At least one pod is always under it when c >= 1. ``rounded``
+    False: c x (total + 1) / n itself (``fleet_gap``'s comparison, where rounding up hid a hot subset)."""
     if c <= 0 or not outstanding:
         return math.inf
-    return float(math.ceil(c * (sum(outstanding) + 1) / len(outstanding)))
+    cap = c * (sum(outstanding) + 1) / len(outstanding)
+    return float(math.ceil(cap)) if rounded else cap
 
 
 def _front(first: Scored, ranked: list[Scored]) -> list[Scored]:
@@ -186,7 +188,7 @@ class CostPick:
         least = min(s.outstanding for s in ranked)
         if k.fleet_gap > 0:
             subset_mean = sum(s.outstanding for s in ranked) / len(ranked)
-            if subset_mean + 1 <= k.fleet_cap * (sum(loads) + 1) / len(loads):
+            if subset_mean + 1 <= load_cap(loads, k.fleet_cap, rounded=False):
                 return []
             room: float = least - k.fleet_gap + 1  # an outside pod takes it at outstanding + 1 <= room
         else:
