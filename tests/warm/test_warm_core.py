@@ -11,7 +11,7 @@ from sharder.config import TargetConfig
 from sharder.errors import InvariantError
 from sharder.pods import Pod, PodState
 from sharder.policy import reshard
-from sharder.policy.warm import clear_warming, warming_of
+from sharder.policy.warm import clear_warming, handoff_replica, warming_of
 
 
 def _pods(n: int) -> list[Pod]:
@@ -44,6 +44,38 @@ def test_a_replica_that_gains_a_slice_is_warming_and_the_warm_ones_are_not() -> 
         assert new.warm_replicas() == tuple(p for p in new.replicas if p in old.replicas)
     untouched = [sa for sa in a.slices if "p0" not in sa.replicas]
     assert all(b.lookup(sa.slice.lo).warming == () for sa in untouched)
+
+
+def test_a_drain_with_no_replacement_hands_each_slice_to_one_replica_that_warms_from_the_draining_pod() -> None:
+    """Failure mode (every slice on every pod: ``min_replicas`` = the pods, 4 of 4 on the bench): a draining pod
+    left each slice with no pod to replace it, so no replica was marked warming, nobody copied the draining pod's
+    sessions, and its long agentic sessions each prefilled their whole context again elsewhere (the bench's
+    agentic restart phase at 0.82 of steady, against 0.93 with a spare pod). Now one remaining replica per slice
+    warms from it, as a replacement would, spread over the replicas."""
+    cfg = TargetConfig("t", min_replicas=3, max_replicas=3, initial_slices=16)
+    ps = _pods(3)
+    a = initial_assignment(cfg, ps)
+    assert all(len(sa.replicas) == 3 for sa in a.slices)
+    drained = [dataclasses.replace(ps[0], state=PodState.DRAINING), *ps[1:]]
+    b = reshard(a, drained, [])
+    check_invariants(b, drained)
+    takers = []
+    for sa in b.slices:
+        assert sa.leaving == ("p0",) and set(sa.replicas) == {"p1", "p2"}
+        assert len(sa.warming) == 1 and sa.warming == (handoff_replica(sa),)
+        assert sa.warm_replicas(), "the other replica is warm: the slice stays routable for new sessions"
+        (taker,) = sa.warming
+        donors = {s.slice.lo: d for s, d in warming_of(b, taker)}[sa.slice.lo]
+        assert donors[0] == "p0", "the draining pod is the first donor"
+        takers.append(taker)
+    assert set(takers) == {"p1", "p2"}, "a drain's slices spread over the replicas"
+    # a dead pod has nothing to copy: no mark (the slice must not wait on a warm-up that cannot happen)
+    dead = [dataclasses.replace(ps[0], state=PodState.DEAD), *ps[1:]]
+    assert all(sa.warming == () for sa in reshard(a, dead, []).slices)
+    # with a spare pod the replacement warms, as before, and no replica that stayed is marked
+    before, c, _ = _drain_p0()
+    assert any(sa.warming for sa in c.slices)
+    assert all(set(sa.warming).isdisjoint(before.lookup(sa.slice.lo).replicas) for sa in c.slices)
 
 
 def test_marks_carry_over_rounds_until_cleared_by_a_report() -> None:
