@@ -32,12 +32,14 @@ class TargetConfig:
     * ``min_slices_per_pod`` (0 = no floor) / ``max_slices_per_pod`` (1000): band of slices per pod kept by
       splitting / merging;
     * ``initial_slices`` (64): slices of a fresh assignment;
-    * ``min_replicas`` (3) / ``max_replicas`` (3): pods per slice. Three by default: the router's pick balances
+    * ``min_replicas`` (4) / ``max_replicas`` (4): pods per slice. Four by default: the router's pick balances
       new sessions between a slice's replicas at once (bounded load, sticky sessions), and with calm balancing
-      the assigner moves a slice rarely, so the replicas are what spreads a hot group between moves (two left
-      a hot group's sessions on two pods until the next balancing episode: full chat run, in-flight max/mean
-      1.55 with two, 1.11 with three, same hit rate); a group's shared prompt costs one extra miss per replica,
-      not a hop per session;
+      the assigner moves a slice rarely (it acts after ``act_after_rounds``, 10 s at 0.5 s rounds), so the
+      replicas are what spreads a hot group between moves. Two left a hot group's sessions on two pods until
+      the next balancing episode (full chat run, in-flight max/mean 1.55 with two, 1.11 with three); three left
+      a tenant 10x hotter for 8 s on three of the bench's four pods beside a fourth serving the others (hot
+      phase 1.27 / 1.22 on the chats, medians of 12 runs); four: 1.17 / 1.08, the same hit rate (bench/README.md,
+      "Stop 19"). A group's shared prompt costs one extra miss per replica, not a hop per session;
     * ``eligibility``: labels (model, model_version, region) a pod must carry exactly to serve the target.
 
     Calm resharding (``calm``, default on; off = the old act-every-round behaviour, for ablation):
@@ -74,8 +76,8 @@ class TargetConfig:
     """
 
     target: str
-    min_replicas: int = 3
-    max_replicas: int = 3
+    min_replicas: int = 4
+    max_replicas: int = 4
     imbalance_tolerance: float = 0.25
     churn_budget: float = 0.10
     split_threshold: float = 0.25

@@ -18,7 +18,11 @@ from sharder.store.embedded import EmbeddedStore
 
 def test_rounds_that_commit_nothing_still_build_the_imbalance_streak() -> None:
     pods = [Pod(f"p{i}", f"127.0.0.1:{1000 + i}", target="t") for i in range(4)]
-    cfg = TargetConfig("t", initial_slices=32, cooldown_rounds=0, load_smoothing=1.0, act_after_rounds=3)
+    # three replicas of four pods: a slice on every pod could not move anywhere
+    cfg = TargetConfig(
+        "t", min_replicas=3, max_replicas=3, initial_slices=32, cooldown_rounds=0, load_smoothing=1.0,
+        act_after_rounds=3,
+    )  # fmt: skip
     a = dataclasses.replace(initial_assignment(cfg, pods), generation=100)
     view = PodLoadView()
     for p in pods:  # p0 carries three times the others' load, every round the same

@@ -54,7 +54,8 @@ def test_eligible_requires_exact_labels() -> None:
 
 # --- config -------------------------------------------------------------------------------------------------
 def test_default_config_is_valid() -> None:
-    assert TargetConfig("t").validate().max_replicas == 3
+    cfg = TargetConfig("t").validate()
+    assert (cfg.min_replicas, cfg.max_replicas) == (4, 4)
 
 
 @pytest.mark.parametrize(
@@ -219,7 +220,7 @@ def _with_slice(a: Assignment, i: int, **changes: Any) -> Assignment:
     ],
 )
 def test_check_invariants_catches(changes: dict[str, Any], field: str) -> None:
-    cfg = TargetConfig("t", min_replicas=2, eligibility={"region": "eu"})
+    cfg = TargetConfig("t", min_replicas=2, max_replicas=3, eligibility={"region": "eu"})
     ps = [*_pods(4, region="eu"), Pod("dead", "a", {"region": "eu"}, PodState.DEAD), Pod("us", "a", {"region": "us"})]
     a = initial_assignment(cfg, ps)
     a = dataclasses.replace(a, pods=tuple(ps))
