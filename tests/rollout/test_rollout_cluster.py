@@ -10,6 +10,7 @@ generation; the automatic rollback fires on an injected error rate (green pods' 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import os
@@ -217,7 +218,7 @@ def versions_by_session(answers: list[Answer]) -> dict[str, list[str]]:
 
 # the acceptance scenarios (run in file order on one cluster) ----------------------------------------------------
 def test_canary_steps_then_promote_under_load_lose_nothing_and_switch_each_session_at_most_once(
-    rc: RolloutCluster,
+    rc: RolloutCluster, request: pytest.FixtureRequest
 ) -> None:
     with Load(rc.http, "canary") as load:
         wait_until(lambda: len(load.snapshot()) >= 2 * SESSIONS, 30, "load on blue before the rollout")
@@ -226,6 +227,24 @@ def test_canary_steps_then_promote_under_load_lose_nothing_and_switch_each_sessi
         r0 = started["rollouts"][0]
         assert (r0["state"], r0["step"], r0["fraction"]) == ("running", 0, 0.0)
         seen_fractions: set[float] = set()
+        sampling = threading.Event()
+
+        def sample() -> None:
+            # every share the router routes by, also while the test waits on a CLI call (a process start, a second
+            # or more on a busy machine: a step of 1.5 s could begin and end inside one)
+            while not sampling.is_set():
+                with contextlib.suppress(OSError):
+                    seen_fractions.add(rc.router_fraction())
+                sampling.wait(0.05)
+
+        sampler = threading.Thread(target=sample, name="fraction-sampler", daemon=True)
+        sampler.start()
+
+        def stop_sampling() -> None:
+            sampling.set()
+            sampler.join(10)
+
+        request.addfinalizer(stop_sampling)  # also when an assertion fails before the end
 
         def at(fraction: float) -> bool:
             f = rc.router_fraction()
@@ -254,6 +273,7 @@ def test_canary_steps_then_promote_under_load_lose_nothing_and_switch_each_sessi
         wait_until(lambda: rc.router_generation() >= promoted["generation"], 10, "the router to see the promotion")
         n_promoted = len(load.snapshot())
         wait_until(lambda: len(load.snapshot()) >= n_promoted + 2 * SESSIONS, 30, "load after the promotion")
+        stop_sampling()
     answers = load.snapshot()
     failed = [a for a in answers if a.status != 200]
     seqs = versions_by_session(answers)
