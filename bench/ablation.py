@@ -44,7 +44,18 @@ ABLATIONS: dict[str, Ablation] = {
             "no_warmup", "no warm-up on reshard: a new replica warms on live traffic", {}, {"warm_deadline_s": "0"}
         ),
         Ablation("no_kv_read", "warm-ups prefill a donor's prompts (the pods have no KV connector)", kv_transfer=False),
-        Ablation("two_replicas", "two replicas per slice (the default before stop 4)", {}, {"min_replicas": "2"}),
+        Ablation(
+            "two_replicas",
+            "two replicas per slice (the default before stop 4)",
+            {},
+            {"min_replicas": "2", "max_replicas": "2"},
+        ),
+        Ablation(
+            "three_replicas",
+            "three replicas per slice (the default from stop 4 to stop 19)",
+            {},
+            {"min_replicas": "3", "max_replicas": "3"},
+        ),
         Ablation("no_kv_room", "a crowded pod keeps every session (stickiness alone)", {"kv_room": "0"}),
         Ablation(
             "no_memory_trust",

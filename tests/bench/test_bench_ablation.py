@@ -114,3 +114,16 @@ def test_cli_repeat() -> None:
     assert build_config(parse_args(["--quick", "--repeat", "3"])).repeat == 3
     with pytest.raises(SystemExit):
         build_config(parse_args(["--repeat", "0"]))
+
+
+@pytest.mark.parametrize(("name", "count"), [("two_replicas", 2), ("three_replicas", 3)])
+def test_replica_count_ablations_pin_both_bounds_over_the_default(name: str, count: int) -> None:
+    # The bench's target starts from TargetConfig's defaults (four replicas, min and max since stop 19), so an
+    # ablation that set only min_replicas would leave the assigner free to keep four.
+    from sharder.codec import config_from_proto, config_to_proto
+    from sharder.config import TargetConfig
+
+    cfg = config_to_proto(TargetConfig(target="t"))
+    ablation.apply_target_config(cfg, ablation.ABLATIONS[name].target_config)
+    applied = config_from_proto(cfg).validate()
+    assert (applied.min_replicas, applied.max_replicas) == (count, count)
