@@ -208,7 +208,8 @@ class CostPick:
         pod qualifies for ``drain_keep_s`` after the router saw it draining, as HAProxy's ``drain`` state does
         (sticky sessions only, no new ones): it keeps the sessions whose cache it holds while the warm-up copies
         them to their new replicas, instead of each one prefilling its whole history again on a replica the
-        moment the drain begins; one whose new replica holds it already goes there (not ``sticky``)."""
+        moment the drain begins; one whose new replica holds it already (all but ``cap_escape_s`` of prefill: a
+        replica holding only its first turn does not) goes there (not ``sticky``)."""
         need = max(1, req.session_chunks)
         first = ranked[0]
         keep_s = self.k.drain_keep_s
@@ -218,12 +219,15 @@ class CostPick:
 
         if sticky:
             # not a draining pod: once the new replica holds the session, the session moves at no cost, and the
-            # sooner the draining pod empties, the sooner the drain ends
+            # sooner the draining pod empties, the sooner the drain ends; but holding the session's first turn
+            # (``need``) is not holding its history: a draining pod whose cache of it saves more than
+            # cap_escape_s of prefill over the new replica's keeps it until a warm-up has copied it
             key = req.slice_key
             last = first.pod.served_at(key)
             holders = [
                 s for s in ok_out
-                if not s.pod.draining and s.hit_chunks >= first.hit_chunks and s.pod.served_at(key) > last
+                if (s.hit_chunks >= first.hit_chunks and s.pod.served_at(key) > last)
+                and (not s.pod.draining or (kept(s) and self._escapes(s, first)))
             ]  # fmt: skip
         else:
             # the session's own cache, or (like the cap's escape) a shared prefix saving more than cap_escape_s

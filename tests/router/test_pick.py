@@ -296,6 +296,34 @@ def test_a_session_whose_slice_moved_stays_on_the_pod_holding_its_cache() -> Non
     assert first is not None and first[0] == SUBSET and first[1].pod.id == "new"
 
 
+def test_a_draining_pod_keeps_a_long_session_whose_new_replica_holds_only_its_first_turn() -> None:
+    """Failure mode (agentic's restart phase, stop 20): a subset pod that served a session's first turn long ago
+    (or holds the tenant's prompt and the task) counts as holding the session (``session_chunks``), so the held
+    tier took it for one a warm-up had copied and let the draining pod go, which held the whole 60 KB history:
+    the session's next turn prefilled ~14,000 tokens again. The draining pod keeps it while the prefill it saves
+    is worth more than ``cap_escape_s``; once a warm-up copied the history, the session moves (the test above)."""
+    history = " ".join(random.Random(5).choice(("lorem", "ipsum", "dolor", "sit", "amet")) for _ in range(11000))
+    first_turn = history[:3000]
+    req = request(13, history, session_chunks=len(prefix_hashes(first_turn)) - 2)
+    assert (len(history) - len(first_turn)) / 4 / K.prefill_tokens_per_s > 5 * K.cap_escape_s  # a long history
+    for copied, want in ((False, "old"), (True, "new")):
+        vs = views("new", "old")
+        vs["new"].set_cache(64, req.prefix_hashes if copied else prefix_hashes(first_turn))
+        vs["old"].remember(req.prefix_hashes, 0.0, req.slice_key)  # the router sent the session's turns here
+        vs["old"].set_draining(True, 0.0)
+        r = CostPick(K).choose_replicas(req, Candidates(["new"], ["old"]), vs, 1.0)
+        first = r.first()
+        assert first is not None and first[1].pod.id == want, (copied, r.ids(), r.rule)
+        assert (first[0], r.rule) == ((HELD, "held") if want == "old" else (SUBSET, "sticky"))
+    # past drain_keep_s the draining pod lets it go all the same, so a drain always ends
+    vs = views("new", "old")
+    vs["new"].set_cache(64, prefix_hashes(first_turn))
+    vs["old"].remember(req.prefix_hashes, 0.0, req.slice_key)
+    vs["old"].set_draining(True, -K.drain_keep_s - 0.1)
+    first = CostPick(K).choose_replicas(req, Candidates(["new"], ["old"]), vs, 0.0).first()
+    assert first is not None and first[1].pod.id == "new"
+
+
 def test_a_session_stays_on_the_pod_its_slice_is_leaving_this_generation() -> None:
     """Failure mode: the generation right after a move lists the old pod as ``leaving``; the router passed
     leaving pods neither as the subset (a replica was usable) nor as outside, so the held tier could not see the
