@@ -5,10 +5,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-import xxhash
-
 from axon_router.knobs import Knobs
 from axon_router.pod_view import PodView
+from sharder.pods import pod_rank
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -45,9 +44,8 @@ class Scored:
     rank: float
 
 
-def tie_rank(slice_key: int, pod_id: str) -> int:
-    """Stable rank of ``pod_id`` for ``slice_key``: every router replica computes the same one."""
-    return xxhash.xxh3_64_intdigest(pod_id.encode("utf-8"), seed=slice_key)
+#: Stable rank of a pod for a SliceKey: every router replica computes the same one.
+tie_rank = pod_rank
 
 
 class CostModel:

@@ -6,6 +6,8 @@ import dataclasses
 import enum
 from collections.abc import Mapping
 
+import xxhash
+
 KNOWN_LABELS: frozenset[str] = frozenset({"model", "model_version", "region"})
 """Labels a TargetConfig's eligibility may name."""
 
@@ -50,4 +52,10 @@ def serves(pod: Pod, target: str, eligibility: Mapping[str, str]) -> bool:
     return pod.state is PodState.ACTIVE and (not pod.target or pod.target == target) and eligible(pod, eligibility)
 
 
-__all__ = ["KNOWN_LABELS", "Pod", "PodState", "eligible", "serves"]
+def pod_rank(key: int, pod_id: str) -> int:
+    """Stable rank of ``pod_id`` for ``key`` (a SliceKey, a slice's low bound): every process computes the same
+    one, so routers agree on ties and the assigner spreads a drain's handoffs over the replicas."""
+    return xxhash.xxh3_64_intdigest(pod_id.encode("utf-8"), seed=key)
+
+
+__all__ = ["KNOWN_LABELS", "Pod", "PodState", "eligible", "pod_rank", "serves"]

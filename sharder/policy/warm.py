@@ -6,11 +6,9 @@ import bisect
 import dataclasses
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-import xxhash
-
 from sharder.assignment import Assignment, SliceAssignment
 from sharder.keyspace import Slice
-from sharder.pods import Pod, PodState
+from sharder.pods import Pod, PodState, pod_rank
 
 
 def _holders(old: Assignment, los: Sequence[int], s: Slice) -> tuple[set[str], set[str]]:
@@ -35,8 +33,8 @@ def mark_warming(
     """``slices`` (the next generation's, tiling the keyspace) with ``warming`` set: a replica is warming when it
     did not hold the whole range warm in ``old`` (a replica or leaving pod there, not warming) and some pod that
     did is still alive to warm it from; when a draining pod leaves a slice and no replica gained it (no pod to
-    replace it), ``handoff_replica`` is, to copy the draining pod's sessions. Marks carry over from ``old`` until cleared (``clear_warming``); a slice
-    with no live warm holder has nothing to warm from, so it gets no marks. ``enabled`` False clears every mark
+    replace it), ``handoff_replica`` is, to copy the draining pod's sessions. Marks carry over from ``old`` until
+    cleared (``clear_warming``); a slice with no live warm holder has nothing to warm from, so it gets no marks. ``enabled`` False clears every mark
     (``TargetConfig.warm_deadline_s`` 0: no warm-up)."""
     if not enabled:
         return tuple(dataclasses.replace(sa, warming=()) if sa.warming else sa for sa in slices)
@@ -52,15 +50,10 @@ def mark_warming(
         warm, _ = _holders(old, los, sa.slice)
         alive = {p for p in warm if (pod := pods.get(p)) is not None and pod.state is not PodState.DEAD}
         warming = tuple(p for p in sa.replicas if p not in warm) if alive else ()
-        if not warming and sa.replicas and any(_draining(pods, p) and p in alive for p in sa.leaving):
+        if not warming and sa.replicas and any(p in alive and pods[p].state is PodState.DRAINING for p in sa.leaving):
             warming = (handoff_replica(sa),)
         out.append(sa if warming == sa.warming else dataclasses.replace(sa, warming=warming))
     return tuple(out)
-
-
-def _draining(pods: Mapping[str, Pod], pod_id: str) -> bool:
-    pod = pods.get(pod_id)
-    return pod is not None and pod.state is PodState.DRAINING
 
 
 def handoff_replica(sa: SliceAssignment) -> str:
@@ -69,7 +62,7 @@ def handoff_replica(sa: SliceAssignment) -> str:
     from the draining pod (leaving donors first) while that pod keeps serving them (``drop_pods``), as a
     replacement would. A stable hash of (slice, pod) picks it, so a drain's slices spread over the replicas."""
     lo = sa.slice.lo
-    return min(sa.replicas, key=lambda p: (xxhash.xxh3_64_intdigest(p.encode("utf-8"), seed=lo), p))
+    return min(sa.replicas, key=lambda p: (pod_rank(lo, p), p))
 
 
 def clear_warming(
