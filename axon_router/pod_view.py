@@ -370,6 +370,12 @@ class PodView:
             (key, len(chunks), sum(1 for h in chunks if refs[h] == 1)) for key, (_, chunks) in self._resident.items()
         ]
 
+    def reside(self, slice_key: int, hashes: Sequence[int], now: float) -> None:
+        """Session ``slice_key``'s latest turn, with these prompt chain hashes, was sent here at ``now``: it lives
+        here from now on (its prefill is under way, so its context takes the pod's KV cache before its first
+        token comes back)."""
+        self._reside(slice_key, frozenset(hashes), now)
+
     def release(self, slice_key: int) -> None:
         """Session ``slice_key`` no longer lives here (its latest turn went to another pod)."""
         gone = self._resident.pop(slice_key, None)
@@ -415,21 +421,44 @@ class PodView:
 
 
 class Residence:
-    """Which pod each session lives on (the one its latest turn went to), for a bounded number of sessions: a
-    session that moves stops counting toward its old pod's resident chunks at once, not a window later."""
+    """Which pod each session lives on (the one its latest turn was sent to), for a bounded number of sessions: a
+    session that moves stops counting toward its old pod's resident chunks at once, not a window later, and
+    counts toward its new pod's from the moment it is sent there, not from its first token: a long prefill
+    takes seconds, and a pod that still looked roomy meanwhile drew a second and third crowded pod's session
+    (``Knobs.kv_room``) that then evicted each other."""
 
     def __init__(self, max_keys: int = 1 << 16) -> None:
         self._on: collections.OrderedDict[int, str] = collections.OrderedDict()
         self._max = max_keys
 
+    def placed(
+        self, views: Mapping[str, PodView], pod: PodView, hashes: Sequence[int], now: float, slice_key: int | None
+    ) -> None:
+        """A request of session ``slice_key`` with these prompt chain hashes was just sent to ``pod``: the session
+        lives there from now on."""
+        if slice_key is None:
+            return
+        pod.reside(slice_key, hashes, now)
+        self._move(views, pod, slice_key)
+
+    def failed(self, pod: PodView, slice_key: int | None) -> None:
+        """The request of session ``slice_key`` sent to ``pod`` ended before its first token (refused, failed,
+        cancelled): the session does not live there (until a later turn is sent there)."""
+        if slice_key is not None and self._on.get(slice_key) == pod.id:
+            del self._on[slice_key]
+            pod.release(slice_key)
+
     def served(
         self, views: Mapping[str, PodView], pod: PodView, hashes: Sequence[int], now: float, slice_key: int | None
     ) -> None:
         """``pod`` just served a request of session ``slice_key`` with these prompt chain hashes (its first token
-        came back): remember the prefix there, and move the session's residency to it."""
+        came back): remember the prefix there, and move the session's residency to it (``placed`` did, unless
+        the caller places at the first token)."""
         pod.remember(hashes, now, slice_key)
-        if slice_key is None:
-            return
+        if slice_key is not None:
+            self._move(views, pod, slice_key)
+
+    def _move(self, views: Mapping[str, PodView], pod: PodView, slice_key: int) -> None:
         on = self._on
         prev = on.pop(slice_key, None)
         if prev is not None and prev != pod.id and (old := views.get(prev)) is not None:

@@ -396,6 +396,7 @@ class Router:
             f.reason = reason
             probe = pod.breaker.acquire(now)
             ticket = pod.begin(req.prompt_tokens + req.max_tokens, pick.miss_tokens, req.prefix_hashes, now)
+            self.residence.placed(self.table.pods, pod, req.prefix_hashes, now, req.slice_key)
             g = pod.inflight_gauge
             if g is not None:
                 g.inc()  # type: ignore[attr-defined]
@@ -403,6 +404,7 @@ class Router:
                 up = await self.forwarder.open(pod.http_address, req.path, req.body, headers, req.stream, left)
             except RetryableError as e:
                 self._end_ticket(pod, ticket, failed=e.computed_nothing)
+                self.residence.failed(pod, req.slice_key)
                 if e.pod_fault:
                     self._pod_failed(pod)
                 elif probe:
@@ -429,10 +431,12 @@ class Router:
                 continue
             except UpstreamError:
                 self._end_ticket(pod, ticket, failed=True)
+                self.residence.failed(pod, req.slice_key)
                 self._pod_ok(pod)
                 raise
             except BaseException:
                 self._end_ticket(pod, ticket)
+                self.residence.failed(pod, req.slice_key)
                 if probe:
                     pod.breaker.release_probe()
                 raise

@@ -645,6 +645,7 @@ class Fleet:
             self._attempt(f, t)
             return
         f.ticket = view.begin(f.req.est_tokens + f.req.max_tokens, pick.miss_tokens, f.pin.prefix_hashes, t)
+        r.residence.placed(views, view, f.pin.prefix_hashes, t, f.pin.slice_key)
         f.pod = pod
         req = f.req
         key = f.pin.slice_key
@@ -885,6 +886,8 @@ class Fleet:
             assert f.router is not None and f.ticket is not None
             f.router.views[p.id].end(f.ticket)
             f.ticket = None
+            if f.first_t is None:
+                f.router.residence.failed(f.router.views[p.id], f.pin.slice_key)
             if f.first_t is None and f.attempts < self.knobs.max_attempts:
                 f.tried.append(p.id)
                 self.results.retries += 1

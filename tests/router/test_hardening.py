@@ -314,3 +314,26 @@ async def test_a_clients_tight_deadline_does_not_count_against_the_pod() -> None
         status, _, raw = await post(h.http, {"model": MODEL, "prompt": "hello"})
         assert status == 200, raw
         assert h.router is not None and h.router.pods["p0"].breaker.state.name.lower() == "closed"
+
+
+async def test_a_session_lives_on_its_pod_from_dispatch_until_an_attempt_fails() -> None:
+    """Failure mode (agentic, restart phase): the router counted a session on the pod it was sent to only once its
+    first token came back, so during a long prefill that pod still looked roomy and ``kv_room`` sent a second and
+    a third crowded pod's session there within 0.6 s (29k tokens), where they evicted each other."""
+    async with harness(knobs(max_attempts=1)) as h:
+        assert h.router is not None
+        view = h.router.table.pods["p0"]
+        session = {"x-session-id": "agent-1"}
+        task = asyncio.create_task(post(h.http, {"model": MODEL, "prompt": "stall-first " + "x" * 4096}, session))
+        await asyncio.wait_for(h.pod.received.wait(), 5)
+        assert view.inflight == 1 and view.prefill_reqs == 1  # sent, no first token yet
+        sizes = view.resident_sizes()
+        assert len(sizes) == 1 and sizes[0][1] == view.resident_chunks() > 0, sizes
+        key = sizes[0][0]
+        h.pod.release.set()
+        status, _, _ = await task
+        assert status == 200 and [k for k, _, _ in view.resident_sizes()] == [key]
+        # an attempt that ends before its first token (vLLM refuses the prompt): that session does not live there
+        status, _, raw = await post(h.http, {"model": MODEL, "prompt": "too-long " + "y" * 4096}, {"x-session-id": "b"})
+        assert status == 400, raw
+        assert [k for k, _, _ in view.resident_sizes()] == [key]
