@@ -145,8 +145,14 @@ class Knobs:
     onto a crowded pod evicts another session's cache there, which then prefills again. Needs ``kv_room``. Off by
     default (the fastest pod, crowded or not): on the agentic bench it keeps sessions on one pod (pods per session
     1.08 against 1.20 over nine runs) but leaves the busiest pods busy (in-flight max/mean 1.42 against 1.17)."""
-    resident_window_s: float = 30.0
-    """How long after its latest turn a session still counts as living on that pod (``kv_room``)."""
+    resident_window_s: float = 10.0
+    """How long after its latest turn was sent to a pod a session still counts as living there (``kv_room``): the
+    router cannot tell a session that ended from one between turns, and one that ended keeps its pod looking
+    full for this long. 10 s (was 30; stop 21): on the agentic bench, whose turns come well under a second
+    apart, a pod whose session had just ended stayed "full" while two sessions on another pod evicted each
+    other (hot-phase in-flight max/mean 1.49-2.00 over ten runs at 30 s, 1.25-1.53 over nine at 10 s).
+    Sessions that idle longer between turns than this (an agent's slow tool call) stop counting meanwhile, as
+    an LRU cache would treat them: raise it for such workloads."""
     kv_block_tokens: int = KV_BLOCK_TOKENS
     """Tokens per KV cache block (vLLM's block_size) of a pod that does not report its own with its cache summary
     (``CacheSummary.block_tokens``): converts the pod's reported KV blocks to tokens."""

@@ -91,7 +91,7 @@ class PodView:
         *,
         memory_max: int = 8192,
         load_halflife_s: float = 5.0,
-        resident_window_s: float = 30.0,
+        resident_window_s: float = 10.0,
     ) -> None:
         self.id = pod_id
         self.http_address = http_address.rstrip("/")

@@ -672,6 +672,28 @@ def test_a_slow_pod_keeps_its_session_when_no_faster_pod_has_room_for_it() -> No
         assert sorted(r.ids()[0]) == sorted(ids)  # every subset pod still ranked (failover)
 
 
+def test_a_session_that_ended_stops_keeping_its_pod_full_within_the_default_window() -> None:
+    """Failure mode (agentic, hot phase, at the old 30 s window): a pod whose session had ended seconds before
+    still counted it, so the sessions crowding another pod found no room there and evicted each other (hot-phase
+    in-flight max/mean 1.9-2.0, one pod idle)."""
+    for window, want in ((K.resident_window_s, ("kv_room", "b")), (30.0, ("sticky", "a"))):
+        vs = {i: PodView(i, f"http://{i}", resident_window_s=window) for i in ("a", "b")}
+        residence = Residence()
+        for v in vs.values():
+            v.set_cache(64, frozenset(), 0.0, blocks_total=1000)  # 16,000 tokens each; kv_room 0.9: 14,400
+        ended = _session(9, 36_000)  # ~9,000 tokens, its last turn at t=0 on b
+        residence.served(vs, vs["b"], ended.prefix_hashes, 0.0, ended.slice_key)
+        turns = [_session(k, 32_000) for k in (1, 2)]  # ~8,000 tokens each, both on a: 16,000
+        for t in turns:
+            residence.served(vs, vs["a"], t.prefix_hashes, 11.0, t.slice_key)
+        for v in vs.values():
+            v.apply_report(v.poll_started(), 12.0, 0, 0, 0, 0.0)
+        on = CostPick(K)
+        released = next(t for t in turns if on._releases(on.cost.score(vs["a"], t, 12.0), t.slice_key))
+        r = on.choose_replicas(released, Candidates(["a", "b"], []), vs, 12.0)
+        assert (r.rule, r.ids()[0][0]) == want, window
+
+
 def test_shared_prefixes_count_once_and_idle_sessions_stop_counting() -> None:
     v = PodView("a", "http://a", resident_window_s=10.0)
     residence = Residence()
