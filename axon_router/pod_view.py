@@ -452,8 +452,8 @@ class Residence:
         self, views: Mapping[str, PodView], pod: PodView, hashes: Sequence[int], now: float, slice_key: int | None
     ) -> None:
         """``pod`` just served a request of session ``slice_key`` with these prompt chain hashes (its first token
-        came back): remember the prefix there, and move the session's residency to it (``placed`` did, unless
-        the caller places at the first token)."""
+        came back): remember the prefix there, and move the session's residency to it (already there when
+        ``placed`` ran at its dispatch)."""
         pod.remember(hashes, now, slice_key)
         if slice_key is not None:
             self._move(views, pod, slice_key)
