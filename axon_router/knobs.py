@@ -150,7 +150,7 @@ class Knobs:
     router cannot tell a session that ended from one between turns, and one that ended keeps its pod looking
     full for this long. 10 s (was 30; stop 21): on the agentic bench, whose turns come well under a second
     apart, a pod whose session had just ended stayed "full" while two sessions on another pod evicted each
-    other (hot-phase in-flight max/mean 1.49-2.00 over ten runs at 30 s, 1.25-1.53 over nine at 10 s).
+    other (hot-phase in-flight max/mean 1.94-2.00 in six of ten runs at 30 s, 1.25-1.53 in nine of ten at 10 s).
     Sessions that idle longer between turns than this (an agent's slow tool call) stop counting meanwhile, as
     an LRU cache would treat them: raise it for such workloads."""
     kv_block_tokens: int = KV_BLOCK_TOKENS
