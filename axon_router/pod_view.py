@@ -8,7 +8,11 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 
 from axon_router.failover import Breaker, HealthTracker
+from axon_router.knobs import Knobs
 from sharder.prefix import CHUNK_BYTES
+
+#: The knobs' defaults, for a PodView built without them (the router passes its own).
+_DEFAULTS = Knobs()
 
 
 @dataclasses.dataclass(slots=True)
@@ -89,9 +93,9 @@ class PodView:
         address: str = "",
         labels: Mapping[str, str] | None = None,
         *,
-        memory_max: int = 8192,
-        load_halflife_s: float = 5.0,
-        resident_window_s: float = 10.0,
+        memory_max: int = _DEFAULTS.prefix_memory_max,
+        load_halflife_s: float = _DEFAULTS.load_halflife_s,
+        resident_window_s: float = _DEFAULTS.resident_window_s,
     ) -> None:
         self.id = pod_id
         self.http_address = http_address.rstrip("/")
@@ -311,15 +315,17 @@ class PodView:
         return self.rep_kv if self.rep_at >= 0 and now - self.rep_at <= stale_s else 0.0
 
     # ---------------------------------------------------------------- prefix memory
-    def remember(self, hashes: Sequence[int], now: float, slice_key: int | None = None) -> None:
-        """This router just sent a prompt with these chain hashes to the pod (for session ``slice_key``)."""
+    def remember(self, hashes: Sequence[int], now: float, slice_key: int | None = None, *, reside: bool = True) -> None:
+        """This router just sent a prompt with these chain hashes to the pod (for session ``slice_key``, which then
+        lives here, unless ``reside`` is False: ``Residence.placed`` already made it so at the dispatch)."""
         if slice_key is not None:
             served = self._served
             served.pop(slice_key, None)
             served[slice_key] = now
             while len(served) > self._memory_max:
                 served.popitem(last=False)
-            self._reside(slice_key, frozenset(hashes), now)
+            if reside:
+                self._reside(slice_key, frozenset(hashes), now)
         mem = self._memory
         for h in hashes:
             if h in mem:
@@ -452,9 +458,11 @@ class Residence:
         self, views: Mapping[str, PodView], pod: PodView, hashes: Sequence[int], now: float, slice_key: int | None
     ) -> None:
         """``pod`` just served a request of session ``slice_key`` with these prompt chain hashes (its first token
-        came back): remember the prefix there, and move the session's residency to it (already there when
-        ``placed`` ran at its dispatch)."""
-        pod.remember(hashes, now, slice_key)
+        came back): remember the prefix there, and move the session's residency to it, unless ``placed`` put it
+        there at the dispatch (residing again would redo the prompt's chunk sets on the first token's path, and
+        re-append the dispatch time behind later sessions' in the window's time order)."""
+        placed = slice_key is not None and self._on.get(slice_key) == pod.id
+        pod.remember(hashes, now, slice_key, reside=not placed)
         if slice_key is not None:
             self._move(views, pod, slice_key)
 
