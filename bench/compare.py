@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
 import os
 import pathlib
-import signal
 import sys
 import tempfile
 import time
@@ -43,7 +41,7 @@ from bench.workload import (
     summary,
     workload_oracle,
 )
-from sharder.launch import LaunchError, ManagedProcess, ProcessGroup
+from sharder.launch import LaunchError, ManagedProcess, ProcessGroup, sigterm_unwinds
 
 BRUNOISE = "brunoise"
 ALL_ROUTERS: tuple[str, ...] = (BRUNOISE, *peers.PEERS)
@@ -265,14 +263,8 @@ class RouterRun:
 
     async def stop(self) -> None:
         # stop the processes first and synchronously (this also runs while the run is being cancelled), all at
-        # once: each by its PID (SIGTERM, then SIGKILL), in parallel threads; exited ones are left alone
-        procs = [p for p in self.group.procs if p.alive()]
-        if procs:
-            with concurrent.futures.ThreadPoolExecutor(max_workers=len(procs)) as pool:
-                list(pool.map(lambda p: p.stop(), procs))
-        for p in reversed(self.group.procs):
-            if p.alive():
-                p.stop()
+        # once: each by its PID (SIGTERM, then SIGKILL); exited ones are left alone
+        self.group.stop_together()
         if self.admin is not None:
             with contextlib.suppress(Exception):
                 await self.admin.close()
@@ -821,8 +813,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     chart_path.parent.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("BRUNOISE_LOG_LEVEL", "WARNING")
     # SIGTERM unwinds like Ctrl-C, so every started process is stopped by the ``finally`` blocks
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    rep = asyncio.run(amain(cfg, out, chart_path))
+    with sigterm_unwinds(lambda signum: SystemExit(128 + signum)):
+        rep = asyncio.run(amain(cfg, out, chart_path))
     print(f"\nresults: {out}  chart: {chart_path}\n")
     print(report.render(rep))
     failed = [r for g in rep["workloads"].values() for r in g.get("runs", g["routers"]) if "error" in r]

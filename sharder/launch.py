@@ -11,8 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
-from types import TracebackType
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import FrameType, TracebackType
 
 
 class LaunchError(RuntimeError):
@@ -89,6 +89,12 @@ class ManagedProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
 
+    def terminate(self) -> None:
+        """SIGTERM the process group, without waiting (``stop`` waits, then SIGKILLs)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+
     def stop(self, timeout_s: float = 10.0) -> int | None:
         """SIGTERM the process group, then SIGKILL after ``timeout_s``; returns the exit code."""
         if self.proc is None:
@@ -120,11 +126,40 @@ class ProcessGroup:
         for p in reversed(self.procs):
             p.stop()
 
+    def stop_together(self, timeout_s: float = 10.0) -> None:
+        """Stop every process at once: SIGTERM to each one's process group (newest first), then wait for them
+        together until ``timeout_s`` and SIGKILL what is left. No threads, so it also works while the
+        interpreter shuts down (a thread pool refuses work then, and the processes behind it were left running)."""
+        procs = [p for p in reversed(self.procs) if p.alive()]
+        for p in procs:
+            p.terminate()
+        deadline = time.monotonic() + timeout_s
+        for p in procs:
+            p.stop(max(0.0, deadline - time.monotonic()))
+
     def __enter__(self) -> ProcessGroup:
         return self
 
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.stop_all()
+
+
+@contextlib.contextmanager
+def sigterm_unwinds(make_exc: Callable[[int], BaseException]) -> Iterator[None]:
+    """Inside the block, SIGTERM raises ``make_exc(signum)`` (SystemExit, KeyboardInterrupt) so the ``finally``
+    blocks stop every child by PID, as Ctrl-C does; SIGTERMs after the first are ignored until the block ends:
+    one arriving while those blocks run (``timeout`` forwards its own SIGTERM to its child, a supervisor
+    repeats it) cut them short and left children running."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise make_exc(signum)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def python_module(module: str, *args: str) -> list[str]:

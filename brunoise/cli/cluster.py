@@ -14,8 +14,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from types import FrameType
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -27,7 +26,7 @@ from brunoise.cli.credentials import init_credentials
 from brunoise.cli.demo import DemoResult, run_demo
 from brunoise.cli.output import CliError, console, err_console, fmt_pct, make_table, print_error
 from brunoise_api.v1 import slicing_pb2
-from sharder.launch import LaunchError, ManagedProcess, ProcessGroup, python_module
+from sharder.launch import LaunchError, ManagedProcess, ProcessGroup, python_module, sigterm_unwinds
 from sharder.security.client import ENV_TOKEN, ENV_TOKEN_FILE, ClientAuth
 from sharder.security.tokens import new_token
 
@@ -453,18 +452,6 @@ def run_demo_with_progress(cl: LocalCluster, sessions: int, turns: int) -> DemoR
         )
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def wait_until_interrupted(cl: LocalCluster) -> None:
     """Keep the cluster up until Ctrl-C (or SIGTERM); say so once when a child dies."""
     reported: set[str] = set()
@@ -506,7 +493,7 @@ def up(
                           slices=slices, log_dir=log_dir, engine_args=tuple(engine_arg or ()))
     con = console()
     code = 0
-    with _sigterm_as_interrupt():
+    with sigterm_unwinds(lambda signum: KeyboardInterrupt()):
         cl = LocalCluster(opts, on_step=lambda m: con.print(f"[dim]… {m}[/dim]"))
         try:
             t0 = time.monotonic()
