@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pathlib
 import signal
 import subprocess
 import sys
 import textwrap
 
 from sharder.launch import ManagedProcess, ProcessGroup
+from tests.runtime.procs import alive, runtime_env
 
 #: The parent: starts a child that sleeps, says both PIDs, and on SIGTERM unwinds through a ``finally`` that
 #: waits for a line on stdin (the test sends its second SIGTERM then) before it stops the child.
@@ -38,23 +38,11 @@ PARENT = textwrap.dedent(
 )
 
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, exited but not yet reaped, does not count)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_a_second_sigterm_during_the_unwinding_leaves_no_child_running() -> None:
     parent = subprocess.Popen(
         [sys.executable, "-c", PARENT],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=runtime_env(),
     )  # fmt: skip
     assert parent.stdin is not None and parent.stdout is not None
     child_pid = 0
@@ -71,12 +59,12 @@ def test_a_second_sigterm_during_the_unwinding_leaves_no_child_running() -> None
         code = parent.wait(timeout=30)
         assert "stopped" in rest, f"the unwinding was cut short (exit {code})"
         assert code == 128 + signal.SIGTERM
-        assert not _alive(child_pid), "the parent's child is still running"
+        assert not alive(child_pid), "the parent's child is still running"
     finally:
         if parent.poll() is None:
             parent.kill()
             parent.wait(timeout=10)
-        if child_pid and _alive(child_pid):
+        if child_pid and alive(child_pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child_pid, signal.SIGKILL)
 

@@ -12,19 +12,12 @@ from collections.abc import Iterator
 import pytest
 
 from tests.router.conftest import MODEL, ROUTER_ARGS, Cluster, post
+from tests.runtime.procs import alive
 
 
 def children(pid: int) -> list[int]:
     text = pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text()
     return [int(x) for x in text.split()]
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,15 @@ def runtime_env() -> dict[str, str]:
     return env
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped, does not count)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def start_runtime(tmp: Path, *args: str, name: str = "runtime") -> ManagedProcess:
     """Start ``python -m runtime.main`` with ``args`` and wait for its ready file (stopped again on failure)."""
     proc = ManagedProcess(name, python_module("runtime.main", *args), env=runtime_env(), log_dir=tmp)
