@@ -51,6 +51,17 @@ def simulate(
     restarts: Annotated[
         bool, typer.Option(help="The workload's rolling restart (every pod, in the restart phase).")
     ] = True,
+    drain_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="A restart waits at most this long for the pod to hold no slice, then to run nothing "
+            "(default 20, as the bench)."
+        ),
+    ] = None,
+    restart_down: Annotated[
+        float | None,
+        typer.Option(help="Seconds a restarted pod is down (default 0.7, the bench's pods; a real vLLM: minutes)."),
+    ] = None,
     sessions: Annotated[
         int | None, typer.Option(help="Rescale the bench workload to about this many sessions.")
     ] = None,
@@ -94,6 +105,7 @@ def simulate(
                 assignment_lag_s=assignment_lag, concurrency=concurrency, key_layout=key_layout,
                 router_knobs=router_knob or [], target_config=target_config or [], deaths=death or [],
                 restarts=restarts, seed=seed, oracle=oracle, registration=registration,
+                drain_timeout_s=drain_timeout, restart_down_s=restart_down,
             )  # fmt: skip
             return options.run_one(spec, src, progress)
 

@@ -14,6 +14,7 @@ import bisect
 import collections
 import dataclasses
 import functools
+import math
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -28,7 +29,7 @@ from axon_router.targets import new_session_replicas, not_outside
 from brunoise.simulate.engines import FluidEngine, StepEngine, make_engine
 from brunoise.simulate.events import EventQueue
 from brunoise.simulate.report import Results
-from brunoise.simulate.source import SimRequest, SimSession, Source
+from brunoise.simulate.source import PHASE_RESTART, SimRequest, SimSession, Source
 from runtime.engines.sim import BLOCK_TOKENS, SimConfig, virtual_request
 from runtime.warm import (
     LOG_KEYS,
@@ -74,9 +75,14 @@ class FleetSpec:
     assignment_lag_s: float = 0.1
     #: Requests the client keeps in flight at most (bench/compare.py: 32); 0 = no limit.
     concurrency: int = 32
-    drain_timeout_s: float = 3.0
-    #: A restarted pod serves again this long after it stopped (process start, engine ready, registration).
-    restart_down_s: float = 1.5
+    #: A restart waits this long at most for the pod to hold no slice, then as long for it to run nothing, as
+    #: ``bench/compare.py`` does (``RunConfig.drain_timeout_s``, an operator's ``brunoise drain --wait``): a pod
+    #: keeps the sessions the routers hold on it for ``drain_keep_s`` (5 s), and those finish before it stops.
+    #: (3 s until stop 23: agentic restarts stopped pods with held sessions' requests running, and the streams broke.)
+    drain_timeout_s: float = 20.0
+    #: A restarted pod serves again this long after it stopped (process start, engine ready, registration): the
+    #: bench's simulated pods take 0.6-0.75 s (1.5 until stop 23); a real vLLM loading its weights, minutes.
+    restart_down_s: float = 0.7
     lease_ttl_s: float = 5.0
     #: (time, pod index) of pod deaths (no drain: in-flight requests fail or retry; the lease lapses).
     deaths: tuple[tuple[float, int], ...] = ()
@@ -103,6 +109,10 @@ class FleetSpec:
             raise ValueError(f"registration must be staggered or even, got {self.registration!r}")
         if self.round_interval_s <= 0 or self.concurrency < 0:
             raise ValueError("round_interval_s must be > 0 and concurrency >= 0")
+        for name in ("drain_timeout_s", "restart_down_s"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number of seconds >= 0, got {v}")
         self.knobs.validate()
         self.config.validate()
         for t, i in self.deaths:
@@ -128,7 +138,7 @@ class Flight:
     """One request from the client's send to its end (attempts included)."""
 
     __slots__ = (
-        "attempts", "done", "first_t", "num", "pick_t", "pin", "pod", "req", "router", "sent_t", "sess",
+        "attempts", "done", "first_t", "num", "phase", "pick_t", "pin", "pod", "req", "router", "sent_t", "sess",
         "ticket", "tried",
     )  # fmt: skip
 
@@ -143,19 +153,21 @@ class Flight:
         self.router: SimRouter | None = None
         self.ticket: Ticket | None = None
         self.first_t: float | None = None
+        self.phase = req.phase  # the phase it is sent in, once it is (``Source.phase_at``)
         self.pick_t = sent_t
         self.num = 0
         self.done = False
 
 
 class ClientSession:
-    __slots__ = ("index", "next", "pods", "requests", "sid")
+    __slots__ = ("index", "next", "pods", "pods_all", "requests", "sid")
 
     def __init__(self, s: SimSession) -> None:
         self.sid = s.session
         self.requests = s.requests
         self.next = 0
-        self.pods: set[str] = set()
+        self.pods: set[str] = set()  # pods that served its turns sent outside the rolling restart (pods/session)
+        self.pods_all: set[str] = set()  # and every turn's
         self.index = 0
 
 
@@ -560,15 +572,17 @@ class Fleet:
     def _dispatch(self, f: Flight, t: float) -> None:
         self.client_inflight += 1
         f.sent_t = t
+        f.phase = self.source.phase_at(t)
         self.results.sent(f, t)
         if self.spec.oracle:
-            self._oracle(f.req)
+            self._oracle(f)
         router = self.routers[self.rr % len(self.routers)]
         self.rr += 1
         f.router = router
         self._attempt(f, t)
 
-    def _oracle(self, req: SimRequest) -> None:
+    def _oracle(self, f: Flight) -> None:
+        req = f.req
         held = self.oracle_held
         n = 0
         for h in req.hashes:
@@ -577,7 +591,7 @@ class Fleet:
             n += 1
         hit = min(n, (req.prompt_tokens - 1) // (CHUNK_BYTES // 4)) * (CHUNK_BYTES // 4)
         held.update(req.hashes)
-        self.results.oracle(req, hit)
+        self.results.oracle(f.phase, req.prompt_tokens, hit)
 
     # -- the router's request path --------------------------------------------------------------------------
 
@@ -615,7 +629,7 @@ class Fleet:
             # pods that served this session are passed first (the ones that can hold its cache as the pick's
             # held tier needs it), and the whole pool only when no subset pod is admissible.
             exact = len(self.pods) <= EXACT_PODS
-            near = outside(self.by_id if exact else f.sess.pods)
+            near = outside(self.by_id if exact else f.sess.pods_all)
             d = r.admission.decide(r.policy, subset, near, views, f.pin, t, Priority.INTERACTIVE)
             if d.pick is None and not exact:  # no admissible subset pod: the whole eligible pool (as the router does)
                 d = r.admission.decide(r.policy, subset, outside(self.by_id), views, f.pin, t, Priority.INTERACTIVE)
@@ -684,7 +698,9 @@ class Fleet:
         p.bucket_ok += 1
         work = max(0, ereq.num_prompt - (ereq.cached_tokens or 0)) + ereq.max_tokens
         p.meter.pending.append((f.pin.slice_key, float(max(work, 1))))
-        f.sess.pods.add(p.id)
+        f.sess.pods_all.add(p.id)
+        if f.phase != PHASE_RESTART:  # every router moves a session whose pod restarts (as bench/compare.py counts)
+            f.sess.pods.add(p.id)
         self._end(f, t, "")
 
     def _end(self, f: Flight, t: float, error: str) -> None:

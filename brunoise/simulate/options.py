@@ -90,6 +90,7 @@ def make_spec(
     max_model_len: int | None, engine: str, routers: int, round_interval_s: float, assignment_lag_s: float,
     concurrency: int, key_layout: str | None, router_knobs: Sequence[str], target_config: Sequence[str],
     deaths: Sequence[str], restarts: bool, seed: int, oracle: bool, registration: str = "auto",
+    drain_timeout_s: float | None = None, restart_down_s: float | None = None,
 ) -> FleetSpec:  # fmt: skip
     kv, mml = (1024, 4096)
     if not trace and bench_importable():
@@ -103,6 +104,9 @@ def make_spec(
         if not sep:
             raise ValueError(f"--death {d!r}: expected TIME:POD_INDEX, e.g. 30:2")
         death_list.append((float(t), int(i)))
+    timings: dict[str, Any] = {
+        k: v for k, v in (("drain_timeout_s", drain_timeout_s), ("restart_down_s", restart_down_s)) if v is not None
+    }  # unset: FleetSpec's defaults
     eng = engine if engine != "auto" else ("step" if pods <= 64 else "fluid")
     reg = registration if registration != "auto" else ("staggered" if pods <= 64 else "even")
     return FleetSpec(
@@ -111,6 +115,7 @@ def make_spec(
         config=TargetConfig(TARGET, **parse_pairs(target_config, TargetConfig, "--target-config")).validate(),
         round_interval_s=round_interval_s, assignment_lag_s=assignment_lag_s, concurrency=concurrency,
         deaths=tuple(death_list), restarts=restarts, seed=seed, oracle=oracle, registration=reg,
+        **timings,
     ).validate()  # fmt: skip
 
 

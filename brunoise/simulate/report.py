@@ -10,9 +10,11 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from brunoise.simulate.source import PHASE_DEFAULT, PHASE_RESTART
+
 if TYPE_CHECKING:
     from brunoise.simulate.fleet import Fleet, FleetSpec, Flight, SimPod
-    from brunoise.simulate.source import SimRequest, Source
+    from brunoise.simulate.source import Source
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -25,6 +27,10 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 def _ms(v: float | None) -> float | None:
     return None if v is None else round(1000.0 * v, 1)
+
+
+def _mean(values: Sequence[int]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def max_over_mean(values: Sequence[float]) -> float | None:
@@ -48,7 +54,8 @@ class Results:
         self.ph_ttft: dict[str, list[float]] = {}
         self.ph_oracle: dict[str, list[int]] = {}  # phase -> [queries, hits]
         self.ttft: list[float] = []
-        self.pods_per_session: list[int] = []
+        self.pods_per_session: list[int] = []  # turns sent in the rolling restart left out, as bench/compare.py does
+        self.pods_per_session_all: list[int] = []
         self.outcomes: dict[str, int] = {}
         self.rules: dict[str, int] = {}
         self.retries = 0
@@ -64,14 +71,14 @@ class Results:
 
     def sent(self, f: Flight, t: float) -> None:
         self.sent_n += 1
-        ph = f.req.phase
+        ph = f.phase
         self.ph_requests[ph] = self.ph_requests.get(ph, 0) + 1
 
-    def oracle(self, req: SimRequest, hit: int) -> None:
-        acc = self.ph_oracle.setdefault(req.phase, [0, 0])
-        acc[0] += req.prompt_tokens
+    def oracle(self, phase: str, prompt_tokens: int, hit: int) -> None:
+        acc = self.ph_oracle.setdefault(phase, [0, 0])
+        acc[0] += prompt_tokens
         acc[1] += hit
-        self._b_oracle[0] += req.prompt_tokens
+        self._b_oracle[0] += prompt_tokens
         self._b_oracle[1] += hit
 
     def outcome(self, outcome: str, rule: str) -> None:
@@ -80,7 +87,7 @@ class Results:
             self.rules[rule] = self.rules.get(rule, 0) + 1
 
     def ended(self, f: Flight, t: float, error: str) -> None:
-        ph = f.req.phase
+        ph = f.phase
         if error:
             self.errors[error] = self.errors.get(error, 0) + 1
             self.ph_errors[ph] = self.ph_errors.get(ph, 0) + 1
@@ -95,6 +102,8 @@ class Results:
     def session_end(self, cs: Any) -> None:
         if cs.pods:
             self.pods_per_session.append(len(cs.pods))
+        if cs.pods_all:
+            self.pods_per_session_all.append(len(cs.pods_all))
 
     @staticmethod
     def _snap(t: float, pods: Sequence[SimPod]) -> list[tuple[int, int, int, float]]:
@@ -198,7 +207,7 @@ class Results:
             h, o = p.get("hit_rate"), p.get("oracle")
             return h / o if h is not None and o else None
 
-        steady, restart = rel("steady"), rel("restart")
+        steady, restart = rel(PHASE_DEFAULT), rel(PHASE_RESTART)
         all_moves = [r.stats.moves for r in rounds]
         spec = self.spec
         self.summary = {
@@ -222,9 +231,8 @@ class Results:
             "hit_over_oracle": hit / o_all if hit is not None and o_all else None,
             "ttft_p50_ms": _ms(percentile(self.ttft, 0.5)),
             "ttft_p99_ms": _ms(percentile(self.ttft, 0.99)),
-            "pods_per_session": (
-                sum(self.pods_per_session) / len(self.pods_per_session) if self.pods_per_session else None
-            ),
+            "pods_per_session": _mean(self.pods_per_session),
+            "pods_per_session_all": _mean(self.pods_per_session_all),
             "pod_requests": whole.get("pod_requests"),
             "load_max_over_mean_requests": whole.get("req_max_over_mean"),
             "inflight_max_over_mean": whole.get("inflight_max_over_mean"),
@@ -237,7 +245,7 @@ class Results:
                 "generations": sum(1 for r in rounds if r.committed),
                 "moves_total": sum(all_moves),
                 "moves_per_round": sum(all_moves) / len(rounds) if rounds else 0.0,
-                "moves_per_round_steady": per_phase.get("steady", {}).get("moves_per_round"),
+                "moves_per_round_steady": per_phase.get(PHASE_DEFAULT, {}).get("moves_per_round"),
                 "moves_per_round_max": max(all_moves, default=0),
                 "churn_mean": sum(r.stats.churn for r in rounds) / len(rounds) if rounds else 0.0,
                 "churn_max": max((r.stats.churn for r in rounds), default=0.0),

@@ -7,6 +7,7 @@ simulated engine's block hashes), token counts and the routing inputs (session i
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import math
@@ -17,6 +18,8 @@ from typing import Any
 from sharder.prefix import CHUNK_BYTES, TEXT_BYTES_PER_TOKEN, prefix_hashes, render_chat, stable_chat_prefix
 
 PHASE_DEFAULT = "steady"
+#: The phase the bench's rolling restart runs in (``bench.workload.PHASE_RESTART``): pods per session leaves its turns out.
+PHASE_RESTART = "restart"
 
 
 @dataclasses.dataclass(slots=True)
@@ -69,6 +72,16 @@ class Source:
 
     def sessions(self) -> Iterator[SimSession]:
         raise NotImplementedError
+
+    def phase_at(self, t: float) -> str:
+        """The phase a request sent at ``t`` counts in, as ``bench/compare.py`` counts it: the one it was sent in,
+        not the one its session planned it in (a session behind its schedule sends late turns); before the first
+        phase, the first; with no phases, ``PHASE_DEFAULT``."""
+        spans = self.phases
+        if not spans:
+            return PHASE_DEFAULT
+        i = bisect.bisect_right([p.start for p in spans], t) - 1
+        return spans[max(i, 0)].name
 
 
 def from_messages(

@@ -21,6 +21,7 @@ from brunoise.simulate.source import (
     Source,
     bench_source,
     from_messages,
+    preset_sizing,
 )
 
 SMALL = {"warmup_s": 1.0, "steady_s": 2.0, "hot_s": 1.5, "restart_s": 3.0, "session_rate": 2.0, "think_s": 0.4}
@@ -353,3 +354,69 @@ def test_the_routers_see_a_draining_pod_as_draining(monkeypatch: pytest.MonkeyPa
     Fleet(spec(), small_source(pods=3)).run()
     assert any(want for want, _ in seen)  # the rolling restart drained pods
     assert all(want == got for want, got in seen)
+
+
+def test_a_restart_lets_the_sessions_held_on_the_draining_pod_finish_as_the_bench_does() -> None:
+    """Failure mode (stop 23): the simulator gave a restart 3 s to empty the pod of slices and 3 s more to go idle,
+    then stopped it with requests running, while the routers keep a draining pod's sessions on it for
+    ``drain_keep_s`` (5 s): agentic's streams broke at restarts (25 over six full-length seeds) where the bench's,
+    which waits as an operator's ``brunoise drain --wait`` does (``bench/compare.py``: 20 s), broke none."""
+    kv, mml = preset_sizing("agentic")
+    src = bench_source("agentic", quick=True, seed=1, pods=4, overrides={})
+    fleet = Fleet(FleetSpec(pods=4, kv_blocks=kv, max_model_len=mml), src)
+    res = fleet.run().summary
+    restarts = [r for r in fleet.restart_log if r.get("event") == "restart"]
+    assert len(restarts) == 4
+    assert all(r["busy_at_stop"] == 0 for r in restarts), restarts
+    assert res["error_count"] == 0, res["errors"]
+
+
+def test_a_request_counts_in_the_phase_it_was_sent_in() -> None:
+    """As bench/compare.py counts it: a turn its session planned in one phase but sent in the next (the session ran
+    behind its schedule) counts in the phase it was sent in, for its requests, TTFT and oracle alike. The
+    simulator used the planned phase, so its phases' figures and its oracle-relative restart/steady ratio
+    described other requests than the pods' counters between the same phase marks."""
+    a = "a" * 64 * 20
+    late = from_messages("s", 0, 3.0, "steady", 0, "", ({"role": "user", "content": a},), 4)  # planned "steady"
+
+    class TwoPhases(ListSource):
+        def __init__(self) -> None:
+            super().__init__([late])
+            self.phases = (PhaseSpan("steady", 0.0, 2.0), PhaseSpan("hot_tenant", 2.0, self.duration_s))
+
+    res = Fleet(spec(pods=1), TwoPhases()).run().summary
+    hot, steady = res["per_phase"]["hot_tenant"], res["per_phase"]["steady"]
+    assert (hot["requests"], steady["requests"]) == (1, 0)
+    assert hot["ttft_p50_ms"] is not None and steady["ttft_p50_ms"] is None
+    assert hot["oracle"] == 0.0 and steady["oracle"] is None
+
+
+def test_pods_per_session_leaves_out_the_turns_sent_while_pods_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As bench/compare.py counts it (every router must move a session whose pod restarts): pods per session over
+    the turns sent outside the restart phase, and ``pods_per_session_all`` over every turn, each checked here
+    against the run's own record of which pod served which turn in which phase."""
+    import brunoise.simulate.fleet as fleet_mod
+
+    served: list[tuple[str, str, str]] = []  # (session, phase sent in, pod)
+    finish = fleet_mod.Fleet._on_finish
+
+    def recording(self: Any, p: Any, ereq: Any, t: float) -> None:
+        f = self.flights.get(ereq.id)
+        if f is not None and not f.done and ereq.id not in p.warm_jobs:
+            served.append((f.sess.sid, f.phase, p.id))
+        finish(self, p, ereq, t)
+
+    monkeypatch.setattr(fleet_mod.Fleet, "_on_finish", recording)
+    res = Fleet(spec(), small_source(seed=2, pods=3)).run().summary
+
+    def mean_pods(skip_restart: bool) -> float:
+        by: dict[str, set[str]] = {}
+        for sid, phase, pod in served:
+            if not (skip_restart and phase == "restart"):
+                by.setdefault(sid, set()).add(pod)
+        return sum(map(len, by.values())) / len(by)
+
+    assert any(phase == "restart" for _, phase, _ in served)
+    assert res["pods_per_session"] == pytest.approx(mean_pods(skip_restart=True))
+    assert res["pods_per_session_all"] == pytest.approx(mean_pods(skip_restart=False))
+    assert res["pods_per_session_all"] > res["pods_per_session"]  # the restarts moved sessions: the two differ

@@ -94,6 +94,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: pathlib.Path) -> None:
         (["--router-knob", "nope=1"], "--router-knob"),
         (["--death", "abc"], "TIME:POD_INDEX"),
         (["--workload", "nope"], "unknown workload"),
+        (["--restart-down", "-1"], "restart_down_s must be"),
+        (["--drain-timeout", "nan"], "drain_timeout_s must be"),
     ):
         r = runner.invoke(app, ["simulate", "--quick", *args])
         assert r.exit_code == 2, (args, r.output)
@@ -102,3 +104,16 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: pathlib.Path) -> None:
     bad.write_text('{"t": 1}\n')
     r = runner.invoke(app, ["simulate", "--trace", str(bad)])
     assert r.exit_code == 2 and "bad.jsonl:1" in r.output
+
+
+def test_a_longer_restart_down_time_keeps_each_pod_out_longer(tmp_path: pathlib.Path) -> None:
+    """``--restart-down`` (a real vLLM loading its weights takes minutes, the bench's pods 0.7 s) reaches the
+    restarts: each pod is back that much later after it stopped."""
+    downs = []
+    for secs in ("0.7", "3"):
+        out = tmp_path / f"down{secs}.json"
+        r = runner.invoke(app, ["simulate", *SMALL, "--pods", "3", "--restart-down", secs, "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        downs.append([x["down_s"] for x in json.loads(out.read_text())["restarts"] if x["event"] == "restart"])
+    assert downs[0] and len(downs[0]) == len(downs[1])
+    assert all(b > a + 2.0 for a, b in zip(downs[0], downs[1], strict=True)), downs
