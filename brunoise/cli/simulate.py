@@ -85,6 +85,12 @@ def simulate(
     oracle: Annotated[bool, typer.Option(help="Compute the infinite-cache oracle (memory grows with traffic).")] = True,
     jobs: Annotated[int, typer.Option(help="2: generate the workload in a second process beside the fleet.")] = 1,
     progress: Annotated[bool, typer.Option(help="A line on stderr every tenth of the run.")] = False,
+    request_log: Annotated[
+        bool,
+        typer.Option(
+            help="Put a row per request in the --out JSON (request_log: the bench's columns; memory grows with it)."
+        ),
+    ] = False,
     out: Annotated[str | None, typer.Option(help="Write the summary (and every series) as JSON here.")] = None,
     chart: Annotated[str | None, typer.Option(help="Write a PNG of load and hit rate over time here.")] = None,
 ) -> None:
@@ -105,7 +111,7 @@ def simulate(
                 assignment_lag_s=assignment_lag, concurrency=concurrency, key_layout=key_layout,
                 router_knobs=router_knob or [], target_config=target_config or [], deaths=death or [],
                 restarts=restarts, seed=seed, oracle=oracle, registration=registration,
-                drain_timeout_s=drain_timeout, restart_down_s=restart_down,
+                drain_timeout_s=drain_timeout, restart_down_s=restart_down, request_log=request_log,
             )  # fmt: skip
             return options.run_one(spec, src, progress)
 

@@ -94,6 +94,8 @@ class FleetSpec:
     bucket_s: float = 0.0
     #: Compute the infinite-cache oracle (one set of every chunk hash seen: memory grows with the traffic).
     oracle: bool = True
+    #: Keep one row per request (``Results.request_log``, the bench's columns): memory grows with the traffic.
+    request_log: bool = False
     #: How the pods joined before traffic: "staggered" (one by one, as bench/compare.py's pools) or "even".
     registration: str = "staggered"
     seed: int = 0
@@ -138,8 +140,8 @@ class Flight:
     """One request from the client's send to its end (attempts included)."""
 
     __slots__ = (
-        "attempts", "done", "first_t", "num", "phase", "pick_t", "pin", "pod", "req", "router", "sent_t", "sess",
-        "ticket", "tried",
+        "attempts", "cached", "done", "first_t", "num", "phase", "pick_t", "pin", "pod", "req", "router", "rule",
+        "sent_t", "sess", "ticket", "tried",
     )  # fmt: skip
 
     def __init__(self, req: SimRequest, sess: ClientSession, sent_t: float, pin: PickInput) -> None:
@@ -154,6 +156,8 @@ class Flight:
         self.ticket: Ticket | None = None
         self.first_t: float | None = None
         self.phase = req.phase  # the phase it is sent in, once it is (``Source.phase_at``)
+        self.rule = ""  # the pick's rule for its first attempt
+        self.cached = 0  # prompt tokens its engine found cached
         self.pick_t = sent_t
         self.num = 0
         self.done = False
@@ -637,6 +641,7 @@ class Fleet:
                 self._end(f, t, "shed" if d.outcome is Outcome.SHED else "unavailable")
                 return
             self.results.outcome(d.outcome.value, d.rule)
+            f.rule = d.rule
             pick = d.pick
         else:
             first = r.policy.choose_replicas(f.pin, Candidates(subset, outside(self.by_id)), views, t).first()
@@ -696,7 +701,8 @@ class Fleet:
             return
         p.ok += 1
         p.bucket_ok += 1
-        work = max(0, ereq.num_prompt - (ereq.cached_tokens or 0)) + ereq.max_tokens
+        f.cached = ereq.cached_tokens or 0
+        work = max(0, ereq.num_prompt - f.cached) + ereq.max_tokens
         p.meter.pending.append((f.pin.slice_key, float(max(work, 1))))
         f.sess.pods_all.add(p.id)
         if f.phase != PHASE_RESTART:  # every router moves a session whose pod restarts (as bench/compare.py counts)

@@ -90,7 +90,7 @@ def make_spec(
     max_model_len: int | None, engine: str, routers: int, round_interval_s: float, assignment_lag_s: float,
     concurrency: int, key_layout: str | None, router_knobs: Sequence[str], target_config: Sequence[str],
     deaths: Sequence[str], restarts: bool, seed: int, oracle: bool, registration: str = "auto",
-    drain_timeout_s: float | None = None, restart_down_s: float | None = None,
+    drain_timeout_s: float | None = None, restart_down_s: float | None = None, request_log: bool = False,
 ) -> FleetSpec:  # fmt: skip
     kv, mml = (1024, 4096)
     if not trace and bench_importable():
@@ -115,7 +115,7 @@ def make_spec(
         config=TargetConfig(TARGET, **parse_pairs(target_config, TargetConfig, "--target-config")).validate(),
         round_interval_s=round_interval_s, assignment_lag_s=assignment_lag_s, concurrency=concurrency,
         deaths=tuple(death_list), restarts=restarts, seed=seed, oracle=oracle, registration=reg,
-        **timings,
+        request_log=request_log, **timings,
     ).validate()  # fmt: skip
 
 

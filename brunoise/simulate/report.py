@@ -56,6 +56,10 @@ class Results:
         self.ttft: list[float] = []
         self.pods_per_session: list[int] = []  # turns sent in the rolling restart left out, as bench/compare.py does
         self.pods_per_session_all: list[int] = []
+        #: One row per ended request (``FleetSpec.request_log``), the bench's ``request_log`` columns where they
+        #: exist: [number, session, turn, phase sent in, sent s, TTFT ms, pod, prompt tokens, cached tokens, error,
+        #: end-to-end ms, pick rule].
+        self.request_log: list[list[Any]] | None = [] if spec.request_log else None
         self.outcomes: dict[str, int] = {}
         self.rules: dict[str, int] = {}
         self.retries = 0
@@ -88,6 +92,15 @@ class Results:
 
     def ended(self, f: Flight, t: float, error: str) -> None:
         ph = f.phase
+        if self.request_log is not None:
+            self.request_log.append(
+                [
+                    f.num, f.req.session, f.req.turn, ph, round(f.sent_t, 3),
+                    _ms(f.first_t - f.sent_t) if f.first_t is not None and not error else None,
+                    f.pod.id if f.pod is not None else "", f.req.prompt_tokens, f.cached if not error else 0, error,
+                    _ms(t - f.sent_t), f.rule,
+                ]
+            )  # fmt: skip
         if error:
             self.errors[error] = self.errors.get(error, 0) + 1
             self.ph_errors[ph] = self.ph_errors.get(ph, 0) + 1
@@ -260,6 +273,8 @@ class Results:
             "phase_starts": [t for name, (t, _) in self.marks.items() if name != "end"],
             "series": self.series,
         }
+        if self.request_log is not None:
+            self.summary["request_log"] = self.request_log
 
 
 # ------------------------------------------------------------------------------------------------ rendering

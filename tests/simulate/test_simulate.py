@@ -391,32 +391,27 @@ def test_a_request_counts_in_the_phase_it_was_sent_in() -> None:
     assert hot["oracle"] == 0.0 and steady["oracle"] is None
 
 
-def test_pods_per_session_leaves_out_the_turns_sent_while_pods_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pods_per_session_leaves_out_the_turns_sent_while_pods_restart() -> None:
     """As bench/compare.py counts it (every router must move a session whose pod restarts): pods per session over
     the turns sent outside the restart phase, and ``pods_per_session_all`` over every turn, each checked here
-    against the run's own record of which pod served which turn in which phase."""
-    import brunoise.simulate.fleet as fleet_mod
-
-    served: list[tuple[str, str, str]] = []  # (session, phase sent in, pod)
-    finish = fleet_mod.Fleet._on_finish
-
-    def recording(self: Any, p: Any, ereq: Any, t: float) -> None:
-        f = self.flights.get(ereq.id)
-        if f is not None and not f.done and ereq.id not in p.warm_jobs:
-            served.append((f.sess.sid, f.phase, p.id))
-        finish(self, p, ereq, t)
-
-    monkeypatch.setattr(fleet_mod.Fleet, "_on_finish", recording)
-    res = Fleet(spec(), small_source(seed=2, pods=3)).run().summary
+    against the run's request log (which pod served which turn, in which phase it was sent)."""
+    res = Fleet(spec(request_log=True), small_source(seed=2, pods=3)).run().summary
+    log = res["request_log"]
+    assert len(log) == res["requests"]
+    for phase, p in res["per_phase"].items():  # the log's phases are the ones the figures count in
+        assert sum(1 for row in log if row[3] == phase) == p["requests"]
 
     def mean_pods(skip_restart: bool) -> float:
         by: dict[str, set[str]] = {}
-        for sid, phase, pod in served:
-            if not (skip_restart and phase == "restart"):
-                by.setdefault(sid, set()).add(pod)
+        for _, session, _, phase, _, _, pod, _, _, error, _, _ in log:
+            if not error and not (skip_restart and phase == "restart"):
+                by.setdefault(session, set()).add(pod)
         return sum(map(len, by.values())) / len(by)
 
-    assert any(phase == "restart" for _, phase, _ in served)
+    assert any(row[3] == "restart" for row in log)
     assert res["pods_per_session"] == pytest.approx(mean_pods(skip_restart=True))
     assert res["pods_per_session_all"] == pytest.approx(mean_pods(skip_restart=False))
     assert res["pods_per_session_all"] > res["pods_per_session"]  # the restarts moved sessions: the two differ
+    ok = [row for row in log if not row[9]]
+    assert ok and all(row[5] is not None and row[5] >= 0 and 0 <= row[8] <= row[7] and row[11] for row in ok)
+    assert "request_log" not in Fleet(spec(), small_source(seed=2, pods=3)).run().summary  # opt-in

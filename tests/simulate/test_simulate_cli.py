@@ -16,13 +16,14 @@ SMALL = ["--workload", "chat_tenant", "--quick", "--duration", "5", "--sessions"
 
 def test_simulate_prints_the_table_and_writes_json_and_png(tmp_path: pathlib.Path) -> None:
     out, png = tmp_path / "sim.json", tmp_path / "sim.png"
-    r = runner.invoke(app, ["simulate", *SMALL, "--pods", "3", "--out", str(out), "--chart", str(png)])
+    r = runner.invoke(app, ["simulate", *SMALL, "--pods", "3", "--out", str(out), "--chart", str(png), "--request-log"])
     assert r.exit_code == 0, r.output
     assert "hit/orc" in r.output and "restart" in r.output
     s = json.loads(out.read_text())
     assert s["pods"] == 3 and s["engine"] == "step"
     assert s["ok"] + s["error_count"] == s["requests"] > 0
     assert set(s["per_phase"]) == {"warmup", "steady", "hot_tenant", "restart"}
+    assert len(s["request_log"]) == s["requests"]  # --request-log: a row per request
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
