@@ -70,9 +70,16 @@ class LoadReport:
     outcomes: RequestOutcomes | None = None
     #: Slices this pod was asked to warm and has warmed (or gave up on): the leader clears their warming marks.
     warm: tuple[Slice, ...] = ()
+    #: Set by a ``validate`` that passed on a report whose every part is immutable (tuples, frozen dataclasses), so
+    #: a later ``validate`` of the same object (the round's, after the assigner's service checked the report on
+    #: arrival) returns at once. Not an init field: ``dataclasses.replace`` makes a report that is checked again.
+    _valid: bool = dataclasses.field(default=False, init=False, repr=False, compare=False)
 
     def validate(self) -> LoadReport:
-        """Raise LoadReportError (naming the field) unless the report is usable; return self."""
+        """Raise LoadReportError (naming the field) unless the report is usable; return self. A report that passed
+        once and cannot change (its sequences are tuples) is not checked again."""
+        if self._valid:
+            return self
         if not isinstance(self.pod_id, str) or not self.pod_id:
             raise LoadReportError("pod_id must be a non-empty pod id", field="pod_id")
         if not isinstance(self.target, str):
@@ -119,6 +126,9 @@ class LoadReport:
                 "drop the coldest",
                 field="slices",
             )
+        immutable = type(slices) is tuple and type(self.warm) is tuple
+        if o is not None and type(o.ttft_ms_buckets) is not tuple:
+            immutable = False
         for i, sl in enumerate(slices):
             # fast path: well-typed entries need a handful of comparisons (NaN and inf fail the range check)
             if (
@@ -131,10 +141,13 @@ class LoadReport:
                 and type(sl.misrouted) is int
                 and sl.misrouted >= 0
             ):
-                if sl.top_keys:
-                    _check_top_keys(i, sl)
+                if sl.top_keys and not _check_top_keys(i, sl):
+                    immutable = False
                 continue
             _check_slice_load(i, sl)
+            immutable = False
+        if immutable:
+            object.__setattr__(self, "_valid", True)
         return self
 
     def check_disjoint(self) -> LoadReport:
@@ -176,7 +189,8 @@ def _check_slice_load(i: int, sl: object) -> None:
         _check_top_keys(i, sl)
 
 
-def _check_top_keys(i: int, sl: SliceLoad) -> None:
+def _check_top_keys(i: int, sl: SliceLoad) -> bool:
+    """Raise LoadReportError unless ``sl.top_keys`` are well-formed; whether every pair is a tuple."""
     top = sl.top_keys
     if not isinstance(top, tuple):
         raise LoadReportError(f"slices[{i}].top_keys must be a tuple of (key, weight)", field=f"slices[{i}].top_keys")
@@ -186,7 +200,10 @@ def _check_top_keys(i: int, sl: SliceLoad) -> None:
         )
     s = sl.slice
     lo, hi = s.lo, s.hi
+    pairs = True
     for j, kw in enumerate(top):
+        if type(kw) is not tuple:
+            pairs = False
         try:
             k, w = kw
         except (TypeError, ValueError):
@@ -207,6 +224,7 @@ def _check_top_keys(i: int, sl: SliceLoad) -> None:
                 f"slices[{i}].top_keys[{j}] weight must be a number in [0, {MAX_LOAD:g}], got {w!r}",
                 field=f"slices[{i}].top_keys",
             )
+    return pairs
 
 
 def _is_number(v: object) -> bool:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from strategies import assignments, keys
 
 from sharder import codec
+from sharder import load as load_module
 from sharder.assignment import (
     Assignment,
     SliceAssignment,
@@ -35,6 +36,7 @@ from sharder.load import EngineLoad, LoadReport, SliceLoad
 from sharder.override_admission import check_override
 from sharder.overrides import MergeOverride, MoveOverride, Override, SplitOverride
 from sharder.pods import Pod, PodState, eligible
+from sharder.policy import reshard
 
 
 def _pods(n: int, **labels: str) -> list[Pod]:
@@ -136,6 +138,51 @@ def test_report_validation_names_field(kw: dict[str, Any], field: str) -> None:
     with pytest.raises(LoadReportError) as e:
         _report(**kw).validate()
     assert e.value.field == field
+
+
+def test_the_round_does_not_check_a_report_the_service_checked_on_arrival(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the assigner's service validates each report as it arrives; the round must not pay for it a second time
+    ps = _pods(2)
+    a = initial_assignment(TargetConfig("t", initial_slices=4), ps)
+    reports = [
+        _report(pod_id=p.id, slices=tuple(SliceLoad(sa.slice, 1.0, ((sa.slice.lo, 0.5),)) for sa in a.slices_of(p.id)))
+        for p in ps
+    ]
+    checked: list[int] = []
+    real = load_module._check_top_keys
+
+    def counting(i: int, sl: SliceLoad) -> bool:
+        checked.append(i)
+        return real(i, sl)
+
+    monkeypatch.setattr(load_module, "_check_top_keys", counting)
+    arrived = [codec.load_report_from_proto(codec.load_report_to_proto(r)) for r in reports]  # decoding checks
+    arrived = [r.validate() for r in arrived]  # and so does the service (free now)
+    on_arrival = len(checked)
+    assert on_arrival == sum(len(r.slices) for r in reports) > 0
+    reshard(a, ps, arrived, now_ms=1)
+    assert len(checked) == on_arrival
+
+
+def test_a_report_is_checked_again_when_it_could_have_changed() -> None:
+    good = SliceLoad(Slice(0, 10), 1.0)
+    bad = SliceLoad(Slice(0, 10), -1.0)
+    r = _report(slices=(good,)).validate()
+    with pytest.raises(LoadReportError):  # a copy with other fields is another report
+        dataclasses.replace(r, slices=(bad,)).validate()
+    held: list[SliceLoad] = [good]
+    listed = _report(slices=held)  # a list (not the tuple the type asks for) can change after a check
+    listed.validate()
+    held.append(bad)
+    with pytest.raises(LoadReportError) as e:
+        listed.validate()
+    assert e.value.field == "slices[1].load"
+    pair = [5, 0.5]
+    keyed = _report(slices=(SliceLoad(Slice(0, 10), 1.0, (pair,)),))  # type: ignore[arg-type]
+    keyed.validate()
+    pair.append(0.5)  # the pair became a triple
+    with pytest.raises(LoadReportError):
+        keyed.validate()
 
 
 # --- assignments ----------------------------------------------------------------------------------------------
