@@ -62,6 +62,14 @@ def simulate(
         float | None,
         typer.Option(help="Seconds a restarted pod is down (default 0.7, the bench's pods; a real vLLM: minutes)."),
     ] = None,
+    kv_transfer_gb_per_s: Annotated[
+        float | None,
+        typer.Option(
+            "--kv-transfer-gb-per-s",
+            help="The pods' KV connector bandwidth (default 10, as the bench's pods): warm-ups read the KV a donor "
+            "holds instead of prefilling it (step engine); 0: no connector.",
+        ),
+    ] = None,
     sessions: Annotated[
         int | None, typer.Option(help="Rescale the bench workload to about this many sessions.")
     ] = None,
@@ -112,6 +120,7 @@ def simulate(
                 router_knobs=router_knob or [], target_config=target_config or [], deaths=death or [],
                 restarts=restarts, seed=seed, oracle=oracle, registration=registration,
                 drain_timeout_s=drain_timeout, restart_down_s=restart_down, request_log=request_log,
+                kv_transfer_gb_per_s=kv_transfer_gb_per_s,
             )  # fmt: skip
             return options.run_one(spec, src, progress)
 

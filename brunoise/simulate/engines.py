@@ -27,6 +27,9 @@ class PodEngine:
     kv: KVCache
     prefix_queries: int
     prefix_hits: int
+    #: Reads a peer's KV (a request's ``remote_tokens``) instead of computing it: the step engine with a KV
+    #: connector (``SimConfig.kv_transfer_gb_per_s`` > 0); the fluid engine never.
+    kv_transfer = False
 
     def submit(self, req: object, t: float) -> None:
         raise NotImplementedError
@@ -54,9 +57,11 @@ class StepEngine(PodEngine):
     def __init__(self, cfg: SimConfig, on_first: OnEvent, on_finish: OnEvent) -> None:
         self.e = SimEngine(cfg)
         self.kv = self.e.kv
+        self.kv_transfer = self.e.kv_transfer
         self.on_first = on_first
         self.on_finish = on_finish
         self._step_end: float | None = None
+        self._reading = False
         self._out: list[tuple[bool, object]] = []
 
     @property
@@ -72,16 +77,18 @@ class StepEngine(PodEngine):
 
     def submit(self, req: object, t: float) -> None:
         self.e.submit_virtual(req)  # type: ignore[arg-type]
-        if self._step_end is None:
-            self._start(t)
+        if self._step_end is None or self._reading:
+            self._start(t)  # idle, or idle until a KV read lands: the new request runs now
 
     def _start(self, t: float) -> None:
         r = self.e.step_virtual(t)
         if r is None:
             self._step_end = None
+            self._reading = False
             return
         end, touched = r
         self._step_end = end
+        self._reading = not touched  # no step: waiting for a KV read to land at ``end``
         # the step is applied when it starts, stamped with its end: what it produced is reported at its end
         out: list[tuple[bool, object]] = []
         for req in touched:
@@ -113,6 +120,7 @@ class StepEngine(PodEngine):
                 seen.add(id(req))
                 gone.append(req)
         self._step_end = None
+        self._reading = False
         self._out = []
         return gone
 

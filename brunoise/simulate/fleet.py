@@ -32,12 +32,16 @@ from brunoise.simulate.report import Results
 from brunoise.simulate.source import PHASE_RESTART, SimRequest, SimSession, Source
 from runtime.engines.sim import BLOCK_TOKENS, SimConfig, virtual_request
 from runtime.warm import (
+    HOLD_MIN_CACHED,
     LOG_KEYS,
     WARM_IDLE_POLL_S,
     WARM_MAX_KV_USAGE,
     WARM_PIECE_BYTES,
     WARM_PRIORITY,
     WARM_PROMPTS,
+    WARM_READ_BYTES,
+    WARM_READ_KV_SHARE,
+    WARM_READ_PROMPTS,
     hottest_keys,
     warm_budget_bytes,
 )
@@ -83,6 +87,10 @@ class FleetSpec:
     #: A restarted pod serves again this long after it stopped (process start, engine ready, registration): the
     #: bench's simulated pods take 0.6-0.75 s (1.5 until stop 23); a real vLLM loading its weights, minutes.
     restart_down_s: float = 0.7
+    #: The pods' KV connector bandwidth (GB/s; ``SimConfig.kv_transfer_gb_per_s``), as ``bench/compare.py``'s pods
+    #: have it (``KV_TRANSFER_GB_PER_S``): a warm-up reads the KV a donor still holds instead of prefilling it, as
+    #: the runtime's ``Warmer`` does. Step engine only (the fluid engine always prefills); 0: no connector.
+    kv_transfer_gb_per_s: float = 10.0
     lease_ttl_s: float = 5.0
     #: (time, pod index) of pod deaths (no drain: in-flight requests fail or retry; the lease lapses).
     deaths: tuple[tuple[float, int], ...] = ()
@@ -111,10 +119,10 @@ class FleetSpec:
             raise ValueError(f"registration must be staggered or even, got {self.registration!r}")
         if self.round_interval_s <= 0 or self.concurrency < 0:
             raise ValueError("round_interval_s must be > 0 and concurrency >= 0")
-        for name in ("drain_timeout_s", "restart_down_s"):
+        for name in ("drain_timeout_s", "restart_down_s", "kv_transfer_gb_per_s"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a finite number of seconds >= 0, got {v}")
+                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
         self.knobs.validate()
         self.config.validate()
         for t, i in self.deaths:
@@ -130,6 +138,7 @@ def pod_config(spec: FleetSpec, capacity: float) -> SimConfig:
         kv_blocks=spec.kv_blocks, max_model_len=spec.max_model_len, capacity=capacity,
         step_fixed_s=d.step_fixed_s / capacity, per_prefill_token_s=d.per_prefill_token_s / capacity,
         per_decode_seq_s=d.per_decode_seq_s / capacity, per_context_token_s=d.per_context_token_s / capacity,
+        kv_transfer_gb_per_s=spec.kv_transfer_gb_per_s,
     ).validate()  # fmt: skip
 
 
@@ -239,6 +248,10 @@ class SliceMeter:
         return tuple(out)
 
 
+#: One warm-up request: (prompt tokens, their block hashes, read: the KV is read from a donor holding it).
+WarmPiece = tuple[int, tuple[int, ...], bool]
+
+
 class SimPod:
     """One runtime: its engine (replaced on restart), lifecycle, counters summed over incarnations."""
 
@@ -271,7 +284,7 @@ class SimPod:
         # warm-up in progress, as the runtime's one ``Warmer`` does it: the marks (slice lo) in the order they came,
         # each with its deadline and the pieces left; the one piece in the engine (its id -> its mark); whether a
         # look for an idle engine is queued
-        self.warm_queue: dict[int, tuple[Slice, float, collections.deque[tuple[int, tuple[int, ...]]]]] = {}
+        self.warm_queue: dict[int, tuple[Slice, float, collections.deque[WarmPiece]]] = {}
         self.warm_jobs: dict[str, int] = {}
         self.warm_poll = False
         # the warm prefills' share of the engine's prefix-cache counters, taken out of the hit rate (as the
@@ -285,11 +298,29 @@ class SimPod:
         if len(self.prompts) > LOG_KEYS:
             self.prompts.popitem(last=False)
 
-    def hottest(self, s: Slice, budget_n: int, budget_tokens: int) -> list[tuple[int, tuple[int, ...], int]]:
-        """The most served prompts in ``s`` (ties: most recent first) within the budgets (``PromptLog.hottest``)."""
+    def hottest(
+        self, s: Slice, budget_n: int, budget_tokens: int, recent_first: bool = False
+    ) -> list[tuple[int, tuple[int, ...], int]]:
+        """The most served prompts in ``s`` (ties: most recent first; ``recent_first``: the most recently served
+        first) within the budgets (``PromptLog.hottest``)."""
         log = self.prompts
-        keys = hottest_keys(((k, n, tokens) for k, (n, _, tokens) in log.items()), s.lo, s.hi, budget_n, budget_tokens)
+        served = ((k, 0 if recent_first else n, tokens) for k, (n, _, tokens) in log.items())
+        keys = hottest_keys(served, s.lo, s.hi, budget_n, budget_tokens)
         return [(k, log[k][1], log[k][2]) for k in keys]
+
+    def holds(self, hashes: tuple[int, ...]) -> bool:
+        """The engine's cache still holds at least ``HOLD_MIN_CACHED`` of a prompt's blocks, leading ones (the
+        runtime's ``hold_kv``: only then does a donor hold a prompt's KV for a warming peer to read)."""
+        e = self.engine
+        if e is None or not self.up or not hashes:
+            return False
+        cached = e.kv.cached
+        n = 0
+        for h in hashes:
+            if h not in cached:
+                break
+            n += 1
+        return n >= HOLD_MIN_CACHED * len(hashes)
 
     def queries_hits(self) -> tuple[int, int]:
         e = self.engine
@@ -423,7 +454,9 @@ class Fleet:
         self.warm_since: dict[tuple[int, str], float] = {}
         self.warm_done: dict[str, list[Slice]] = {}
         self.warm_reports = 0  # marks the pods finished warming (reported warm)
-        self.warm_n = 0
+        self.warm_n = 0  # warm-up requests sent (prefill pieces and KV reads)
+        self.warm_reads = 0  # of those, reads of a donor's KV
+        self.warm_read_tokens = 0  # the prompt tokens those reads copied
         # results
         self.results = Results(source, spec)
         self.oracle_held: set[int] = set()
@@ -790,36 +823,57 @@ class Fleet:
     def _start_warm(self, a: Assignment, t: float) -> None:
         """Each new mark's pod asks its donors (leaving pods first) for their hottest prompts in the slice and
         queues them for its warmer (``runtime.warm.Warmer``: at most ``WARM_PROMPTS`` prompts, ``warm_budget_bytes``
-        in all); it is warm once they are done (at once when the donors had none)."""
+        in all); it is warm once they are done (at once when the donors had none). With a KV connector
+        (``FleetSpec.kv_transfer_gb_per_s``, the step engine) it asks for the most recently served prompts within
+        the ``WARM_READ_*`` budget, reads whole those a donor still holds (``SimPod.holds``, the runtime's
+        ``hold_kv``) and prefills the others within the prefill budget, as the runtime's ``Warmer`` does. (A donor
+        holding 75-99 % of a prompt computes the rest before the read; here the read carries it all.)"""
         deadline = a.config.warm_deadline_s
         for p in self.pods:
             if not p.up or p.engine is None:
                 continue
+            read = p.engine.kv_transfer
+            prefill_t = warm_budget_bytes(p.cfg.kv_blocks, block_tokens=BLOCK_TOKENS) // TEXT_BYTES_PER_TOKEN
             for sa, donors in warming_of(a, p.id):
                 mark = (sa.slice.lo, p.id)
                 if mark in self.warm_since:
                     continue
                 self.warm_since[mark] = t
-                budget_n = WARM_PROMPTS
-                budget_t = warm_budget_bytes(p.cfg.kv_blocks, block_tokens=BLOCK_TOKENS) // TEXT_BYTES_PER_TOKEN
-                picked: dict[int, tuple[tuple[int, ...], int]] = {}
+                if read:
+                    budget_n = WARM_READ_PROMPTS
+                    budget_t = (
+                        warm_budget_bytes(p.cfg.kv_blocks, WARM_READ_BYTES, WARM_READ_KV_SHARE, BLOCK_TOKENS)
+                        // TEXT_BYTES_PER_TOKEN
+                    )
+                else:
+                    budget_n, budget_t = WARM_PROMPTS, prefill_t
+                picked: dict[int, tuple[tuple[int, ...], int, bool]] = {}
                 for d in donors:
                     dp = self.by_id.get(d)
                     if dp is None or not dp.up or budget_n <= 0 or budget_t <= 0:
                         continue
-                    for key, hashes, tokens in dp.hottest(sa.slice, budget_n, budget_t):
+                    for key, hashes, tokens in dp.hottest(sa.slice, budget_n, budget_t, recent_first=read):
                         if key not in picked:
-                            picked[key] = (hashes, tokens)
+                            picked[key] = (hashes, tokens, read and dp.holds(hashes))
                             budget_n -= 1
                             budget_t -= tokens
-                if not picked:
+                # a read whole; else ever longer prefixes of WARM_PIECE_BYTES more each, one after another, at
+                # WARM_PRIORITY (with a connector, only within the prefill budget)
+                step = WARM_PIECE_BYTES // TEXT_BYTES_PER_TOKEN
+                pieces: list[WarmPiece] = []
+                left = prefill_t
+                for hashes, tokens, held in picked.values():
+                    if held:
+                        pieces.append((tokens, hashes, True))
+                        continue
+                    if read:
+                        if tokens > left:
+                            continue
+                        left -= tokens
+                    pieces.extend((n, hashes, False) for n in (*range(step, tokens, step), tokens))
+                if not pieces:
                     self._report_warm(p, sa.slice)
                     continue
-                # ever longer prefixes of WARM_PIECE_BYTES more each, one after another, at WARM_PRIORITY
-                step = WARM_PIECE_BYTES // TEXT_BYTES_PER_TOKEN
-                pieces = [
-                    (n, hashes) for hashes, tokens in picked.values() for n in (*range(step, tokens, step), tokens)
-                ]
                 p.warm_queue[sa.slice.lo] = (sa.slice, t + deadline, collections.deque(pieces))
             self._warm_pump(p, t)
 
@@ -844,12 +898,16 @@ class Fleet:
                     p.warm_poll = True
                     self.q.at(t + WARM_IDLE_POLL_S, functools.partial(self._warm_look, p, e))
                 return
-            tokens, hashes = pieces.popleft()
+            tokens, hashes, read = pieces.popleft()
             self.warm_n += 1
             rid = f"w{self.warm_n}"
             p.warm_jobs[rid] = lo
             req = virtual_request(rid, tokens, hashes, 1, t)
             req.priority = WARM_PRIORITY
+            if read:
+                req.remote_tokens = tokens  # do_remote_prefill: the donor holds it
+                self.warm_reads += 1
+                self.warm_read_tokens += tokens
             e.submit(req, t)
             self._kick(p)
             return

@@ -91,6 +91,7 @@ def make_spec(
     concurrency: int, key_layout: str | None, router_knobs: Sequence[str], target_config: Sequence[str],
     deaths: Sequence[str], restarts: bool, seed: int, oracle: bool, registration: str = "auto",
     drain_timeout_s: float | None = None, restart_down_s: float | None = None, request_log: bool = False,
+    kv_transfer_gb_per_s: float | None = None,
 ) -> FleetSpec:  # fmt: skip
     kv, mml = (1024, 4096)
     if not trace and bench_importable():
@@ -105,8 +106,13 @@ def make_spec(
             raise ValueError(f"--death {d!r}: expected TIME:POD_INDEX, e.g. 30:2")
         death_list.append((float(t), int(i)))
     timings: dict[str, Any] = {
-        k: v for k, v in (("drain_timeout_s", drain_timeout_s), ("restart_down_s", restart_down_s)) if v is not None
-    }  # unset: FleetSpec's defaults
+        k: v
+        for k, v in (
+            ("drain_timeout_s", drain_timeout_s), ("restart_down_s", restart_down_s),
+            ("kv_transfer_gb_per_s", kv_transfer_gb_per_s),
+        )
+        if v is not None
+    }  # unset: FleetSpec's defaults  # fmt: skip
     eng = engine if engine != "auto" else ("step" if pods <= 64 else "fluid")
     reg = registration if registration != "auto" else ("staggered" if pods <= 64 else "even")
     return FleetSpec(

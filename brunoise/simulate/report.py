@@ -269,6 +269,12 @@ class Results:
                 "slices_end": len(fleet.assignment.slices),
                 "slices_max": max((r.slices for r in rounds), default=len(fleet.assignment.slices)),
             },
+            "warmups": {
+                "marks_warmed": fleet.warm_reports,
+                "requests": fleet.warm_n,
+                "kv_reads": fleet.warm_reads,
+                "kv_read_tokens": fleet.warm_read_tokens,
+            },
             "restarts": fleet.restart_log,
             "phase_starts": [t for name, (t, _) in self.marks.items() if name != "end"],
             "series": self.series,

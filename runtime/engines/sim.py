@@ -781,9 +781,14 @@ class SimEngine(Engine):
 
     def step_virtual(self, start: float) -> tuple[float, list[_Req]] | None:
         """Run one scheduler step that starts at simulated ``start``: the same ``_schedule`` / ``_step_time`` /
-        ``_apply`` as the step loop. Returns (its end, the requests it touched), or None when nothing is queued."""
+        ``_apply`` as the step loop (KV reads in flight land by ``start``). Returns (its end, the requests it
+        touched); (the time the first KV read in flight lands, []) when nothing can run before then; None when
+        nothing is queued."""
+        self._clock = start  # the simulated clock the KV reads are timed on (``_land``, ``_admit_read``)
         scheduled = self._schedule()
         if not scheduled:
+            if self._loading:
+                return min(r.ready_t for r in self._loading), []
             return None
         end = start + self._step_time(scheduled)
         self._apply(scheduled, end)

@@ -23,6 +23,9 @@ from brunoise.simulate.source import (
     from_messages,
     preset_sizing,
 )
+from runtime.engines.sim import BLOCK_TOKENS
+from runtime.warm import warm_budget_bytes
+from sharder.prefix import TEXT_BYTES_PER_TOKEN
 
 SMALL = {"warmup_s": 1.0, "steady_s": 2.0, "hot_s": 1.5, "restart_s": 3.0, "session_rate": 2.0, "think_s": 0.4}
 
@@ -371,6 +374,24 @@ def test_a_restart_lets_the_sessions_held_on_the_draining_pod_finish_as_the_benc
     assert res["error_count"] == 0, res["errors"]
 
 
+def test_warm_ups_read_what_a_donor_holds_as_the_bench_pods_kv_connector_does() -> None:
+    """The bench's pods have a KV connector (``bench/compare.py``: 10 GB/s), and a warm-up reads the prompts a
+    donor still holds (the runtime's ``Warmer`` and ``hold_kv``) instead of prefilling 16 KB of them: the
+    simulator's warm-ups only prefilled. Without a connector they still do."""
+    kv, mml = preset_sizing("agentic")
+    runs = {}
+    for gbps in (10.0, 0.0):
+        src = bench_source("agentic", quick=True, seed=1, pods=4, overrides={})
+        runs[gbps] = Fleet(FleetSpec(pods=4, kv_blocks=kv, max_model_len=mml, kv_transfer_gb_per_s=gbps), src)
+        runs[gbps].run()
+    read, prefill = runs[10.0], runs[0.0]
+    assert read.warm_reads > 0 and read.warm_reads <= read.warm_n
+    assert prefill.warm_reads == 0 and prefill.warm_n > 0
+    # a read copies a long session whole, where a prefill warm-up copies at most its budget (16 KB) of a slice
+    prefill_budget = warm_budget_bytes(kv, block_tokens=BLOCK_TOKENS) // TEXT_BYTES_PER_TOKEN
+    assert read.warm_read_tokens / read.warm_reads > prefill_budget
+
+
 def test_a_request_counts_in_the_phase_it_was_sent_in() -> None:
     """As bench/compare.py counts it: a turn its session planned in one phase but sent in the next (the session ran
     behind its schedule) counts in the phase it was sent in, for its requests, TTFT and oracle alike. The
@@ -415,3 +436,35 @@ def test_pods_per_session_leaves_out_the_turns_sent_while_pods_restart() -> None
     ok = [row for row in log if not row[9]]
     assert ok and all(row[5] is not None and row[5] >= 0 and 0 <= row[8] <= row[7] and row[11] for row in ok)
     assert "request_log" not in Fleet(spec(), small_source(seed=2, pods=3)).run().summary  # opt-in
+
+
+def test_the_step_engine_reads_a_peers_kv_in_virtual_time_and_runs_other_requests_meanwhile() -> None:
+    """A warm-up read (``remote_tokens``) waits off the batch for the bytes to cross at ``kv_transfer_gb_per_s``,
+    lands in the prefix cache without computing the prompt, and a request that arrives meanwhile runs at once."""
+    from brunoise.simulate.engines import make_engine
+    from runtime.engines.sim import BLOCK_TOKENS, SimConfig, virtual_request
+
+    cfg = SimConfig(kv_blocks=256, max_model_len=4096, kv_transfer_gb_per_s=1.0)
+    firsts: dict[str, float] = {}
+    e = make_engine("step", cfg, lambda r, t: firsts.setdefault(r.id, t), lambda r, t: None)  # type: ignore[attr-defined]
+    assert e.kv_transfer
+    tokens = 64 * BLOCK_TOKENS
+    hashes = tuple(range(1000, 1064))
+    read = virtual_request("read", tokens, hashes, 1, 0.0)
+    read.remote_tokens = tokens
+    e.submit(read, 0.0)
+    land = (tokens - BLOCK_TOKENS) * cfg.kv_bytes_per_token / 1e9  # all but the block holding the last token
+    assert e.next_time() == pytest.approx(land)  # nothing runs until the read lands
+    other = virtual_request("other", BLOCK_TOKENS + 1, tuple(range(1)), 1, land / 10)
+    e.submit(other, land / 10)  # arrives while the read is in flight: it does not wait for it
+    t = land / 10
+    for _ in range(100):
+        nt = e.next_time()
+        if nt is None:
+            break
+        t = nt
+        e.advance(t)
+    assert firsts["other"] < land
+    prefill_s = tokens * cfg.per_prefill_token_s
+    assert land <= firsts["read"] < land + prefill_s / 4  # read, not computed: one block's step after it lands
+    assert all(h in e.kv.cached for h in hashes[: tokens // BLOCK_TOKENS - 1])

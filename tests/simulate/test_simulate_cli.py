@@ -96,6 +96,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: pathlib.Path) -> None:
         (["--death", "abc"], "TIME:POD_INDEX"),
         (["--workload", "nope"], "unknown workload"),
         (["--restart-down", "-1"], "restart_down_s must be"),
+        (["--kv-transfer-gb-per-s", "-1"], "kv_transfer_gb_per_s must be"),
         (["--drain-timeout", "nan"], "drain_timeout_s must be"),
     ):
         r = runner.invoke(app, ["simulate", "--quick", *args])
