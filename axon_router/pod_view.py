@@ -60,6 +60,7 @@ class PodView:
         "cache",
         "cache_at",
         "cache_chunk_bytes",
+        "cache_id",
         "draining",
         "draining_since",
         "health",
@@ -132,6 +133,7 @@ class PodView:
         self.cache: frozenset[int] = frozenset()
         self.cache_chunk_bytes = CHUNK_BYTES
         self.cache_at = -math.inf  # monotonic time the cache summary in ``cache`` was asked for
+        self.cache_id: tuple[int, int] | None = None  # (incarnation, epoch) of the pod's cache in that summary
         self.kv_blocks = 0  # the pod's KV cache size in blocks, from its cache summary (0: not known)
         self.kv_block_tokens = 0  # tokens a block holds (vLLM's block_size), from the same (0: knob kv_block_tokens)
         self._memory: collections.OrderedDict[int, float] = collections.OrderedDict()
@@ -276,9 +278,19 @@ class PodView:
         at: float = -math.inf,
         blocks_total: int = 0,
         block_tokens: int = 0,
+        *,
+        incarnation: int = 0,
+        epoch: int = 0,
     ) -> None:
         """Install the pod's cache summary, asked for at monotonic ``at`` (the prefix chunks it held then, its KV
-        cache size in blocks and the tokens a block holds, each 0: not known)."""
+        cache size in blocks and the tokens a block holds, each 0: not known). ``incarnation`` (the engine's,
+        ``CacheSummary.incarnation``: new when the pod restarted) and ``epoch`` (bumped when the engine cleared its
+        cache): when either differs from the last summary's, the cache started empty after that summary was asked
+        for, and what this router sent the pod until then is forgotten (``forget_sent_before``)."""
+        cid = (incarnation, epoch)
+        if self.cache_id is not None and cid != self.cache_id:
+            self.forget_sent_before(self.cache_at)
+        self.cache_id = cid
         self.cache_chunk_bytes = chunk_bytes or CHUNK_BYTES
         self.cache = hashes if isinstance(hashes, frozenset) else frozenset(hashes)
         if at > self.cache_at:
@@ -333,6 +345,19 @@ class PodView:
             mem[h] = now
         while len(mem) > self._memory_max:
             mem.popitem(last=False)
+
+    def forget_sent_before(self, t: float) -> None:
+        """Forget the prefix chunks this router sent the pod at or before ``t``: its cache was emptied (a restart, a
+        reset) after ``t``. Which sessions it served and which live there stay: they say where the router sent
+        them, and fade on their own (``resident_window_s``). Without this the router trusted what it sent a
+        restarted pod for ``prefix_memory_trust_s`` after the pod's first summary, and sent the sessions it had
+        sent there before back to an empty cache (the bench's pods restart in under a second)."""
+        mem = self._memory
+        while mem:
+            h, sent = next(iter(mem.items()))
+            if sent > t:
+                break
+            del mem[h]
 
     def matched_chunks(self, hashes: Sequence[int], now: float, memory_s: float, trust_s: float = 0.0) -> int:
         """Leading chunks of ``hashes`` the pod is expected to hold: in its cache summary, or sent to it within

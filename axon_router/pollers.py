@@ -95,7 +95,10 @@ class Pollers:
                 v.apply_report(epoch, now, e.running, e.waiting, e.tokens_in_flight, e.kv_usage)
                 if want_cache and resp.HasField("cache"):
                     c = resp.cache
-                    v.set_cache(c.chunk_bytes, frozenset(c.prefix_hashes), now, c.blocks_total, c.block_tokens)
+                    v.set_cache(
+                        c.chunk_bytes, frozenset(c.prefix_hashes), now, c.blocks_total, c.block_tokens,
+                        incarnation=c.incarnation, epoch=c.epoch,
+                    )  # fmt: skip
                     last_cache = now
                 self.metrics.load_polls.labels("ok").inc()
             except Exception:

@@ -159,6 +159,7 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
                     blocks_used=v.blocks_used,
                     epoch=v.epoch,
                     block_tokens=v.block_tokens,
+                    incarnation=v.incarnation,
                 )
             )
         return resp

@@ -240,6 +240,7 @@ class HttpApi:
                 "blocks_used": view.blocks_used,
                 "epoch": view.epoch,
                 "block_tokens": view.block_tokens,
+                "incarnation": view.incarnation,
             }
         return web.json_response(body)
 

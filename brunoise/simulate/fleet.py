@@ -256,9 +256,9 @@ class SimPod:
     """One runtime: its engine (replaced on restart), lifecycle, counters summed over incarnations."""
 
     __slots__ = (
-        "base_hits", "base_queries", "bucket_ok", "capacity", "cfg", "engine", "id", "index", "infl_area",
-        "infl_t", "inflight", "meter", "ok", "pod", "prompts", "sched", "up", "version", "warm_hits", "warm_jobs",
-        "warm_poll", "warm_queries", "warm_queue",
+        "base_hits", "base_queries", "bucket_ok", "capacity", "cfg", "engine", "id", "incarnation", "index",
+        "infl_area", "infl_t", "inflight", "meter", "ok", "pod", "prompts", "sched", "up", "version", "warm_hits",
+        "warm_jobs", "warm_poll", "warm_queries", "warm_queue",
     )  # fmt: skip
 
     def __init__(self, index: int, cfg: SimConfig, meter: SliceMeter) -> None:
@@ -270,6 +270,7 @@ class SimPod:
         self.engine: StepEngine | FluidEngine | None = None
         self.up = True
         self.version = 0  # bumped on every change a load or cache poll could see
+        self.incarnation = 0  # the engine's start count: its cache summaries' CacheSummary.incarnation
         self.sched: float | None = None  # time of the queued engine event
         self.base_queries = 0
         self.base_hits = 0
@@ -384,7 +385,11 @@ class SimRouter:
             if cache:
                 if seen_cache[i] != ver:
                     seen_cache[i] = ver
-                    v.set_cache(CHUNK_BYTES, frozenset(p.engine.kv.cached), t, p.engine.kv.num_blocks, BLOCK_TOKENS)
+                    kv = p.engine.kv
+                    v.set_cache(
+                        CHUNK_BYTES, frozenset(kv.cached), t, kv.num_blocks, BLOCK_TOKENS,
+                        incarnation=p.incarnation, epoch=kv.epoch,
+                    )  # fmt: skip
                 else:
                     v.cache_at = t  # the same summary, asked for again
 
@@ -494,6 +499,7 @@ class Fleet:
             p.base_queries += p.engine.prefix_queries
             p.base_hits += p.engine.prefix_hits
         p.engine = make_engine(self.spec.engine, p.cfg, on_first, on_finish)
+        p.incarnation += 1
         p.sched = None
         p.version += 1
 

@@ -291,17 +291,19 @@ class RequestOutcomes(_message.Message):
     def __init__(self, requests: _Optional[int] = ..., errors: _Optional[int] = ..., ttft_ms_buckets: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CacheSummary(_message.Message):
-    __slots__ = ("chunk_bytes", "prefix_hashes", "blocks_total", "blocks_used", "epoch", "block_tokens")
+    __slots__ = ("chunk_bytes", "prefix_hashes", "blocks_total", "blocks_used", "epoch", "block_tokens", "incarnation")
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     PREFIX_HASHES_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_USED_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     chunk_bytes: int
     prefix_hashes: _containers.RepeatedScalarFieldContainer[int]
     blocks_total: int
     blocks_used: int
     epoch: int
     block_tokens: int
-    def __init__(self, chunk_bytes: _Optional[int] = ..., prefix_hashes: _Optional[_Iterable[int]] = ..., blocks_total: _Optional[int] = ..., blocks_used: _Optional[int] = ..., epoch: _Optional[int] = ..., block_tokens: _Optional[int] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, chunk_bytes: _Optional[int] = ..., prefix_hashes: _Optional[_Iterable[int]] = ..., blocks_total: _Optional[int] = ..., blocks_used: _Optional[int] = ..., epoch: _Optional[int] = ..., block_tokens: _Optional[int] = ..., incarnation: _Optional[int] = ...) -> None: ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -86,6 +87,15 @@ class CacheView:
     blocks_used: int
     epoch: int = 0
     block_tokens: int = 0  # tokens per KV cache block (vLLM's block_size); 0: not known
+    #: Which start of the engine's cache this is (``new_incarnation``): routers forget what they sent a pod whose
+    #: incarnation (or epoch) changed. 0: not known.
+    incarnation: int = 0
+
+
+def new_incarnation() -> int:
+    """A value for ``CacheView.incarnation`` that differs between two starts of an engine on one pod: the wall clock
+    in nanoseconds when it started (a restart takes longer than a nanosecond)."""
+    return time.time_ns()
 
 
 class Engine(abc.ABC):

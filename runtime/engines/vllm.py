@@ -49,7 +49,15 @@ from typing import Any
 
 import aiohttp
 
-from runtime.engines.base import CacheView, Engine, EngineChunk, EngineError, EngineRequest, EngineUnavailable
+from runtime.engines.base import (
+    CacheView,
+    Engine,
+    EngineChunk,
+    EngineError,
+    EngineRequest,
+    EngineUnavailable,
+    new_incarnation,
+)
 from runtime.kv_events import BlockView, KvEventSubscriber
 from runtime.metrics import EngineLifecycleMetrics
 from runtime.proxy import Routing
@@ -216,6 +224,7 @@ class VllmEngine(Engine):
             name = pathlib.Path(config.model_dir).name
         self.model = name or ""
         self.max_model_len = config.max_model_len or 0
+        self.incarnation = 0  # CacheView.incarnation, set by start
         args = " ".join(config.extra_args).replace("=", " ").split()
         # vLLM refuses a nonzero request priority unless it schedules by priority
         self.priority_scheduling = any(
@@ -271,6 +280,7 @@ class VllmEngine(Engine):
         return self.proc.log_path if self.proc is not None else None
 
     async def start(self) -> None:
+        self.incarnation = new_incarnation()  # CacheView.incarnation: a (re)start's cache starts empty
         self._stopping = False
         cfg = self.config
         auth = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else None
@@ -827,7 +837,10 @@ class VllmEngine(Engine):
         return min(held, ((len(token_ids) - 1) // bs) * bs)
 
     def cache_view(self) -> CacheView:
-        key = (self.view.version, self.view.epoch, self._prompts_version, self.blocks_total, self.block_tokens)
+        key = (
+            self.view.version, self.view.epoch, self._prompts_version, self.blocks_total, self.block_tokens,
+            self.incarnation,
+        )  # fmt: skip
         if self._cache_view is None or key != self._cache_view_key:
             held: set[int] = set()
             for p in self._prompts.values():
@@ -845,6 +858,7 @@ class VllmEngine(Engine):
                 blocks_used=self.view.blocks,
                 epoch=self.view.epoch,
                 block_tokens=self.block_tokens or max(0, self.view.block_size),
+                incarnation=self.incarnation,
             )
             self._cache_view_key = key
         return self._cache_view

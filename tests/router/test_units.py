@@ -137,6 +137,28 @@ def test_a_later_cache_summary_outranks_the_memory_of_what_was_sent() -> None:
     assert p.matched_chunks(hs, 18.0, 60.0, 5.0) == 3
 
 
+def test_a_pod_that_restarted_is_not_believed_to_hold_what_it_was_sent_before() -> None:
+    """Failure mode: the router trusted what it had sent a pod for ``prefix_memory_trust_s`` (5 s) after the pod's
+    first summary, restarted or not; the bench's pods restart in under a second, so the router sent sessions back
+    to a pod whose new process held nothing of them (20-25k-token prefills at the agentic bench's restarts). A
+    summary from a new incarnation, or with a bumped epoch (the engine cleared its cache), drops the memory of what
+    was sent until the previous summary; what was sent since may have reached the new cache and stays."""
+    hs = prefix_hashes("r" * 64 * 6)
+    p = pod("a")
+    p.remember(hs, 2.0)
+    p.set_cache(64, hs, at=3.0, incarnation=7)
+    p.set_cache(64, frozenset(), at=4.0, incarnation=8)  # the new process's first summary: empty
+    assert p.matched_chunks(hs, 4.0, 60.0, 5.0) == 0
+    p.remember(hs[:4], 4.5)
+    p.set_cache(64, frozenset(), at=5.0, incarnation=8)  # the same process: its summary may lag what was sent
+    assert p.matched_chunks(hs, 5.0, 60.0, 5.0) == 4
+    p.set_cache(64, frozenset(), at=6.0, incarnation=8, epoch=1)  # the engine cleared its cache
+    assert p.matched_chunks(hs, 6.0, 60.0, 5.0) == 0
+    p.remember(hs, 6.5)
+    p.set_cache(64, hs[:2], at=7.0, incarnation=8, epoch=1)
+    assert p.matched_chunks(hs, 7.0, 60.0, 5.0) == 6
+
+
 def test_prefix_memory_is_bounded() -> None:
     p = PodView("a", "http://a", memory_max=10)
     p.remember(list(range(100)), 0.0)
