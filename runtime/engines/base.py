@@ -87,15 +87,9 @@ class CacheView:
     blocks_used: int
     epoch: int = 0
     block_tokens: int = 0  # tokens per KV cache block (vLLM's block_size); 0: not known
-    #: Which start of the engine's cache this is (``new_incarnation``): routers forget what they sent a pod whose
-    #: incarnation (or epoch) changed. 0: not known.
+    #: Which start of the engine's cache this is (``Engine.new_incarnation``): routers forget what they sent a pod
+    #: whose incarnation (or epoch) changed. 0: not known.
     incarnation: int = 0
-
-
-def new_incarnation() -> int:
-    """A value for ``CacheView.incarnation`` that differs between two starts of an engine on one pod: the wall clock
-    in nanoseconds when it started (a restart takes longer than a nanosecond)."""
-    return time.time_ns()
 
 
 class Engine(abc.ABC):
@@ -109,6 +103,13 @@ class Engine(abc.ABC):
     #: The engine has a KV connector that moves prompt KV between engines (vLLM with ``--kv-transfer-config`` naming
     #: NixlConnector, role ``kv_both``): the warmer then copies a donor's KV instead of prefilling its prompts.
     kv_transfer: bool = False
+    #: ``CacheView.incarnation`` of the engine's cache: set by ``new_incarnation`` when the engine starts (0: never).
+    incarnation: int = 0
+
+    def new_incarnation(self) -> None:
+        """The engine (re)starts with an empty cache: a new ``incarnation``, the wall clock in nanoseconds (it differs
+        between two starts of an engine on one pod: a restart takes longer than a nanosecond)."""
+        self.incarnation = time.time_ns()
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -51,15 +51,7 @@ from typing import Any
 
 import xxhash
 
-from runtime.engines.base import (
-    CacheView,
-    Engine,
-    EngineChunk,
-    EngineError,
-    EngineRequest,
-    EngineUnavailable,
-    new_incarnation,
-)
+from runtime.engines.base import CacheView, Engine, EngineChunk, EngineError, EngineRequest, EngineUnavailable
 from runtime.kv_events import MEDIUM_GPU as GPU
 from runtime.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KvEvent, encode_batch
 from runtime.metrics import EngineMetrics
@@ -486,7 +478,6 @@ class SimEngine(Engine):
         self._loading: list[_Req] = []  # reading their prompt's KV from a peer (off the batch)
         self.kv_transfer = self.config.kv_transfer_gb_per_s > 0
         self.engine_id = uuid.uuid4().hex  # NixlConnector's engine id: a peer's read names it
-        self.incarnation = 0  # CacheView.incarnation, set when the engine starts (0 in virtual time)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._ready = False
@@ -517,7 +508,7 @@ class SimEngine(Engine):
     async def start(self) -> None:
         if self._task is not None:
             return
-        self.incarnation = new_incarnation()
+        self.new_incarnation()
         self._stopping = False
         if self.config.kv_events_endpoint:
             import zmq

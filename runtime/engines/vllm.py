@@ -49,15 +49,7 @@ from typing import Any
 
 import aiohttp
 
-from runtime.engines.base import (
-    CacheView,
-    Engine,
-    EngineChunk,
-    EngineError,
-    EngineRequest,
-    EngineUnavailable,
-    new_incarnation,
-)
+from runtime.engines.base import CacheView, Engine, EngineChunk, EngineError, EngineRequest, EngineUnavailable
 from runtime.kv_events import BlockView, KvEventSubscriber
 from runtime.metrics import EngineLifecycleMetrics
 from runtime.proxy import Routing
@@ -224,7 +216,6 @@ class VllmEngine(Engine):
             name = pathlib.Path(config.model_dir).name
         self.model = name or ""
         self.max_model_len = config.max_model_len or 0
-        self.incarnation = 0  # CacheView.incarnation, set by start
         args = " ".join(config.extra_args).replace("=", " ").split()
         # vLLM refuses a nonzero request priority unless it schedules by priority
         self.priority_scheduling = any(
@@ -280,7 +271,7 @@ class VllmEngine(Engine):
         return self.proc.log_path if self.proc is not None else None
 
     async def start(self) -> None:
-        self.incarnation = new_incarnation()  # CacheView.incarnation: a (re)start's cache starts empty
+        self.new_incarnation()  # CacheView.incarnation: a (re)start's cache starts empty
         self._stopping = False
         cfg = self.config
         auth = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else None

@@ -173,6 +173,7 @@ async def test_load_moves_with_in_flight_requests(runtime_proc: ManagedProcess) 
         assert seen["engine"]["tokens_in_flight"] >= 4 * 160 and seen["engine"]["kv_usage"] > 0
         assert seen["pod_id"] == "pod-test" and seen["ready"] is True
         assert set(prefix_hashes(prompt)) <= set(seen["cache"]["prefix_hashes"])
+        assert seen["cache"]["incarnation"] > 0
         for t in tasks:
             status, _ = await t
             assert status == 200
@@ -281,6 +282,7 @@ async def test_grpc_generate_getload_health_reflection(runtime_proc: ManagedProc
         assert load.engine.capacity == 1.0 and load.cache.chunk_bytes == 64
         assert set(prefix_hashes(prompt)) <= set(load.cache.prefix_hashes)
         assert load.cache.blocks_total > 0 and load.cache.block_tokens == 16  # the simulated engine's block size
+        assert load.cache.incarnation > 0  # the engine's start: routers forget what they sent a restarted pod
         bare = await stub.GetLoad(runtime_pb2.GetLoadRequest(), timeout=5)
         assert len(bare.cache.prefix_hashes) == 0
 

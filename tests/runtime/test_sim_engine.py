@@ -334,3 +334,22 @@ async def test_kv_events_over_zmq_rebuild_the_cache_view() -> None:
         await e.stop()
         sub.close(linger=0)
         ctx.term()
+
+
+async def test_each_start_of_an_engine_is_a_new_incarnation_of_its_cache() -> None:
+    """``CacheView.incarnation`` (``CacheSummary.incarnation``) tells routers the cache started empty: it is set
+    when the engine starts and differs between two starts on one pod (a restarted runtime's engine)."""
+    first = SimEngine(SimConfig(time_scale=1000))
+    assert first.cache_view().incarnation == 0  # not started: not known
+    await first.start()
+    try:
+        one = first.cache_view().incarnation
+    finally:
+        await first.stop()
+    second = SimEngine(SimConfig(time_scale=1000))
+    await second.start()
+    try:
+        two = second.cache_view().incarnation
+    finally:
+        await second.stop()
+    assert 0 < one < two
