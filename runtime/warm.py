@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -228,6 +228,12 @@ HOLD_PARAMS: Mapping[str, Any] = {"do_remote_decode": True, "do_remote_prefill":
 HOLD_MIN_CACHED = 0.75
 
 
+def can_hold(hashes: Sequence[int], held: Container[int]) -> bool:
+    """A donor whose cache holds the chunk hashes ``held`` holds a prompt of chain hashes ``hashes`` for a reader:
+    at least ``HOLD_MIN_CACHED`` of its leading chunks are cached (``hold_kv``, and the fleet simulator's donors)."""
+    return bool(hashes) and matched_chunks(hashes, held) >= HOLD_MIN_CACHED * len(hashes)
+
+
 async def hold_kv(engine: Engine, resp: Any, metrics: WarmMetrics | None = None, priority: int = 0) -> int:
     """Have ``engine`` hold the KV of the prompts of the HotPrompts answer ``resp`` that its cache still holds (at
     least ``HOLD_MIN_CACHED`` of their blocks) for the asker to read (one producer request each, cut to one output
@@ -243,7 +249,7 @@ async def hold_kv(engine: Engine, resp: Any, metrics: WarmMetrics | None = None,
         chat = _chat(msgs)
         text = prompt if chat is None else render_chat(chat)
         hashes = prefix_hashes(text or "", view.chunk_bytes)
-        if not hashes or matched_chunks(hashes, view.prefix_hashes) < HOLD_MIN_CACHED * len(hashes):
+        if not can_hold(hashes, view.prefix_hashes):
             return False
         req = EngineRequest(
             request_id=f"hold-{uuid.uuid4().hex}", prompt=prompt, messages=chat,
@@ -556,5 +562,5 @@ def warm_pieces(prompt: str | None, messages: Messages | None, piece_bytes: int)
 
 
 __all__ = [
-    "PromptLog", "RecordingEngine", "WarmMetrics", "Warmer", "hold_kv", "hot_prompts_response", "warm_pieces",
+    "PromptLog", "RecordingEngine", "WarmMetrics", "Warmer", "can_hold", "hold_kv", "hot_prompts_response", "warm_pieces",
 ]  # fmt: skip

@@ -32,7 +32,6 @@ from brunoise.simulate.report import Results
 from brunoise.simulate.source import PHASE_RESTART, SimRequest, SimSession, Source
 from runtime.engines.sim import BLOCK_TOKENS, SimConfig, virtual_request
 from runtime.warm import (
-    HOLD_MIN_CACHED,
     LOG_KEYS,
     WARM_IDLE_POLL_S,
     WARM_MAX_KV_USAGE,
@@ -42,6 +41,7 @@ from runtime.warm import (
     WARM_READ_BYTES,
     WARM_READ_KV_SHARE,
     WARM_READ_PROMPTS,
+    can_hold,
     hottest_keys,
     warm_budget_bytes,
 )
@@ -310,18 +310,10 @@ class SimPod:
         return [(k, log[k][1], log[k][2]) for k in keys]
 
     def holds(self, hashes: tuple[int, ...]) -> bool:
-        """The engine's cache still holds at least ``HOLD_MIN_CACHED`` of a prompt's blocks, leading ones (the
-        runtime's ``hold_kv``: only then does a donor hold a prompt's KV for a warming peer to read)."""
+        """The pod is up and holds a prompt's KV for a warming peer to read (``can_hold``, as the runtime's
+        ``hold_kv``)."""
         e = self.engine
-        if e is None or not self.up or not hashes:
-            return False
-        cached = e.kv.cached
-        n = 0
-        for h in hashes:
-            if h not in cached:
-                break
-            n += 1
-        return n >= HOLD_MIN_CACHED * len(hashes)
+        return e is not None and self.up and can_hold(hashes, e.kv.cached)
 
     def queries_hits(self) -> tuple[int, int]:
         e = self.engine
