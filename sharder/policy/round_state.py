@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import enum
 import heapq
+from collections import Counter
 from collections.abc import Iterable
+from itertools import chain
 from typing import cast
 
 from sharder.assignment import SliceAssignment
@@ -194,29 +196,38 @@ class RoundState:
         rest of the slice's load goes in equal parts to the replicas that did not report on it (to all
         replicas when every one did: that is traffic a leaving pod still took)."""
         load = dict.fromkeys(self.eligible, 0.0)
-        count = dict.fromkeys(self.eligible, 0)
         total = 0.0
         true_load = self.config.replica_true_load
         deferred = _Deferred.FROM_SERVED  # an enum member read costs more than a local one
-        for rec in self.recs:
-            total += rec.load
+        recs = self.recs
+        for rec in recs:
+            part = rec.load
+            total += part
             reps = rec.replicas
-            if not reps:
+            n = len(reps)
+            if not n:
                 continue
-            if true_load and len(reps) > 1 and rec.served:
-                shares = replica_loads(rec)
-                if shares is not None:
-                    for p, v in zip(reps, shares, strict=False):  # equal lengths; strict=True costs here
-                        load[p] += v
+            if true_load and n > 1 and (served := rec.served):
+                reported = list(map(served.get, reps))
+                if None not in reported:  # every replica reported (the common case): no list of shares built
+                    got = cast("list[float]", reported)  # a string: no type object built per slice
+                    scale, extra = reported_parts(part, sum(got), n)
+                    for p, v in zip(reps, got, strict=False):  # equal lengths; strict=True costs here
+                        load[p] += v * scale + extra
                     rec._share = deferred  # true_shares(rec), built if a phase asks for it
                     continue
+                shares = replica_loads(rec)
+                if shares is not None:
+                    for p, v in zip(reps, shares, strict=False):
+                        load[p] += v
+                    rec._share = deferred
+                    continue
             rec.share = None
-            even = rec.load / len(reps)
+            even = part / n
             for p in reps:
                 load[p] += even
-        for rec in self.recs:
-            for p in rec.replicas:
-                count[p] += 1
+        count = dict.fromkeys(self.eligible, 0)
+        count.update(Counter(chain.from_iterable(rec.replicas for rec in recs)))  # counted in C
         self.load = load
         self.count = count
         self.total_load = total
@@ -320,6 +331,15 @@ def true_shares(rec: Rec) -> dict[str, float] | None:
     return None if shares is None else dict(zip(rec.replicas, shares, strict=True))
 
 
+def reported_parts(load: float, told: float, n: int) -> tuple[float, float]:
+    """(scale, extra): each of a slice's ``n`` replicas, all of which reported, carries what it reported x scale +
+    extra of the slice's ``load``, given the ``told`` sum of their reports. More told than the load (a leaving pod's
+    share, smoothing): every report scaled down to fit; less: the rest in equal parts."""
+    if told > load:
+        return (load / told if told > 0 else 0.0), 0.0
+    return 1.0, max(0.0, load - told) / n
+
+
 def replica_loads(rec: Rec) -> list[float] | None:
     """``true_shares`` as a list in replica order (a replica's part depends only on the pod, so a pod listed twice
     gets the same part twice)."""
@@ -330,13 +350,9 @@ def replica_loads(rec: Rec) -> list[float] | None:
     load = rec.load
     reported = list(map(served.get, reps))
     if None not in reported:  # the common case: every replica reported
-        got = cast(list[float], reported)
-        told = sum(got)
-        if told > load:
-            scale = load / told if told > 0 else 0.0
-            return [v * scale for v in got]
-        each = max(0.0, load - told) / len(reps)
-        return [v + each for v in got]
+        got = cast("list[float]", reported)
+        scale, extra = reported_parts(load, sum(got), len(reps))
+        return [v * scale + extra for v in got]
     missing = reported.count(None)
     if missing == len(reps):
         return None
@@ -353,4 +369,14 @@ def scaled(d: dict[str, float] | None, f: float) -> dict[str, float] | None:
     return None if d is None else {k: v * f for k, v in d.items()}
 
 
-__all__ = ["LoadHeap", "Rec", "RoundState", "Stats", "TopKeys", "replica_loads", "scaled", "true_shares"]
+__all__ = [
+    "LoadHeap",
+    "Rec",
+    "RoundState",
+    "Stats",
+    "TopKeys",
+    "replica_loads",
+    "reported_parts",
+    "scaled",
+    "true_shares",
+]

@@ -368,3 +368,75 @@ def test_a_pod_with_no_slice_still_gets_cold_slices_on_a_loaded_target() -> None
     b = reshard(a, ps, _reports(a, loads), now_ms=1)
     assert b.stats.moves > 0
     assert any("p3" in sa.replicas for sa in b.slices)
+
+
+_POD_IDS = ("a", "b", "c", "d")
+
+
+@st.composite
+def _served_slices(draw: st.DrawFn) -> list[tuple[tuple[str, ...], float, dict[str, float] | None]]:
+    """Slices as (replicas, load, served): some replicas reported, all, none, or more than the slice's load."""
+    out = []
+    for _ in range(draw(st.integers(1, 8))):
+        reps = tuple(draw(st.lists(st.sampled_from(_POD_IDS), min_size=0, max_size=4, unique=True)))
+        load = draw(st.floats(0.0, 10.0))
+        told = draw(st.lists(st.sampled_from(_POD_IDS), max_size=4, unique=True))
+        served = {p: draw(st.floats(0.0, 10.0)) for p in told} or None
+        out.append((reps, load, served))
+    return out
+
+
+def _spec_shares(reps: tuple[str, ...], load: float, served: dict[str, float] | None, true: bool) -> list[float]:
+    """Each replica's part of a slice's load, as the replica-true rule states it: what it reported (scaled down when
+    the reports say more than the load); the rest in equal parts to the replicas that did not report (to all of
+    them when every one did); equal parts when nobody reported or the rule is off."""
+    n = len(reps)
+    if n == 0:
+        return []
+    got = [served.get(p) for p in reps] if served else [None] * n
+    if not true or n < 2 or all(v is None for v in got):
+        return [load / n] * n
+    told = sum(v for v in got if v is not None)
+    if told > load:
+        return [v * load / told if v is not None else 0.0 for v in got]
+    missing = sum(1 for v in got if v is None) or n
+    rest = (load - told) / missing
+    return [v + rest if v is not None and missing == n else v if v is not None else rest for v in got]
+
+
+@given(_served_slices(), st.booleans())
+@example([(("a", "b"), 10.0, {"a": 1.0, "b": 2.0})], True)  # every replica reported, less than the load
+@example([(("a", "b", "c"), 10.0, {"a": 2.0, "d": 1.0})], True)  # some did not; a pod that is no replica did
+@example([(("a", "b"), 1.0, {"a": 3.0, "b": 1.0}), (("b", "c"), 4.0, None)], True)  # more than the load
+def test_pod_loads_are_the_sum_of_each_replicas_share(
+    slices: list[tuple[tuple[str, ...], float, dict[str, float] | None]], true: bool
+) -> None:
+    """``RoundState.recompute`` (which adds the common case's parts without building ``replica_loads``' list, for
+    speed) gives each pod the sum over its slices of that replica's part as the rule states it (``_spec_shares``),
+    and so does ``replica_loads``."""
+    from sharder.policy.round_state import Rec, RoundState, replica_loads
+
+    cfg = TargetConfig("t", min_replicas=1, initial_slices=1, max_replicas=4, replica_true_load=true)
+    recs = []
+    for i, (reps, load, served) in enumerate(slices):
+        rec = Rec(i, i + 1, None, reps, (), load, 0)
+        rec.served = None if served is None else dict(served)
+        recs.append(rec)
+    state = RoundState(cfg, 1, recs, {p: Pod(p, p) for p in _POD_IDS}, list(_POD_IDS), dict.fromkeys(_POD_IDS, 1.0))
+    state.recompute()
+    want = dict.fromkeys(_POD_IDS, 0.0)
+    count = dict.fromkeys(_POD_IDS, 0)
+    for rec, (reps, load, served) in zip(recs, slices, strict=True):
+        shares = replica_loads(rec) if true and len(reps) > 1 else None
+        spec = _spec_shares(reps, load, served, true)
+        if shares is not None:
+            assert shares == pytest.approx(spec, rel=1e-9, abs=1e-12), (reps, load, served)
+        for j, p in enumerate(reps):
+            want[p] += spec[j]
+            count[p] += 1
+    assert state.count == count
+    assert state.total_load == pytest.approx(sum(rec.load for rec in recs))
+    for p in _POD_IDS:
+        assert state.load[p] == pytest.approx(want[p], rel=1e-9, abs=1e-9), (p, state.load, want)
+        got = sum(state.share_of(rec, p) for rec in recs if p in rec.replicas)
+        assert got == pytest.approx(want[p], rel=1e-9, abs=1e-9)
