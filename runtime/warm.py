@@ -234,6 +234,27 @@ def can_hold(hashes: Sequence[int], held: Container[int]) -> bool:
     return bool(hashes) and matched_chunks(hashes, held) >= HOLD_MIN_CACHED * len(hashes)
 
 
+def warm_actions(prompts: Iterable[tuple[int, bool]], read: bool, prefill_budget: int) -> list[bool | None]:
+    """What a warmer does with each prompt its donors handed it, in order, given (its size, a donor holds it for a
+    read): True, read it whole (the engine has a KV connector, ``read``, and a donor holds it); False, prefill it
+    (without a connector every prompt, as the donors answered within the prefill budget; with one, those no donor
+    holds, while their sizes fit what is left of ``prefill_budget``); None, skip it. The ``Warmer`` and the fleet
+    simulator's warm-ups both plan by it (sizes in any one unit: bytes, tokens)."""
+    out: list[bool | None] = []
+    left = prefill_budget
+    for size, held in prompts:
+        if not read:
+            out.append(False)
+        elif held:
+            out.append(True)
+        elif size <= left:
+            left -= size
+            out.append(False)
+        else:
+            out.append(None)
+    return out
+
+
 async def hold_kv(engine: Engine, resp: Any, metrics: WarmMetrics | None = None, priority: int = 0) -> int:
     """Have ``engine`` hold the KV of the prompts of the HotPrompts answer ``resp`` that its cache still holds (at
     least ``HOLD_MIN_CACHED`` of their blocks) for the asker to read (one producer request each, cut to one output
@@ -443,17 +464,17 @@ class Warmer:
         m = self.metrics
         n = 0
         read = self.engine.kv_transfer  # the prompts came within the read budget
-        prefill_left = self.budget_bytes()  # what a donor could not hold is prefilled, within the prefill budget
+        todo: list[tuple[str | None, Messages | None, dict[str, Any] | None]] = []
         for hp in prompts:
             msgs, prompt = _input_of(hp)
-            if not prompt and not msgs:
+            if prompt or msgs:
+                todo.append((prompt, msgs, _read_params(hp.kv_transfer_params) if read else None))
+        # a prompt a donor holds is read; the others are prefilled within the prefill budget
+        sizes = ((text_bytes(prompt, msgs), params is not None) for prompt, msgs, params in todo)
+        actions = warm_actions(sizes, read, self.budget_bytes())
+        for (prompt, msgs, params), action in zip(todo, actions, strict=True):
+            if action is None:
                 continue
-            params = _read_params(hp.kv_transfer_params) if read else None
-            if read and params is None:
-                size = text_bytes(prompt, msgs)
-                if size > prefill_left:
-                    continue
-                prefill_left -= size
             # a read computes nothing here, so the whole prompt goes at once; else prefill pieces
             pieces = [(prompt, msgs)] if params is not None else warm_pieces(prompt, msgs, self.piece_bytes)
             for piece_prompt, piece_msgs in pieces:
@@ -562,5 +583,6 @@ def warm_pieces(prompt: str | None, messages: Messages | None, piece_bytes: int)
 
 
 __all__ = [
-    "PromptLog", "RecordingEngine", "WarmMetrics", "Warmer", "can_hold", "hold_kv", "hot_prompts_response", "warm_pieces",
+    "PromptLog", "RecordingEngine", "WarmMetrics", "Warmer", "can_hold", "hold_kv", "hot_prompts_response",
+    "warm_actions", "warm_pieces",
 ]  # fmt: skip

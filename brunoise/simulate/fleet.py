@@ -43,6 +43,7 @@ from runtime.warm import (
     WARM_READ_PROMPTS,
     can_hold,
     hottest_keys,
+    warm_actions,
     warm_budget_bytes,
 )
 from sharder.assignment import Assignment, RoundStats, initial_assignment
@@ -859,16 +860,13 @@ class Fleet:
                 # WARM_PRIORITY (with a connector, only within the prefill budget)
                 step = WARM_PIECE_BYTES // TEXT_BYTES_PER_TOKEN
                 pieces: list[WarmPiece] = []
-                left = prefill_t
-                for hashes, tokens, held in picked.values():
-                    if held:
+                chosen = list(picked.values())
+                actions = warm_actions(((tokens, held) for _, tokens, held in chosen), read, prefill_t)
+                for (hashes, tokens, _), action in zip(chosen, actions, strict=True):
+                    if action:
                         pieces.append((tokens, hashes, True))
-                        continue
-                    if read:
-                        if tokens > left:
-                            continue
-                        left -= tokens
-                    pieces.extend((n, hashes, False) for n in (*range(step, tokens, step), tokens))
+                    elif action is not None:
+                        pieces.extend((n, hashes, False) for n in (*range(step, tokens, step), tokens))
                 if not pieces:
                     self._report_warm(p, sa.slice)
                     continue

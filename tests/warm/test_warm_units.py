@@ -10,7 +10,7 @@ from axon_router.knobs import Knobs
 from axon_router.pod_view import PodView
 from axon_router.targets import new_session_replicas
 from brunoise_api.v1 import runtime_pb2, slicing_pb2
-from runtime.warm import PromptLog, hot_prompts_response
+from runtime.warm import PromptLog, hot_prompts_response, warm_actions
 from sharder.assignment import SliceAssignment
 from sharder.keyspace import Slice
 
@@ -183,3 +183,12 @@ def test_the_warm_budget_counts_the_engines_own_block_size() -> None:
 
     assert warm_budget_bytes(256, block_tokens=32) == 2 * warm_budget_bytes(256, block_tokens=16) < WARM_BYTES
     assert warm_budget_bytes(256) == warm_budget_bytes(256, block_tokens=16), "not known: 16"
+
+
+def test_warm_actions_read_what_a_donor_holds_and_prefill_the_rest_within_the_budget() -> None:
+    """With a connector: held prompts are read whole whatever their size; the others are prefilled in order while
+    they fit the prefill budget (a later, smaller one may still fit); without one, every prompt is prefilled."""
+    prompts = [(500, True), (300, False), (900, False), (200, False), (5000, True)]
+    assert warm_actions(prompts, read=True, prefill_budget=600) == [True, False, None, False, True]
+    assert warm_actions(prompts, read=False, prefill_budget=0) == [False] * len(prompts)
+    assert warm_actions([], read=True, prefill_budget=100) == []
