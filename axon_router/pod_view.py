@@ -30,6 +30,8 @@ class Ticket:
     and the time it set: what ``fail`` takes back."""
     at: float = 0.0
     """When ``begin`` remembered the prompt (the time it set in memory for each of ``remembered``'s hashes)."""
+    slice_key: int | None = None
+    """The session (SliceKey) it belongs to, if any: while it runs, the session lives on the pod."""
 
 
 class PodView:
@@ -46,6 +48,7 @@ class PodView:
 
     __slots__ = (
         "_avg_at",
+        "_busy",
         "_epoch",
         "_halflife_s",
         "_memory",
@@ -140,12 +143,15 @@ class PodView:
         self._memory_max = memory_max
         # the SliceKeys (sessions) this router sent here, and when: which pod served a session
         self._served: collections.OrderedDict[int, float] = collections.OrderedDict()
-        # the sessions that live here (this router sent their latest turn here within resident_window_s; at most
-        # memory_max of them): each one's latest prompt chunks, and how many of them hold each chunk (their union
-        # is what the pod must keep)
+        # the sessions that live here (this router sent their latest turn here, and it still runs or ended within
+        # resident_window_s; at most memory_max of them): each one's latest prompt chunks, and how many of them
+        # hold each chunk (their union is what the pod must keep)
         self._resident: collections.OrderedDict[int, tuple[float, frozenset[int]]] = collections.OrderedDict()
         self._refs: dict[int, int] = {}
         self._resident_window_s = resident_window_s
+        # the sessions with a request of this router in flight here, and how many: they live here however long
+        # those requests run (a long prefill behind a queue takes longer than resident_window_s)
+        self._busy: dict[int, int] = {}
 
     # ---------------------------------------------------------------- state in the assignment
     def set_draining(self, draining: bool, now: float) -> None:
@@ -164,12 +170,17 @@ class PodView:
         return since is not None and now - since <= keep_s
 
     # ---------------------------------------------------------------- own in-flight accounting
-    def begin(self, tokens: int, prefill: int = 0, hashes: Sequence[int] = (), now: float = 0.0) -> Ticket:
+    def begin(
+        self, tokens: int, prefill: int = 0, hashes: Sequence[int] = (), now: float = 0.0, slice_key: int | None = None
+    ) -> Ticket:
         """Account one request dispatched at ``now``, of about ``tokens`` tokens (prompt + max new), of which about
         ``prefill`` prompt tokens are not cached on the pod (prefill work until its first token), and remember
         its prompt's chain ``hashes`` as the pod's from now on: it prefills them next, so a request over the same
         prefix picked during that prefill waits behind it here instead of computing it again on another pod
-        (remembered only at the first token, a second query over a long document went elsewhere)."""
+        (remembered only at the first token, a second query over a long document went elsewhere). Of session
+        ``slice_key``, if given: the session counts as living here until it ``end``s, however long it runs."""
+        if slice_key is not None:
+            self._busy[slice_key] = self._busy.get(slice_key, 0) + 1
         before: tuple[tuple[int, float | None], ...] = ()
         if hashes:
             mem = self._memory
@@ -191,7 +202,7 @@ class PodView:
         self.inflight_tokens += tokens
         self.prefill_reqs += 1
         self.prefill_tokens += prefill
-        return Ticket(e, tokens, prefill, remembered=before, at=now)
+        return Ticket(e, tokens, prefill, remembered=before, at=now, slice_key=slice_key)
 
     def first_token(self, t: Ticket) -> None:
         """The request of ``t`` produced its first token (its prefill is done); idempotent."""
@@ -224,12 +235,23 @@ class PodView:
             t.remembered = ()
         self.end(t)
 
-    def end(self, t: Ticket) -> None:
-        """The request of ``t`` finished (any outcome); idempotent."""
+    def end(self, t: Ticket, now: float | None = None) -> None:
+        """The request of ``t`` finished (any outcome) at ``now``; idempotent. Its session, when it has no other
+        request in flight here, counts as living here for ``resident_window_s`` from ``now`` (given), as from
+        its dispatch otherwise."""
         if t.done:
             return
         self.first_token(t)
         t.done = True
+        key = t.slice_key
+        if key is not None:
+            n = self._busy.get(key, 0) - 1
+            if n > 0:
+                self._busy[key] = n
+            else:
+                self._busy.pop(key, None)
+                if now is not None and (got := self._resident.pop(key, None)) is not None:
+                    self._resident[key] = (now, got[1])
         self.inflight -= 1
         self.inflight_tokens -= t.tokens
         slot = self._pending.get(t.epoch)
@@ -441,10 +463,15 @@ class PodView:
     def _expire_resident(self, now: float) -> None:
         horizon = now - self._resident_window_s
         res = self._resident
+        busy = self._busy
         while res:
-            key, (t, _) = next(iter(res.items()))
+            key, (t, chunks) = next(iter(res.items()))
             if t >= horizon:
                 break
+            if key in busy:  # a request of it still runs here: it lives here (back in the window's order at now)
+                del res[key]
+                res[key] = (now, chunks)
+                continue
             self.release(key)
 
     def __repr__(self) -> str:

@@ -395,7 +395,9 @@ class Router:
             f.attempts += 1
             f.reason = reason
             probe = pod.breaker.acquire(now)
-            ticket = pod.begin(req.prompt_tokens + req.max_tokens, pick.miss_tokens, req.prefix_hashes, now)
+            ticket = pod.begin(
+                req.prompt_tokens + req.max_tokens, pick.miss_tokens, req.prefix_hashes, now, req.slice_key
+            )
             self.residence.placed(self.table.pods, pod, req.prefix_hashes, now, req.slice_key)
             g = pod.inflight_gauge
             if g is not None:
@@ -481,7 +483,7 @@ class Router:
             if failed:
                 pod.fail(ticket)
             else:
-                pod.end(ticket)
+                pod.end(ticket, time.monotonic())
             g = pod.inflight_gauge
             if g is not None:
                 g.dec()  # type: ignore[attr-defined]

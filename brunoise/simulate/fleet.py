@@ -695,7 +695,9 @@ class Fleet:
                 return
             self._attempt(f, t)
             return
-        f.ticket = view.begin(f.req.est_tokens + f.req.max_tokens, pick.miss_tokens, f.pin.prefix_hashes, t)
+        f.ticket = view.begin(
+            f.req.est_tokens + f.req.max_tokens, pick.miss_tokens, f.pin.prefix_hashes, t, f.pin.slice_key
+        )
         r.residence.placed(views, view, f.pin.prefix_hashes, t, f.pin.slice_key)
         f.pod = pod
         req = f.req
@@ -746,7 +748,7 @@ class Fleet:
             return
         f.done = True
         if f.router is not None and f.ticket is not None and f.pod is not None:
-            f.router.views[f.pod.id].end(f.ticket)
+            f.router.views[f.pod.id].end(f.ticket, t)
         self.flights.pop(self._rid_of(f), None)
         self.results.ended(f, t, error)
         self.client_inflight -= 1
@@ -960,7 +962,7 @@ class Fleet:
             if f is None or f.done:
                 continue
             assert f.router is not None and f.ticket is not None
-            f.router.views[p.id].end(f.ticket)
+            f.router.views[p.id].end(f.ticket, t)
             f.ticket = None
             if f.first_t is None:
                 f.router.residence.failed(f.router.views[p.id], f.pin.slice_key)

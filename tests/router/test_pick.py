@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from axon_router.cost import Limits, PickInput, tie_rank
 from axon_router.knobs import Knobs
 from axon_router.pick import FALLBACK, HELD, OVERFLOW, SPILL, SUBSET, Candidates, CostPick, load_cap, rank_by_cost
-from axon_router.pod_view import PodView, Residence
+from axon_router.pod_view import PodView, Residence, Ticket
 from axon_router.targets import new_session_replicas, not_outside
 from sharder.assignment import SliceAssignment
 from sharder.keyspace import KEYSPACE_END, Slice
@@ -704,3 +704,32 @@ def test_shared_prefixes_count_once_and_idle_sessions_stop_counting() -> None:
     assert v.resident_chunks() == len(prefix_hashes(shared)) + 5
     v.apply_report(v.poll_started(), 12.5, 0, 0, 0, 0.0)  # sessions 0-2 last served more than 10 s ago
     assert v.resident_chunks() == len(prefix_hashes(shared)) + 2
+
+
+def test_a_session_lives_on_its_pod_while_its_turn_runs_and_for_the_window_after_it_ends() -> None:
+    """Failure mode (agentic, restart phase): the window counted from the dispatch, so a session whose turn ran
+    longer than the window (queued behind long prefills) stopped counting while its context filled the pod, and
+    one that had ended counted for the whole window after its last dispatch, keeping its pod looking full while
+    three sessions on another pod evicted each other."""
+    v = PodView("a", "http://a", resident_window_s=1.0)
+    residence = Residence()
+    s = _session(1, 8_000)
+
+    def dispatch(at: float) -> Ticket:
+        t = v.begin(s.prompt_tokens + s.max_tokens, s.prompt_tokens, s.prefix_hashes, at, s.slice_key)
+        residence.placed({"a": v}, v, s.prefix_hashes, at, s.slice_key)
+        return t
+
+    def resident_at(at: float) -> int:
+        v.apply_report(v.poll_started(), at, 0, 0, 0, 0.0)  # a report expires the sessions out of the window
+        return v.resident_chunks()
+
+    first, second = dispatch(0.0), dispatch(0.5)  # two requests of the session (a retry's hedge, a tool call)
+    held = v.resident_chunks()
+    assert held == len(s.prefix_hashes) > 0
+    assert resident_at(5.0) == held  # both still run, five windows after their dispatch
+    v.end(first, 6.0)
+    assert resident_at(7.5) == held  # the second still runs
+    v.end(second, 8.0)
+    assert resident_at(8.9) == held  # within the window from the end
+    assert resident_at(9.1) == 0  # an ended session stops counting a window after its last request ended
