@@ -479,6 +479,22 @@ class Fleet:
             a = reshard(a, pods, [], now_ms=0)
         return a
 
+    def _warm_registered(self) -> None:
+        """The pods that joined after the first are marked warming on the slices they were filled onto; on the bench
+        they warm at once (their donor has served nothing yet) and the leader clears the marks before traffic
+        starts, so here too: without this the marks stood until the first committed round, keeping new sessions
+        off the joiners (``new_session_replicas``) and then copying the first pod's prompts onto every other."""
+        a = self.assignment
+        if not any(sa.warming for sa in a.slices):
+            return
+        self._start_warm(a, 0.0)
+        cleared = self._clear_warm(a, 0.0)
+        if cleared is not a:  # marks cleared: a generation of its own, as the leader commits it
+            a = dataclasses.replace(cleared, generation=a.generation + 1)
+        self.assignment = a
+        for r in self.routers:
+            r.assignment = a
+
     # -- engines ----------------------------------------------------------------------------------------------
 
     def _new_engine(self, p: SimPod) -> None:
@@ -521,6 +537,7 @@ class Fleet:
 
     def run(self) -> Results:
         spec, q, k = self.spec, self.q, self.knobs
+        self._warm_registered()
         self.sessions_left = self.source.sessions()
         self._next_session()
         done = lambda: self.finished  # noqa: E731

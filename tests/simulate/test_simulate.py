@@ -173,6 +173,30 @@ def test_staggered_registration_starts_with_every_pod_holding_a_slice() -> None:
     assert counts[-1] - counts[0] <= 1
 
 
+def test_the_registrations_warm_up_marks_clear_before_traffic_as_the_bench_pods_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pods that join after the first are marked warming on the slices they are filled onto. On the bench they
+    warm at once (their donor has served nothing) and the leader clears the marks within a round, before traffic.
+    The simulator must too: a mark left standing keeps new sessions off the pod (warming replicas take no new
+    session while a warm one can) and, at the first committed round seconds later, copies the first pod's prompts
+    onto every other pod."""
+    f = Fleet(spec(pods=4), small_source(pods=4))
+    assert sum(len(sa.warming) for sa in f.assignment.slices) > 0  # the registration marks the joiners
+    seen: list[tuple[float, int, int]] = []
+    orig = Fleet._round
+
+    def rnd(self: Fleet, t: float) -> None:
+        orig(self, t)
+        seen.append((t, sum(len(sa.warming) for sa in self.assignment.slices), self.warm_n))
+
+    monkeypatch.setattr(Fleet, "_round", rnd)
+    f.run()
+    first_t, first_marks, first_sent = seen[0]
+    assert first_t <= 0.5 and first_marks == 0  # cleared by the first round
+    assert first_sent == 0  # and nothing was warmed for them: the donor had served nothing
+
+
 def test_faster_pods_answer_sooner_and_several_routers_conserve_requests() -> None:
     slow = Fleet(spec(restarts=False), small_source()).run().summary
     fast = Fleet(spec(restarts=False, capacities=(2.0,)), small_source()).run().summary
