@@ -323,7 +323,8 @@ class Warmer:
     """Warms the slices the assigner marks warming on this pod, one prompt at a time (a prefill competes with live
     requests for the engine, and a big one stalls every request behind it): for each slice, in the order they
     came, asks its donor runtimes (HotPrompts, with this pod's token) for their hottest prompts in the slice —
-    leaving pods first, since their sessions are the ones that must move — up to ``max_prompts`` and
+    the donors the assigner named, in order (``warming_of``: the leaving pods, whose sessions are the ones that
+    must move, else the warm replicas) — up to ``max_prompts`` and
     ``max_bytes``, prefills them on ``engine`` (max_tokens=1, no slice key: not the slice's load), then calls
     ``done(slice)``; also when no donor answers, when the engine's KV usage is above ``max_kv_usage`` (warming
     must not evict live sessions) or when ``timeout_s`` since the mark has passed, so a mark never outlives its

@@ -96,12 +96,14 @@ def still_reported(done: Iterable[Slice], marks: Collection[Slice]) -> list[Slic
 
 
 def warming_of(assignment: Assignment, pod_id: str) -> list[tuple[SliceAssignment, tuple[str, ...]]]:
-    """The slices ``pod_id`` warms, each with the warm holders to warm it from: leaving pods first (their sessions
-    are the ones that must find a new cache), then the warm replicas."""
+    """The slices ``pod_id`` warms, each with the warm holders to warm it from: its leaving pods when it has any
+    (their sessions are the ones that must find a new cache; the staying replicas' sessions keep theirs, and
+    copying their prompts too would only evict what ``pod_id`` holds), else its warm replicas (a replication, a
+    restarted pod refilled)."""
     out = []
     for sa in assignment.slices:
         if pod_id in sa.warming:
-            donors = tuple(sa.leaving) + tuple(p for p in sa.warm_replicas() if p != pod_id)
+            donors = tuple(sa.leaving) if sa.leaving else tuple(p for p in sa.warm_replicas() if p != pod_id)
             out.append((sa, donors))
     return out
 

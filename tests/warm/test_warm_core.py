@@ -78,6 +78,31 @@ def test_a_drain_with_no_replacement_hands_each_slice_to_one_replica_that_warms_
     assert all(set(sa.warming).isdisjoint(before.lookup(sa.slice.lo).replicas) for sa in c.slices)
 
 
+def test_a_slice_with_leaving_pods_warms_from_them_alone_else_from_its_warm_replicas() -> None:
+    """The leaving pods' sessions are the ones that must find a new cache; the staying replicas' sessions keep
+    theirs, so copying their prompts too only evicts what the warming pod held (the fleet simulator's docs, 48
+    seeds: 1 point of hit and 3 of the restart phase, where each drain's handoff replica copied the documents its
+    fellow replicas already served). With no pod leaving (a replication, a restarted pod refilled), the warm
+    replicas are the donors."""
+    cfg = TargetConfig("t", min_replicas=3, max_replicas=3, initial_slices=16)
+    ps = _pods(3)
+    a = initial_assignment(cfg, ps)
+    drained = [dataclasses.replace(ps[0], state=PodState.DRAINING), *ps[1:]]
+    b = reshard(a, drained, [])
+    for sa in b.slices:
+        (taker,) = sa.warming
+        assert dict(warming_of(b, taker))[sa] == ("p0",), "the draining pod alone"
+    # a one-replica slice gaining a second replica, nobody leaving: its warm replica is the donor
+    one = TargetConfig("t", min_replicas=1, max_replicas=2, initial_slices=2)
+    c = initial_assignment(one, _pods(2))
+    sa = c.slices[0]
+    (holder,) = sa.replicas
+    other = "p1" if holder == "p0" else "p0"
+    grown = dataclasses.replace(c, slices=(dataclasses.replace(sa, replicas=(holder, other), warming=(other,)),
+                                           *c.slices[1:]))  # fmt: skip
+    assert warming_of(grown, other) == [(grown.slices[0], (holder,))]
+
+
 def test_marks_carry_over_rounds_until_cleared_by_a_report() -> None:
     _, b, drained = _drain_p0()
     c = reshard(b, drained, [])  # p0 no longer leaving; nobody reported warm yet
