@@ -19,7 +19,7 @@ from typing import Protocol
 
 from axon_router.cost import CostModel, Limits, PickInput, Scored
 from axon_router.knobs import Knobs
-from axon_router.pick import FALLBACK, HELD, OVERFLOW, SPILL, SUBSET, Candidates, PickPolicy
+from axon_router.pick import FALLBACK, HELD, OVERFLOW, SPILL, SUBSET, Candidates, PickPolicy, Ranking
 from axon_router.pod_view import PodView
 
 
@@ -46,6 +46,7 @@ class Decision:
     outcome: Outcome
     pick: Scored | None
     rule: str = ""  # how the subset pick was made (``axon_router.pick`` RULE_*), "" outside the subset
+    ranking: Ranking | None = None  # the policy's ranking the pick came from (``pick.pull_source`` reads it)
 
 
 #: The least fraction of the admission limits a tenant above its fair share keeps: the rest of each pod's limits
@@ -157,4 +158,4 @@ class Admission:
         if first is None:
             return Decision(Outcome.SHED, None)
         tier, pick = first
-        return Decision(_OUTCOME_OF_TIER[tier], pick, ranking.rule if tier in (SUBSET, HELD) else "")
+        return Decision(_OUTCOME_OF_TIER[tier], pick, ranking.rule if tier in (SUBSET, HELD) else "", ranking)

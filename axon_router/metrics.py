@@ -125,6 +125,11 @@ class RouterMetrics:
             buckets=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0),
             registry=r,
         )
+        self.kv_pulls = Counter(
+            p + "kv_pull_hints",
+            "Requests sent to a pod with a hint naming a peer that holds more of their prefix (kv_pull_min_chunks)",
+            registry=r,
+        )
         self.knob = Gauge(p + "knob", "Value of each numeric router knob", ["name"], registry=r)
         self.knob_choice = Gauge(
             p + "knob_choice",

@@ -10,6 +10,7 @@ from typing import Protocol
 from axon_router.cost import CostModel, Limits, PickInput, Scored, tie_rank
 from axon_router.knobs import Knobs
 from axon_router.pod_view import PodView
+from sharder.kv_pull import PullHint, group_range_of, session_range
 
 HELD = "held"  # the pod outside the subset that holds the session's cache (its slice moved away), when sticky
 SUBSET = "subset"
@@ -346,6 +347,28 @@ class CostPick:
         return ranked, rule
 
 
+def pull_source(ranking: Ranking, chosen: Scored, slice_key: int, min_chunks: int, grouped: bool) -> PullHint | None:
+    """Where the pod ``chosen`` should read the request's prefix from before computing it (``sharder.kv_pull``): the
+    ranked pod holding the most of its leading chunks, when that is at least ``min_chunks`` more than ``chosen``
+    holds (0: never). The keys to read are the session's own (the holder served ``slice_key``: its latest prompt
+    holds the history) or, in the ``grouped`` layout, its group's (a shared system prompt or document); with neither,
+    none. Pure: ties go to the stable (key, pod) rank, as the pick's do."""
+    if min_chunks <= 0:
+        return None
+    floor = chosen.hit_chunks + min_chunks
+    holders = [s for t in ranking.tiers for s in t.ranked if s.pod is not chosen.pod and s.hit_chunks >= floor]
+    if not holders:
+        return None
+    best = min(holders, key=lambda s: (-s.hit_chunks, tie_rank(slice_key, s.pod.id)))
+    if best.pod.served_at(slice_key) > -math.inf:
+        lo, hi = session_range(slice_key)
+    elif grouped:
+        lo, hi = group_range_of(slice_key)
+    else:
+        return None
+    return PullHint(best.pod.id, lo, hi)
+
+
 __all__ = [
     "FALLBACK",
     "HELD",
@@ -358,5 +381,6 @@ __all__ = [
     "Ranking",
     "Tier",
     "load_cap",
+    "pull_source",
     "rank_by_cost",
 ]

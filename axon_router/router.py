@@ -29,7 +29,7 @@ from axon_router.failover import RetryableError, backoff_s
 from axon_router.forward import Forwarder, Upstream
 from axon_router.knobs import Knobs
 from axon_router.metrics import RouterMetrics
-from axon_router.pick import HELD, SUBSET, Candidates, CostPick, PickPolicy
+from axon_router.pick import HELD, SUBSET, Candidates, CostPick, PickPolicy, Ranking, pull_source
 from axon_router.pod_view import PodView, Residence, Ticket
 from axon_router.pollers import Pollers
 from axon_router.quarantine import FAULT_CAUSES, KeyGuard, contained
@@ -38,6 +38,7 @@ from axon_router.regions import RegionRouter
 from axon_router.rollout import RolloutView
 from axon_router.routing_key import RouteRequest
 from axon_router.targets import ClerkLike, TargetState, TargetTable, new_session_replicas, not_outside
+from sharder import kv_pull
 
 log = logging.getLogger("axon_router")
 
@@ -295,6 +296,7 @@ class Router:
         tried: list[str] = []
         last: RetryableError | None = None
         counted = False
+        ranking: Ranking | None = None
         while True:
             now = time.monotonic()
             left = req.deadline - now
@@ -369,6 +371,7 @@ class Router:
                         retry_after_s=k.retry_after_s,
                     )
                 pick = d.pick
+                ranking = d.ranking
                 reason = d.outcome.value
                 count_pick(m, d)
                 if d.rule:
@@ -376,7 +379,8 @@ class Router:
                 if d.outcome is Outcome.SPILL:
                     log.info("spill", extra={"target": ts.name, "pod": pick.pod.id, "slice_key": req.slice_key})
             else:
-                first = self.policy.choose_replicas(pin, Candidates(subset, outside), ts.pods, now).first()
+                ranking = self.policy.choose_replicas(pin, Candidates(subset, outside), ts.pods, now)
+                first = ranking.first()
                 outside_subset = first is not None and first[0] not in (SUBSET, HELD)
                 if outside_subset and not suspected and await self._suspect(ts.name, req):
                     suspected = True
@@ -402,8 +406,17 @@ class Router:
             g = pod.inflight_gauge
             if g is not None:
                 g.inc()  # type: ignore[attr-defined]
+            sent = headers
+            hint = (
+                pull_source(ranking, pick, req.slice_key, k.kv_pull_min_chunks, k.key_layout == "grouped")
+                if ranking is not None
+                else None
+            )
+            if hint is not None:
+                sent = {**headers, kv_pull.HEADER: hint.header()}
+                m.kv_pulls.inc()
             try:
-                up = await self.forwarder.open(pod.http_address, req.path, req.body, headers, req.stream, left)
+                up = await self.forwarder.open(pod.http_address, req.path, req.body, sent, req.stream, left)
             except RetryableError as e:
                 self._end_ticket(pod, ticket, failed=e.computed_nothing)
                 self.residence.failed(pod, req.slice_key)

@@ -22,6 +22,7 @@ from aiohttp import web
 from runtime import proxy
 from runtime.engines.base import Engine, EngineChunk, EngineError, EngineRequest, SamplingParams
 from runtime.engines.sim import detokenize
+from sharder import kv_pull
 from sharder.httpserver import GuardedAppRunner
 from sharder.prefix import render_chat
 
@@ -112,6 +113,9 @@ class HttpApi:
         self.body_timeout_s = body_timeout_s
         self.created = int(time.time())
         self.draining = False  # set on shutdown: /ready fails, requests in flight finish
+        # a router's KV pull hint (``sharder.kv_pull``) is acted on before the request runs, when set (the pod wires
+        # it to its warmer: a read from a peer the assigner named); unset, the hint is ignored
+        self.pull: Callable[[kv_pull.PullHint], Awaitable[object]] | None = None
         self.inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -164,6 +168,14 @@ class HttpApi:
             self.inflight += 1
             self._idle.clear()
         try:
+            if self.pull is not None and request.method == "POST" and counted:
+                raw = request.headers.get(kv_pull.HEADER)
+                if raw is not None:
+                    try:
+                        hint = kv_pull.parse(raw)
+                    except kv_pull.BadHint as exc:
+                        raise HttpError(400, str(exc), param=kv_pull.HEADER) from None
+                    await self.pull(hint)
             resp = await handler(request)
         except HttpError as e:
             resp = error_response(e.status, e.message, type_=e.type, param=e.param)

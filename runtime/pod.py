@@ -18,9 +18,11 @@ from runtime.grpc_service import GrpcServer, RuntimeService
 from runtime.http_api import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, HttpApi
 from runtime.outcomes import CountedEngine
 from runtime.tracing import TracedEngine
-from runtime.warm import PromptLog, RecordingEngine, Warmer, WarmMetrics, warm_priority
+from runtime.warm import PULL_TIMEOUT_S, PromptLog, RecordingEngine, Warmer, WarmMetrics, warm_priority
 from sharder.advertise import advertise_host, host_port
 from sharder.assigner.status import LEADER_METADATA_KEY
+from sharder.keyspace import Slice
+from sharder.kv_pull import PullHint
 from sharder.launch import write_ready_file
 from sharder.pods import PodState
 
@@ -162,7 +164,21 @@ class RuntimePod:
             timeout_s=self.warm_timeout_s, priority=warm_priority(self.engine),
         )  # fmt: skip
         sl.on_warming = self.warmer.want
+        if self.api is not None:
+            self.api.pull = self._pull
         await sl.start()
+
+    async def _pull(self, hint: PullHint) -> bool:
+        """A router's KV pull hint: read the request's prefix from the named peer when the assigner named that pod
+        among this pod's peers (its latest report answer); a pod never calls an address a request gives it."""
+        sl, w = self.slicelet, self.warmer
+        if sl is None or w is None:
+            return False
+        addr = sl.peers.get(hint.pod_id) if hint.pod_id != self.pod_id else None
+        if addr is None:
+            self.warm_metrics.pulls.labels("unknown_peer").inc()
+            return False
+        return await w.pull(addr, Slice(hint.lo, hint.hi), PULL_TIMEOUT_S)
 
     async def _watch_health(self) -> None:
         while True:

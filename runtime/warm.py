@@ -59,6 +59,9 @@ WARM_PIECE_BYTES = 2048
 WARM_PRIORITY = 1
 #: A piece is sent only while the engine has no request waiting (live requests go first); this often it looks.
 WARM_IDLE_POLL_S = 0.005
+#: How long a request waits for its KV pull (a router's hint: the peer holds, this engine reads) before it computes
+#: its prefix itself: a read longer than this would cost about what the prefill does.
+PULL_TIMEOUT_S = 2.0
 _WARM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
 
 Messages = tuple[tuple[str, str], ...]
@@ -166,6 +169,14 @@ class WarmMetrics:
         self.read_refused = Counter(
             p + "kv_read_refused",
             "Donor prompts whose kv_transfer_params named a host other than the donor's own (prefilled instead)",
+            registry=r,
+        )
+        self.pulls = Counter(
+            "brunoise_runtime_kv_pulls",
+            "Requests whose KV pull hint (x-brunoise-kv-pull) was acted on, by outcome: read (the peer's KV read before "
+            "the request), none (the peer held nothing to read), failed (no answer or a refused read), timeout, "
+            "unknown_peer (not a peer the assigner named: nothing sent), no_connector (this engine reads no KV)",
+            ["outcome"],
             registry=r,
         )
 
@@ -505,6 +516,62 @@ class Warmer:
                         m.read.inc()
             n += 1
         return n
+
+    async def pull(self, addr: str, keys: Slice, timeout_s: float, priority: int = 0) -> bool:
+        """Before a request whose prefix the peer runtime ``addr`` holds (a router's KV pull hint): have the peer hold
+        the KV of its latest prompt among the SliceKeys ``keys`` and read it into this pod's engine (a prompt-only
+        request carrying the peer's ``kv_transfer_params``, counted as warm-up traffic), so the request that follows
+        finds it cached; True when read. Every failure (the engine reads no KV, no answer, nothing held, a read
+        refused, ``timeout_s`` passed) leaves the request to compute its prefix, as without the hint."""
+        m = self.metrics
+        if not self.engine.kv_transfer:
+            m.pulls.labels("no_connector").inc()
+            return False
+        view = self.engine.cache_view()
+        ask = runtime_pb2.HotPromptsRequest(
+            slice=slicing_pb2.Slice(lo=keys.lo, hi=keys.hi % 2**64), max_prompts=1,
+            max_bytes=warm_budget_bytes(view.blocks_total, ANSWER_BYTES, 1.0, view.block_tokens),
+            kv_transfer=True, recent_first=True,
+        )  # fmt: skip
+        outcome = "failed"
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with grpc.aio.insecure_channel(addr) as ch:  # runtimes serve plaintext gRPC on their network
+                    stub = runtime_pb2_grpc.RuntimeStub(ch)  # type: ignore[no-untyped-call]
+                    resp = await stub.HotPrompts(ask, metadata=self.metadata)
+                held = [hp for hp in resp.prompts if hp.kv_transfer_params]
+                if not held:
+                    outcome = "none"
+                    return False
+                hp = held[0]
+                params = _read_params(hp.kv_transfer_params)
+                if params is None or not await names_its_own_host(hp.kv_transfer_params, addr):
+                    m.read_refused.inc()
+                    return False
+                msgs, prompt = _input_of(hp)
+                req = EngineRequest(
+                    request_id=f"pull-{uuid.uuid4().hex}", prompt=prompt, messages=_chat(msgs),
+                    sampling=SamplingParams(max_tokens=1), priority=priority, kv_transfer_params=params,
+                )  # fmt: skip
+                m.requests.inc()
+                last: EngineChunk | None = None
+                async for c in self.engine.generate(req):
+                    last = c
+                if last is not None:
+                    m.queries.inc(last.prompt_tokens)
+                    m.hits.inc(last.cached_tokens)
+                    m.read.inc()
+                outcome = "read"
+                return True
+        except TimeoutError:
+            outcome = "timeout"
+        except grpc.aio.AioRpcError as exc:
+            log.info("kv pull from %s: %s %s", addr, exc.code().name, exc.details())
+        except EngineError as exc:
+            log.info("kv pull from %s: the read was refused: %s", addr, exc.message)
+        finally:
+            m.pulls.labels(outcome).inc()
+        return False
 
     async def _idle(self) -> None:
         """Return once the engine has no request waiting: a warm-up piece never queues ahead of live requests (the

@@ -120,6 +120,7 @@ class Slicelet:
         self.on_warming = on_warming
         self._warm_done: set[Slice] = set()
         self.warming: dict[Slice, list[str]] = {}  # the last answer's warm tasks
+        self.peers: dict[str, str] = {}  # the last answer's peer runtimes by pod id (what a KV pull may read from)
         self._kick = asyncio.Event()
 
     # request path (synchronous, O(1)) -----------------------------------------------------------
@@ -300,6 +301,7 @@ class Slicelet:
         if resp.report_interval_ms:
             self._server_interval_s = resp.report_interval_ms / 1000
         self._on_warming({codec.slice_from_proto(w.slice): list(w.donors) for w in resp.warming})
+        self.peers = dict(resp.peers)
         self.reports_sent += 1
         self.last_error = None
         self._registered.set()

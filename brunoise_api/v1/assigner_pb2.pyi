@@ -39,7 +39,14 @@ class ReportRequest(_message.Message):
     def __init__(self, pod: _Optional[_Union[_slicing_pb2.Pod, _Mapping]] = ..., load: _Optional[_Union[_slicing_pb2.LoadReport, _Mapping]] = ..., lease_ttl_ms: _Optional[int] = ..., leaving: _Optional[bool] = ...) -> None: ...
 
 class ReportResponse(_message.Message):
-    __slots__ = ("generation", "slices", "report_interval_ms", "leader_id", "state", "warming", "stranded")
+    __slots__ = ("generation", "slices", "report_interval_ms", "leader_id", "state", "warming", "stranded", "peers")
+    class PeersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     SLICES_FIELD_NUMBER: _ClassVar[int]
     REPORT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +54,7 @@ class ReportResponse(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     WARMING_FIELD_NUMBER: _ClassVar[int]
     STRANDED_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
     generation: int
     slices: _containers.RepeatedCompositeFieldContainer[_slicing_pb2.Slice]
     report_interval_ms: int
@@ -54,7 +62,8 @@ class ReportResponse(_message.Message):
     state: _slicing_pb2.PodState
     warming: _containers.RepeatedCompositeFieldContainer[WarmTask]
     stranded: bool
-    def __init__(self, generation: _Optional[int] = ..., slices: _Optional[_Iterable[_Union[_slicing_pb2.Slice, _Mapping]]] = ..., report_interval_ms: _Optional[int] = ..., leader_id: _Optional[str] = ..., state: _Optional[_Union[_slicing_pb2.PodState, str]] = ..., warming: _Optional[_Iterable[_Union[WarmTask, _Mapping]]] = ..., stranded: _Optional[bool] = ...) -> None: ...
+    peers: _containers.ScalarMap[str, str]
+    def __init__(self, generation: _Optional[int] = ..., slices: _Optional[_Iterable[_Union[_slicing_pb2.Slice, _Mapping]]] = ..., report_interval_ms: _Optional[int] = ..., leader_id: _Optional[str] = ..., state: _Optional[_Union[_slicing_pb2.PodState, str]] = ..., warming: _Optional[_Iterable[_Union[WarmTask, _Mapping]]] = ..., stranded: _Optional[bool] = ..., peers: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class WarmTask(_message.Message):
     __slots__ = ("slice", "donors")

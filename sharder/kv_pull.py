@@ -1,0 +1,64 @@
+"""The KV pull hint a router adds to a request for its pod: which peer holds the request's prefix, and in which keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from sharder.keyspace import KEYSPACE_END
+
+#: The header (router to pod; never a client's): ``<pod id> <lo> <hi>``, the peer by its pod id and the SliceKeys
+#: [lo, hi) whose latest prompts on that peer hold the prefix (decimal).
+HEADER = "x-brunoise-kv-pull"
+
+_POD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+_MAX_LEN = 320
+
+
+class BadHint(ValueError):
+    """A malformed hint header."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PullHint:
+    """Read the prefix of a request from ``pod_id``: its latest prompt among the SliceKeys [lo, hi)."""
+
+    pod_id: str
+    lo: int
+    hi: int
+
+    def header(self) -> str:
+        return f"{self.pod_id} {self.lo} {self.hi}"
+
+
+def session_range(key: int) -> tuple[int, int]:
+    """The one SliceKey of a session: its own latest prompt holds its history."""
+    return key, key + 1
+
+
+def group_range_of(key: int) -> tuple[int, int]:
+    """The grouped layout's range of ``key``'s group (the high 32 bits): any of the group's prompts holds its shared
+    prefix (a tenant's system prompt, a document)."""
+    lo = (key >> 32) << 32
+    return lo, lo + (1 << 32)
+
+
+def parse(value: str) -> PullHint:
+    """The hint of a header value; BadHint naming what is wrong."""
+    if len(value) > _MAX_LEN:
+        raise BadHint(f"{HEADER} is longer than {_MAX_LEN} characters")
+    parts = value.split()
+    if len(parts) != 3:
+        raise BadHint(f"{HEADER} must be '<pod id> <lo> <hi>'")
+    pod_id, lo_s, hi_s = parts
+    if not _POD_ID.match(pod_id):
+        raise BadHint(f"{HEADER}: the pod id must be [A-Za-z0-9._-], up to 253 characters")
+    if not (lo_s.isdigit() and hi_s.isdigit() and len(lo_s) <= 20 and len(hi_s) <= 20):
+        raise BadHint(f"{HEADER}: lo and hi must be decimal integers")
+    lo, hi = int(lo_s), int(hi_s)
+    if not 0 <= lo < hi <= KEYSPACE_END:
+        raise BadHint(f"{HEADER}: lo and hi must satisfy 0 <= lo < hi <= 2^64")
+    return PullHint(pod_id, lo, hi)
+
+
+__all__ = ["HEADER", "BadHint", "PullHint", "group_range_of", "parse", "session_range"]
