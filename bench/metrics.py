@@ -7,7 +7,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sharder.promtext import sum_by_name
+from sharder.promtext import metric_value, samples, sum_by_name
 
 _M_QUERIES = "vllm:prefix_cache_queries_total"
 _M_HITS = "vllm:prefix_cache_hits_total"
@@ -18,6 +18,8 @@ _M_SUCCESS = "vllm:request_success_total"
 _W_QUERIES = "brunoise_runtime_warmup_prefix_cache_queries_total"
 _W_HITS = "brunoise_runtime_warmup_prefix_cache_hits_total"
 _W_REQUESTS = "brunoise_runtime_warmup_requests_total"
+# A request's KV pull (a router's hint, runtime.warm.Warmer.pull): the reads, and the hints that read nothing.
+_PULLS = "brunoise_runtime_kv_pulls_total"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -28,22 +30,14 @@ class Counters:
     hits: float = 0.0
     prompt_tokens: float = 0.0
     requests: float = 0.0
+    pulls_read: float = 0.0
+    pulls_not_read: float = 0.0
 
     def __add__(self, o: Counters) -> Counters:
-        return Counters(
-            self.queries + o.queries,
-            self.hits + o.hits,
-            self.prompt_tokens + o.prompt_tokens,
-            self.requests + o.requests,
-        )
+        return Counters(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(o), strict=True)))
 
     def __sub__(self, o: Counters) -> Counters:
-        return Counters(
-            self.queries - o.queries,
-            self.hits - o.hits,
-            self.prompt_tokens - o.prompt_tokens,
-            self.requests - o.requests,
-        )
+        return Counters(*(a - b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(o), strict=True)))
 
     @property
     def hit_rate(self) -> float:
@@ -52,13 +46,17 @@ class Counters:
 
 def counters_of(text: str) -> Counters:
     """The counters we need, summed over all label sets of a pod's Prometheus text exposition."""
-    sums = sum_by_name(text)
+    parsed = samples(text)
+    sums = sum_by_name(parsed)
     wq = sums.get(_W_QUERIES, 0.0)
+    read = metric_value(parsed, _PULLS, {"outcome": "read"})
     return Counters(
         sums.get(_M_QUERIES, 0.0) - wq,
         sums.get(_M_HITS, 0.0) - sums.get(_W_HITS, 0.0),
         sums.get(_M_PROMPT, 0.0) - wq,
         sums.get(_M_SUCCESS, 0.0) - sums.get(_W_REQUESTS, 0.0),
+        read,
+        sums.get(_PULLS, 0.0) - read,
     )
 
 

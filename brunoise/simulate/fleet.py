@@ -22,7 +22,7 @@ from typing import Any
 from axon_router.admission import Admission, Outcome, Priority
 from axon_router.cost import PickInput
 from axon_router.knobs import Knobs
-from axon_router.pick import Candidates, CostPick
+from axon_router.pick import Candidates, CostPick, pull_source
 from axon_router.pod_view import PodView, Residence, Ticket
 from axon_router.routing_key import SESSION_HEADERS, TENANT_HEADER, routing_key
 from axon_router.targets import new_session_replicas, not_outside
@@ -49,6 +49,7 @@ from runtime.warm import (
 from sharder.assignment import Assignment, RoundStats, initial_assignment
 from sharder.config import TargetConfig
 from sharder.keyspace import Slice
+from sharder.kv_pull import PullHint
 from sharder.load import LoadReport, SliceLoad
 from sharder.pods import Pod, PodState
 from sharder.policy import reshard
@@ -310,6 +311,14 @@ class SimPod:
         keys = hottest_keys(served, s.lo, s.hi, budget_n, budget_tokens)
         return [(k, log[k][1], log[k][2]) for k in keys]
 
+    def latest_in(self, lo: int, hi: int) -> tuple[int, ...] | None:
+        """The block hashes of the latest prompt this pod served among the SliceKeys [lo, hi) (``PromptLog``)."""
+        if hi == lo + 1:
+            e = self.prompts.get(lo)
+        else:
+            e = next((self.prompts[key] for key in reversed(self.prompts) if lo <= key < hi), None)
+        return None if e is None else tuple(e[1])
+
     def holds(self, hashes: tuple[int, ...]) -> bool:
         """The pod is up and holds a prompt's KV for a warming peer to read (``can_hold``, as the runtime's
         ``hold_kv``)."""
@@ -455,6 +464,11 @@ class Fleet:
         self.warm_n = 0  # warm-up requests sent (prefill pieces and KV reads)
         self.warm_reads = 0  # of those, reads of a donor's KV
         self.warm_read_tokens = 0  # the prompt tokens those reads copied
+        # KV pulls (``kv_pull_min_chunks``): requests sent with a hint, those that read, the tokens they read
+        self.pulls_hinted = 0
+        self.pulls_read = 0
+        self.pull_read_tokens = 0
+        self._peers_of: tuple[int, dict[str, set[str]]] | None = None
         # results
         self.results = Results(source, spec)
         self.oracle_held: set[int] = set()
@@ -692,8 +706,10 @@ class Fleet:
             self.results.outcome(d.outcome.value, d.rule)
             f.rule = d.rule
             pick = d.pick
+            ranking = d.ranking
         else:
-            first = r.policy.choose_replicas(f.pin, Candidates(subset, outside(self.by_id)), views, t).first()
+            ranking = r.policy.choose_replicas(f.pin, Candidates(subset, outside(self.by_id)), views, t)
+            first = ranking.first()
             if first is None:
                 self._end(f, t, "unavailable")
                 return
@@ -720,11 +736,54 @@ class Fleet:
         req = f.req
         key = f.pin.slice_key
         ereq = pod.engine.make(self._rid_of(f), req.prompt_tokens, req.hashes, req.max_tokens, t, key)
+        hint = (
+            pull_source(ranking, pick, key, k.kv_pull_min_chunks, k.key_layout == "grouped")
+            if ranking is not None
+            else None
+        )
+        if hint is not None:
+            self._pull(pod, hint, req.hashes, ereq)
         pod.log_prompt(key, req.hashes, req.prompt_tokens)
         pod.set_inflight(t, +1)
         pod.engine.submit(ereq, t)
         pod.version += 1
         self._kick(pod)
+
+    def _pull(self, pod: SimPod, hint: PullHint, hashes: Sequence[int], ereq: Any) -> None:
+        """The picked pod's runtime acting on a router's KV pull hint (``Warmer.pull``): from a peer the assignment
+        names (a pod holding a slice with it, as the report's answer lists them), the peer's latest prompt among the
+        hint's keys, when its engine still holds it (``SimPod.holds``), is read ahead of the request; here the
+        request itself reads the part of its prompt that prompt shares (``remote_tokens``), which the engine counts
+        as the runtime's read and the request's hit together. The peer's hold is free, as for warm-up reads."""
+        self.pulls_hinted += 1
+        donor = self.by_id.get(hint.pod_id)
+        if donor is None or pod.engine is None or not pod.engine.kv_transfer or hint.pod_id not in self._peers(pod.id):
+            return
+        got = donor.latest_in(hint.lo, hint.hi)
+        if got is None or not donor.holds(got):
+            return
+        shared = 0
+        for a, b in zip(hashes, got, strict=False):
+            if a != b:
+                break
+            shared += 1
+        if shared:
+            ereq.remote_tokens = shared * BLOCK_TOKENS  # a chunk is one block of the simulated engine
+            self.pulls_read += 1
+            self.pull_read_tokens += shared * BLOCK_TOKENS
+
+    def _peers(self, pod_id: str) -> set[str]:
+        """The pods holding a slice (replica or leaving) with ``pod_id`` in the current assignment."""
+        a = self.assignment
+        assert a is not None
+        if self._peers_of is None or self._peers_of[0] != a.generation:
+            peers: dict[str, set[str]] = {}
+            for sa in a.slices:
+                holders = (*sa.replicas, *sa.leaving)
+                for p in holders:
+                    peers.setdefault(p, set()).update(holders)
+            self._peers_of = (a.generation, peers)
+        return self._peers_of[1].get(pod_id, set())
 
     @staticmethod
     def _rid_of(f: Flight) -> str:

@@ -275,6 +275,7 @@ class Results:
                 "kv_reads": fleet.warm_reads,
                 "kv_read_tokens": fleet.warm_read_tokens,
             },
+            "kv_pulls": {"hinted": fleet.pulls_hinted, "read": fleet.pulls_read, "read_tokens": fleet.pull_read_tokens},
             "restarts": fleet.restart_log,
             "phase_starts": [t for name, (t, _) in self.marks.items() if name != "end"],
             "series": self.series,

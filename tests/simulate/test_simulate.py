@@ -492,3 +492,23 @@ def test_the_step_engine_reads_a_peers_kv_in_virtual_time_and_runs_other_request
     prefill_s = tokens * cfg.per_prefill_token_s
     assert land <= firsts["read"] < land + prefill_s / 4  # read, not computed: one block's step after it lands
     assert all(h in e.kv.cached for h in hashes[: tokens // BLOCK_TOKENS - 1])
+
+
+def test_kv_pull_hints_read_a_moved_sessions_history_only_through_a_connector() -> None:
+    """A session the pick sends away from the pod holding its history (for room, for speed) reads it from that pod
+    when the router names it (``kv_pull_min_chunks``) and both pods have a KV connector; with the knob at 0 no hint is
+    sent, and without a connector a hint reads nothing."""
+    blocks, max_len = preset_sizing("agentic")
+
+    def run(min_chunks: int, gbps: float = 10.0) -> dict[str, Any]:
+        knobs = dataclasses.replace(Knobs(), kv_pull_min_chunks=min_chunks)
+        src = bench_source("agentic", quick=False, seed=0, pods=4, overrides={})
+        fs = spec(pods=4, kv_blocks=blocks, max_model_len=max_len, knobs=knobs, kv_transfer_gb_per_s=gbps)
+        return Fleet(fs, src).run().summary
+
+    on, off, bare = run(128), run(0), run(128, gbps=0.0)
+    assert on["kv_pulls"]["hinted"] > 0 and 0 < on["kv_pulls"]["read"] <= on["kv_pulls"]["hinted"]
+    assert on["kv_pulls"]["read_tokens"] >= 128 * on["kv_pulls"]["read"]  # each read at least the threshold's worth
+    assert off["kv_pulls"] == {"hinted": 0, "read": 0, "read_tokens": 0}
+    assert bare["kv_pulls"]["read"] == 0
+    assert on["requests"] == off["requests"] == bare["requests"]
