@@ -145,12 +145,13 @@ class Knobs:
     onto a crowded pod evicts another session's cache there, which then prefills again. Needs ``kv_room``. Off by
     default (the fastest pod, crowded or not): on the agentic bench it keeps sessions on one pod (pods per session
     1.08 against 1.20 over nine runs) but leaves the busiest pods busy (in-flight max/mean 1.42 against 1.17)."""
-    kv_pull_min_chunks: int = 0
+    kv_pull_min_chunks: int = 128
     """Where pods move KV between them (a KV connector), a request picked onto a pod that holds at least this many
     fewer 64-byte chunks of its prompt than another candidate pod is sent with a hint naming that pod
     (``x-brunoise-kv-pull``): the picked pod reads the prefix from it before computing the rest, instead of
-    prefilling what a peer already holds (a session moved for room or balance, a shared document's new copy). 0:
-    never."""
+    prefilling what a peer already holds (a session moved for room or balance, a shared document's new copy). 128
+    (~2k tokens): a tenant's system prompt alone is not worth a read (the simulator, stop 28: 32 cost the chats'
+    hot phase 0.04). 0: never."""
     resident_window_s: float = 1.0
     """How long after its latest request on a pod ended a session still counts as living there (``kv_room``);
     while a request of it runs there, it does. The router cannot tell a session that ended from one between

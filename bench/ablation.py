@@ -58,6 +58,11 @@ ABLATIONS: dict[str, Ablation] = {
         ),
         Ablation("no_kv_room", "a crowded pod keeps every session (stickiness alone)", {"kv_room": "0"}),
         Ablation(
+            "no_kv_pull",
+            "a request picked away from the pod holding its prefix computes it again (no KV pull hint)",
+            {"kv_pull_min_chunks": "0"},
+        ),
+        Ablation(
             "no_memory_trust",
             "the router's memory of what it sent outranks cache summaries for its whole minute",
             {"prefix_memory_trust_s": "0"},
