@@ -168,7 +168,7 @@ class HttpApi:
             self.inflight += 1
             self._idle.clear()
         try:
-            if self.pull is not None and request.method == "POST" and counted:
+            if self.pull is not None and request.method == "POST" and counted and not self.draining:
                 raw = request.headers.get(kv_pull.HEADER)
                 if raw is not None:
                     try:
