@@ -10,7 +10,8 @@ from typing import Protocol
 from axon_router.cost import CostModel, Limits, PickInput, Scored, tie_rank
 from axon_router.knobs import Knobs
 from axon_router.pod_view import PodView
-from sharder.kv_pull import PullHint, group_range_of, session_range
+from sharder.keyspace import key_group_range
+from sharder.kv_pull import PullHint
 
 HELD = "held"  # the pod outside the subset that holds the session's cache (its slice moved away), when sticky
 SUBSET = "subset"
@@ -361,12 +362,11 @@ def pull_source(ranking: Ranking, chosen: Scored, slice_key: int, min_chunks: in
         return None
     best = min(holders, key=lambda s: (-s.hit_chunks, tie_rank(slice_key, s.pod.id)))
     if best.pod.served_at(slice_key) > -math.inf:
-        lo, hi = session_range(slice_key)
-    elif grouped:
-        lo, hi = group_range_of(slice_key)
-    else:
-        return None
-    return PullHint(best.pod.id, lo, hi)
+        return PullHint(best.pod.id, slice_key, slice_key + 1)  # the session's own latest prompt holds its history
+    if grouped:
+        g = key_group_range(slice_key)  # any of the group's prompts holds its shared prefix
+        return PullHint(best.pod.id, g.lo, g.hi)
+    return None
 
 
 __all__ = [

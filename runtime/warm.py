@@ -473,7 +473,6 @@ class Warmer:
         return out if answered else None
 
     async def _prefill(self, prompts: Sequence[Any]) -> int:
-        m = self.metrics
         n = 0
         read = self.engine.kv_transfer  # the prompts came within the read budget
         todo: list[tuple[str | None, Messages | None, dict[str, Any] | None]] = []
@@ -493,29 +492,34 @@ class Warmer:
                 await self._idle()
                 if self.engine.load().kv_usage > self.max_kv_usage:
                     return n  # the pod is busy: warming now would evict what its live sessions use
-                req = EngineRequest(
-                    request_id=f"warm-{uuid.uuid4().hex}",
-                    prompt=piece_prompt,
-                    messages=_chat(piece_msgs),
-                    sampling=SamplingParams(max_tokens=1),
-                    priority=self.priority,
-                    kv_transfer_params=params,
-                )
-                m.requests.inc()
-                last: EngineChunk | None = None
                 try:
-                    async for c in self.engine.generate(req):
-                        last = c
+                    await self._send("warm", piece_prompt, piece_msgs, params, self.priority)
                 except EngineError as exc:
                     log.info("warm-up prefill refused: %s", exc.message)
                     break
-                if last is not None:
-                    m.queries.inc(last.prompt_tokens)
-                    m.hits.inc(last.cached_tokens)
-                    if params is not None:
-                        m.read.inc()
             n += 1
         return n
+
+    async def _send(
+        self, kind: str, prompt: str | None, msgs: Messages | None, params: dict[str, Any] | None, priority: int
+    ) -> None:
+        """One prompt-only request of warm-up traffic on the engine (a prefill, or with a peer's ``params`` a read of
+        its KV), counted in the warm-up metrics (a reader takes them out of the engine's own counters); raises
+        EngineError when the engine refuses it."""
+        m = self.metrics
+        req = EngineRequest(
+            request_id=f"{kind}-{uuid.uuid4().hex}", prompt=prompt, messages=_chat(msgs),
+            sampling=SamplingParams(max_tokens=1), priority=priority, kv_transfer_params=params,
+        )  # fmt: skip
+        m.requests.inc()
+        last: EngineChunk | None = None
+        async for c in self.engine.generate(req):
+            last = c
+        if last is not None:
+            m.queries.inc(last.prompt_tokens)
+            m.hits.inc(last.cached_tokens)
+            if params is not None:
+                m.read.inc()
 
     async def pull(self, addr: str, keys: Slice, timeout_s: float, priority: int = 0) -> bool:
         """Before a request whose prefix the peer runtime ``addr`` holds (a router's KV pull hint): have the peer hold
@@ -549,18 +553,7 @@ class Warmer:
                     m.read_refused.inc()
                     return False
                 msgs, prompt = _input_of(hp)
-                req = EngineRequest(
-                    request_id=f"pull-{uuid.uuid4().hex}", prompt=prompt, messages=_chat(msgs),
-                    sampling=SamplingParams(max_tokens=1), priority=priority, kv_transfer_params=params,
-                )  # fmt: skip
-                m.requests.inc()
-                last: EngineChunk | None = None
-                async for c in self.engine.generate(req):
-                    last = c
-                if last is not None:
-                    m.queries.inc(last.prompt_tokens)
-                    m.hits.inc(last.cached_tokens)
-                    m.read.inc()
+                await self._send("pull", prompt, msgs, params, priority)
                 outcome = "read"
                 return True
         except TimeoutError:

@@ -152,6 +152,15 @@ class Assignment:
             return tuple(sa for sa in self.slices if pod_id in sa.replicas or pod_id in sa.leaving)
         return tuple(sa for sa in self.slices if pod_id in sa.replicas)
 
+    def peers_of(self, pod_id: str) -> tuple[Pod, ...]:
+        """The other live pods with an address holding a slice (replica or leaving) with ``pod_id``: the peers a
+        request's KV pull may read from (``ReportResponse.peers``), by id."""
+        ids = {q for sa in self.slices_of(pod_id, include_leaving=True) for q in (*sa.replicas, *sa.leaving)}
+        ids.discard(pod_id)
+        return tuple(
+            p for q in sorted(ids) if (p := self.pod(q)) is not None and p.address and p.state is not PodState.DEAD
+        )
+
     def pod_loads(self) -> dict[str, float]:
         """Load of each pod: sum over its slices of slice load / number of replicas (not capacity-normalised)."""
         out: dict[str, float] = {p.id: 0.0 for p in self.pods}

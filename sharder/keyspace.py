@@ -164,6 +164,12 @@ def group_range(group: str | bytes | bytearray | memoryview) -> Slice:
     return Slice(lo, lo + (1 << GROUP_SHIFT))
 
 
+def key_group_range(key: int) -> Slice:
+    """The grouped layout's range of ``key``'s group: [g << 32, (g + 1) << 32) for its high 32 bits g."""
+    lo = key_parts(key)[0] << GROUP_SHIFT
+    return Slice(lo, lo + (1 << GROUP_SHIFT))
+
+
 def key_parts(key: int) -> tuple[int, int]:
     """(group part, session part) of a SliceKey read in the grouped layout: its high and low 32 bits."""
     k = check_slice_key(key)
@@ -183,6 +189,7 @@ __all__ = [
     "group_range",
     "group_slice_key",
     "join_parts",
+    "key_group_range",
     "key_parts",
     "session_bits",
     "slice_key",

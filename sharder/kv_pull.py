@@ -31,18 +31,6 @@ class PullHint:
         return f"{self.pod_id} {self.lo} {self.hi}"
 
 
-def session_range(key: int) -> tuple[int, int]:
-    """The one SliceKey of a session: its own latest prompt holds its history."""
-    return key, key + 1
-
-
-def group_range_of(key: int) -> tuple[int, int]:
-    """The grouped layout's range of ``key``'s group (the high 32 bits): any of the group's prompts holds its shared
-    prefix (a tenant's system prompt, a document)."""
-    lo = (key >> 32) << 32
-    return lo, lo + (1 << 32)
-
-
 def parse(value: str) -> PullHint:
     """The hint of a header value; BadHint naming what is wrong."""
     if len(value) > _MAX_LEN:
@@ -61,4 +49,4 @@ def parse(value: str) -> PullHint:
     return PullHint(pod_id, lo, hi)
 
 
-__all__ = ["HEADER", "BadHint", "PullHint", "group_range_of", "parse", "session_range"]
+__all__ = ["HEADER", "BadHint", "PullHint", "parse"]

@@ -54,7 +54,7 @@ from sharder.load import LoadReport, SliceLoad
 from sharder.pods import Pod, PodState
 from sharder.policy import reshard
 from sharder.policy.warm import clear_warming, still_reported, warming_of
-from sharder.prefix import CHUNK_BYTES, TEXT_BYTES_PER_TOKEN
+from sharder.prefix import CHUNK_BYTES, TEXT_BYTES_PER_TOKEN, matched_chunks
 from sharder.sketch import Ewma, SpaceSaving
 
 TARGET = "sim"
@@ -762,28 +762,22 @@ class Fleet:
         got = donor.latest_in(hint.lo, hint.hi)
         if got is None or not donor.holds(got):
             return
-        shared = 0
-        for a, b in zip(hashes, got, strict=False):
-            if a != b:
-                break
-            shared += 1
+        shared = matched_chunks(hashes, set(got))  # chain hashes: the leading chunks the two prompts share
         if shared:
             ereq.remote_tokens = shared * BLOCK_TOKENS  # a chunk is one block of the simulated engine
             self.pulls_read += 1
             self.pull_read_tokens += shared * BLOCK_TOKENS
 
     def _peers(self, pod_id: str) -> set[str]:
-        """The pods holding a slice (replica or leaving) with ``pod_id`` in the current assignment."""
+        """The peers the assigner names ``pod_id`` in its report answers (``Assignment.peers_of``), per generation."""
         a = self.assignment
         assert a is not None
         if self._peers_of is None or self._peers_of[0] != a.generation:
-            peers: dict[str, set[str]] = {}
-            for sa in a.slices:
-                holders = (*sa.replicas, *sa.leaving)
-                for p in holders:
-                    peers.setdefault(p, set()).update(holders)
-            self._peers_of = (a.generation, peers)
-        return self._peers_of[1].get(pod_id, set())
+            self._peers_of = (a.generation, {})
+        known = self._peers_of[1]
+        if pod_id not in known:
+            known[pod_id] = {p.id for p in a.peers_of(pod_id)}
+        return known[pod_id]
 
     @staticmethod
     def _rid_of(f: Flight) -> str:

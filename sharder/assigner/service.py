@@ -217,10 +217,8 @@ class AssignerService(assigner_pb2_grpc.AssignerServicer):
         # a draining pod is never a replica (drop_pods): one still holding a slice with no replica has nowhere
         # to hand it to
         resp.stranded = state is PodState.DRAINING and bool(held) and all(not sa.replicas for sa in held)
-        for pid in sorted({q for sa in held for q in (*sa.replicas, *sa.leaving)} - {pod.id}):
-            peer = assignment.pod(pid)
-            if peer is not None and peer.address and peer.state is not PodState.DEAD:
-                resp.peers[pid] = peer.address
+        for peer in assignment.peers_of(pod.id):
+            resp.peers[peer.id] = peer.address
         for sa, donors in warming_of(assignment, pod.id):
             addresses = [p.address for d in donors if (p := assignment.pod(d)) is not None and p.address]
             resp.warming.append(assigner_pb2.WarmTask(slice=codec.slice_to_proto(sa.slice), donors=addresses))
