@@ -153,9 +153,12 @@ class Assignment:
         return tuple(sa for sa in self.slices if pod_id in sa.replicas)
 
     def peers_of(self, pod_id: str) -> tuple[Pod, ...]:
-        """The other live pods with an address holding a slice (replica or leaving) with ``pod_id``: the peers a
-        request's KV pull may read from (``ReportResponse.peers``), by id."""
+        """The other live pods with an address holding a slice (replica or leaving) with ``pod_id``, and every
+        draining pod (the sessions it served move to its slices' new replicas, which read them from it until it
+        stops, also once the drain has handed its last slice on): the peers a request's KV pull may read from
+        (``ReportResponse.peers``), by id."""
         ids = {q for sa in self.slices_of(pod_id, include_leaving=True) for q in (*sa.replicas, *sa.leaving)}
+        ids.update(p.id for p in self.pods if p.state is PodState.DRAINING)
         ids.discard(pod_id)
         return tuple(
             p for q in sorted(ids) if (p := self.pod(q)) is not None and p.address and p.state is not PodState.DEAD

@@ -194,3 +194,25 @@ def test_codec_round_trips_warming_and_the_deadline() -> None:
     assert isinstance(
         codec.slice_assignment_to_proto(SliceAssignment(b.slices[0].slice, ("p1",))), slicing_pb2.SliceAssignment
     )
+
+
+def test_a_draining_pod_stays_every_pods_kv_pull_peer_after_handing_on_its_last_slice() -> None:
+    """Failure mode (the simulator's agentic restarts, stop 29): a draining pod keeps serving the sessions whose
+    cache it holds (the router's held tier) after the drain has handed its last slice on; when those sessions then
+    go to their new replicas, a pull hint names the draining pod, and the replicas refused it (``unknown_peer``):
+    the assigner named as a pod's peers only the pods sharing a slice with it, so each session prefilled its whole
+    history again (2 s first tokens) while the pod that held it was still up. Now every draining pod is a peer."""
+    a, _, drained = _drain_p0()
+    gone = Assignment(
+        a.target, a.generation + 2,
+        tuple(dataclasses.replace(sa, replicas=("p1", "p2"), leaving=(), warming=()) for sa in a.slices),
+        tuple(drained), a.config,
+    )  # fmt: skip
+    check_invariants(gone, drained)
+    assert not gone.slices_of("p0", include_leaving=True), "the drain handed every slice on"
+    for pid in ("p1", "p2", "p3"):
+        assert "p0" in {p.id for p in gone.peers_of(pid)}
+    assert "p0" not in {p.id for p in gone.peers_of("p0")}
+    dead = [dataclasses.replace(drained[0], state=PodState.DEAD), *drained[1:]]
+    gone_dead = dataclasses.replace(gone, pods=tuple(dead))
+    assert "p0" not in {p.id for p in gone_dead.peers_of("p1")}, "a dead pod holds nothing to read"
