@@ -539,7 +539,7 @@ class RouterRun:
             "output_tok_s": sum(r.completion_tokens for r in ok) / wall if wall > 0 else 0.0,
             "pods_per_session": pods_per_session(self.wl, results),
             "pods_per_session_all": pods_per_session(self.wl, results, skip_restart=False),
-            "kv_pulls": {"read": total.pulls_read, "not_read": total.pulls_not_read},
+            "kv_pulls": total.pulls(),
             "pod_requests": req_loads,
             "pod_prompt_tokens": tok_loads,
             "load_max_over_mean_requests": (max(req_loads) / mean_req) if mean_req else None,

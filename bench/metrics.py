@@ -7,6 +7,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from sharder.kv_pull import OUTCOMES as PULL_OUTCOMES
 from sharder.promtext import metric_value, samples, sum_by_name
 
 _M_QUERIES = "vllm:prefix_cache_queries_total"
@@ -18,20 +19,25 @@ _M_SUCCESS = "vllm:request_success_total"
 _W_QUERIES = "brunoise_runtime_warmup_prefix_cache_queries_total"
 _W_HITS = "brunoise_runtime_warmup_prefix_cache_hits_total"
 _W_REQUESTS = "brunoise_runtime_warmup_requests_total"
-# A request's KV pull (a router's hint, runtime.warm.Warmer.pull): the reads, and the hints that read nothing.
+# A request's KV pull (a router's hint, runtime.warm.Warmer.pull), by outcome (sharder.kv_pull.OUTCOMES).
 _PULLS = "brunoise_runtime_kv_pulls_total"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Counters:
-    """The pod counters the benchmark reads (cumulative, in tokens or requests)."""
+    """The pod counters the benchmark reads (cumulative, in tokens or requests; the KV pull hints a pod acted on by
+    outcome, in ``PULL_OUTCOMES`` order)."""
 
     queries: float = 0.0
     hits: float = 0.0
     prompt_tokens: float = 0.0
     requests: float = 0.0
     pulls_read: float = 0.0
-    pulls_not_read: float = 0.0
+    pulls_none: float = 0.0
+    pulls_failed: float = 0.0
+    pulls_timeout: float = 0.0
+    pulls_unknown_peer: float = 0.0
+    pulls_no_connector: float = 0.0
 
     def __add__(self, o: Counters) -> Counters:
         return Counters(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(o), strict=True)))
@@ -43,20 +49,22 @@ class Counters:
     def hit_rate(self) -> float:
         return self.hits / self.queries if self.queries > 0 else 0.0
 
+    def pulls(self) -> dict[str, float]:
+        """The KV pull hints acted on, by outcome."""
+        return {o: getattr(self, f"pulls_{o}") for o in PULL_OUTCOMES}
+
 
 def counters_of(text: str) -> Counters:
     """The counters we need, summed over all label sets of a pod's Prometheus text exposition."""
     parsed = samples(text)
     sums = sum_by_name(parsed)
     wq = sums.get(_W_QUERIES, 0.0)
-    read = metric_value(parsed, _PULLS, {"outcome": "read"})
     return Counters(
         sums.get(_M_QUERIES, 0.0) - wq,
         sums.get(_M_HITS, 0.0) - sums.get(_W_HITS, 0.0),
         sums.get(_M_PROMPT, 0.0) - wq,
         sums.get(_M_SUCCESS, 0.0) - sums.get(_W_REQUESTS, 0.0),
-        read,
-        sums.get(_PULLS, 0.0) - read,
+        *(metric_value(parsed, _PULLS, {"outcome": o}) for o in PULL_OUTCOMES),
     )
 
 

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 
 from brunoise_api.v1 import inference_pb2, runtime_pb2, runtime_pb2_grpc, slicing_pb2
 from runtime.engines.base import Engine, EngineChunk, EngineError, EngineProxy, EngineRequest, SamplingParams
+from sharder import kv_pull
 from sharder.advertise import address_host, is_loopback
 from sharder.keyspace import Slice
 from sharder.prefix import KV_BLOCK_TOKENS, TEXT_BYTES_PER_TOKEN, matched_chunks, prefix_hashes, render_chat
@@ -173,9 +174,7 @@ class WarmMetrics:
         )
         self.pulls = Counter(
             "brunoise_runtime_kv_pulls",
-            "Requests whose KV pull hint (x-brunoise-kv-pull) was acted on, by outcome: read (the peer's KV read before "
-            "the request), none (the peer held nothing to read), failed (no answer or a refused read), timeout, "
-            "unknown_peer (not a peer the assigner named: nothing sent), no_connector (this engine reads no KV)",
+            "Requests whose KV pull hint (x-brunoise-kv-pull) was acted on, by outcome: " + ", ".join(kv_pull.OUTCOMES),
             ["outcome"],
             registry=r,
         )

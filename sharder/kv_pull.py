@@ -11,6 +11,11 @@ from sharder.keyspace import KEYSPACE_END
 #: [lo, hi) whose latest prompts on that peer hold the prefix (decimal).
 HEADER = "x-brunoise-kv-pull"
 
+#: What a pod did with a hint (``brunoise_runtime_kv_pulls_total{outcome}``): read (the peer's KV read before the
+#: request), none (the peer held nothing to read), failed (no answer or a refused read), timeout, unknown_peer (not a
+#: peer the assigner named: nothing sent), no_connector (the pod's engine reads no KV).
+OUTCOMES = ("read", "none", "failed", "timeout", "unknown_peer", "no_connector")
+
 _POD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 _MAX_LEN = 320
 
@@ -49,4 +54,4 @@ def parse(value: str) -> PullHint:
     return PullHint(pod_id, lo, hi)
 
 
-__all__ = ["HEADER", "BadHint", "PullHint", "parse"]
+__all__ = ["HEADER", "OUTCOMES", "BadHint", "PullHint", "parse"]

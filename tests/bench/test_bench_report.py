@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from bench import report
-from bench.metrics import inflight_stats, moves_per_round, sticky_inflight_best
+from bench.metrics import counters_of, inflight_stats, moves_per_round, sticky_inflight_best
 
 
 def row(router: str, **kw: Any) -> dict[str, Any]:
@@ -232,3 +232,23 @@ def test_a_failed_run_is_counted_and_left_out_of_the_median() -> None:
     assert rows[-1]["router"] == "sglang_cache_aware" and "all 3 runs failed" in rows[-1]["error"]
     # the verdict leaves the failed peer out (vllm_cache_aware's 95 ms is the p99 bar then)
     assert "95 ms" in report.verdict(group(*rows))[1].detail
+
+
+def test_a_pods_kv_pulls_are_counted_by_outcome_and_its_warm_up_is_taken_out_of_the_clients_counters() -> None:
+    text = "\n".join([
+        "vllm:prefix_cache_queries_total 1000",
+        "vllm:prefix_cache_hits_total 700",
+        "vllm:prompt_tokens_total 1000",
+        "vllm:request_success_total 10",
+        "brunoise_runtime_warmup_prefix_cache_queries_total 200",
+        "brunoise_runtime_warmup_prefix_cache_hits_total 100",
+        "brunoise_runtime_warmup_requests_total 2",
+        'brunoise_runtime_kv_pulls_total{outcome="read"} 3',
+        'brunoise_runtime_kv_pulls_total{outcome="timeout"} 2',
+        'brunoise_runtime_kv_pulls_total{outcome="unknown_peer"} 1',
+        "",
+    ])  # fmt: skip
+    c = counters_of(text)
+    assert (c.queries, c.hits, c.prompt_tokens, c.requests) == (800, 600, 800, 8)
+    assert c.pulls() == {"read": 3, "none": 0, "failed": 0, "timeout": 2, "unknown_peer": 1, "no_connector": 0}
+    assert (c + c - c).pulls() == c.pulls()
