@@ -259,8 +259,8 @@ class SimPod:
 
     __slots__ = (
         "base_hits", "base_queries", "bucket_ok", "capacity", "cfg", "engine", "id", "incarnation", "index",
-        "infl_area", "infl_t", "inflight", "meter", "ok", "pod", "prompts", "sched", "up", "version", "warm_hits",
-        "warm_jobs", "warm_poll", "warm_queries", "warm_queue",
+        "infl_area", "infl_t", "inflight", "meter", "ok", "pod", "prompts", "pull_jobs", "sched", "up", "version",
+        "warm_hits", "warm_jobs", "warm_poll", "warm_queries", "warm_queue",
     )  # fmt: skip
 
     def __init__(self, index: int, cfg: SimConfig, meter: SliceMeter) -> None:
@@ -290,6 +290,8 @@ class SimPod:
         self.warm_queue: dict[int, tuple[Slice, float, collections.deque[WarmPiece]]] = {}
         self.warm_jobs: dict[str, int] = {}
         self.warm_poll = False
+        # KV pulls in the engine (``Warmer.pull``): the read's id -> the client request waiting for it
+        self.pull_jobs: dict[str, Any] = {}
         # the warm prefills' share of the engine's prefix-cache counters, taken out of the hit rate (as the
         # runtime's brunoise_runtime_warmup_* counters let a reader of vLLM's counters do)
         self.warm_queries = 0
@@ -311,13 +313,14 @@ class SimPod:
         keys = hottest_keys(served, s.lo, s.hi, budget_n, budget_tokens)
         return [(k, log[k][1], log[k][2]) for k in keys]
 
-    def latest_in(self, lo: int, hi: int) -> tuple[int, ...] | None:
-        """The block hashes of the latest prompt this pod served among the SliceKeys [lo, hi) (``PromptLog``)."""
+    def latest_in(self, lo: int, hi: int) -> tuple[tuple[int, ...], int] | None:
+        """The block hashes and tokens of the latest prompt this pod served among the SliceKeys [lo, hi)
+        (``PromptLog``)."""
         if hi == lo + 1:
             e = self.prompts.get(lo)
         else:
             e = next((self.prompts[key] for key in reversed(self.prompts) if lo <= key < hi), None)
-        return None if e is None else tuple(e[1])
+        return None if e is None else (tuple(e[1]), int(e[2]))
 
     def holds(self, hashes: tuple[int, ...]) -> bool:
         """The pod is up and holds a prompt's KV for a warming peer to read (``can_hold``, as the runtime's
@@ -741,32 +744,39 @@ class Fleet:
             if ranking is not None
             else None
         )
-        if hint is not None:
-            self._pull(pod, hint, req.hashes, ereq)
+        read = self._pull(pod, hint, req.hashes, t) if hint is not None else None
         pod.log_prompt(key, req.hashes, req.prompt_tokens)
         pod.set_inflight(t, +1)
-        pod.engine.submit(ereq, t)
+        if read is None:
+            pod.engine.submit(ereq, t)
+        else:
+            # the runtime reads the peer's prompt (a prompt-only request of warm-up traffic), then sends the request
+            pod.pull_jobs[read.id] = ereq
+            pod.engine.submit(read, t)
         pod.version += 1
         self._kick(pod)
 
-    def _pull(self, pod: SimPod, hint: PullHint, hashes: Sequence[int], ereq: Any) -> None:
+    def _pull(self, pod: SimPod, hint: PullHint, hashes: Sequence[int], t: float) -> Any | None:
         """The picked pod's runtime acting on a router's KV pull hint (``Warmer.pull``): from a peer the assignment
-        names (a pod holding a slice with it, as the report's answer lists them), the peer's latest prompt among the
-        hint's keys, when its engine still holds it (``SimPod.holds``), is read ahead of the request; here the
-        request itself reads the part of its prompt that prompt shares (``remote_tokens``), which the engine counts
-        as the runtime's read and the request's hit together. The peer's hold is free, as for warm-up reads."""
+        names (``Assignment.peers_of``, as the report's answer lists them), the peer's latest prompt among the hint's
+        keys, when its engine still holds it (``SimPod.holds``): the read of that whole prompt (a prompt-only
+        request with ``remote_tokens``, the client's priority, counted as warm-up traffic) that the request waits
+        for; None when there is nothing to read. The peer's hold is free, as for warm-up reads."""
         self.pulls_hinted += 1
         donor = self.by_id.get(hint.pod_id)
         if donor is None or pod.engine is None or not pod.engine.kv_transfer or hint.pod_id not in self._peers(pod.id):
-            return
+            return None
         got = donor.latest_in(hint.lo, hint.hi)
-        if got is None or not donor.holds(got):
-            return
-        shared = matched_chunks(hashes, set(got))  # chain hashes: the leading chunks the two prompts share
-        if shared:
-            ereq.remote_tokens = shared * BLOCK_TOKENS  # a chunk is one block of the simulated engine
-            self.pulls_read += 1
-            self.pull_read_tokens += shared * BLOCK_TOKENS
+        if got is None or not donor.holds(got[0]):
+            return None
+        donor_hashes, tokens = got
+        self.pulls_read += 1
+        # the request's share of what is read: the leading chunks the two prompts share (chain hashes)
+        self.pull_read_tokens += matched_chunks(hashes, set(donor_hashes)) * BLOCK_TOKENS
+        self.warm_n += 1
+        read = virtual_request(f"k{self.warm_n}", tokens, donor_hashes, 1, t)
+        read.remote_tokens = tokens  # do_remote_prefill: the peer holds it
+        return read
 
     def _peers(self, pod_id: str) -> set[str]:
         """The peers the assigner names ``pod_id`` in its report answers (``Assignment.peers_of``), per generation."""
@@ -794,6 +804,15 @@ class Fleet:
         f.router.residence.served(f.router.views, v, f.pin.prefix_hashes, f.pick_t, f.pin.slice_key)
 
     def _on_finish(self, p: SimPod, ereq: Any, t: float) -> None:
+        waiting = p.pull_jobs.pop(ereq.id, None)
+        if waiting is not None:
+            p.warm_queries += ereq.num_prompt
+            p.warm_hits += ereq.cached_tokens or 0
+            if p.engine is not None and p.up:
+                p.engine.submit(waiting, t)
+                p.version += 1
+                self._kick(p)
+            return
         if ereq.id in p.warm_jobs:
             p.warm_queries += ereq.num_prompt
             p.warm_hits += ereq.cached_tokens or 0
@@ -1020,6 +1039,8 @@ class Fleet:
         p.up = False
         warm_ids = set(p.warm_jobs)
         p.warm_jobs.clear()
+        gone = [p.pull_jobs.get(ereq.id, ereq) for ereq in gone]  # a request waiting on its KV pull goes with it
+        p.pull_jobs.clear()
         p.warm_queue.clear()  # its warm-ups end with it (the leader's deadline clears their marks)
         p.warm_poll = False
         p.prompts.clear()

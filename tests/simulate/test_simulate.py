@@ -25,6 +25,7 @@ from brunoise.simulate.source import (
 )
 from runtime.engines.sim import BLOCK_TOKENS
 from runtime.warm import warm_budget_bytes
+from sharder.kv_pull import PullHint
 from sharder.prefix import TEXT_BYTES_PER_TOKEN
 
 SMALL = {"warmup_s": 1.0, "steady_s": 2.0, "hot_s": 1.5, "restart_s": 3.0, "session_rate": 2.0, "think_s": 0.4}
@@ -500,11 +501,14 @@ def test_kv_pull_hints_read_a_moved_sessions_history_only_through_a_connector() 
     sent, and without a connector a hint reads nothing."""
     blocks, max_len = preset_sizing("agentic")
 
-    def run(min_chunks: int, gbps: float = 10.0) -> dict[str, Any]:
+    def fleet(min_chunks: int, gbps: float = 10.0) -> Fleet:
         knobs = dataclasses.replace(Knobs(), kv_pull_min_chunks=min_chunks)
         src = bench_source("agentic", quick=False, seed=0, pods=4, overrides={})
         fs = spec(pods=4, kv_blocks=blocks, max_model_len=max_len, knobs=knobs, kv_transfer_gb_per_s=gbps)
-        return Fleet(fs, src).run().summary
+        return Fleet(fs, src)
+
+    def run(min_chunks: int, gbps: float = 10.0) -> dict[str, Any]:
+        return fleet(min_chunks, gbps).run().summary
 
     on, off, bare = run(128), run(0), run(128, gbps=0.0)
     assert on["kv_pulls"]["hinted"] > 0 and 0 < on["kv_pulls"]["read"] <= on["kv_pulls"]["hinted"]
@@ -512,3 +516,28 @@ def test_kv_pull_hints_read_a_moved_sessions_history_only_through_a_connector() 
     assert off["kv_pulls"] == {"hinted": 0, "read": 0, "read_tokens": 0}
     assert bare["kv_pulls"]["read"] == 0
     assert on["requests"] == off["requests"] == bare["requests"]
+
+
+def test_a_kv_pull_reads_the_peers_whole_prompt_as_its_own_request_before_the_client_request() -> None:
+    """Failure mode (stop 29): the simulator let the client request itself read the part of its prompt a peer held,
+    where the runtime (``Warmer.pull``) first reads the peer's whole latest prompt among the hint's keys (a group's
+    can be another session's longer history, all of it taking KV room) in a prompt-only request of its own, and only
+    then sends the client request, whose hit is what of that read is still cached when it is scheduled. The
+    simulator now does the same: the read is a request of the donor prompt's length, with ``remote_tokens``."""
+    blocks, max_len = preset_sizing("agentic")
+    src = bench_source("agentic", quick=True, seed=0, pods=4, overrides={})
+    f = Fleet(spec(pods=4, kv_blocks=blocks, max_model_len=max_len, kv_transfer_gb_per_s=10.0), src)
+    f.run()
+    assert f.assignment is not None
+    found = [
+        (d, r, key, e)
+        for d in f.pods for key, e in reversed(d.prompts.items()) if d.holds(tuple(e[1]))
+        for r in f.pods if r is not d and d.id in f._peers(r.id)
+    ]  # fmt: skip
+    assert found, "some pod holds a prompt a peer may read"
+    donor, reader, key, (_, hashes, tokens) = found[0]
+    first_half = tuple(hashes[: len(hashes) // 2])  # a request sharing only the first half of the donor's prompt
+    read = f._pull(reader, PullHint(donor.id, key, key + 1), first_half, 99.0)
+    assert read is not None and len(read.tokens) == tokens and read.remote_tokens == tokens
+    assert read.arrival == 99.0
+    assert f._pull(reader, PullHint(reader.id, key, key + 1), first_half, 99.0) is None, "not its own peer"
