@@ -110,7 +110,9 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
         if self.warm_metrics is not None:
             self.warm_metrics.served.inc(len(resp.prompts))
         if request.kv_transfer and self.engine.kv_transfer and resp.prompts:
-            await hold_kv(self.engine, resp, self.warm_metrics, warm_priority(self.engine))
+            # a request's pull is waited on by a client: its hold queues as a client request does
+            priority = 0 if request.for_request else warm_priority(self.engine)
+            await hold_kv(self.engine, resp, self.warm_metrics, priority)
         return resp
 
     async def Generate(

@@ -534,7 +534,7 @@ class Warmer:
         ask = runtime_pb2.HotPromptsRequest(
             slice=slicing_pb2.Slice(lo=keys.lo, hi=keys.hi % 2**64), max_prompts=1,
             max_bytes=warm_budget_bytes(view.blocks_total, ANSWER_BYTES, 1.0, view.block_tokens),
-            kv_transfer=True, recent_first=True,
+            kv_transfer=True, recent_first=True, for_request=True,
         )  # fmt: skip
         outcome = "failed"
         try:

@@ -26,7 +26,7 @@ from brunoise_api.v1 import inference_pb2 as brunoise__api_dot_v1_dot_inference_
 from brunoise_api.v1 import slicing_pb2 as brunoise__api_dot_v1_dot_slicing__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x62runoise_api/v1/runtime.proto\x12\x0b\x62runoise.v1\x1a\x1f\x62runoise_api/v1/inference.proto\x1a\x1d\x62runoise_api/v1/slicing.proto\"\x89\x01\n\x11HotPromptsRequest\x12!\n\x05slice\x18\x01 \x01(\x0b\x32\x12.brunoise.v1.Slice\x12\x13\n\x0bmax_prompts\x18\x02 \x01(\r\x12\x11\n\tmax_bytes\x18\x03 \x01(\x04\x12\x13\n\x0bkv_transfer\x18\x04 \x01(\x08\x12\x14\n\x0crecent_first\x18\x05 \x01(\x08\"\x94\x01\n\tHotPrompt\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12-\n\x08messages\x18\x02 \x01(\x0b\x32\x19.brunoise.v1.ChatMessagesH\x00\x12\x11\n\tslice_key\x18\x03 \x01(\x06\x12\x0e\n\x06weight\x18\x04 \x01(\x01\x12\x1a\n\x12kv_transfer_params\x18\x05 \x01(\tB\x07\n\x05input\"M\n\x12HotPromptsResponse\x12\x0e\n\x06pod_id\x18\x01 \x01(\t\x12\'\n\x07prompts\x18\x02 \x03(\x0b\x32\x16.brunoise.v1.HotPrompt\"\'\n\x0eGetLoadRequest\x12\x15\n\rinclude_cache\x18\x01 \x01(\x08\"\x94\x01\n\x0fGetLoadResponse\x12\x0e\n\x06pod_id\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\'\n\x06\x65ngine\x18\x03 \x01(\x0b\x32\x17.brunoise.v1.EngineLoad\x12(\n\x05\x63\x61\x63he\x18\x04 \x01(\x0b\x32\x19.brunoise.v1.CacheSummary\x12\x0f\n\x07unix_ms\x18\x05 \x01(\x03\x32\xe6\x01\n\x07Runtime\x12\x46\n\x08Generate\x12\x1c.brunoise.v1.GenerateRequest\x1a\x1a.brunoise.v1.GenerateChunk0\x01\x12\x44\n\x07GetLoad\x12\x1b.brunoise.v1.GetLoadRequest\x1a\x1c.brunoise.v1.GetLoadResponse\x12M\n\nHotPrompts\x12\x1e.brunoise.v1.HotPromptsRequest\x1a\x1f.brunoise.v1.HotPromptsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x62runoise_api/v1/runtime.proto\x12\x0b\x62runoise.v1\x1a\x1f\x62runoise_api/v1/inference.proto\x1a\x1d\x62runoise_api/v1/slicing.proto\"\x9e\x01\n\x11HotPromptsRequest\x12!\n\x05slice\x18\x01 \x01(\x0b\x32\x12.brunoise.v1.Slice\x12\x13\n\x0bmax_prompts\x18\x02 \x01(\r\x12\x11\n\tmax_bytes\x18\x03 \x01(\x04\x12\x13\n\x0bkv_transfer\x18\x04 \x01(\x08\x12\x14\n\x0crecent_first\x18\x05 \x01(\x08\x12\x13\n\x0b\x66or_request\x18\x06 \x01(\x08\"\x94\x01\n\tHotPrompt\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12-\n\x08messages\x18\x02 \x01(\x0b\x32\x19.brunoise.v1.ChatMessagesH\x00\x12\x11\n\tslice_key\x18\x03 \x01(\x06\x12\x0e\n\x06weight\x18\x04 \x01(\x01\x12\x1a\n\x12kv_transfer_params\x18\x05 \x01(\tB\x07\n\x05input\"M\n\x12HotPromptsResponse\x12\x0e\n\x06pod_id\x18\x01 \x01(\t\x12\'\n\x07prompts\x18\x02 \x03(\x0b\x32\x16.brunoise.v1.HotPrompt\"\'\n\x0eGetLoadRequest\x12\x15\n\rinclude_cache\x18\x01 \x01(\x08\"\x94\x01\n\x0fGetLoadResponse\x12\x0e\n\x06pod_id\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\'\n\x06\x65ngine\x18\x03 \x01(\x0b\x32\x17.brunoise.v1.EngineLoad\x12(\n\x05\x63\x61\x63he\x18\x04 \x01(\x0b\x32\x19.brunoise.v1.CacheSummary\x12\x0f\n\x07unix_ms\x18\x05 \x01(\x03\x32\xe6\x01\n\x07Runtime\x12\x46\n\x08Generate\x12\x1c.brunoise.v1.GenerateRequest\x1a\x1a.brunoise.v1.GenerateChunk0\x01\x12\x44\n\x07GetLoad\x12\x1b.brunoise.v1.GetLoadRequest\x1a\x1c.brunoise.v1.GetLoadResponse\x12M\n\nHotPrompts\x12\x1e.brunoise.v1.HotPromptsRequest\x1a\x1f.brunoise.v1.HotPromptsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,15 +34,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'brunoise_api.v1.runtime_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_HOTPROMPTSREQUEST']._serialized_start=111
-  _globals['_HOTPROMPTSREQUEST']._serialized_end=248
-  _globals['_HOTPROMPT']._serialized_start=251
-  _globals['_HOTPROMPT']._serialized_end=399
-  _globals['_HOTPROMPTSRESPONSE']._serialized_start=401
-  _globals['_HOTPROMPTSRESPONSE']._serialized_end=478
-  _globals['_GETLOADREQUEST']._serialized_start=480
-  _globals['_GETLOADREQUEST']._serialized_end=519
-  _globals['_GETLOADRESPONSE']._serialized_start=522
-  _globals['_GETLOADRESPONSE']._serialized_end=670
-  _globals['_RUNTIME']._serialized_start=673
-  _globals['_RUNTIME']._serialized_end=903
+  _globals['_HOTPROMPTSREQUEST']._serialized_end=269
+  _globals['_HOTPROMPT']._serialized_start=272
+  _globals['_HOTPROMPT']._serialized_end=420
+  _globals['_HOTPROMPTSRESPONSE']._serialized_start=422
+  _globals['_HOTPROMPTSRESPONSE']._serialized_end=499
+  _globals['_GETLOADREQUEST']._serialized_start=501
+  _globals['_GETLOADREQUEST']._serialized_end=540
+  _globals['_GETLOADRESPONSE']._serialized_start=543
+  _globals['_GETLOADRESPONSE']._serialized_end=691
+  _globals['_RUNTIME']._serialized_start=694
+  _globals['_RUNTIME']._serialized_end=924
 # @@protoc_insertion_point(module_scope)

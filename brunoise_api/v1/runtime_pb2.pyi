@@ -9,18 +9,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class HotPromptsRequest(_message.Message):
-    __slots__ = ("slice", "max_prompts", "max_bytes", "kv_transfer", "recent_first")
+    __slots__ = ("slice", "max_prompts", "max_bytes", "kv_transfer", "recent_first", "for_request")
     SLICE_FIELD_NUMBER: _ClassVar[int]
     MAX_PROMPTS_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     KV_TRANSFER_FIELD_NUMBER: _ClassVar[int]
     RECENT_FIRST_FIELD_NUMBER: _ClassVar[int]
+    FOR_REQUEST_FIELD_NUMBER: _ClassVar[int]
     slice: _slicing_pb2.Slice
     max_prompts: int
     max_bytes: int
     kv_transfer: bool
     recent_first: bool
-    def __init__(self, slice: _Optional[_Union[_slicing_pb2.Slice, _Mapping]] = ..., max_prompts: _Optional[int] = ..., max_bytes: _Optional[int] = ..., kv_transfer: _Optional[bool] = ..., recent_first: _Optional[bool] = ...) -> None: ...
+    for_request: bool
+    def __init__(self, slice: _Optional[_Union[_slicing_pb2.Slice, _Mapping]] = ..., max_prompts: _Optional[int] = ..., max_bytes: _Optional[int] = ..., kv_transfer: _Optional[bool] = ..., recent_first: _Optional[bool] = ..., for_request: _Optional[bool] = ...) -> None: ...
 
 class HotPrompt(_message.Message):
     __slots__ = ("prompt", "messages", "slice_key", "weight", "kv_transfer_params")

@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from runtime.engines.base import Engine, EngineChunk, EngineProxy, EngineRequest
 from runtime.engines.sim import SimConfig, SimEngine
 from runtime.grpc_service import GrpcServer, RuntimeService
-from runtime.warm import PromptLog, RecordingEngine, Warmer, WarmMetrics
+from runtime.warm import PromptLog, RecordingEngine, Warmer, WarmMetrics, warm_priority
 from sharder.keyspace import Slice
+from tests.waiting import until
 from tests.warm.test_warm_kv_read import one, sim
 
 SYSTEM = "You run the KV pull test's agent loop and keep every tool output in mind. " * 30
@@ -117,3 +119,45 @@ async def test_a_peer_that_does_not_answer_is_a_failed_pull_not_a_failed_request
         assert await one(engine, SYSTEM + "turn 1") >= 0  # the engine serves on
     finally:
         await engine.stop()
+
+
+class Priorities(EngineProxy):
+    """The donor's engine, recording the priority of each hold it is asked for."""
+
+    def __init__(self, inner: Engine) -> None:
+        super().__init__(inner)
+        self.holds: list[int] = []
+
+    def generate(self, req: EngineRequest) -> AsyncIterator[EngineChunk]:
+        if req.request_id.startswith("hold-"):
+            self.holds.append(req.priority)
+        return self.inner.generate(req)
+
+
+async def test_a_pulls_hold_queues_at_the_clients_priority_and_a_warm_ups_after_them() -> None:
+    """Failure mode (stop 29): the donor held a request's pull as it holds a warm-up's reads, at the warm-up priority
+    (after every live request waiting there, new arrivals included), while a client request waited on it; on a busy
+    donor the pull ran into its 2 s bound (two of ~20 pulls per agentic bench run). A pull is now held at the
+    clients' priority (HotPromptsRequest.for_request); a warm-up's hold still yields to live requests."""
+    donor = sim(10.0)
+    assert donor.priority_scheduling
+    rec = Priorities(donor)
+    metrics, log = WarmMetrics(), PromptLog()
+    server = GrpcServer(RuntimeService(RecordingEngine(rec, log, metrics), pod_id="peer", prompt_log=log,
+                                       warm_metrics=metrics))  # fmt: skip
+    await donor.start()
+    await server.start()
+    engine, warmer, _ = await _local()
+    try:
+        for key in (GROUP | 7, GROUP | 8):
+            await one(RecordingEngine(rec, log, metrics), SYSTEM + f"session {key}: " + "tool output " * 200, key=key)
+        assert await warmer.pull(server.address, Slice(GROUP | 7, (GROUP | 7) + 1), 10.0)
+        assert rec.holds == [0]
+        # a warm-up's reads of the same donor: held after the clients' requests
+        warmer.want({Slice(GROUP | 8, (GROUP | 8) + 1): [server.address]})
+        await until(lambda: len(rec.holds) > 1, 10.0, "the warm-up's hold")
+        assert rec.holds[1] == warm_priority(donor) > 0
+    finally:
+        await engine.stop()
+        await server.stop(0.1)
+        await donor.stop()
