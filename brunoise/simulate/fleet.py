@@ -773,8 +773,7 @@ class Fleet:
         self.pulls_read += 1
         # the request's share of what is read: the leading chunks the two prompts share (chain hashes)
         self.pull_read_tokens += matched_chunks(hashes, set(donor_hashes)) * BLOCK_TOKENS
-        self.warm_n += 1
-        read = virtual_request(f"k{self.warm_n}", tokens, donor_hashes, 1, t)
+        read = virtual_request(f"k{self.pulls_read}", tokens, donor_hashes, 1, t)
         read.remote_tokens = tokens  # do_remote_prefill: the peer holds it
         return read
 
