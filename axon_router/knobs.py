@@ -116,12 +116,15 @@ class Knobs:
     of three runs beside three of the default: chat_tenant 1.17 against 1.29, chat 1.18 against 1.26) and cost
     about a point of hit on the chats (85.4 against 86.5 %, 85.3 against 86.4 %): each overflowing session's first
     turn misses its tenant's prompt on the pod it overflows to."""
-    balance_slack_s: float = 0.05
+    balance_slack_s: float = 0.1
     """A new session (no pod holds its own cache) goes to the subset pod under the load cap with the least
     recent load (``load_halflife_s``) among those whose rank (estimated TTFT plus ``miss_weight`` x the prefill
     the request adds) is within this of the best: sessions stick, so where a new one lands is what keeps pods'
     load even over time; a shared prefix worth more than this much prefill (a long document) still draws it to
-    its holder. 0: the lowest rank alone."""
+    its holder. 0: the lowest rank alone. 0.1 (0.05 before stop 29): a tenant's system prompt (~0.05-0.1 s of
+    prefill) no longer holds its new sessions on the pods that have it; with ``kv_pull_min_chunks`` 32 the pod
+    they go to reads it instead of prefilling it (the bench, three runs each: chat_tenant's hit 86.4 -> 87.3 %,
+    its hot phase within 1.15 in every run; agentic 88.5 -> 90.6 %, p99 1,107 -> 449 ms)."""
     load_halflife_s: float = 5.0
     """Halflife of a pod's recent load: requests running + waiting in its reports, averaged over time."""
     sticky_weight: float = 1.0
@@ -145,13 +148,14 @@ class Knobs:
     onto a crowded pod evicts another session's cache there, which then prefills again. Needs ``kv_room``. Off by
     default (the fastest pod, crowded or not): on the agentic bench it keeps sessions on one pod (pods per session
     1.08 against 1.20 over nine runs) but leaves the busiest pods busy (in-flight max/mean 1.42 against 1.17)."""
-    kv_pull_min_chunks: int = 128
+    kv_pull_min_chunks: int = 32
     """Where pods move KV between them (a KV connector), a request picked onto a pod that holds at least this many
     fewer 64-byte chunks of its prompt than another candidate pod is sent with a hint naming that pod
     (``x-brunoise-kv-pull``): the picked pod reads the prefix from it before computing the rest, instead of
-    prefilling what a peer already holds (a session moved for room or balance, a shared document's new copy). 128
-    (~2k tokens): a tenant's system prompt alone is not worth a read (the simulator, stop 28: 32 cost the chats'
-    hot phase 0.04). 0: never."""
+    prefilling what a peer already holds (a session moved for room or balance, a shared document's new copy, a
+    tenant's system prompt on a pod a new session was balanced onto). 32 (~500 tokens; 128 before stop 29, when
+    32 alone cost the chats' hot phase 0.04 in the simulator: with ``balance_slack_s`` 0.1 it evens it instead).
+    0: never."""
     resident_window_s: float = 1.0
     """How long after its latest request on a pod ended a session still counts as living there (``kv_room``);
     while a request of it runs there, it does. The router cannot tell a session that ended from one between
