@@ -38,6 +38,7 @@ class Counters:
     pulls_timeout: float = 0.0
     pulls_unknown_peer: float = 0.0
     pulls_no_connector: float = 0.0
+    pulls_no_time: float = 0.0
 
     def __add__(self, o: Counters) -> Counters:
         return Counters(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(o), strict=True)))

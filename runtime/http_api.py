@@ -115,7 +115,7 @@ class HttpApi:
         self.draining = False  # set on shutdown: /ready fails, requests in flight finish
         # a router's KV pull hint (``sharder.kv_pull``) is acted on before the request runs, when set (the pod wires
         # it to its warmer: a read from a peer the assigner named); unset, the hint is ignored
-        self.pull: Callable[[kv_pull.PullHint], Awaitable[object]] | None = None
+        self.pull: Callable[[kv_pull.PullHint, float], Awaitable[object]] | None = None
         self.inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -175,7 +175,8 @@ class HttpApi:
                         hint = kv_pull.parse(raw)
                     except kv_pull.BadHint as exc:
                         raise HttpError(400, str(exc), param=kv_pull.HEADER) from None
-                    await self.pull(hint)
+                    budget = kv_pull.wait_budget_s(request.headers.get(kv_pull.DEADLINE_HEADER), time.time())
+                    await self.pull(hint, budget)
             resp = await handler(request)
         except HttpError as e:
             resp = error_response(e.status, e.message, type_=e.type, param=e.param)

@@ -18,7 +18,7 @@ from runtime.grpc_service import GrpcServer, RuntimeService
 from runtime.http_api import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, HttpApi
 from runtime.outcomes import CountedEngine
 from runtime.tracing import TracedEngine
-from runtime.warm import PULL_TIMEOUT_S, PromptLog, RecordingEngine, Warmer, WarmMetrics, warm_priority
+from runtime.warm import PromptLog, RecordingEngine, Warmer, WarmMetrics, warm_priority
 from sharder.advertise import advertise_host, host_port
 from sharder.assigner.status import LEADER_METADATA_KEY
 from sharder.keyspace import Slice
@@ -168,9 +168,10 @@ class RuntimePod:
             self.api.pull = self._pull
         await sl.start()
 
-    async def _pull(self, hint: PullHint) -> bool:
+    async def _pull(self, hint: PullHint, budget_s: float) -> bool:
         """A router's KV pull hint: read the request's prefix from the named peer when the assigner named that pod
-        among this pod's peers (its latest report answer); a pod never calls an address a request gives it."""
+        among this pod's peers (its latest report answer), within ``budget_s`` (``kv_pull.wait_budget_s``: none left,
+        no read); a pod never calls an address a request gives it."""
         sl, w = self.slicelet, self.warmer
         if sl is None or w is None:
             return False
@@ -178,7 +179,10 @@ class RuntimePod:
         if addr is None:
             self.warm_metrics.pulls.labels("unknown_peer").inc()
             return False
-        return await w.pull(addr, Slice(hint.lo, hint.hi), PULL_TIMEOUT_S)
+        if budget_s <= 0:
+            self.warm_metrics.pulls.labels("no_time").inc()
+            return False
+        return await w.pull(addr, Slice(hint.lo, hint.hi), budget_s)
 
     async def _watch_health(self) -> None:
         while True:

@@ -60,9 +60,6 @@ WARM_PIECE_BYTES = 2048
 WARM_PRIORITY = 1
 #: A piece is sent only while the engine has no request waiting (live requests go first); this often it looks.
 WARM_IDLE_POLL_S = 0.005
-#: How long a request waits for its KV pull (a router's hint: the peer holds, this engine reads) before it computes
-#: its prefix itself: a read longer than this would cost about what the prefill does.
-PULL_TIMEOUT_S = 2.0
 _WARM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
 
 Messages = tuple[tuple[str, str], ...]

@@ -13,8 +13,16 @@ HEADER = "x-brunoise-kv-pull"
 
 #: What a pod did with a hint (``brunoise_runtime_kv_pulls_total{outcome}``): read (the peer's KV read before the
 #: request), none (the peer held nothing to read), failed (no answer or a refused read), timeout, unknown_peer (not a
-#: peer the assigner named: nothing sent), no_connector (the pod's engine reads no KV).
-OUTCOMES = ("read", "none", "failed", "timeout", "unknown_peer", "no_connector")
+#: peer the assigner named: nothing sent), no_connector (the pod's engine reads no KV), no_time (the request had too
+#: little time left: nothing sent).
+OUTCOMES = ("read", "none", "failed", "timeout", "unknown_peer", "no_connector", "no_time")
+
+#: The most a request waits for its pull before it computes its prefix itself (a read longer than this would cost
+#: about what the prefill does), and the share of the time its request has left that it may take
+#: (``x-brunoise-deadline-ms``, the router's absolute deadline in unix milliseconds).
+MAX_WAIT_S = 2.0
+DEADLINE_SHARE = 0.5
+DEADLINE_HEADER = "x-brunoise-deadline-ms"
 
 _POD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 _MAX_LEN = 320
@@ -36,6 +44,20 @@ class PullHint:
         return f"{self.pod_id} {self.lo} {self.hi}"
 
 
+def wait_budget_s(deadline_ms: str | None, now_unix: float) -> float:
+    """How long a request may wait for its pull: ``MAX_WAIT_S``, and at most ``DEADLINE_SHARE`` of the time left
+    until its deadline (``deadline_ms``: the ``DEADLINE_HEADER`` value; absent or not an integer: no deadline); 0
+    when none is left. A pull that cannot finish in time costs the request the prefill it would have saved and
+    the wait besides."""
+    if deadline_ms is None:
+        return MAX_WAIT_S
+    try:
+        left = int(deadline_ms.strip()) / 1000.0 - now_unix
+    except ValueError:
+        return MAX_WAIT_S
+    return max(0.0, min(MAX_WAIT_S, DEADLINE_SHARE * left))
+
+
 def parse(value: str) -> PullHint:
     """The hint of a header value; BadHint naming what is wrong."""
     if len(value) > _MAX_LEN:
@@ -54,4 +76,7 @@ def parse(value: str) -> PullHint:
     return PullHint(pod_id, lo, hi)
 
 
-__all__ = ["HEADER", "OUTCOMES", "BadHint", "PullHint", "parse"]
+__all__ = [
+    "DEADLINE_HEADER", "DEADLINE_SHARE", "HEADER", "MAX_WAIT_S", "OUTCOMES", "BadHint", "PullHint", "parse",
+    "wait_budget_s",
+]  # fmt: skip

@@ -250,5 +250,5 @@ def test_a_pods_kv_pulls_are_counted_by_outcome_and_its_warm_up_is_taken_out_of_
     ])  # fmt: skip
     c = counters_of(text)
     assert (c.queries, c.hits, c.prompt_tokens, c.requests) == (800, 600, 800, 8)
-    assert c.pulls() == {"read": 3, "none": 0, "failed": 0, "timeout": 2, "unknown_peer": 1, "no_connector": 0}
+    assert c.pulls() == {"read": 3, "none": 0, "failed": 0, "timeout": 2, "unknown_peer": 1, "no_connector": 0, "no_time": 0}
     assert (c + c - c).pulls() == c.pulls()

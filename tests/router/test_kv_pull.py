@@ -78,3 +78,12 @@ def test_the_header_round_trips_and_every_malformed_value_is_refused_by_name() -
                 f"pod-1 0 {KEYSPACE_END + 1}", "pod-1 0x1 2", "p " + "1" * 400 + " 2"):  # fmt: skip
         with pytest.raises(kv_pull.BadHint, match=kv_pull.HEADER):
             kv_pull.parse(bad)
+
+
+def test_a_pulls_wait_is_bounded_and_takes_half_the_time_its_request_has_left() -> None:
+    now = 1_000_000.0
+    assert kv_pull.wait_budget_s(None, now) == kv_pull.MAX_WAIT_S
+    assert kv_pull.wait_budget_s("garbage", now) == kv_pull.MAX_WAIT_S
+    assert kv_pull.wait_budget_s(str(int((now + 60) * 1000)), now) == kv_pull.MAX_WAIT_S
+    assert kv_pull.wait_budget_s(str(int((now + 1) * 1000)), now) == 0.5
+    assert kv_pull.wait_budget_s(str(int((now - 1) * 1000)), now) == 0.0

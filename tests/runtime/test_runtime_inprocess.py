@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -13,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from runtime.engines.base import EngineChunk
 from runtime.engines.sim import SimConfig, SimEngine
 from runtime.pod import RuntimePod
+from sharder import kv_pull
 from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
@@ -119,3 +121,34 @@ async def test_slicelet_wiring_records_finished_work(monkeypatch: pytest.MonkeyP
 def test_on_finish_without_slicelet_is_a_no_op() -> None:
     pod = RuntimePod(SimEngine(SimConfig()), pod_id="p")
     pod.on_finish(1, EngineChunk(text="", finish_reason="stop", prompt_tokens=3, completion_tokens=1))
+
+
+async def test_a_pull_waits_at_most_half_the_time_its_request_has_left() -> None:
+    """Failure mode (stop 29): a pod waited up to 2 s for a request's KV pull whatever the request's deadline (the
+    router's x-brunoise-deadline-ms), so a request with a second left could spend it all on a read and then compute
+    its prefix anyway. Now the pull gets at most half of what is left, and none (nothing sent) when none is left."""
+    engine = SimEngine(SimConfig(time_scale=20, kv_blocks=1024, max_model_len=4096))
+    pod = RuntimePod(engine, pod_id="budget")
+    await pod.start()
+    budgets: list[float] = []
+
+    async def record(hint: kv_pull.PullHint, budget_s: float) -> bool:
+        budgets.append(budget_s)
+        return False
+
+    assert pod.api is not None
+    pod.api.pull = record
+    try:
+        base = pod.addresses["http"]
+        body = {"prompt": "hello", "max_tokens": 1}
+        hint = {kv_pull.HEADER: "peer 1 2"}
+        async with aiohttp.ClientSession() as s:
+            for extra in ({}, {kv_pull.DEADLINE_HEADER: str(int((time.time() + 1.0) * 1000))},
+                          {kv_pull.DEADLINE_HEADER: "not-a-number"}):  # fmt: skip
+                async with s.post(f"{base}/v1/completions", json=body, headers={**hint, **extra}) as r:
+                    assert r.status == 200
+        assert budgets[0] == kv_pull.MAX_WAIT_S
+        assert 0.3 < budgets[1] <= 0.5
+        assert budgets[2] == kv_pull.MAX_WAIT_S
+    finally:
+        await pod.stop()
