@@ -804,18 +804,16 @@ class Fleet:
 
     def _on_finish(self, p: SimPod, ereq: Any, t: float) -> None:
         waiting = p.pull_jobs.pop(ereq.id, None)
-        if waiting is not None:
+        if waiting is not None or ereq.id in p.warm_jobs:
+            # warm-up traffic (a warm piece, a KV pull's read): out of the hit rate
             p.warm_queries += ereq.num_prompt
             p.warm_hits += ereq.cached_tokens or 0
-            if p.engine is not None and p.up:
+            if waiting is None:
+                self._warm_finished(p, ereq.id, t)
+            elif p.engine is not None and p.up:
                 p.engine.submit(waiting, t)
                 p.version += 1
                 self._kick(p)
-            return
-        if ereq.id in p.warm_jobs:
-            p.warm_queries += ereq.num_prompt
-            p.warm_hits += ereq.cached_tokens or 0
-            self._warm_finished(p, ereq.id, t)
             return
         f = self.flights.get(ereq.id)
         p.set_inflight(t, -1)

@@ -501,14 +501,11 @@ def test_kv_pull_hints_read_a_moved_sessions_history_only_through_a_connector() 
     sent, and without a connector a hint reads nothing."""
     blocks, max_len = preset_sizing("agentic")
 
-    def fleet(min_chunks: int, gbps: float = 10.0) -> Fleet:
+    def run(min_chunks: int, gbps: float = 10.0) -> dict[str, Any]:
         knobs = dataclasses.replace(Knobs(), kv_pull_min_chunks=min_chunks)
         src = bench_source("agentic", quick=False, seed=0, pods=4, overrides={})
         fs = spec(pods=4, kv_blocks=blocks, max_model_len=max_len, knobs=knobs, kv_transfer_gb_per_s=gbps)
-        return Fleet(fs, src)
-
-    def run(min_chunks: int, gbps: float = 10.0) -> dict[str, Any]:
-        return fleet(min_chunks, gbps).run().summary
+        return Fleet(fs, src).run().summary
 
     on, off, bare = run(128), run(0), run(128, gbps=0.0)
     assert on["kv_pulls"]["hinted"] > 0 and 0 < on["kv_pulls"]["read"] <= on["kv_pulls"]["hinted"]
