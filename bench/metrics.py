@@ -26,7 +26,7 @@ _PULLS = "brunoise_runtime_kv_pulls_total"
 @dataclasses.dataclass(frozen=True, slots=True)
 class Counters:
     """The pod counters the benchmark reads (cumulative, in tokens or requests; the KV pull hints a pod acted on by
-    outcome, in ``PULL_OUTCOMES`` order)."""
+    outcome, a ``pulls_<outcome>`` field for each of ``PULL_OUTCOMES``)."""
 
     queries: float = 0.0
     hits: float = 0.0
@@ -65,7 +65,7 @@ def counters_of(text: str) -> Counters:
         sums.get(_M_HITS, 0.0) - sums.get(_W_HITS, 0.0),
         sums.get(_M_PROMPT, 0.0) - wq,
         sums.get(_M_SUCCESS, 0.0) - sums.get(_W_REQUESTS, 0.0),
-        *(metric_value(parsed, _PULLS, {"outcome": o}) for o in PULL_OUTCOMES),
+        **{f"pulls_{o}": metric_value(parsed, _PULLS, {"outcome": o}) for o in PULL_OUTCOMES},
     )
 
 
