@@ -151,8 +151,8 @@ class Flight:
     """One request from the client's send to its end (attempts included)."""
 
     __slots__ = (
-        "attempts", "cached", "done", "first_t", "num", "phase", "pick_t", "pin", "pod", "req", "router", "rule",
-        "sent_t", "sess", "ticket", "tried",
+        "attempts", "cached", "done", "first_t", "num", "oracle_chunks", "phase", "pick_t", "pin", "pod", "req",
+        "router", "rule", "sent_t", "sess", "ticket", "tried",
     )  # fmt: skip
 
     def __init__(self, req: SimRequest, sess: ClientSession, sent_t: float, pin: PickInput) -> None:
@@ -172,6 +172,7 @@ class Flight:
         self.pick_t = sent_t
         self.num = 0
         self.done = False
+        self.oracle_chunks = 0  # the leading chunks the infinite cache held (``Fleet._oracle``), when it runs
 
 
 class ClientSession:
@@ -659,9 +660,22 @@ class Fleet:
             if h not in held:
                 break
             n += 1
-        hit = min(n, (req.prompt_tokens - 1) // (CHUNK_BYTES // 4)) * (CHUNK_BYTES // 4)
+        f.oracle_chunks = min(n, (req.prompt_tokens - 1) // (CHUNK_BYTES // 4))
         held.update(req.hashes)
-        self.results.oracle(f.phase, req.prompt_tokens, hit)
+        self.results.oracle(f.phase, req.prompt_tokens, f.oracle_chunks * (CHUNK_BYTES // 4))
+
+    def _held_at_pick(self, f: Flight, pod: SimPod) -> None:
+        """Where the infinite cache's hit of ``f`` was when the router picked ``pod`` for it: on ``pod``, only on
+        another live pod (a KV pull can read it: the pick's placement), or on none (evicted: the pool's capacity).
+        Past EXACT_PODS it is not looked for (every pod's cache, every request)."""
+        n = f.oracle_chunks
+        if n <= 0 or len(self.pods) > EXACT_PODS or pod.engine is None:
+            return
+        hashes = f.req.hashes
+        picked = min(n, matched_chunks(hashes, pod.engine.kv.cached))
+        others = (p.engine.kv.cached for p in self.pods if p is not pod and p.up and p.engine is not None)
+        other = max(0, min(n, max((matched_chunks(hashes, c) for c in others), default=0)) - picked)
+        self.results.held_at_pick(f.phase, picked, other, n - picked - other)
 
     # -- the router's request path --------------------------------------------------------------------------
 
@@ -731,6 +745,8 @@ class Fleet:
                 return
             self._attempt(f, t)
             return
+        if f.ticket is None and self.spec.oracle:  # its first dispatch to a live pod
+            self._held_at_pick(f, pod)
         f.ticket = view.begin(
             f.req.est_tokens + f.req.max_tokens, pick.miss_tokens, f.pin.prefix_hashes, t, f.pin.slice_key
         )

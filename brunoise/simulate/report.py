@@ -33,6 +33,14 @@ def _mean(values: Sequence[int]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _held_shares(acc: Sequence[int] | None) -> dict[str, float] | None:
+    """[picked, other, none] chunks as shares of their sum (None without an oracle hit)."""
+    total = sum(acc) if acc else 0
+    if not acc or total <= 0:
+        return None
+    return {k: round(v / total, 4) for k, v in zip(("picked", "other", "none"), acc, strict=True)}
+
+
 def max_over_mean(values: Sequence[float]) -> float | None:
     m = sum(values) / len(values) if values else 0.0
     return max(values) / m if m > 0 else None
@@ -53,6 +61,8 @@ class Results:
         self.ph_errors: dict[str, int] = {}
         self.ph_ttft: dict[str, list[float]] = {}
         self.ph_oracle: dict[str, list[int]] = {}  # phase -> [queries, hits]
+        #: phase -> the infinite cache's hit chunks, by where they were at the pick: [picked pod, another, none]
+        self.ph_held: dict[str, list[int]] = {}
         self.ttft: list[float] = []
         self.pods_per_session: list[int] = []  # turns sent in the rolling restart left out, as bench/compare.py does
         self.pods_per_session_all: list[int] = []
@@ -77,6 +87,12 @@ class Results:
         self.sent_n += 1
         ph = f.phase
         self.ph_requests[ph] = self.ph_requests.get(ph, 0) + 1
+
+    def held_at_pick(self, phase: str, picked: int, other: int, none: int) -> None:
+        acc = self.ph_held.setdefault(phase, [0, 0, 0])
+        acc[0] += picked
+        acc[1] += other
+        acc[2] += none
 
     def oracle(self, phase: str, prompt_tokens: int, hit: int) -> None:
         acc = self.ph_oracle.setdefault(phase, [0, 0])
@@ -201,6 +217,7 @@ class Results:
                 "errors": self.ph_errors.get(a, 0),
                 "hit_rate": d["hit_rate"],
                 "oracle": oh / oq if oq else None,
+                "oracle_held": _held_shares(self.ph_held.get(a)),
                 "ttft_p50_ms": _ms(percentile(ttfts, 0.5)),
                 "ttft_p99_ms": _ms(percentile(ttfts, 0.99)),
                 "req_max_over_mean": d["req_max_over_mean"],
@@ -242,6 +259,9 @@ class Results:
             "hit_rate": hit,
             "oracle_hit_rate": o_all,
             "hit_over_oracle": hit / o_all if hit is not None and o_all else None,
+            # where the infinite cache's hits were when their requests were picked: on the pod picked, only on
+            # another (the placement's loss, unless a KV pull reads it), on none (the pool's capacity's loss)
+            "oracle_held": _held_shares([sum(v[i] for v in self.ph_held.values()) for i in range(3)]),
             "ttft_p50_ms": _ms(percentile(self.ttft, 0.5)),
             "ttft_p99_ms": _ms(percentile(self.ttft, 0.99)),
             "pods_per_session": _mean(self.pods_per_session),
@@ -325,6 +345,12 @@ def render(s: Mapping[str, Any]) -> str:
         f"{a['replications']} replications, {a['dereplications']} dereplications, {a['slices_end']} slices at the end "
         f"(at most {a['slices_max']})"
     )
+    held = [(n, p["oracle_held"]) for n, p in s["per_phase"].items() if p.get("oracle_held")]
+    if held:
+        lines.append(
+            "the oracle's hits at the pick, held by the pod picked / only another (a KV pull can read it) / none: "
+            + ", ".join(f"{n} {_pct(h['picked'])} / {_pct(h['other'])} / {_pct(h['none'])}" for n, h in held)
+        )
     if s["errors"]:
         lines.append(f"errors: {s['errors']}  (retries before a first token: {s['retries']})")
     return "\n".join(lines)

@@ -538,3 +538,32 @@ def test_a_kv_pull_reads_the_peers_whole_prompt_as_its_own_request_before_the_cl
     assert read is not None and len(read.tokens) == tokens and read.remote_tokens == tokens
     assert read.arrival == 99.0
     assert f._pull(reader, PullHint(reader.id, key, key + 1), first_half, 99.0) is None, "not its own peer"
+
+
+def test_the_oracles_hits_are_split_by_where_they_were_at_the_pick() -> None:
+    """The infinite cache's hits of each request, at the pick: on the pod picked, only on another pod (what the
+    placement loses unless a KV pull reads it) or on none (what the pool's capacity loses); shares of the oracle's
+    hits, per phase and whole. One pod: never another; room for one prompt (A, B, A): the third A's leading
+    blocks still on the pod, the rest evicted; a three-pod chat run: some of each."""
+    a = "a" * 64 * 40 + "tail"  # 40 full chunks
+    b = "b" * 64 * 40 + "tail"
+    msgs = lambda text: ({"role": "user", "content": text},)  # noqa: E731
+
+    def run(order: str, kv_blocks: int) -> dict[str, Any]:
+        reqs = [from_messages("s", i, 0.0, "steady", 0, "", msgs(a if c == "a" else b), 4) for i, c in enumerate(order)]
+        fleet = Fleet(spec(pods=1, kv_blocks=kv_blocks, max_model_len=900), ListSource(_sequential(reqs)))
+        return fleet.run().summary
+
+    roomy = run("aba", 200)
+    assert roomy["oracle_held"] == {"picked": 1.0, "other": 0.0, "none": 0.0}
+    assert roomy["per_phase"]["steady"]["oracle_held"] == roomy["oracle_held"]
+    tight = run("aba", 60)  # B evicted A's tail blocks: A's leading ones survive (test_one_pod_lru_...)
+    held = tight["oracle_held"]
+    assert held["other"] == 0.0 and 0.0 < held["picked"] < 1.0 and held["none"] > 0.0
+    assert held["picked"] == pytest.approx(tight["hit_over_oracle"], abs=1e-3)  # nothing queued: picked = hit
+    assert run("ab", 200)["oracle_held"] is None  # no request the oracle hits
+    three = Fleet(spec(engine="step"), small_source()).run().summary
+    whole = three["oracle_held"]
+    assert sum(whole.values()) == pytest.approx(1.0, abs=1e-3) and whole["picked"] > 0.5
+    assert whole["other"] > 0.0  # a new session balanced away from the pod holding its tenant's prompt
+    assert Fleet(spec(oracle=False), small_source()).run().summary["oracle_held"] is None
