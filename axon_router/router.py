@@ -292,7 +292,7 @@ class Router:
             headers["traceparent"] = f.traceparent_out
         if req.request_id:
             headers["x-request-id"] = req.request_id
-        headers["x-brunoise-deadline-ms"] = str(int((time.time() + req.deadline - time.monotonic()) * 1000))
+        headers[kv_pull.DEADLINE_HEADER] = str(int((time.time() + req.deadline - time.monotonic()) * 1000))
         tried: list[str] = []
         last: RetryableError | None = None
         counted = False

@@ -15,6 +15,7 @@ from axon_router.admission import Priority
 from axon_router.errors import BadRequest, DeadlineExceeded
 from axon_router.knobs import Knobs
 from sharder.keyspace import group_slice_key, key_parts, slice_key
+from sharder.kv_pull import DEADLINE_HEADER
 from sharder.prefix import CHUNK_BYTES, ROOT_SEED, prefix_hashes, render_chat, stable_chat_prefix
 
 COMPLETIONS = "/v1/completions"
@@ -149,21 +150,21 @@ def deadline_from(headers: Mapping[str, str], knobs: Knobs, now: float) -> float
                 code="deadline_exceeded",
             )
         budget = min(budget, ms / 1000.0)
-    raw = headers.get("x-brunoise-deadline-ms")
+    raw = headers.get(DEADLINE_HEADER)
     if raw is not None:
         try:
             unix_ms = int(raw.strip())
         except ValueError:
             raise BadRequest(
-                "x-brunoise-deadline-ms must be an absolute unix time in milliseconds",
-                param="x-brunoise-deadline-ms",
+                f"{DEADLINE_HEADER} must be an absolute unix time in milliseconds",
+                param=DEADLINE_HEADER,
                 code="invalid_header",
             ) from None
         left = unix_ms / 1000.0 - time.time()
         if left <= 0:
             raise DeadlineExpired(
-                f"x-brunoise-deadline-ms is {-left:.3f}s in the past",
-                param="x-brunoise-deadline-ms",
+                f"{DEADLINE_HEADER} is {-left:.3f}s in the past",
+                param=DEADLINE_HEADER,
                 code="deadline_exceeded",
             )
         budget = min(budget, left)

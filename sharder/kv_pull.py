@@ -22,6 +22,8 @@ OUTCOMES = ("read", "none", "failed", "timeout", "unknown_peer", "no_connector",
 #: (``x-brunoise-deadline-ms``, the router's absolute deadline in unix milliseconds).
 MAX_WAIT_S = 2.0
 DEADLINE_SHARE = 0.5
+#: A request's absolute deadline (unix milliseconds): a client may send it to the router, the router sends it on to
+#: the pod (``axon_router.routing_key.deadline_from`` reads it, the router writes it, the pod's pull reads it).
 DEADLINE_HEADER = "x-brunoise-deadline-ms"
 
 _POD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
