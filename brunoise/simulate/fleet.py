@@ -172,7 +172,9 @@ class Flight:
         self.pick_t = sent_t
         self.num = 0
         self.done = False
-        self.oracle_chunks = 0  # the leading chunks the infinite cache held (``Fleet._oracle``), when it runs
+        # the leading chunks the infinite cache held (``Fleet._oracle``), when it runs, until ``_held_at_pick`` has
+        # placed them (once: a request retried after its pod stopped is not counted again)
+        self.oracle_chunks = 0
 
 
 class ClientSession:
@@ -676,6 +678,7 @@ class Fleet:
         others = (p.engine.kv.cached for p in self.pods if p is not pod and p.up and p.engine is not None)
         other = max(0, min(n, max((matched_chunks(hashes, c) for c in others), default=0)) - picked)
         self.results.held_at_pick(f.phase, picked, other, n - picked - other)
+        f.oracle_chunks = 0
 
     # -- the router's request path --------------------------------------------------------------------------
 
@@ -745,7 +748,7 @@ class Fleet:
                 return
             self._attempt(f, t)
             return
-        if f.ticket is None and self.spec.oracle:  # its first dispatch to a live pod
+        if self.spec.oracle:
             self._held_at_pick(f, pod)
         f.ticket = view.begin(
             f.req.est_tokens + f.req.max_tokens, pick.miss_tokens, f.pin.prefix_hashes, t, f.pin.slice_key

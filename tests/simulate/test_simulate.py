@@ -567,3 +567,14 @@ def test_the_oracles_hits_are_split_by_where_they_were_at_the_pick() -> None:
     assert sum(whole.values()) == pytest.approx(1.0, abs=1e-3) and whole["picked"] > 0.5
     assert whole["other"] > 0.0  # a new session balanced away from the pod holding its tenant's prompt
     assert Fleet(spec(oracle=False), small_source()).run().summary["oracle_held"] is None
+
+
+def test_a_request_retried_after_its_pod_died_is_placed_once() -> None:
+    """Failure mode: a request whose pod died before its first token was placed again at its retry, so its
+    oracle hit counted twice in ``oracle_held``. Every oracle hit chunk is placed exactly once."""
+    fleet = Fleet(spec(deaths=((5.0, 1),)), small_source(seed=2))
+    res = fleet.run()
+    assert res.summary["retries"] > 0  # the death caught requests before their first token
+    placed = sum(sum(acc) for acc in res.ph_held.values())
+    hit_tokens = sum(acc[1] for acc in res.ph_oracle.values())
+    assert placed * BLOCK_TOKENS == hit_tokens
