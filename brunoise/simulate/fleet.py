@@ -748,8 +748,7 @@ class Fleet:
                 return
             self._attempt(f, t)
             return
-        if self.spec.oracle:
-            self._held_at_pick(f, pod)
+        self._held_at_pick(f, pod)  # nothing without the oracle (no oracle chunks)
         f.ticket = view.begin(
             f.req.est_tokens + f.req.max_tokens, pick.miss_tokens, f.pin.prefix_hashes, t, f.pin.slice_key
         )

@@ -99,26 +99,32 @@ def test_one_pod_with_room_for_everything_hits_exactly_the_oracle(engine: str) -
     assert res["oracle_hit_rate"] == pytest.approx(orc.hit_rate, abs=1e-12)
 
 
+def _ab_request(c: str, turn: int) -> SimRequest:
+    """Turn ``turn`` of session "s": prompt A or B (by ``c``), each 40 full chunks (640 tokens) + a partial block."""
+    text = c * 64 * 40 + "tail"
+    return from_messages("s", turn, 0.0, "steady", 0, "", ({"role": "user", "content": text},), 4)
+
+
+def _one_pod(order: str, kv_blocks: int, engine: str = "step") -> dict[str, Any]:
+    """One pod, prompts A and B in ``order`` one at a time; 60 blocks: one prompt (~42 blocks with its output)
+    fits, two do not; 200: both do."""
+    reqs = [_ab_request(c, i) for i, c in enumerate(order)]
+    fleet = Fleet(spec(pods=1, engine=engine, kv_blocks=kv_blocks, max_model_len=900), ListSource(_sequential(reqs)))
+    return fleet.run().summary
+
+
 @pytest.mark.parametrize("engine", ["step", "fluid"])
 def test_one_pod_lru_keeps_what_fits_and_evicts_the_oldest(engine: str) -> None:
     """A cache with room for one prompt: A, A hits the second time; A, B, A misses the third time (evicted)."""
-    a = "a" * 64 * 40 + "tail"  # 40 full chunks = 640 tokens + a partial block
-    b = "b" * 64 * 40 + "tail"
-    msgs = lambda text: ({"role": "user", "content": text},)  # noqa: E731
 
     def run(order: str, kv_blocks: int = 60) -> dict[str, Any]:
-        reqs = [from_messages("s", i, 0.0, "steady", 0, "", msgs(a if c == "a" else b), 4) for i, c in enumerate(order)]
-        # 60 blocks: one prompt (~42 blocks with its output) fits, two do not
-        fleet = Fleet(
-            spec(pods=1, engine=engine, kv_blocks=kv_blocks, max_model_len=900), ListSource(_sequential(reqs))
-        )
-        return fleet.run().summary
+        return _one_pod(order, kv_blocks, engine)
 
     def run_big(order: str) -> dict[str, Any]:
         return run(order, 200)
 
-    full = len(from_messages("s", 0, 0.0, "steady", 0, "", msgs(a), 4).hashes)
-    tokens = from_messages("s", 0, 0.0, "steady", 0, "", msgs(a), 4).prompt_tokens
+    first = _ab_request("a", 0)
+    full, tokens = len(first.hashes), first.prompt_tokens
     aa = run("aa")
     assert aa["hit_rate"] == pytest.approx(full * 16 / (2 * tokens))
     # B evicts A's blocks from the free queue's head: a finished request's blocks are freed tail first, so A's
@@ -545,23 +551,14 @@ def test_the_oracles_hits_are_split_by_where_they_were_at_the_pick() -> None:
     placement loses unless a KV pull reads it) or on none (what the pool's capacity loses); shares of the oracle's
     hits, per phase and whole. One pod: never another; room for one prompt (A, B, A): the third A's leading
     blocks still on the pod, the rest evicted; a three-pod chat run: some of each."""
-    a = "a" * 64 * 40 + "tail"  # 40 full chunks
-    b = "b" * 64 * 40 + "tail"
-    msgs = lambda text: ({"role": "user", "content": text},)  # noqa: E731
-
-    def run(order: str, kv_blocks: int) -> dict[str, Any]:
-        reqs = [from_messages("s", i, 0.0, "steady", 0, "", msgs(a if c == "a" else b), 4) for i, c in enumerate(order)]
-        fleet = Fleet(spec(pods=1, kv_blocks=kv_blocks, max_model_len=900), ListSource(_sequential(reqs)))
-        return fleet.run().summary
-
-    roomy = run("aba", 200)
+    roomy = _one_pod("aba", 200)
     assert roomy["oracle_held"] == {"picked": 1.0, "other": 0.0, "none": 0.0}
     assert roomy["per_phase"]["steady"]["oracle_held"] == roomy["oracle_held"]
-    tight = run("aba", 60)  # B evicted A's tail blocks: A's leading ones survive (test_one_pod_lru_...)
+    tight = _one_pod("aba", 60)  # B evicted A's tail blocks: A's leading ones survive (test_one_pod_lru_...)
     held = tight["oracle_held"]
     assert held["other"] == 0.0 and 0.0 < held["picked"] < 1.0 and held["none"] > 0.0
     assert held["picked"] == pytest.approx(tight["hit_over_oracle"], abs=1e-3)  # nothing queued: picked = hit
-    assert run("ab", 200)["oracle_held"] is None  # no request the oracle hits
+    assert _one_pod("ab", 200)["oracle_held"] is None  # no request the oracle hits
     three = Fleet(spec(engine="step"), small_source()).run().summary
     whole = three["oracle_held"]
     assert sum(whole.values()) == pytest.approx(1.0, abs=1e-3) and whole["picked"] > 0.5
