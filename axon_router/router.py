@@ -38,7 +38,15 @@ from axon_router.regions import RegionRouter
 from axon_router.rollout import RolloutView
 from axon_router.routing_key import RouteRequest
 from axon_router.targets import ClerkLike, TargetState, TargetTable, new_session_replicas, not_outside
-from sharder import kv_pull
+from sharder.headers import (
+    ATTEMPTS_HEADER,
+    DEADLINE_HEADER,
+    KV_PULL_HEADER,
+    PICK_HEADER,
+    PICK_RULE_HEADER,
+    ROUTER_POD_HEADER,
+    SLICE_KEY_HEADER,
+)
 
 log = logging.getLogger("axon_router")
 
@@ -66,10 +74,10 @@ class Flight:
     def pick_metadata(self) -> tuple[tuple[str, str], ...]:
         """Where and why the request went, for the client: HTTP response headers, gRPC trailing metadata."""
         return (
-            ("x-brunoise-pod", self.pod.id if self.pod else ""),
-            ("x-brunoise-pick", self.reason),
-            ("x-brunoise-pick-rule", str(self.attrs.get("brunoise.pick_rule", ""))),
-            ("x-brunoise-attempts", str(self.attempts)),
+            (ROUTER_POD_HEADER, self.pod.id if self.pod else ""),
+            (PICK_HEADER, self.reason),
+            (PICK_RULE_HEADER, str(self.attrs.get("brunoise.pick_rule", ""))),
+            (ATTEMPTS_HEADER, str(self.attempts)),
         )
 
 
@@ -287,12 +295,12 @@ class Router:
             attrs["brunoise.group"] = f"{req.group:08x}"
         attrs["brunoise.group_source"] = req.group_source
         pin = PickInput(req.slice_key, req.prefix_hashes, req.prompt_tokens, req.max_tokens, req.session_chunks)
-        headers = {"content-type": "application/json", "x-brunoise-slice-key": str(req.slice_key)}
+        headers = {"content-type": "application/json", SLICE_KEY_HEADER: str(req.slice_key)}
         if f.traceparent_out:
             headers["traceparent"] = f.traceparent_out
         if req.request_id:
             headers["x-request-id"] = req.request_id
-        headers[kv_pull.DEADLINE_HEADER] = str(int((time.time() + req.deadline - time.monotonic()) * 1000))
+        headers[DEADLINE_HEADER] = str(int((time.time() + req.deadline - time.monotonic()) * 1000))
         tried: list[str] = []
         last: RetryableError | None = None
         counted = False
@@ -413,7 +421,7 @@ class Router:
                 else None
             )
             if hint is not None:
-                sent = {**headers, kv_pull.HEADER: hint.header()}
+                sent = {**headers, KV_PULL_HEADER: hint.header()}
                 m.kv_pulls.inc()
             try:
                 up = await self.forwarder.open(pod.http_address, req.path, req.body, sent, req.stream, left)

@@ -14,8 +14,8 @@ import xxhash
 from axon_router.admission import Priority
 from axon_router.errors import BadRequest, DeadlineExceeded
 from axon_router.knobs import Knobs
+from sharder.headers import DEADLINE_HEADER, SESSION_HEADERS, TARGET_HEADER, TENANT_HEADER
 from sharder.keyspace import group_slice_key, key_parts, slice_key
-from sharder.kv_pull import DEADLINE_HEADER
 from sharder.prefix import CHUNK_BYTES, ROOT_SEED, prefix_hashes, render_chat, stable_chat_prefix
 
 COMPLETIONS = "/v1/completions"
@@ -27,10 +27,6 @@ DETOKENIZE = "/detokenize"
 #: Every POST route the router forwards (the body goes to the pod unchanged; only routing fields are read).
 ROUTED_PATHS = (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, TOKENIZE, DETOKENIZE)
 
-#: Header names of the session part of the key, in precedence order (after the gRPC field).
-SESSION_HEADERS = ("x-session-id", "x-user-id")
-#: The header naming the tenant: the group part of a grouped key (an authenticating front end sets it).
-TENANT_HEADER = "x-tenant-id"
 #: The flat layout's key headers, in precedence order: the tenant was a session key there.
 FLAT_KEY_HEADERS = (*SESSION_HEADERS, TENANT_HEADER)
 #: Body fields of the session part, in precedence order, after the headers.
@@ -406,9 +402,9 @@ def parse_openai(path: str, raw: bytes, headers: Mapping[str, str], knobs: Knobs
             if not isinstance(brid, str):
                 raise BadRequest("request_id must be a string", param="request_id")
             rid = _check_key(brid, "request_id", knobs)
-    target = headers.get("x-brunoise-target")
+    target = headers.get(TARGET_HEADER)
     if target is not None:
-        target = _check_key(target.strip(), "x-brunoise-target", knobs)
+        target = _check_key(target.strip(), TARGET_HEADER, knobs)
     tp = headers.get("traceparent")
     return RouteRequest(
         path=path,

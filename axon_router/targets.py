@@ -13,6 +13,7 @@ from axon_router.metrics import RouterMetrics
 from axon_router.pick import load_cap
 from axon_router.pod_view import PodView
 from axon_router.routing_key import RouteRequest
+from sharder.headers import TARGET_HEADER
 from sharder.keyspace import key_parts
 
 
@@ -212,7 +213,7 @@ class TargetTable:
             if ts is None:
                 raise NotFound(
                     f"target {req.target!r} is not known to this router (known: {sorted(self.targets)})",
-                    param="x-brunoise-target",
+                    param=TARGET_HEADER,
                     code="target_not_found",
                 )
             if req.model not in ts.models:

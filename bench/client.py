@@ -10,18 +10,19 @@ import aiohttp
 
 from bench.pods import MODEL
 from bench.workload import Request
-
-POD_ID_HEADER = "x-brunoise-pod-id"  # set by the runtime (peers pass it through)
-ROUTER_POD_HEADER = "x-brunoise-pod"  # set by brunoise-router
-PICK_HEADER = "x-brunoise-pick"  # brunoise-router: how the pod was picked (in_subset, held, spill, ...)
-PICK_RULE_HEADER = "x-brunoise-pick-rule"  # brunoise-router: the rule of a subset or held pick (sticky, cost, ...)
-SESSION_HEADER = "x-session-id"
-TENANT_HEADER = "x-tenant-id"
+from sharder.headers import (
+    PICK_HEADER,
+    PICK_RULE_HEADER,
+    POD_ID_HEADER,
+    ROUTER_POD_HEADER,
+    SESSION_HEADERS,
+    TENANT_HEADER,
+)
 
 
 def request_headers(req: Request) -> dict[str, str]:
     """The headers of ``req``: its session id always, its tenant when the workload sends one."""
-    headers = {SESSION_HEADER: req.session_id, "content-type": "application/json"}
+    headers = {SESSION_HEADERS[0]: req.session_id, "content-type": "application/json"}
     if req.tenant_id:
         headers[TENANT_HEADER] = req.tenant_id
     return headers

@@ -16,9 +16,10 @@ from grpc_reflection.v1alpha import reflection
 
 from brunoise_api.v1 import inference_pb2, runtime_pb2, runtime_pb2_grpc, slicing_pb2
 from runtime.engines.base import Engine, EngineChunk, EngineError, EngineRequest, SamplingParams
-from runtime.http_api import SLICE_KEY_HEADER, FinishHook
+from runtime.http_api import FinishHook
 from runtime.warm import PromptLog, WarmMetrics, hold_kv, hot_prompts_response, warm_priority
 from sharder.codec import engine_load_to_proto
+from sharder.headers import SLICE_KEY_HEADER
 from sharder.keyspace import slice_key as app_slice_key
 from sharder.security.interceptor import bearer_token
 from sharder.security.tokens import Credentials, Role

@@ -23,14 +23,13 @@ from runtime import proxy
 from runtime.engines.base import Engine, EngineChunk, EngineError, EngineRequest, SamplingParams
 from runtime.engines.sim import detokenize
 from sharder import kv_pull
+from sharder.headers import DEADLINE_HEADER, KV_PULL_HEADER, POD_ID_HEADER, SLICE_KEY_HEADER
 from sharder.httpserver import GuardedAppRunner
 from sharder.prefix import render_chat
 
 log = logging.getLogger(__name__)
 
 #: Header carrying the SliceKey (decimal) the router routed this request on.
-SLICE_KEY_HEADER = "x-brunoise-slice-key"
-POD_ID_HEADER = "x-brunoise-pod-id"
 DEFAULT_MAX_BODY_BYTES = 8 * 2**20
 #: A client must send a request's headers within this of starting it (slowloris), its body within the other.
 DEFAULT_HEADER_TIMEOUT_S = 10.0
@@ -169,13 +168,13 @@ class HttpApi:
             self._idle.clear()
         try:
             if self.pull is not None and request.method == "POST" and counted and not self.draining:
-                raw = request.headers.get(kv_pull.HEADER)
+                raw = request.headers.get(KV_PULL_HEADER)
                 if raw is not None:
                     try:
                         hint = kv_pull.parse(raw)
                     except kv_pull.BadHint as exc:
-                        raise HttpError(400, str(exc), param=kv_pull.HEADER) from None
-                    budget = kv_pull.wait_budget_s(request.headers.get(kv_pull.DEADLINE_HEADER), time.time())
+                        raise HttpError(400, str(exc), param=KV_PULL_HEADER) from None
+                    budget = kv_pull.wait_budget_s(request.headers.get(DEADLINE_HEADER), time.time())
                     await self.pull(hint, budget)
             resp = await handler(request)
         except HttpError as e:

@@ -20,7 +20,7 @@ from runtime.outcomes import CountedEngine
 from runtime.tracing import TracedEngine
 from runtime.warm import PromptLog, RecordingEngine, Warmer, WarmMetrics, warm_priority
 from sharder.advertise import advertise_host, host_port
-from sharder.assigner.status import LEADER_METADATA_KEY
+from sharder.headers import LEADER_METADATA_KEY
 from sharder.keyspace import Slice
 from sharder.kv_pull import PullHint
 from sharder.launch import write_ready_file

@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from sharder.headers import KV_PULL_HEADER
 from sharder.keyspace import KEYSPACE_END
 
-#: The header (router to pod; never a client's): ``<pod id> <lo> <hi>``, the peer by its pod id and the SliceKeys
-#: [lo, hi) whose latest prompts on that peer hold the prefix (decimal).
-HEADER = "x-brunoise-kv-pull"
+#: The hint travels in ``sharder.headers.KV_PULL_HEADER``: ``<pod id> <lo> <hi>``, the peer by its pod id and the
+#: SliceKeys [lo, hi) whose latest prompts on that peer hold the prefix (decimal).
 
 #: What a pod did with a hint (``brunoise_runtime_kv_pulls_total{outcome}``): read (the peer's KV read before the
 #: request), none (the peer held nothing to read), failed (no answer or a refused read), timeout, unknown_peer (not a
@@ -22,9 +22,6 @@ OUTCOMES = ("read", "none", "failed", "timeout", "unknown_peer", "no_connector",
 #: (``x-brunoise-deadline-ms``, the router's absolute deadline in unix milliseconds).
 MAX_WAIT_S = 2.0
 DEADLINE_SHARE = 0.5
-#: A request's absolute deadline (unix milliseconds): a client may send it to the router, the router sends it on to
-#: the pod (``axon_router.routing_key.deadline_from`` reads it, the router writes it, the pod's pull reads it).
-DEADLINE_HEADER = "x-brunoise-deadline-ms"
 
 _POD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 _MAX_LEN = 320
@@ -48,7 +45,7 @@ class PullHint:
 
 def wait_budget_s(deadline_ms: str | None, now_unix: float) -> float:
     """How long a request may wait for its pull: ``MAX_WAIT_S``, and at most ``DEADLINE_SHARE`` of the time left
-    until its deadline (``deadline_ms``: the ``DEADLINE_HEADER`` value; absent or not an integer: no deadline); 0
+    until its deadline (``deadline_ms``: the ``sharder.headers.DEADLINE_HEADER`` value; absent or not an integer: no deadline); 0
     when none is left. A pull that cannot finish in time costs the request the prefill it would have saved and
     the wait besides."""
     if deadline_ms is None:
@@ -63,22 +60,22 @@ def wait_budget_s(deadline_ms: str | None, now_unix: float) -> float:
 def parse(value: str) -> PullHint:
     """The hint of a header value; BadHint naming what is wrong."""
     if len(value) > _MAX_LEN:
-        raise BadHint(f"{HEADER} is longer than {_MAX_LEN} characters")
+        raise BadHint(f"{KV_PULL_HEADER} is longer than {_MAX_LEN} characters")
     parts = value.split()
     if len(parts) != 3:
-        raise BadHint(f"{HEADER} must be '<pod id> <lo> <hi>'")
+        raise BadHint(f"{KV_PULL_HEADER} must be '<pod id> <lo> <hi>'")
     pod_id, lo_s, hi_s = parts
     if not _POD_ID.match(pod_id):
-        raise BadHint(f"{HEADER}: the pod id must be [A-Za-z0-9._-], up to 253 characters")
+        raise BadHint(f"{KV_PULL_HEADER}: the pod id must be [A-Za-z0-9._-], up to 253 characters")
     if not (lo_s.isdigit() and hi_s.isdigit() and len(lo_s) <= 20 and len(hi_s) <= 20):
-        raise BadHint(f"{HEADER}: lo and hi must be decimal integers")
+        raise BadHint(f"{KV_PULL_HEADER}: lo and hi must be decimal integers")
     lo, hi = int(lo_s), int(hi_s)
     if not 0 <= lo < hi <= KEYSPACE_END:
-        raise BadHint(f"{HEADER}: lo and hi must satisfy 0 <= lo < hi <= 2^64")
+        raise BadHint(f"{KV_PULL_HEADER}: lo and hi must satisfy 0 <= lo < hi <= 2^64")
     return PullHint(pod_id, lo, hi)
 
 
 __all__ = [
-    "DEADLINE_HEADER", "DEADLINE_SHARE", "HEADER", "MAX_WAIT_S", "OUTCOMES", "BadHint", "PullHint", "parse",
+    "DEADLINE_SHARE", "MAX_WAIT_S", "OUTCOMES", "BadHint", "PullHint", "parse",
     "wait_budget_s",
 ]  # fmt: skip

@@ -15,7 +15,7 @@ import grpc
 
 from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
 from sharder import codec
-from sharder.assigner.status import LEADER_METADATA_KEY
+from sharder.headers import LEADER_METADATA_KEY
 from sharder.keyspace import Slice
 from sharder.load import EngineLoad, LoadReport, RequestOutcomes, SliceLoad
 from sharder.pods import Pod, PodState

@@ -5,7 +5,7 @@ from __future__ import annotations
 from axon_router.auth import ApiKey, ApiKeys
 from axon_router.errors import Unavailable
 from axon_router.router import Router
-from axon_router.routing_key import TENANT_HEADER  # an API key's tenant replaces whatever the client sent
+from sharder.headers import TENANT_HEADER  # an API key's tenant replaces whatever the client sent
 
 __all__ = ["TENANT_HEADER", "authenticate", "require_assignment"]
 

@@ -30,6 +30,7 @@ from axon_router.frontends.readiness import Readiness
 from axon_router.metrics import CONTENT_TYPE
 from axon_router.router import Router, flight_log
 from axon_router.routing_key import CHAT, ROUTED_PATHS, parse_openai
+from sharder.headers import TARGET_HEADER
 from sharder.httpserver import GuardedAppRunner
 from sharder.prefix import InvalidText
 
@@ -190,7 +191,7 @@ class OpenAIFrontend:
         except BaseException as e:
             router.finish(f, "499" if isinstance(e, asyncio.CancelledError) else "500", e)
             raise
-        headers = {**dict(f.pick_metadata()), "x-brunoise-target": f.target}
+        headers = {**dict(f.pick_metadata()), TARGET_HEADER: f.target}
         if not req.stream:
             router.finish(f, "200")
             return web.Response(status=200, body=up.body, content_type="application/json", headers=headers)

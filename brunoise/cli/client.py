@@ -16,6 +16,7 @@ import grpc
 
 from brunoise.cli.output import KEYSPACE_END, CliError
 from brunoise_api.v1 import assigner_pb2, assigner_pb2_grpc, slicing_pb2
+from sharder.headers import LEADER_METADATA_KEY
 from sharder.security.client import ENV_TLS_CA, ENV_TOKEN, ClientAuth
 
 T = TypeVar("T")
@@ -136,8 +137,6 @@ def rpc_error(exc: grpc.RpcError, address: str, timeout_s: float) -> CliError:
     name = code.name.lower().replace("_", " ")
     return CliError(f"{name}: {details}" if details else f"{name} (from the assigner at {address})", exit_code)
 
-
-LEADER_METADATA_KEY = "x-brunoise-leader"
 
 
 def _leader_hint(exc: grpc.RpcError) -> str:

@@ -24,7 +24,7 @@ from axon_router.cost import PickInput
 from axon_router.knobs import Knobs
 from axon_router.pick import Candidates, CostPick, pull_source
 from axon_router.pod_view import PodView, Residence, Ticket
-from axon_router.routing_key import SESSION_HEADERS, TENANT_HEADER, routing_key
+from axon_router.routing_key import routing_key
 from axon_router.targets import new_session_replicas, not_outside
 from brunoise.simulate.engines import FluidEngine, StepEngine, make_engine
 from brunoise.simulate.events import EventQueue
@@ -48,6 +48,7 @@ from runtime.warm import (
 )
 from sharder.assignment import Assignment, RoundStats, initial_assignment
 from sharder.config import TargetConfig
+from sharder.headers import SESSION_HEADERS, TENANT_HEADER
 from sharder.keyspace import Slice
 from sharder.kv_pull import PullHint
 from sharder.load import LoadReport, SliceLoad

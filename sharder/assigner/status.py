@@ -10,11 +10,11 @@ from typing import Any, TypeVar
 import grpc
 
 from sharder import errors as core_errors
+from sharder.headers import LEADER_METADATA_KEY
 from sharder.store.base import StoreError
 
 log = logging.getLogger(__name__)
 
-LEADER_METADATA_KEY = "x-brunoise-leader"
 #: Most UTF-8 bytes of a status message: it travels as the percent-encoded grpc-message trailer, and one over
 #: the client's metadata limit (8 KiB soft, 16 KiB hard) turns the answer into RESOURCE_EXHAUSTED "Stream removed".
 MAX_DETAILS = 1024

@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 
-from bench.client import SESSION_HEADER, TENANT_HEADER, request_headers
+from bench.client import request_headers
 from bench.presets import ALL_WORKLOADS, PRESETS, select
 from bench.workload import (
     KIND_DOCS,
@@ -20,6 +20,7 @@ from bench.workload import (
     workload_oracle,
     zipf_weights,
 )
+from sharder.headers import SESSION_HEADERS, TENANT_HEADER
 from sharder.prefix import CHUNK_BYTES, prefix_hashes
 
 
@@ -59,11 +60,11 @@ def test_chat_tenant_sends_the_tenant_and_chat_does_not() -> None:
     for r in with_tenant.requests:
         h = request_headers(r)
         assert h[TENANT_HEADER] == f"tenant-{r.tenant}"
-        assert h[SESSION_HEADER] == r.session_id
+        assert h[SESSION_HEADERS[0]] == r.session_id
     for r in without.requests:
         h = request_headers(r)
         assert TENANT_HEADER not in h
-        assert h[SESSION_HEADER] == r.session_id
+        assert h[SESSION_HEADERS[0]] == r.session_id
 
 
 def test_agentic_context_grows_to_tens_of_thousands_of_tokens() -> None:

@@ -9,6 +9,7 @@ from axon_router.knobs import Knobs
 from axon_router.pick import Candidates, CostPick, Ranking, pull_source
 from axon_router.pod_view import PodView
 from sharder import kv_pull
+from sharder.headers import KV_PULL_HEADER
 from sharder.keyspace import KEYSPACE_END
 from sharder.prefix import prefix_hashes
 
@@ -76,7 +77,7 @@ def test_the_header_round_trips_and_every_malformed_value_is_refused_by_name() -
     assert kv_pull.parse(f"p 0 {KEYSPACE_END}") == kv_pull.PullHint("p", 0, KEYSPACE_END)
     for bad in ("", "pod-1", "pod-1 1", "pod-1 1 2 3", "pod/1 1 2", "pod-1 -1 2", "pod-1 2 2", "pod-1 3 2",
                 f"pod-1 0 {KEYSPACE_END + 1}", "pod-1 0x1 2", "p " + "1" * 400 + " 2"):  # fmt: skip
-        with pytest.raises(kv_pull.BadHint, match=kv_pull.HEADER):
+        with pytest.raises(kv_pull.BadHint, match=KV_PULL_HEADER):
             kv_pull.parse(bad)
 
 

@@ -15,6 +15,7 @@ from runtime.engines.base import EngineChunk
 from runtime.engines.sim import SimConfig, SimEngine
 from runtime.pod import RuntimePod
 from sharder import kv_pull
+from sharder.headers import DEADLINE_HEADER, KV_PULL_HEADER
 from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
@@ -141,10 +142,10 @@ async def test_a_pull_waits_at_most_half_the_time_its_request_has_left() -> None
     try:
         base = pod.addresses["http"]
         body = {"prompt": "hello", "max_tokens": 1}
-        hint = {kv_pull.HEADER: "peer 1 2"}
+        hint = {KV_PULL_HEADER: "peer 1 2"}
         async with aiohttp.ClientSession() as s:
-            for extra in ({}, {kv_pull.DEADLINE_HEADER: str(int((time.time() + 1.0) * 1000))},
-                          {kv_pull.DEADLINE_HEADER: "not-a-number"}):  # fmt: skip
+            for extra in ({}, {DEADLINE_HEADER: str(int((time.time() + 1.0) * 1000))},
+                          {DEADLINE_HEADER: "not-a-number"}):  # fmt: skip
                 async with s.post(f"{base}/v1/completions", json=body, headers={**hint, **extra}) as r:
                     assert r.status == 200
         assert budgets[0] == kv_pull.MAX_WAIT_S

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sharder.kv_pull import HEADER
+from sharder.headers import KV_PULL_HEADER as HEADER
 from tests.router.conftest import MODEL, post
 from tests.waiting import wait_until
 from tests.warm.test_warm_cluster import WarmCluster
