@@ -269,7 +269,9 @@ class SimPod:
 
     def __init__(self, index: int, cfg: SimConfig, meter: SliceMeter) -> None:
         self.index = index
-        self.id = f"pod-{index:04d}"
+        # named as the bench names its pods (bench/pods.py): the pick breaks ties by a stable hash of (key, pod id),
+        # so with the same ids a seed makes the bench's choices, and its figures compare with the bench run's
+        self.id = f"pod-{index}"
         self.cfg = cfg
         self.capacity = cfg.capacity
         self.pod = Pod(self.id, f"sim:{index}", {}, PodState.ACTIVE, f"http://sim/{index}", TARGET)
