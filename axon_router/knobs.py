@@ -118,7 +118,8 @@ class Knobs:
     turn misses its tenant's prompt on the pod it overflows to."""
     balance_slack_s: float = 0.1
     """A new session (no pod holds its own cache) goes to the subset pod under the load cap with the least
-    recent load (``load_halflife_s``) among those whose rank (estimated TTFT plus ``miss_weight`` x the prefill
+    load (its recent load, ``load_halflife_s``, or the requests outstanding there now where more:
+    ``axon_router.pick.balance_key``) among those whose rank (estimated TTFT plus ``miss_weight`` x the prefill
     the request adds) is within this of the best: sessions stick, so where a new one lands is what keeps pods'
     load even over time; a shared prefix worth more than this much prefill (a long document) still draws it to
     its holder. 0: the lowest rank alone. 0.1 (0.05 before stop 29): a tenant's system prompt (~0.05-0.1 s of

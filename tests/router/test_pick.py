@@ -44,12 +44,13 @@ def test_someone_is_always_under_the_cap(loads: list[int], c: float) -> None:
 
 
 def test_new_sessions_respect_the_load_cap() -> None:
-    """Failure mode: every new session of a tenant sent to the pod holding the tenant's prompt."""
+    """Failure mode: every new session of a tenant sent to the pod holding the tenant's prompt. The cap alone: the
+    balance rule (off here) would spread these sessions before any pod reached it."""
     shared = DOC[:2000]
     for c, expect_spread in ((1.25, True), (0.0, False)):
         vs = views("a", "b", "c")
         vs["a"].remember(prefix_hashes(shared), 0.0)  # a holds the shared prefix
-        pick = CostPick(dataclasses.replace(K, load_cap=c))
+        pick = CostPick(dataclasses.replace(K, load_cap=c, balance_slack_s=0.0))
         chosen = []
         for i in range(12):
             req = request(i, shared + f" session {i} question", session_chunks=10_000)  # new: nobody holds it
@@ -75,8 +76,9 @@ def test_a_session_sticks_until_the_wait_outweighs_the_prefill_it_saves() -> Non
         vs = views("a", "b")
         vs["a"].remember(req.prefix_hashes, 0.0)
         vs["a"].begin(ahead + 64, prefill=ahead)  # prefill queued ahead on the holder
-        # the sticky rule alone: ranked by estimated TTFT (miss_weight 0), not by the prefill it adds
-        pick = CostPick(dataclasses.replace(K, sticky=sticky, miss_weight=0.0))
+        # the sticky rule alone: ranked by estimated TTFT (miss_weight 0), not by the prefill it adds, and without
+        # the balance rule (which would send an unsticky session to the pod with nothing outstanding)
+        pick = CostPick(dataclasses.replace(K, sticky=sticky, miss_weight=0.0, balance_slack_s=0.0))
         r = pick.choose_replicas(req, Candidates(["a", "b"], []), vs, 0.0)
         first = r.first()
         assert first is not None and first[1].pod.id == want, (ahead, sticky, r.ids(), r.rule)
@@ -515,6 +517,30 @@ def test_a_new_session_goes_to_the_less_recently_loaded_pod_when_both_are_about_
         vs["b"].apply_report(vs["b"].poll_started(), t, 0, 0, 0, 0.1)
     req = request(4, doc + " a question", session_chunks=len(prefix_hashes(doc)) + 1)
     assert CostPick(K).choose_replicas(req, Candidates(["a", "b"], []), vs, 10.0).ids()[0][0] == "a"
+
+
+def test_a_new_session_does_not_follow_one_placed_there_a_moment_ago() -> None:
+    """Failure mode (agentic, simulator seed 0, t = 19.3 s): a new session went to the pod another new session had
+    gone to half a second before (its first turn running there, the pod's 5 s load average 0.12 after two
+    reports) and not to a pod with nothing running since its own session's turn ended (average 0.65): the average
+    lags a placement, two sessions landed together, and one of them left for KV room at its next turn."""
+    shared = DOC[:800]  # the tenant's short prompt, held by both
+    vs = views("a", "b")
+    for v in vs.values():
+        v.remember(prefix_hashes(shared), 0.0)
+    for i in range(41):  # b ran a request for 9 s and has been idle since; a was idle until a session came at 9.5 s
+        t = i * 0.25
+        vs["a"].apply_report(vs["a"].poll_started(), t, 1 if t >= 9.75 else 0, 0, 0, 0.1)
+        vs["b"].apply_report(vs["b"].poll_started(), t, 1 if t <= 9.0 else 0, 0, 0, 0.1)
+    assert vs["a"].load_avg < 0.1 < 0.5 < vs["b"].load_avg
+    assert [vs[i].outstanding(10.0, K.report_stale_s)[0] for i in "ab"] == [1, 0]
+    req = request(5, shared + " a new session", session_chunks=len(prefix_hashes(shared)) + 1)
+    r = CostPick(K).choose_replicas(req, Candidates(["a", "b"], []), vs, 10.0)
+    assert r.ids()[0][0] == "b", (r.ids(), r.rule)
+    # with nothing outstanding anywhere, the recent load alone decides (the rule above, unchanged)
+    vs["a"].apply_report(vs["a"].poll_started(), 10.25, 0, 0, 0, 0.1)
+    r = CostPick(K).choose_replicas(req, Candidates(["a", "b"], []), vs, 10.25)
+    assert r.ids()[0][0] == "a", (r.ids(), r.rule)
 
 
 def test_a_fresh_query_finds_its_long_document_outside_the_subset() -> None:

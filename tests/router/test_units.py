@@ -19,7 +19,7 @@ from sharder.prefix import prefix_hashes
 
 K = Knobs()
 #: The cost alone (no stickiness, no load cap): what these tests of the cost model pick by.
-COST_ONLY = Knobs(sticky=False, load_cap=0.0, miss_weight=0.0)  # the lowest estimated TTFT alone
+COST_ONLY = Knobs(sticky=False, load_cap=0.0, miss_weight=0.0, balance_slack_s=0.0)  # the lowest estimated TTFT alone
 
 
 class CostPicker:
